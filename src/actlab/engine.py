@@ -1,0 +1,283 @@
+"""The batched extraction engine.
+
+Texts are sorted by length and grouped under a token budget; each batch gets one
+forward pass through the base model (no LM head) that stops by exception right
+after the last requested hook fires. Hooks pool on the device as they fire, so
+only pooled rows ever leave the model, and they are copied to preallocated host
+tensors without stalling the next batch.
+
+`Extractor` is a plain callable over batches of texts, so a distributed runner
+(Ray Data `map_batches`) can run it unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import hooks as hook_points
+from .activations import Activations, ExtractStats
+from .errors import ActlabError
+from .pooling import Pooling, PoolPlan, parse_pooling, plan_pooling
+from .tokens import Tokenized, tokenize
+
+CPU_TOKEN_BUDGET = 4096
+
+
+class _StopForward(Exception):
+    """Raised by the last hook to fire: nothing after it needs computing."""
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int | None = None,
+                 max_batch_tokens: int | None = None) -> list[np.ndarray]:
+    """Group text indices, longest first, so that each batch's padded size
+    (rows x longest) stays under max_batch_tokens and rows under batch_size."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    for end in range(1, len(order) + 1):
+        rows = end - start
+        over_rows = batch_size is not None and rows > batch_size
+        over_tokens = max_batch_tokens is not None and rows > 1 and \
+            rows * lengths[order[start]] > max_batch_tokens
+        if over_rows or over_tokens:
+            batches.append(order[start:end - 1])
+            start = end - 1
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
+
+
+def auto_token_budget(device: torch.device, d_model: int, n_layers: int) -> int:
+    if device.type != "cuda":
+        return CPU_TOKEN_BUDGET
+    free, _ = torch.cuda.mem_get_info(device)
+    # Per token, the live forward state is a few dozen d_model-wide vectors.
+    per_token = d_model * 4 * 48
+    return int(min(max(free * 0.3 / per_token, 2048), 262_144))
+
+
+@dataclass
+class _Batch:
+    rows: np.ndarray
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    plan: PoolPlan
+    dest: torch.Tensor  # host rows (pooled) or host token rows ('all') to fill
+    n_real: int
+
+
+class _HostCopies:
+    """Device-to-host copies. On CUDA each batch's pooled rows go to pinned
+    staging buffers asynchronously and are scattered into the outputs only after
+    the next batch has been queued, so the copy never stalls the device."""
+
+    def __init__(self) -> None:
+        self._current: list = []
+        self._pending: deque[list] = deque()
+
+    def put(self, out: torch.Tensor, dest: torch.Tensor, values: torch.Tensor) -> None:
+        values = values.float()
+        if values.device.type != "cuda":
+            out.index_copy_(0, dest, values)
+            return
+        staging = torch.empty(values.shape, dtype=out.dtype, pin_memory=True)
+        staging.copy_(values, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._current.append((out, dest, staging, event))
+
+    def end_batch(self) -> None:
+        self._pending.append(self._current)
+        self._current = []
+        while len(self._pending) > 1:
+            self._scatter(self._pending.popleft())
+
+    def flush(self) -> None:
+        self.end_batch()
+        while self._pending:
+            self._scatter(self._pending.popleft())
+
+    @staticmethod
+    def _scatter(copies: list) -> None:
+        for out, dest, staging, event in copies:
+            event.synchronize()
+            out.index_copy_(0, dest, staging)
+
+
+class Extractor:
+    """Runs hooks over texts; call it with a list of texts, get Activations."""
+
+    def __init__(self, model, hooks: Sequence[str], pooling: str | int | Sequence[int] = "last",
+                 batch_size: int | None = None, max_batch_tokens: int | None = None,
+                 padding_side: str | None = None, max_length: int | None = None,
+                 prepend_bos: bool | None = None, include_bos: bool = False):
+        if not hooks:
+            raise ActlabError("no hooks requested; pass at least one hook name (see `actlab models`)")
+        if padding_side not in (None, "left", "right"):
+            raise ActlabError(f"padding_side must be 'left' or 'right', not '{padding_side}'")
+        if batch_size is not None and batch_size < 1:
+            raise ActlabError("batch_size must be at least 1")
+        self.model = model
+        self.hook_names = list(dict.fromkeys(hooks))
+        self.sites = [hook_points.resolve(model.hf_model, h) for h in self.hook_names]
+        self.pooling: Pooling = parse_pooling(pooling, include_bos)
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        if batch_size is None and max_batch_tokens is None:
+            cfg = model.config
+            self.max_batch_tokens = auto_token_budget(model.device, cfg.hidden_size, cfg.num_hidden_layers)
+        self.padding_side = padding_side or "right"
+        self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
+        self.prepend_bos = prepend_bos
+        self.oom_splits = 0
+
+    def __call__(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> Activations:
+        if isinstance(texts, str):
+            raise ActlabError("texts must be a list of strings, not one string; wrap it: [text]")
+        if len(self.pooling.positions) > 1 and len(self.pooling.positions) != len(texts):
+            raise ActlabError(f"{len(self.pooling.positions)} positions given for {len(texts)} texts; "
+                              "give one position per text")
+        started = time.perf_counter()
+        tok = tokenize(self.model.tokenizer, texts, self.prepend_bos, self.max_length)
+        lengths = np.array(tok.lengths)
+        out, offsets = self._allocate(lengths)
+        copies = _HostCopies()
+        n_padded = 0
+        handles = self._register(out, copies)
+        try:
+            with torch.inference_mode():
+                for rows in plan_batches(lengths, self.batch_size, self.max_batch_tokens):
+                    n_padded += self._run_rows(rows, tok, offsets)
+                    copies.end_batch()
+                    if on_batch:
+                        on_batch(len(rows), int(lengths[rows].sum()))
+            copies.flush()
+        finally:
+            for handle in handles:
+                handle.remove()
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
+        stats = ExtractStats(
+            n_texts=len(texts), n_tokens=int(lengths.sum()), n_padded_tokens=n_padded,
+            seconds=time.perf_counter() - started, n_truncated=tok.n_truncated,
+            oom_splits=self.oom_splits)
+        tokens = None
+        token_ids = None
+        if self.pooling.per_token:
+            token_ids = torch.tensor([t for ids in tok.ids for t in ids], dtype=torch.int64)
+            tokens = self.model.token_strings(token_ids)
+        return Activations(out, self.pooling.spec, torch.from_numpy(lengths), offsets=offsets,
+                           tokens=tokens, token_ids=token_ids, stats=stats, has_bos=tok.has_bos)
+
+    # -- setup -------------------------------------------------------------
+
+    def _allocate(self, lengths: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        pin = self.model.device.type == "cuda"
+        offsets = None
+        n_rows = len(lengths)
+        if self.pooling.per_token:
+            offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+            offsets[1:] = torch.from_numpy(np.cumsum(lengths))
+            n_rows = int(offsets[-1])
+        widths = self.model.hook_widths(self.hook_names)
+        out = {name: torch.empty(n_rows, widths[name], dtype=torch.float32, pin_memory=pin)
+               for name in self.hook_names}
+        return out, offsets
+
+    def _register(self, out: dict[str, torch.Tensor], copies: _HostCopies) -> list:
+        """One hook per (module, input/output) site; the last one to fire stops the pass."""
+        groups: dict[tuple[int, bool], list[str]] = {}
+        modules = {}
+        for site in self.sites:
+            key = (id(site.module), site.capture_input)
+            groups.setdefault(key, []).append(site.name)
+            modules[key] = site.module
+        self._fired = 0
+        n_sites = len(groups)
+        handles = []
+
+        def capture(names: list[str], hidden) -> None:
+            if isinstance(hidden, tuple):
+                hidden = hidden[0]
+            if hidden.dim() != 3:
+                raise ActlabError(f"hook '{names[0]}' produced shape {tuple(hidden.shape)}, "
+                                  "not (batch, tokens, width); pick a residual-stream module")
+            pooled = self._batch.plan.apply(hidden)
+            for name in names:
+                copies.put(out[name], self._batch.dest, pooled)
+            self._fired += 1
+            if self._fired == n_sites:
+                raise _StopForward
+
+        for key, names in groups.items():
+            module = modules[key]
+            if key[1]:
+                def pre_hook(mod, args, kwargs, names=names):
+                    capture(names, args[0] if args else kwargs["hidden_states"])
+                handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            else:
+                def post_hook(mod, args, output, names=names):
+                    capture(names, output)
+                handles.append(module.register_forward_hook(post_hook))
+        return handles
+
+    # -- one batch -----------------------------------------------------------
+
+    def _make_batch(self, rows: np.ndarray, tok: Tokenized, offsets: torch.Tensor | None) -> _Batch:
+        seqs = [tok.ids[r] for r in rows]
+        lengths = torch.tensor([len(s) for s in seqs])
+        width = int(lengths.max())
+        pad_id = self.model.pad_id
+        input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        starts = width - lengths if self.padding_side == "left" else torch.zeros_like(lengths)
+        for i, seq in enumerate(seqs):
+            s = int(starts[i])
+            input_ids[i, s:s + len(seq)] = torch.tensor(seq)
+            mask[i, s:s + len(seq)] = 1
+        # Positions count real tokens only, so left padding shifts nothing
+        # (absolute-position models such as GPT-2 depend on this).
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        plan = plan_pooling(self.pooling, starts, lengths, tok.has_bos, width, rows.tolist())
+        if self.pooling.per_token:
+            dest = torch.cat([torch.arange(int(offsets[r]), int(offsets[r + 1])) for r in rows])
+        else:
+            dest = torch.from_numpy(rows.astype(np.int64))
+        device = self.model.device
+        plan = PoolPlan(*(t.to(device) if t is not None else None
+                          for t in (plan.gather, plan.weights, plan.token_mask)))
+        return _Batch(rows, input_ids.to(device), mask.to(device), position_ids.to(device),
+                      plan, dest, int(lengths.sum()))
+
+    def _run_rows(self, rows: np.ndarray, tok: Tokenized, offsets: torch.Tensor | None) -> int:
+        """Forward one batch; on CUDA out-of-memory split it in two and go on."""
+        self._batch = self._make_batch(rows, tok, offsets)
+        try:
+            self._forward(self._batch)
+        except torch.OutOfMemoryError:
+            if len(rows) == 1:
+                raise ActlabError("out of memory on a single text; lower --max-length") from None
+            self._batch = None
+            torch.cuda.empty_cache()
+            self.oom_splits += 1
+            half = len(rows) // 2
+            return self._run_rows(rows[:half], tok, offsets) + self._run_rows(rows[half:], tok, offsets)
+        return int(self._batch.input_ids.numel())
+
+    def _forward(self, batch: _Batch) -> None:
+        self._fired = 0
+        try:
+            self.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                  position_ids=batch.position_ids, use_cache=False)
+        except _StopForward:
+            return
+        raise ActlabError(f"hooks {self.hook_names} did not all fire during the forward pass; "
+                          "use modules that the model runs on every token")

@@ -1,0 +1,116 @@
+"""TransformerLens-style hook names resolved to sites in Hugging Face modules.
+
+A hook site is a module plus whether its input or its output is captured:
+`blocks.L.hook_resid_pre` is the input of block L, `hook_resid_post` its
+output, `hook_resid_mid` the input of the norm in front of the MLP, and so on.
+Raw module paths (`model.layers.3`) capture that module's output.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from .errors import ActlabError
+
+
+@dataclass(frozen=True)
+class HookSite:
+    name: str
+    module: nn.Module
+    capture_input: bool  # True: the module's first input; False: its output
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one architecture family keeps its parts, relative to the base model."""
+
+    embed: str
+    layers: str
+    # Each block-relative entry is (submodule, capture_input).
+    attn_out: tuple[str, bool]
+    mlp_out: tuple[str, bool]
+    resid_mid: tuple[str, bool] | None
+
+
+_LLAMA = Layout("embed_tokens", "layers", ("self_attn", False), ("mlp", False),
+                ("post_attention_layernorm", True))
+# Gemma-2/3 normalise after attention and after the MLP (TransformerLens's
+# ln1_post/ln2_post sit before hook_attn_out/hook_mlp_out).
+_GEMMA2 = Layout("embed_tokens", "layers", ("post_attention_layernorm", False),
+                 ("post_feedforward_layernorm", False), ("pre_feedforward_layernorm", True))
+_GPT2 = Layout("wte", "h", ("attn", False), ("mlp", False), ("ln_2", True))
+_NEOX = Layout("embed_in", "layers", ("attention", False), ("mlp", False),
+               ("post_attention_layernorm", True))
+
+LAYOUTS: dict[str, Layout] = {
+    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA,
+    "gemma": _LLAMA, "gemma2": _GEMMA2, "gemma3_text": _GEMMA2,
+    "gpt2": _GPT2, "gpt_neox": _NEOX,
+}
+
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post"
+                         r"|hook_attn_out|hook_mlp_out)$")
+
+
+def layout_for(config) -> Layout:
+    model_type = config.model_type
+    if model_type not in LAYOUTS:
+        raise ActlabError(
+            f"architecture '{model_type}' has no hook-name map; supported: "
+            f"{', '.join(sorted(LAYOUTS))}; or pass raw module paths such as 'model.layers.3'")
+    layout = LAYOUTS[model_type]
+    if model_type == "gpt_neox" and config.use_parallel_residual:
+        # Parallel attention and MLP both read resid_pre: there is no resid_mid.
+        layout = Layout(layout.embed, layout.layers, layout.attn_out, layout.mlp_out, None)
+    return layout
+
+
+def hook_names(hf_model: nn.Module) -> list[str]:
+    """Every TransformerLens-style hook name valid for this model."""
+    config = hf_model.config.get_text_config()
+    layout = layout_for(config)
+    kinds = ["hook_resid_pre"] + (["hook_resid_mid"] if layout.resid_mid else [])
+    kinds += ["hook_resid_post", "hook_attn_out", "hook_mlp_out"]
+    names = ["hook_embed"]
+    for layer in range(config.num_hidden_layers):
+        names += [f"blocks.{layer}.{kind}" for kind in kinds]
+    return names
+
+
+def resolve(hf_model: nn.Module, name: str) -> HookSite:
+    """Map a hook name or raw module path to the module that produces it."""
+    base = hf_model.base_model
+    match = _BLOCK_HOOK.match(name)
+    if name == "hook_embed" or match:
+        layout = layout_for(hf_model.config.get_text_config())
+        if name == "hook_embed":
+            return HookSite(name, base.get_submodule(layout.embed), False)
+        layer, kind = int(match.group(1)), match.group(2)
+        blocks = base.get_submodule(layout.layers)
+        if layer >= len(blocks):
+            raise ActlabError(f"hook '{name}': the model has {len(blocks)} blocks (0-{len(blocks) - 1})")
+        block = blocks[layer]
+        if kind in ("hook_resid_pre", "hook_resid_post"):
+            return HookSite(name, block, kind == "hook_resid_pre")
+        part = {"hook_attn_out": layout.attn_out, "hook_mlp_out": layout.mlp_out,
+                "hook_resid_mid": layout.resid_mid}[kind]
+        if part is None:
+            raise ActlabError(f"hook '{name}' does not exist in this architecture "
+                              "(parallel attention and MLP); use hook_resid_pre or hook_resid_post")
+        return HookSite(name, block.get_submodule(part[0]), part[1])
+    try:
+        return HookSite(name, hf_model.get_submodule(name), False)
+    except AttributeError:
+        pass
+    try:
+        valid = hook_names(hf_model)
+    except ActlabError:
+        raise ActlabError(f"'{name}' is not a module of this model; pass a module path "
+                          "such as 'model.layers.3' (see `actlab models MODEL`)") from None
+    shown = valid[:7] + ["..."] + valid[-5:] if len(valid) > 14 else valid
+    raise ActlabError(f"unknown hook '{name}'; valid names: {', '.join(shown)} "
+                      "(all of them: `actlab models MODEL`), or a module path such as "
+                      f"'{hf_model.base_model_prefix}.{layout_for(hf_model.config.get_text_config()).layers}.0'")

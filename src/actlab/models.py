@@ -1,0 +1,213 @@
+"""Loading models and the `Model` wrapper the engine runs on."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import hooks as hook_points
+from .default_model import DEFAULT_MODEL, default_model_dir
+from .errors import ActlabError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZED = ("8bit", "4bit")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device != "auto":
+        try:
+            return torch.device(device)
+        except RuntimeError:
+            raise ActlabError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Model:
+    """A causal LM with its tokenizer, hook names and the extraction engine."""
+
+    def __init__(self, hf_model, tokenizer, name: str, dtype: str = "float32"):
+        self.hf_model = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.dtype = dtype
+        self.config = hf_model.config.get_text_config()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def base_model(self) -> torch.nn.Module:
+        """The transformer without its LM head."""
+        return self.hf_model.base_model
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def architecture(self) -> str:
+        return self.config.model_type
+
+    @property
+    def pad_id(self) -> int:
+        """Any id works: padded positions are masked and never read."""
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0):
+            if candidate is not None:
+                return candidate
+        return 0
+
+    def hook_names(self) -> list[str]:
+        return hook_points.hook_names(self.hf_model)
+
+    def hook_widths(self, names: Sequence[str]) -> dict[str, int]:
+        """Width of each hook's activation; raw module paths are probed once."""
+        return {name: self.d_model if name in self._standard_names else self._probe_width(name)
+                for name in names}
+
+    @cached_property
+    def _standard_names(self) -> set[str]:
+        try:
+            return set(self.hook_names())
+        except ActlabError:
+            return set()
+
+    def _probe_width(self, name: str) -> int:
+        """Run one token through the model and read the module's output width."""
+        widths = {}
+
+        def capture(mod, args, output):
+            widths[name] = (output[0] if isinstance(output, tuple) else output).shape[-1]
+
+        handle = hook_points.resolve(self.hf_model, name).module.register_forward_hook(capture)
+        try:
+            with torch.inference_mode():
+                ids = torch.tensor([[self.pad_id]], device=self.device)
+                self.base_model(input_ids=ids, use_cache=False)
+        finally:
+            handle.remove()
+        if name not in widths:
+            raise ActlabError(f"module '{name}' does not run in the forward pass; pick another")
+        return widths[name]
+
+    def token_strings(self, token_ids: torch.Tensor) -> list[str]:
+        """Readable text of each token id (decoded one token at a time, cached per id)."""
+        unique = torch.unique(token_ids).tolist()
+        decoded = dict(zip(unique, self.tokenizer.batch_decode([[i] for i in unique])))
+        return [decoded[i] for i in token_ids.tolist()]
+
+    @cached_property
+    def weight_hash(self) -> str:
+        """sha256 over every parameter and buffer, in state-dict order."""
+        digest = hashlib.sha256()
+        for key, tensor in self.hf_model.state_dict().items():
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def extract(self, texts: Sequence[str], hooks: Sequence[str] | str, pooling="last",
+                batch_size: int | None = None, max_batch_tokens: int | None = None,
+                padding_side: str | None = None, max_length: int | None = None,
+                prepend_bos: bool | None = None, include_bos: bool = False,
+                progress: bool | None = None):
+        """Activations at `hooks` for every text, in input order. See README."""
+        from .engine import Extractor
+        from .progress import ExtractProgress
+
+        hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+        extractor = Extractor(self, hooks, pooling, batch_size, max_batch_tokens, padding_side,
+                              max_length, prepend_bos, include_bos)
+        with ExtractProgress(len(texts), enabled=progress) as bar:
+            acts = extractor(texts, on_batch=bar.advance)
+        acts.stats.peak_memory_bytes = peak_memory_bytes(self.device)
+        bar.print_summary(acts.stats)
+        return acts
+
+    def __repr__(self) -> str:
+        return (f"Model({self.name!r}, {self.architecture}, {self.n_layers} layers, "
+                f"d_model={self.d_model}, {self.dtype}, {self.device})")
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "float32",
+               attn_implementation: str | None = None) -> Model:
+    """Load a causal LM: a hub id, a local folder, a .gguf file, or the default alias.
+
+    dtype is float32, bfloat16, float16, or (CUDA, bitsandbytes) 8bit / 4bit.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES and dtype not in QUANTIZED:
+        raise ActlabError(f"unknown dtype '{dtype}'; use {', '.join([*DTYPES, *QUANTIZED])}")
+    target = pick_device(device)
+    source, extra = _locate(name_or_path)
+    kwargs: dict = dict(extra)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if dtype in QUANTIZED:
+        kwargs.update(_quantization_kwargs(dtype, target))
+    else:
+        kwargs["dtype"] = DTYPES[dtype]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise ActlabError(f"cannot load model '{name_or_path}': {str(exc).splitlines()[0]} "
+                          "(pass a local folder, a .gguf file, a hub id, or "
+                          f"'{DEFAULT_MODEL}')") from None
+    except ValueError as exc:
+        raise ActlabError(f"cannot load model '{name_or_path}': {str(exc).splitlines()[0]}") from None
+    if dtype not in QUANTIZED:
+        hf_model = hf_model.to(target)
+    return Model(hf_model, tokenizer, name_or_path, dtype)
+
+
+def _locate(name_or_path: str) -> tuple[str, dict]:
+    """(source for from_pretrained, extra kwargs) for an alias, file, folder or hub id."""
+    if name_or_path == DEFAULT_MODEL:
+        return str(default_model_dir()), {}
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ActlabError(f"GGUF file not found: {path}")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ActlabError(f"{path} is not a model folder (no config.json); pass a folder "
+                              "written by save_pretrained, a .gguf file or a hub id")
+        return str(path), {}
+    if name_or_path.count("/") != 1 or name_or_path.startswith(("/", ".")):
+        raise ActlabError(f"unknown model '{name_or_path}': not a file, a folder, a hub id "
+                          f"(owner/name) or the alias '{DEFAULT_MODEL}'")
+    return name_or_path, {}
+
+
+def _quantization_kwargs(dtype: str, device: torch.device) -> dict:
+    if device.type != "cuda":
+        raise ActlabError(f"dtype '{dtype}' needs a CUDA GPU (bitsandbytes); use float32 or bfloat16 here")
+    try:
+        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ActlabError("8bit/4bit loading needs bitsandbytes: pip install 'actlab[quant]'") from None
+    config = BitsAndBytesConfig(load_in_8bit=dtype == "8bit", load_in_4bit=dtype == "4bit")
+    return {"quantization_config": config, "device_map": {"": device.index or 0}}
