@@ -1,0 +1,1 @@
+"""Benchmarks: side-by-side timings written to benchmarks/results/*.json."""

@@ -1,0 +1,235 @@
+"""`actlab bench extract`: the seeds' baseline loop, the engine, the bare
+stopped forward pass and peer libraries on the same texts and hooks, measured
+side by side in one process."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..datasets import length_mix
+from ..default_model import default_model_dir, DEFAULT_MODEL
+from ..engine import Extractor, _StopForward, plan_batches
+from ..hooks import resolve
+from ..models import Model, load_model
+from ..progress import console
+from ..tokens import tokenize
+from .memory import PeakMemory
+
+PEER_BATCH = 32
+SWEEP = (1, 4, 8, 16, 32, None)  # None: the engine's token budget
+
+
+def bench_layers(model: Model) -> list[int]:
+    n = model.n_layers
+    return [n // 4, n // 2, (3 * n) // 4]
+
+
+def baseline_loop(model: Model, texts, layers) -> dict[int, torch.Tensor]:
+    """Seed baseline: one text per forward, whole model with LM head,
+    output_hidden_states (hidden_states[L + 1] is block L's output)."""
+    out = {layer: [] for layer in layers}
+    with torch.no_grad():
+        for text in texts:
+            enc = model.tokenizer(text, return_tensors="pt").to(model.device)
+            hidden = model.hf_model(**enc, output_hidden_states=True).hidden_states
+            for layer in layers:
+                out[layer].append(hidden[layer + 1][0, -1].float().cpu())
+    return {layer: torch.stack(v) for layer, v in out.items()}
+
+
+def bare_forward(model: Model, texts, layers) -> Callable[[], None]:
+    """The limit: the engine's own batches through the base model, stopped after
+    the deepest block, capturing nothing. Returns a function that runs it."""
+    extractor = Extractor(model, [f"blocks.{max(layers)}.hook_resid_post"])
+    tok = tokenize(model.tokenizer, texts)
+    batches = [extractor.make_batch(rows, tok, None)
+               for rows in plan_batches(tok.lengths, None, extractor.max_batch_tokens)]
+    block = resolve(model.hf_model, f"blocks.{max(layers)}.hook_resid_post").module
+
+    def stop(module, args, output):
+        raise _StopForward
+
+    def run() -> None:
+        handle = block.register_forward_hook(stop)
+        try:
+            with torch.inference_mode():
+                for batch in batches:
+                    try:
+                        model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                         position_ids=batch.position_ids, use_cache=False)
+                    except _StopForward:
+                        pass
+        finally:
+            handle.remove()
+        _sync(model.device)
+
+    return run
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable, device: torch.device):
+    _sync(device)
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        result = fn()
+        _sync(device)
+        seconds = time.perf_counter() - start
+    return result, seconds, mem.peak_bytes
+
+
+def max_rel_error(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> float:
+    """max over layers and texts of |a - b|_inf / |a|_inf, row by row."""
+    worst = 0.0
+    for layer in a:
+        diff = (a[layer] - b[layer]).abs().amax(dim=1) / a[layer].abs().amax(dim=1)
+        worst = max(worst, float(diff.max()))
+    return worst
+
+
+def run_extract_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, device: str = "auto",
+                          peers: bool = True, sweep: bool = True,
+                          results_dir: Path | None = Path("benchmarks/results"),
+                          readme: Path | None = None, repeats: int = 2) -> dict:
+    model = load_model(model_name, device=device)
+    texts = length_mix(model.tokenizer, n_texts)
+    layers = bench_layers(model)
+    hooks = [f"blocks.{layer}.hook_resid_post" for layer in layers]
+    n_tokens = int(sum(tokenize(model.tokenizer, texts).lengths))
+    console.print(f"[bold]bench extract[/bold]: {model_name} on {model.device}, {n_texts} texts, "
+                  f"{n_tokens} tokens, hooks {hooks}")
+    model.extract(texts[:8], hooks, progress=False)  # warm-up
+
+    def engine():
+        acts = model.extract(texts, hooks, pooling="last", progress=False)
+        return {layer: acts[hook] for layer, hook in zip(layers, hooks)}
+
+    rows = {}
+
+    def record(name: str, seconds: float, peak: int, **extra) -> None:
+        rows[name] = dict(seconds=round(seconds, 3), texts_per_s=round(n_texts / seconds, 2),
+                          tokens_per_s=round(n_tokens / seconds, 1), peak_memory_mb=round(peak / 2**20, 1),
+                          **extra)
+        console.print(f"  {name:<22} {seconds:7.2f}s  {n_tokens / seconds:8.0f} tok/s")
+
+    reference, seconds, peak = timed(lambda: baseline_loop(model, texts, layers), model.device)
+    record("baseline_loop", seconds, peak)
+    bare = bare_forward(model, texts, layers)
+    # Engine and bare limit alternate, best of `repeats`, so drift hits both alike.
+    best = {"engine": (None, float("inf"), 0), "bare_forward": (None, float("inf"), 0)}
+    for _ in range(repeats):
+        for name, fn in (("bare_forward", bare), ("engine", engine)):
+            result, seconds, peak = timed(fn, model.device)
+            if seconds < best[name][1]:
+                best[name] = (result, seconds, peak)
+    record("engine", best["engine"][1], best["engine"][2])
+    record("bare_forward", best["bare_forward"][1], best["bare_forward"][2])
+    ours = best["engine"][0]
+    errors = {"engine_vs_baseline": max_rel_error(reference, ours)}
+    if peers:
+        for name, make in _peer_factories(model, model_name).items():
+            try:
+                runner = make()
+            except ImportError as exc:
+                console.print(f"  {name}: skipped ({exc}); pip install 'actlab[bench]'")
+                continue
+            runner(texts[:4], layers, PEER_BATCH)  # warm-up
+            result, seconds, peak = timed(lambda: runner(texts, layers, PEER_BATCH), model.device)
+            record(name, seconds, peak, batch_size=PEER_BATCH)
+            errors[f"{name}_vs_baseline"] = max_rel_error(reference, result)
+    sweep_rows = _sweep(model, texts, hooks, n_tokens) if sweep else []
+    engine_s = rows["engine"]["seconds"]
+    ratios = {"engine_vs_baseline": rows["baseline_loop"]["seconds"] / engine_s,
+              "engine_vs_bare_forward": rows["bare_forward"]["seconds"] / engine_s}
+    for name in rows:
+        if name not in ("baseline_loop", "engine", "bare_forward"):
+            ratios[f"engine_vs_{name}"] = rows[name]["seconds"] / engine_s
+    result = {
+        "benchmark": "extract", "actlab_version": __version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": describe_device(model.device), "model": model_name, "dtype": model.dtype,
+        "n_texts": n_texts, "n_tokens": n_tokens, "hooks": hooks, "pooling": "last",
+        "methods": rows, "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "max_rel_error": {k: float(f"{v:.3g}") for k, v in errors.items()},
+        "batch_size_sweep": sweep_rows,
+    }
+    for key, value in result["ratios"].items():
+        console.print(f"  {key:<32} {value:.2f}x")
+    console.print(f"  max relative error engine vs baseline: {errors['engine_vs_baseline']:.2e}")
+    if results_dir is not None:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        path = results_dir / f"extract-{model.device.type}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {path}")
+    if readme is not None:
+        update_readme(readme, result)
+    return result
+
+
+def _peer_factories(model: Model, model_name: str) -> dict[str, Callable]:
+    from . import peers
+
+    model_dir = str(default_model_dir()) if model_name == DEFAULT_MODEL else model_name
+    return {"transformer_lens": lambda: peers.transformer_lens_runner(model, model_dir),
+            "nnsight": lambda: peers.nnsight_runner(model)}
+
+
+def _sweep(model: Model, texts, hooks, n_tokens: int) -> list[dict]:
+    rows = []
+    for batch_size in SWEEP:
+        _, seconds, peak = timed(lambda: model.extract(texts, hooks, batch_size=batch_size,
+                                                       progress=False), model.device)
+        rows.append({"batch_size": batch_size or "auto", "seconds": round(seconds, 3),
+                     "tokens_per_s": round(n_tokens / seconds, 1), "peak_memory_mb": round(peak / 2**20, 1)})
+        console.print(f"  sweep batch {batch_size or 'auto':>4}: {seconds:6.2f}s  "
+                      f"{n_tokens / seconds:7.0f} tok/s  peak +{peak / 2**20:.0f} MiB")
+    return rows
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    cpu = platform.processor() or platform.machine()
+    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
+
+
+def markdown_table(result: dict) -> str:
+    lines = [f"Device: {result['device']}; {result['model']} ({result['dtype']}); {result['n_texts']} texts, "
+             f"{result['n_tokens']} tokens; hooks {', '.join(result['hooks'])}; last-token pooling; "
+             f"{result['date'][:10]}.", "",
+             "| method | seconds | tokens/s | engine speed-up | peak memory (MiB) |",
+             "|---|---:|---:|---:|---:|"]
+    engine_s = result["methods"]["engine"]["seconds"]
+    for name, row in result["methods"].items():
+        lines.append(f"| {name} | {row['seconds']:.2f} | {row['tokens_per_s']:.0f} | "
+                     f"{row['seconds'] / engine_s:.2f}x | {row['peak_memory_mb']:.0f} |")
+    lines += ["", "Max relative error vs the baseline loop: " + ", ".join(
+        f"{k.replace('_vs_baseline', '')} {v:.1e}" for k, v in result["max_rel_error"].items()) + "."]
+    if result["batch_size_sweep"]:
+        lines += ["", "| batch size | seconds | tokens/s | peak memory (MiB) |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['batch_size']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {r['peak_memory_mb']:.0f} |"
+                  for r in result["batch_size_sweep"]]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, result: dict) -> None:
+    """Replace the block between the device's bench markers in the README."""
+    kind = result["device"].split(":")[0]
+    start, end = f"<!-- bench:extract:{kind} -->", f"<!-- /bench:extract:{kind} -->"
+    text = readme.read_text()
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    readme.write_text(f"{head}{start}\n{markdown_table(result)}\n{end}{tail}")

@@ -1,0 +1,90 @@
+"""Peer libraries run the way their users batch: fixed-size batches in input
+order (no length sorting), right padding, stopped at the deepest hook.
+
+TransformerLens's model is built in-process from the HF weights (no hub)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+_TL_CONVERTERS = {"llama": "convert_llama_weights", "gpt2": "convert_gpt2_weights",
+                  "gpt_neox": "convert_neox_weights", "gemma2": "convert_gemma_weights",
+                  "gemma": "convert_gemma_weights", "mistral": "convert_mistral_weights",
+                  "qwen2": "convert_qwen2_weights"}
+
+
+def padded_batches(model, texts: Sequence[str], batch_size: int):
+    """(input_ids, attention_mask, last_index) per batch, right padded, input order."""
+    for lo in range(0, len(texts), batch_size):
+        enc = [model.tokenizer(t)["input_ids"] for t in texts[lo:lo + batch_size]]
+        width = max(map(len, enc))
+        ids = torch.full((len(enc), width), model.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, seq in enumerate(enc):
+            ids[i, :len(seq)] = torch.tensor(seq)
+            mask[i, :len(seq)] = 1
+        yield ids.to(model.device), mask.to(model.device), (mask.sum(1) - 1).to(model.device)
+
+
+def transformer_lens_runner(model, model_dir: str) -> Callable:
+    """A function(texts, layers, batch_size) -> {layer: (n, d)} using HookedTransformer."""
+    import transformer_lens.loading_from_pretrained as loading
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(**loading.convert_hf_model_config(model_dir),
+                                  device=str(model.device), dtype=model.hf_model.dtype)
+    tl = HookedTransformer(cfg, tokenizer=model.tokenizer, move_to_device=True)
+    state = getattr(loading, _TL_CONVERTERS[model.architecture])(model.hf_model, cfg)
+    tl.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
+                                   center_unembed=False, fold_value_biases=False,
+                                   refactor_factored_attn_matrices=False)
+    tl.eval()
+
+    def run(texts, layers, batch_size):
+        names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
+        out = {layer: [] for layer in layers}
+        with torch.inference_mode():
+            for ids, mask, last in padded_batches(model, texts, batch_size):
+                _, cache = tl.run_with_cache(ids, attention_mask=mask, names_filter=names,
+                                             stop_at_layer=max(layers) + 1)
+                rows = torch.arange(len(ids), device=ids.device)
+                for layer, name in zip(layers, names):
+                    out[layer].append(cache[name][rows, last].float().cpu())
+        return {layer: torch.cat(v) for layer, v in out.items()}
+
+    return run
+
+
+def nnsight_runner(model) -> Callable:
+    from nnsight import LanguageModel
+
+    padding_side = model.tokenizer.padding_side
+    lm = LanguageModel(model.hf_model, tokenizer=model.tokenizer)
+    model.tokenizer.padding_side = padding_side  # nnsight switches it to left
+
+    def run(texts, layers, batch_size):
+        out = {layer: [] for layer in layers}
+        with torch.inference_mode():
+            for ids, mask, last in padded_batches(model, texts, batch_size):
+                saved = []  # an outer list: names bound inside a stopped trace are lost
+                with lm.trace({"input_ids": ids, "attention_mask": mask}) as tracer:
+                    for layer in layers:
+                        saved.append(_nnsight_block(lm, model, layer).output.save())
+                    tracer.stop()
+                rows = torch.arange(len(ids), device=ids.device)
+                for layer, value in zip(layers, saved):
+                    hidden = value[0] if isinstance(value, tuple) else value
+                    out[layer].append(hidden[rows, last].float().cpu())
+        return {layer: torch.cat(v) for layer, v in out.items()}
+
+    return run
+
+
+def _nnsight_block(lm, model, layer: int):
+    from ..hooks import layout_for
+
+    layout = layout_for(model.config)
+    base = getattr(lm, model.hf_model.base_model_prefix)
+    return getattr(base, layout.layers)[layer]

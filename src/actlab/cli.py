@@ -1,0 +1,142 @@
+"""The `actlab` command line: a thin shell over the Python API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .default_model import DEFAULT_MODEL
+from .errors import ActlabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Fast, correct activation extraction for interpretability experiments.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results go to benchmarks/results/).")
+app.add_typer(bench_app, name="bench")
+out = Console()
+err = Console(stderr=True)
+
+ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Hub id, local folder, .gguf file or alias.")
+DeviceOpt = typer.Option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
+DtypeOpt = typer.Option("float32", help="float32, bfloat16, float16; 8bit/4bit on CUDA.")
+
+
+@app.command()
+def models(name: str = typer.Argument(DEFAULT_MODEL, help="Model to describe."),
+           device: str = DeviceOpt) -> None:
+    """Print a model's architecture, layer count, width and hook names."""
+    from .models import load_model
+
+    model = load_model(name, device=device)
+    out.print(f"[bold]{name}[/bold]: {model.architecture}, {model.n_layers} layers, "
+              f"d_model {model.d_model}, vocab {model.config.vocab_size}, device {model.device}")
+    names = model.hook_names()
+    out.print("hook names: hook_embed, then for each block L in "
+              f"0..{model.n_layers - 1}: " + ", ".join(n.split(".", 2)[2] for n in names[1:6] if n.startswith("blocks.0.")))
+    out.print("\n".join(names))
+
+
+@app.command()
+def extract(
+    input: Path = typer.Option(..., "--input", "-i", help=".txt, .jsonl, .json, .csv or .parquet"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable)."),
+    hook: List[str] = typer.Option(..., "--hook", help="Hook name or module path; repeatable."),
+    model: str = ModelOpt,
+    pooling: str = typer.Option("last", help="last, mean, all, first:K, last:K, pos:I"),
+    batch_size: Optional[int] = typer.Option(None, help="Texts per batch (default: token budget)."),
+    max_batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per batch."),
+    padding_side: Optional[str] = typer.Option(None, help="right (default) or left."),
+    max_length: Optional[int] = typer.Option(None, help="Truncate texts to this many tokens."),
+    prepend_bos: Optional[bool] = typer.Option(None, "--prepend-bos/--no-prepend-bos",
+                                               help="Override the tokenizer's BOS behaviour."),
+    include_bos: bool = typer.Option(False, help="Let mean/first:K/last:K pool the BOS token."),
+    text_field: str = typer.Option("text", help="Text field (jsonl, json, csv, parquet)."),
+    id_field: Optional[str] = typer.Option(None, help="Id field (default 'id' if present)."),
+    label_field: Optional[str] = typer.Option(None, help="Label field (default 'label' if present)."),
+    category_field: Optional[str] = typer.Option(None, help="Category field (default 'category')."),
+    skip_empty: bool = typer.Option(False, help="Skip empty texts instead of failing."),
+    shard_size: int = typer.Option(2048, help="Texts per Parquet shard."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run in --out."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
+    """Extract activations to a resumable Parquet run directory."""
+    from .inputs import FieldNames, file_sha256, read_records
+    from .models import load_model
+    from .store import extract_run
+
+    names = FieldNames(text_field, id_field, label_field, category_field)
+    records = read_records(input, names, skip_empty)
+    if records.n_skipped:
+        err.print(f"skipped {records.n_skipped} empty text(s)")
+    lm = load_model(model, device=device, dtype=dtype)
+    info = {"path": str(input), "sha256": file_sha256(input), "text_field": text_field}
+    run = extract_run(lm, records, hook, out_dir, pooling, shard_size=shard_size, overwrite=overwrite,
+                      input_info=info, progress=True, batch_size=batch_size,
+                      max_batch_tokens=max_batch_tokens, padding_side=padding_side,
+                      max_length=max_length, prepend_bos=prepend_bos, include_bos=include_bos)
+    from .store import read_manifest
+
+    manifest = read_manifest(run)
+    if manifest.get("n_truncated"):
+        err.print(f"[yellow]{manifest['n_truncated']} text(s) truncated to {manifest['settings']['max_length']} tokens")
+    out.print(f"wrote {manifest['n_rows']} rows to {run}")
+
+
+@app.command()
+def demo(model: str = ModelOpt, out_dir: Path = typer.Option(Path("runs/demo"), "--out"),
+         device: str = DeviceOpt) -> None:
+    """Extract activations of the built-in categorized texts, then benchmark."""
+    from .demo import run_demo
+
+    run_demo(model, out_dir, device)
+
+
+@bench_app.command("extract")
+def bench_extract(
+    model: str = ModelOpt,
+    n_texts: int = typer.Option(256, help="Texts in the length mix (20-150 tokens)."),
+    device: str = DeviceOpt,
+    peers: bool = typer.Option(True, help="Include TransformerLens and nnsight if installed."),
+    sweep: bool = typer.Option(True, help="Run the batch-size sweep."),
+    results_dir: Path = typer.Option(Path("benchmarks/results"), help="Where the JSON goes."),
+    readme: Optional[Path] = typer.Option(None, help="Update the benchmark table in this README."),
+) -> None:
+    """Baseline loop vs engine vs bare stopped forward vs peers."""
+    from .bench.extract import run_extract_benchmark
+
+    run_extract_benchmark(model, n_texts, device, peers, sweep, results_dir, readme)
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    table = Table(title=title)
+    for column in header:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        app(standalone_mode=False)
+    except ActlabError as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; finished shards are kept, rerun the same command to resume")
+        sys.exit(130)
+    except (typer.Exit, typer.Abort) as exc:
+        sys.exit(getattr(exc, "exit_code", 1))
+    except __import__("click").ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)

@@ -1,0 +1,171 @@
+"""Reading texts (and optional id / label / category fields) from files."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ActlabError
+
+FORMATS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+OPTIONAL_FIELDS = ("id", "label", "category")
+
+
+@dataclass
+class Records:
+    """Texts plus optional per-text fields; `lines` are 1-based source locations."""
+
+    texts: list[str]
+    fields: dict[str, list] = field(default_factory=dict)  # id / label / category
+    lines: list[int] = field(default_factory=list)
+    n_skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def select(self, keep: list[int]) -> "Records":
+        return Records([self.texts[i] for i in keep],
+                       {k: [v[i] for i in keep] for k, v in self.fields.items()},
+                       [self.lines[i] for i in keep], self.n_skipped)
+
+
+@dataclass(frozen=True)
+class FieldNames:
+    text: str = "text"
+    id: str | None = None
+    label: str | None = None
+    category: str | None = None
+
+    def optional(self) -> dict[str, tuple[str, bool]]:
+        """role -> (column name, whether the user named it explicitly)."""
+        return {role: (getattr(self, role) or role, getattr(self, role) is not None)
+                for role in OPTIONAL_FIELDS}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_records(path: str | Path, names: FieldNames = FieldNames(), skip_empty: bool = False) -> Records:
+    path = Path(path)
+    if not path.is_file():
+        raise ActlabError(f"input file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ActlabError(f"cannot read '{path.name}': use one of {', '.join(FORMATS)}")
+    if suffix == ".parquet":
+        rows, lines = _read_parquet(path)
+    else:
+        text = _decode(path)
+        rows, lines = {".txt": _rows_txt, ".jsonl": _rows_jsonl, ".json": _rows_json,
+                       ".csv": _rows_csv}[suffix](text, path)
+    records = _to_records(rows, lines, names, path)
+    return _drop_empty(records, path, skip_empty)
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ActlabError(f"{path.name}: line {line} is not valid UTF-8 (byte {exc.start}); "
+                          "re-encode the file as UTF-8") from None
+
+
+def _rows_txt(text: str, path: Path):
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [{"text": line.rstrip("\r")} for line in lines], list(range(1, len(lines) + 1))
+
+
+def _rows_jsonl(text: str, path: Path):
+    rows, lines = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ActlabError(f"{path.name}: line {number} is not valid JSON ({exc.msg})") from None
+        lines.append(number)
+    return rows, lines
+
+
+def _rows_json(text: str, path: Path):
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ActlabError(f"{path.name}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))
+    if not isinstance(data, list):
+        raise ActlabError(f"{path.name}: expected a list of texts or of objects")
+    return data, list(range(1, len(data) + 1))
+
+
+def _rows_csv(text: str, path: Path):
+    reader = csv.DictReader(io.StringIO(text))
+    rows = list(reader)
+    return rows, [i + 2 for i in range(len(rows))]  # line 1 is the header
+
+
+def _read_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise ActlabError(f"{path.name}: cannot read as Parquet ({exc})") from None
+    return rows, list(range(1, len(rows) + 1))
+
+
+def _to_records(rows: list, lines: list[int], names: FieldNames, path: Path) -> Records:
+    what = "row" if path.suffix in (".parquet", ".json") else "line"
+    if rows and all(isinstance(r, str) for r in rows):
+        rows = [{"text": r} for r in rows]
+    texts = []
+    for row, line in zip(rows, lines):
+        if not isinstance(row, dict):
+            raise ActlabError(f"{path.name}: {what} {line} is not an object with a '{names.text}' field")
+        if names.text not in row:
+            raise ActlabError(f"{path.name}: {what} {line} has no field '{names.text}' "
+                              f"(fields: {', '.join(map(str, row))}); pick one with --text-field")
+        value = row[names.text]
+        if not isinstance(value, str):
+            raise ActlabError(f"{path.name}: {what} {line}: field '{names.text}' is not a string")
+        texts.append(value)
+    fields = {}
+    for role, (column, explicit) in names.optional().items():
+        present = [column in row for row in rows]
+        if explicit and not all(present):
+            line = lines[present.index(False)]
+            raise ActlabError(f"{path.name}: {what} {line} has no field '{column}' "
+                              f"(named by --{role}-field)")
+        if rows and all(present):
+            fields[role] = [row[column] for row in rows]
+    return Records(texts, fields, lines)
+
+
+def _drop_empty(records: Records, path: Path, skip_empty: bool) -> Records:
+    empty = [i for i, t in enumerate(records.texts) if not t.strip()]
+    if not empty:
+        return records
+    if not skip_empty:
+        shown = ", ".join(str(records.lines[i]) for i in empty[:10]) + (" ..." if len(empty) > 10 else "")
+        raise ActlabError(f"{path.name}: {len(empty)} empty text(s) at line/row {shown}; "
+                          "remove them or pass --skip-empty")
+    dropped = set(empty)
+    keep = [i for i in range(len(records)) if i not in dropped]
+    kept = records.select(keep)
+    kept.n_skipped = len(empty)
+    return kept

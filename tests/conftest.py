@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny models of every supported architecture, built
+in-process from a config, and the default model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import actlab
+from actlab.default_model import default_model_dir
+
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+VOCAB = 49152  # the default model's tokenizer serves every tiny model
+SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+             num_attention_heads=4, max_position_embeddings=512)
+CONFIGS = {
+    "llama": lambda: transformers.LlamaConfig(**SMALL, num_key_value_heads=2),
+    "mistral": lambda: transformers.MistralConfig(**SMALL, num_key_value_heads=2),
+    "qwen2": lambda: transformers.Qwen2Config(**SMALL, num_key_value_heads=2),
+    "gemma": lambda: transformers.GemmaConfig(**SMALL, num_key_value_heads=2, head_dim=16),
+    "gemma2": lambda: transformers.Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=16),
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4,
+                                            n_positions=512),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(**SMALL, use_parallel_residual=True),
+    "gpt_neox_serial": lambda: transformers.GPTNeoXConfig(**SMALL, use_parallel_residual=False),
+}
+ARCHITECTURES = list(CONFIGS)
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hi",
+    "def add(a, b):\n    return a + b",
+    "Bonjour, comment allez-vous aujourd'hui ? Très bien, merci beaucoup.",
+    "lol 😂",
+    "In this paper, we propose a novel framework for causal inference in observational "
+    "studies with many confounders, and evaluate it on three benchmarks.",
+    "x",
+    "E = mc^2",
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(default_model_dir())
+
+
+def build_tiny(arch: str, tokenizer) -> actlab.Model:
+    torch.manual_seed(0)
+    hf_model = AutoModelForCausalLM.from_config(CONFIGS[arch](), dtype=torch.float32)
+    # Random init at std 0.02 makes every block nearly the identity; larger
+    # weights make a wrong position or a leaked pad change the numbers.
+    with torch.no_grad():
+        for p in hf_model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2)
+    return actlab.Model(hf_model, tokenizer, f"tiny-{arch}")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tokenizer):
+    return {arch: build_tiny(arch, tokenizer) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    return actlab.load_model(actlab.DEFAULT_MODEL, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_models):
+    """The tiny Llama saved as a local folder, for CLI tests."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model = tiny_models["llama"]
+    model.hf_model.save_pretrained(path)
+    model.tokenizer.save_pretrained(path)
+    return path
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max over rows of |a - b|_inf / |b|_inf."""
+    a, b = a.reshape(-1, a.shape[-1]).double(), b.reshape(-1, b.shape[-1]).double()
+    return float(((a - b).abs().amax(-1) / b.abs().amax(-1).clamp_min(1e-30)).max())
