@@ -3,6 +3,10 @@ in-process from a config, and the default model."""
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the model hub
+
 import pytest
 import torch
 import transformers

@@ -40,14 +40,18 @@ def naive(model, text, hook_layer, pooling, prepend_bos=False, index=0):
     return h[pooling[index]]
 
 
+def cases(model):
+    """(texts, pooling) for every pooling, on texts long enough for all of them."""
+    texts = [t for t in TEXTS if len(model.tokenizer(t)["input_ids"]) >= 4]
+    for pooling in POOLINGS:
+        yield texts, pooling[:len(texts)] if isinstance(pooling, list) else pooling
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_batched_equals_one_at_a_time(tiny_models, arch, padding_side):
     model = tiny_models[arch]
-    texts = [t for t in TEXTS if len(model.tokenizer(t)["input_ids"]) >= 4]
-    for pooling in POOLINGS:
-        if isinstance(pooling, list):
-            pooling = pooling[:len(texts)]
+    for texts, pooling in cases(model):
         single = model.extract(texts, HOOKS, pooling=pooling, batch_size=1, progress=False)
         batched = model.extract(texts, HOOKS, pooling=pooling, max_batch_tokens=64,
                                 padding_side=padding_side, progress=False)
@@ -61,10 +65,7 @@ def test_batched_equals_one_at_a_time(tiny_models, arch, padding_side):
 @pytest.mark.parametrize("prepend_bos", [False, True])
 def test_pooling_matches_naive_loop(tiny_models, arch, prepend_bos):
     model = tiny_models[arch]
-    texts = [t for t in TEXTS if len(model.tokenizer(t)["input_ids"]) >= 4]
-    for pooling in POOLINGS:
-        if isinstance(pooling, list):
-            pooling = pooling[:len(texts)]
+    for texts, pooling in cases(model):
         acts = model.extract(texts, "blocks.1.hook_resid_post", pooling=pooling, padding_side="left",
                              prepend_bos=prepend_bos, progress=False)
         for i, text in enumerate(texts):

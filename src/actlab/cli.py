@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -35,9 +36,10 @@ def models(name: str = typer.Argument(DEFAULT_MODEL, help="Model to describe."),
     out.print(f"[bold]{name}[/bold]: {model.architecture}, {model.n_layers} layers, "
               f"d_model {model.d_model}, vocab {model.config.vocab_size}, device {model.device}")
     names = model.hook_names()
-    out.print("hook names: hook_embed, then for each block L in "
-              f"0..{model.n_layers - 1}: " + ", ".join(n.split(".", 2)[2] for n in names[1:6] if n.startswith("blocks.0.")))
-    out.print("\n".join(names))
+    per_block = [n.split(".", 2)[2] for n in names if n.startswith("blocks.0.")]
+    out.print(f"hook names: hook_embed, and blocks.L.{{{','.join(per_block)}}} "
+              f"for L in 0..{model.n_layers - 1}:")
+    out.print("\n".join(names), highlight=False)
 
 
 @app.command()
@@ -135,8 +137,10 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted; finished shards are kept, rerun the same command to resume")
         sys.exit(130)
-    except (typer.Exit, typer.Abort) as exc:
-        sys.exit(getattr(exc, "exit_code", 1))
-    except __import__("click").ClickException as exc:
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

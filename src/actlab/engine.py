@@ -89,7 +89,7 @@ class _HostCopies:
     def put(self, out: torch.Tensor, dest: torch.Tensor, values: torch.Tensor) -> None:
         values = values.float()
         if values.device.type != "cuda":
-            out.index_copy_(0, dest, values)
+            out.index_copy_(0, dest, values.cpu())
             return
         staging = torch.empty(values.shape, dtype=out.dtype, pin_memory=True)
         staging.copy_(values, non_blocking=True)
@@ -140,6 +140,7 @@ class Extractor:
         self.padding_side = padding_side or "right"
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.prepend_bos = prepend_bos
+        self.widths = model.hook_widths(self.hook_names)
         self.oom_splits = 0
 
     def __call__(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> Activations:
@@ -190,8 +191,7 @@ class Extractor:
             offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
             offsets[1:] = torch.from_numpy(np.cumsum(lengths))
             n_rows = int(offsets[-1])
-        widths = self.model.hook_widths(self.hook_names)
-        out = {name: torch.empty(n_rows, widths[name], dtype=torch.float32, pin_memory=pin)
+        out = {name: torch.empty(n_rows, self.widths[name], dtype=torch.float32, pin_memory=pin)
                for name in self.hook_names}
         return out, offsets
 

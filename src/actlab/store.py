@@ -92,7 +92,7 @@ def extract_run(model, records: Records, hooks: Sequence[str], out_dir: str | Pa
                   "architecture": model.architecture, "n_layers": model.n_layers,
                   "d_model": model.d_model, "dtype": model.dtype},
         "hooks": extractor.hook_names,
-        "widths": model.hook_widths(extractor.hook_names),
+        "widths": extractor.widths,
         "pooling": extractor.pooling.spec,
         "include_bos": extractor.pooling.include_bos,
         "prepend_bos": engine_options.get("prepend_bos"),

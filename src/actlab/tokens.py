@@ -34,7 +34,7 @@ def tokenize(tokenizer, texts: Sequence[str], prepend_bos: bool | None = None,
     want_bos = adds_bos if prepend_bos is None else prepend_bos
     if want_bos and tokenizer.bos_token_id is None:
         raise ActlabError("prepend_bos=True but this tokenizer has no BOS token; drop the option")
-    ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if len(texts) else []
     if want_bos and not adds_bos:
         ids = [[tokenizer.bos_token_id] + x for x in ids]
     elif adds_bos and not want_bos:

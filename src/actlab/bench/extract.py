@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,15 +23,16 @@ from ..hooks import resolve
 from ..models import Model, load_model
 from ..progress import console
 from ..tokens import tokenize
-from .memory import PeakMemory
 
 PEER_BATCH = 32
 SWEEP = (1, 4, 8, 16, 32, None)  # None: the engine's token budget
 
 
 def bench_layers(model: Model) -> list[int]:
+    """Three depths, n/4, n/2, 3n/4, kept below the last block, whose HF hidden
+    state may carry the final norm and so is no baseline for its output."""
     n = model.n_layers
-    return [n // 4, n // 2, (3 * n) // 4]
+    return sorted({min(depth, n - 2) for depth in (n // 4, n // 2, (3 * n) // 4)})
 
 
 def baseline_loop(model: Model, texts, layers) -> dict[int, torch.Tensor]:
@@ -80,13 +83,19 @@ def _sync(device: torch.device) -> None:
 
 
 def timed(fn: Callable, device: torch.device):
+    """(result, seconds, CUDA allocator peak above the start; 0 on CPU)."""
     _sync(device)
-    with PeakMemory(device) as mem:
-        start = time.perf_counter()
-        result = fn()
-        _sync(device)
-        seconds = time.perf_counter() - start
-    return result, seconds, mem.peak_bytes
+    peak = 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    start = time.perf_counter()
+    result = fn()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - before
+    return result, seconds, peak
 
 
 def max_rel_error(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> float:
@@ -111,16 +120,20 @@ def run_extract_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, d
                   f"{n_tokens} tokens, hooks {hooks}")
     model.extract(texts[:8], hooks, progress=False)  # warm-up
 
+    engine_stats = {}
+
     def engine():
         acts = model.extract(texts, hooks, pooling="last", progress=False)
+        engine_stats["padding_waste"] = round(acts.stats.padding_waste, 4)
         return {layer: acts[hook] for layer, hook in zip(layers, hooks)}
 
     rows = {}
 
     def record(name: str, seconds: float, peak: int, **extra) -> None:
         rows[name] = dict(seconds=round(seconds, 3), texts_per_s=round(n_texts / seconds, 2),
-                          tokens_per_s=round(n_tokens / seconds, 1), peak_memory_mb=round(peak / 2**20, 1),
-                          **extra)
+                          tokens_per_s=round(n_tokens / seconds, 1), **extra)
+        if model.device.type == "cuda":
+            rows[name]["peak_memory_mb"] = round(peak / 2**20, 1)
         console.print(f"  {name:<22} {seconds:7.2f}s  {n_tokens / seconds:8.0f} tok/s")
 
     reference, seconds, peak = timed(lambda: baseline_loop(model, texts, layers), model.device)
@@ -133,7 +146,7 @@ def run_extract_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, d
             result, seconds, peak = timed(fn, model.device)
             if seconds < best[name][1]:
                 best[name] = (result, seconds, peak)
-    record("engine", best["engine"][1], best["engine"][2])
+    record("engine", best["engine"][1], best["engine"][2], **engine_stats)
     record("bare_forward", best["bare_forward"][1], best["bare_forward"][2])
     ours = best["engine"][0]
     errors = {"engine_vs_baseline": max_rel_error(reference, ours)}
@@ -148,7 +161,7 @@ def run_extract_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, d
             result, seconds, peak = timed(lambda: runner(texts, layers, PEER_BATCH), model.device)
             record(name, seconds, peak, batch_size=PEER_BATCH)
             errors[f"{name}_vs_baseline"] = max_rel_error(reference, result)
-    sweep_rows = _sweep(model, texts, hooks, n_tokens) if sweep else []
+    sweep_rows = _sweep(model, model_name, texts, hooks, n_tokens) if sweep else []
     engine_s = rows["engine"]["seconds"]
     ratios = {"engine_vs_baseline": rows["baseline_loop"]["seconds"] / engine_s,
               "engine_vs_bare_forward": rows["bare_forward"]["seconds"] / engine_s}
@@ -185,16 +198,35 @@ def _peer_factories(model: Model, model_name: str) -> dict[str, Callable]:
             "nnsight": lambda: peers.nnsight_runner(model)}
 
 
-def _sweep(model: Model, texts, hooks, n_tokens: int) -> list[dict]:
+def _sweep(model: Model, model_name: str, texts, hooks, n_tokens: int) -> list[dict]:
+    """Throughput and peak memory per batch size. CUDA: allocator peak above the
+    loaded model, in this process. CPU: peak RSS of a fresh process per point
+    (model included), since a process's resident high-water mark never drops."""
     rows = []
     for batch_size in SWEEP:
-        _, seconds, peak = timed(lambda: model.extract(texts, hooks, batch_size=batch_size,
-                                                       progress=False), model.device)
+        if model.device.type == "cuda":
+            _, seconds, peak = timed(lambda: model.extract(texts, hooks, batch_size=batch_size,
+                                                           progress=False), model.device)
+            memory = "cuda allocator peak above the loaded model"
+        else:
+            seconds, peak = _sweep_point_in_subprocess(model_name, model.device.type, len(texts),
+                                                        batch_size, hooks)
+            memory = "process peak RSS, model included"
         rows.append({"batch_size": batch_size or "auto", "seconds": round(seconds, 3),
-                     "tokens_per_s": round(n_tokens / seconds, 1), "peak_memory_mb": round(peak / 2**20, 1)})
+                     "tokens_per_s": round(n_tokens / seconds, 1), "peak_memory_mb": round(peak / 2**20, 1),
+                     "memory": memory})
         console.print(f"  sweep batch {batch_size or 'auto':>4}: {seconds:6.2f}s  "
-                      f"{n_tokens / seconds:7.0f} tok/s  peak +{peak / 2**20:.0f} MiB")
+                      f"{n_tokens / seconds:7.0f} tok/s  peak {peak / 2**20:.0f} MiB")
     return rows
+
+
+def _sweep_point_in_subprocess(model_name: str, device: str, n_texts: int, batch_size: int | None,
+                               hooks) -> tuple[float, int]:
+    command = [sys.executable, "-m", "actlab.bench.sweep_worker", model_name, device, str(n_texts),
+               str(batch_size or "auto"), *hooks]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["seconds"], result["peak_memory_bytes"]
 
 
 def describe_device(device: torch.device) -> str:
@@ -208,16 +240,17 @@ def markdown_table(result: dict) -> str:
     lines = [f"Device: {result['device']}; {result['model']} ({result['dtype']}); {result['n_texts']} texts, "
              f"{result['n_tokens']} tokens; hooks {', '.join(result['hooks'])}; last-token pooling; "
              f"{result['date'][:10]}.", "",
-             "| method | seconds | tokens/s | engine speed-up | peak memory (MiB) |",
-             "|---|---:|---:|---:|---:|"]
+             f"Engine padding waste {result['methods']['engine']['padding_waste']:.1%}.", "",
+             "| method | seconds | tokens/s | engine speed-up |", "|---|---:|---:|---:|"]
     engine_s = result["methods"]["engine"]["seconds"]
     for name, row in result["methods"].items():
         lines.append(f"| {name} | {row['seconds']:.2f} | {row['tokens_per_s']:.0f} | "
-                     f"{row['seconds'] / engine_s:.2f}x | {row['peak_memory_mb']:.0f} |")
+                     f"{row['seconds'] / engine_s:.2f}x |")
     lines += ["", "Max relative error vs the baseline loop: " + ", ".join(
         f"{k.replace('_vs_baseline', '')} {v:.1e}" for k, v in result["max_rel_error"].items()) + "."]
     if result["batch_size_sweep"]:
-        lines += ["", "| batch size | seconds | tokens/s | peak memory (MiB) |", "|---|---:|---:|---:|"]
+        lines += ["", f"Batch-size sweep (peak memory: {result['batch_size_sweep'][0]['memory']}):", "",
+                  "| batch size | seconds | tokens/s | peak memory (MiB) |", "|---|---:|---:|---:|"]
         lines += [f"| {r['batch_size']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {r['peak_memory_mb']:.0f} |"
                   for r in result["batch_size_sweep"]]
     return "\n".join(lines)

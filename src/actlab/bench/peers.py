@@ -5,6 +5,10 @@ TransformerLens's model is built in-process from the HF weights (no hub)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -33,9 +37,15 @@ def transformer_lens_runner(model, model_dir: str) -> Callable:
     import transformer_lens.loading_from_pretrained as loading
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    cfg = HookedTransformerConfig(**loading.convert_hf_model_config(model_dir),
-                                  device=str(model.device), dtype=model.hf_model.dtype)
-    tl = HookedTransformer(cfg, tokenizer=model.tokenizer, move_to_device=True)
+    with tempfile.TemporaryDirectory() as neutral:
+        # TransformerLens guesses the architecture from the name when it says
+        # "llama" and then reads no config; a neutral folder name avoids that.
+        shutil.copy(Path(model_dir) / "config.json", Path(neutral) / "config.json")
+        cfg = HookedTransformerConfig(**loading.convert_hf_model_config(neutral),
+                                      device=str(model.device), dtype=model.hf_model.dtype)
+    with warnings.catch_warnings():  # deprecated in 3.x for TransformerBridge; SAELens uses it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tl = HookedTransformer(cfg, tokenizer=model.tokenizer, move_to_device=True)
     state = getattr(loading, _TL_CONVERTERS[model.architecture])(model.hf_model, cfg)
     tl.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
                                    center_unembed=False, fold_value_biases=False,
@@ -61,7 +71,9 @@ def nnsight_runner(model) -> Callable:
     from nnsight import LanguageModel
 
     padding_side = model.tokenizer.padding_side
-    lm = LanguageModel(model.hf_model, tokenizer=model.tokenizer)
+    with warnings.catch_warnings():  # LanguageModel is deprecated, but takes a loaded model
+        warnings.simplefilter("ignore")
+        lm = LanguageModel(model.hf_model, tokenizer=model.tokenizer)
     model.tokenizer.padding_side = padding_side  # nnsight switches it to left
 
     def run(texts, layers, batch_size):

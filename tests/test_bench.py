@@ -1,0 +1,25 @@
+"""The extraction benchmark runs end to end (speed is measured by running it,
+not asserted here): results JSON, agreement with the baseline, README table."""
+
+import json
+
+from actlab.bench.extract import _sweep_point_in_subprocess, run_extract_benchmark
+
+
+def test_bench_extract_on_tiny_model(tmp_path, tiny_model_dir):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- bench:extract:cpu -->\nold\n<!-- /bench:extract:cpu -->\ntail\n")
+    result = run_extract_benchmark(str(tiny_model_dir), n_texts=12, device="cpu", peers=True, sweep=False,
+                                   results_dir=tmp_path, readme=readme, repeats=1)
+    assert set(result["methods"]) == {"baseline_loop", "engine", "bare_forward", "transformer_lens", "nnsight"}
+    # every method reads the same numbers: an independent check of the engine
+    assert all(err < 1e-4 for err in result["max_rel_error"].values()), result["max_rel_error"]
+    saved = json.loads((tmp_path / "extract-cpu.json").read_text())
+    assert saved["ratios"]["engine_vs_baseline"] == result["ratios"]["engine_vs_baseline"]
+    text = readme.read_text()
+    assert "| engine |" in text and "old" not in text and text.endswith("tail\n")
+
+
+def test_sweep_point_runs_in_fresh_process(tiny_model_dir):
+    seconds, peak = _sweep_point_in_subprocess(str(tiny_model_dir), "cpu", 8, 4, ["blocks.1.hook_resid_post"])
+    assert seconds > 0 and peak > 50 * 2**20

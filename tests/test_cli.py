@@ -1,0 +1,84 @@
+"""The CLI end to end: extract, models, and one-line errors with non-zero exit."""
+
+import sys
+
+import pytest
+
+import actlab
+from actlab.cli import main
+
+from conftest import TEXTS
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["actlab", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
+
+
+@pytest.fixture
+def texts_file(tmp_path):
+    path = tmp_path / "texts.jsonl"
+    path.write_text("\n".join(f'{{"text": {t!r}, "label": {i % 2}}}'.replace("'", '"')
+                              for i, t in enumerate(["one two", "three four five", "six"])) + "\n")
+    return path
+
+
+def test_extract_end_to_end(monkeypatch, capsys, tmp_path, tiny_model_dir, texts_file):
+    code, out, err = run_cli(monkeypatch, capsys, "extract", "--model", tiny_model_dir, "--input", texts_file,
+                             "--hook", "blocks.1.hook_resid_post", "--hook", "hook_embed",
+                             "--pooling", "mean", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "wrote 3 rows" in out
+    acts = actlab.open_run(tmp_path / "run")
+    assert acts.hooks == ["blocks.1.hook_resid_post", "hook_embed"]
+    assert acts["hook_embed"].shape == (3, 64)
+    assert acts.metadata["fields"]["label"] == [0, 1, 0]
+
+
+def test_models_lists_hook_names(monkeypatch, capsys, tiny_model_dir):
+    code, out, _ = run_cli(monkeypatch, capsys, "models", tiny_model_dir)
+    assert code == 0
+    assert "llama, 3 layers, d_model 64" in out
+    assert "blocks.2.hook_mlp_out" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "missing.txt"], "input file not found"),
+    (["--model", "no/such-model-here", "--input", "{texts}"], "cannot load model"),
+    (["--model", "./not-a-dir", "--input", "{texts}"], "unknown model"),
+    (["--hook", "blocks.99.hook_resid_post", "--input", "{texts}"], "has 3 blocks"),
+    (["--hook", "blocks.0.hook_resid_typo", "--input", "{texts}"], "unknown hook"),
+    (["--pooling", "median", "--input", "{texts}"], "unknown pooling"),
+    (["--input", "{empty}"], "empty text"),
+    (["--input", "{texts}", "--text-field", "body"], "no field 'body'"),
+    (["--input", "{binary}"], "not valid UTF-8"),
+])
+def test_bad_input_is_one_line_error(monkeypatch, capsys, tmp_path, tiny_model_dir, texts_file,
+                                     args, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("a\n\nb\n")
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"ok\n\xff\n")
+    args = [a.format(texts=texts_file, empty=empty, binary=binary) for a in args]
+    if "--model" not in args:
+        args += ["--model", str(tiny_model_dir)]
+    if "--hook" not in args:
+        args += ["--hook", "blocks.0.hook_resid_post"]
+    code, out, err = run_cli(monkeypatch, capsys, "extract", "--out", tmp_path / "run", *args)
+    assert code == 2
+    assert message in err
+    assert err.strip().startswith("error:") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_skip_empty(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    path = tmp_path / "t.txt"
+    path.write_text("\n".join([TEXTS[0], "", TEXTS[1]]) + "\n")
+    code, out, err = run_cli(monkeypatch, capsys, "extract", "--model", tiny_model_dir, "--input", path,
+                             "--hook", "blocks.0.hook_resid_post", "--skip-empty", "--out", tmp_path / "run")
+    assert code == 0 and "skipped 1 empty" in err
+    assert len(actlab.open_run(tmp_path / "run")) == 2

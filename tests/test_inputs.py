@@ -1,0 +1,81 @@
+"""Reading texts from every supported format, and the errors for bad files."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from actlab import ActlabError
+from actlab.inputs import FieldNames, read_records
+
+ROWS = [{"text": "alpha", "id": "a1", "label": 1, "category": "x"},
+        {"text": "beta gamma", "id": "b2", "label": 0, "category": "y"}]
+
+
+def write(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+@pytest.fixture
+def files(tmp_path):
+    import csv
+
+    csv_path = tmp_path / "in.csv"
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(ROWS[0]))
+        writer.writeheader()
+        writer.writerows(ROWS)
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "in.parquet")
+    return {
+        "txt": write(tmp_path, "in.txt", "alpha\nbeta gamma\n"),
+        "jsonl": write(tmp_path, "in.jsonl", "\n".join(json.dumps(r) for r in ROWS) + "\n"),
+        "json": write(tmp_path, "in.json", json.dumps(ROWS)),
+        "csv": csv_path,
+        "parquet": tmp_path / "in.parquet",
+    }
+
+
+@pytest.mark.parametrize("fmt", ["txt", "jsonl", "json", "csv", "parquet"])
+def test_formats(files, fmt):
+    records = read_records(files[fmt])
+    assert records.texts == ["alpha", "beta gamma"]
+    if fmt != "txt":
+        assert records.fields["id"] == ["a1", "b2"]
+        assert records.fields["category"] == ["x", "y"]
+
+
+def test_custom_field_names(tmp_path):
+    path = write(tmp_path, "c.jsonl", '{"prompt": "p1", "kind": "k"}\n{"prompt": "p2", "kind": "j"}\n')
+    records = read_records(path, FieldNames(text="prompt", category="kind"))
+    assert records.texts == ["p1", "p2"] and records.fields["category"] == ["k", "j"]
+
+
+def test_empty_texts_named_or_skipped(tmp_path):
+    path = write(tmp_path, "e.txt", "one\n\ntwo\n   \nthree\n")
+    with pytest.raises(ActlabError, match=r"2 empty text\(s\) at line/row 2, 4; .*--skip-empty"):
+        read_records(path)
+    records = read_records(path, skip_empty=True)
+    assert records.texts == ["one", "two", "three"] and records.n_skipped == 2
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.txt", b"fine\n\xff\xfe broken\n", "line 2 is not valid UTF-8"),
+    ("bad.jsonl", '{"text": "a"}\n{"text": \n', "line 2 is not valid JSON"),
+    ("nofield.jsonl", '{"text": "a"}\n{"body": "b"}\n', "line 2 has no field 'text'"),
+    ("notstr.jsonl", '{"text": 5}\n', "field 'text' is not a string"),
+    ("bad.json", '{"a": 1, "b": 2}', "expected a list"),
+    ("data.xml", "<x/>", "use one of"),
+])
+def test_bad_files(tmp_path, name, content, message):
+    with pytest.raises(ActlabError, match=message):
+        read_records(write(tmp_path, name, content))
+
+
+def test_missing_named_field_and_file(tmp_path, files):
+    with pytest.raises(ActlabError, match="no field 'group'"):
+        read_records(files["jsonl"], FieldNames(category="group"))
+    with pytest.raises(ActlabError, match="input file not found"):
+        read_records(tmp_path / "nope.txt")

@@ -1,0 +1,135 @@
+"""Runs on disk: schema readable by pandas/polars/DuckDB/datasets, open_run
+round trip, resume after interruption."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import actlab
+from actlab import ActlabError, store
+from actlab.inputs import Records
+
+from conftest import TEXTS, rel_error
+
+HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
+
+
+def records(n=40):
+    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(n)]
+    return Records(texts, {"id": [f"t{i}" for i in range(n)], "category": [i % 3 for i in range(n)]},
+                   list(range(1, n + 1)))
+
+
+def test_pooled_run_round_trip(tmp_path, tiny_models):
+    model = tiny_models["llama"]
+    recs = records()
+    run = store.extract_run(model, recs, HOOKS, tmp_path / "run", pooling="mean", shard_size=16, progress=False)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["shards"] == [f"shard-0000{i}.parquet" for i in range(3)]
+    assert manifest["settings"]["model"]["weights_sha256"] == model.weight_hash
+    acts = actlab.open_run(run)
+    direct = model.extract(recs.texts, HOOKS, pooling="mean", progress=False)
+    for hook in HOOKS:
+        assert rel_error(acts[hook], direct[hook]) < 1e-5
+    assert acts.metadata["fields"]["id"] == recs.fields["id"]
+
+
+def test_shards_open_in_dataframe_libraries(tmp_path, tiny_models):
+    import datasets
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    run = store.extract_run(tiny_models["llama"], records(), HOOKS, tmp_path / "run", shard_size=16,
+                            progress=False)
+    acts = actlab.open_run(run)
+    pattern = str(run / "*.parquet")
+    frame = pl.read_parquet(pattern)
+    assert frame.height == 40 and frame.schema[HOOKS[0]] == pl.Array(pl.Float32, 64)
+    assert np.array_equal(frame[HOOKS[1]].to_numpy(), acts[HOOKS[1]].numpy())
+    pdf = pd.concat(pd.read_parquet(run / name) for name in sorted(os.listdir(run)) if name.endswith(".parquet"))
+    assert list(pdf["text_id"]) == list(range(40))
+    (count,), = duckdb.sql(f"select count(*) from '{pattern}' where category = 1").fetchall()
+    assert count == sum(1 for i in range(40) if i % 3 == 1)
+    ds = datasets.load_dataset("parquet", data_files=pattern, split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(ds) == 40 and len(ds[0][HOOKS[0]]) == 64
+
+
+def test_per_token_run(tmp_path, tiny_models):
+    model = tiny_models["gpt2"]
+    recs = records(10)
+    run = store.extract_run(model, recs, HOOKS, tmp_path / "run", pooling="all", shard_size=4, progress=False)
+    table = pq.read_table(run / "shard-00000.parquet")
+    assert table.column_names[:4] == ["text_id", "position", "token_id", "token"]
+    acts = actlab.open_run(run)
+    direct = model.extract(recs.texts, HOOKS, pooling="all", progress=False)
+    assert torch.equal(acts.offsets, direct.offsets) and acts.tokens == direct.tokens
+    assert rel_error(acts[HOOKS[0]], direct[HOOKS[0]]) < 1e-5
+
+
+def test_interrupted_run_resumes_to_identical_result(tmp_path, tiny_models, monkeypatch):
+    model = tiny_models["llama"]
+    recs = records()
+    clean = store.extract_run(model, recs, HOOKS, tmp_path / "clean", shard_size=8, progress=False)
+    real_write = store.write_parquet_atomic
+    written = []
+
+    def dying_write(path, table):
+        if len(written) == 2:
+            raise KeyboardInterrupt  # as if killed while writing the third shard
+        written.append(path)
+        real_write(path, table)
+
+    monkeypatch.setattr(store, "write_parquet_atomic", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        store.extract_run(model, recs, HOOKS, tmp_path / "resumed", shard_size=8, progress=False)
+    with pytest.raises(ActlabError, match="incomplete"):
+        actlab.open_run(tmp_path / "resumed")
+    monkeypatch.setattr(store, "write_parquet_atomic", real_write)
+    resumed = store.extract_run(model, recs, HOOKS, tmp_path / "resumed", shard_size=8, progress=False)
+    for i in range(5):
+        name = store.shard_name(i)
+        assert pq.read_table(resumed / name).equals(pq.read_table(clean / name))
+
+
+def test_other_settings_refuse_to_mix(tmp_path, tiny_models):
+    model = tiny_models["llama"]
+    store.extract_run(model, records(8), HOOKS, tmp_path / "run", progress=False)
+    with pytest.raises(ActlabError, match=r"other settings \(pooling\).*--overwrite"):
+        store.extract_run(model, records(8), HOOKS, tmp_path / "run", pooling="mean", progress=False)
+    store.extract_run(model, records(8), HOOKS, tmp_path / "run", pooling="mean", overwrite=True, progress=False)
+    assert actlab.open_run(tmp_path / "run").pooling == "mean"
+
+
+def test_killed_cli_run_resumes(tmp_path):
+    """SIGKILL the real CLI mid-run on the default model, rerun, compare."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(f"{TEXTS[i % len(TEXTS)]} ({i})" for i in range(48)) + "\n")
+
+    def command(out):
+        return [sys.executable, "-m", "actlab", "extract", "--input", str(texts), "--out", str(out),
+                "--hook", "blocks.20.hook_resid_post", "--shard-size", "6", "--device", "cpu"]
+
+    proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / "killed" / "shard-00001.parquet").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    assert not manifest["complete"]
+    assert not (tmp_path / "killed" / "shard-00007.parquet").exists()
+    subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
+    subprocess.run(command(tmp_path / "clean"), check=True, capture_output=True)
+    for i in range(8):
+        name = store.shard_name(i)
+        assert pq.read_table(tmp_path / "killed" / name).equals(pq.read_table(tmp_path / "clean" / name))
