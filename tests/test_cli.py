@@ -82,3 +82,8 @@ def test_skip_empty(monkeypatch, capsys, tmp_path, tiny_model_dir):
                              "--hook", "blocks.0.hook_resid_post", "--skip-empty", "--out", tmp_path / "run")
     assert code == 0 and "skipped 1 empty" in err
     assert len(actlab.open_run(tmp_path / "run")) == 2
+
+
+def test_usage_error_exits_2_without_traceback(monkeypatch, capsys, tmp_path):
+    code, out, err = run_cli(monkeypatch, capsys, "extract", "--out", tmp_path / "run")
+    assert code == 2 and "Missing option '--input'" in err and "Traceback" not in err

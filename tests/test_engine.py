@@ -152,3 +152,31 @@ def test_bad_engine_arguments(tiny_models):
         model.extract(TEXTS, "blocks.0.hook_resid_post", padding_side="middle", progress=False)
     with pytest.raises(ActlabError, match="list of strings"):
         model.extract("one text", "blocks.0.hook_resid_post", progress=False)
+
+
+def test_out_of_memory_splits_the_batch(tiny_models, monkeypatch):
+    """A batch that does not fit is split in two and the run goes on, unchanged."""
+    model = tiny_models["llama"]
+    base = model.hf_model.base_model
+    forward = base.forward
+
+    def forward_with_small_memory(*args, input_ids, **kwargs):
+        if input_ids.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(*args, input_ids=input_ids, **kwargs)
+
+    expected = model.extract(TEXTS, HOOKS, batch_size=1, progress=False)
+    monkeypatch.setattr(base, "forward", forward_with_small_memory)
+    acts = model.extract(TEXTS, HOOKS, batch_size=8, progress=False)
+    assert acts.stats.oom_splits >= 3
+    for hook in HOOKS:
+        assert rel_error(acts[hook], expected[hook]) < 1e-5
+
+
+def test_include_bos_in_mean(tiny_models):
+    model = tiny_models["llama"]
+    acts = model.extract(TEXTS, "blocks.1.hook_resid_post", pooling="mean", prepend_bos=True,
+                         include_bos=True, progress=False)
+    for i, text in enumerate(TEXTS):
+        full = torch.from_numpy(naive(model, text, 1, "all", prepend_bos=True))
+        assert rel_error(acts["blocks.1.hook_resid_post"][i], full.mean(0)) < 1e-5

@@ -19,7 +19,7 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in layers]
     console.print(f"[bold]1. extract[/bold]: {len(records)} built-in texts in "
                   f"{len(set(records.fields['category']))} categories, hooks {hooks}, mean pooling")
-    run = extract_run(model, records, hooks, out_dir, pooling="mean", progress=True,
+    run = extract_run(model, records, hooks, out_dir, pooling="mean", progress=True, overwrite=True,
                       input_info={"path": "builtin:categories"})
     acts = open_run(run)
     categories = acts.metadata["fields"]["category"]

@@ -265,7 +265,7 @@ class Extractor:
         self._batch = self.make_batch(rows, tok, offsets)
         try:
             self._forward(self._batch)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             if len(rows) == 1:
                 raise ActlabError("out of memory on a single text; lower --max-length") from None
             self._batch = None

@@ -35,7 +35,7 @@ from .activations import Activations, ExtractStats
 from .engine import Extractor
 from .errors import ActlabError
 from .inputs import Records
-from .progress import ExtractProgress
+from .progress import ExtractProgress, console
 
 FORMAT = "actlab.activations"
 FORMAT_VERSION = 1
@@ -102,6 +102,8 @@ def extract_run(model, records: Records, hooks: Sequence[str], out_dir: str | Pa
     }
     manifest = _open_manifest(out, settings, overwrite)
     if manifest.get("complete"):
+        if progress is not False:
+            console.print(f"{out} is already complete; nothing to do")
         return out
     n_shards = max(1, -(-len(records) // shard_size))
     todo = [i for i in range(n_shards) if not (out / shard_name(i)).exists()]
@@ -124,7 +126,7 @@ def extract_run(model, records: Records, hooks: Sequence[str], out_dir: str | Pa
         n_rows=sum(pq.read_metadata(out / shard_name(i)).num_rows for i in range(n_shards)),
         timings=dict(manifest.get("timings", {}), **{
             f"session_{len(manifest.get('timings', {}))}": {
-                "seconds": round(totals.seconds, 3), "texts": totals.n_texts,
+                "device": str(model.device), "seconds": round(totals.seconds, 3), "texts": totals.n_texts,
                 "tokens": totals.n_tokens, "tokens_per_s": round(totals.tokens_per_s, 1),
                 "padding_waste": round(totals.padding_waste, 4),
                 "peak_memory_bytes": totals.peak_memory_bytes}}),
