@@ -211,7 +211,7 @@ def _sweep(model: Model, model_name: str, texts, hooks, n_tokens: int) -> list[d
         else:
             seconds, peak = _sweep_point_in_subprocess(model_name, model.device.type, len(texts),
                                                         batch_size, hooks)
-            memory = "process peak RSS, model included"
+            memory = "peak process RSS during the extraction, model included"
         rows.append({"batch_size": batch_size or "auto", "seconds": round(seconds, 3),
                      "tokens_per_s": round(n_tokens / seconds, 1), "peak_memory_mb": round(peak / 2**20, 1),
                      "memory": memory})
