@@ -255,10 +255,8 @@ class Extractor:
         else:
             dest = torch.from_numpy(rows.astype(np.int64))
         device = self.model.device
-        plan = PoolPlan(*(t.to(device) if t is not None else None
-                          for t in (plan.gather, plan.weights, plan.token_mask)))
         return _Batch(rows, input_ids.to(device), mask.to(device), position_ids.to(device),
-                      plan, dest, int(lengths.sum()))
+                      plan.to(device), dest, int(lengths.sum()))
 
     def _run_rows(self, rows: np.ndarray, tok: Tokenized, offsets: torch.Tensor | None) -> int:
         """Forward one batch; on CUDA out-of-memory split it in two and go on."""

@@ -61,49 +61,75 @@ def parse_pooling(spec: str | int | Sequence[int], include_bos: bool = False) ->
 
 @dataclass
 class PoolPlan:
-    """How to reduce one padded batch (B, T, d) to the pooled rows."""
+    """One batch's pooling as a sparse map from real tokens to output rows.
 
-    gather: torch.Tensor | None = None  # (B,) padded index of the single token per row
-    weights: torch.Tensor | None = None  # (B, T) float, rows sum to 1, zero on padding
-    token_mask: torch.Tensor | None = None  # (B, T) bool, real tokens ('all')
+    Pooled row r = sum over planned tokens t with rows[t] == r of
+    weights[t] * hidden_flat[tokens[t]]. Single-token poolings (last, pos,
+    all) map one token per row with weight 1 and are a plain gather.
+    """
+
+    tokens: torch.Tensor  # (N,) indices into the flattened (B * T) padded batch
+    rows: torch.Tensor  # (N,) output row of each token
+    weights: torch.Tensor  # (N,) float32
+    n_rows: int
+
+    @property
+    def one_token_per_row(self) -> bool:
+        return len(self.tokens) == self.n_rows
+
+    def gather(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The planned tokens' vectors, (N, d), in plan order."""
+        return hidden.reshape(-1, hidden.shape[-1])[self.tokens]
+
+    def reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """(N, k) per-token values -> (n_rows, k) pooled rows, float32."""
+        values = values.float()
+        if self.one_token_per_row:
+            return values
+        out = torch.zeros(self.n_rows, values.shape[1], device=values.device)
+        return out.index_add_(0, self.rows, values * self.weights[:, None])
 
     def apply(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.gather is not None:
-            return hidden[torch.arange(hidden.shape[0], device=hidden.device), self.gather]
-        if self.weights is not None:
-            # where() rather than multiply-only: padded positions may hold NaN/inf.
-            w = self.weights.unsqueeze(-1)
-            return torch.where(w > 0, hidden.float() * w, 0).sum(dim=1)
-        return hidden[self.token_mask]
+        return self.reduce(self.gather(hidden))
+
+    def to(self, device: torch.device) -> "PoolPlan":
+        return PoolPlan(self.tokens.to(device), self.rows.to(device), self.weights.to(device), self.n_rows)
 
 
 def plan_pooling(pooling: Pooling, starts: torch.Tensor, lengths: torch.Tensor, has_bos: bool,
                  width: int, rows: Sequence[int]) -> PoolPlan:
     """Build the plan for a batch whose row r holds tokens starts[r]:starts[r]+lengths[r]."""
-    pos = torch.arange(width).unsqueeze(0)
-    real = (pos >= starts.unsqueeze(1)) & (pos < (starts + lengths).unsqueeze(1))
+    batch = torch.arange(len(lengths))
     if pooling.kind == "all":
-        return PoolPlan(token_mask=real)
-    if pooling.kind == "last":
-        return PoolPlan(gather=starts + lengths - 1)
-    if pooling.kind == "position":
-        wanted = torch.tensor([pooling.positions[r] if len(pooling.positions) > 1 else pooling.positions[0]
-                               for r in rows])
-        index = torch.where(wanted < 0, lengths + wanted, wanted)
-        bad = ((index < 0) | (index >= lengths)).nonzero().flatten().tolist()
-        if bad:
-            r = bad[0]
-            raise ActlabError(f"position {int(wanted[r])} is outside text {rows[r]}, which has "
-                              f"{int(lengths[r])} tokens; use a position in range or another pooling")
-        return PoolPlan(gather=starts + index)
-    # mean, first:K, last:K: a window of real tokens, BOS left out unless asked for.
-    skip = 1 if has_bos and not pooling.include_bos else 0
-    lo = starts + torch.where(lengths > skip, skip, 0)  # a BOS-only text keeps its BOS
-    hi = starts + lengths
-    if pooling.kind == "first":
-        hi = torch.minimum(hi, lo + pooling.k)
-    elif pooling.kind == "lastk":
-        lo = torch.maximum(lo, hi - pooling.k)
-    window = (pos >= lo.unsqueeze(1)) & (pos < hi.unsqueeze(1))
-    weights = window.float() / window.sum(dim=1, keepdim=True).float()
-    return PoolPlan(weights=weights)
+        lo, hi = starts, starts + lengths
+    elif pooling.kind in ("last", "position"):
+        index = lengths - 1 if pooling.kind == "last" else _positions(pooling, lengths, rows)
+        flat = batch * width + starts + index
+        return PoolPlan(flat, batch, torch.ones(len(flat)), len(flat))
+    else:  # mean, first:K, last:K: a window of real tokens, BOS left out unless asked for
+        skip = 1 if has_bos and not pooling.include_bos else 0
+        lo = starts + torch.where(lengths > skip, skip, 0)  # a BOS-only text keeps its BOS
+        hi = starts + lengths
+        if pooling.kind == "first":
+            hi = torch.minimum(hi, lo + pooling.k)
+        elif pooling.kind == "lastk":
+            lo = torch.maximum(lo, hi - pooling.k)
+    counts = hi - lo
+    owner = torch.repeat_interleave(batch, counts)
+    offset = torch.arange(int(counts.sum())) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    flat = owner * width + lo[owner] + offset
+    if pooling.kind == "all":
+        return PoolPlan(flat, torch.arange(len(flat)), torch.ones(len(flat)), len(flat))
+    return PoolPlan(flat, owner, 1.0 / counts[owner].float(), len(lengths))
+
+
+def _positions(pooling: Pooling, lengths: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    wanted = torch.tensor([pooling.positions[r] if len(pooling.positions) > 1 else pooling.positions[0]
+                           for r in rows])
+    index = torch.where(wanted < 0, lengths + wanted, wanted)
+    bad = ((index < 0) | (index >= lengths)).nonzero().flatten().tolist()
+    if bad:
+        r = bad[0]
+        raise ActlabError(f"position {int(wanted[r])} is outside text {rows[r]}, which has "
+                          f"{int(lengths[r])} tokens; use a position in range or another pooling")
+    return index
