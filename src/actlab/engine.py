@@ -115,8 +115,28 @@ class _HostCopies:
             out.index_copy_(0, dest, staging)
 
 
+class ActivationSink:
+    """Pools a hook's activations and fills preallocated host rows."""
+
+    def __init__(self, n_rows: int, width: int, pin: bool):
+        self.out = torch.empty(n_rows, width, dtype=torch.float32, pin_memory=pin)
+        self.copies = _HostCopies()
+
+    def consume(self, hidden: torch.Tensor, batch: "_Batch") -> None:
+        self.copies.put(self.out, batch.dest, batch.plan.apply(hidden))
+
+    def end_batch(self) -> None:
+        self.copies.end_batch()
+
+    def finish(self) -> None:
+        self.copies.flush()
+
+
 class Extractor:
-    """Runs hooks over texts; call it with a list of texts, get Activations."""
+    """Runs hooks over texts; call it with a list of texts, get Activations.
+
+    Each hook feeds one or more sinks (`consume(hidden, batch)`) as it fires;
+    subclasses choose the sinks and the result (see actlab.saes.features)."""
 
     def __init__(self, model, hooks: Sequence[str], pooling: str | int | Sequence[int] = "last",
                  batch_size: int | None = None, max_batch_tokens: int | None = None,
@@ -152,18 +172,24 @@ class Extractor:
         started = time.perf_counter()
         tok = tokenize(self.model.tokenizer, texts, self.prepend_bos, self.max_length)
         lengths = np.array(tok.lengths)
-        out, offsets = self._allocate(lengths)
-        copies = _HostCopies()
+        offsets = None
+        if self.pooling.per_token:
+            offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+            offsets[1:] = torch.from_numpy(np.cumsum(lengths))
+        sinks = self.make_sinks(int(offsets[-1]) if offsets is not None else len(lengths))
+        all_sinks = [sink for group in sinks.values() for sink in group]
         n_padded = 0
-        handles = self._register(out, copies)
+        handles = self._register(sinks)
         try:
             with torch.inference_mode():
                 for rows in plan_batches(lengths, self.batch_size, self.max_batch_tokens):
                     n_padded += self._run_rows(rows, tok, offsets)
-                    copies.end_batch()
+                    for sink in all_sinks:
+                        sink.end_batch()
                     if on_batch:
                         on_batch(len(rows), int(lengths[rows].sum()))
-            copies.flush()
+                for sink in all_sinks:
+                    sink.finish()
         finally:
             for handle in handles:
                 handle.remove()
@@ -178,24 +204,20 @@ class Extractor:
         if self.pooling.per_token:
             token_ids = torch.tensor([t for ids in tok.ids for t in ids], dtype=torch.int64)
             tokens = self.model.token_strings(token_ids)
-        return Activations(out, self.pooling.spec, torch.from_numpy(lengths), offsets=offsets,
-                           tokens=tokens, token_ids=token_ids, stats=stats, has_bos=tok.has_bos)
+        return self.make_result(sinks, pooling=self.pooling.spec, n_tokens=torch.from_numpy(lengths),
+                                offsets=offsets, tokens=tokens, token_ids=token_ids, stats=stats,
+                                has_bos=tok.has_bos)
 
-    # -- setup -------------------------------------------------------------
+    # -- what the hooks feed, and what comes back ------------------------------
 
-    def _allocate(self, lengths: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    def make_sinks(self, n_rows: int) -> dict[str, list]:
         pin = self.model.device.type == "cuda"
-        offsets = None
-        n_rows = len(lengths)
-        if self.pooling.per_token:
-            offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
-            offsets[1:] = torch.from_numpy(np.cumsum(lengths))
-            n_rows = int(offsets[-1])
-        out = {name: torch.empty(n_rows, self.widths[name], dtype=torch.float32, pin_memory=pin)
-               for name in self.hook_names}
-        return out, offsets
+        return {name: [ActivationSink(n_rows, self.widths[name], pin)] for name in self.hook_names}
 
-    def _register(self, out: dict[str, torch.Tensor], copies: _HostCopies) -> list:
+    def make_result(self, sinks: dict[str, list], **fields) -> Activations:
+        return Activations({name: group[0].out for name, group in sinks.items()}, **fields)
+
+    def _register(self, sinks: dict[str, list]) -> list:
         """One hook per (module, input/output) site; the last one to fire stops the pass."""
         groups: dict[tuple[int, bool], list[str]] = {}
         modules = {}
@@ -213,9 +235,9 @@ class Extractor:
             if hidden.dim() != 3:
                 raise ActlabError(f"hook '{names[0]}' produced shape {tuple(hidden.shape)}, "
                                   "not (batch, tokens, width); pick a residual-stream module")
-            pooled = self._batch.plan.apply(hidden)
             for name in names:
-                copies.put(out[name], self._batch.dest, pooled)
+                for sink in sinks[name]:
+                    sink.consume(hidden, self._batch)
             self._fired += 1
             if self._fired == n_sites:
                 raise _StopForward

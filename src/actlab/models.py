@@ -124,16 +124,33 @@ class Model:
                 progress: bool | None = None):
         """Activations at `hooks` for every text, in input order. See README."""
         from .engine import Extractor
-        from .progress import ExtractProgress
 
         hooks = [hooks] if isinstance(hooks, str) else list(hooks)
         extractor = Extractor(self, hooks, pooling, batch_size, max_batch_tokens, padding_side,
                               max_length, prepend_bos, include_bos)
-        with ExtractProgress(len(texts), enabled=progress) as bar:
-            acts = extractor(texts, on_batch=bar.advance)
-        acts.stats.peak_memory_bytes = peak_memory_bytes(self.device)
-        bar.print_summary(acts.stats)
-        return acts
+        return self._run(extractor, texts, progress, "extract")
+
+    def features(self, texts: Sequence[str], saes, pooling="last", keep_dense: bool = False,
+                 progress: bool | None = None, **engine_options):
+        """SAE features of every text in one forward pass for any number of SAEs.
+
+        saes: SAE objects, SAE folders / release ids, or a {name: SAE} mapping.
+        Pooling happens in feature space over the same real tokens as `extract`.
+        engine_options as for `extract`; prepend_bos defaults to the SAEs' own.
+        """
+        from .saes.features import FeatureExtractor
+
+        extractor = FeatureExtractor(self, saes, pooling, keep_dense, **engine_options)
+        return self._run(extractor, texts, progress, "features")
+
+    def _run(self, extractor, texts, progress: bool | None, label: str):
+        from .progress import ExtractProgress
+
+        with ExtractProgress(len(texts), enabled=progress, label=label) as bar:
+            result = extractor(texts, on_batch=bar.advance)
+        result.stats.peak_memory_bytes = peak_memory_bytes(self.device)
+        bar.print_summary(result.stats)
+        return result
 
     def __repr__(self) -> str:
         return (f"Model({self.name!r}, {self.architecture}, {self.n_layers} layers, "

@@ -1,0 +1,188 @@
+"""SAE features in the extraction pass: each SAE encodes on the device right
+after its hook fires, the pooling is applied in feature space (pool(encode(x))
+over the same real tokens as activations), and only nonzero features and
+per-latent statistics leave the device unless dense features are asked for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from ..engine import Extractor, _HostCopies
+from ..errors import ActlabError
+from .loading import load_sae
+from .sae import SAE
+
+LAYER_NORM_MODELS = ("gpt2", "gpt_neox")
+
+
+@dataclass
+class LatentStats:
+    """Per latent over the run's rows: rows active (> 0), sum, max, and the row
+    holding the max (-1 if never active)."""
+
+    count: torch.Tensor
+    sum: torch.Tensor
+    max: torch.Tensor
+    argmax: torch.Tensor
+
+
+@dataclass
+class SparseFeatures:
+    """Nonzero features as coordinates: rows (text, or token row for 'all'), latents, values."""
+
+    rows: torch.Tensor
+    latents: torch.Tensor
+    values: torch.Tensor
+    n_rows: int
+    d_sae: int
+
+    def dense(self) -> torch.Tensor:
+        out = torch.zeros(self.n_rows, self.d_sae)
+        out[self.rows, self.latents] = self.values
+        return out
+
+
+class FeatureSink:
+    """Encodes one SAE's hook activations, pools them, keeps nonzeros and stats."""
+
+    def __init__(self, sae: SAE, n_rows: int, keep_dense: bool, centre: bool, pin: bool):
+        self.sae = sae
+        self.n_rows = n_rows
+        self.centre = centre
+        d_sae, device = sae.cfg.d_sae, sae.device
+        self.count = torch.zeros(d_sae, dtype=torch.int64, device=device)
+        self.sum = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.max = torch.zeros(d_sae, device=device)
+        self.argmax = torch.full((d_sae,), -1, dtype=torch.int64, device=device)
+        self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.dense = torch.zeros(n_rows, d_sae, pin_memory=pin) if keep_dense else None
+        self.copies = _HostCopies()
+
+    def consume(self, hidden: torch.Tensor, batch) -> None:
+        x = batch.plan.gather(hidden).float()
+        if self.centre:  # TransformerLens's centred writing weights remove the mean over d_model
+            x = x - x.mean(dim=-1, keepdim=True)
+        f = batch.plan.reduce(self.sae.encode(x))
+        dest = batch.dest.to(f.device)
+        self.count += (f > 0).sum(dim=0)
+        self.sum += f.sum(dim=0, dtype=torch.float64)
+        batch_max, batch_arg = f.max(dim=0)
+        better = batch_max > self.max
+        self.max = torch.where(better, batch_max, self.max)
+        self.argmax = torch.where(better, dest[batch_arg], self.argmax)
+        row, latent = f.nonzero(as_tuple=True)
+        self.parts.append((dest[row].cpu(), latent.cpu(), f[row, latent].cpu()))
+        if self.dense is not None:
+            self.copies.put(self.dense, batch.dest, f)
+
+    def end_batch(self) -> None:
+        self.copies.end_batch()
+
+    def finish(self) -> None:
+        self.copies.flush()
+
+    def sparse(self) -> SparseFeatures:
+        if self.parts:
+            rows, latents, values = (torch.cat(column) for column in zip(*self.parts))
+        else:
+            rows = latents = torch.zeros(0, dtype=torch.int64)
+            values = torch.zeros(0)
+        return SparseFeatures(rows, latents, values, self.n_rows, self.sae.cfg.d_sae)
+
+    def latent_stats(self) -> LatentStats:
+        return LatentStats(self.count.cpu(), self.sum.cpu(), self.max.cpu(), self.argmax.cpu())
+
+
+@dataclass
+class Features:
+    """Features of every SAE, by SAE name, rows in input order (see Activations
+    for `offsets` / `tokens` in per-token mode)."""
+
+    saes: dict[str, SAE]
+    sparse: dict[str, SparseFeatures]
+    latent_stats: dict[str, LatentStats]
+    dense_values: dict[str, torch.Tensor]
+    pooling: str
+    n_tokens: torch.Tensor
+    offsets: torch.Tensor | None = None
+    tokens: list[str] | None = None
+    token_ids: torch.Tensor | None = None
+    stats: object = None
+    has_bos: bool = False
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.saes)
+
+    def dense(self, name: str) -> torch.Tensor:
+        """(n_rows, d_sae) features of SAE `name`."""
+        if name not in self.saes:
+            raise KeyError(f"no SAE '{name}' here; have {self.names}")
+        if name in self.dense_values:
+            return self.dense_values[name]
+        return self.sparse[name].dense()
+
+
+def name_saes(saes, device) -> dict[str, SAE]:
+    """{name: SAE} from SAE objects, paths / release ids, or a mapping."""
+    if isinstance(saes, (str, SAE)):
+        saes = [saes]
+    items = saes.items() if isinstance(saes, Mapping) else [(None, s) for s in saes]
+    named: dict[str, SAE] = {}
+    for name, sae in items:
+        if not isinstance(sae, SAE):
+            name = name or str(sae)
+            sae = load_sae(sae)
+        name = name or sae.cfg.source or sae.cfg.hook_name
+        base, n = name, 1
+        while name in named:
+            n += 1
+            name = f"{base}#{n}"
+        named[name] = sae.to(device)
+    if not named:
+        raise ActlabError("no SAEs given; pass at least one SAE, folder or release/sae_id")
+    return named
+
+
+class FeatureExtractor(Extractor):
+    """Extractor whose hooks feed SAEs: one forward pass for any number of SAEs."""
+
+    def __init__(self, model, saes: Sequence | Mapping, pooling="last", keep_dense: bool = False,
+                 prepend_bos: bool | None = None, **engine_options):
+        self.saes = name_saes(saes, model.device)
+        if prepend_bos is None:
+            wanted = {sae.cfg.prepend_bos for sae in self.saes.values()}
+            if len(wanted) > 1:
+                raise ActlabError("these SAEs disagree on prepend_bos; run them separately or "
+                                  "pass prepend_bos explicitly")
+            prepend_bos = wanted.pop()
+        hooks = list(dict.fromkeys(sae.cfg.hook_name for sae in self.saes.values()))
+        super().__init__(model, hooks, pooling, prepend_bos=prepend_bos, **engine_options)
+        for name, sae in self.saes.items():
+            width = self.widths[sae.cfg.hook_name]
+            if sae.cfg.d_in != width:
+                raise ActlabError(f"SAE '{name}' takes d_in={sae.cfg.d_in} but {sae.cfg.hook_name} "
+                                  f"of this model has width {width}; use an SAE trained on this model")
+        self.keep_dense = keep_dense
+
+    def make_sinks(self, n_rows: int) -> dict[str, list]:
+        pin = self.model.device.type == "cuda"
+        sinks: dict[str, list] = {hook: [] for hook in self.hook_names}
+        layer_norm = self.model.architecture in LAYER_NORM_MODELS
+        self._named_sinks = {}
+        for name, sae in self.saes.items():
+            centre = layer_norm and sae.cfg.center_writing_weights
+            sink = FeatureSink(sae, n_rows, self.keep_dense, centre, pin)
+            sinks[sae.cfg.hook_name].append(sink)
+            self._named_sinks[name] = sink
+        return sinks
+
+    def make_result(self, sinks: dict[str, list], **fields) -> Features:
+        named = self._named_sinks
+        return Features(
+            saes=self.saes, sparse={n: s.sparse() for n, s in named.items()},
+            latent_stats={n: s.latent_stats() for n, s in named.items()},
+            dense_values={n: s.dense for n, s in named.items() if s.dense is not None}, **fields)

@@ -1,0 +1,103 @@
+"""Features in the extraction pass against features computed separately:
+activations extracted per token, then SAE.encode and numpy pooling."""
+
+import numpy as np
+import pytest
+import torch
+
+from actlab import ActlabError
+from actlab.saes import SAE, SAEConfig
+
+from conftest import TEXTS, rel_error
+
+D_SAE = 128
+
+
+def random_sae(hook, d_in=64, arch="standard", seed=0, **cfg):
+    g = torch.Generator().manual_seed(seed)
+    weights = {"W_enc": torch.randn(d_in, D_SAE, generator=g) * 0.1,
+               "b_enc": torch.randn(D_SAE, generator=g) * 0.1 - 0.2,
+               "W_dec": torch.randn(D_SAE, d_in, generator=g) * 0.1,
+               "b_dec": torch.randn(d_in, generator=g) * 0.1,
+               "threshold": torch.rand(D_SAE, generator=g) * 0.3}
+    config = SAEConfig(d_in=d_in, d_sae=D_SAE, architecture=arch, hook_name=hook,
+                       k=16 if arch == "topk" else None, prepend_bos=False, **cfg)
+    return SAE(config, weights)
+
+
+def separately(model, sae, texts, pooling, prepend_bos=False):
+    """Reference: per-token activations from `extract`, encoded, pooled in numpy."""
+    acts = model.extract(texts, sae.cfg.hook_name, pooling="all", prepend_bos=prepend_bos, progress=False)
+    rows = []
+    for i in range(len(texts)):
+        x = acts.text(sae.cfg.hook_name, i)
+        if sae.cfg.center_writing_weights:
+            x = x - x.mean(-1, keepdim=True)
+        f = sae.encode(x).numpy()
+        body = f[1:] if prepend_bos and len(f) > 1 else f
+        rows.append({"last": f[-1], "mean": body.mean(0), "first:2": body[:2].mean(0)}.get(pooling, f))
+    return np.concatenate(rows) if pooling == "all" else np.stack(rows)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "first:2", "all"])
+def test_single_pass_equals_separate_extraction(tiny_models, pooling):
+    model = tiny_models["llama"]
+    saes = {"early": random_sae("blocks.0.hook_resid_post", seed=1),
+            "late": random_sae("blocks.2.hook_resid_post", arch="topk", seed=2),
+            "mid": random_sae("blocks.1.hook_resid_mid", arch="jumprelu", seed=3)}
+    feats = model.features(TEXTS, saes, pooling=pooling, max_batch_tokens=48, padding_side="left",
+                           keep_dense=True, progress=False)
+    for name, sae in saes.items():
+        expected = torch.from_numpy(separately(model, sae, TEXTS, pooling))
+        assert (expected > 0).any()
+        assert rel_error(feats.dense(name), expected) < 1e-5, name
+        # the sparse store holds exactly the dense matrix
+        assert torch.equal(feats.sparse[name].dense(), feats.dense_values[name])
+
+
+def test_latent_stats_against_numpy(tiny_models):
+    model = tiny_models["gpt2"]
+    sae = random_sae("blocks.1.hook_resid_post")
+    feats = model.features(TEXTS, [sae], pooling="mean", progress=False)
+    name = feats.names[0]
+    dense = feats.dense(name).numpy()
+    stats = feats.latent_stats[name]
+    assert np.array_equal(stats.count.numpy(), (dense > 0).sum(0))
+    assert np.allclose(stats.sum.numpy(), dense.sum(0, dtype=np.float64), rtol=1e-6)
+    assert np.allclose(stats.max.numpy(), dense.max(0))
+    active = dense.max(0) > 0
+    assert np.array_equal(stats.argmax.numpy()[active], dense.argmax(0)[active])
+    assert (stats.argmax.numpy()[~active] == -1).all()
+
+
+def test_centring_for_layer_norm_models(tiny_models):
+    """SAEs trained on TransformerLens's centred GPT-2 see resid - mean(resid)."""
+    model = tiny_models["gpt2"]
+    sae = random_sae("blocks.1.hook_resid_pre", center_writing_weights=True)
+    feats = model.features(TEXTS, [sae], pooling="last", progress=False)
+    expected = torch.from_numpy(separately(model, sae, TEXTS, "last"))
+    assert rel_error(feats.dense(feats.names[0]), expected) < 1e-5
+    # and it matters: uncentred features differ
+    sae.cfg.center_writing_weights = False
+    assert rel_error(torch.from_numpy(separately(model, sae, TEXTS, "last")), expected) > 1e-3
+
+
+def test_sae_prepend_bos_metadata(tiny_models):
+    model = tiny_models["llama"]
+    sae = random_sae("blocks.1.hook_resid_post")
+    sae.cfg.prepend_bos = True
+    feats = model.features(TEXTS, [sae], pooling="mean", progress=False)
+    assert feats.has_bos
+    expected = separately(model, sae, TEXTS, "mean", prepend_bos=True)
+    assert rel_error(feats.dense(feats.names[0]), torch.from_numpy(expected)) < 1e-5
+    other = random_sae("blocks.0.hook_resid_post")
+    with pytest.raises(ActlabError, match="disagree on prepend_bos"):
+        model.features(TEXTS, [sae, other], progress=False)
+
+
+def test_mismatched_sae_is_an_error(tiny_models):
+    model = tiny_models["llama"]
+    with pytest.raises(ActlabError, match="d_in=32 but blocks.0.hook_resid_post of this model has width 64"):
+        model.features(TEXTS, [random_sae("blocks.0.hook_resid_post", d_in=32)], progress=False)
+    with pytest.raises(ActlabError, match="has 3 blocks"):
+        model.features(TEXTS, [random_sae("blocks.9.hook_resid_post")], progress=False)
