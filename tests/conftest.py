@@ -28,7 +28,7 @@ CONFIGS = {
     "gemma": lambda: transformers.GemmaConfig(**SMALL, num_key_value_heads=2, head_dim=16),
     "gemma2": lambda: transformers.Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=16),
     "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4,
-                                            n_positions=512),
+                                            n_positions=512, n_ctx=512),  # as in real configs
     "gpt_neox": lambda: transformers.GPTNeoXConfig(**SMALL, use_parallel_residual=True),
     "gpt_neox_serial": lambda: transformers.GPTNeoXConfig(**SMALL, use_parallel_residual=False),
 }

@@ -101,3 +101,34 @@ def test_mismatched_sae_is_an_error(tiny_models):
         model.features(TEXTS, [random_sae("blocks.0.hook_resid_post", d_in=32)], progress=False)
     with pytest.raises(ActlabError, match="has 3 blocks"):
         model.features(TEXTS, [random_sae("blocks.9.hook_resid_post")], progress=False)
+
+
+def test_equals_transformer_lens_plus_sae_lens_on_gpt2(tiny_models, tmp_path):
+    """GPT-2 with an SAE trained on TransformerLens defaults (centred writing
+    weights): actlab features == HookedTransformer.run_with_cache + SAELens encode."""
+    sae_lens = pytest.importorskip("sae_lens")
+    from actlab.bench.peers import hooked_transformer
+    from actlab.saes import load_sae
+
+    model = tiny_models["gpt2"]
+    hook = "blocks.1.hook_resid_pre"
+    lens = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=64, d_sae=D_SAE))
+    source = random_sae(hook)
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(lens, name).copy_(getattr(source, name))
+    lens.cfg.metadata.hook_name = hook
+    lens.cfg.metadata.prepend_bos = False
+    lens.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": True}
+    lens.save_model(tmp_path)
+    sae = load_sae(tmp_path)
+    assert sae.cfg.center_writing_weights
+    tl = hooked_transformer(model, processed=True)
+    expected = []
+    with torch.no_grad():
+        for text in TEXTS:
+            ids = torch.tensor([model.tokenizer(text)["input_ids"]])
+            _, cache = tl.run_with_cache(ids, names_filter=[hook], stop_at_layer=2)
+            expected.append(lens.encode(cache[hook][0, -1]))
+    feats = model.features(TEXTS, [sae], pooling="last", padding_side="left", progress=False)
+    assert rel_error(feats.dense(feats.names[0]), torch.stack(expected)) <= 1e-4

@@ -17,7 +17,7 @@ import torch
 
 from .. import __version__
 from ..datasets import length_mix
-from ..default_model import default_model_dir, DEFAULT_MODEL
+from ..default_model import DEFAULT_MODEL
 from ..engine import Extractor, _StopForward, plan_batches
 from ..hooks import resolve
 from ..models import Model, load_model
@@ -151,7 +151,7 @@ def run_extract_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, d
     ours = best["engine"][0]
     errors = {"engine_vs_baseline": max_rel_error(reference, ours)}
     if peers:
-        for name, make in _peer_factories(model, model_name).items():
+        for name, make in _peer_factories(model).items():
             try:
                 runner = make()
             except ImportError as exc:
@@ -190,11 +190,10 @@ def run_extract_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, d
     return result
 
 
-def _peer_factories(model: Model, model_name: str) -> dict[str, Callable]:
+def _peer_factories(model: Model) -> dict[str, Callable]:
     from . import peers
 
-    model_dir = str(default_model_dir()) if model_name == DEFAULT_MODEL else model_name
-    return {"transformer_lens": lambda: peers.transformer_lens_runner(model, model_dir),
+    return {"transformer_lens": lambda: peers.transformer_lens_runner(model),
             "nnsight": lambda: peers.nnsight_runner(model)}
 
 

@@ -5,7 +5,7 @@ TransformerLens's model is built in-process from the HF weights (no hub)."""
 
 from __future__ import annotations
 
-import shutil
+import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -32,25 +32,34 @@ def padded_batches(model, texts: Sequence[str], batch_size: int):
         yield ids.to(model.device), mask.to(model.device), (mask.sum(1) - 1).to(model.device)
 
 
-def transformer_lens_runner(model, model_dir: str) -> Callable:
-    """A function(texts, layers, batch_size) -> {layer: (n, d)} using HookedTransformer."""
+def hooked_transformer(model, processed: bool = False):
+    """A TransformerLens HookedTransformer with the model's weights, built in
+    process. processed=True applies TransformerLens's default weight processing
+    (fold_ln, center_writing_weights, ...), as `from_pretrained` does."""
     import transformer_lens.loading_from_pretrained as loading
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    with tempfile.TemporaryDirectory() as neutral:
-        # TransformerLens guesses the architecture from the name when it says
-        # "llama" and then reads no config; a neutral folder name avoids that.
-        shutil.copy(Path(model_dir) / "config.json", Path(neutral) / "config.json")
-        cfg = HookedTransformerConfig(**loading.convert_hf_model_config(neutral),
+    with tempfile.TemporaryDirectory() as folder:
+        # A folder name without "llama" in it: TransformerLens guesses the
+        # architecture from such names and then reads no config.
+        config = model.hf_model.config.to_dict()
+        config["architectures"] = [type(model.hf_model).__name__]  # unset on in-process models
+        (Path(folder) / "config.json").write_text(json.dumps(config))
+        cfg = HookedTransformerConfig(**loading.convert_hf_model_config(folder),
                                       device=str(model.device), dtype=model.hf_model.dtype)
     with warnings.catch_warnings():  # deprecated in 3.x for TransformerBridge; SAELens uses it
         warnings.simplefilter("ignore", DeprecationWarning)
         tl = HookedTransformer(cfg, tokenizer=model.tokenizer, move_to_device=True)
     state = getattr(loading, _TL_CONVERTERS[model.architecture])(model.hf_model, cfg)
-    tl.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
-                                   center_unembed=False, fold_value_biases=False,
+    tl.load_and_process_state_dict(state, fold_ln=processed, center_writing_weights=processed,
+                                   center_unembed=processed, fold_value_biases=processed,
                                    refactor_factored_attn_matrices=False)
-    tl.eval()
+    return tl.eval()
+
+
+def transformer_lens_runner(model) -> Callable:
+    """A function(texts, layers, batch_size) -> {layer: (n, d)} using HookedTransformer."""
+    tl = hooked_transformer(model)
 
     def run(texts, layers, batch_size):
         names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
