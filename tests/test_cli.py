@@ -87,3 +87,23 @@ def test_skip_empty(monkeypatch, capsys, tmp_path, tiny_model_dir):
 def test_usage_error_exits_2_without_traceback(monkeypatch, capsys, tmp_path):
     code, out, err = run_cli(monkeypatch, capsys, "extract", "--out", tmp_path / "run")
     assert code == 2 and "Missing option '--input'" in err and "Traceback" not in err
+
+
+def test_features_end_to_end(monkeypatch, capsys, tmp_path, tiny_model_dir, texts_file, tiny_models):
+    from actlab.saes.runs import open_features
+
+    import sae_lens
+
+    lens = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=64, d_sae=32))
+    lens.cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    lens.cfg.metadata.prepend_bos = False
+    lens.save_model(tmp_path / "sae")
+    code, out, err = run_cli(monkeypatch, capsys, "features", "--model", tiny_model_dir, "--input", texts_file,
+                             "--sae", tmp_path / "sae", "--pooling", "mean", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "mean L0" in out
+    feats = open_features(tmp_path / "run")
+    assert feats.names == [str(tmp_path / "sae")] and len(feats) == 3
+    code, _, err = run_cli(monkeypatch, capsys, "features", "--model", tiny_model_dir, "--input", texts_file,
+                           "--sae", tmp_path / "nope", "--out", tmp_path / "run2")
+    assert code == 2 and "SAE" in err and "not found" in err

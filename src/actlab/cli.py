@@ -89,6 +89,45 @@ def extract(
 
 
 @app.command()
+def features(
+    input: Path = typer.Option(..., "--input", "-i", help=".txt, .jsonl, .json, .csv or .parquet"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable)."),
+    sae: List[str] = typer.Option(..., "--sae", help="SAE folder (SAELens or sparsify) or release/sae_id; repeatable."),
+    model: str = ModelOpt,
+    pooling: str = typer.Option("last", help="last, mean, all, first:K, last:K, pos:I"),
+    batch_size: Optional[int] = typer.Option(None, help="Texts per batch (default: token budget)."),
+    max_batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per batch."),
+    max_length: Optional[int] = typer.Option(None, help="Truncate texts to this many tokens."),
+    text_field: str = typer.Option("text", help="Text field (jsonl, json, csv, parquet)."),
+    category_field: Optional[str] = typer.Option(None, help="Category field (default 'category')."),
+    label_field: Optional[str] = typer.Option(None, help="Label field (default 'label' if present)."),
+    skip_empty: bool = typer.Option(False, help="Skip empty texts instead of failing."),
+    shard_size: int = typer.Option(2048, help="Texts per Parquet shard."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run in --out."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
+    """SAE features of every text, one forward pass for all SAEs, stored sparse."""
+    from .inputs import FieldNames, file_sha256, read_records
+    from .models import load_model
+    from .saes import load_sae
+    from .saes.runs import features_run, open_features
+
+    records = read_records(input, FieldNames(text_field, None, label_field, category_field), skip_empty)
+    lm = load_model(model, device=device, dtype=dtype)
+    saes = {name: load_sae(name) for name in sae}
+    info = {"path": str(input), "sha256": file_sha256(input), "text_field": text_field}
+    run = features_run(lm, records, saes, out_dir, pooling, shard_size=shard_size, overwrite=overwrite,
+                       input_info=info, progress=True, batch_size=batch_size,
+                       max_batch_tokens=max_batch_tokens, max_length=max_length)
+    feats = open_features(run)
+    print_table(f"features of {len(feats)} texts ({feats.pooling} pooling) in {run}",
+                ["sae", "hook", "d_sae", "mean L0", "latents active"],
+                [[name, cfg.hook_name, cfg.d_sae, f"{len(feats.sparse[name].values) / max(feats.sparse[name].n_rows, 1):.1f}",
+                  int((feats.latent_stats[name].count > 0).sum())] for name, cfg in feats.configs.items()])
+
+
+@app.command()
 def demo(model: str = ModelOpt, out_dir: Path = typer.Option(Path("runs/demo"), "--out"),
          device: str = DeviceOpt) -> None:
     """Extract activations of the built-in categorized texts, then benchmark."""

@@ -80,14 +80,10 @@ def activation_table(acts: Activations, text_ids: np.ndarray, fields: dict[str, 
     return pa.table(columns)
 
 
-def extract_run(model, records: Records, hooks: Sequence[str], out_dir: str | Path,
-                pooling="last", shard_size: int = 2048, overwrite: bool = False,
-                input_info: dict | None = None, progress: bool | None = None,
-                **engine_options) -> Path:
-    """Extract `hooks` for every record into a resumable run directory."""
-    out = Path(out_dir)
-    extractor = Extractor(model, hooks, pooling, **engine_options)
-    settings = {
+def engine_settings(model, extractor: Extractor, records: Records, shard_size: int,
+                    input_info: dict | None) -> dict:
+    """What a run's rows depend on; a resumed run must match them exactly."""
+    return {
         "model": {"id": model.name, "weights_sha256": model.weight_hash,
                   "architecture": model.architecture, "n_layers": model.n_layers,
                   "d_model": model.d_model, "dtype": model.dtype},
@@ -95,16 +91,24 @@ def extract_run(model, records: Records, hooks: Sequence[str], out_dir: str | Pa
         "widths": extractor.widths,
         "pooling": extractor.pooling.spec,
         "include_bos": extractor.pooling.include_bos,
-        "prepend_bos": engine_options.get("prepend_bos"),
+        "prepend_bos": extractor.prepend_bos,
         "max_length": extractor.max_length,
         "shard_size": shard_size,
         "input": dict(input_info or {}, n_texts=len(records), fields=sorted(records.fields)),
     }
-    manifest = _open_manifest(out, settings, overwrite)
+
+
+def run_shards(extractor: Extractor, records: Records, out: Path, settings: dict, write_shard,
+               kind: str = FORMAT, overwrite: bool = False, progress: bool | None = None) -> dict:
+    """The resumable loop: shard i covers input rows [i * shard_size, ...);
+    `write_shard(index, result, lo, hi)` must write shard_name(index) last and
+    atomically, since its existence marks the shard done. Returns the manifest."""
+    manifest = _open_manifest(out, settings, overwrite, kind)
     if manifest.get("complete"):
         if progress is not False:
             console.print(f"{out} is already complete; nothing to do")
-        return out
+        return manifest
+    shard_size = settings["shard_size"]
     n_shards = max(1, -(-len(records) // shard_size))
     todo = [i for i in range(n_shards) if not (out / shard_name(i)).exists()]
     started = time.perf_counter()
@@ -113,26 +117,42 @@ def extract_run(model, records: Records, hooks: Sequence[str], out_dir: str | Pa
     with ExtractProgress(remaining, enabled=progress) as bar:
         for index in todo:
             lo, hi = index * shard_size, min((index + 1) * shard_size, len(records))
-            acts = extractor(records.texts[lo:hi], on_batch=bar.advance)
-            fields = {k: v[lo:hi] for k, v in records.fields.items()}
-            write_parquet_atomic(out / shard_name(index), activation_table(acts, np.arange(lo, hi), fields))
-            _accumulate(totals, acts.stats)
+            result = extractor(records.texts[lo:hi], on_batch=bar.advance)
+            write_shard(index, result, lo, hi)
+            _accumulate(totals, result.stats)
     from .models import peak_memory_bytes
 
     totals.seconds = time.perf_counter() - started
-    totals.peak_memory_bytes = peak_memory_bytes(model.device)
+    totals.peak_memory_bytes = peak_memory_bytes(extractor.model.device)
+    sessions = manifest.get("timings", {})
+    sessions[f"session_{len(sessions)}"] = {
+        "device": str(extractor.model.device), "seconds": round(totals.seconds, 3),
+        "texts": totals.n_texts, "tokens": totals.n_tokens,
+        "tokens_per_s": round(totals.tokens_per_s, 1), "padding_waste": round(totals.padding_waste, 4),
+        "peak_memory_bytes": totals.peak_memory_bytes}
     manifest.update(
-        complete=True, shards=[shard_name(i) for i in range(n_shards)],
+        complete=True, shards=[shard_name(i) for i in range(n_shards)], timings=sessions,
         n_rows=sum(pq.read_metadata(out / shard_name(i)).num_rows for i in range(n_shards)),
-        timings=dict(manifest.get("timings", {}), **{
-            f"session_{len(manifest.get('timings', {}))}": {
-                "device": str(model.device), "seconds": round(totals.seconds, 3), "texts": totals.n_texts,
-                "tokens": totals.n_tokens, "tokens_per_s": round(totals.tokens_per_s, 1),
-                "padding_waste": round(totals.padding_waste, 4),
-                "peak_memory_bytes": totals.peak_memory_bytes}}),
         n_truncated=manifest.get("n_truncated", 0) + totals.n_truncated)
-    write_json_atomic(out / MANIFEST, manifest)
     bar.print_summary(totals)
+    return manifest
+
+
+def extract_run(model, records: Records, hooks: Sequence[str], out_dir: str | Path,
+                pooling="last", shard_size: int = 2048, overwrite: bool = False,
+                input_info: dict | None = None, progress: bool | None = None,
+                **engine_options) -> Path:
+    """Extract `hooks` for every record into a resumable run directory."""
+    out = Path(out_dir)
+    extractor = Extractor(model, hooks, pooling, **engine_options)
+    settings = engine_settings(model, extractor, records, shard_size, input_info)
+
+    def write_shard(index: int, acts: Activations, lo: int, hi: int) -> None:
+        fields = {k: v[lo:hi] for k, v in records.fields.items()}
+        write_parquet_atomic(out / shard_name(index), activation_table(acts, np.arange(lo, hi), fields))
+
+    manifest = run_shards(extractor, records, out, settings, write_shard, FORMAT, overwrite, progress)
+    write_json_atomic(out / MANIFEST, manifest)
     return out
 
 
@@ -144,7 +164,7 @@ def _accumulate(totals: ExtractStats, part: ExtractStats) -> None:
     totals.oom_splits += part.oom_splits
 
 
-def _open_manifest(out: Path, settings: dict, overwrite: bool) -> dict:
+def _open_manifest(out: Path, settings: dict, overwrite: bool, kind: str) -> dict:
     """Start a new run, or check that the existing one has the same settings."""
     path = out / MANIFEST
     settings = json.loads(json.dumps(settings))  # as it reads back from disk
@@ -160,23 +180,23 @@ def _open_manifest(out: Path, settings: dict, overwrite: bool) -> dict:
         raise ActlabError(f"{out} exists and is not an actlab run; choose another --out or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for stale in out.glob("shard-*.parquet"):
+        for stale in out.glob("*.parquet"):
             stale.unlink()
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "actlab_version": __version__,
+    manifest = {"format": kind, "format_version": FORMAT_VERSION, "actlab_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "settings": settings, "complete": False}
     write_json_atomic(path, manifest)
     return manifest
 
 
-def read_manifest(path: str | Path) -> dict:
+def read_manifest(path: str | Path, kind: str = FORMAT) -> dict:
     run = Path(path)
     file = run / MANIFEST
     if not file.exists():
         raise ActlabError(f"{run} is not an actlab run (no {MANIFEST})")
     manifest = json.loads(file.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ActlabError(f"{file} is not an actlab activations manifest")
+    if manifest.get("format") != kind:
+        raise ActlabError(f"{file} is a '{manifest.get('format')}' run, not '{kind}'")
     if not manifest.get("complete"):
         raise ActlabError(f"run {run} is incomplete; rerun the same extract command to resume it")
     return manifest

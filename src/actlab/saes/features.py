@@ -5,7 +5,7 @@ per-latent statistics leave the device unless dense features are asked for."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
@@ -13,7 +13,7 @@ import torch
 from ..engine import Extractor, _HostCopies
 from ..errors import ActlabError
 from .loading import load_sae
-from .sae import SAE
+from .sae import SAE, SAEConfig
 
 LAYER_NORM_MODELS = ("gpt2", "gpt_neox")
 
@@ -101,7 +101,7 @@ class Features:
     """Features of every SAE, by SAE name, rows in input order (see Activations
     for `offsets` / `tokens` in per-token mode)."""
 
-    saes: dict[str, SAE]
+    configs: dict[str, SAEConfig]
     sparse: dict[str, SparseFeatures]
     latent_stats: dict[str, LatentStats]
     dense_values: dict[str, torch.Tensor]
@@ -112,14 +112,18 @@ class Features:
     token_ids: torch.Tensor | None = None
     stats: object = None
     has_bos: bool = False
+    metadata: dict = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
-        return list(self.saes)
+        return list(self.configs)
+
+    def __len__(self) -> int:
+        return len(self.n_tokens)
 
     def dense(self, name: str) -> torch.Tensor:
         """(n_rows, d_sae) features of SAE `name`."""
-        if name not in self.saes:
+        if name not in self.configs:
             raise KeyError(f"no SAE '{name}' here; have {self.names}")
         if name in self.dense_values:
             return self.dense_values[name]
@@ -183,6 +187,6 @@ class FeatureExtractor(Extractor):
     def make_result(self, sinks: dict[str, list], **fields) -> Features:
         named = self._named_sinks
         return Features(
-            saes=self.saes, sparse={n: s.sparse() for n, s in named.items()},
+            configs={n: sae.cfg for n, sae in self.saes.items()}, sparse={n: s.sparse() for n, s in named.items()},
             latent_stats={n: s.latent_stats() for n, s in named.items()},
             dense_values={n: s.dense for n, s in named.items() if s.dense is not None}, **fields)
