@@ -107,3 +107,26 @@ def test_features_end_to_end(monkeypatch, capsys, tmp_path, tiny_model_dir, text
     code, _, err = run_cli(monkeypatch, capsys, "features", "--model", tiny_model_dir, "--input", texts_file,
                            "--sae", tmp_path / "nope", "--out", tmp_path / "run2")
     assert code == 2 and "SAE" in err and "not found" in err
+
+
+def test_analyze_end_to_end(monkeypatch, capsys, tmp_path, tiny_models):
+    import pyarrow.parquet as pq
+
+    from actlab.analyses import strongest
+    from actlab.inputs import Records
+    from actlab.saes.runs import features_run, open_features
+    from saes.test_features import random_sae
+
+    texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(12)]
+    records = Records(texts, {"category": [f"c{i % 3}" for i in range(12)]}, list(range(1, 13)))
+    sae = random_sae("blocks.1.hook_resid_post", neuronpedia_id="tiny/1-res")
+    run = features_run(tiny_models["llama"], records, {"mid": sae}, tmp_path / "run", progress=False)
+    code, out, err = run_cli(monkeypatch, capsys, "analyze", run, "--threshold", "0.5")
+    assert code == 0, err
+    assert "comparison" in out and "specialists" in out
+    table = pq.read_table(run / "analysis" / "strongest.parquet").to_pylist()
+    expected = strongest(open_features(run).dense("mid").numpy())
+    assert [r["latent"] for r in table] == [r["latent"] for r in expected]
+    assert table[0]["neuronpedia"] == f"https://neuronpedia.org/tiny/1-res/{expected[0]['latent']}"
+    code, _, err = run_cli(monkeypatch, capsys, "analyze", tmp_path / "nothing")
+    assert code == 2 and "not an actlab run" in err

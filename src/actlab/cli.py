@@ -128,6 +128,24 @@ def features(
 
 
 @app.command()
+def analyze(
+    run: Path = typer.Argument(..., help="A features run directory (actlab features)."),
+    threshold: float = typer.Option(5.0, help="A latent is clearly on for a text when its value exceeds this."),
+    top: int = typer.Option(5, help="Rows per table and SAE."),
+) -> None:
+    """Seed 000's analyses of a features run: tables printed and written to RUN/analysis/."""
+    from .analyses.run import analyze_features, write_tables
+    from .saes.runs import open_features
+
+    tables = analyze_features(open_features(run), threshold, top)
+    for name, rows in tables.items():
+        if rows:
+            print_table(name, list(rows[0]), [list(row.values()) for row in rows])
+    written = write_tables(tables, run / "analysis")
+    out.print(f"wrote {len(written)} tables to {run / 'analysis'}")
+
+
+@app.command()
 def demo(model: str = ModelOpt, out_dir: Path = typer.Option(Path("runs/demo"), "--out"),
          device: str = DeviceOpt) -> None:
     """Extract activations of the built-in categorized texts, then benchmark."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import datasets
-from .analyses import nearest_centroid_accuracy
+from .analyses.probes import nearest_centroid_accuracy
 from .models import load_model
 from .progress import console
 from .store import extract_run, open_run

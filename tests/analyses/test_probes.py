@@ -1,6 +1,6 @@
 import numpy as np
 
-from actlab.analyses import nearest_centroid_accuracy
+from actlab.analyses.probes import nearest_centroid_accuracy
 
 
 def naive_loo_accuracy(x, labels):

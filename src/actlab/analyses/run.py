@@ -1,0 +1,50 @@
+"""Run every feature analysis over a features run and store the tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from ..errors import ActlabError
+from ..store import write_parquet_atomic
+from .features import (category_specialists, coactivation, comparison_table, most_frequent,
+                       most_selective, neuronpedia_link, strongest)
+
+
+def analyze_features(feats, threshold: float = 5.0, k: int = 5) -> dict[str, list[dict]]:
+    """Tables by name: per-SAE strongest / frequent / selective / specialists /
+    coactivation rows (with an `sae` column and Neuronpedia links) and the
+    comparison table."""
+    if feats.offsets is not None:
+        raise ActlabError("analyze needs a pooled features run (one row per text), not pooling 'all'")
+    categories = feats.metadata.get("fields", {}).get("category")
+    matrices = {name: feats.dense(name).numpy() for name in feats.names}
+    tables: dict[str, list[dict]] = {"strongest": [], "frequent": [], "selective": [], "coactivation": []}
+    if categories is not None:
+        tables["specialists"] = []
+    for name, F in matrices.items():
+        npid = feats.configs[name].neuronpedia_id
+        found = {"strongest": strongest(F, k), "frequent": most_frequent(F, k),
+                 "selective": most_selective(F, threshold, k), "coactivation": coactivation(F, k=k)}
+        if categories is not None:
+            found["specialists"] = category_specialists(F, categories, threshold)
+        for table, rows in found.items():
+            for row in rows:
+                link = {"neuronpedia": neuronpedia_link(npid, row["latent"])} if "latent" in row else {}
+                tables[table].append({"sae": name, **row, **link})
+    comparison = comparison_table(matrices, categories, threshold, k)
+    tables["comparison"] = [{"row": row, **{sae: " ".join(map(str, ids)) for sae, ids in cells.items()}}
+                            for row, cells in comparison.items()]
+    return tables
+
+
+def write_tables(tables: dict[str, list[dict]], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, rows in tables.items():
+        if rows:
+            path = out_dir / f"{name}.parquet"
+            write_parquet_atomic(path, pa.Table.from_pylist(rows))
+            written.append(path)
+    return written
