@@ -13,6 +13,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import actlab
+from actlab.saes import SAE, SAEConfig
 from actlab.default_model import default_model_dir
 
 transformers.utils.logging.set_verbosity_error()
@@ -88,3 +89,19 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """max over rows of |a - b|_inf / |b|_inf."""
     a, b = a.reshape(-1, a.shape[-1]).double(), b.reshape(-1, b.shape[-1]).double()
     return float(((a - b).abs().amax(-1) / b.abs().amax(-1).clamp_min(1e-30)).max())
+
+
+D_SAE = 128
+
+
+def random_sae(hook, d_in=64, arch="standard", seed=0, **cfg):
+    """An SAE with random weights whose biases leave a minority of latents on."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {"W_enc": torch.randn(d_in, D_SAE, generator=g) * 0.1,
+               "b_enc": torch.randn(D_SAE, generator=g) * 0.1 - 0.2,
+               "W_dec": torch.randn(D_SAE, d_in, generator=g) * 0.1,
+               "b_dec": torch.randn(d_in, generator=g) * 0.1,
+               "threshold": torch.rand(D_SAE, generator=g) * 0.3}
+    config = SAEConfig(d_in=d_in, d_sae=D_SAE, architecture=arch, hook_name=hook,
+                       k=16 if arch == "topk" else None, prepend_bos=False, **cfg)
+    return SAE(config, weights)

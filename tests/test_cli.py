@@ -7,7 +7,7 @@ import pytest
 import actlab
 from actlab.cli import main
 
-from conftest import TEXTS
+from conftest import TEXTS, random_sae
 
 
 def run_cli(monkeypatch, capsys, *args):
@@ -115,7 +115,6 @@ def test_analyze_end_to_end(monkeypatch, capsys, tmp_path, tiny_models):
     from actlab.analyses import strongest
     from actlab.inputs import Records
     from actlab.saes.runs import features_run, open_features
-    from saes.test_features import random_sae
 
     texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(12)]
     records = Records(texts, {"category": [f"c{i % 3}" for i in range(12)]}, list(range(1, 13)))

@@ -6,24 +6,8 @@ import pytest
 import torch
 
 from actlab import ActlabError
-from actlab.saes import SAE, SAEConfig
 
-from conftest import TEXTS, rel_error
-
-D_SAE = 128
-
-
-def random_sae(hook, d_in=64, arch="standard", seed=0, **cfg):
-    g = torch.Generator().manual_seed(seed)
-    weights = {"W_enc": torch.randn(d_in, D_SAE, generator=g) * 0.1,
-               "b_enc": torch.randn(D_SAE, generator=g) * 0.1 - 0.2,
-               "W_dec": torch.randn(D_SAE, d_in, generator=g) * 0.1,
-               "b_dec": torch.randn(d_in, generator=g) * 0.1,
-               "threshold": torch.rand(D_SAE, generator=g) * 0.3}
-    config = SAEConfig(d_in=d_in, d_sae=D_SAE, architecture=arch, hook_name=hook,
-                       k=16 if arch == "topk" else None, prepend_bos=False, **cfg)
-    return SAE(config, weights)
-
+from conftest import D_SAE, TEXTS, random_sae, rel_error
 
 def separately(model, sae, texts, pooling, prepend_bos=False):
     """Reference: per-token activations from `extract`, encoded, pooled in numpy."""

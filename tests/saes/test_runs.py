@@ -12,8 +12,7 @@ from actlab.saes import runs
 from actlab.saes.runs import features_run, open_features
 from actlab import store
 
-from conftest import TEXTS, rel_error
-from test_features import random_sae
+from conftest import TEXTS, random_sae, rel_error
 
 
 def records(n=30):
