@@ -23,6 +23,18 @@ err = Console(stderr=True)
 ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Hub id, local folder, .gguf file or alias.")
 DeviceOpt = typer.Option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
 DtypeOpt = typer.Option("float32", help="float32, bfloat16, float16; 8bit/4bit on CUDA.")
+InputOpt = typer.Option(..., "--input", "-i", help=".txt, .jsonl, .json, .csv or .parquet")
+OutOpt = typer.Option(..., "--out", "-o", help="Run directory (resumable).")
+PoolingOpt = typer.Option("last", help="last, mean, all, first:K, last:K, pos:I")
+BatchSizeOpt = typer.Option(None, help="Texts per batch (default: token budget).")
+BatchTokensOpt = typer.Option(None, help="Padded tokens per batch.")
+MaxLengthOpt = typer.Option(None, help="Truncate texts to this many tokens.")
+TextFieldOpt = typer.Option("text", help="Text field (jsonl, json, csv, parquet).")
+LabelFieldOpt = typer.Option(None, help="Label field (default 'label' if present).")
+CategoryFieldOpt = typer.Option(None, help="Category field (default 'category').")
+SkipEmptyOpt = typer.Option(False, help="Skip empty texts instead of failing.")
+ShardSizeOpt = typer.Option(2048, help="Texts per Parquet shard.")
+OverwriteOpt = typer.Option(False, help="Replace an existing run in --out.")
 
 
 @app.command()
@@ -43,25 +55,25 @@ def models(name: str = typer.Argument(DEFAULT_MODEL, help="Model to describe."),
 
 @app.command()
 def extract(
-    input: Path = typer.Option(..., "--input", "-i", help=".txt, .jsonl, .json, .csv or .parquet"),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable)."),
+    input: Path = InputOpt,
+    out_dir: Path = OutOpt,
     hook: List[str] = typer.Option(..., "--hook", help="Hook name or module path; repeatable."),
     model: str = ModelOpt,
-    pooling: str = typer.Option("last", help="last, mean, all, first:K, last:K, pos:I"),
-    batch_size: Optional[int] = typer.Option(None, help="Texts per batch (default: token budget)."),
-    max_batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per batch."),
+    pooling: str = PoolingOpt,
+    batch_size: Optional[int] = BatchSizeOpt,
+    max_batch_tokens: Optional[int] = BatchTokensOpt,
     padding_side: Optional[str] = typer.Option(None, help="right (default) or left."),
-    max_length: Optional[int] = typer.Option(None, help="Truncate texts to this many tokens."),
+    max_length: Optional[int] = MaxLengthOpt,
     prepend_bos: Optional[bool] = typer.Option(None, "--prepend-bos/--no-prepend-bos",
                                                help="Override the tokenizer's BOS behaviour."),
     include_bos: bool = typer.Option(False, help="Let mean/first:K/last:K pool the BOS token."),
-    text_field: str = typer.Option("text", help="Text field (jsonl, json, csv, parquet)."),
+    text_field: str = TextFieldOpt,
     id_field: Optional[str] = typer.Option(None, help="Id field (default 'id' if present)."),
-    label_field: Optional[str] = typer.Option(None, help="Label field (default 'label' if present)."),
-    category_field: Optional[str] = typer.Option(None, help="Category field (default 'category')."),
-    skip_empty: bool = typer.Option(False, help="Skip empty texts instead of failing."),
-    shard_size: int = typer.Option(2048, help="Texts per Parquet shard."),
-    overwrite: bool = typer.Option(False, help="Replace an existing run in --out."),
+    label_field: Optional[str] = LabelFieldOpt,
+    category_field: Optional[str] = CategoryFieldOpt,
+    skip_empty: bool = SkipEmptyOpt,
+    shard_size: int = ShardSizeOpt,
+    overwrite: bool = OverwriteOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
@@ -90,20 +102,20 @@ def extract(
 
 @app.command()
 def features(
-    input: Path = typer.Option(..., "--input", "-i", help=".txt, .jsonl, .json, .csv or .parquet"),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable)."),
+    input: Path = InputOpt,
+    out_dir: Path = OutOpt,
     sae: List[str] = typer.Option(..., "--sae", help="SAE folder (SAELens or sparsify) or release/sae_id; repeatable."),
     model: str = ModelOpt,
-    pooling: str = typer.Option("last", help="last, mean, all, first:K, last:K, pos:I"),
-    batch_size: Optional[int] = typer.Option(None, help="Texts per batch (default: token budget)."),
-    max_batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per batch."),
-    max_length: Optional[int] = typer.Option(None, help="Truncate texts to this many tokens."),
-    text_field: str = typer.Option("text", help="Text field (jsonl, json, csv, parquet)."),
-    category_field: Optional[str] = typer.Option(None, help="Category field (default 'category')."),
-    label_field: Optional[str] = typer.Option(None, help="Label field (default 'label' if present)."),
-    skip_empty: bool = typer.Option(False, help="Skip empty texts instead of failing."),
-    shard_size: int = typer.Option(2048, help="Texts per Parquet shard."),
-    overwrite: bool = typer.Option(False, help="Replace an existing run in --out."),
+    pooling: str = PoolingOpt,
+    batch_size: Optional[int] = BatchSizeOpt,
+    max_batch_tokens: Optional[int] = BatchTokensOpt,
+    max_length: Optional[int] = MaxLengthOpt,
+    text_field: str = TextFieldOpt,
+    category_field: Optional[str] = CategoryFieldOpt,
+    label_field: Optional[str] = LabelFieldOpt,
+    skip_empty: bool = SkipEmptyOpt,
+    shard_size: int = ShardSizeOpt,
+    overwrite: bool = OverwriteOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
