@@ -129,3 +129,15 @@ def test_analyze_end_to_end(monkeypatch, capsys, tmp_path, tiny_models):
     assert table[0]["neuronpedia"] == f"https://neuronpedia.org/tiny/1-res/{expected[0]['latent']}"
     code, _, err = run_cli(monkeypatch, capsys, "analyze", tmp_path / "nothing")
     assert code == 2 and "not an actlab run" in err
+
+
+def test_sae_quality_command(monkeypatch, capsys, tmp_path, tiny_model_dir, texts_file):
+    import sae_lens
+
+    lens = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=64, d_sae=32))
+    lens.cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    lens.save_model(tmp_path / "sae")
+    code, out, err = run_cli(monkeypatch, capsys, "sae", "quality", "--model", tiny_model_dir,
+                             "--input", texts_file, "--sae", tmp_path / "sae")
+    assert code == 0, err
+    assert "SAE quality on 3 texts" in out

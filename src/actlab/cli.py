@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fast, correct activation extraction for interpretability experiments.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results go to benchmarks/results/).")
 app.add_typer(bench_app, name="bench")
+sae_app = typer.Typer(no_args_is_help=True, help="Sparse autoencoders.")
+app.add_typer(sae_app, name="sae")
 out = Console()
 err = Console(stderr=True)
 
@@ -155,6 +157,33 @@ def analyze(
             print_table(name, list(rows[0]), [list(row.values()) for row in rows])
     written = write_tables(tables, run / "analysis")
     out.print(f"wrote {len(written)} tables to {run / 'analysis'}")
+
+
+@sae_app.command("quality")
+def sae_quality_command(
+    sae: List[str] = typer.Option(..., "--sae", help="SAE folder or release/sae_id; repeatable."),
+    input: Path = InputOpt,
+    model: str = ModelOpt,
+    text_field: str = TextFieldOpt,
+    max_length: Optional[int] = MaxLengthOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """L0, dead / dense latents, MSE, explained variance and next-token loss with the reconstruction spliced in."""
+    from .inputs import FieldNames, read_records
+    from .models import load_model
+    from .saes import load_sae
+    from .saes.quality import sae_quality
+
+    records = read_records(input, FieldNames(text_field))
+    lm = load_model(model, device=device)
+    rows = []
+    for name in sae:
+        q = sae_quality(lm, load_sae(name, device=lm.device), records.texts, max_length=max_length)
+        rows.append([name, f"{q['l0']:.1f}", f"{q['dead_fraction']:.1%}", f"{q['dense_fraction']:.1%}",
+                     f"{q['mse']:.4g}", f"{q['explained_variance']:.3f}", f"{q['ce_clean']:.3f}",
+                     f"{q['ce_spliced']:.3f}", f"{q['ce_loss_score']:.3f}"])
+    print_table(f"SAE quality on {len(records)} texts", ["sae", "L0", "dead", "dense", "MSE", "expl. var.",
+                                                          "CE clean", "CE spliced", "CE score"], rows)
 
 
 @app.command()
