@@ -186,6 +186,38 @@ def sae_quality_command(
                                                           "CE clean", "CE spliced", "CE score"], rows)
 
 
+@sae_app.command("train")
+def sae_train(
+    corpus: List[Path] = typer.Option(..., "--corpus", help="Plain-text file(s): paragraphs or %-separated fortunes."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for one SAELens SAE folder per layer."),
+    layers: str = typer.Option(..., help="Comma-separated block indices, e.g. 7,15,22."),
+    model: str = ModelOpt,
+    d_sae: int = typer.Option(3072, help="Latents per SAE."),
+    k: int = typer.Option(32, help="Active latents per token (TopK)."),
+    steps: int = typer.Option(1500, help="Training steps."),
+    batch_size: int = typer.Option(4096, help="Activations per step."),
+    max_length: int = typer.Option(128, help="Tokens per text."),
+    seed: int = typer.Option(0),
+    device: str = DeviceOpt,
+) -> None:
+    """Train TopK SAEs with SAELens's trainer on activations the engine caches; report held-out quality."""
+    from .models import load_model
+    from .saes.training import TrainConfig, read_corpus, train_saes
+
+    try:
+        layer_list = [int(x) for x in layers.split(",")]
+    except ValueError:
+        raise ActlabError(f"--layers '{layers}': give comma-separated block indices such as 7,15,22") from None
+    texts = read_corpus(corpus)
+    lm = load_model(model, device=device)
+    cfg = TrainConfig(layers=layer_list, d_sae=d_sae, k=k, steps=steps, batch_size=batch_size,
+                      max_length=max_length, seed=seed)
+    report = train_saes(lm, texts, out_dir, cfg)
+    print_table(f"held-out quality ({out_dir})", ["sae", "L0", "dead", "expl. var.", "CE clean", "CE spliced"],
+                [[name, f"{q['l0']:.1f}", f"{q['dead_fraction']:.1%}", f"{q['explained_variance']:.3f}",
+                  f"{q['ce_clean']:.3f}", f"{q['ce_spliced']:.3f}"] for name, q in report.items()])
+
+
 @app.command()
 def demo(model: str = ModelOpt, out_dir: Path = typer.Option(Path("runs/demo"), "--out"),
          device: str = DeviceOpt) -> None:

@@ -1,0 +1,133 @@
+"""Training SAEs for a model with SAELens's trainer on activations cached by
+the engine (`actlab sae train`): the default SAEs were made this way."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import ActlabError
+from .loading import load_sae
+from .quality import sae_quality
+
+
+@dataclass
+class TrainConfig:
+    layers: list[int]
+    d_sae: int = 3072
+    k: int = 32
+    steps: int = 1500
+    batch_size: int = 4096
+    lr: float = 4e-4
+    max_length: int = 128
+    held_out_fraction: float = 0.1
+    seed: int = 0
+    dtype: str = "float16"  # stored weights; encode runs in float32
+    hook_kind: str = "hook_resid_post"
+    extra: dict = field(default_factory=dict)
+
+
+def read_corpus(paths: Sequence[str | Path], min_chars: int = 20) -> list[str]:
+    """Texts from plain-text files: paragraphs separated by blank lines or by
+    '%' lines (the fortune format), inner line breaks kept as spaces."""
+    texts = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ActlabError(f"corpus file not found: {path}")
+        raw = path.read_text(encoding="utf-8", errors="replace")
+        for block in re.split(r"\n\s*%\s*\n|\n\s*\n", raw):
+            text = " ".join(line.strip() for line in block.splitlines() if line.strip())
+            if len(text) >= min_chars:
+                texts.append(text)
+    if not texts:
+        raise ActlabError("the corpus holds no texts of at least 20 characters")
+    return list(dict.fromkeys(texts))  # drop repeats, keep order
+
+
+def split_texts(texts: list[str], held_out_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    shuffled = texts[:]
+    random.Random(seed).shuffle(shuffled)
+    n_held = max(1, int(len(shuffled) * held_out_fraction))
+    return shuffled[n_held:], shuffled[:n_held]
+
+
+def cache_activations(model, texts: list[str], hooks: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Per-token activations at `hooks`, with a BOS prepended (SAELens's
+    default) and the BOS rows dropped: it is an attention sink with an
+    outsized norm and never enters actlab's pooling."""
+    acts = model.extract(texts, hooks, pooling="all", prepend_bos=True, max_length=max_length)
+    keep = torch.ones(len(acts.tokens), dtype=torch.bool)
+    keep[acts.offsets[:-1]] = False
+    return {hook: acts[hook][keep] for hook in hooks}
+
+
+def batches(x: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        for index in torch.randperm(len(x), generator=generator).split(batch_size):
+            if len(index) == batch_size:
+                yield x[index]
+
+
+def train_one(x: torch.Tensor, hook: str, cfg: TrainConfig, model_name: str, out: Path) -> Path:
+    """Train one TopK SAE on x (n, d_in) with SAELens and save it in SAELens format."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(cfg.seed)
+    sae_cfg = TopKTrainingSAEConfig(
+        d_in=x.shape[1], d_sae=cfg.d_sae, k=cfg.k, rescale_acts_by_decoder_norm=True,
+        apply_b_dec_to_input=True,
+        metadata=SAEMetadata(model_name=model_name, hook_name=hook, prepend_bos=True,
+                             context_size=cfg.max_length))
+    sae = TopKTrainingSAE(sae_cfg)
+    with torch.no_grad():  # start b_dec at the data mean, as most trainers do
+        sae.b_dec.copy_(x[:100_000].mean(0))
+    trainer_cfg = SAETrainerConfig(total_training_samples=cfg.steps * cfg.batch_size,
+                                   train_batch_size_samples=cfg.batch_size, lr=cfg.lr,
+                                   lr_warm_up_steps=min(100, cfg.steps // 10),
+                                   lr_decay_steps=cfg.steps // 5, lr_end=cfg.lr / 10, device="cpu")
+    trained = SAETrainer(trainer_cfg, sae, batches(x, cfg.batch_size, cfg.seed)).fit()
+    out.mkdir(parents=True, exist_ok=True)
+    trained.save_inference_model(out)
+    _store_as(out, cfg.dtype)
+    return out
+
+
+def _store_as(folder: Path, dtype: str) -> None:
+    """Rewrite the weights in `dtype` (half the size); configs say so."""
+    weights = load_file(folder / "sae_weights.safetensors")
+    save_file({k: v.to(getattr(torch, dtype)).contiguous() for k, v in weights.items()},
+              folder / "sae_weights.safetensors")
+    cfg_path = folder / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["dtype"] = dtype
+    cfg_path.write_text(json.dumps(cfg, indent=1))
+
+
+def train_saes(model, corpus: list[str], out_dir: str | Path, cfg: TrainConfig) -> dict[str, dict]:
+    """Train one SAE per layer; returns held-out quality by SAE folder name,
+    also written to out_dir/quality.json with the training settings."""
+    out = Path(out_dir)
+    train, held_out = split_texts(corpus, cfg.held_out_fraction, cfg.seed)
+    hooks = [f"blocks.{layer}.{cfg.hook_kind}" for layer in cfg.layers]
+    cached = cache_activations(model, train, hooks, cfg.max_length)
+    report = {}
+    for layer, hook in zip(cfg.layers, hooks):
+        folder = train_one(cached[hook], hook, cfg, model.name, out / f"{cfg.hook_kind.replace('hook_', '')}-{layer}")
+        quality = sae_quality(model, load_sae(folder), held_out, max_length=cfg.max_length)
+        report[folder.name] = quality
+    summary = {"settings": asdict(cfg), "n_train_texts": len(train), "n_held_out_texts": len(held_out),
+               "n_train_tokens": int(next(iter(cached.values())).shape[0]), "quality": report}
+    (out / "quality.json").write_text(json.dumps(summary, indent=1))
+    return report
