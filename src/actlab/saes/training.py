@@ -28,6 +28,7 @@ class TrainConfig:
     lr: float = 4e-4
     max_length: int = 128
     held_out_fraction: float = 0.1
+    max_eval_texts: int = 300  # held-out texts scored (three full forward passes each)
     seed: int = 0
     dtype: str = "float16"  # stored weights; encode runs in float32
     hook_kind: str = "hook_resid_post"
@@ -125,7 +126,7 @@ def train_saes(model, corpus: list[str], out_dir: str | Path, cfg: TrainConfig) 
     report = {}
     for layer, hook in zip(cfg.layers, hooks):
         folder = train_one(cached[hook], hook, cfg, model.name, out / f"{cfg.hook_kind.replace('hook_', '')}-{layer}")
-        quality = sae_quality(model, load_sae(folder), held_out, max_length=cfg.max_length)
+        quality = sae_quality(model, load_sae(folder), held_out[:cfg.max_eval_texts], max_length=cfg.max_length)
         report[folder.name] = quality
     summary = {"settings": asdict(cfg), "n_train_texts": len(train), "n_held_out_texts": len(held_out),
                "n_train_tokens": int(next(iter(cached.values())).shape[0]), "quality": report}
