@@ -23,3 +23,15 @@ def test_bench_extract_on_tiny_model(tmp_path, tiny_model_dir):
 def test_sweep_point_runs_in_fresh_process(tiny_model_dir):
     seconds, peak = _sweep_point_in_subprocess(str(tiny_model_dir), "cpu", 8, 4, ["blocks.1.hook_resid_post"])
     assert seconds > 0 and peak > 50 * 2**20
+
+
+def test_bench_features_on_tiny_model(tmp_path, tiny_model_dir):
+    from actlab.bench.features import run_features_benchmark
+
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n")
+    result = run_features_benchmark(str(tiny_model_dir), n_texts=12, device="cpu", d_sae=256, k=8,
+                                    results_dir=tmp_path, readme=readme, repeats=1)
+    assert result["layers"] == [1, 2] and result["seconds"]["all_saes"] > 0
+    assert 0 < result["sparse_fraction_of_dense"] < 1
+    assert "<!-- bench:features:cpu -->" in readme.read_text()

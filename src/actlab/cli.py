@@ -243,6 +243,22 @@ def bench_extract(
     run_extract_benchmark(model, n_texts, device, peers, sweep, results_dir, readme)
 
 
+@bench_app.command("features")
+def bench_features(
+    model: str = ModelOpt,
+    n_texts: int = typer.Option(256, help="Texts in the length mix (20-150 tokens)."),
+    d_sae: int = typer.Option(16384, help="Latents per SAE."),
+    k: int = typer.Option(64, help="Active latents per token."),
+    device: str = DeviceOpt,
+    results_dir: Path = typer.Option(Path("benchmarks/results"), help="Where the JSON goes."),
+    readme: Optional[Path] = typer.Option(None, help="Update the benchmark table in this README."),
+) -> None:
+    """Four SAEs at four depths in one pass vs one SAE at the deepest; sparse store size."""
+    from .bench.features import run_features_benchmark
+
+    run_features_benchmark(model, n_texts, device, d_sae, k, results_dir, readme)
+
+
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
     table = Table(title=title)
     for column in header:

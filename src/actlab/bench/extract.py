@@ -255,13 +255,14 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, result: dict) -> None:
-    """Replace the block between the device's bench markers in the README."""
+def update_readme(readme: Path, result: dict, markdown: str | None = None) -> None:
+    """Replace the block between the benchmark's device markers in the README."""
     kind = result["device"].split(":")[0]
-    start, end = f"<!-- bench:extract:{kind} -->", f"<!-- /bench:extract:{kind} -->"
+    name = result["benchmark"]
+    start, end = f"<!-- bench:{name}:{kind} -->", f"<!-- /bench:{name}:{kind} -->"
     text = readme.read_text()
     if start not in text:
         text += f"\n{start}\n{end}\n"
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]
-    readme.write_text(f"{head}{start}\n{markdown_table(result)}\n{end}{tail}")
+    readme.write_text(f"{head}{start}\n{markdown or markdown_table(result)}\n{end}{tail}")
