@@ -54,7 +54,8 @@ class FeatureSink:
         self.centre = centre
         d_sae, device = sae.cfg.d_sae, sae.device
         self.count = torch.zeros(d_sae, dtype=torch.int64, device=device)
-        self.sum = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.sum = torch.zeros(d_sae, dtype=self.sum_dtype, device=device)
         self.max = torch.zeros(d_sae, device=device)
         self.argmax = torch.full((d_sae,), -1, dtype=torch.int64, device=device)
         self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -68,7 +69,7 @@ class FeatureSink:
         f = batch.plan.reduce(self.sae.encode(x))
         dest = batch.dest.to(f.device)
         self.count += (f > 0).sum(dim=0)
-        self.sum += f.sum(dim=0, dtype=torch.float64)
+        self.sum += f.sum(dim=0, dtype=self.sum_dtype)
         batch_max, batch_arg = f.max(dim=0)
         better = batch_max > self.max
         self.max = torch.where(better, batch_max, self.max)
@@ -93,7 +94,7 @@ class FeatureSink:
         return SparseFeatures(rows, latents, values, self.n_rows, self.sae.cfg.d_sae)
 
     def latent_stats(self) -> LatentStats:
-        return LatentStats(self.count.cpu(), self.sum.cpu(), self.max.cpu(), self.argmax.cpu())
+        return LatentStats(self.count.cpu(), self.sum.cpu().double(), self.max.cpu(), self.argmax.cpu())
 
 
 @dataclass
