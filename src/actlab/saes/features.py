@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from ..engine import Extractor, _HostCopies
@@ -88,6 +89,8 @@ class FeatureSink:
     def sparse(self) -> SparseFeatures:
         if self.parts:
             rows, latents, values = (torch.cat(column) for column in zip(*self.parts))
+            order = np.lexsort((latents.numpy(), rows.numpy()))  # by row, then latent
+            rows, latents, values = rows[order], latents[order], values[order]
         else:
             rows = latents = torch.zeros(0, dtype=torch.int64)
             values = torch.zeros(0)

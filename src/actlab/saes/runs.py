@@ -46,7 +46,8 @@ def features_table(feats: Features, lo: int) -> pa.Table:
         columns = {"text_id": pa.array(text_id, pa.int64())}
         if position is not None:
             columns["position"] = pa.array(position, pa.int32())
-        columns["sae"] = pa.array([name] * len(text_id), pa.string()).dictionary_encode()
+        columns["sae"] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(text_id), np.int32)),
+                                                        pa.array([name]))
         columns["latent"] = pa.array(sparse.latents.numpy(), pa.int32())
         columns["value"] = pa.array(sparse.values.numpy(), pa.float32())
         parts.append(pa.table(columns))
