@@ -34,5 +34,5 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
     from .bench.extract import markdown_table, run_extract_benchmark
 
     result = run_extract_benchmark(model_name, n_texts=64, device=device, peers=False,
-                                   sweep=False, results_dir=None, repeats=1)
+                                   sweep=False, results_dir=None, repeats=2)
     console.print(markdown_table(result), highlight=False)
