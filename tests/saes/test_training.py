@@ -46,3 +46,13 @@ def test_train_saes_end_to_end(tmp_path, tiny_models):
         assert torch.allclose(sae.encode(x), expected, rtol=1e-2, atol=1e-2)
     summary = json.loads((tmp_path / "quality.json").read_text())
     assert summary["settings"]["layers"] == [0, 2] and summary["n_held_out_texts"] == 6
+
+
+def test_cached_run_is_reused(tmp_path, tiny_models):
+    model = tiny_models["llama"]
+    hooks = ["blocks.1.hook_resid_post"]
+    first = cache_activations(model, TEXTS, hooks, 64, tmp_path / "acts")
+    stamp = (tmp_path / "acts" / "shard-00000.parquet").stat().st_mtime_ns
+    again = cache_activations(model, TEXTS, hooks, 64, tmp_path / "acts")
+    assert (tmp_path / "acts" / "shard-00000.parquet").stat().st_mtime_ns == stamp
+    assert torch.equal(first[hooks[0]], again[hooks[0]])

@@ -60,11 +60,22 @@ def split_texts(texts: list[str], held_out_fraction: float, seed: int) -> tuple[
     return shuffled[n_held:], shuffled[:n_held]
 
 
-def cache_activations(model, texts: list[str], hooks: list[str], max_length: int) -> dict[str, torch.Tensor]:
+def cache_activations(model, texts: list[str], hooks: list[str], max_length: int,
+                      run_dir: Path | None = None) -> dict[str, torch.Tensor]:
     """Per-token activations at `hooks`, with a BOS prepended (SAELens's
     default) and the BOS rows dropped: it is an attention sink with an
-    outsized norm and never enters actlab's pooling."""
-    acts = model.extract(texts, hooks, pooling="all", prepend_bos=True, max_length=max_length)
+    outsized norm and never enters actlab's pooling. With run_dir, the
+    activations go through a resumable extraction run there, so retraining
+    with other settings reuses them."""
+    options = dict(pooling="all", prepend_bos=True, max_length=max_length)
+    if run_dir is None:
+        acts = model.extract(texts, hooks, **options)
+    else:
+        from ..inputs import Records
+        from ..store import extract_run, open_run
+
+        records = Records(texts, {}, list(range(1, len(texts) + 1)))
+        acts = open_run(extract_run(model, records, hooks, run_dir, **options))
     keep = torch.ones(len(acts.tokens), dtype=torch.bool)
     keep[acts.offsets[:-1]] = False
     return {hook: acts[hook][keep] for hook in hooks}
@@ -122,7 +133,7 @@ def train_saes(model, corpus: list[str], out_dir: str | Path, cfg: TrainConfig) 
     out = Path(out_dir)
     train, held_out = split_texts(corpus, cfg.held_out_fraction, cfg.seed)
     hooks = [f"blocks.{layer}.{cfg.hook_kind}" for layer in cfg.layers]
-    cached = cache_activations(model, train, hooks, cfg.max_length)
+    cached = cache_activations(model, train, hooks, cfg.max_length, out / "activations")
     report = {}
     for layer, hook in zip(cfg.layers, hooks):
         folder = train_one(cached[hook], hook, cfg, model.name, out / f"{cfg.hook_kind.replace('hook_', '')}-{layer}")
