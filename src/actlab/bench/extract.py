@@ -180,14 +180,20 @@ def run_extract_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, d
     for key, value in result["ratios"].items():
         console.print(f"  {key:<32} {value:.2f}x")
     console.print(f"  max relative error engine vs baseline: {errors['engine_vs_baseline']:.2e}")
+    save_result(result, model.device, results_dir, readme, markdown_table(result))
+    return result
+
+
+def save_result(result: dict, device: torch.device, results_dir: Path | None, readme: Path | None,
+                markdown: str) -> None:
+    """benchmarks/results/<benchmark>-<device type>.json, and the README table."""
     if results_dir is not None:
         results_dir.mkdir(parents=True, exist_ok=True)
-        path = results_dir / f"extract-{model.device.type}.json"
+        path = results_dir / f"{result['benchmark']}-{device.type}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {path}")
     if readme is not None:
-        update_readme(readme, result)
-    return result
+        update_readme(readme, result, markdown)
 
 
 def _peer_factories(model: Model) -> dict[str, Callable]:
@@ -255,7 +261,7 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, result: dict, markdown: str | None = None) -> None:
+def update_readme(readme: Path, result: dict, markdown: str) -> None:
     """Replace the block between the benchmark's device markers in the README."""
     kind = result["device"].split(":")[0]
     name = result["benchmark"]
@@ -265,4 +271,4 @@ def update_readme(readme: Path, result: dict, markdown: str | None = None) -> No
         text += f"\n{start}\n{end}\n"
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]
-    readme.write_text(f"{head}{start}\n{markdown or markdown_table(result)}\n{end}{tail}")
+    readme.write_text(f"{head}{start}\n{markdown}\n{end}{tail}")

@@ -3,7 +3,6 @@ at the deepest of them, and the sparse store's size against dense features."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from ..models import load_model
 from ..progress import console
 from ..saes import SAE, SAEConfig
 from ..saes.runs import features_run
-from .extract import describe_device, timed, update_readme
+from .extract import describe_device, save_result, timed
 
 
 def random_topk_sae(hook: str, d_in: int, d_sae: int, k: int, seed: int) -> SAE:
@@ -67,13 +66,7 @@ def run_features_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, 
                   f"{best['all_saes']:.2f}s -> {result['cost_ratio_all_vs_one']:.2f}x")
     console.print(f"  sparse store {sparse_bytes / 2**20:.2f} MiB = "
                   f"{result['sparse_fraction_of_dense']:.1%} of dense float32")
-    if results_dir is not None:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        path = results_dir / f"features-{model.device.type}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"wrote {path}")
-    if readme is not None:
-        update_readme(readme, result, markdown_table(result))
+    save_result(result, model.device, results_dir, readme, markdown_table(result))
     return result
 
 
