@@ -141,3 +141,21 @@ def test_sae_quality_command(monkeypatch, capsys, tmp_path, tiny_model_dir, text
                              "--input", texts_file, "--sae", tmp_path / "sae")
     assert code == 0, err
     assert "SAE quality on 3 texts" in out
+
+
+def test_explore_highlights_tokens(monkeypatch, capsys, tmp_path, tiny_models):
+    from actlab.inputs import Records
+    from actlab.saes.runs import features_run, open_features
+
+    records = Records(TEXTS, {}, list(range(1, len(TEXTS) + 1)))
+    run = features_run(tiny_models["llama"], records, {"mid": random_sae("blocks.1.hook_resid_post")},
+                       tmp_path / "run", pooling="all", progress=False)
+    feats = open_features(run)
+    assert feats.tokens == tiny_models["llama"].extract(TEXTS, "blocks.1.hook_resid_post", pooling="all",
+                                                        progress=False).tokens
+    latent = int(feats.latent_stats["mid"].count.argmax())
+    code, out, err = run_cli(monkeypatch, capsys, "explore", run, "--latent", latent, "--top", 3)
+    assert code == 0, err
+    assert out.count("text ") == 3 and "max" in out
+    code, _, err = run_cli(monkeypatch, capsys, "explore", run, "--latent", 10**6)
+    assert code == 2 and "outside" in err

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -157,6 +158,46 @@ def analyze(
             print_table(name, list(rows[0]), [list(row.values()) for row in rows])
     written = write_tables(tables, run / "analysis")
     out.print(f"wrote {len(written)} tables to {run / 'analysis'}")
+
+
+@app.command()
+def explore(
+    run: Path = typer.Argument(..., help="A per-token features run (actlab features --pooling all)."),
+    latent: int = typer.Option(..., help="Latent to explore."),
+    sae: Optional[str] = typer.Option(None, help="SAE name in the run (default: its only SAE)."),
+    top: int = typer.Option(5, help="Texts to show."),
+) -> None:
+    """The texts on which a latent is strongest, tokens highlighted by its value."""
+    from rich.text import Text
+
+    from .analyses import explore_tokens, neuronpedia_link
+    from .saes.runs import open_features
+
+    feats = open_features(run)
+    if feats.offsets is None:
+        raise ActlabError(f"{run} is a pooled run; explore needs per-token features: "
+                          "actlab features ... --pooling all")
+    name = sae or feats.names[0]
+    if name not in feats.configs or (sae is None and len(feats.names) > 1):
+        raise ActlabError(f"pick an SAE with --sae; the run has {', '.join(feats.names)}")
+    if not 0 <= latent < feats.configs[name].d_sae:
+        raise ActlabError(f"latent {latent} is outside 0..{feats.configs[name].d_sae - 1}")
+    sparse = feats.sparse[name]
+    values = np.zeros(sparse.n_rows, dtype=np.float32)
+    chosen = (sparse.latents == latent).numpy()
+    values[sparse.rows.numpy()[chosen]] = sparse.values.numpy()[chosen]
+    link = neuronpedia_link(feats.configs[name].neuronpedia_id, latent)
+    out.print(f"[bold]{name}[/bold] latent {latent}" + (f" ({link})" if link else ""))
+    rows = explore_tokens(values, feats.offsets.tolist(), top)
+    if not rows:
+        out.print("never active in this run")
+    for row in rows:
+        start = int(feats.offsets[row["text"]])
+        line = Text(f"text {row['text']} (max {row['max']:.2f}): ")
+        for i, value in enumerate(row["token_values"]):
+            shade = int(255 * (1 - min(value / row["max"], 1.0)))
+            line.append(feats.tokens[start + i], style=f"on rgb(255,{shade},{shade})" if value > 0 else "")
+        out.print(line)
 
 
 @sae_app.command("quality")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from actlab.analyses import (category_specialists, coactivation, comparison_table, concept_features,
-                             explore, most_frequent, most_selective, neuronpedia_link, strongest)
+                             explore, explore_tokens, most_frequent, most_selective, neuronpedia_link,
+                             strongest)
 
 T = 1.0
 
@@ -96,3 +97,11 @@ def test_comparison_table_and_links(F):
     assert 3 in table["specialists"]["a"]
     assert neuronpedia_link("gpt2-small/8-res-jb", 123) == "https://neuronpedia.org/gpt2-small/8-res-jb/123"
     assert neuronpedia_link(None, 1) is None
+
+
+def test_explore_tokens():
+    values = np.array([0.0, 1.0, 0.5, 0.0, 0.0, 3.0, 0.2, 0.0, 0.0])
+    offsets = [0, 3, 7, 9]  # three texts
+    rows = explore_tokens(values, offsets, k=5)
+    assert [r["text"] for r in rows] == [1, 0]  # text 2 never fires
+    assert rows[0]["max"] == 3.0 and rows[0]["token_values"] == [0.0, 0.0, 3.0, 0.2]

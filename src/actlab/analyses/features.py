@@ -73,6 +73,17 @@ def explore(F: np.ndarray, latent: int, k: int = 10) -> list[dict]:
     return [{"text": int(i), "value": float(column[i])} for i in order if column[i] > 0]
 
 
+def explore_tokens(values: np.ndarray, offsets: Sequence[int], k: int = 5) -> list[dict]:
+    """Per-token mode: one latent's values for every token row (n_tokens,) and
+    each text's row range; the k texts with the largest token value, with the
+    value of each of their tokens (for highlighting)."""
+    offsets = np.asarray(offsets)
+    peaks = np.array([values[a:b].max() if b > a else 0.0 for a, b in zip(offsets[:-1], offsets[1:])])
+    order = np.argsort(-peaks, kind="stable")[:k]
+    return [{"text": int(i), "max": float(peaks[i]), "token_values": values[offsets[i]:offsets[i + 1]].tolist()}
+            for i in order if peaks[i] > 0]
+
+
 def concept_features(F_concept: np.ndarray, F_baseline: np.ndarray, threshold: float = 5.0,
                      k: int = 10) -> list[dict]:
     """Latents that separate concept texts from baseline texts, ranked by

@@ -3,7 +3,8 @@ as activation runs (actlab.store).
 
     manifest.json            format "actlab.features"; settings include each SAE's config
     shard-NNNNN.parquet      nonzero features: text_id, [position,] sae, latent, value
-    texts-NNNNN.parquet      text_id, n_tokens, and the optional id / label / category
+    texts-NNNNN.parquet      text_id, n_tokens, the optional id / label / category, and
+                             (per-token runs) tokens, the token strings
     stats-NNNNN.parquet      per-latent statistics of that shard
     latent_stats.parquet     merged: sae, latent, count, sum, max, argmax_text_id[, argmax_position]
 
@@ -101,6 +102,10 @@ def features_run(model, records: Records, saes, out_dir: str | Path, pooling="la
         texts = {"text_id": pa.array(np.arange(lo, hi), pa.int64()),
                  "n_tokens": pa.array(feats.n_tokens.numpy(), pa.int32()),
                  **{role: pa.array(values[lo:hi]) for role, values in records.fields.items()}}
+        if feats.offsets is not None:  # token strings, for highlighting
+            bounds = feats.offsets.tolist()
+            texts["tokens"] = pa.array([feats.tokens[a:b] for a, b in zip(bounds, bounds[1:])],
+                                       pa.list_(pa.string()))
         write_parquet_atomic(out / f"texts-{index:05d}.parquet", pa.table(texts))
         write_parquet_atomic(out / f"stats-{index:05d}.parquet", stats_table(feats, lo))
         write_parquet_atomic(out / shard_name(index), features_table(feats, lo))  # last: marks done
@@ -153,5 +158,6 @@ def open_features(path: str | Path) -> Features:
         latent_stats[name] = LatentStats(*(torch.from_numpy(np.asarray(v).copy()) for v in
                                            (own["count"], own["sum"], own["max"], argmax)))
     fields = {role: texts.column(role).to_pylist() for role in settings["input"]["fields"]}
+    tokens = texts.column("tokens").combine_chunks().flatten().to_pylist() if offsets is not None else None
     return Features(configs, sparse, latent_stats, {}, settings["pooling"], torch.from_numpy(n_tokens),
-                    offsets=offsets, metadata={"manifest": manifest, "fields": fields})
+                    offsets=offsets, tokens=tokens, metadata={"manifest": manifest, "fields": fields})
