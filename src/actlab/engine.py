@@ -55,7 +55,7 @@ def plan_batches(lengths: Sequence[int], batch_size: int | None = None,
     return batches
 
 
-def auto_token_budget(device: torch.device, d_model: int, n_layers: int) -> int:
+def auto_token_budget(device: torch.device, d_model: int) -> int:
     if device.type == "mps":
         return MPS_TOKEN_BUDGET
     if device.type != "cuda":
@@ -74,7 +74,6 @@ class _Batch:
     position_ids: torch.Tensor
     plan: PoolPlan
     dest: torch.Tensor  # host rows (pooled) or host token rows ('all') to fill
-    n_real: int
 
 
 class _HostCopies:
@@ -155,8 +154,7 @@ class Extractor:
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         if batch_size is None and max_batch_tokens is None:
-            cfg = model.config
-            self.max_batch_tokens = auto_token_budget(model.device, cfg.hidden_size, cfg.num_hidden_layers)
+            self.max_batch_tokens = auto_token_budget(model.device, model.d_model)
         self.padding_side = padding_side or "right"
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.prepend_bos = prepend_bos
@@ -278,7 +276,7 @@ class Extractor:
             dest = torch.from_numpy(rows.astype(np.int64))
         device = self.model.device
         return _Batch(rows, input_ids.to(device), mask.to(device), position_ids.to(device),
-                      plan.to(device), dest, int(lengths.sum()))
+                      plan.to(device), dest)
 
     def _run_rows(self, rows: np.ndarray, tok: Tokenized, offsets: torch.Tensor | None) -> int:
         """Forward one batch; on CUDA out-of-memory split it in two and go on."""
