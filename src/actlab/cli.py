@@ -81,14 +81,11 @@ def extract(
     dtype: str = DtypeOpt,
 ) -> None:
     """Extract activations to a resumable Parquet run directory."""
-    from .inputs import FieldNames, file_sha256, read_records
+    from .inputs import FieldNames, file_sha256
     from .models import load_model
     from .store import extract_run
 
-    names = FieldNames(text_field, id_field, label_field, category_field)
-    records = read_records(input, names, skip_empty)
-    if records.n_skipped:
-        err.print(f"skipped {records.n_skipped} empty text(s)")
+    records = read_input(input, FieldNames(text_field, id_field, label_field, category_field), skip_empty)
     lm = load_model(model, device=device, dtype=dtype)
     info = {"path": str(input), "sha256": file_sha256(input), "text_field": text_field}
     run = extract_run(lm, records, hook, out_dir, pooling, shard_size=shard_size, overwrite=overwrite,
@@ -123,12 +120,12 @@ def features(
     dtype: str = DtypeOpt,
 ) -> None:
     """SAE features of every text, one forward pass for all SAEs, stored sparse."""
-    from .inputs import FieldNames, file_sha256, read_records
+    from .inputs import FieldNames, file_sha256
     from .models import load_model
     from .saes import load_sae
     from .saes.runs import features_run, open_features
 
-    records = read_records(input, FieldNames(text_field, None, label_field, category_field), skip_empty)
+    records = read_input(input, FieldNames(text_field, None, label_field, category_field), skip_empty)
     lm = load_model(model, device=device, dtype=dtype)
     saes = {name: load_sae(name) for name in sae}
     info = {"path": str(input), "sha256": file_sha256(input), "text_field": text_field}
@@ -210,12 +207,12 @@ def sae_quality_command(
     device: str = DeviceOpt,
 ) -> None:
     """L0, dead / dense latents, MSE, explained variance and next-token loss with the reconstruction spliced in."""
-    from .inputs import FieldNames, read_records
+    from .inputs import FieldNames
     from .models import load_model
     from .saes import load_sae
     from .saes.quality import sae_quality
 
-    records = read_records(input, FieldNames(text_field))
+    records = read_input(input, FieldNames(text_field), skip_empty=False)
     lm = load_model(model, device=device)
     rows = []
     for name in sae:
@@ -298,6 +295,15 @@ def bench_features(
     from .bench.features import run_features_benchmark
 
     run_features_benchmark(model, n_texts, device, d_sae, k, results_dir, readme)
+
+
+def read_input(path: Path, names, skip_empty: bool):
+    from .inputs import read_records
+
+    records = read_records(path, names, skip_empty)
+    if records.n_skipped:
+        err.print(f"skipped {records.n_skipped} empty text(s)")
+    return records
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
