@@ -81,13 +81,11 @@ def extract(
     dtype: str = DtypeOpt,
 ) -> None:
     """Extract activations to a resumable Parquet run directory."""
-    from .inputs import FieldNames, file_sha256
-    from .models import load_model
+    from .inputs import FieldNames
     from .store import extract_run
 
-    records = read_input(input, FieldNames(text_field, id_field, label_field, category_field), skip_empty)
-    lm = load_model(model, device=device, dtype=dtype)
-    info = {"path": str(input), "sha256": file_sha256(input), "text_field": text_field}
+    names = FieldNames(text_field, id_field, label_field, category_field)
+    records, lm, info = open_inputs(input, names, skip_empty, model, device, dtype)
     run = extract_run(lm, records, hook, out_dir, pooling, shard_size=shard_size, overwrite=overwrite,
                       input_info=info, progress=True, batch_size=batch_size,
                       max_batch_tokens=max_batch_tokens, padding_side=padding_side,
@@ -120,15 +118,13 @@ def features(
     dtype: str = DtypeOpt,
 ) -> None:
     """SAE features of every text, one forward pass for all SAEs, stored sparse."""
-    from .inputs import FieldNames, file_sha256
-    from .models import load_model
+    from .inputs import FieldNames
     from .saes import load_sae
     from .saes.runs import features_run, open_features
 
-    records = read_input(input, FieldNames(text_field, None, label_field, category_field), skip_empty)
-    lm = load_model(model, device=device, dtype=dtype)
+    names = FieldNames(text_field, None, label_field, category_field)
+    records, lm, info = open_inputs(input, names, skip_empty, model, device, dtype)
     saes = {name: load_sae(name) for name in sae}
-    info = {"path": str(input), "sha256": file_sha256(input), "text_field": text_field}
     run = features_run(lm, records, saes, out_dir, pooling, shard_size=shard_size, overwrite=overwrite,
                        input_info=info, progress=True, batch_size=batch_size,
                        max_batch_tokens=max_batch_tokens, max_length=max_length)
@@ -304,6 +300,16 @@ def read_input(path: Path, names, skip_empty: bool):
     if records.n_skipped:
         err.print(f"skipped {records.n_skipped} empty text(s)")
     return records
+
+
+def open_inputs(path: Path, names, skip_empty: bool, model: str, device: str, dtype: str):
+    """(records, model, input info for the manifest): the start of every run command."""
+    from .inputs import file_sha256
+    from .models import load_model
+
+    records = read_input(path, names, skip_empty)
+    lm = load_model(model, device=device, dtype=dtype)
+    return records, lm, {"path": str(path), "sha256": file_sha256(path), "text_field": names.text}
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
