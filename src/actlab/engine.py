@@ -168,6 +168,7 @@ class Extractor:
             raise ActlabError(f"{len(self.pooling.positions)} positions given for {len(texts)} texts; "
                               "give one position per text")
         started = time.perf_counter()
+        self.oom_splits = 0  # per call: runs add up the calls' statistics
         tok = tokenize(self.model.tokenizer, texts, self.prepend_bos, self.max_length)
         lengths = np.array(tok.lengths)
         offsets = None
