@@ -96,6 +96,13 @@ class _HostCopies:
         event.record()
         self._current.append((out, dest, staging, event))
 
+    def mark(self) -> int:
+        return len(self._current)
+
+    def rollback(self, mark: int) -> None:
+        """Drop the copies queued since `mark` (a forward that ran out of memory)."""
+        del self._current[mark:]
+
     def end_batch(self) -> None:
         self._pending.append(self._current)
         self._current = []
@@ -124,6 +131,12 @@ class ActivationSink:
     def consume(self, hidden: torch.Tensor, batch: "_Batch") -> None:
         self.copies.put(self.out, batch.dest, batch.plan.apply(hidden))
 
+    def mark(self) -> int:
+        return self.copies.mark()
+
+    def rollback(self, mark: int) -> None:
+        self.copies.rollback(mark)
+
     def end_batch(self) -> None:
         self.copies.end_batch()
 
@@ -135,7 +148,9 @@ class Extractor:
     """Runs hooks over texts; call it with a list of texts, get Activations.
 
     Each hook feeds one or more sinks (`consume(hidden, batch)`) as it fires;
-    subclasses choose the sinks and the result (see actlab.saes.features)."""
+    subclasses choose the sinks and the result (see actlab.saes.features).
+    A forward that runs out of memory may have fed some sinks already: they
+    roll back to their `mark()` before the batch is split and rerun."""
 
     def __init__(self, model, hooks: Sequence[str], pooling: str | int | Sequence[int] = "last",
                  batch_size: int | None = None, max_batch_tokens: int | None = None,
@@ -176,7 +191,7 @@ class Extractor:
             offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
             offsets[1:] = torch.from_numpy(np.cumsum(lengths))
         sinks = self.make_sinks(int(offsets[-1]) if offsets is not None else len(lengths))
-        all_sinks = [sink for group in sinks.values() for sink in group]
+        all_sinks = self._sinks = [sink for group in sinks.values() for sink in group]
         n_padded = 0
         handles = self._register(sinks)
         try:
@@ -282,9 +297,12 @@ class Extractor:
     def _run_rows(self, rows: np.ndarray, tok: Tokenized, offsets: torch.Tensor | None) -> int:
         """Forward one batch; on CUDA out-of-memory split it in two and go on."""
         self._batch = self.make_batch(rows, tok, offsets)
+        marks = [sink.mark() for sink in self._sinks]
         try:
             self._forward(self._batch)
         except torch.cuda.OutOfMemoryError:
+            for sink, mark in zip(self._sinks, marks):
+                sink.rollback(mark)
             if len(rows) == 1:
                 raise ActlabError("out of memory on a single text; lower --max-length") from None
             self._batch = None

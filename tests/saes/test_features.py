@@ -54,6 +54,30 @@ def test_latent_stats_against_numpy(tiny_models):
     assert (stats.argmax.numpy()[~active] == -1).all()
 
 
+def test_out_of_memory_mid_forward_counts_nothing_twice(tiny_models, monkeypatch):
+    """An OOM in block 1 comes after block 0's SAE has fed its sink: the split
+    batches must not add those rows to the statistics or the sparse store again."""
+    model = tiny_models["llama"]
+    saes = [random_sae("blocks.0.hook_resid_post", seed=1), random_sae("blocks.2.hook_resid_post", seed=2)]
+    expected = model.features(TEXTS, saes, batch_size=1, keep_dense=True, progress=False)
+    block = model.hf_model.model.layers[1]
+    forward = block.forward
+
+    def forward_with_small_memory(hidden_states, *args, **kwargs):
+        if hidden_states.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(block, "forward", forward_with_small_memory)
+    feats = model.features(TEXTS, saes, batch_size=8, keep_dense=True, progress=False)
+    assert feats.stats.oom_splits >= 3
+    for name in feats.names:
+        assert rel_error(feats.dense(name), expected.dense(name)) < 1e-5
+        assert len(feats.sparse[name].values) == len(expected.sparse[name].values)
+        assert torch.equal(feats.latent_stats[name].count, expected.latent_stats[name].count)
+        assert torch.allclose(feats.latent_stats[name].sum, expected.latent_stats[name].sum)
+
+
 def test_centring_for_layer_norm_models(tiny_models):
     """SAEs trained on TransformerLens's centred GPT-2 see resid - mean(resid)."""
     model = tiny_models["gpt2"]

@@ -60,6 +60,7 @@ class FeatureSink:
         self.max = torch.zeros(d_sae, device=device)
         self.argmax = torch.full((d_sae,), -1, dtype=torch.int64, device=device)
         self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # this batch's (rows, features)
         self.dense = torch.zeros(n_rows, d_sae, pin_memory=pin) if keep_dense else None
         self.copies = _HostCopies()
 
@@ -68,19 +69,29 @@ class FeatureSink:
         if self.centre:  # TransformerLens's centred writing weights remove the mean over d_model
             x = x - x.mean(dim=-1, keepdim=True)
         f = batch.plan.reduce(self.sae.encode(x))
-        dest = batch.dest.to(f.device)
-        self.count += (f > 0).sum(dim=0)
-        self.sum += f.sum(dim=0, dtype=self.sum_dtype)
-        batch_max, batch_arg = f.max(dim=0)
-        better = batch_max > self.max
-        self.max = torch.where(better, batch_max, self.max)
-        self.argmax = torch.where(better, dest[batch_arg], self.argmax)
-        row, latent = f.nonzero(as_tuple=True)
-        self.parts.append((dest[row].cpu(), latent.cpu(), f[row, latent].cpu()))
+        self.pending.append((batch.dest.to(f.device), f))
         if self.dense is not None:
             self.copies.put(self.dense, batch.dest, f)
 
+    def mark(self) -> tuple[int, int]:
+        return len(self.pending), self.copies.mark()
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        del self.pending[mark[0]:]
+        self.copies.rollback(mark[1])
+
     def end_batch(self) -> None:
+        """Fold the batch's features into the statistics and the sparse parts."""
+        for dest, f in self.pending:
+            self.count += (f > 0).sum(dim=0)
+            self.sum += f.sum(dim=0, dtype=self.sum_dtype)
+            batch_max, batch_arg = f.max(dim=0)
+            better = batch_max > self.max
+            self.max = torch.where(better, batch_max, self.max)
+            self.argmax = torch.where(better, dest[batch_arg], self.argmax)
+            row, latent = f.nonzero(as_tuple=True)
+            self.parts.append((dest[row].cpu(), latent.cpu(), f[row, latent].cpu()))
+        self.pending = []
         self.copies.end_batch()
 
     def finish(self) -> None:

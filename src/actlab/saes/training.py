@@ -21,14 +21,15 @@ from .quality import sae_quality
 @dataclass
 class TrainConfig:
     layers: list[int]
-    d_sae: int = 3072
+    d_sae: int = 2048
     k: int = 32
-    steps: int = 1500
+    steps: int = 600
     batch_size: int = 4096
     lr: float = 4e-4
     max_length: int = 128
     held_out_fraction: float = 0.1
-    max_eval_texts: int = 300  # held-out texts scored (three full forward passes each)
+    max_eval_texts: int = 1000  # held-out texts scored (three full forward passes each)
+    dead_feature_window: int = 100  # steps without firing before TopK's auxiliary loss revives a latent
     seed: int = 0
     dtype: str = "float16"  # stored weights; encode runs in float32
     hook_kind: str = "hook_resid_post"
@@ -108,7 +109,8 @@ def train_one(x: torch.Tensor, hook: str, cfg: TrainConfig, model_name: str, out
     trainer_cfg = SAETrainerConfig(total_training_samples=cfg.steps * cfg.batch_size,
                                    train_batch_size_samples=cfg.batch_size, lr=cfg.lr,
                                    lr_warm_up_steps=min(100, cfg.steps // 10),
-                                   lr_decay_steps=cfg.steps // 5, lr_end=cfg.lr / 10, device="cpu")
+                                   lr_decay_steps=cfg.steps // 5, lr_end=cfg.lr / 10,
+                                   dead_feature_window=cfg.dead_feature_window, device="cpu")
     trained = SAETrainer(trainer_cfg, sae, batches(x, cfg.batch_size, cfg.seed)).fit()
     out.mkdir(parents=True, exist_ok=True)
     trained.save_inference_model(out)
