@@ -36,6 +36,7 @@ from .engine import Extractor
 from .errors import ActlabError
 from .inputs import Records
 from .progress import ExtractProgress, console
+from .tokens import tokenizer_adds_bos
 
 FORMAT = "actlab.activations"
 FORMAT_VERSION = 1
@@ -92,6 +93,7 @@ def engine_settings(model, extractor: Extractor, records: Records, shard_size: i
         "pooling": extractor.pooling.spec,
         "include_bos": extractor.pooling.include_bos,
         "prepend_bos": extractor.prepend_bos,
+        "has_bos": tokenizer_adds_bos(model.tokenizer) if extractor.prepend_bos is None else extractor.prepend_bos,
         "max_length": extractor.max_length,
         "shard_size": shard_size,
         "input": dict(input_info or {}, n_texts=len(records), fields=sorted(records.fields)),

@@ -140,3 +140,18 @@ def test_equals_transformer_lens_plus_sae_lens_on_gpt2(tiny_models, tmp_path):
             expected.append(lens.encode(cache[hook][0, -1]))
     feats = model.features(TEXTS, [sae], pooling="last", padding_side="left", progress=False)
     assert rel_error(feats.dense(feats.names[0]), torch.stack(expected)) <= 1e-4
+
+
+@pytest.mark.parametrize("prepend_bos", [False, True])
+def test_per_text_of_a_per_token_run_is_the_max_over_real_tokens(tiny_models, prepend_bos):
+    model = tiny_models["llama"]
+    sae = random_sae("blocks.1.hook_resid_post", seed=4)
+    feats = model.features(TEXTS, [sae], pooling="all", prepend_bos=prepend_bos, progress=False)
+    name = feats.names[0]
+    dense, offsets = feats.dense(name).numpy(), feats.offsets.numpy()
+    skip = 1 if prepend_bos else 0
+    expected = np.stack([dense[a + skip:b].max(0) if b - a > skip else np.zeros(D_SAE, np.float32)
+                         for a, b in zip(offsets[:-1], offsets[1:])])
+    assert np.array_equal(feats.per_text(name), expected)
+    assert np.array_equal(model.features(TEXTS, [sae], pooling="last", progress=False).per_text(name),
+                          model.features(TEXTS, [sae], pooling="last", progress=False).dense(name).numpy())

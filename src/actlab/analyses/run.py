@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ..errors import ActlabError
 from ..store import write_parquet_atomic
 from .features import (category_specialists, coactivation, comparison_table, most_frequent,
                        most_selective, neuronpedia_link, strongest)
@@ -15,11 +14,10 @@ from .features import (category_specialists, coactivation, comparison_table, mos
 def analyze_features(feats, threshold: float = 5.0, k: int = 5) -> dict[str, list[dict]]:
     """Tables by name: per-SAE strongest / frequent / selective / specialists /
     coactivation rows (with an `sae` column and Neuronpedia links) and the
-    comparison table."""
-    if feats.offsets is not None:
-        raise ActlabError("analyze needs a pooled features run (one row per text), not pooling 'all'")
+    comparison table. Per-token runs are analysed per text, by each text's
+    maximum over its tokens."""
     categories = feats.metadata.get("fields", {}).get("category")
-    matrices = {name: feats.dense(name).numpy() for name in feats.names}
+    matrices = {name: feats.per_text(name) for name in feats.names}
     tables: dict[str, list[dict]] = {"strongest": [], "frequent": [], "selective": [], "coactivation": []}
     if categories is not None:
         tables["specialists"] = []

@@ -144,6 +144,19 @@ class Features:
             return self.dense_values[name]
         return self.sparse[name].dense()
 
+    def per_text(self, name: str) -> np.ndarray:
+        """(n_texts, d_sae): the pooled features, or in a per-token run each
+        text's maximum over its tokens (BOS left out)."""
+        if self.offsets is None:
+            return self.dense(name).numpy()
+        sparse = self.sparse[name]
+        rows, starts = sparse.rows.numpy(), self.offsets.numpy()
+        text = np.searchsorted(starts, rows, side="right") - 1
+        keep = rows != starts[text] if self.has_bos else np.ones(len(rows), dtype=bool)
+        out = np.zeros((len(self), sparse.d_sae), dtype=np.float32)
+        np.maximum.at(out, (text[keep], sparse.latents.numpy()[keep]), sparse.values.numpy()[keep])
+        return out
+
 
 def name_saes(saes, device) -> dict[str, SAE]:
     """{name: SAE} from SAE objects, paths / release ids, or a mapping."""

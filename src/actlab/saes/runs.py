@@ -160,4 +160,5 @@ def open_features(path: str | Path) -> Features:
     fields = {role: texts.column(role).to_pylist() for role in settings["input"]["fields"]}
     tokens = texts.column("tokens").combine_chunks().flatten().to_pylist() if offsets is not None else None
     return Features(configs, sparse, latent_stats, {}, settings["pooling"], torch.from_numpy(n_tokens),
-                    offsets=offsets, tokens=tokens, metadata={"manifest": manifest, "fields": fields})
+                    offsets=offsets, tokens=tokens, has_bos=settings.get("has_bos", False),
+                    metadata={"manifest": manifest, "fields": fields})
