@@ -105,3 +105,21 @@ def random_sae(hook, d_in=64, arch="standard", seed=0, **cfg):
     config = SAEConfig(d_in=d_in, d_sae=D_SAE, architecture=arch, hook_name=hook,
                        k=16 if arch == "topk" else None, prepend_bos=False, **cfg)
     return SAE(config, weights)
+
+
+def save_sae_lens_folder(sae: SAE, path) -> str:
+    """Save a standard actlab SAE through SAELens's own code (a folder that
+    `load_sae` and `sae_lens.SAE.load_from_disk` both read); returns the path."""
+    import sae_lens
+    from sae_lens.saes.sae import SAEMetadata
+
+    cfg = sae.cfg
+    lens = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(
+        d_in=cfg.d_in, d_sae=cfg.d_sae, apply_b_dec_to_input=cfg.apply_b_dec_to_input,
+        metadata=SAEMetadata(hook_name=cfg.hook_name, model_name=cfg.model_name, prepend_bos=cfg.prepend_bos,
+                             neuronpedia_id=cfg.neuronpedia_id)))
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(lens, name).copy_(getattr(sae, name))
+    lens.save_model(path)
+    return str(path)

@@ -180,3 +180,16 @@ def test_include_bos_in_mean(tiny_models):
     for i, text in enumerate(TEXTS):
         full = torch.from_numpy(naive(model, text, 1, "all", prepend_bos=True))
         assert rel_error(acts["blocks.1.hook_resid_post"][i], full.mean(0)) < 1e-5
+
+
+def test_token_strings_join_to_the_text(tiny_models):
+    """Characters split over byte-level tokens go whole to the completing token."""
+    model = tiny_models["llama"]
+    texts = ["Buenos días, ¿cómo está usted?", "lol 😂😂 ok", "日本語のテキスト", "plain ascii"]
+    acts = model.extract(texts, "blocks.0.hook_resid_post", pooling="all", progress=False)
+    offsets = acts.offsets.tolist()
+    for i, text in enumerate(texts):
+        pieces = acts.tokens[offsets[i]:offsets[i + 1]]
+        assert len(pieces) == offsets[i + 1] - offsets[i]
+        assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+    assert "" in acts.tokens  # some token only began a character

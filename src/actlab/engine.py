@@ -220,7 +220,7 @@ class Extractor:
         token_ids = None
         if self.pooling.per_token:
             token_ids = torch.tensor([t for ids in tok.ids for t in ids], dtype=torch.int64)
-            tokens = self.model.token_strings(token_ids)
+            tokens = self.model.token_strings(tok.ids)
         return self.make_result(sinks, pooling=self.pooling.spec, n_tokens=torch.from_numpy(lengths),
                                 offsets=offsets, tokens=tokens, token_ids=token_ids, stats=stats,
                                 has_bos=tok.has_bos)

@@ -102,11 +102,25 @@ class Model:
             raise ActlabError(f"module '{name}' does not run in the forward pass; pick another")
         return widths[name]
 
-    def token_strings(self, token_ids: torch.Tensor) -> list[str]:
-        """Readable text of each token id (decoded one token at a time, cached per id)."""
-        unique = torch.unique(token_ids).tolist()
-        decoded = dict(zip(unique, self.tokenizer.batch_decode([[i] for i in unique])))
-        return [decoded[i] for i in token_ids.tolist()]
+    def token_strings(self, ids_per_text: Sequence[Sequence[int]]) -> list[str]:
+        """Readable text of every token, texts concatenated. Tokens are decoded
+        one at a time (cached per id), except that a character split over
+        several byte-level tokens goes whole to the token that completes it
+        (the others get ""), so a text's strings join to its decoded text."""
+        decode = self.tokenizer.decode
+        single = {i: decode([i]) for i in {t for ids in ids_per_text for t in ids}}
+        out: list[str] = []
+        for ids in ids_per_text:
+            pending: list[int] = []
+            for token in ids:
+                text = decode(pending + [token]) if pending else single[token]
+                if text.endswith("\ufffd") and len(pending) < 3:  # an incomplete UTF-8 sequence so far
+                    pending.append(token)
+                    out.append("")
+                    continue
+                pending = []
+                out.append(text)
+        return out
 
     @cached_property
     def weight_hash(self) -> str:

@@ -3,7 +3,7 @@ as activation runs (actlab.store).
 
     manifest.json            format "actlab.features"; settings include each SAE's config
     shard-NNNNN.parquet      nonzero features: text_id, [position,] sae, latent, value
-    texts-NNNNN.parquet      text_id, n_tokens, the optional id / label / category, and
+    texts-NNNNN.parquet      text_id, text, n_tokens, the optional id / label / category, and
                              (per-token runs) tokens, the token strings
     stats-NNNNN.parquet      per-latent statistics of that shard
     latent_stats.parquet     merged: sae, latent, count, sum, max, argmax_text_id[, argmax_position]
@@ -100,6 +100,7 @@ def features_run(model, records: Records, saes, out_dir: str | Path, pooling="la
 
     def write_shard(index: int, feats: Features, lo: int, hi: int) -> None:
         texts = {"text_id": pa.array(np.arange(lo, hi), pa.int64()),
+                 "text": pa.array(records.texts[lo:hi], pa.string()),
                  "n_tokens": pa.array(feats.n_tokens.numpy(), pa.int32()),
                  **{role: pa.array(values[lo:hi]) for role, values in records.fields.items()}}
         if feats.offsets is not None:  # token strings, for highlighting
@@ -126,7 +127,7 @@ def _describe(cfg: SAEConfig) -> dict:
 
 def open_features(path: str | Path) -> Features:
     """A features run as `Features` (sparse features, latent statistics, SAE
-    configs; `metadata["fields"]` holds the texts' id / label / category)."""
+    configs; `metadata["fields"]` holds the texts and their id / label / category)."""
     run = Path(path)
     manifest = read_manifest(run, FEATURES_FORMAT)
     settings = manifest["settings"]
@@ -158,6 +159,7 @@ def open_features(path: str | Path) -> Features:
         latent_stats[name] = LatentStats(*(torch.from_numpy(np.asarray(v).copy()) for v in
                                            (own["count"], own["sum"], own["max"], argmax)))
     fields = {role: texts.column(role).to_pylist() for role in settings["input"]["fields"]}
+    fields["text"] = texts.column("text").to_pylist()
     tokens = texts.column("tokens").combine_chunks().flatten().to_pylist() if offsets is not None else None
     return Features(configs, sparse, latent_stats, {}, settings["pooling"], torch.from_numpy(n_tokens),
                     offsets=offsets, tokens=tokens, has_bos=settings.get("has_bos", False),

@@ -1,0 +1,238 @@
+"""`actlab report RUN`: everything the report shows, gathered from a features
+run (and, for token highlighting and SAE quality, the run's model and SAEs)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..analyses import neuronpedia_link
+from ..analyses.run import analyze_features
+from ..errors import ActlabError
+from ..saes.features import Features
+from ..saes.runs import open_features
+from ..store import write_text_atomic
+from . import plots
+from .html import render, slug
+
+
+@dataclass
+class ReportConfig:
+    threshold: float = 5.0  # a latent is clearly on for a text above this
+    top: int = 5  # rows per analysis table and SAE
+    latents_per_sae: int = 8  # latent cards per SAE
+    texts_per_latent: int = 5  # top-activating texts per card
+    heatmap_latents_per_category: int = 2
+    quality_texts: int = 64  # texts of the run scored for SAE quality; 0 skips it
+
+
+@dataclass
+class Example:
+    text_id: int
+    value: float  # the latent on this text, as pooled in the run
+    category: str | None
+    text: str
+    tokens: list[str] | None = None  # with per-token values when highlighted
+    token_values: list[float] | None = None
+
+
+@dataclass
+class LatentCard:
+    sae: str
+    latent: int
+    why: str
+    count: int  # texts on which it fires
+    max: float
+    link: str | None
+    examples: list[Example] = field(default_factory=list)
+
+
+@dataclass
+class ReportData:
+    run: Path
+    manifest: dict
+    n_texts: int
+    names: list[str]
+    configs: dict
+    tables: dict[str, list[dict]]
+    quality: dict[str, dict]  # sae -> {"this run": metrics, "held-out (training)": metrics}
+    cards: list[LatentCard]
+    figures: dict[str, bytes]  # file name -> PNG
+    highlighted: bool
+
+
+def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg: ReportConfig | None = None,
+                 use_model: bool = True, device: str = "auto") -> Path:
+    """Write RUN/report.html (self-contained) and its plots as RUN/figures/*.png.
+    The model (default: the run's own) is used to highlight tokens of pooled
+    runs and to score SAE quality; use_model=False leaves both out."""
+    cfg = cfg or ReportConfig()
+    run = Path(run)
+    feats = open_features(run)
+    if not use_model:
+        model = None
+    elif model is None and (feats.offsets is None or cfg.quality_texts > 0):
+        model = _load_run_model(feats)
+    data = collect(run, feats, model, cfg)
+    out = Path(out) if out is not None else run / "report.html"
+    figures_dir = out.parent / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    for name, png in data.figures.items():
+        (figures_dir / name).write_bytes(png)
+    write_text_atomic(out, render(data))
+    return out
+
+
+def collect(run: Path, feats: Features, model, cfg: ReportConfig) -> ReportData:
+    fields = feats.metadata["fields"]
+    categories = fields.get("category")
+    matrices = {name: feats.per_text(name) for name in feats.names}
+    tables = analyze_features(feats, cfg.threshold, cfg.top)
+    cards = [card for name in feats.names
+             for card in _cards(name, matrices[name], tables, feats, cfg)]
+    for card in cards:
+        card.examples = _examples(matrices[card.sae][:, card.latent], fields, cfg.texts_per_latent)
+    highlighted = _highlight(cards, feats, model)
+    figures = {}
+    if categories is not None:
+        for name, F in matrices.items():
+            labels, latents, means = category_means(F, categories, cfg.heatmap_latents_per_category)
+            figures[f"heatmap-{slug(name)}.png"] = plots.category_heatmap(
+                means, labels, latents, f"{name}: mean activation per category")
+    unit = "texts" if feats.offsets is None else "tokens"
+    n_rows = len(feats) if feats.offsets is None else int(feats.offsets[-1])
+    figures["firing-frequency.png"] = plots.firing_frequency_histogram(
+        {name: feats.latent_stats[name].count.numpy() / n_rows for name in feats.names}, unit)
+    quality = _quality(feats, model, fields["text"][:cfg.quality_texts]) if model is not None else {}
+    for name, cfg_ in feats.configs.items():
+        held_out = _training_quality(cfg_.source)
+        if held_out:
+            quality.setdefault(name, {})["held-out text (training report)"] = held_out
+    return ReportData(run, feats.metadata["manifest"], len(feats), feats.names, feats.configs, tables, quality,
+                      cards, figures, highlighted)
+
+
+def category_means(F: np.ndarray, categories, per_category: int) -> tuple[list[str], list[int], np.ndarray]:
+    """Per category, the latents whose mean in the category most exceeds their
+    mean elsewhere; returns (categories, latents, means (n_categories, n_latents))."""
+    categories = np.asarray(categories)
+    labels = list(dict.fromkeys(categories.tolist()))
+    means = np.stack([F[categories == c].mean(axis=0) for c in labels])
+    latents: list[int] = []
+    for i, c in enumerate(labels):
+        outside = F[categories != c].mean(axis=0) if (categories != c).any() else np.zeros(F.shape[1])
+        gap = means[i] - outside
+        picked = [int(j) for j in np.argsort(-gap, kind="stable") if gap[j] > 0 and int(j) not in latents]
+        latents += picked[:per_category]
+    return labels, latents, means[:, latents]
+
+
+def _cards(name: str, F: np.ndarray, tables: dict, feats: Features, cfg: ReportConfig) -> list[LatentCard]:
+    """Specialists first (a true one scores > 0), then the strongest latents."""
+    chosen: dict[int, str] = {}
+    for row in tables.get("specialists", []):
+        if row["sae"] == name and row["specialist"]:
+            chosen.setdefault(row["latent"], f"specialist for {row['category']}: on (> {cfg.threshold:g}) "
+                                             f"for {row['in_category']} texts inside, {row['out_of_category']} outside")
+    peak = F.max(axis=0)
+    for j in np.argsort(-peak, kind="stable"):
+        if len(chosen) >= cfg.latents_per_sae or peak[j] <= 0:
+            break
+        chosen.setdefault(int(j), f"among the strongest (max {peak[j]:.3g})")
+    npid = feats.configs[name].neuronpedia_id
+    count = (F > 0).sum(axis=0)
+    return [LatentCard(name, j, why, int(count[j]), float(peak[j]), neuronpedia_link(npid, j))
+            for j, why in list(chosen.items())[:cfg.latents_per_sae]]
+
+
+def _examples(column: np.ndarray, fields: dict, k: int) -> list[Example]:
+    order = np.argsort(-column, kind="stable")[:k]
+    categories = fields.get("category")
+    return [Example(int(i), float(column[i]), categories[i] if categories else None, fields["text"][i])
+            for i in order if column[i] > 0]
+
+
+def _highlight(cards: list[LatentCard], feats: Features, model) -> bool:
+    """Per-token values for every example: from the run itself when it is
+    per-token, else from one extra pass over the example texts."""
+    if feats.offsets is not None:
+        offsets = feats.offsets.numpy()
+        for card in cards:
+            values = _token_values(feats, card.sae, card.latent)
+            for ex in card.examples:
+                a, b = offsets[ex.text_id], offsets[ex.text_id + 1]
+                ex.tokens, ex.token_values = feats.tokens[a:b], values[a:b].tolist()
+        return True
+    if model is None or not cards:
+        return False
+    text_ids = sorted({ex.text_id for card in cards for ex in card.examples})
+    saes = _reload_saes(feats, sorted({card.sae for card in cards}))
+    settings = feats.metadata["manifest"]["settings"]
+    per_token = model.features([feats.metadata["fields"]["text"][i] for i in text_ids], saes, pooling="all",
+                               max_length=settings.get("max_length"), progress=False)
+    where = {text_id: n for n, text_id in enumerate(text_ids)}
+    offsets = per_token.offsets.numpy()
+    for card in cards:
+        values = _token_values(per_token, card.sae, card.latent)
+        for ex in card.examples:
+            n = where[ex.text_id]
+            ex.tokens = per_token.tokens[offsets[n]:offsets[n + 1]]
+            ex.token_values = values[offsets[n]:offsets[n + 1]].tolist()
+    return True
+
+
+def _token_values(feats: Features, sae: str, latent: int) -> np.ndarray:
+    sparse = feats.sparse[sae]
+    values = np.zeros(sparse.n_rows, dtype=np.float32)
+    chosen = (sparse.latents == latent).numpy()
+    values[sparse.rows.numpy()[chosen]] = sparse.values.numpy()[chosen]
+    return values
+
+
+def _reload_saes(feats: Features, names: list[str]) -> dict:
+    from ..saes import load_sae
+
+    saes = {}
+    for name in names:
+        source = feats.configs[name].source
+        try:
+            saes[name] = load_sae(source)
+        except ActlabError as exc:
+            raise ActlabError(f"SAE '{name}' cannot be reloaded from '{source}' ({exc}); "
+                              "make it reachable again or report without the model (--no-model)") from None
+    return saes
+
+
+def _load_run_model(feats: Features):
+    from ..models import load_model
+
+    spec = feats.metadata["manifest"]["settings"]["model"]
+    model = load_model(spec["id"])
+    if model.weight_hash != spec["weights_sha256"]:
+        raise ActlabError(f"the model '{spec['id']}' now has other weights than when the run was made; "
+                          "pass the original model or report without the model (--no-model)")
+    return model
+
+
+def _quality(feats: Features, model, texts: list[str]) -> dict[str, dict]:
+    from ..saes.quality import sae_quality
+
+    if not texts:
+        return {}
+    saes = _reload_saes(feats, feats.names)
+    return {name: {f"this run's first {len(texts)} texts": sae_quality(model, sae, texts)}
+            for name, sae in saes.items()}
+
+
+def _training_quality(source: str) -> dict | None:
+    """Held-out metrics from the quality.json that `actlab sae train` writes
+    beside the SAE folders (the default SAEs ship one)."""
+    folder = Path(source)
+    report = folder.parent / "quality.json"
+    if not source or not report.is_file():
+        return None
+    return json.loads(report.read_text()).get("quality", {}).get(folder.name)
+

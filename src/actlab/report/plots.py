@@ -1,0 +1,60 @@
+"""The report's figures as PNG bytes (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ActlabError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ActlabError("the report draws its plots with matplotlib: pip install 'actlab[report]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def category_heatmap(means: np.ndarray, categories: Sequence[str], latents: Sequence[int], title: str) -> bytes:
+    """means: (n_categories, n_latents) mean activation of each latent per
+    category, shown per latent as a fraction of its largest category mean."""
+    plt = _pyplot()
+    peak = means.max(axis=0, keepdims=True)
+    shown = np.divide(means, peak, out=np.zeros_like(means), where=peak > 0)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.42 * len(latents) + 2), 0.42 * len(categories) + 1.6))
+    image = ax.imshow(shown, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(latents)), [str(j) for j in latents], rotation=90, fontsize=8)
+    ax.set_yticks(range(len(categories)), list(categories), fontsize=9)
+    ax.set_xlabel("latent")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label="mean activation / latent's max", fraction=0.04)
+    return _png(fig)
+
+
+def firing_frequency_histogram(frequencies: dict[str, np.ndarray], unit: str) -> bytes:
+    """Histogram of log10 firing frequency per SAE (never-firing latents counted apart)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    bins = np.linspace(-5, 0, 41)
+    for name, freq in frequencies.items():
+        alive = freq[freq > 0]
+        dead = int((freq == 0).sum())
+        ax.hist(np.log10(alive), bins=bins, histtype="step", linewidth=1.5,
+                label=f"{name} ({dead} never fired)")
+    ax.set_xlabel(f"log10 fraction of {unit} on which a latent fires")
+    ax.set_ylabel("latents")
+    ax.legend(fontsize=8)
+    return _png(fig)

@@ -1,0 +1,151 @@
+"""The HTML report: its numbers against independent computations, its files,
+and the page itself rendered in headless Chromium."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from actlab import ActlabError
+from actlab.datasets import categories
+from actlab.report import ReportConfig, build_report
+from actlab.report.build import category_means, collect
+from actlab.saes import load_sae
+from actlab.saes.quality import sae_quality
+from actlab.saes.runs import features_run, open_features
+
+from conftest import random_sae, rel_error, save_sae_lens_folder
+
+SECTIONS = ["summary", "quality", "comparison", "heatmaps", "latents", "tables", "frequency"]
+CFG = ReportConfig(threshold=0.5, latents_per_sae=4, texts_per_latent=3, quality_texts=12)
+
+
+@pytest.fixture(scope="module")
+def saes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("saes")
+    made = {}
+    for name, hook, seed in (("early", "blocks.0.hook_resid_post", 1), ("late", "blocks.2.hook_resid_post", 2)):
+        sae = random_sae(hook, seed=seed, neuronpedia_id=f"tiny/{name}")
+        made[name] = load_sae(save_sae_lens_folder(sae, root / name))
+    return made
+
+
+@pytest.fixture(scope="module")
+def pooled_run(tmp_path_factory, tiny_models, saes):
+    records = categories()
+    return features_run(tiny_models["llama"], records, saes, tmp_path_factory.mktemp("run") / "run", progress=False)
+
+
+def test_category_means_against_a_loop():
+    rng = np.random.default_rng(0)
+    F = np.maximum(rng.normal(size=(40, 30)), 0)
+    cats = [f"c{i % 4}" for i in range(40)]
+    labels, latents, means = category_means(F, cats, per_category=2)
+    assert labels == ["c0", "c1", "c2", "c3"] and len(latents) == len(set(latents)) <= 8
+    for i, c in enumerate(labels):
+        inside = [r for r in range(40) if cats[r] == c]
+        for n, j in enumerate(latents):
+            assert means[i, n] == pytest.approx(sum(F[r, j] for r in inside) / len(inside))
+    first = latents[0]  # c0's best latent beats its mean elsewhere
+    assert F[[r for r in range(40) if cats[r] == "c0"], first].mean() > F[[r for r in range(40) if cats[r] != "c0"], first].mean()
+
+
+def test_report_numbers(pooled_run, tiny_models):
+    model = tiny_models["llama"]
+    feats = open_features(pooled_run)
+    data = collect(pooled_run, feats, model, CFG)
+    assert data.highlighted and {c.sae for c in data.cards} == {"early", "late"}
+    for card in data.cards:
+        sae = load_sae(feats.configs[card.sae].source)
+        for ex in card.examples:
+            # one text alone, every token: the highlighted values, and the pooled
+            # value of a last-token run is the last token's
+            alone = model.features([ex.text], [sae], pooling="all", progress=False)
+            values = alone.dense(alone.names[0])[:, card.latent]
+            assert rel_error(torch.tensor([ex.token_values]), values[None]) < 1e-5
+            assert ex.value == pytest.approx(ex.token_values[-1], rel=1e-5)
+            assert "".join(ex.tokens) == ex.text
+    texts = feats.metadata["fields"]["text"][:CFG.quality_texts]
+    for name in feats.names:
+        expected = sae_quality(model, load_sae(feats.configs[name].source), texts)
+        got = next(iter(data.quality[name].values()))
+        assert got["explained_variance"] == pytest.approx(expected["explained_variance"])
+        assert got["l0"] == pytest.approx(expected["l0"])
+    assert {"heatmap-early.png", "heatmap-late.png", "firing-frequency.png"} <= set(data.figures)
+
+
+def test_report_files(pooled_run, tiny_models, tmp_path):
+    out = build_report(pooled_run, tmp_path / "r.html", model=tiny_models["llama"], cfg=CFG)
+    html = out.read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in html
+    assert "https://neuronpedia.org/tiny/early/" in html and "<script" not in html
+    pngs = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert pngs == ["firing-frequency.png", "heatmap-early.png", "heatmap-late.png"]
+    assert all((tmp_path / "figures" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_report_without_the_model(pooled_run, tmp_path):
+    html = build_report(pooled_run, tmp_path / "r.html", use_model=False, cfg=CFG).read_text()
+    assert "made without the model" in html and 'class="tok"' not in html
+
+
+def test_per_token_run_highlights_without_the_model(tmp_path, tiny_models, saes):
+    records = categories().select(list(range(0, 210, 15)))
+    run = features_run(tiny_models["llama"], records, saes, tmp_path / "run", pooling="all", progress=False)
+    feats = open_features(run)
+    data = collect(run, feats, None, CFG)
+    assert data.highlighted and not data.quality
+    card = data.cards[0]
+    ex = card.examples[0]
+    assert max(ex.token_values) == pytest.approx(ex.value)  # per-text value: the max over tokens
+
+
+def test_unreachable_sae_is_a_clear_error(tmp_path, tiny_models):
+    records = categories().select(list(range(0, 210, 30)))
+    run = features_run(tiny_models["llama"], records, {"x": random_sae("blocks.1.hook_resid_post")},
+                       tmp_path / "run", progress=False)
+    with pytest.raises(ActlabError, match="cannot be reloaded.*--no-model"):
+        build_report(run, model=tiny_models["llama"], cfg=CFG)
+
+
+def chromium_driver():
+    """Debian's chromium and chromium-driver through Selenium, with no network."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    if not (browser and driver_path):
+        if os.environ.get("ACTLAB_SKIP_BROWSER") == "1":
+            pytest.skip("ACTLAB_SKIP_BROWSER=1")
+        pytest.fail("headless Chromium is needed: apt-get install chromium chromium-driver (make test does this)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-extensions", "--no-first-run"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def test_report_renders_in_headless_chromium(pooled_run, tiny_models, tmp_path):
+    out = build_report(pooled_run, tmp_path / "report.html", model=tiny_models["llama"], cfg=CFG)
+    driver = chromium_driver()
+    try:
+        driver.get(out.resolve().as_uri())
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+        for section in SECTIONS:
+            element = driver.find_element("id", section)
+            assert element.is_displayed() and element.find_element("tag name", "h2").text
+        images = driver.find_elements("tag name", "img")
+        assert len(images) == 3
+        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+                   for img in images)
+        assert len(driver.find_elements("css selector", "span.tok")) > 0
+        assert len(driver.find_elements("css selector", "#latents .card")) == 8
+    finally:
+        driver.quit()
