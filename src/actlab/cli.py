@@ -154,6 +154,29 @@ def analyze(
 
 
 @app.command()
+def report(
+    run: Path = typer.Argument(..., help="A features run directory (actlab features)."),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default RUN/report.html)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The run's model (default: as recorded)."),
+    use_model: bool = typer.Option(True, "--model-passes/--no-model",
+                                   help="Run the model for token highlighting and SAE quality."),
+    threshold: float = typer.Option(5.0, help="A latent is clearly on for a text when its value exceeds this."),
+    top: int = typer.Option(5, help="Rows per analysis table and SAE."),
+    latents: int = typer.Option(8, help="Latents shown with their top texts, per SAE."),
+    texts: int = typer.Option(5, help="Top texts per latent."),
+    quality_texts: int = typer.Option(64, help="Texts of the run scored for SAE quality (0: skip)."),
+    device: str = DeviceOpt,
+) -> None:
+    """One self-contained HTML report of a features run, with its plots as PNG files."""
+    from .report import ReportConfig, build_report
+
+    cfg = ReportConfig(threshold=threshold, top=top, latents_per_sae=latents, texts_per_latent=texts,
+                       quality_texts=quality_texts)
+    path = build_report(run, out_file, model, cfg, use_model, device)
+    out.print(f"wrote {path} (plots in {path.parent / 'figures'})")
+
+
+@app.command()
 def explore(
     run: Path = typer.Argument(..., help="A per-token features run (actlab features --pooling all)."),
     latent: int = typer.Option(..., help="Latent to explore."),

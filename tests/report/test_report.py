@@ -149,3 +149,14 @@ def test_report_renders_in_headless_chromium(pooled_run, tiny_models, tmp_path):
         assert len(driver.find_elements("css selector", "#latents .card")) == 8
     finally:
         driver.quit()
+
+
+def test_report_command(monkeypatch, capsys, pooled_run, tmp_path):
+    from test_cli import run_cli
+
+    code, out, err = run_cli(monkeypatch, capsys, "report", pooled_run, "--no-model", "--out", tmp_path / "x.html",
+                             "--threshold", "0.5")
+    assert code == 0, err
+    assert str(tmp_path / "x.html") in out.replace("\n", "") and (tmp_path / "figures" / "firing-frequency.png").is_file()
+    code, _, err = run_cli(monkeypatch, capsys, "report", tmp_path / "nothing")
+    assert code == 2 and "not an actlab run" in err and len(err.strip().splitlines()) == 1

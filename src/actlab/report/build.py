@@ -66,16 +66,17 @@ class ReportData:
 
 def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg: ReportConfig | None = None,
                  use_model: bool = True, device: str = "auto") -> Path:
-    """Write RUN/report.html (self-contained) and its plots as RUN/figures/*.png.
-    The model (default: the run's own) is used to highlight tokens of pooled
-    runs and to score SAE quality; use_model=False leaves both out."""
+    """Write RUN/report.html (self-contained) and its plots as figures/*.png
+    beside it. The model (a Model, a name, or by default the run's own; its
+    weights must be the run's) highlights tokens of pooled runs and scores SAE
+    quality; use_model=False leaves both out."""
     cfg = cfg or ReportConfig()
     run = Path(run)
     feats = open_features(run)
     if not use_model:
         model = None
-    elif model is None and (feats.offsets is None or cfg.quality_texts > 0):
-        model = _load_run_model(feats)
+    elif not hasattr(model, "hf_model") and (feats.offsets is None or cfg.quality_texts > 0):
+        model = _load_run_model(feats, model, device)
     data = collect(run, feats, model, cfg)
     out = Path(out) if out is not None else run / "report.html"
     figures_dir = out.parent / "figures"
@@ -206,14 +207,14 @@ def _reload_saes(feats: Features, names: list[str]) -> dict:
     return saes
 
 
-def _load_run_model(feats: Features):
+def _load_run_model(feats: Features, name: str | None, device: str):
     from ..models import load_model
 
     spec = feats.metadata["manifest"]["settings"]["model"]
-    model = load_model(spec["id"])
+    model = load_model(name or spec["id"], device=device)
     if model.weight_hash != spec["weights_sha256"]:
-        raise ActlabError(f"the model '{spec['id']}' now has other weights than when the run was made; "
-                          "pass the original model or report without the model (--no-model)")
+        raise ActlabError(f"'{model.name}' has other weights than the run's model '{spec['id']}'; "
+                          "pass the run's model with --model, or report without it (--no-model)")
     return model
 
 

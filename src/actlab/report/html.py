@@ -77,7 +77,7 @@ def _summary(data: "ReportData", settings: dict) -> str:
     saes = [[escape(name), escape(cfg.hook_name), escape(cfg.architecture), str(cfg.d_sae),
              str(cfg.k) if cfg.k else "", _link(neuronpedia_link(cfg.neuronpedia_id, 0), cfg.neuronpedia_id or "—"),
              escape(cfg.source)] for name, cfg in data.configs.items()]
-    return (_table(["", ""], [[escape(k), escape(v)] for k, v in facts]) +
+    return (_table(["setting", "value"], [[escape(k), escape(v)] for k, v in facts]) +
             _table(["SAE", "hook", "architecture", "latents", "k", "Neuronpedia", "source"], saes))
 
 
