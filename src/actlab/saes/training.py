@@ -29,7 +29,7 @@ class TrainConfig:
     max_length: int = 128
     held_out_fraction: float = 0.1
     max_eval_texts: int = 1000  # held-out texts scored (three full forward passes each)
-    dead_feature_window: int = 100  # steps without firing before TopK's auxiliary loss revives a latent
+    dead_feature_window: int = 25  # steps without firing (about 100k tokens) before TopK's aux loss revives a latent
     seed: int = 0
     dtype: str = "float16"  # stored weights; encode runs in float32
     hook_kind: str = "hook_resid_post"
