@@ -1,0 +1,243 @@
+"""Batched generation that captures block outputs while it generates.
+
+Prompts are rendered with the tokenizer's chat template, sorted by length and
+left-padded under a token budget (prompt + new tokens per row). One prefill
+pass, then one cached decode step per new token; forward hooks on the
+requested blocks see the prefill and every decode step, and pool on the device:
+
+    prompt_last      the last prompt token
+    prompt_mean      mean over the prompt's real tokens
+    response_mean    mean over the answer's tokens
+    response_first:K mean over the answer's first K tokens
+
+An answer is every generated token before the row's own EOS (EOS excluded).
+The hidden state of an answer token is the block output at that token's
+position, exactly what a separate forward pass over prompt + answer gives;
+the final step feeds the last answer tokens for that reason. Layer L means
+block L's output (`blocks.L.hook_resid_post`, HF `hidden_states[L + 1]`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .. import hooks as hook_points
+from ..engine import plan_batches
+from ..errors import ActlabError
+
+CPU_GENERATION_BUDGET = 4096  # (prompt + new tokens) x rows per batch
+CUDA_GENERATION_BUDGET = 65536
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0  # sampling: row i draws from its own generator seeded (seed, i)
+    batch_size: int | None = None
+    max_batch_tokens: int | None = None
+
+
+@dataclass
+class Generations:
+    prompts: list[str]  # as rendered (chat template applied)
+    prompt_ids: list[list[int]]
+    answer_ids: list[list[int]]
+    answers: list[str]
+    finished: list[bool]  # ended at EOS (else at max_new_tokens)
+    pooled: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # pooling -> layer -> (n, d)
+    layers: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def parse_generation_pooling(spec: str) -> tuple[str, int | None]:
+    if spec in ("prompt_last", "prompt_mean", "response_mean"):
+        return spec, None
+    if spec.startswith("response_first:"):
+        k = spec.split(":", 1)[1]
+        if k.isdigit() and int(k) > 0:
+            return "response_first", int(k)
+    raise ActlabError(f"unknown pooling '{spec}'; use response_mean, response_first:K, prompt_last or prompt_mean")
+
+
+def render_prompt(tokenizer, user: str, system: str | None = None) -> str:
+    """The chat template when the tokenizer has one, else the plain texts."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return f"{system}\n\n{user}\n" if system else f"{user}\n"
+
+
+def eos_ids(model) -> set[int]:
+    ids = model.hf_model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if model.tokenizer.eos_token_id is not None:
+        ids.add(model.tokenizer.eos_token_id)
+    return ids
+
+
+class _Capture:
+    """Pooled sums per layer for the rows of one batch, fed by block hooks."""
+
+    def __init__(self, model, layers: Sequence[int], poolings: Sequence[str], n_rows: int):
+        self.layers = list(layers)
+        self.specs = [parse_generation_pooling(p) for p in poolings]
+        self.first_k = max([k for kind, k in self.specs if kind == "response_first"], default=0)
+        self.sites = [hook_points.resolve(model.hf_model, f"blocks.{layer}.hook_resid_post") for layer in layers]
+        d, device = model.d_model, model.device
+        zeros = lambda: {layer: torch.zeros(n_rows, d, device=device) for layer in layers}  # noqa: E731
+        self.prompt_last, self.prompt_sum, self.response_sum = zeros(), zeros(), zeros()
+        self.first_sums = {k: zeros() for kind, k in self.specs if kind == "response_first"}
+        self.response_count = torch.zeros(n_rows, device=device)
+        self.mode = "prefill"
+        self.prompt_mask: torch.Tensor | None = None
+        self.answer_rows: torch.Tensor | None = None  # rows whose fed token is an answer token
+        self.step = 0
+
+    def register(self) -> list:
+        handles = []
+        for layer, site in zip(self.layers, self.sites):
+            def hook(module, args, output, layer=layer):
+                self.consume(layer, output[0] if isinstance(output, tuple) else output)
+            handles.append(site.module.register_forward_hook(hook))
+        return handles
+
+    def consume(self, layer: int, hidden: torch.Tensor) -> None:
+        hidden = hidden.float()
+        if self.mode == "prefill":
+            mask = self.prompt_mask.unsqueeze(-1).float()
+            self.prompt_last[layer] = hidden[:, -1]
+            self.prompt_sum[layer] = (hidden * mask).sum(dim=1)
+            return
+        on = self.answer_rows.float().unsqueeze(-1)
+        token = hidden[:, -1] * on
+        self.response_sum[layer] += token
+        for k, sums in self.first_sums.items():
+            if self.step < k:
+                sums[layer] += token
+
+    def pooled(self, n_prompt: torch.Tensor) -> dict[str, dict[int, torch.Tensor]]:
+        count = self.response_count.clamp(min=1).unsqueeze(-1)
+        out = {}
+        for (kind, k), spec in zip(self.specs, [self._name(s) for s in self.specs]):
+            if kind == "prompt_last":
+                out[spec] = self.prompt_last
+            elif kind == "prompt_mean":
+                out[spec] = {l: v / n_prompt.unsqueeze(-1) for l, v in self.prompt_sum.items()}
+            elif kind == "response_mean":
+                out[spec] = {l: v / count for l, v in self.response_sum.items()}
+            else:
+                first = self.response_count.clamp(min=1, max=k).unsqueeze(-1)
+                out[spec] = {l: v / first for l, v in self.first_sums[k].items()}
+        return out
+
+    @staticmethod
+    def _name(spec: tuple[str, int | None]) -> str:
+        return spec[0] if spec[1] is None else f"{spec[0]}:{spec[1]}"
+
+
+def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings: Sequence[str] = ("response_mean",),
+             cfg: GenerationConfig | None = None, on_batch=None) -> Generations:
+    """Generate an answer to every rendered prompt (see render_prompt), with
+    pooled block outputs at `layers`. Rows come back in input order."""
+    cfg = cfg or GenerationConfig()
+    if isinstance(prompts, str):
+        raise ActlabError("prompts must be a list of strings, not one string; wrap it: [prompt]")
+    for layer in layers:
+        if not 0 <= layer < model.n_layers:
+            raise ActlabError(f"layer {layer} is outside 0..{model.n_layers - 1} for this model")
+    tok = model.tokenizer
+    prompt_ids = [tok(p, add_special_tokens=not getattr(tok, "chat_template", None))["input_ids"] for p in prompts]
+    if any(not ids for ids in prompt_ids):
+        raise ActlabError("a prompt has no tokens; drop empty prompts")
+    budget = cfg.max_batch_tokens
+    if budget is None and cfg.batch_size is None:
+        budget = CUDA_GENERATION_BUDGET if model.device.type == "cuda" else CPU_GENERATION_BUDGET
+    lengths = np.array([len(ids) + cfg.max_new_tokens for ids in prompt_ids])
+    n = len(prompts)
+    answers: list[list[int]] = [[] for _ in range(n)]
+    finished = [False] * n
+    pooled: dict[str, dict[int, torch.Tensor]] = {}
+    for rows in plan_batches(lengths, cfg.batch_size, budget):
+        batch_pooled = _generate_batch(model, [prompt_ids[r] for r in rows], rows, layers, poolings, cfg,
+                                       answers, finished)
+        for spec, by_layer in batch_pooled.items():
+            for layer, values in by_layer.items():
+                target = pooled.setdefault(spec, {}).setdefault(layer, torch.zeros(n, values.shape[-1]))
+                target[torch.from_numpy(rows)] = values.cpu()
+        if on_batch:
+            on_batch(len(rows))
+    texts = [tok.decode(ids, skip_special_tokens=True) for ids in answers]
+    return Generations(list(prompts), prompt_ids, answers, texts, finished, pooled, list(layers))
+
+
+def _generate_batch(model, ids: list[list[int]], rows: np.ndarray, layers, poolings, cfg: GenerationConfig,
+                    answers: list[list[int]], finished: list[bool]) -> dict:
+    device, eos = model.device, eos_ids(model)
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), model.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, seq in enumerate(ids):  # left padding: every prompt ends at the same column
+        input_ids[i, width - len(seq):] = torch.tensor(seq)
+        mask[i, width - len(seq):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + int(r)) for r in rows]
+    capture = _Capture(model, layers, poolings, len(ids)) if layers else None
+    handles = capture.register() if capture else []
+    alive = torch.ones(len(ids), dtype=torch.bool, device=device)
+    try:
+        with torch.inference_mode():
+            if capture:
+                capture.prompt_mask = mask
+            out = model.hf_model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                 logits_to_keep=1)
+            cache, logits = out.past_key_values, out.logits[:, -1]
+            last_position = positions[:, -1]
+            for step in range(cfg.max_new_tokens):
+                token = _choose(logits, cfg, generators)
+                is_eos = torch.tensor([int(t) in eos for t in token.tolist()], device=device)
+                answer = alive & ~is_eos
+                for i in torch.nonzero(answer).flatten().tolist():
+                    answers[rows[i]].append(int(token[i]))
+                for i in torch.nonzero(alive & is_eos).flatten().tolist():
+                    finished[rows[i]] = True
+                alive = answer
+                if not bool(alive.any()) or (capture is None and step == cfg.max_new_tokens - 1):
+                    break
+                # Feed the new tokens: their block outputs are answer-token states,
+                # and the logits give the next step (unused after the last one).
+                mask = torch.cat([mask, alive.long().unsqueeze(-1)], dim=1)
+                last_position = last_position + 1
+                if capture:
+                    capture.mode, capture.answer_rows, capture.step = "decode", alive, step
+                    capture.response_count += alive.float()
+                out = model.hf_model(input_ids=token.unsqueeze(-1), attention_mask=mask,
+                                     position_ids=last_position.unsqueeze(-1), past_key_values=cache, use_cache=True)
+                cache, logits = out.past_key_values, out.logits[:, -1]
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not capture:
+        return {}
+    return capture.pooled(torch.tensor([len(x) for x in ids], device=device, dtype=torch.float32))
+
+
+def _choose(logits: torch.Tensor, cfg: GenerationConfig, generators: list[torch.Generator]) -> torch.Tensor:
+    if cfg.temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1).cpu()
+    if cfg.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > cfg.top_p  # keep the smallest set reaching top_p
+        sorted_probs[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    picks = [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)]
+    return torch.cat(picks).to(logits.device)
