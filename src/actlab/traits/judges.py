@@ -1,0 +1,201 @@
+"""Judges score an answer 0-100, or give None with the reason. None is never a
+negative: an unscored answer is dropped, with its reason recorded.
+
+    logprob_score   persona-vectors' rule on one completion token's top logprobs:
+                    sum p(n) n / sum p(n) over tokens that are integers 0..100,
+                    None when that mass is below 0.25
+    OpenAIJudge     an OpenAI-compatible /chat/completions endpoint (top_logprobs),
+                    bounded concurrency, timeouts, retries with backoff
+    KeywordJudge    keyword occurrences (or the fraction of words in a list)
+    RegexJudge      regex matches
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Mapping, Protocol, Sequence
+
+from ..errors import ActlabError
+
+MIN_NUMBER_MASS = 0.25
+
+
+@dataclass
+class Judgement:
+    score: float | None
+    reason: str = "ok"
+
+
+class Judge(Protocol):
+    def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
+        """Scores for (question, answer) pairs, in order."""
+
+
+def logprob_score(top_logprobs: Mapping[str, float], min_mass: float = MIN_NUMBER_MASS) -> Judgement:
+    weighted = mass = 0.0
+    for token, logprob in top_logprobs.items():
+        text = token.strip()
+        if text.isdigit() and int(text) <= 100 and (text == "0" or not text.startswith("0")):
+            p = math.exp(logprob)
+            weighted += p * int(text)
+            mass += p
+    if mass < min_mass:
+        return Judgement(None, f"probability on numbers 0-100 is {mass:.2f} < {min_mass}")
+    return Judgement(weighted / mass)
+
+
+def _empty(answer: str) -> Judgement | None:
+    return Judgement(None, "empty answer") if not answer.strip() else None
+
+
+@dataclass
+class KeywordJudge:
+    """100 when `full_at` keyword occurrences are found (per_word: when that
+    fraction of the answer's words are keywords), proportionally below."""
+
+    keywords: Sequence[str]
+    full_at: float = 1.0
+    per_word: bool = False
+
+    def __post_init__(self):
+        if not self.keywords or self.full_at <= 0:
+            raise ActlabError("a keyword judge needs keywords and full_at > 0")
+        words = sorted({k.lower() for k in self.keywords}, key=len, reverse=True)
+        self._pattern = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.IGNORECASE)
+
+    def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
+        out = []
+        for _, answer in items:
+            empty = _empty(answer)
+            if empty:
+                out.append(empty)
+                continue
+            hits = len(self._pattern.findall(answer))
+            value = hits / max(len(re.findall(r"\w+", answer)), 1) if self.per_word else hits
+            out.append(Judgement(100.0 * min(1.0, value / self.full_at)))
+        return out
+
+
+@dataclass
+class RegexJudge:
+    pattern: str
+    full_at: float = 1.0
+
+    def __post_init__(self):
+        try:
+            self._regex = re.compile(self.pattern)
+        except re.error as exc:
+            raise ActlabError(f"judge regex '{self.pattern}' does not compile: {exc}") from None
+
+    def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
+        return [_empty(a) or Judgement(100.0 * min(1.0, len(self._regex.findall(a)) / self.full_at)) for _, a in items]
+
+
+@dataclass
+class OpenAIJudge:
+    """One-token completions with top-20 logprobs from an OpenAI-compatible
+    server (OpenAI, vLLM, llama.cpp, ...), scored by `logprob_score`."""
+
+    eval_prompt: str
+    model: str
+    base_url: str = "https://api.openai.com/v1"
+    api_key: str | None = None
+    concurrency: int = 8
+    timeout: float = 30.0
+    retries: int = 3
+    backoff: float = 1.0
+
+    def __post_init__(self):
+        for slot in ("{question}", "{answer}"):
+            if slot not in self.eval_prompt:
+                raise ActlabError(f"the judge's eval_prompt lacks {slot}")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ActlabError(f"judge base_url '{self.base_url}' must start with http:// or https://")
+        if self.concurrency < 1 or self.timeout <= 0 or self.retries < 0:
+            raise ActlabError("judge concurrency >= 1, timeout > 0 and retries >= 0, please")
+        self.api_key = self.api_key or os.environ.get("OPENAI_API_KEY")
+
+    def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda item: self._one(*item), items))
+
+    def _one(self, question: str, answer: str) -> Judgement:
+        empty = _empty(answer)
+        if empty:
+            return empty
+        body = json.dumps({"model": self.model, "max_tokens": 1, "temperature": 0, "logprobs": True,
+                           "top_logprobs": 20, "messages": [{"role": "user", "content": self.eval_prompt.format(
+                               question=question, answer=answer)}]}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last = "no attempt"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            request = urllib.request.Request(self.base_url.rstrip("/") + "/chat/completions", body, headers)
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+                    payload = reply.read()
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code}"
+                if exc.code == 429 or exc.code >= 500:
+                    continue
+                return Judgement(None, f"{last} from the judge (not retried)")
+            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                last = f"timeout or connection error ({getattr(exc, 'reason', exc)})"
+                continue
+            return self._parse(payload)
+        return Judgement(None, f"{last} after {self.retries + 1} attempt(s)")
+
+    @staticmethod
+    def _parse(payload: bytes) -> Judgement:
+        try:
+            top = json.loads(payload)["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            return logprob_score({entry["token"]: float(entry["logprob"]) for entry in top})
+        except (ValueError, KeyError, IndexError, TypeError):
+            return Judgement(None, "malformed reply: no choices[0].logprobs.content[0].top_logprobs")
+
+
+def make_judge(spec: Mapping, eval_prompt: str | None = None) -> Judge:
+    """A judge from a trait's `judge` block or the CLI: {kind: keyword | regex | openai, ...}."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    try:
+        if kind == "keyword":
+            return KeywordJudge(**spec)
+        if kind == "regex":
+            return RegexJudge(**spec)
+        if kind == "openai":
+            prompt = spec.pop("eval_prompt", eval_prompt)
+            if not prompt:
+                raise ActlabError("an openai judge needs the trait's eval_prompt")
+            return OpenAIJudge(prompt, **spec)
+    except TypeError as exc:
+        raise ActlabError(f"judge '{kind}': {exc}") from None
+    raise ActlabError(f"unknown judge kind '{kind}'; use keyword, regex or openai")
+
+
+def keep_answers(polarity: Sequence[str], judgements: Sequence[Judgement], pos_min: float = 50.0,
+                 neg_max: float = 50.0) -> list[str]:
+    """Per answer 'kept' or the reason it was dropped: pos needs score >= pos_min,
+    neg needs score < neg_max; an answer without a score is dropped, never a negative."""
+    reasons = []
+    for pol, j in zip(polarity, judgements):
+        if j.score is None:
+            reasons.append(f"no score: {j.reason}")
+        elif pol == "pos" and j.score < pos_min:
+            reasons.append(f"pos score {j.score:.0f} < {pos_min:g}")
+        elif pol == "neg" and j.score >= neg_max:
+            reasons.append(f"neg score {j.score:.0f} >= {neg_max:g}")
+        else:
+            reasons.append("kept")
+    return reasons

@@ -1,0 +1,153 @@
+"""Judges: the logprob rule by hand, None handling, keep / drop, and the HTTP
+judge against a local OpenAI-compatible test server."""
+
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from actlab import ActlabError
+from actlab.traits.judges import (Judgement, KeywordJudge, OpenAIJudge, RegexJudge, keep_answers, logprob_score,
+                                  make_judge)
+
+PROMPT = "Question: {question}\nAnswer: {answer}\nScore 0-100:"
+
+
+def lp(p):
+    return math.log(p)
+
+
+def test_logprob_rule_by_hand():
+    # 0.5 on "80", 0.3 on "60", 0.1 on " 100", 0.1 on "yes": (40 + 18 + 10) / 0.9
+    assert logprob_score({"80": lp(0.5), "60": lp(0.3), " 100": lp(0.1), "yes": lp(0.1)}).score == \
+        pytest.approx(68 / 0.9)
+    # numbers above 100, leading zeros and words do not count
+    assert logprob_score({"50": lp(0.3), "101": lp(0.3), "07": lp(0.2), "0": lp(0.2)}).score == \
+        pytest.approx((15 + 0) / 0.5)
+    low = logprob_score({"90": lp(0.2), "I": lp(0.8)})
+    assert low.score is None and "0.20 < 0.25" in low.reason
+
+
+def test_keep_answers_never_counts_none_as_negative():
+    reasons = keep_answers(["pos", "neg", "neg", "pos", "neg"],
+                           [Judgement(80), Judgement(10), Judgement(None, "timeout"), Judgement(20), Judgement(70)])
+    assert reasons[:2] == ["kept", "kept"]
+    assert reasons[2] == "no score: timeout"
+    assert reasons[3] == "pos score 20 < 50" and reasons[4] == "neg score 70 >= 50"
+
+
+def test_rule_judges():
+    pirate = KeywordJudge(["arr", "matey", "me hearties"], full_at=2)
+    scores = [j.score for j in pirate.judge([("q", "Arr, matey!"), ("q", "Arrgh no"), ("q", "ahoy me hearties"),
+                                             ("q", "plain")])]
+    assert scores == [100.0, 0.0, 50.0, 0.0]
+    french = KeywordJudge(["le", "la", "est"], per_word=True, full_at=0.5)
+    assert french.judge([("q", "La lune est belle")])[0].score == pytest.approx(100.0)  # 2 of 4 words
+    assert french.judge([("q", "The moon")])[0].score == 0.0
+    assert french.judge([("q", "  ")])[0] == Judgement(None, "empty answer")
+    sorry = RegexJudge(r"(?i)\bsorry\b")
+    assert [j.score for j in sorry.judge([("q", "Sorry, no."), ("q", "Sure!")])] == [100.0, 0.0]
+
+
+def test_bad_judge_configurations():
+    with pytest.raises(ActlabError, match="unknown judge kind"):
+        make_judge({"kind": "oracle"})
+    with pytest.raises(ActlabError, match="does not compile"):
+        make_judge({"kind": "regex", "pattern": "(unclosed"})
+    with pytest.raises(ActlabError, match="lacks {answer}"):
+        OpenAIJudge("Score {question}", model="m", base_url="http://x")
+    with pytest.raises(ActlabError, match="http"):
+        OpenAIJudge(PROMPT, model="m", base_url="localhost:8000")
+    with pytest.raises(ActlabError, match="needs the trait's eval_prompt"):
+        make_judge({"kind": "openai", "model": "m"})
+    with pytest.raises(ActlabError, match="judge 'keyword'"):
+        make_judge({"kind": "keyword", "keywords": ["a"], "colour": "red"})
+
+
+class Scripted(BaseHTTPRequestHandler):
+    """Replies by the answer text: 'fail-once' 500s on its first request,
+    'slow' sleeps past the timeout, 'garbage' is not JSON, 'nologprobs' lacks them,
+    'bad-request' is a 400; otherwise 70 or 30 by the answer's first word."""
+
+    seen: dict = {}
+    lock = threading.Lock()
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["max_tokens"] == 1
+        answer = body["messages"][0]["content"].split("Answer: ")[1].split("\n")[0]
+        with self.lock:
+            self.seen[answer] = self.seen.get(answer, 0) + 1
+            count = self.seen[answer]
+        if answer == "fail-once" and count == 1 or answer == "always-fail":
+            return self._send(500, b"{}")
+        if answer == "bad-request":
+            return self._send(400, b'{"error": "bad"}')
+        if answer == "slow":
+            time.sleep(1.0)
+        if answer == "garbage":
+            return self._send(200, b"<html>")
+        if answer == "nologprobs":
+            return self._send(200, json.dumps({"choices": [{"message": {"content": "7"}}]}).encode())
+        top = [{"token": "70" if answer.startswith("good") else "30", "logprob": math.log(0.9)},
+               {"token": "!", "logprob": math.log(0.1)}]
+        self._send(200, json.dumps({"choices": [{"logprobs": {"content": [{"token": "x", "top_logprobs": top}]}}]}).encode())
+
+    def _send(self, code, payload):
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+@pytest.fixture
+def server():
+    Scripted.seen = {}
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+
+
+def test_http_judge(server):
+    judge = OpenAIJudge(PROMPT, model="judge", base_url=server, timeout=0.5, retries=2, backoff=0.01, concurrency=4)
+    answers = ["good one", "bad one", "fail-once", "slow", "garbage", "nologprobs", "bad-request", "always-fail", ""]
+    results = judge.judge([("q", a) for a in answers])
+    assert results[0].score == pytest.approx(70) and results[1].score == pytest.approx(30)
+    assert results[2].score == pytest.approx(30) and Scripted.seen["fail-once"] == 2  # retried once
+    assert results[3].score is None and "timeout" in results[3].reason and Scripted.seen["slow"] == 3
+    assert results[4].score is None and "malformed" in results[4].reason
+    assert results[5].score is None and "malformed" in results[5].reason
+    assert results[6].score is None and "HTTP 400" in results[6].reason and Scripted.seen["bad-request"] == 1
+    assert results[7].score is None and "HTTP 500 after 3 attempt(s)" in results[7].reason
+    assert results[8] == Judgement(None, "empty answer") and "" not in Scripted.seen
+
+
+def test_http_judge_concurrency_is_bounded(server, monkeypatch):
+    active, peak = [0], [0]
+    lock = threading.Lock()
+    real_one = OpenAIJudge._one
+
+    def tracked(self, q, a):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.05)
+            return real_one(self, q, a)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(OpenAIJudge, "_one", tracked)
+    judge = OpenAIJudge(PROMPT, model="judge", base_url=server, concurrency=3)
+    results = judge.judge([("q", f"good {i}") for i in range(12)])
+    assert all(r.score == pytest.approx(70) for r in results) and peak[0] == 3
