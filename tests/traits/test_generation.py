@@ -101,3 +101,24 @@ def test_bad_arguments(tiny_models):
         generate(model, ["hi"], [0], ["response_last"])
     with pytest.raises(ActlabError, match="list of strings"):
         generate(model, "hi")
+
+
+def test_steering(tiny_models):
+    from actlab.traits import Steering
+
+    model = tiny_models["llama"]
+    prompts = [render_prompt(model.tokenizer, q) for q in QUESTIONS]
+    cfg = GenerationConfig(max_new_tokens=8)
+    plain = generate(model, prompts, [0, 1], POOLINGS, cfg)
+    zero = generate(model, prompts, [0, 1], POOLINGS, cfg, Steering(0, torch.ones(64), 0.0))
+    assert zero.answer_ids == plain.answer_ids
+    v = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    steered = generate(model, prompts, [0, 1], POOLINGS, cfg, Steering(0, v, 8.0))
+    assert steered.answer_ids != plain.answer_ids
+    # every position steered: the captured block-0 prompt states moved by exactly 8 v
+    assert rel_error(steered.pooled["prompt_last"][0], plain.pooled["prompt_last"][0] + 8 * v) < 1e-5
+    answer_only = generate(model, prompts, [0, 1], POOLINGS, cfg, Steering(0, v, 8.0, where="answer"))
+    assert rel_error(answer_only.pooled["prompt_mean"][1], plain.pooled["prompt_mean"][1]) < 1e-6
+    assert answer_only.answer_ids != plain.answer_ids
+    with pytest.raises(ActlabError, match="width"):
+        generate(model, prompts, cfg=cfg, steering=Steering(0, torch.ones(3), 1.0))

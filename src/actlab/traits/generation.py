@@ -44,6 +44,37 @@ class GenerationConfig:
 
 
 @dataclass
+class Steering:
+    """Add coeff * vector to block `layer`'s output: at every position
+    ("all", the prompt included) or at the answer's positions only ("answer").
+    Captured activations at or after that block include the addition."""
+
+    layer: int
+    vector: torch.Tensor
+    coeff: float
+    where: str = "all"
+
+    def __post_init__(self):
+        if self.where not in ("all", "answer"):
+            raise ActlabError(f"steering where='{self.where}': use 'all' or 'answer'")
+
+    def register(self, model, phase: list[str]) -> object:
+        site = hook_points.resolve(model.hf_model, f"blocks.{self.layer}.hook_resid_post")
+        if self.vector.shape != (model.d_model,):
+            raise ActlabError(f"steering vector has shape {tuple(self.vector.shape)}, the model's width is {model.d_model}")
+        delta = (self.coeff * self.vector.float()).to(model.device, model.hf_model.dtype)
+
+        def add(module, args, output):
+            if self.where == "answer" and phase[0] == "prefill":
+                return None
+            if isinstance(output, tuple):
+                return (output[0] + delta,) + tuple(output[1:])
+            return output + delta
+
+        return site.module.register_forward_hook(add)
+
+
+@dataclass
 class Generations:
     prompts: list[str]  # as rendered (chat template applied)
     prompt_ids: list[list[int]]
@@ -144,9 +175,10 @@ class _Capture:
 
 
 def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings: Sequence[str] = ("response_mean",),
-             cfg: GenerationConfig | None = None, on_batch=None) -> Generations:
+             cfg: GenerationConfig | None = None, steering: Steering | None = None, on_batch=None) -> Generations:
     """Generate an answer to every rendered prompt (see render_prompt), with
-    pooled block outputs at `layers`. Rows come back in input order."""
+    pooled block outputs at `layers`, optionally steered. Rows come back in
+    input order."""
     cfg = cfg or GenerationConfig()
     if isinstance(prompts, str):
         raise ActlabError("prompts must be a list of strings, not one string; wrap it: [prompt]")
@@ -167,7 +199,7 @@ def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings
     pooled: dict[str, dict[int, torch.Tensor]] = {}
     for rows in plan_batches(lengths, cfg.batch_size, budget):
         batch_pooled = _generate_batch(model, [prompt_ids[r] for r in rows], rows, layers, poolings, cfg,
-                                       answers, finished)
+                                       steering, answers, finished)
         for spec, by_layer in batch_pooled.items():
             for layer, values in by_layer.items():
                 target = pooled.setdefault(spec, {}).setdefault(layer, torch.zeros(n, values.shape[-1]))
@@ -179,7 +211,7 @@ def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings
 
 
 def _generate_batch(model, ids: list[list[int]], rows: np.ndarray, layers, poolings, cfg: GenerationConfig,
-                    answers: list[list[int]], finished: list[bool]) -> dict:
+                    steering: Steering | None, answers: list[list[int]], finished: list[bool]) -> dict:
     device, eos = model.device, eos_ids(model)
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), model.pad_id, dtype=torch.long)
@@ -190,8 +222,10 @@ def _generate_batch(model, ids: list[list[int]], rows: np.ndarray, layers, pooli
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + int(r)) for r in rows]
+    phase = ["prefill"]
+    handles = [steering.register(model, phase)] if steering else []  # first: captures see the steered output
     capture = _Capture(model, layers, poolings, len(ids)) if layers else None
-    handles = capture.register() if capture else []
+    handles += capture.register() if capture else []
     alive = torch.ones(len(ids), dtype=torch.bool, device=device)
     try:
         with torch.inference_mode():
@@ -214,6 +248,7 @@ def _generate_batch(model, ids: list[list[int]], rows: np.ndarray, layers, pooli
                     break
                 # Feed the new tokens: their block outputs are answer-token states,
                 # and the logits give the next step (unused after the last one).
+                phase[0] = "decode"
                 mask = torch.cat([mask, alive.long().unsqueeze(-1)], dim=1)
                 last_position = last_position + 1
                 if capture:
