@@ -109,7 +109,7 @@ def run_shards(extractor: Extractor, records: Records, out: Path, settings: dict
     """The resumable loop: shard i covers input rows [i * shard_size, ...);
     `write_shard(index, result, lo, hi)` must write shard_name(index) last and
     atomically, since its existence marks the shard done. Returns the manifest."""
-    manifest = _open_manifest(out, settings, overwrite, kind)
+    manifest = open_manifest(out, settings, overwrite, kind)
     if manifest.get("complete"):
         if progress is not False:
             console.print(f"{out} is already complete; nothing to do")
@@ -170,7 +170,7 @@ def _accumulate(totals: ExtractStats, part: ExtractStats) -> None:
     totals.oom_splits += part.oom_splits
 
 
-def _open_manifest(out: Path, settings: dict, overwrite: bool, kind: str) -> dict:
+def open_manifest(out: Path, settings: dict, overwrite: bool, kind: str) -> dict:
     """Start a new run, or check that the existing one has the same settings."""
     path = out / MANIFEST
     settings = json.loads(json.dumps(settings))  # as it reads back from disk
@@ -186,7 +186,7 @@ def _open_manifest(out: Path, settings: dict, overwrite: bool, kind: str) -> dic
         raise ActlabError(f"{out} exists and is not an actlab run; choose another --out or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for stale in out.glob("*.parquet"):
+        for stale in [*out.glob("*.parquet"), *out.glob("*.safetensors")]:
             stale.unlink()
     manifest = {"format": kind, "format_version": FORMAT_VERSION, "actlab_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -175,10 +175,12 @@ class _Capture:
 
 
 def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings: Sequence[str] = ("response_mean",),
-             cfg: GenerationConfig | None = None, steering: Steering | None = None, on_batch=None) -> Generations:
+             cfg: GenerationConfig | None = None, steering: Steering | None = None, on_batch=None,
+             first_row: int = 0) -> Generations:
     """Generate an answer to every rendered prompt (see render_prompt), with
     pooled block outputs at `layers`, optionally steered. Rows come back in
-    input order."""
+    input order. Sampling seeds row i by (cfg.seed, first_row + i), so a run
+    generated in chunks samples as if in one call."""
     cfg = cfg or GenerationConfig()
     if isinstance(prompts, str):
         raise ActlabError("prompts must be a list of strings, not one string; wrap it: [prompt]")
@@ -199,7 +201,7 @@ def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings
     pooled: dict[str, dict[int, torch.Tensor]] = {}
     for rows in plan_batches(lengths, cfg.batch_size, budget):
         batch_pooled = _generate_batch(model, [prompt_ids[r] for r in rows], rows, layers, poolings, cfg,
-                                       steering, answers, finished)
+                                       steering, answers, finished, first_row)
         for spec, by_layer in batch_pooled.items():
             for layer, values in by_layer.items():
                 target = pooled.setdefault(spec, {}).setdefault(layer, torch.zeros(n, values.shape[-1]))
@@ -211,7 +213,8 @@ def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings
 
 
 def _generate_batch(model, ids: list[list[int]], rows: np.ndarray, layers, poolings, cfg: GenerationConfig,
-                    steering: Steering | None, answers: list[list[int]], finished: list[bool]) -> dict:
+                    steering: Steering | None, answers: list[list[int]], finished: list[bool],
+                    first_row: int) -> dict:
     device, eos = model.device, eos_ids(model)
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), model.pad_id, dtype=torch.long)
@@ -221,7 +224,7 @@ def _generate_batch(model, ids: list[list[int]], rows: np.ndarray, layers, pooli
         mask[i, width - len(seq):] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + int(r)) for r in rows]
+    generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + first_row + int(r)) for r in rows]
     phase = ["prefill"]
     handles = [steering.register(model, phase)] if steering else []  # first: captures see the steered output
     capture = _Capture(model, layers, poolings, len(ids)) if layers else None

@@ -1,0 +1,161 @@
+"""A trait run on disk: generate (resumable, in shards), judge, fit vectors.
+
+    manifest.json               format "actlab.traits": trait, model, generation settings
+    answers-NNNNN.parquet       row, polarity, pair, system, question, prompt, answer,
+                                n_prompt_tokens, n_answer_tokens, finished
+    acts-NNNNN.safetensors      "<pooling>/<layer>": (rows, d_model) float32
+    scores.parquet              row, score, reason, kept
+    vectors/<method>.safetensors  "layer_<L>": (d_model,), from the train split
+    vectors/metadata.json       what the vectors are, and the best layer per method
+    evaluation.parquet          layer, method, accuracy, auroc, cohens_d, n_test_pos, n_test_neg
+
+Layer L is block L's output (blocks.L.hook_resid_post = HF hidden_states[L + 1]).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import ActlabError
+from ..progress import console
+from ..store import MANIFEST, open_manifest, write_json_atomic, write_parquet_atomic
+from .definitions import Trait
+from .generation import GenerationConfig, generate, render_prompt
+from .judges import Judge, keep_answers
+from .vectors import METHODS, fit_vectors
+
+TRAITS_FORMAT = "actlab.traits"
+DEFAULT_POOLINGS = ("response_mean", "response_first:5", "prompt_last", "prompt_mean")
+
+
+def generate_run(model, trait: Trait, out_dir: str | Path, layers: Sequence[int] | None = None,
+                 poolings: Sequence[str] = DEFAULT_POOLINGS, cfg: GenerationConfig | None = None,
+                 shard_size: int = 64, overwrite: bool = False, progress: bool = True) -> Path:
+    """Answers to every pos / neg prompt with pooled activations at `layers`
+    (default: every block), written shard by shard; a rerun resumes."""
+    out = Path(out_dir)
+    cfg = cfg or GenerationConfig(max_new_tokens=48, temperature=0.7, top_p=0.9)
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    prompts = trait.prompts()
+    settings = {"trait": asdict(trait), "model": {"id": model.name, "weights_sha256": model.weight_hash},
+                "generation": asdict(cfg), "layers": layers, "poolings": list(poolings), "shard_size": shard_size}
+    manifest = open_manifest(out, settings, overwrite, TRAITS_FORMAT)
+    n_shards = -(-len(prompts) // shard_size)
+    for index in range(n_shards):
+        if (out / f"answers-{index:05d}.parquet").exists():
+            continue
+        lo, hi = index * shard_size, min((index + 1) * shard_size, len(prompts))
+        chunk = prompts[lo:hi]
+        rendered = [render_prompt(model.tokenizer, p.user, p.system) for p in chunk]
+        if progress:
+            console.print(f"generating rows {lo}-{hi - 1} of {len(prompts)}")
+        gens = generate(model, rendered, layers, poolings, cfg, first_row=lo)
+        save_file({f"{pooling}/{layer}": values.contiguous() for pooling, by_layer in gens.pooled.items()
+                   for layer, values in by_layer.items()}, out / f"acts-{index:05d}.safetensors")
+        table = pa.table({
+            "row": np.arange(lo, hi), "polarity": [p.polarity for p in chunk], "pair": [p.pair for p in chunk],
+            "system": [p.system for p in chunk], "question": [p.question for p in chunk], "prompt": rendered,
+            "answer": gens.answers, "n_prompt_tokens": [len(x) for x in gens.prompt_ids],
+            "n_answer_tokens": [len(x) for x in gens.answer_ids], "finished": gens.finished})
+        write_parquet_atomic(out / f"answers-{index:05d}.parquet", table)  # last: marks the shard done
+    manifest.update(complete=True, n_rows=len(prompts),
+                    shards=[f"answers-{i:05d}.parquet" for i in range(n_shards)])
+    write_json_atomic(out / MANIFEST, manifest)
+    return out
+
+
+def read_answers(run: str | Path) -> pa.Table:
+    run = Path(run)
+    manifest = _manifest(run)
+    return pa.concat_tables([pq.read_table(run / name) for name in manifest["shards"]])
+
+
+def read_activations(run: str | Path, pooling: str) -> dict[int, np.ndarray]:
+    """layer -> (rows, d) for one pooling, rows in run order."""
+    run = Path(run)
+    manifest = _manifest(run)
+    if pooling not in manifest["settings"]["poolings"]:
+        raise ActlabError(f"this run pooled {', '.join(manifest['settings']['poolings'])}, not '{pooling}'")
+    parts = [load_file(run / name.replace("answers-", "acts-").replace(".parquet", ".safetensors"))
+             for name in manifest["shards"]]
+    return {layer: torch.cat([p[f"{pooling}/{layer}"] for p in parts]).numpy()
+            for layer in manifest["settings"]["layers"]}
+
+
+def judge_run(run: str | Path, judge: Judge, pos_min: float = 50.0, neg_max: float = 50.0) -> pa.Table:
+    """Score every answer, record each score or its reason and the keep / drop decision."""
+    run = Path(run)
+    answers = read_answers(run)
+    judgements = judge.judge(list(zip(answers.column("question").to_pylist(), answers.column("answer").to_pylist())))
+    decisions = keep_answers(answers.column("polarity").to_pylist(), judgements, pos_min, neg_max)
+    table = pa.table({"row": answers.column("row"), "score": pa.array([j.score for j in judgements], pa.float64()),
+                      "reason": [j.reason for j in judgements], "decision": decisions,
+                      "kept": [d == "kept" for d in decisions]})
+    write_parquet_atomic(run / "scores.parquet", table)
+    return table
+
+
+def vectors_run(run: str | Path, pooling: str = "response_mean", methods: Sequence[str] = METHODS,
+                held_out: float = 0.2, seed: int = 0) -> pa.Table:
+    """Vectors per layer and method from the kept answers, evaluated on held-out pairs."""
+    run = Path(run)
+    if not (run / "scores.parquet").exists():
+        raise ActlabError(f"{run} has no scores yet; judge the answers first (actlab traits vectors does)")
+    answers, scores = read_answers(run), pq.read_table(run / "scores.parquet")
+    kept = scores.column("kept").to_numpy(zero_copy_only=False)
+    empty = answers.column("n_answer_tokens").to_numpy() == 0
+    keep = kept & ~empty
+    polarity = np.asarray(answers.column("polarity").to_pylist())[keep]
+    pairs = answers.column("pair").to_numpy()[keep]
+    rows, vectors = [], {m: {} for m in methods}
+    for layer, x in read_activations(run, pooling).items():
+        for method, (v, ev) in fit_vectors(x[keep], polarity, pairs, held_out, seed, methods).items():
+            vectors[method][f"layer_{layer}"] = torch.from_numpy(v)
+            rows.append({"layer": layer, "method": method, **asdict(ev)})
+    table = pa.Table.from_pylist(rows)
+    write_parquet_atomic(run / "evaluation.parquet", table)
+    folder = run / "vectors"
+    folder.mkdir(exist_ok=True)
+    best = {}
+    for method, tensors in vectors.items():
+        if tensors:
+            save_file(tensors, folder / f"{method}.safetensors")
+            own = [r for r in rows if r["method"] == method]
+            best[method] = max(own, key=lambda r: (r["auroc"], r["cohens_d"]))["layer"]
+    manifest = _manifest(run)
+    write_json_atomic(folder / "metadata.json", {
+        "trait": manifest["settings"]["trait"]["name"], "model": manifest["settings"]["model"],
+        "pooling": pooling, "held_out": held_out, "seed": seed, "n_kept_pos": int((polarity == "pos").sum()),
+        "n_kept_neg": int((polarity == "neg").sum()), "best_layer": best,
+        "layers": "layer L is block L's output: blocks.L.hook_resid_post, HF hidden_states[L + 1]",
+        "direction": "from neg to pos; unnormalised (mean_diff keeps the activation scale, probe and pca_diff are "
+                     "directions)"})
+    return table
+
+
+def load_vectors(run: str | Path, method: str = "mean_diff") -> dict[int, torch.Tensor]:
+    path = Path(run) / "vectors" / f"{method}.safetensors"
+    if not path.exists():
+        raise ActlabError(f"no {method} vectors in {run}; run `actlab traits vectors` first")
+    return {int(k.split("_")[1]): v for k, v in load_file(path).items()}
+
+
+def _manifest(run: Path) -> dict:
+    file = run / MANIFEST
+    if not file.exists():
+        raise ActlabError(f"{run} is not a trait run (no {MANIFEST}); start one with `actlab traits generate`")
+    manifest = json.loads(file.read_text())
+    if manifest.get("format") != TRAITS_FORMAT:
+        raise ActlabError(f"{file} is a '{manifest.get('format')}' run, not a trait run")
+    if not manifest.get("complete"):
+        raise ActlabError(f"trait run {run} is incomplete; rerun the same generate command to resume it")
+    return manifest

@@ -1,0 +1,85 @@
+"""Trait runs: resumable generation, judging with recorded reasons, vectors
+per layer against numpy on the stored activations."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from actlab import ActlabError
+from actlab.traits import GenerationConfig
+from actlab.traits.definitions import parse_trait
+from actlab.traits.judges import Judgement
+from actlab.traits.runs import (generate_run, judge_run, load_vectors, read_activations, read_answers,
+                                vectors_run)
+from actlab.traits.vectors import split_pairs
+
+TRAIT = parse_trait({"name": "toy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."},
+                                                     {"pos": "Smile a lot.", "neg": "Frown a lot."}],
+                     "questions": [f"Question number {i}?" for i in range(6)]})
+CFG = GenerationConfig(max_new_tokens=5, temperature=0.8, seed=2)
+
+
+class ByPolarity:
+    """pos scores 80, neg 20; the first neg answer gets no score."""
+
+    def __init__(self, polarity):
+        self.polarity = polarity
+
+    def judge(self, items):
+        out = [Judgement(80.0 if p == "pos" else 20.0) for p in self.polarity]
+        out[self.polarity.index("neg")] = Judgement(None, "judge timed out")
+        return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_models):
+    out = tmp_path_factory.mktemp("trait") / "run"
+    return generate_run(tiny_models["llama"], TRAIT, out, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
+
+
+def test_generation_resumes_to_the_same_run(run, tiny_models, tmp_path):
+    answers = read_answers(run)
+    assert answers.num_rows == 24 and answers.column("row").to_pylist() == list(range(24))
+    assert answers.column("polarity").to_pylist()[:2] == ["pos", "neg"]
+    acts = read_activations(run, "response_mean")
+    assert set(acts) == {0, 2} and acts[0].shape == (24, 64)
+    # interrupt: drop the last two shards, resume
+    copy = tmp_path / "copy"
+    generate_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
+    for name in ("answers-00003.parquet", "answers-00004.parquet", "acts-00004.safetensors"):
+        (copy / name).unlink()
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["complete"] = False
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    generate_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
+    assert read_answers(copy).column("answer").to_pylist() == answers.column("answer").to_pylist()
+    assert np.array_equal(read_activations(copy, "prompt_last")[2], read_activations(run, "prompt_last")[2])
+    with pytest.raises(ActlabError, match="other settings"):
+        generate_run(tiny_models["llama"], TRAIT, copy, layers=[1], cfg=CFG, shard_size=5, progress=False)
+
+
+def test_judge_and_vectors(run):
+    polarity = read_answers(run).column("polarity").to_pylist()
+    scores = judge_run(run, ByPolarity(polarity))
+    assert scores.column("kept").to_pylist().count(False) == 1
+    assert scores.column("decision").to_pylist()[1] == "no score: judge timed out"
+    evaluation = vectors_run(run, seed=1).to_pylist()
+    assert {(r["layer"], r["method"]) for r in evaluation} == {(l, m) for l in (0, 2)
+                                                               for m in ("mean_diff", "probe", "pca_diff")}
+    # mean_diff against numpy on the stored activations, kept rows, train pairs
+    answers = read_answers(run)
+    keep = pq.read_table(run / "scores.parquet").column("kept").to_numpy(zero_copy_only=False)
+    x = read_activations(run, "response_mean")[2][keep]
+    pol = np.asarray(polarity)[keep]
+    train, _ = split_pairs(answers.column("pair").to_numpy()[keep], 0.2, 1)
+    expected = x[train & (pol == "pos")].mean(0) - x[train & (pol == "neg")].mean(0)
+    assert np.allclose(load_vectors(run)[2].numpy(), expected, rtol=1e-5, atol=1e-6)
+    meta = json.loads((run / "vectors" / "metadata.json").read_text())
+    assert meta["n_kept_pos"] == 12 and meta["n_kept_neg"] == 11 and "hidden_states[L + 1]" in meta["layers"]
+
+
+def test_not_a_trait_run(tmp_path):
+    with pytest.raises(ActlabError, match="not a trait run"):
+        read_answers(tmp_path)
