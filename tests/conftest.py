@@ -4,6 +4,7 @@ in-process from a config, and the default model."""
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the model hub
 
@@ -13,6 +14,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import actlab
+from actlab.cli import main
 from actlab.saes import SAE, SAEConfig
 from actlab.default_model import default_model_dir
 
@@ -123,3 +125,12 @@ def save_sae_lens_folder(sae: SAE, path) -> str:
             getattr(lens, name).copy_(getattr(sae, name))
     lens.save_model(path)
     return str(path)
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["actlab", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err

@@ -3,7 +3,7 @@ not asserted here): results JSON, agreement with the baseline, README table."""
 
 import json
 
-from actlab.bench.extract import _sweep_point_in_subprocess, run_extract_benchmark
+from actlab.bench.extract import run_extract_benchmark, sweep_point_in_subprocess
 
 
 def test_bench_extract_on_tiny_model(tmp_path, tiny_model_dir):
@@ -20,9 +20,22 @@ def test_bench_extract_on_tiny_model(tmp_path, tiny_model_dir):
     assert "| engine |" in text and "old" not in text and text.endswith("tail\n")
 
 
-def test_sweep_point_runs_in_fresh_process(tiny_model_dir):
-    seconds, peak = _sweep_point_in_subprocess(str(tiny_model_dir), "cpu", 8, 4, ["blocks.1.hook_resid_post"])
+def test_sweep_points_run_in_fresh_processes(tiny_model_dir):
+    seconds, peak = sweep_point_in_subprocess("extract", str(tiny_model_dir), "cpu", 4, 8, "blocks.1.hook_resid_post")
     assert seconds > 0 and peak > 50 * 2**20
+    seconds, peak = sweep_point_in_subprocess("traits", str(tiny_model_dir), "cpu", 4, 6, 3, 0, 1)
+    assert seconds > 0 and peak > 50 * 2**20
+
+
+def test_bench_traits_on_tiny_model(tmp_path, tiny_model_dir):
+    from actlab.bench.traits import run_traits_benchmark
+
+    result = run_traits_benchmark(str(tiny_model_dir), n_prompts=6, max_new_tokens=5, batch_size=4, device="cpu",
+                                  sweep=False, results_dir=tmp_path)
+    assert set(result["pipelines"]) == {"two_stage_serial", "combined_serial", "batched"}
+    assert all(result["same_answers_as_two_stage"].values())
+    assert all(err < 1e-4 for err in result["max_rel_error_vs_two_stage"].values())
+    assert json.loads((tmp_path / "traits-cpu.json").read_text())["n_prompts"] == 6
 
 
 def test_bench_features_on_tiny_model(tmp_path, tiny_model_dir):

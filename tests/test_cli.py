@@ -1,22 +1,11 @@
 """The CLI end to end: extract, models, and one-line errors with non-zero exit."""
 
-import sys
 
 import pytest
 
 import actlab
-from actlab.cli import main
 
-from conftest import TEXTS, random_sae
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["actlab", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, captured.err
+from conftest import TEXTS, random_sae, run_cli
 
 
 @pytest.fixture

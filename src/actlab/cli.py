@@ -102,7 +102,8 @@ def extract(
 def features(
     input: Path = InputOpt,
     out_dir: Path = OutOpt,
-    sae: List[str] = typer.Option(..., "--sae", help="SAE folder (SAELens or sparsify) or release/sae_id; repeatable."),
+    sae: Optional[List[str]] = typer.Option(None, "--sae", help="SAE folder (SAELens or sparsify) or release/sae_id; "
+                                            "repeatable. Default: the SAEs actlab ships for the default model."),
     model: str = ModelOpt,
     pooling: str = PoolingOpt,
     batch_size: Optional[int] = BatchSizeOpt,
@@ -119,12 +120,12 @@ def features(
 ) -> None:
     """SAE features of every text, one forward pass for all SAEs, stored sparse."""
     from .inputs import FieldNames
-    from .saes import load_sae
+    from .saes import default_saes, load_sae
     from .saes.runs import features_run, open_features
 
     names = FieldNames(text_field, None, label_field, category_field)
     records, lm, info = open_inputs(input, names, skip_empty, model, device, dtype)
-    saes = {name: load_sae(name) for name in sae}
+    saes = {name: load_sae(name) for name in sae} if sae else default_saes(lm.name)
     run = features_run(lm, records, saes, out_dir, pooling, shard_size=shard_size, overwrite=overwrite,
                        input_info=info, progress=True, batch_size=batch_size,
                        max_batch_tokens=max_batch_tokens, max_length=max_length)
@@ -218,7 +219,8 @@ def explore(
 
 @sae_app.command("quality")
 def sae_quality_command(
-    sae: List[str] = typer.Option(..., "--sae", help="SAE folder or release/sae_id; repeatable."),
+    sae: Optional[List[str]] = typer.Option(None, "--sae", help="SAE folder or release/sae_id; repeatable. "
+                                            "Default: the SAEs actlab ships for the default model."),
     input: Path = InputOpt,
     model: str = ModelOpt,
     text_field: str = TextFieldOpt,
@@ -228,14 +230,15 @@ def sae_quality_command(
     """L0, dead / dense latents, MSE, explained variance and next-token loss with the reconstruction spliced in."""
     from .inputs import FieldNames
     from .models import load_model
-    from .saes import load_sae
+    from .saes import default_saes, load_sae
     from .saes.quality import sae_quality
 
     records = read_input(input, FieldNames(text_field), skip_empty=False)
     lm = load_model(model, device=device)
+    saes = {name: load_sae(name, device=lm.device) for name in sae} if sae else default_saes(lm.name, lm.device)
     rows = []
-    for name in sae:
-        q = sae_quality(lm, load_sae(name, device=lm.device), records.texts, max_length=max_length)
+    for name, loaded in saes.items():
+        q = sae_quality(lm, loaded, records.texts, max_length=max_length)
         rows.append([name, f"{q['l0']:.1f}", f"{q['dead_fraction']:.1%}", f"{q['dense_fraction']:.1%}",
                      f"{q['mse']:.4g}", f"{q['explained_variance']:.3f}", f"{q['ce_clean']:.3f}",
                      f"{q['ce_spliced']:.3f}", f"{q['ce_loss_score']:.3f}"])
@@ -316,6 +319,23 @@ def bench_features(
     run_features_benchmark(model, n_texts, device, d_sae, k, results_dir, readme)
 
 
+@bench_app.command("traits")
+def bench_traits(
+    model: str = ModelOpt,
+    n_prompts: int = typer.Option(64, help="Prompts of the built-in French trait."),
+    max_new_tokens: int = typer.Option(32),
+    batch_size: int = typer.Option(16, help="Batch size of the batched pipeline."),
+    device: str = DeviceOpt,
+    sweep: bool = typer.Option(True, help="Run the batch-size sweep (1, 4, 8, 16, 32)."),
+    results_dir: Path = typer.Option(Path("benchmarks/results"), help="Where the JSON goes."),
+    readme: Optional[Path] = typer.Option(None, help="Update the benchmark table in this README."),
+) -> None:
+    """Seed 001's pipelines: two-stage serial vs combined serial vs batched generation with capture."""
+    from .bench.traits import run_traits_benchmark
+
+    run_traits_benchmark(model, n_prompts, max_new_tokens, batch_size, device, sweep, results_dir, readme)
+
+
 def read_input(path: Path, names, skip_empty: bool):
     from .inputs import read_records
 
@@ -337,11 +357,16 @@ def open_inputs(path: Path, names, skip_empty: bool, model: str, device: str, dt
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
     table = Table(title=title)
-    for column in header:
-        table.add_column(column)
+    for i, column in enumerate(header):
+        table.add_column(column, no_wrap=i == 0)  # the row's name stays whole on narrow terminals
     for row in rows:
         table.add_row(*[str(v) for v in row])
     out.print(table)
+
+
+from .cli_traits import traits_app  # noqa: E402  (it uses the shared options above)
+
+app.add_typer(traits_app, name="traits")
 
 
 def main() -> None:

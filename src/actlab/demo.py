@@ -6,12 +6,20 @@ from pathlib import Path
 
 from . import datasets
 from .analyses.probes import nearest_centroid_accuracy
+from .analyses.run import analyze_features, write_tables
 from .models import load_model
 from .progress import console
+from .report import ReportConfig, build_report
+from .saes import default_saes
+from .saes.runs import features_run, open_features
 from .store import extract_run, open_run
+
+DEMO_THRESHOLD = 2.0  # mean-pooled default-SAE values: about the top 10-15% of nonzero ones
 
 
 def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
+    from .cli import print_table
+
     model = load_model(model_name, device=device)
     console.print(f"[bold]model[/bold] {model}")
     records = datasets.categories()
@@ -19,18 +27,29 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in layers]
     console.print(f"[bold]1. extract[/bold]: {len(records)} built-in texts in "
                   f"{len(set(records.fields['category']))} categories, hooks {hooks}, mean pooling")
-    run = extract_run(model, records, hooks, out_dir, pooling="mean", progress=True, overwrite=True,
-                      input_info={"path": "builtin:categories"})
+    run = extract_run(model, records, hooks, out_dir / "activations", pooling="mean", progress=True,
+                      overwrite=True, input_info={"path": "builtin:categories"})
     acts = open_run(run)
     categories = acts.metadata["fields"]["category"]
-    from .cli import print_table
-
     print_table("category structure (leave-one-out nearest-centroid accuracy, chance "
                 f"{1 / len(set(categories)):.0%})", ["hook", "shape", "accuracy"],
                 [[h, tuple(acts[h].shape), f"{nearest_centroid_accuracy(acts[h].numpy(), categories):.0%}"]
                  for h in hooks])
     console.print(f"run written to {run} (open with actlab.open_run, pandas, polars or DuckDB)")
-    console.print("[bold]2. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
+
+    saes = default_saes(model.name, model.device)
+    console.print(f"[bold]2. SAE features[/bold]: the default SAEs {list(saes)} in one pass, mean pooling")
+    features = features_run(model, records, saes, out_dir / "features", pooling="mean", progress=True,
+                            overwrite=True, input_info={"path": "builtin:categories"})
+    tables = analyze_features(open_features(features), threshold=DEMO_THRESHOLD)
+    write_tables(tables, features / "analysis")
+    print_table(f"SAE comparison (latent ids; specialists: in- minus out-of-category texts above "
+                f"{DEMO_THRESHOLD:g}, > 0)", ["latents that are...", *saes],
+                [[row["row"], *(row[name] for name in saes)] for row in tables["comparison"]])
+    report = build_report(features, model=model, cfg=ReportConfig(threshold=DEMO_THRESHOLD))
+    console.print(f"[bold]report[/bold]: {report.resolve()} (plots in {report.parent / 'figures'})")
+
+    console.print("[bold]3. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
     from .bench.extract import markdown_table, run_extract_benchmark
 
     result = run_extract_benchmark(model_name, n_texts=64, device=device, peers=False,

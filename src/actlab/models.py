@@ -144,16 +144,20 @@ class Model:
                               max_length, prepend_bos, include_bos)
         return self._run(extractor, texts, progress, "extract")
 
-    def features(self, texts: Sequence[str], saes, pooling="last", keep_dense: bool = False,
+    def features(self, texts: Sequence[str], saes=None, pooling="last", keep_dense: bool = False,
                  progress: bool | None = None, **engine_options):
         """SAE features of every text in one forward pass for any number of SAEs.
 
-        saes: SAE objects, SAE folders / release ids, or a {name: SAE} mapping.
+        saes: SAE objects, SAE folders / release ids, or a {name: SAE} mapping;
+        None: the SAEs actlab ships for this model (the default model's).
         Pooling happens in feature space over the same real tokens as `extract`.
         engine_options as for `extract`; prepend_bos defaults to the SAEs' own.
         """
+        from .saes import default_saes
         from .saes.features import FeatureExtractor
 
+        if saes is None:
+            saes = default_saes(self.name)
         extractor = FeatureExtractor(self, saes, pooling, keep_dense, **engine_options)
         return self._run(extractor, texts, progress, "features")
 

@@ -16,7 +16,7 @@ from actlab.saes import load_sae
 from actlab.saes.quality import sae_quality
 from actlab.saes.runs import features_run, open_features
 
-from conftest import random_sae, rel_error, save_sae_lens_folder
+from conftest import run_cli, random_sae, rel_error, save_sae_lens_folder
 
 SECTIONS = ["summary", "quality", "comparison", "heatmaps", "latents", "tables", "frequency"]
 CFG = ReportConfig(threshold=0.5, latents_per_sae=4, texts_per_latent=3, quality_texts=12)
@@ -152,8 +152,6 @@ def test_report_renders_in_headless_chromium(pooled_run, tiny_models, tmp_path):
 
 
 def test_report_command(monkeypatch, capsys, pooled_run, tmp_path):
-    from test_cli import run_cli
-
     code, out, err = run_cli(monkeypatch, capsys, "report", pooled_run, "--no-model", "--out", tmp_path / "x.html",
                              "--threshold", "0.5")
     assert code == 0, err

@@ -1,7 +1,6 @@
 """Feature runs on disk: round trip, statistics, resume, readable by DuckDB."""
 
 import duckdb
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch

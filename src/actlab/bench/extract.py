@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from .. import __version__
@@ -214,8 +213,8 @@ def _sweep(model: Model, model_name: str, texts, hooks, n_tokens: int) -> list[d
                                                            progress=False), model.device)
             memory = "cuda allocator peak above the loaded model"
         else:
-            seconds, peak = _sweep_point_in_subprocess(model_name, model.device.type, len(texts),
-                                                        batch_size, hooks)
+            seconds, peak = sweep_point_in_subprocess("extract", model_name, model.device.type, batch_size,
+                                                      len(texts), *hooks)
             memory = "peak process RSS during the extraction, model included"
         rows.append({"batch_size": batch_size or "auto", "seconds": round(seconds, 3),
                      "tokens_per_s": round(n_tokens / seconds, 1), "peak_memory_mb": round(peak / 2**20, 1),
@@ -225,10 +224,11 @@ def _sweep(model: Model, model_name: str, texts, hooks, n_tokens: int) -> list[d
     return rows
 
 
-def _sweep_point_in_subprocess(model_name: str, device: str, n_texts: int, batch_size: int | None,
-                               hooks) -> tuple[float, int]:
-    command = [sys.executable, "-m", "actlab.bench.sweep_worker", model_name, device, str(n_texts),
-               str(batch_size or "auto"), *hooks]
+def sweep_point_in_subprocess(kind: str, model_name: str, device: str, batch_size: int | None,
+                              *args) -> tuple[float, int]:
+    """(seconds, peak RSS) of one sweep point run by actlab.bench.sweep_worker."""
+    command = [sys.executable, "-m", "actlab.bench.sweep_worker", kind, model_name, device,
+               str(batch_size or "auto"), *map(str, args)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return result["seconds"], result["peak_memory_bytes"]

@@ -1,9 +1,10 @@
 """One batch-size sweep point in a fresh process, so that its memory belongs to
 that configuration alone. The peak is the largest resident set sampled during
-the extraction (model included); the process high-water mark would report the
+the work (model included); the process high-water mark would report the
 model's loading instead. Prints one JSON line: seconds and peak RSS in bytes.
 
-python -m actlab.bench.sweep_worker MODEL DEVICE N_TEXTS BATCH_SIZE|auto HOOK [HOOK ...]
+python -m actlab.bench.sweep_worker extract MODEL DEVICE BATCH_SIZE|auto N_TEXTS HOOK [HOOK ...]
+python -m actlab.bench.sweep_worker traits MODEL DEVICE BATCH_SIZE N_PROMPTS MAX_NEW_TOKENS LAYER [LAYER ...]
 """
 
 import json
@@ -13,16 +14,11 @@ import time
 
 import psutil
 
-from ..datasets import length_mix
 from ..models import load_model
 
 
-def main() -> None:
-    model_name, device, n_texts, batch, *hooks = sys.argv[1:]
-    model = load_model(model_name, device=device)
-    texts = length_mix(model.tokenizer, int(n_texts))
-    batch_size = None if batch == "auto" else int(batch)
-    model.extract(texts[:4], hooks, batch_size=batch_size, progress=False)  # warm-up
+def measure(fn) -> tuple[float, int]:
+    """(seconds, peak resident set sampled every 5 ms) of fn()."""
     process, peak, done = psutil.Process(), [0], threading.Event()
 
     def sample() -> None:
@@ -32,11 +28,34 @@ def main() -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     start = time.perf_counter()
-    model.extract(texts, hooks, batch_size=batch_size, progress=False)
+    fn()
     seconds = time.perf_counter() - start
     done.set()
     sampler.join()
-    print(json.dumps({"seconds": seconds, "peak_memory_bytes": peak[0]}))
+    return seconds, peak[0]
+
+
+def main() -> None:
+    kind, model_name, device, batch, *rest = sys.argv[1:]
+    model = load_model(model_name, device=device)
+    batch_size = None if batch == "auto" else int(batch)
+    if kind == "extract":
+        from ..datasets import length_mix
+
+        n_texts, *hooks = rest
+        texts = length_mix(model.tokenizer, int(n_texts))
+        model.extract(texts[:4], hooks, batch_size=batch_size, progress=False)  # warm-up
+        seconds, peak = measure(lambda: model.extract(texts, hooks, batch_size=batch_size, progress=False))
+    else:
+        from ..traits import GenerationConfig, generate
+        from .traits import bench_prompts
+
+        n_prompts, max_new, *layers = rest
+        prompts, cfg = bench_prompts(model, int(n_prompts)), GenerationConfig(int(max_new), batch_size=batch_size)
+        layers = [int(x) for x in layers]
+        generate(model, prompts[:2], layers, cfg=cfg)  # warm-up
+        seconds, peak = measure(lambda: generate(model, prompts, layers, cfg=cfg))
+    print(json.dumps({"seconds": seconds, "peak_memory_bytes": peak}))
 
 
 if __name__ == "__main__":

@@ -58,3 +58,29 @@ def firing_frequency_histogram(frequencies: dict[str, np.ndarray], unit: str) ->
     ax.set_ylabel("latents")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def steering_sweep(summary: list[dict], title: str) -> bytes:
+    """Mean judge score against the steering coefficient."""
+    plt = _pyplot()
+    points = [(r["coeff"], r["mean_score"]) for r in summary if r["mean_score"] is not None]
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot([c for c, _ in points], [s for _, s in points], marker="o")
+    ax.set_xlabel("steering coefficient (times the unit vector)")
+    ax.set_ylabel("mean judge score")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def token_projections(tokens: Sequence[str], values: np.ndarray, title: str) -> bytes:
+    """One bar per token: its block output projected on the trait vector."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.28 * len(tokens) + 1.5), 3.4))
+    ax.bar(range(len(tokens)), values, color=["#d95f02" if v > 0 else "#1b9e77" for v in values])
+    ax.set_xticks(range(len(tokens)), [t.replace("\n", "\\n") or "·" for t in tokens], rotation=90, fontsize=7)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_ylabel("projection on the trait vector")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)

@@ -159,3 +159,69 @@ def _manifest(run: Path) -> dict:
     if not manifest.get("complete"):
         raise ActlabError(f"trait run {run} is incomplete; rerun the same generate command to resume it")
     return manifest
+
+
+def steer_sweep(model, run: str | Path, layer: int, coeffs: Sequence[float], judge: Judge,
+                method: str = "mean_diff", where: str = "all", n_questions: int | None = None,
+                cfg: GenerationConfig | None = None) -> pa.Table:
+    """The trait's questions with no instruction, answered with coeff * unit(v)
+    added at `layer`, for each coefficient; every answer judged. Written to
+    RUN/steering.parquet (coeff, question, answer, score, reason)."""
+    from .generation import Steering
+
+    run = Path(run)
+    vectors = load_vectors(run, method)
+    if layer not in vectors:
+        raise ActlabError(f"no {method} vector for layer {layer}; this run has layers {sorted(vectors)}")
+    v = vectors[layer] / vectors[layer].norm()
+    trait = _manifest(run)["settings"]["trait"]
+    questions = trait["questions"] or trait["natural"]["pos"]
+    questions = questions[:n_questions] if n_questions else questions
+    cfg = cfg or GenerationConfig(max_new_tokens=48)
+    prompts = [render_prompt(model.tokenizer, q) for q in questions]
+    rows = []
+    for coeff in coeffs:
+        gens = generate(model, prompts, cfg=cfg, steering=Steering(layer, v, float(coeff), where))
+        for question, answer, judgement in zip(questions, gens.answers,
+                                               judge.judge(list(zip(questions, gens.answers)))):
+            rows.append({"coeff": float(coeff), "question": question, "answer": answer,
+                         "score": judgement.score, "reason": judgement.reason})
+    table = pa.Table.from_pylist(rows)
+    write_parquet_atomic(run / "steering.parquet", table)
+    return table
+
+
+def sweep_summary(table: pa.Table) -> list[dict]:
+    """Mean judge score per coefficient over the scored answers."""
+    out = []
+    for coeff in sorted(set(table.column("coeff").to_pylist())):
+        scores = [s for c, s in zip(table.column("coeff").to_pylist(), table.column("score").to_pylist())
+                  if c == coeff and s is not None]
+        out.append({"coeff": coeff, "mean_score": float(np.mean(scores)) if scores else None,
+                    "n_scored": len(scores)})
+    return out
+
+
+def trait_of(run: str | Path) -> Trait:
+    return Trait(**_manifest(Path(run))["settings"]["trait"])
+
+
+def best_layer(run: str | Path, method: str = "mean_diff") -> int:
+    path = Path(run) / "vectors" / "metadata.json"
+    if not path.exists():
+        raise ActlabError(f"no vectors in {run}; run `actlab traits vectors` first")
+    best = json.loads(path.read_text())["best_layer"]
+    if method not in best:
+        raise ActlabError(f"no {method} vectors in {run}; have {', '.join(best)}")
+    return int(best[method])
+
+
+def run_model(run: str | Path, name: str | None = None, device: str = "auto"):
+    """The run's model (or `name`), refused when its weights differ from the run's."""
+    from ..models import load_model
+
+    spec = _manifest(Path(run))["settings"]["model"]
+    model = load_model(name or spec["id"], device=device)
+    if model.weight_hash != spec["weights_sha256"]:
+        raise ActlabError(f"'{model.name}' has other weights than the run's model '{spec['id']}'; pass it with --model")
+    return model

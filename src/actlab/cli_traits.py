@@ -1,0 +1,208 @@
+"""`actlab traits ...`: the trait-vector pipeline from the command line, a thin
+shell over actlab.traits (imported by actlab.cli after its shared options)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli import DeviceOpt, ModelOpt, out, print_table
+from .errors import ActlabError
+
+traits_app = typer.Typer(no_args_is_help=True, help="Trait vectors: generate, judge + fit, steer, monitor.")
+
+TraitOpt = typer.Option(..., "--trait", "-t", help="Built-in trait name or a .json / .yaml trait file.")
+RunArg = typer.Argument(..., help="A trait run directory (actlab traits generate).")
+JudgeOpt = typer.Option(None, help="keyword / regex (the trait's own rule judge, default) or openai.")
+JudgeModelOpt = typer.Option(None, help="Judge model name for --judge openai.")
+JudgeUrlOpt = typer.Option("https://api.openai.com/v1", help="OpenAI-compatible base URL for --judge openai.")
+
+
+def _layers(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ActlabError(f"--layers '{text}': give comma-separated block indices such as 8,12,16") from None
+
+
+def _judge(run: Path, kind: Optional[str], judge_model: Optional[str], judge_url: str):
+    """The trait's own rule judge by default, or an OpenAI-compatible model judge."""
+    from .traits.judges import make_judge
+    from .traits.runs import trait_of
+
+    trait = trait_of(run)
+    if kind in (None, "keyword", "regex"):
+        if not trait.judge or (kind and trait.judge.get("kind") != kind):
+            raise ActlabError(f"trait '{trait.name}' has no {kind or 'rule'} judge; pass --judge openai "
+                              "--judge-model M (and --judge-url)")
+        return make_judge(trait.judge)
+    if kind == "openai":
+        if not judge_model:
+            raise ActlabError("--judge openai needs --judge-model")
+        return make_judge({"kind": "openai", "model": judge_model, "base_url": judge_url}, trait.eval_prompt)
+    raise ActlabError(f"unknown --judge '{kind}'; use keyword, regex or openai")
+
+
+@traits_app.command("generate")
+def generate_command(
+    trait: str = TraitOpt,
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable)."),
+    model: str = ModelOpt,
+    layers: Optional[str] = typer.Option(None, help="Blocks to capture, e.g. 8,12,16 (default: all)."),
+    max_new_tokens: int = typer.Option(48),
+    temperature: float = typer.Option(0.7, help="0: greedy."),
+    top_p: float = typer.Option(0.9),
+    seed: int = typer.Option(0),
+    batch_size: Optional[int] = typer.Option(None, help="Rows per batch (default: token budget)."),
+    overwrite: bool = typer.Option(False),
+    device: str = DeviceOpt,
+) -> None:
+    """Answers under the pos and neg instructions, with pooled activations captured while generating."""
+    from .models import load_model
+    from .traits import GenerationConfig
+    from .traits.definitions import load_trait
+    from .traits.runs import generate_run, read_answers
+
+    definition = load_trait(trait)
+    lm = load_model(model, device=device)
+    cfg = GenerationConfig(max_new_tokens, temperature, top_p, seed, batch_size)
+    run = generate_run(lm, definition, out_dir, _layers(layers), cfg=cfg, overwrite=overwrite)
+    answers = read_answers(run)
+    out.print(f"wrote {answers.num_rows} answers with activations to {run}")
+
+
+@traits_app.command("vectors")
+def vectors_command(
+    run: Path = RunArg,
+    judge: Optional[str] = JudgeOpt,
+    judge_model: Optional[str] = JudgeModelOpt,
+    judge_url: str = JudgeUrlOpt,
+    pos_min: float = typer.Option(50.0, help="Keep pos answers scoring at least this."),
+    neg_max: float = typer.Option(50.0, help="Keep neg answers scoring below this."),
+    pooling: str = typer.Option("response_mean", help="response_mean, response_first:5, prompt_last, prompt_mean."),
+    held_out: float = typer.Option(0.2, help="Fraction of pairs held out for evaluation."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Judge the answers, then fit mean_diff / probe / pca_diff per layer and evaluate on held-out pairs."""
+    from collections import Counter
+
+    from .traits.runs import judge_run, vectors_run
+
+    scores = judge_run(run, _judge(run, judge, judge_model, judge_url), pos_min, neg_max)
+    decisions = Counter(scores.column("decision").to_pylist())
+    print_table("judged answers", ["decision", "answers"], [[d, n] for d, n in decisions.most_common()])
+    rows = vectors_run(run, pooling, held_out=held_out, seed=seed).to_pylist()
+    best = {}
+    for row in rows:
+        if row["method"] not in best or row["auroc"] > best[row["method"]]["auroc"]:
+            best[row["method"]] = row
+    print_table(f"best layer per method (held-out {held_out:.0%} of pairs)",
+                ["method", "layer", "AUROC", "accuracy", "Cohen's d", "test pos/neg"],
+                [[m, r["layer"], f"{r['auroc']:.3f}", f"{r['accuracy']:.3f}", f"{r['cohens_d']:.2f}",
+                  f"{r['n_test_pos']}/{r['n_test_neg']}"] for m, r in best.items()])
+    out.print(f"vectors in {run / 'vectors'}, every layer's evaluation in {run / 'evaluation.parquet'}")
+
+
+@traits_app.command("steer")
+def steer_command(
+    run: Path = RunArg,
+    layer: Optional[int] = typer.Option(None, help="Block to steer (default: the best mean_diff layer)."),
+    coeffs: str = typer.Option("-8,-4,0,4,8", help="Coefficients times the unit vector."),
+    method: str = typer.Option("mean_diff"),
+    where: str = typer.Option("all", help="all positions, or answer tokens only."),
+    questions: Optional[int] = typer.Option(None, help="Use the first N questions."),
+    max_new_tokens: int = typer.Option(48),
+    judge: Optional[str] = JudgeOpt,
+    judge_model: Optional[str] = JudgeModelOpt,
+    judge_url: str = JudgeUrlOpt,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the run's model."),
+    device: str = DeviceOpt,
+) -> None:
+    """Generate with coeff * v added at a layer, judge, and plot the score against the coefficient."""
+    from .report import plots
+    from .traits import GenerationConfig
+    from .traits.runs import best_layer, run_model, steer_sweep, sweep_summary
+
+    try:
+        coeff_list = [float(c) for c in coeffs.split(",")]
+    except ValueError:
+        raise ActlabError(f"--coeffs '{coeffs}': give comma-separated numbers such as -8,0,8") from None
+    lm = run_model(run, model, device)
+    layer = best_layer(run, method) if layer is None else layer
+    table = steer_sweep(lm, run, layer, coeff_list, _judge(run, judge, judge_model, judge_url), method, where,
+                        questions, GenerationConfig(max_new_tokens=max_new_tokens))
+    summary = sweep_summary(table)
+    print_table(f"steering at layer {layer} ({method}, {where})", ["coeff", "mean score", "scored"],
+                [[r["coeff"], "—" if r["mean_score"] is None else f"{r['mean_score']:.1f}", r["n_scored"]]
+                 for r in summary])
+    png = run / "steering.png"
+    png.write_bytes(plots.steering_sweep(summary, f"{run.name}: layer {layer}, {method}"))
+    out.print(f"answers in {run / 'steering.parquet'}, plot {png}")
+
+
+@traits_app.command("monitor")
+def monitor_command(
+    run: Path = RunArg,
+    text: Optional[str] = typer.Option(None, help="Any text to monitor."),
+    row: Optional[int] = typer.Option(None, help="A row of the run: its prompt + answer."),
+    layer: Optional[int] = typer.Option(None, help="Default: the best mean_diff layer."),
+    method: str = typer.Option("mean_diff"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the run's model."),
+    device: str = DeviceOpt,
+) -> None:
+    """Per-token projection of a text onto the trait vector, printed and plotted."""
+    from rich.text import Text
+
+    from .report import plots
+    from .traits.monitor import monitor
+    from .traits.runs import best_layer, load_vectors, read_answers, run_model
+
+    if (text is None) == (row is None):
+        raise ActlabError("give exactly one of --text or --row")
+    if row is not None:
+        answers = read_answers(run)
+        if not 0 <= row < answers.num_rows:
+            raise ActlabError(f"--row {row} is outside 0..{answers.num_rows - 1}")
+        text = answers.column("prompt")[row].as_py() + answers.column("answer")[row].as_py()
+    layer = best_layer(run, method) if layer is None else layer
+    vectors = load_vectors(run, method)
+    if layer not in vectors:
+        raise ActlabError(f"no {method} vector for layer {layer}; this run has layers {sorted(vectors)}")
+    lm = run_model(run, model, device)
+    result = monitor(lm, [text], {layer: vectors[layer]}, prepend_bos=False)
+    values, tokens = result.values[layer][0], result.tokens[0]
+    scale = max(abs(values).max(), 1e-6)
+    line = Text()
+    for token, value in zip(tokens, values):
+        shade = int(255 * (1 - min(abs(value) / scale, 1.0)))
+        line.append(token, style=f"on rgb(255,{shade},{shade})" if value > 0 else f"on rgb({shade},{shade},255)")
+    out.print(line)
+    png = run / f"monitor-layer{layer}.png"
+    png.write_bytes(plots.token_projections(tokens, values, f"projection on the layer-{layer} {method} vector"))
+    out.print(f"red: towards the trait, blue: away; plot {png}")
+
+
+@traits_app.command("run")
+def run_command(
+    trait: str = TraitOpt,
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable)."),
+    model: str = ModelOpt,
+    layers: Optional[str] = typer.Option(None, help="Blocks to capture (default: all)."),
+    max_new_tokens: int = typer.Option(48),
+    temperature: float = typer.Option(0.7),
+    seed: int = typer.Option(0),
+    coeffs: str = typer.Option("-8,-4,0,4,8"),
+    judge: Optional[str] = JudgeOpt,
+    judge_model: Optional[str] = JudgeModelOpt,
+    judge_url: str = JudgeUrlOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """All stages: generate (resumable), judge + vectors, steering sweep at the best layer."""
+    generate_command(trait, out_dir, model, layers, max_new_tokens, temperature, 0.9, seed, None, False, device)
+    vectors_command(out_dir, judge, judge_model, judge_url, 50.0, 50.0, "response_mean", 0.2, seed)
+    steer_command(out_dir, None, coeffs, "mean_diff", "all", None, max_new_tokens, judge, judge_model, judge_url,
+                  model, device)

@@ -1,0 +1,43 @@
+"""`actlab traits` end to end on the default model with a small French trait."""
+
+import json
+
+import pyarrow.parquet as pq
+
+from actlab.traits.definitions import load_trait
+
+from conftest import run_cli
+
+
+def small_french(tmp_path):
+    trait = load_trait("french")
+    data = {"name": "french-small", "instruction": trait.instructions, "questions": trait.questions[:4],
+            "judge": trait.judge, "eval_prompt": trait.eval_prompt}
+    path = tmp_path / "french.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_traits_pipeline(monkeypatch, capsys, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = run_cli(monkeypatch, capsys, "traits", "generate", "--trait", small_french(tmp_path),
+                             "--out", run, "--layers", "4,10,16,22", "--max-new-tokens", 20, "--temperature", 0)
+    assert code == 0, err
+    assert "wrote 24 answers" in out
+    code, out, err = run_cli(monkeypatch, capsys, "traits", "vectors", run, "--held-out", 0.25)
+    assert code == 0, err
+    assert "best layer per method" in out and (run / "vectors" / "mean_diff.safetensors").is_file()
+    evaluation = pq.read_table(run / "evaluation.parquet").to_pylist()
+    assert {r["layer"] for r in evaluation} == {4, 10, 16, 22}
+    code, out, err = run_cli(monkeypatch, capsys, "traits", "steer", run, "--coeffs", "0,6", "--questions", 2,
+                             "--max-new-tokens", 12)
+    assert code == 0, err
+    assert (run / "steering.png").read_bytes()[:4] == b"\x89PNG"
+    assert pq.read_table(run / "steering.parquet").num_rows == 4
+    code, out, err = run_cli(monkeypatch, capsys, "traits", "monitor", run, "--row", 0)
+    assert code == 0, err
+    assert any(p.name.startswith("monitor-layer") for p in run.iterdir())
+    code, _, err = run_cli(monkeypatch, capsys, "traits", "monitor", run)
+    assert code == 2 and "exactly one of --text or --row" in err
+    code, _, err = run_cli(monkeypatch, capsys, "traits", "generate", "--trait", "nope", "--out", tmp_path / "x")
+    assert code == 2 and "no built-in trait" in err
