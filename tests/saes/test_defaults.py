@@ -70,3 +70,20 @@ def test_cli_features_and_quality_default_to_them(monkeypatch, capsys, tmp_path)
     code, out, err = run_cli(monkeypatch, capsys, "sae", "quality", "--input", texts)
     assert code == 0, err
     assert all(name in out for name in default_sae_dirs())
+
+
+def test_report_of_the_default_saes_shows_texts_without_bos(default_model, tmp_path):
+    """The default SAEs prepend BOS; the highlighted tokens are the text's own."""
+    from actlab.report import ReportConfig
+    from actlab.report.build import collect
+    from actlab.saes.runs import features_run, open_features
+
+    records = categories().select(list(range(0, 210, 10)))
+    run = features_run(default_model, records, default_saes(), tmp_path / "run", pooling="mean", progress=False)
+    data = collect(run, open_features(run), default_model, ReportConfig(threshold=2.0, quality_texts=0,
+                                                                        latents_per_sae=2, texts_per_latent=2))
+    for card in data.cards:
+        for ex in card.examples:
+            assert "".join(ex.tokens) == ex.text
+            # the pooled value is the mean of the shown tokens' values
+            assert ex.value == pytest.approx(sum(ex.token_values) / len(ex.token_values), rel=1e-4)

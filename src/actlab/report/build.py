@@ -160,11 +160,11 @@ def _highlight(cards: list[LatentCard], feats: Features, model) -> bool:
     """Per-token values for every example: from the run itself when it is
     per-token, else from one extra pass over the example texts."""
     if feats.offsets is not None:
-        offsets = feats.offsets.numpy()
+        offsets, skip = feats.offsets.numpy(), int(feats.has_bos)  # BOS never enters pooling: not shown
         for card in cards:
             values = _token_values(feats, card.sae, card.latent)
             for ex in card.examples:
-                a, b = offsets[ex.text_id], offsets[ex.text_id + 1]
+                a, b = offsets[ex.text_id] + skip, offsets[ex.text_id + 1]
                 ex.tokens, ex.token_values = feats.tokens[a:b], values[a:b].tolist()
         return True
     if model is None or not cards:
@@ -175,13 +175,13 @@ def _highlight(cards: list[LatentCard], feats: Features, model) -> bool:
     per_token = model.features([feats.metadata["fields"]["text"][i] for i in text_ids], saes, pooling="all",
                                max_length=settings.get("max_length"), progress=False)
     where = {text_id: n for n, text_id in enumerate(text_ids)}
-    offsets = per_token.offsets.numpy()
+    offsets, skip = per_token.offsets.numpy(), int(per_token.has_bos)
     for card in cards:
         values = _token_values(per_token, card.sae, card.latent)
         for ex in card.examples:
             n = where[ex.text_id]
-            ex.tokens = per_token.tokens[offsets[n]:offsets[n + 1]]
-            ex.token_values = values[offsets[n]:offsets[n + 1]].tolist()
+            ex.tokens = per_token.tokens[offsets[n] + skip:offsets[n + 1]]
+            ex.token_values = values[offsets[n] + skip:offsets[n + 1]].tolist()
     return True
 
 

@@ -92,7 +92,8 @@ def _quality(data: "ReportData") -> str:
                 for key, _, fmt in QUALITY_COLUMNS])
     note = ("<p class=\"meta\">L0: active latents per token; dead: never active on these tokens; dense: active on "
             "more than 10% of tokens; CE: next-token loss with the clean activation, with the SAE reconstruction "
-            "spliced in, and zero-ablated; CE score = (zero - spliced) / (zero - clean).</p>")
+            "spliced in, and zero-ablated; CE score = (zero - spliced) / (zero - clean). Dead fractions need "
+            "many tokens: on N tokens a latent that fires less often than once in N looks dead.</p>")
     return _table(["SAE", "measured on"] + [label for _, label, _ in QUALITY_COLUMNS], rows) + note
 
 
