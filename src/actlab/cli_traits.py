@@ -91,15 +91,12 @@ def vectors_command(
     from collections import Counter
 
     from .traits.runs import judge_run, vectors_run
+    from .traits.vectors import best_layers
 
     scores = judge_run(run, _judge(run, judge, judge_model, judge_url), pos_min, neg_max)
     decisions = Counter(scores.column("decision").to_pylist())
     print_table("judged answers", ["decision", "answers"], [[d, n] for d, n in decisions.most_common()])
-    rows = vectors_run(run, pooling, held_out=held_out, seed=seed).to_pylist()
-    best = {}
-    for row in rows:
-        if row["method"] not in best or row["auroc"] > best[row["method"]]["auroc"]:
-            best[row["method"]] = row
+    best = best_layers(vectors_run(run, pooling, held_out=held_out, seed=seed).to_pylist())
     print_table(f"best layer per method (held-out {held_out:.0%} of pairs)",
                 ["method", "layer", "AUROC", "accuracy", "Cohen's d", "test pos/neg"],
                 [[m, r["layer"], f"{r['auroc']:.3f}", f"{r['accuracy']:.3f}", f"{r['cohens_d']:.2f}",
@@ -111,7 +108,7 @@ def vectors_command(
 def steer_command(
     run: Path = RunArg,
     layer: Optional[int] = typer.Option(None, help="Block to steer (default: the best mean_diff layer)."),
-    coeffs: str = typer.Option("-8,-4,0,4,8", help="Coefficients times the unit vector."),
+    coeffs: str = typer.Option("-2,-1,0,1,2", help="Multiples of the pos-neg mean distance at the layer."),
     method: str = typer.Option("mean_diff"),
     where: str = typer.Option("all", help="all positions, or answer tokens only."),
     questions: Optional[int] = typer.Option(None, help="Use the first N questions."),
@@ -122,7 +119,7 @@ def steer_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the run's model."),
     device: str = DeviceOpt,
 ) -> None:
-    """Generate with coeff * v added at a layer, judge, and plot the score against the coefficient."""
+    """Generate with coeff * v added at a layer (v: the pos-neg mean distance), judge, plot score vs coeff."""
     from .report import plots
     from .traits import GenerationConfig
     from .traits.runs import best_layer, run_model, steer_sweep, sweep_summary
@@ -195,7 +192,7 @@ def run_command(
     max_new_tokens: int = typer.Option(48),
     temperature: float = typer.Option(0.7),
     seed: int = typer.Option(0),
-    coeffs: str = typer.Option("-8,-4,0,4,8"),
+    coeffs: str = typer.Option("-2,-1,0,1,2", help="Steering coefficients (see steer)."),
     judge: Optional[str] = JudgeOpt,
     judge_model: Optional[str] = JudgeModelOpt,
     judge_url: str = JudgeUrlOpt,

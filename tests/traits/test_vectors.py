@@ -94,3 +94,14 @@ def test_too_few_kept_answers_is_a_clear_error():
     x = np.zeros((4, 3))
     with pytest.raises(ActlabError, match="no kept"):
         fit_vectors(x, np.array(["pos", "pos", "pos", "neg"]), np.array([0, 1, 2, 3]), held_out=0.25)
+
+
+def test_best_layer_breaks_auroc_ties_by_effect_size():
+    from actlab.traits.vectors import best_layers
+
+    rows = [{"layer": 0, "method": "m", "auroc": 1.0, "cohens_d": 2.0},
+            {"layer": 5, "method": "m", "auroc": 1.0, "cohens_d": 4.0},
+            {"layer": 9, "method": "m", "auroc": 0.9, "cohens_d": 9.0},
+            {"layer": 2, "method": "p", "auroc": 0.8, "cohens_d": 1.0}]
+    best = best_layers(rows)
+    assert best["m"]["layer"] == 5 and best["p"]["layer"] == 2

@@ -66,7 +66,7 @@ def steering_sweep(summary: list[dict], title: str) -> bytes:
     points = [(r["coeff"], r["mean_score"]) for r in summary if r["mean_score"] is not None]
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     ax.plot([c for c, _ in points], [s for _, s in points], marker="o")
-    ax.set_xlabel("steering coefficient (times the unit vector)")
+    ax.set_xlabel("steering coefficient (x the pos-neg mean distance)")
     ax.set_ylabel("mean judge score")
     ax.set_ylim(-2, 102)
     ax.set_title(title, fontsize=10)

@@ -31,7 +31,7 @@ from ..store import MANIFEST, open_manifest, write_json_atomic, write_parquet_at
 from .definitions import Trait
 from .generation import GenerationConfig, generate, render_prompt
 from .judges import Judge, keep_answers
-from .vectors import METHODS, fit_vectors
+from .vectors import METHODS, best_layers, fit_vectors
 
 TRAITS_FORMAT = "actlab.traits"
 DEFAULT_POOLINGS = ("response_mean", "response_first:5", "prompt_last", "prompt_mean")
@@ -125,12 +125,10 @@ def vectors_run(run: str | Path, pooling: str = "response_mean", methods: Sequen
     write_parquet_atomic(run / "evaluation.parquet", table)
     folder = run / "vectors"
     folder.mkdir(exist_ok=True)
-    best = {}
     for method, tensors in vectors.items():
         if tensors:
             save_file(tensors, folder / f"{method}.safetensors")
-            own = [r for r in rows if r["method"] == method]
-            best[method] = max(own, key=lambda r: (r["auroc"], r["cohens_d"]))["layer"]
+    best = {method: row["layer"] for method, row in best_layers(rows).items()}
     manifest = _manifest(run)
     write_json_atomic(folder / "metadata.json", {
         "trait": manifest["settings"]["trait"]["name"], "model": manifest["settings"]["model"],
@@ -164,16 +162,19 @@ def _manifest(run: Path) -> dict:
 def steer_sweep(model, run: str | Path, layer: int, coeffs: Sequence[float], judge: Judge,
                 method: str = "mean_diff", where: str = "all", n_questions: int | None = None,
                 cfg: GenerationConfig | None = None) -> pa.Table:
-    """The trait's questions with no instruction, answered with coeff * unit(v)
-    added at `layer`, for each coefficient; every answer judged. Written to
-    RUN/steering.parquet (coeff, question, answer, score, reason)."""
+    """The trait's questions with no instruction, answered with coeff * v added
+    at `layer`, for each coefficient; every answer judged. v is the method's
+    direction scaled to the length of that layer's mean difference, so coeff 1
+    moves an activation by the distance between the pos and neg means. Written
+    to RUN/steering.parquet (coeff, question, answer, score, reason)."""
     from .generation import Steering
 
     run = Path(run)
     vectors = load_vectors(run, method)
     if layer not in vectors:
         raise ActlabError(f"no {method} vector for layer {layer}; this run has layers {sorted(vectors)}")
-    v = vectors[layer] / vectors[layer].norm()
+    scale = load_vectors(run, "mean_diff")[layer].norm() if method != "mean_diff" else vectors[layer].norm()
+    v = vectors[layer] / vectors[layer].norm() * scale
     trait = _manifest(run)["settings"]["trait"]
     questions = trait["questions"] or trait["natural"]["pos"]
     questions = questions[:n_questions] if n_questions else questions

@@ -137,3 +137,14 @@ def _twins(pairs: np.ndarray, polarity: np.ndarray, rows: np.ndarray) -> list[tu
     pos = {p: i for i, p in enumerate(pairs) if rows[i] and polarity[i] == "pos"}
     neg = {p: i for i, p in enumerate(pairs) if rows[i] and polarity[i] == "neg"}
     return [(pos[p], neg[p]) for p in sorted(pos.keys() & neg.keys())]
+
+
+def best_layers(rows: list[dict]) -> dict[str, dict]:
+    """Per method, the evaluation row with the highest held-out AUROC, ties
+    going to the larger Cohen's d."""
+    best: dict[str, dict] = {}
+    for row in rows:
+        current = best.get(row["method"])
+        if current is None or (row["auroc"], row["cohens_d"]) > (current["auroc"], current["cohens_d"]):
+            best[row["method"]] = row
+    return best
