@@ -107,7 +107,8 @@ def vectors_command(
 @traits_app.command("steer")
 def steer_command(
     run: Path = RunArg,
-    layer: Optional[int] = typer.Option(None, help="Block to steer (default: the best mean_diff layer)."),
+    layer: Optional[int] = typer.Option(None, help="Block to steer (default: of the layers with held-out AUROC "
+                                                    ">= 0.9, the one nearest the middle)."),
     coeffs: str = typer.Option("-2,-1,0,1,2", help="Multiples of the pos-neg mean distance at the layer."),
     method: str = typer.Option("mean_diff"),
     where: str = typer.Option("all", help="all positions, or answer tokens only."),
@@ -122,14 +123,14 @@ def steer_command(
     """Generate with coeff * v added at a layer (v: the pos-neg mean distance), judge, plot score vs coeff."""
     from .report import plots
     from .traits import GenerationConfig
-    from .traits.runs import best_layer, run_model, steer_sweep, sweep_summary
+    from .traits.runs import run_model, steer_sweep, steering_layer, sweep_summary
 
     try:
         coeff_list = [float(c) for c in coeffs.split(",")]
     except ValueError:
         raise ActlabError(f"--coeffs '{coeffs}': give comma-separated numbers such as -8,0,8") from None
     lm = run_model(run, model, device)
-    layer = best_layer(run, method) if layer is None else layer
+    layer = steering_layer(run, method) if layer is None else layer
     table = steer_sweep(lm, run, layer, coeff_list, _judge(run, judge, judge_model, judge_url), method, where,
                         questions, GenerationConfig(max_new_tokens=max_new_tokens))
     summary = sweep_summary(table)

@@ -83,3 +83,21 @@ def test_judge_and_vectors(run):
 def test_not_a_trait_run(tmp_path):
     with pytest.raises(ActlabError, match="not a trait run"):
         read_answers(tmp_path)
+
+
+def test_steering_layer_prefers_the_middle_of_the_separating_layers(run, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+
+    from actlab.traits.runs import steering_layer
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    rows = [{"layer": 0, "method": "mean_diff", "auroc": 0.95, "cohens_d": 1.0},
+            {"layer": 2, "method": "mean_diff", "auroc": 0.85, "cohens_d": 5.0}]
+    pq.write_table(pa.Table.from_pylist(rows), copy / "evaluation.parquet")
+    assert steering_layer(copy) == 0  # layer 2 separates too poorly
+    rows[1]["auroc"] = 0.99
+    pq.write_table(pa.Table.from_pylist(rows), copy / "evaluation.parquet")
+    assert steering_layer(copy) == 0  # both separate; equally far from the middle (1): the earlier one

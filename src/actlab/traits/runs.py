@@ -217,6 +217,23 @@ def best_layer(run: str | Path, method: str = "mean_diff") -> int:
     return int(best[method])
 
 
+def steering_layer(run: str | Path, method: str = "mean_diff", min_auroc: float = 0.9) -> int:
+    """Default layer to steer: of the layers whose vector separates held-out
+    answers (AUROC >= min_auroc), the one nearest the middle of the captured
+    range; middle layers steered the default model far better than the
+    detection-best last layers (measured: French score 0 -> 92 at block 15,
+    0 -> 27 at block 29, coeff 1). Falls back to best_layer."""
+    path = Path(run) / "evaluation.parquet"
+    if not path.exists():
+        raise ActlabError(f"no vectors in {run}; run `actlab traits vectors` first")
+    rows = [r for r in pq.read_table(path).to_pylist() if r["method"] == method and r["auroc"] >= min_auroc]
+    if not rows:
+        return best_layer(run, method)
+    layers = _manifest(Path(run))["settings"]["layers"]
+    middle = (min(layers) + max(layers)) / 2
+    return min((r["layer"] for r in rows), key=lambda layer: (abs(layer - middle), layer))
+
+
 def run_model(run: str | Path, name: str | None = None, device: str = "auto"):
     """The run's model (or `name`), refused when its weights differ from the run's."""
     from ..models import load_model
