@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .cli import DeviceOpt, ModelOpt, out, print_table
+from .cli import DeviceOpt, ModelOpt, err, out, print_table
 from .errors import ActlabError
 
 traits_app = typer.Typer(no_args_is_help=True, help="Trait vectors: generate, judge + fit, steer, monitor.")
@@ -101,6 +101,10 @@ def vectors_command(
                 ["method", "layer", "AUROC", "accuracy", "Cohen's d", "test pos/neg"],
                 [[m, r["layer"], f"{r['auroc']:.3f}", f"{r['accuracy']:.3f}", f"{r['cohens_d']:.2f}",
                   f"{r['n_test_pos']}/{r['n_test_neg']}"] for m, r in best.items()])
+    few = min(min(r["n_test_pos"], r["n_test_neg"]) for r in best.values())
+    if few < 5:
+        err.print(f"[yellow]warning: the held-out split has only {few} kept answer(s) of one polarity; its AUROC "
+                  "means little. Generate more (more questions or instructions) or check the judge.")
     out.print(f"vectors in {run / 'vectors'}, every layer's evaluation in {run / 'evaluation.parquet'}")
 
 

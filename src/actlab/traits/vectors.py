@@ -82,7 +82,10 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
-    pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / max(len(a) + len(b) - 2, 1))
+    """Mean difference over the pooled standard deviation (0 when that is 0,
+    as with one sample per side)."""
+    ss = sum(((x - x.mean()) ** 2).sum() for x in (a, b))
+    pooled = np.sqrt(ss / max(len(a) + len(b) - 2, 1))
     return float((a.mean() - b.mean()) / pooled) if pooled > 0 else 0.0
 
 
