@@ -358,7 +358,8 @@ def open_inputs(path: Path, names, skip_empty: bool, model: str, device: str, dt
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
     table = Table(title=title)
     for i, column in enumerate(header):
-        table.add_column(column, no_wrap=i == 0)  # the row's name stays whole on narrow terminals
+        # the row's name stays whole on narrow terminals, unless it is a long path
+        table.add_column(column, no_wrap=i == 0, max_width=36 if i == 0 else None)
     for row in rows:
         table.add_row(*[str(v) for v in row])
     out.print(table)
