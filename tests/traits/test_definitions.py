@@ -19,12 +19,13 @@ def write(tmp_path, data, name="t.json"):
 
 
 def test_builtin_traits_load():
-    assert {"french", "pirate", "refusal"} <= set(builtin_traits())
+    assert {"french", "optimism", "pirate"} <= set(builtin_traits())
     for name in builtin_traits():
         trait = load_trait(name)
         prompts = trait.prompts()
-        assert len(prompts) == 2 * len(trait.instructions) * len(trait.questions)
-        assert trait.judge and "{answer}" in trait.eval_prompt
+        pairs = len(trait.natural["pos"]) if trait.natural else len(trait.instructions) * len(trait.questions)
+        assert len(prompts) == 2 * pairs and len({p.pair for p in prompts}) == pairs
+        assert trait.judge and "{answer}" in trait.eval_prompt and trait.questions  # questions: for steering
 
 
 def test_prompts_pair_pos_with_neg(tmp_path):

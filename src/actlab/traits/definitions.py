@@ -9,10 +9,12 @@ Instruction traits (seed 001's format):
     eval_prompt: "... {question} ... {answer} ... 0 to 100 ..."   # for model judges
     judge: {kind: keyword, keywords: [arr, matey, ...]}          # optional default judge
 
-Natural-scenario traits give paired prompts and no instruction:
+Natural-scenario traits give paired prompts and no instruction (questions,
+optional, are neutral prompts for steering):
 
     name: ...
     natural: {pos: [prompt, ...] or "pos.txt", neg: [...] or "neg.txt"}   # same length, paired
+    questions: [...]
 """
 
 from __future__ import annotations
@@ -114,6 +116,10 @@ def parse_trait(raw: dict, source: Path | str = "trait") -> Trait:
         if len(trait.natural["pos"]) != len(trait.natural["neg"]):
             fail(f"natural: {len(trait.natural['pos'])} pos and {len(trait.natural['neg'])} neg prompts; "
                  "they are pairs, give the same number")
+        questions = raw.get("questions", [])  # optional here: neutral prompts for steering
+        if not isinstance(questions, list) or not all(isinstance(q, str) and q.strip() for q in questions):
+            fail("'questions' must be a list of non-empty texts")
+        trait.questions = list(questions)
     else:
         instructions = raw.get("instruction")
         if not isinstance(instructions, list) or not instructions:

@@ -175,8 +175,9 @@ def steer_sweep(model, run: str | Path, layer: int, coeffs: Sequence[float], jud
         raise ActlabError(f"no {method} vector for layer {layer}; this run has layers {sorted(vectors)}")
     scale = load_vectors(run, "mean_diff")[layer].norm() if method != "mean_diff" else vectors[layer].norm()
     v = vectors[layer] / vectors[layer].norm() * scale
-    trait = _manifest(run)["settings"]["trait"]
-    questions = trait["questions"] or trait["natural"]["pos"]
+    questions = _manifest(run)["settings"]["trait"]["questions"]
+    if not questions:
+        raise ActlabError("steering needs neutral questions; this natural trait gives none (add 'questions')")
     questions = questions[:n_questions] if n_questions else questions
     cfg = cfg or GenerationConfig(max_new_tokens=48)
     prompts = [render_prompt(model.tokenizer, q) for q in questions]
