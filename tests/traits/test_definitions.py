@@ -71,3 +71,11 @@ def test_unreadable_and_unknown(tmp_path):
         load_trait("no_such_trait")
     with pytest.raises(ActlabError, match="same number"):
         load_trait(write(tmp_path, {"name": "n", "natural": {"pos": ["a"], "neg": ["b", "c"]}}))
+
+
+def test_natural_traits_may_give_steering_questions(tmp_path):
+    data = {"name": "n", "natural": {"pos": ["a!", "b!"], "neg": ["a.", "b."]}, "questions": ["How are you?"]}
+    trait = load_trait(write(tmp_path, data))
+    assert trait.questions == ["How are you?"] and len(trait.prompts()) == 4
+    with pytest.raises(ActlabError, match="'questions' must be a list"):
+        load_trait(write(tmp_path, {**data, "questions": "How are you?"}))
