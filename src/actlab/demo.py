@@ -49,9 +49,36 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
     report = build_report(features, model=model, cfg=ReportConfig(threshold=DEMO_THRESHOLD))
     console.print(f"[bold]report[/bold]: {report.resolve()} (plots in {report.parent / 'figures'})")
 
-    console.print("[bold]3. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
+    run_trait_step(model, out_dir / "traits" / "optimism")
+
+    console.print("[bold]4. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
     from .bench.extract import markdown_table, run_extract_benchmark
 
     result = run_extract_benchmark(model_name, n_texts=64, device=device, peers=False,
                                    sweep=False, results_dir=None, repeats=2)
     console.print(markdown_table(result), highlight=False)
+
+
+def run_trait_step(model, out: Path) -> None:
+    """The built-in optimism trait end to end: generate with capture, judge,
+    vectors per layer, a steering sweep at the default steering layer."""
+    from .cli import print_table
+    from .traits.definitions import load_trait
+    from .traits.judges import make_judge
+    from .traits.runs import generate_run, judge_run, steer_sweep, steering_layer, sweep_summary, vectors_run
+    from .traits.vectors import best_layers
+
+    trait = load_trait("optimism")
+    console.print(f"[bold]3. trait vectors[/bold]: '{trait.name}' ({len(trait.prompts())} answers, every layer captured "
+                  "while generating)")
+    run = generate_run(model, trait, out, overwrite=True, progress=False)
+    judge = make_judge(trait.judge)
+    scores = judge_run(run, judge)
+    best = best_layers(vectors_run(run).to_pylist())["mean_diff"]
+    layer = steering_layer(run)
+    summary = sweep_summary(steer_sweep(model, run, layer, [-2, -1, 0, 1, 2], judge))
+    console.print(f"{sum(scores.column('kept').to_pylist())} answers kept by the judge; mean_diff vector best at "
+                  f"block {best['layer']} (held-out AUROC {best['auroc']:.2f})")
+    print_table(f"{trait.name}: steering at block {layer}", ["coeff", "mean judge score"],
+                [[r["coeff"], "—" if r["mean_score"] is None else f"{r['mean_score']:.0f}"] for r in summary])
+    console.print(f"trait run in {run} (answers, activations, scores, vectors, evaluation, steering)")
