@@ -4,6 +4,7 @@ in-process from a config, and the default model."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the model hub
@@ -134,3 +135,23 @@ def run_cli(monkeypatch, capsys, *args):
         raise SystemExit(0)
     captured = capsys.readouterr()
     return exit_info.value.code or 0, captured.out, captured.err
+
+
+def chromium_driver():
+    """Debian's chromium and chromium-driver through Selenium, with no network."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    if not (browser and driver_path):
+        if os.environ.get("ACTLAB_SKIP_BROWSER") == "1":
+            pytest.skip("ACTLAB_SKIP_BROWSER=1")
+        pytest.fail("headless Chromium is needed: apt-get install chromium chromium-driver (make test does this)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-extensions", "--no-first-run"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver_path), options=options)

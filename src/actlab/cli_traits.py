@@ -188,6 +188,22 @@ def monitor_command(
     out.print(f"red: towards the trait, blue: away; plot {png}")
 
 
+@traits_app.command("report")
+def report_command(
+    run: Path = RunArg,
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default RUN/report.html)."),
+    method: str = typer.Option("mean_diff"),
+    examples: int = typer.Option(3, help="Kept answers per polarity monitored token by token."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the run's model."),
+    device: str = DeviceOpt,
+) -> None:
+    """One self-contained HTML page: judge decisions, separation per layer, steering, per-token monitoring."""
+    from .report.traits import build_trait_report
+
+    path = build_trait_report(run, out_file, model, device, method, examples)
+    out.print(f"wrote {path} (plots in {path.parent / 'figures'})")
+
+
 @traits_app.command("run")
 def run_command(
     trait: str = TraitOpt,

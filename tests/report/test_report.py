@@ -1,9 +1,6 @@
 """The HTML report: its numbers against independent computations, its files,
 and the page itself rendered in headless Chromium."""
 
-import os
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -16,7 +13,7 @@ from actlab.saes import load_sae
 from actlab.saes.quality import sae_quality
 from actlab.saes.runs import features_run, open_features
 
-from conftest import run_cli, random_sae, rel_error, save_sae_lens_folder
+from conftest import chromium_driver, random_sae, rel_error, run_cli, save_sae_lens_folder
 
 SECTIONS = ["summary", "quality", "comparison", "heatmaps", "latents", "tables", "frequency"]
 CFG = ReportConfig(threshold=0.5, latents_per_sae=4, texts_per_latent=3, quality_texts=12)
@@ -109,26 +106,6 @@ def test_unreachable_sae_is_a_clear_error(tmp_path, tiny_models):
                        tmp_path / "run", progress=False)
     with pytest.raises(ActlabError, match="cannot be reloaded.*--no-model"):
         build_report(run, model=tiny_models["llama"], cfg=CFG)
-
-
-def chromium_driver():
-    """Debian's chromium and chromium-driver through Selenium, with no network."""
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver_path = shutil.which("chromedriver")
-    if not (browser and driver_path):
-        if os.environ.get("ACTLAB_SKIP_BROWSER") == "1":
-            pytest.skip("ACTLAB_SKIP_BROWSER=1")
-        pytest.fail("headless Chromium is needed: apt-get install chromium chromium-driver (make test does this)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-extensions", "--no-first-run"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
 def test_report_renders_in_headless_chromium(pooled_run, tiny_models, tmp_path):

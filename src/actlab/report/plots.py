@@ -84,3 +84,19 @@ def token_projections(tokens: Sequence[str], values: np.ndarray, title: str) -> 
     ax.set_ylabel("projection on the trait vector")
     ax.set_title(title, fontsize=10)
     return _png(fig)
+
+
+def separation_by_layer(evaluation: list[dict], title: str) -> bytes:
+    """Held-out AUROC against the layer, one line per method."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for method in dict.fromkeys(r["method"] for r in evaluation):
+        rows = sorted((r["layer"], r["auroc"]) for r in evaluation if r["method"] == method)
+        ax.plot([layer for layer, _ in rows], [a for _, a in rows], marker=".", label=method)
+    ax.set_xlabel("layer (block output)")
+    ax.set_ylabel("held-out AUROC")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
