@@ -195,16 +195,22 @@ def open_manifest(out: Path, settings: dict, overwrite: bool, kind: str) -> dict
     return manifest
 
 
+RUN_KINDS = {FORMAT: ("an actlab run", "extract"), "actlab.features": ("an actlab run", "features"),
+             "actlab.traits": ("a trait run", "traits generate")}
+
+
 def read_manifest(path: str | Path, kind: str = FORMAT) -> dict:
+    """A complete run's manifest, or a one-line error naming what is wrong."""
     run = Path(path)
     file = run / MANIFEST
+    what, command = RUN_KINDS.get(kind, ("an actlab run", "actlab"))
     if not file.exists():
-        raise ActlabError(f"{run} is not an actlab run (no {MANIFEST})")
+        raise ActlabError(f"{run} is not {what} (no {MANIFEST}); start one with `actlab {command}`")
     manifest = json.loads(file.read_text())
     if manifest.get("format") != kind:
         raise ActlabError(f"{file} is a '{manifest.get('format')}' run, not '{kind}'")
     if not manifest.get("complete"):
-        raise ActlabError(f"run {run} is incomplete; rerun the same extract command to resume it")
+        raise ActlabError(f"run {run} is incomplete; rerun the same `actlab {command}` command to resume it")
     return manifest
 
 

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ActlabError
 from ..progress import console
-from ..store import MANIFEST, open_manifest, write_json_atomic, write_parquet_atomic
+from ..store import MANIFEST, open_manifest, read_manifest, write_json_atomic, write_parquet_atomic
 from .definitions import Trait
 from .generation import GenerationConfig, generate, render_prompt
 from .judges import Judge, keep_answers
@@ -148,15 +148,7 @@ def load_vectors(run: str | Path, method: str = "mean_diff") -> dict[int, torch.
 
 
 def _manifest(run: Path) -> dict:
-    file = run / MANIFEST
-    if not file.exists():
-        raise ActlabError(f"{run} is not a trait run (no {MANIFEST}); start one with `actlab traits generate`")
-    manifest = json.loads(file.read_text())
-    if manifest.get("format") != TRAITS_FORMAT:
-        raise ActlabError(f"{file} is a '{manifest.get('format')}' run, not a trait run")
-    if not manifest.get("complete"):
-        raise ActlabError(f"trait run {run} is incomplete; rerun the same generate command to resume it")
-    return manifest
+    return read_manifest(run, TRAITS_FORMAT)
 
 
 def steer_sweep(model, run: str | Path, layer: int, coeffs: Sequence[float], judge: Judge,
