@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -199,10 +198,7 @@ def explore(
         raise ActlabError(f"pick an SAE with --sae; the run has {', '.join(feats.names)}")
     if not 0 <= latent < feats.configs[name].d_sae:
         raise ActlabError(f"latent {latent} is outside 0..{feats.configs[name].d_sae - 1}")
-    sparse = feats.sparse[name]
-    values = np.zeros(sparse.n_rows, dtype=np.float32)
-    chosen = (sparse.latents == latent).numpy()
-    values[sparse.rows.numpy()[chosen]] = sparse.values.numpy()[chosen]
+    values = feats.sparse[name].column(latent)
     link = neuronpedia_link(feats.configs[name].neuronpedia_id, latent)
     out.print(f"[bold]{name}[/bold] latent {latent}" + (f" ({link})" if link else ""))
     rows = explore_tokens(values, feats.offsets.tolist(), top)

@@ -183,6 +183,16 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def load_run_model(spec: dict, name: str | None = None, device: str = "auto", alternative: str = ""):
+    """The model a run recorded ({"id", "weights_sha256"} from its manifest),
+    or `name`; refused when the weights differ from the run's."""
+    model = load_model(name or spec["id"], device=device)
+    if model.weight_hash != spec["weights_sha256"]:
+        raise ActlabError(f"'{model.name}' has other weights than the run's model '{spec['id']}'; "
+                          f"pass the run's model with --model{', ' + alternative if alternative else ''}")
+    return model
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "float32",
                attn_implementation: str | None = None) -> Model:
     """Load a causal LM: a hub id, a local folder, a .gguf file, or the default alias.

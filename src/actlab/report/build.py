@@ -12,6 +12,7 @@ import numpy as np
 from ..analyses import neuronpedia_link
 from ..analyses.run import analyze_features
 from ..errors import ActlabError
+from ..models import load_run_model
 from ..saes.features import Features
 from ..saes.runs import open_features
 from ..store import write_text_atomic
@@ -76,7 +77,8 @@ def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg
     if not use_model:
         model = None
     elif not hasattr(model, "hf_model") and (feats.offsets is None or cfg.quality_texts > 0):
-        model = _load_run_model(feats, model, device)
+        model = load_run_model(feats.metadata["manifest"]["settings"]["model"], model, device,
+                               "or report without it (--no-model)")
     data = collect(run, feats, model, cfg)
     out = Path(out) if out is not None else run / "report.html"
     figures_dir = out.parent / "figures"
@@ -162,7 +164,7 @@ def _highlight(cards: list[LatentCard], feats: Features, model) -> bool:
     if feats.offsets is not None:
         offsets, skip = feats.offsets.numpy(), int(feats.has_bos)  # BOS never enters pooling: not shown
         for card in cards:
-            values = _token_values(feats, card.sae, card.latent)
+            values = feats.sparse[card.sae].column(card.latent)
             for ex in card.examples:
                 a, b = offsets[ex.text_id] + skip, offsets[ex.text_id + 1]
                 ex.tokens, ex.token_values = feats.tokens[a:b], values[a:b].tolist()
@@ -177,20 +179,12 @@ def _highlight(cards: list[LatentCard], feats: Features, model) -> bool:
     where = {text_id: n for n, text_id in enumerate(text_ids)}
     offsets, skip = per_token.offsets.numpy(), int(per_token.has_bos)
     for card in cards:
-        values = _token_values(per_token, card.sae, card.latent)
+        values = per_token.sparse[card.sae].column(card.latent)
         for ex in card.examples:
             n = where[ex.text_id]
             ex.tokens = per_token.tokens[offsets[n] + skip:offsets[n + 1]]
             ex.token_values = values[offsets[n] + skip:offsets[n + 1]].tolist()
     return True
-
-
-def _token_values(feats: Features, sae: str, latent: int) -> np.ndarray:
-    sparse = feats.sparse[sae]
-    values = np.zeros(sparse.n_rows, dtype=np.float32)
-    chosen = (sparse.latents == latent).numpy()
-    values[sparse.rows.numpy()[chosen]] = sparse.values.numpy()[chosen]
-    return values
 
 
 def _reload_saes(feats: Features, names: list[str]) -> dict:
@@ -205,17 +199,6 @@ def _reload_saes(feats: Features, names: list[str]) -> dict:
             raise ActlabError(f"SAE '{name}' cannot be reloaded from '{source}' ({exc}); "
                               "make it reachable again or report without the model (--no-model)") from None
     return saes
-
-
-def _load_run_model(feats: Features, name: str | None, device: str):
-    from ..models import load_model
-
-    spec = feats.metadata["manifest"]["settings"]["model"]
-    model = load_model(name or spec["id"], device=device)
-    if model.weight_hash != spec["weights_sha256"]:
-        raise ActlabError(f"'{model.name}' has other weights than the run's model '{spec['id']}'; "
-                          "pass the run's model with --model, or report without it (--no-model)")
-    return model
 
 
 def _quality(feats: Features, model, texts: list[str]) -> dict[str, dict]:

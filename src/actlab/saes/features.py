@@ -45,6 +45,13 @@ class SparseFeatures:
         out[self.rows, self.latents] = self.values
         return out
 
+    def column(self, latent: int) -> np.ndarray:
+        """(n_rows,) values of one latent, zeros where it is off."""
+        values = np.zeros(self.n_rows, dtype=np.float32)
+        chosen = (self.latents == latent).numpy()
+        values[self.rows.numpy()[chosen]] = self.values.numpy()[chosen]
+        return values
+
 
 class FeatureSink:
     """Encodes one SAE's hook activations, pools them, keeps nonzeros and stats."""

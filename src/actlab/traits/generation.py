@@ -120,7 +120,6 @@ class _Capture:
     def __init__(self, model, layers: Sequence[int], poolings: Sequence[str], n_rows: int):
         self.layers = list(layers)
         self.specs = [parse_generation_pooling(p) for p in poolings]
-        self.first_k = max([k for kind, k in self.specs if kind == "response_first"], default=0)
         self.sites = [hook_points.resolve(model.hf_model, f"blocks.{layer}.hook_resid_post") for layer in layers]
         d, device = model.d_model, model.device
         zeros = lambda: {layer: torch.zeros(n_rows, d, device=device) for layer in layers}  # noqa: E731
@@ -157,7 +156,8 @@ class _Capture:
     def pooled(self, n_prompt: torch.Tensor) -> dict[str, dict[int, torch.Tensor]]:
         count = self.response_count.clamp(min=1).unsqueeze(-1)
         out = {}
-        for (kind, k), spec in zip(self.specs, [self._name(s) for s in self.specs]):
+        for kind, k in self.specs:
+            spec = kind if k is None else f"{kind}:{k}"
             if kind == "prompt_last":
                 out[spec] = self.prompt_last
             elif kind == "prompt_mean":
@@ -168,10 +168,6 @@ class _Capture:
                 first = self.response_count.clamp(min=1, max=k).unsqueeze(-1)
                 out[spec] = {l: v / first for l, v in self.first_sums[k].items()}
         return out
-
-    @staticmethod
-    def _name(spec: tuple[str, int | None]) -> str:
-        return spec[0] if spec[1] is None else f"{spec[0]}:{spec[1]}"
 
 
 def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings: Sequence[str] = ("response_mean",),

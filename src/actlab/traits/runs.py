@@ -229,10 +229,6 @@ def steering_layer(run: str | Path, method: str = "mean_diff", min_auroc: float 
 
 def run_model(run: str | Path, name: str | None = None, device: str = "auto"):
     """The run's model (or `name`), refused when its weights differ from the run's."""
-    from ..models import load_model
+    from ..models import load_run_model
 
-    spec = _manifest(Path(run))["settings"]["model"]
-    model = load_model(name or spec["id"], device=device)
-    if model.weight_hash != spec["weights_sha256"]:
-        raise ActlabError(f"'{model.name}' has other weights than the run's model '{spec['id']}'; pass it with --model")
-    return model
+    return load_run_model(_manifest(Path(run))["settings"]["model"], name, device)
