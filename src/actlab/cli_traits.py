@@ -15,8 +15,10 @@ traits_app = typer.Typer(no_args_is_help=True, help="Trait vectors: generate, ju
 
 TraitOpt = typer.Option(..., "--trait", "-t", help="Built-in trait name or a .json / .yaml trait file.")
 RunArg = typer.Argument(..., help="A trait run directory (actlab traits generate).")
-JudgeOpt = typer.Option(None, help="keyword / regex (the trait's own rule judge, default) or openai.")
-JudgeModelOpt = typer.Option(None, help="Judge model name for --judge openai.")
+JudgeOpt = typer.Option(None, help="The trait's own judge (default), keyword / regex (its rule judge), local "
+                                   "(a local HF model) or openai (an OpenAI-compatible server).")
+JudgeModelOpt = typer.Option(None, help="Judge model: for --judge local a hub id, folder or the default model's "
+                                        "alias (default); for --judge openai the server's model name.")
 JudgeUrlOpt = typer.Option("https://api.openai.com/v1", help="OpenAI-compatible base URL for --judge openai.")
 
 
@@ -30,21 +32,31 @@ def _layers(text: Optional[str]) -> Optional[list[int]]:
 
 
 def _judge(run: Path, kind: Optional[str], judge_model: Optional[str], judge_url: str):
-    """The trait's own rule judge by default, or an OpenAI-compatible model judge."""
+    """The trait's own judge by default, else its rule judge, a local model or an OpenAI-compatible server."""
+    from .default_model import DEFAULT_MODEL
     from .traits.judges import make_judge
     from .traits.runs import trait_of
 
     trait = trait_of(run)
-    if kind in (None, "keyword", "regex"):
-        if not trait.judge or (kind and trait.judge.get("kind") != kind):
-            raise ActlabError(f"trait '{trait.name}' has no {kind or 'rule'} judge; pass --judge openai "
-                              "--judge-model M (and --judge-url)")
+    if kind is None:
+        if not trait.judge:
+            raise ActlabError(f"trait '{trait.name}' has no judge of its own; pass --judge local (or --judge openai "
+                              "--judge-model M)")
+        return make_judge(trait.judge, trait.eval_prompt)
+    if kind in ("keyword", "regex"):
+        if not trait.judge or trait.judge.get("kind") != kind:
+            raise ActlabError(f"trait '{trait.name}' has no {kind} judge; pass --judge local or --judge openai")
         return make_judge(trait.judge)
-    if kind == "openai":
-        if not judge_model:
-            raise ActlabError("--judge openai needs --judge-model")
-        return make_judge({"kind": "openai", "model": judge_model, "base_url": judge_url}, trait.eval_prompt)
-    raise ActlabError(f"unknown --judge '{kind}'; use keyword, regex or openai")
+    if kind not in ("local", "openai"):
+        raise ActlabError(f"unknown --judge '{kind}'; use keyword, regex, local or openai")
+    if not trait.eval_prompt:
+        raise ActlabError(f"trait '{trait.name}' has no eval_prompt for a model judge; add one with {{question}} "
+                          "and {answer}")
+    if kind == "local":
+        return make_judge({"kind": "local", "model": judge_model or DEFAULT_MODEL}, trait.eval_prompt)
+    if not judge_model:
+        raise ActlabError("--judge openai needs --judge-model")
+    return make_judge({"kind": "openai", "model": judge_model, "base_url": judge_url}, trait.eval_prompt)
 
 
 @traits_app.command("generate")

@@ -56,6 +56,8 @@ def test_yaml_and_natural_files(tmp_path):
     ({"instructions": []}, "unknown key"),
     ({"natural": {"pos": ["a"], "neg": ["b", "c"]}, "instruction": None}, "either 'instruction'"),
     ({"judge": {"keywords": ["x"]}}, "'kind'"),
+    ({"judge": {"kind": "oracle"}}, "'kind' \\(keyword, regex, local, openai\\)"),
+    ({"judge": {"kind": "local"}, "eval_prompt": None}, "local judge needs an 'eval_prompt'"),
 ])
 def test_bad_trait_files(tmp_path, change, message):
     data = {**VALID, **change}

@@ -34,6 +34,16 @@ def test_traits_pipeline(monkeypatch, capsys, tmp_path):
     assert code == 0, err
     assert (run / "steering.png").read_bytes()[:4] == b"\x89PNG"
     assert pq.read_table(run / "steering.parquet").num_rows == 4
+    # the default model as a local judge: too small to put a quarter of its mass on numbers for most
+    # answers, which are dropped with that reason; fitting says so in one line
+    code, _, err = run_cli(monkeypatch, capsys, "traits", "vectors", run, "--judge", "local")
+    scores = pq.read_table(run / "scores.parquet").to_pylist()
+    assert code == 2 and "the judge kept no pos answers" in err and "probability on numbers" in err
+    assert sum(r["decision"].startswith("no score: probability on numbers 0-100 is") for r in scores) >= 12
+    assert all(r["kept"] == (r["decision"] == "kept") and (r["score"] is None) == (r["reason"] != "ok")
+               for r in scores)
+    code, _, err = run_cli(monkeypatch, capsys, "traits", "vectors", run, "--judge", "oracle")
+    assert code == 2 and "use keyword, regex, local or openai" in err
     code, out, err = run_cli(monkeypatch, capsys, "traits", "monitor", run, "--row", 0)
     assert code == 0, err
     assert any(p.name.startswith("monitor-layer") for p in run.iterdir())

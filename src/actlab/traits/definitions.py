@@ -7,7 +7,8 @@ Instruction traits (seed 001's format):
       - {pos: "You are a pirate...", neg: "You are a plain assistant..."}
     questions: ["What is your favorite food?", ...]   # asked under both polarities
     eval_prompt: "... {question} ... {answer} ... 0 to 100 ..."   # for model judges
-    judge: {kind: keyword, keywords: [arr, matey, ...]}          # optional default judge
+    judge: {kind: keyword, keywords: [arr, matey, ...]}          # optional default judge:
+                            # keyword | regex | local {model, ...} | openai {model, base_url, ...}
 
 Natural-scenario traits give paired prompts and no instruction (questions,
 optional, are neutral prompts for steering):
@@ -26,6 +27,7 @@ from pathlib import Path
 from ..errors import ActlabError
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "traits"
+JUDGE_KINDS = ("keyword", "regex", "local", "openai")
 KNOWN_KEYS = {"name", "description", "instruction", "questions", "eval_prompt", "judge", "natural"}
 
 
@@ -138,8 +140,11 @@ def parse_trait(raw: dict, source: Path | str = "trait") -> Trait:
         missing = [slot for slot in ("{question}", "{answer}") if slot not in str(trait.eval_prompt)]
         if missing:
             fail(f"eval_prompt lacks {' and '.join(missing)}; the judge fills both")
-    if trait.judge is not None and not (isinstance(trait.judge, dict) and "kind" in trait.judge):
-        fail("'judge' must be a mapping with a 'kind' (keyword, regex, local, openai)")
+    if trait.judge is not None and not (isinstance(trait.judge, dict) and trait.judge.get("kind") in JUDGE_KINDS):
+        fail(f"'judge' must be a mapping with a 'kind' ({', '.join(JUDGE_KINDS)})")
+    if trait.judge and trait.judge["kind"] in ("local", "openai") and not (trait.eval_prompt or
+                                                                        trait.judge.get("eval_prompt")):
+        fail(f"a {trait.judge['kind']} judge needs an 'eval_prompt' with {{question}} and {{answer}}")
     return trait
 
 

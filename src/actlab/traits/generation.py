@@ -208,18 +208,24 @@ def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings
     return Generations(list(prompts), prompt_ids, answers, texts, finished, pooled, list(layers))
 
 
+def left_pad(ids: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention mask and position ids of left-padded rows: every
+    prompt ends at the same column, so the next token goes at the same place."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, seq in enumerate(ids):
+        input_ids[i, width - len(seq):] = torch.tensor(seq)
+        mask[i, width - len(seq):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def _generate_batch(model, ids: list[list[int]], rows: np.ndarray, layers, poolings, cfg: GenerationConfig,
                     steering: Steering | None, answers: list[list[int]], finished: list[bool],
                     first_row: int) -> dict:
     device, eos = model.device, eos_ids(model)
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), model.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, seq in enumerate(ids):  # left padding: every prompt ends at the same column
-        input_ids[i, width - len(seq):] = torch.tensor(seq)
-        mask[i, width - len(seq):] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    input_ids, mask, positions = left_pad(ids, model.pad_id, device)
     generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + first_row + int(r)) for r in rows]
     phase = ["prefill"]
     handles = [steering.register(model, phase)] if steering else []  # first: captures see the steered output

@@ -6,6 +6,8 @@ negative: an unscored answer is dropped, with its reason recorded.
                     None when that mass is below 0.25
     OpenAIJudge     an OpenAI-compatible /chat/completions endpoint (top_logprobs),
                     bounded concurrency, timeouts, retries with backoff
+    LocalJudge      a local Hugging Face model with the same rule over whole
+                    numbers (actlab.traits.local_judge)
     KeywordJudge    keyword occurrences (or the fraction of words in a list)
     RegexJudge      regex matches
 """
@@ -54,6 +56,18 @@ def logprob_score(top_logprobs: Mapping[str, float], min_mass: float = MIN_NUMBE
 
 def _empty(answer: str) -> Judgement | None:
     return Judgement(None, "empty answer") if not answer.strip() else None
+
+
+def check_eval_prompt(eval_prompt: str) -> None:
+    for slot in ("{question}", "{answer}"):
+        if slot not in eval_prompt:
+            raise ActlabError(f"the judge's eval_prompt lacks {slot}")
+
+
+def fill_prompt(eval_prompt: str, question: str, answer: str) -> str:
+    """The judge prompt for one answer (plain replacement: other braces in the
+    prompt, JSON examples say, stay as they are)."""
+    return eval_prompt.replace("{question}", question).replace("{answer}", answer)
 
 
 @dataclass
@@ -114,9 +128,7 @@ class OpenAIJudge:
     backoff: float = 1.0
 
     def __post_init__(self):
-        for slot in ("{question}", "{answer}"):
-            if slot not in self.eval_prompt:
-                raise ActlabError(f"the judge's eval_prompt lacks {slot}")
+        check_eval_prompt(self.eval_prompt)
         if not self.base_url.startswith(("http://", "https://")):
             raise ActlabError(f"judge base_url '{self.base_url}' must start with http:// or https://")
         if self.concurrency < 1 or self.timeout <= 0 or self.retries < 0:
@@ -132,8 +144,7 @@ class OpenAIJudge:
         if empty:
             return empty
         body = json.dumps({"model": self.model, "max_tokens": 1, "temperature": 0, "logprobs": True,
-                           "top_logprobs": 20, "messages": [{"role": "user", "content": self.eval_prompt.format(
-                               question=question, answer=answer)}]}).encode()
+                           "top_logprobs": 20, "messages": [{"role": "user", "content": fill_prompt(self.eval_prompt, question, answer)}]}).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -166,7 +177,9 @@ class OpenAIJudge:
 
 
 def make_judge(spec: Mapping, eval_prompt: str | None = None) -> Judge:
-    """A judge from a trait's `judge` block or the CLI: {kind: keyword | regex | openai, ...}."""
+    """A judge from a trait's `judge` block or the CLI: {kind: keyword | regex |
+    openai | local, ...}; model judges take the trait's eval_prompt unless the
+    block gives one."""
     spec = dict(spec)
     kind = spec.pop("kind", None)
     try:
@@ -174,14 +187,18 @@ def make_judge(spec: Mapping, eval_prompt: str | None = None) -> Judge:
             return KeywordJudge(**spec)
         if kind == "regex":
             return RegexJudge(**spec)
-        if kind == "openai":
+        if kind in ("openai", "local"):
             prompt = spec.pop("eval_prompt", eval_prompt)
             if not prompt:
-                raise ActlabError("an openai judge needs the trait's eval_prompt")
-            return OpenAIJudge(prompt, **spec)
+                raise ActlabError(f"a{'n' if kind == 'openai' else ''} {kind} judge needs the trait's eval_prompt")
+            if kind == "openai":
+                return OpenAIJudge(prompt, **spec)
+            from .local_judge import LocalJudge
+
+            return LocalJudge(prompt, **spec)
     except TypeError as exc:
         raise ActlabError(f"judge '{kind}': {exc}") from None
-    raise ActlabError(f"unknown judge kind '{kind}'; use keyword, regex or openai")
+    raise ActlabError(f"unknown judge kind '{kind}'; use keyword, regex, openai or local")
 
 
 def keep_answers(polarity: Sequence[str], judgements: Sequence[Judgement], pos_min: float = 50.0,

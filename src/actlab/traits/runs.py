@@ -114,7 +114,9 @@ def vectors_run(run: str | Path, pooling: str = "response_mean", methods: Sequen
     kept = scores.column("kept").to_numpy(zero_copy_only=False)
     empty = answers.column("n_answer_tokens").to_numpy() == 0
     keep = kept & ~empty
-    polarity = np.asarray(answers.column("polarity").to_pylist())[keep]
+    all_polarity = np.asarray(answers.column("polarity").to_pylist())
+    _check_both_kept(all_polarity, keep, scores.column("decision").to_pylist(), run)
+    polarity = all_polarity[keep]
     pairs = answers.column("pair").to_numpy()[keep]
     rows, vectors = [], {m: {} for m in methods}
     for layer, x in read_activations(run, pooling).items():
@@ -138,6 +140,18 @@ def vectors_run(run: str | Path, pooling: str = "response_mean", methods: Sequen
         "direction": "from neg to pos; unnormalised (mean_diff keeps the activation scale, probe and pca_diff are "
                      "directions)"})
     return table
+
+
+def _check_both_kept(polarity: np.ndarray, keep: np.ndarray, decisions: list[str], run: Path) -> None:
+    from collections import Counter
+
+    for side in ("pos", "neg"):
+        mine = polarity == side
+        if mine.any() and not (keep & mine).any():
+            reason, count = Counter(d for d, m in zip(decisions, mine) if m).most_common(1)[0]
+            raise ActlabError(f"the judge kept no {side} answers ({count} of {int(mine.sum())}: '{reason}'; every "
+                              f"decision is in {run / 'scores.parquet'}); use another judge or loosen --pos-min / "
+                              "--neg-max")
 
 
 def load_vectors(run: str | Path, method: str = "mean_diff") -> dict[int, torch.Tensor]:
