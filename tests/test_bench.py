@@ -48,3 +48,20 @@ def test_bench_features_on_tiny_model(tmp_path, tiny_model_dir):
     assert result["layers"] == [1, 2] and result["seconds"]["all_saes"] > 0
     assert 0 < result["sparse_fraction_of_dense"] < 1
     assert "<!-- bench:features:cpu -->" in readme.read_text()
+
+
+def test_trait_quality_targets_and_table():
+    from actlab.bench.trait_quality import markdown_table, targets_met
+
+    best = {"layer": 20, "auroc": 0.95, "n_test_pos": 6, "n_test_neg": 9}
+    trait = {"n_answers": 120, "kept_pos": 30, "kept_neg": 50, "best_mean_diff": best, "steering_layer": 14,
+             "seconds_total": 90.0, "steering": [{"coeff": c, "mean_score": s}
+                                                 for c, s in zip((-2, -1, 0, 1, 2), (0, 0, 5, 60, None))]}
+    assert targets_met(trait) == {"held_out_auroc_0.9": True, "steering_up": False}  # no score at +2
+    trait["steering"][-1]["mean_score"] = 40
+    assert targets_met(trait)["steering_up"]
+    trait["steering"][0]["mean_score"] = 10  # -2 above coeff 0: the wrong way
+    assert not targets_met(trait)["steering_up"]
+    table = markdown_table({"device": "cpu: x", "model": "m", "generation": "greedy", "date": "2026-11-23T00:00:00Z",
+                            "traits": {"t": trait}})
+    assert "| t | 120 | 30 / 50 | 20: 0.95 (6/9) | 14 | 10 / 0 / 5 / 60 / 40 | 1.5 |" in table

@@ -332,6 +332,20 @@ def bench_traits(
     run_traits_benchmark(model, n_prompts, max_new_tokens, batch_size, device, sweep, results_dir, readme)
 
 
+@bench_app.command("trait-quality")
+def bench_trait_quality(
+    model: str = ModelOpt,
+    out_dir: Path = typer.Option(Path("runs/trait-quality"), "--out", "-o", help="Trait runs go here, one per trait."),
+    device: str = DeviceOpt,
+    results_dir: Path = typer.Option(Path("benchmarks/results"), help="Where the JSON goes."),
+    readme: Optional[Path] = typer.Option(None, help="Update the results table in this README."),
+) -> None:
+    """Every built-in trait end to end: kept answers, held-out AUROC per layer, steering sweep."""
+    from .bench.trait_quality import run_trait_quality
+
+    run_trait_quality(model, out_dir, device, results_dir, readme)
+
+
 def read_input(path: Path, names, skip_empty: bool):
     from .inputs import read_records
 

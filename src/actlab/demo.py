@@ -64,21 +64,16 @@ def run_trait_step(model, out: Path) -> None:
     vectors per layer, a steering sweep at the default steering layer."""
     from .cli import print_table
     from .traits.definitions import load_trait
-    from .traits.judges import make_judge
-    from .traits.runs import generate_run, judge_run, steer_sweep, steering_layer, sweep_summary, vectors_run
-    from .traits.vectors import best_layers
+    from .traits.runs import run_trait
 
     trait = load_trait("optimism")
     console.print(f"[bold]3. trait vectors[/bold]: '{trait.name}' ({len(trait.prompts())} answers, every layer captured "
                   "while generating)")
-    run = generate_run(model, trait, out, overwrite=True, progress=False)
-    judge = make_judge(trait.judge)
-    scores = judge_run(run, judge)
-    best = best_layers(vectors_run(run).to_pylist())["mean_diff"]
-    layer = steering_layer(run)
-    summary = sweep_summary(steer_sweep(model, run, layer, [-2, -1, 0, 1, 2], judge))
-    console.print(f"{sum(scores.column('kept').to_pylist())} answers kept by the judge; mean_diff vector best at "
-                  f"block {best['layer']} (held-out AUROC {best['auroc']:.2f})")
-    print_table(f"{trait.name}: steering at block {layer}", ["coeff", "mean judge score"],
-                [[r["coeff"], "—" if r["mean_score"] is None else f"{r['mean_score']:.0f}"] for r in summary])
-    console.print(f"trait run in {run} (answers, activations, scores, vectors, evaluation, steering)")
+    result = run_trait(model, trait, out, overwrite=True)
+    best = result["best_mean_diff"]
+    console.print(f"{result['kept_pos']} pos / {result['kept_neg']} neg answers kept by the judge; mean_diff vector "
+                  f"best at block {best['layer']} (held-out AUROC {best['auroc']:.2f})")
+    print_table(f"{trait.name}: steering at block {result['steering_layer']}", ["coeff", "mean judge score"],
+                [[r["coeff"], "—" if r["mean_score"] is None else f"{r['mean_score']:.0f}"]
+                 for r in result["steering"]])
+    console.print(f"trait run in {result['run']} (answers, activations, scores, vectors, evaluation, steering)")

@@ -48,6 +48,11 @@ def test_rule_judges():
     assert french.judge([("q", "La lune est belle")])[0].score == pytest.approx(100.0)  # 2 of 4 words
     assert french.judge([("q", "The moon")])[0].score == 0.0
     assert french.judge([("q", "  ")])[0] == Judgement(None, "empty answer")
+    upbeat = KeywordJudge(["wonderful", "great"], full_at=2, ignore_question_keywords=True)
+    scores = [j.score for j in upbeat.judge([("Why is winter wonderful?", "Winter is wonderful. Wonderful!"),
+                                             ("Why is winter wonderful?", "Winter is great, wonderful"),
+                                             ("Why is winter terrible?", "It is wonderful and great")])]
+    assert scores == [0.0, 50.0, 100.0]  # echoes of the question's own keywords do not count
     sorry = RegexJudge(r"(?i)\bsorry\b")
     assert [j.score for j in sorry.judge([("q", "Sorry, no."), ("q", "Sure!")])] == [100.0, 0.0]
 

@@ -73,11 +73,15 @@ def fill_prompt(eval_prompt: str, question: str, answer: str) -> str:
 @dataclass
 class KeywordJudge:
     """100 when `full_at` keyword occurrences are found (per_word: when that
-    fraction of the answer's words are keywords), proportionally below."""
+    fraction of the answer's words are keywords), proportionally below. With
+    ignore_question_keywords, a keyword that the question itself contains is
+    not counted: an answer that echoes "why is X wonderful?" has not shown
+    the trait."""
 
     keywords: Sequence[str]
     full_at: float = 1.0
     per_word: bool = False
+    ignore_question_keywords: bool = False
 
     def __post_init__(self):
         if not self.keywords or self.full_at <= 0:
@@ -87,13 +91,16 @@ class KeywordJudge:
 
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
         out = []
-        for _, answer in items:
+        for question, answer in items:
             empty = _empty(answer)
             if empty:
                 out.append(empty)
                 continue
-            hits = len(self._pattern.findall(answer))
-            value = hits / max(len(re.findall(r"\w+", answer)), 1) if self.per_word else hits
+            hits = [h.lower() for h in self._pattern.findall(answer)]
+            if self.ignore_question_keywords:
+                echoed = {h.lower() for h in self._pattern.findall(question)}
+                hits = [h for h in hits if h not in echoed]
+            value = len(hits) / max(len(re.findall(r"\w+", answer)), 1) if self.per_word else len(hits)
             out.append(Judgement(100.0 * min(1.0, value / self.full_at)))
         return out
 

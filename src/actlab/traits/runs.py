@@ -246,3 +246,36 @@ def run_model(run: str | Path, name: str | None = None, device: str = "auto"):
     from ..models import load_run_model
 
     return load_run_model(_manifest(Path(run))["settings"]["model"], name, device)
+
+
+def run_trait(model, trait: Trait, out_dir: str | Path, judge: Judge | None = None,
+              coeffs: Sequence[float] = (-2, -1, 0, 1, 2), layers: Sequence[int] | None = None,
+              cfg: GenerationConfig | None = None, held_out: float = 0.2, overwrite: bool = False,
+              progress: bool = False) -> dict:
+    """Every stage on one trait: generate with capture (`layers`, default
+    every block; `cfg`, default sampled as in generate_run), judge (the
+    trait's own judge by default), vectors per layer, a steering sweep at the
+    default steering layer (greedy, as many new tokens). Returns what each
+    stage found."""
+    import time
+
+    from .judges import make_judge
+
+    if judge is None:
+        if not trait.judge:
+            raise ActlabError(f"trait '{trait.name}' has no judge of its own; pass one")
+        judge = make_judge(trait.judge, trait.eval_prompt)
+    start = time.perf_counter()
+    run = generate_run(model, trait, out_dir, layers, cfg=cfg, overwrite=overwrite, progress=progress)
+    generated = time.perf_counter()
+    scores = judge_run(run, judge)
+    best = best_layers(vectors_run(run, held_out=held_out).to_pylist())["mean_diff"]
+    layer = steering_layer(run)
+    steer_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens if cfg else 48)
+    sweep = sweep_summary(steer_sweep(model, run, layer, coeffs, judge, cfg=steer_cfg))
+    kept = [p for p, k in zip(read_answers(run).column("polarity").to_pylist(), scores.column("kept").to_pylist())
+            if k]
+    return {"trait": trait.name, "run": str(run), "n_answers": scores.num_rows, "kept_pos": kept.count("pos"),
+            "kept_neg": kept.count("neg"), "best_mean_diff": best, "steering_layer": layer, "steering": sweep,
+            "seconds_generate": round(generated - start, 1),
+            "seconds_total": round(time.perf_counter() - start, 1)}

@@ -1,0 +1,59 @@
+"""`actlab bench trait-quality`: every built-in trait end to end on a model
+(sampled generation with capture, the trait's judge, vectors per layer with a
+held-out split, a steering sweep), against the issue's targets: the best
+layer's mean-difference vector separates held-out answers (AUROC >= 0.9) and
+steering moves the judge score the expected way."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..default_model import DEFAULT_MODEL
+from ..models import load_model
+from ..progress import console
+from ..traits.definitions import builtin_traits, load_trait
+from ..traits.runs import run_trait
+from .extract import describe_device, save_result
+
+COEFFS = (-2, -1, 0, 1, 2)
+
+
+def run_trait_quality(model_name: str = DEFAULT_MODEL, out_dir: Path = Path("runs/trait-quality"),
+                      device: str = "auto", results_dir: Path | None = Path("benchmarks/results"),
+                      readme: Path | None = None) -> dict:
+    model = load_model(model_name, device=device)
+    traits = {}
+    for name in builtin_traits():
+        console.print(f"[bold]{name}[/bold]")
+        traits[name] = run_trait(model, load_trait(name), out_dir / name, coeffs=COEFFS, overwrite=True,
+                                 progress=True)
+        traits[name]["targets_met"] = targets_met(traits[name])
+        console.print(f"  {traits[name]}")
+    result = {"benchmark": "trait-quality", "actlab_version": __version__,
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": describe_device(model.device),
+              "model": model_name, "generation": "T = 0.7, top_p 0.9, 48 new tokens, seed 0", "traits": traits}
+    save_result(result, model.device, results_dir, readme, markdown_table(result))
+    return result
+
+
+def targets_met(trait: dict) -> dict:
+    scores = {r["coeff"]: r["mean_score"] for r in trait["steering"]}
+    return {"held_out_auroc_0.9": trait["best_mean_diff"]["auroc"] >= 0.9,
+            "steering_up": None not in (scores[-2], scores[0], scores[2]) and scores[-2] <= scores[0] < scores[2]}
+
+
+def markdown_table(result: dict) -> str:
+    lines = [f"Device: {result['device']}; {result['model']}; {result['generation']}; rule judges; "
+             f"{result['date'][:10]}.", "",
+             "| trait | answers | kept pos / neg | best mean_diff block: held-out AUROC (test pos/neg) | "
+             "steering block | judge score at coeff " + " / ".join(f"{c:+g}" for c in COEFFS) + " | minutes |",
+             "|---|---:|---|---|---:|---|---:|"]
+    for name, t in result["traits"].items():
+        best = t["best_mean_diff"]
+        sweep = " / ".join("—" if r["mean_score"] is None else f"{r['mean_score']:.0f}" for r in t["steering"])
+        lines.append(f"| {name} | {t['n_answers']} | {t['kept_pos']} / {t['kept_neg']} | {best['layer']}: "
+                     f"{best['auroc']:.2f} ({best['n_test_pos']}/{best['n_test_neg']}) | {t['steering_layer']} | "
+                     f"{sweep} | {t['seconds_total'] / 60:.1f} |")
+    return "\n".join(lines)
