@@ -82,6 +82,32 @@ def test_seeded_sampling_does_not_depend_on_batching(tiny_models):
     assert a.answer_ids == b.answer_ids and a.answer_ids != c.answer_ids
 
 
+@pytest.mark.parametrize("spread", ["peaked", "flat"])
+def test_top_p_samples_the_nucleus(spread):
+    """Draws match softmax(logits / T) restricted to the smallest set of
+    likeliest tokens reaching top_p (numpy), whether that set lies within
+    the top-k candidates (peaked) or needs the whole vocabulary sorted (flat)."""
+    import numpy as np
+
+    vocab, draws, cfg = 3000, 6000, GenerationConfig(temperature=0.7, top_p=0.8)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(vocab, generator=g) * (4.0 if spread == "peaked" else 0.3)
+    p = np.exp((logits.double() / 0.7).numpy() - (logits.double() / 0.7).numpy().max())
+    p /= p.sum()
+    order = np.argsort(-p)
+    before = np.cumsum(p[order]) - p[order]
+    nucleus = order[before <= 0.8]
+    assert (len(nucleus) < generation_module.NUCLEUS_CANDIDATES) == (spread == "peaked")
+    expected = np.zeros(vocab)
+    expected[nucleus] = p[nucleus] / p[nucleus].sum()
+    picks = generation_module._choose(logits.expand(draws, vocab), cfg,
+                                      [torch.Generator().manual_seed(i) for i in range(draws)]).numpy()
+    assert set(picks) <= set(nucleus.tolist())
+    counts = np.bincount(picks, minlength=vocab) / draws
+    top = nucleus[:5]  # the likeliest tokens: frequencies within 4 standard errors
+    assert np.all(np.abs(counts[top] - expected[top]) <= 4 * np.sqrt(expected[top] / draws) + 1e-9)
+
+
 def test_default_model(default_model):
     prompts = [render_prompt(default_model.tokenizer, q, "Answer in one short sentence.") for q in QUESTIONS]
     cfg = GenerationConfig(max_new_tokens=16)

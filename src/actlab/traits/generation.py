@@ -31,6 +31,7 @@ from ..errors import ActlabError
 
 CPU_GENERATION_BUDGET = 4096  # (prompt + new tokens) x rows per batch
 CUDA_GENERATION_BUDGET = 65536
+NUCLEUS_CANDIDATES = 1024  # top-p looks among these likeliest tokens first
 
 
 @dataclass
@@ -271,13 +272,22 @@ def _generate_batch(model, ids: list[list[int]], rows: np.ndarray, layers, pooli
 
 
 def _choose(logits: torch.Tensor, cfg: GenerationConfig, generators: list[torch.Generator]) -> torch.Tensor:
+    """Greedy, or a sample per row from its own generator: from the whole
+    softmax(logits / T), or (top_p < 1) from the smallest set of likeliest
+    tokens whose mass reaches top_p. That set is looked for among the
+    NUCLEUS_CANDIDATES likeliest tokens first (a top-k instead of sorting the
+    whole vocabulary on every step); a row whose set reaches past them is
+    sorted whole."""
     if cfg.temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / cfg.temperature, dim=-1).cpu()
-    if cfg.top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_probs.cumsum(-1) - sorted_probs > cfg.top_p  # keep the smallest set reaching top_p
-        sorted_probs[drop] = 0
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    picks = [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)]
+    if cfg.top_p >= 1.0:
+        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)]).to(logits.device)
+    top, order = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)
+    picks = []
+    for p, ids, row, generator in zip(top, order, probs, generators):
+        if float(p.sum()) <= cfg.top_p:
+            p, ids = row.sort(descending=True)
+        keep = p.cumsum(0) - p <= cfg.top_p  # every token until the mass before it passes top_p
+        picks.append(ids[torch.multinomial(p * keep, 1, generator=generator)])
     return torch.cat(picks).to(logits.device)
