@@ -55,13 +55,22 @@ def test_trait_quality_targets_and_table():
 
     best = {"layer": 20, "auroc": 0.95, "n_test_pos": 6, "n_test_neg": 9}
     trait = {"n_answers": 120, "kept_pos": 30, "kept_neg": 50, "best_mean_diff": best, "steering_layer": 14,
-             "seconds_total": 90.0, "steering": [{"coeff": c, "mean_score": s}
-                                                 for c, s in zip((-2, -1, 0, 1, 2), (0, 0, 5, 60, None))]}
-    assert targets_met(trait) == {"held_out_auroc_0.9": True, "steering_up": False}  # no score at +2
+             "seconds_total": 90.0, "steering_questions": 10,
+             "steering": [{"coeff": c, "mean_score": s, "n_scored": n}
+                          for c, s, n in zip((-2, -1, 0, 1, 2), (0, 0, 5, 60, None), (10, 9, 10, 8, 0))]}
+    assert targets_met(trait) == {"held_out_auroc_0.9": True, "steering_expected_way": False}  # no score at +2
     trait["steering"][-1]["mean_score"] = 40
-    assert targets_met(trait)["steering_up"]
-    trait["steering"][0]["mean_score"] = 10  # -2 above coeff 0: the wrong way
-    assert not targets_met(trait)["steering_up"]
+    assert targets_met(trait)["steering_expected_way"]
+    trait["steering"][0]["mean_score"] = trait["steering"][1]["mean_score"] = 10  # negatives above 0: wrong way
+    assert not targets_met(trait)["steering_expected_way"]
+    trait["steering"][2]["mean_score"] = 100  # at the ceiling by default: negative coefficients lower it
+    trait["steering"][3]["mean_score"] = trait["steering"][4]["mean_score"] = 100
+    assert targets_met(trait)["steering_expected_way"]
+    trait["steering"][0]["mean_score"] = trait["steering"][1]["mean_score"] = 100  # nothing moves
+    assert not targets_met(trait)["steering_expected_way"]
+    trait["steering"][0]["mean_score"], trait["steering"][1]["mean_score"] = 10, 0
+    trait["steering"][2]["mean_score"], trait["steering"][3]["mean_score"] = 5, 60
+    trait["steering"][4]["mean_score"] = 40
     table = markdown_table({"device": "cpu: x", "model": "m", "generation": "greedy", "date": "2026-11-23T00:00:00Z",
                             "traits": {"t": trait}})
-    assert "| t | 120 | 30 / 50 | 20: 0.95 (6/9) | 14 | 10 / 0 / 5 / 60 / 40 | 1.5 |" in table
+    assert "| t | 120 | 30 / 50 | 20: 0.95 (6/9) | 14 | 10 / 0 / 5 / 60 / 40 | 0-10 of 10 | 1.5 |" in table

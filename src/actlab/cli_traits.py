@@ -31,8 +31,10 @@ def _layers(text: Optional[str]) -> Optional[list[int]]:
         raise ActlabError(f"--layers '{text}': give comma-separated block indices such as 8,12,16") from None
 
 
-def _judge(run: Path, kind: Optional[str], judge_model: Optional[str], judge_url: str):
-    """The trait's own judge by default, else its rule judge, a local model or an OpenAI-compatible server."""
+def _judge(run: Path, kind: Optional[str], judge_model: Optional[str], judge_url: str, loaded=None):
+    """The trait's own judge by default, else its rule judge, a local model or
+    an OpenAI-compatible server. A local judge of the `loaded` model's name
+    uses that model instead of loading it again."""
     from .default_model import DEFAULT_MODEL
     from .traits.judges import make_judge
     from .traits.runs import trait_of
@@ -53,7 +55,9 @@ def _judge(run: Path, kind: Optional[str], judge_model: Optional[str], judge_url
         raise ActlabError(f"trait '{trait.name}' has no eval_prompt for a model judge; add one with {{question}} "
                           "and {answer}")
     if kind == "local":
-        return make_judge({"kind": "local", "model": judge_model or DEFAULT_MODEL}, trait.eval_prompt)
+        name = judge_model or DEFAULT_MODEL
+        return make_judge({"kind": "local", "model": loaded if loaded and loaded.name == name else name},
+                          trait.eval_prompt)
     if not judge_model:
         raise ActlabError("--judge openai needs --judge-model")
     return make_judge({"kind": "openai", "model": judge_model, "base_url": judge_url}, trait.eval_prompt)
@@ -147,7 +151,7 @@ def steer_command(
         raise ActlabError(f"--coeffs '{coeffs}': give comma-separated numbers such as -8,0,8") from None
     lm = run_model(run, model, device)
     layer = steering_layer(run, method) if layer is None else layer
-    table = steer_sweep(lm, run, layer, coeff_list, _judge(run, judge, judge_model, judge_url), method, where,
+    table = steer_sweep(lm, run, layer, coeff_list, _judge(run, judge, judge_model, judge_url, lm), method, where,
                         questions, GenerationConfig(max_new_tokens=max_new_tokens))
     summary = sweep_summary(table)
     print_table(f"steering at layer {layer} ({method}, {where})", ["coeff", "mean score", "scored"],

@@ -53,6 +53,15 @@ def test_rule_judges():
                                              ("Why is winter wonderful?", "Winter is great, wonderful"),
                                              ("Why is winter terrible?", "It is wonderful and great")])]
     assert scores == [0.0, 50.0, 100.0]  # echoes of the question's own keywords do not count
+    mood = KeywordJudge(["wonderful", "great", "joy"], opposite_keywords=["terrible", "sad", "awful"],
+                        ignore_question_keywords=True)
+    results = mood.judge([("Why is X terrible?", "X is terrible, sad and awful, yet a great joy"),
+                          ("Why is X wonderful?", "X is wonderful"), ("q", "X is a thing."),
+                          ("Why is X terrible?", "Terrible! Sad.")])
+    assert [r.score for r in results] == [50.0, None, None, 0.0]  # 2 / (2 + 2); echoes left out
+    assert results[1].reason == "no keyword of either side"
+    with pytest.raises(ActlabError, match="opposite_keywords or per_word"):
+        KeywordJudge(["a"], opposite_keywords=["b"], per_word=True)
     sorry = RegexJudge(r"(?i)\bsorry\b")
     assert [j.score for j in sorry.judge([("q", "Sorry, no."), ("q", "Sure!")])] == [100.0, 0.0]
 

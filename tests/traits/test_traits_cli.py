@@ -42,6 +42,16 @@ def test_traits_pipeline(monkeypatch, capsys, tmp_path):
     assert sum(r["decision"].startswith("no score: probability on numbers 0-100 is") for r in scores) >= 12
     assert all(r["kept"] == (r["decision"] == "kept") and (r["score"] is None) == (r["reason"] != "ok")
                for r in scores)
+    # steering judged by the local default model: the run's model serves as the judge, loaded once
+    import actlab.models
+
+    loads = []
+    real_load = actlab.models.load_model
+    monkeypatch.setattr(actlab.models, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    code, out, err = run_cli(monkeypatch, capsys, "traits", "steer", run, "--coeffs", "0", "--questions", 2,
+                             "--max-new-tokens", 8, "--judge", "local")
+    assert code == 0, err
+    assert len(loads) == 1 and pq.read_table(run / "steering.parquet").num_rows == 2
     code, _, err = run_cli(monkeypatch, capsys, "traits", "vectors", run, "--judge", "oracle")
     assert code == 2 and "use keyword, regex, local or openai" in err
     code, out, err = run_cli(monkeypatch, capsys, "traits", "monitor", run, "--row", 0)

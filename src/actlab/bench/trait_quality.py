@@ -39,21 +39,31 @@ def run_trait_quality(model_name: str = DEFAULT_MODEL, out_dir: Path = Path("run
 
 
 def targets_met(trait: dict) -> dict:
+    """Held-out AUROC >= 0.9 at the best layer; steering the expected way:
+    the best positive coefficient scores at least coeff 0, which scores at
+    least the worst negative one, and they differ (a default already at the
+    judge's ceiling or floor can move one way only)."""
     scores = {r["coeff"]: r["mean_score"] for r in trait["steering"]}
+    if None in scores.values() or 0 not in scores:
+        return {"held_out_auroc_0.9": trait["best_mean_diff"]["auroc"] >= 0.9, "steering_expected_way": False}
+    up = max(s for c, s in scores.items() if c > 0)
+    down = min(s for c, s in scores.items() if c < 0)
     return {"held_out_auroc_0.9": trait["best_mean_diff"]["auroc"] >= 0.9,
-            "steering_up": None not in (scores[-2], scores[0], scores[2]) and scores[-2] <= scores[0] < scores[2]}
+            "steering_expected_way": up >= scores[0] >= down and up > down}
 
 
 def markdown_table(result: dict) -> str:
     lines = [f"Device: {result['device']}; {result['model']}; {result['generation']}; rule judges; "
              f"{result['date'][:10]}.", "",
              "| trait | answers | kept pos / neg | best mean_diff block: held-out AUROC (test pos/neg) | "
-             "steering block | judge score at coeff " + " / ".join(f"{c:+g}" for c in COEFFS) + " | minutes |",
-             "|---|---:|---|---|---:|---|---:|"]
+             "steering block | judge score at coeff " + " / ".join(f"{c:+g}" for c in COEFFS) +
+             " | steering answers scored | minutes |", "|---|---:|---|---|---:|---|---:|---:|"]
     for name, t in result["traits"].items():
         best = t["best_mean_diff"]
         sweep = " / ".join("—" if r["mean_score"] is None else f"{r['mean_score']:.0f}" for r in t["steering"])
+        scored = [r["n_scored"] for r in t["steering"]]
+        scored = f"{min(scored)}" if min(scored) == max(scored) else f"{min(scored)}-{max(scored)}"
         lines.append(f"| {name} | {t['n_answers']} | {t['kept_pos']} / {t['kept_neg']} | {best['layer']}: "
                      f"{best['auroc']:.2f} ({best['n_test_pos']}/{best['n_test_neg']}) | {t['steering_layer']} | "
-                     f"{sweep} | {t['seconds_total'] / 60:.1f} |")
+                     f"{sweep} | {scored} of {t['steering_questions']} | {t['seconds_total'] / 60:.1f} |")
     return "\n".join(lines)

@@ -73,21 +73,25 @@ def fill_prompt(eval_prompt: str, question: str, answer: str) -> str:
 @dataclass
 class KeywordJudge:
     """100 when `full_at` keyword occurrences are found (per_word: when that
-    fraction of the answer's words are keywords), proportionally below. With
-    ignore_question_keywords, a keyword that the question itself contains is
-    not counted: an answer that echoes "why is X wonderful?" has not shown
-    the trait."""
+    fraction of the answer's words are keywords), proportionally below.
+    With `opposite_keywords` (a lexicon of the trait's opposite), the score is
+    the keywords' share of all hits of either list, 100 k / (k + o), and an
+    answer with neither has no score. With ignore_question_keywords, a word
+    that the question itself contains is not counted: an answer that echoes
+    "why is X wonderful?" has not shown the trait."""
 
     keywords: Sequence[str]
     full_at: float = 1.0
     per_word: bool = False
+    opposite_keywords: Sequence[str] = ()
     ignore_question_keywords: bool = False
 
     def __post_init__(self):
         if not self.keywords or self.full_at <= 0:
             raise ActlabError("a keyword judge needs keywords and full_at > 0")
-        words = sorted({k.lower() for k in self.keywords}, key=len, reverse=True)
-        self._pattern = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.IGNORECASE)
+        if self.opposite_keywords and self.per_word:
+            raise ActlabError("a keyword judge takes opposite_keywords or per_word, not both")
+        self._patterns = [_word_pattern(words) for words in (self.keywords, self.opposite_keywords) if words]
 
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
         out = []
@@ -96,13 +100,27 @@ class KeywordJudge:
             if empty:
                 out.append(empty)
                 continue
-            hits = [h.lower() for h in self._pattern.findall(answer)]
-            if self.ignore_question_keywords:
-                echoed = {h.lower() for h in self._pattern.findall(question)}
-                hits = [h for h in hits if h not in echoed]
-            value = len(hits) / max(len(re.findall(r"\w+", answer)), 1) if self.per_word else len(hits)
+            hits, *opposite = [self._hits(pattern, question, answer) for pattern in self._patterns]
+            if opposite:
+                total = hits + opposite[0]
+                out.append(Judgement(100.0 * hits / total) if total else Judgement(None, "no keyword of either side"))
+                continue
+            value = hits / max(len(re.findall(r"\w+", answer)), 1) if self.per_word else hits
             out.append(Judgement(100.0 * min(1.0, value / self.full_at)))
         return out
+
+    def _hits(self, pattern: re.Pattern, question: str, answer: str) -> int:
+        hits = [h.lower() for h in pattern.findall(answer)]
+        if self.ignore_question_keywords:
+            echoed = {h.lower() for h in pattern.findall(question)}
+            hits = [h for h in hits if h not in echoed]
+        return len(hits)
+
+
+def _word_pattern(words: Sequence[str]) -> re.Pattern:
+    """Whole words or phrases, longest first, case-insensitive."""
+    ordered = sorted({w.lower() for w in words}, key=len, reverse=True)
+    return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, ordered)) + r")(?!\w)", re.IGNORECASE)
 
 
 @dataclass

@@ -272,10 +272,12 @@ def run_trait(model, trait: Trait, out_dir: str | Path, judge: Judge | None = No
     best = best_layers(vectors_run(run, held_out=held_out).to_pylist())["mean_diff"]
     layer = steering_layer(run)
     steer_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens if cfg else 48)
-    sweep = sweep_summary(steer_sweep(model, run, layer, coeffs, judge, cfg=steer_cfg))
+    steered = steer_sweep(model, run, layer, coeffs, judge, cfg=steer_cfg)
+    sweep = sweep_summary(steered)
     kept = [p for p, k in zip(read_answers(run).column("polarity").to_pylist(), scores.column("kept").to_pylist())
             if k]
     return {"trait": trait.name, "run": str(run), "n_answers": scores.num_rows, "kept_pos": kept.count("pos"),
             "kept_neg": kept.count("neg"), "best_mean_diff": best, "steering_layer": layer, "steering": sweep,
+            "steering_questions": steered.num_rows // len(coeffs),
             "seconds_generate": round(generated - start, 1),
             "seconds_total": round(time.perf_counter() - start, 1)}
