@@ -73,7 +73,8 @@ def run_trait_step(model, out: Path) -> None:
     best = result["best_mean_diff"]
     console.print(f"{result['kept_pos']} pos / {result['kept_neg']} neg answers kept by the judge; mean_diff vector "
                   f"best at block {best['layer']} (held-out AUROC {best['auroc']:.2f})")
-    print_table(f"{trait.name}: steering at block {result['steering_layer']}", ["coeff", "mean judge score"],
+    console.print(f"steering sweep at block {result['steering_layer']} (coeff x the pos-neg mean distance), judged:")
+    print_table(trait.name, ["coeff", "mean judge score"],
                 [[r["coeff"], "—" if r["mean_score"] is None else f"{r['mean_score']:.0f}"]
                  for r in result["steering"]])
     console.print(f"trait run in {result['run']} (answers, activations, scores, vectors, evaluation, steering)")
