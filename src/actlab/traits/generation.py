@@ -107,6 +107,13 @@ def render_prompt(tokenizer, user: str, system: str | None = None) -> str:
     return f"{system}\n\n{user}\n" if system else f"{user}\n"
 
 
+def prompt_token_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of rendered prompts: a chat template already wrote its special
+    tokens, so none are added then."""
+    add = not getattr(tokenizer, "chat_template", None)
+    return [tokenizer(p, add_special_tokens=add)["input_ids"] for p in prompts]
+
+
 def eos_ids(model) -> set[int]:
     ids = model.hf_model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
@@ -185,7 +192,7 @@ def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings
         if not 0 <= layer < model.n_layers:
             raise ActlabError(f"layer {layer} is outside 0..{model.n_layers - 1} for this model")
     tok = model.tokenizer
-    prompt_ids = [tok(p, add_special_tokens=not getattr(tok, "chat_template", None))["input_ids"] for p in prompts]
+    prompt_ids = prompt_token_ids(tok, prompts)
     if any(not ids for ids in prompt_ids):
         raise ActlabError("a prompt has no tokens; drop empty prompts")
     budget = cfg.max_batch_tokens

@@ -54,7 +54,7 @@ def logprob_score(top_logprobs: Mapping[str, float], min_mass: float = MIN_NUMBE
     return Judgement(weighted / mass)
 
 
-def _empty(answer: str) -> Judgement | None:
+def unscored_if_empty(answer: str) -> Judgement | None:
     return Judgement(None, "empty answer") if not answer.strip() else None
 
 
@@ -96,7 +96,7 @@ class KeywordJudge:
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
         out = []
         for question, answer in items:
-            empty = _empty(answer)
+            empty = unscored_if_empty(answer)
             if empty:
                 out.append(empty)
                 continue
@@ -135,7 +135,8 @@ class RegexJudge:
             raise ActlabError(f"judge regex '{self.pattern}' does not compile: {exc}") from None
 
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
-        return [_empty(a) or Judgement(100.0 * min(1.0, len(self._regex.findall(a)) / self.full_at)) for _, a in items]
+        return [unscored_if_empty(a) or Judgement(100.0 * min(1.0, len(self._regex.findall(a)) / self.full_at))
+                for _, a in items]
 
 
 @dataclass
@@ -165,11 +166,12 @@ class OpenAIJudge:
             return list(pool.map(lambda item: self._one(*item), items))
 
     def _one(self, question: str, answer: str) -> Judgement:
-        empty = _empty(answer)
+        empty = unscored_if_empty(answer)
         if empty:
             return empty
+        message = {"role": "user", "content": fill_prompt(self.eval_prompt, question, answer)}
         body = json.dumps({"model": self.model, "max_tokens": 1, "temperature": 0, "logprobs": True,
-                           "top_logprobs": 20, "messages": [{"role": "user", "content": fill_prompt(self.eval_prompt, question, answer)}]}).encode()
+                           "top_logprobs": 20, "messages": [message]}).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"

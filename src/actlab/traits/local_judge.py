@@ -32,8 +32,8 @@ import torch
 from ..default_model import DEFAULT_MODEL
 from ..engine import plan_batches
 from ..errors import ActlabError
-from .generation import left_pad, render_prompt
-from .judges import MIN_NUMBER_MASS, Judgement, _empty, check_eval_prompt, fill_prompt, logprob_score
+from .generation import left_pad, prompt_token_ids, render_prompt
+from .judges import MIN_NUMBER_MASS, Judgement, check_eval_prompt, fill_prompt, logprob_score, unscored_if_empty
 
 NUMBERS = frozenset(str(n) for n in range(101))
 PREFIXES = frozenset(n[:i] for n in NUMBERS for i in range(1, len(n) + 1))
@@ -66,7 +66,7 @@ class LocalJudge:
             from ..models import load_model
 
             self.model = load_model(self.model, device=self.device)
-        out: list[Judgement | None] = [_empty(answer) for _, answer in items]
+        out: list[Judgement | None] = [unscored_if_empty(answer) for _, answer in items]
         todo = [i for i, j in enumerate(out) if j is None]
         prompts = [render_prompt(self.model.tokenizer, fill_prompt(self.eval_prompt, *items[i])) for i in todo]
         numbers = number_probabilities(self.model, prompts, self.min_path_prob, self.max_paths, self.batch_size)
@@ -112,8 +112,7 @@ def number_probabilities(model, prompts: Sequence[str], min_path_prob: float = 1
                          batch_size: int = 8) -> list[dict[str, float]]:
     """For each rendered prompt, the probability that the model's reply is
     each number 0..100 (numbers below `min_path_prob` are left out)."""
-    tok = model.tokenizer
-    ids = [tok(p, add_special_tokens=not getattr(tok, "chat_template", None))["input_ids"] for p in prompts]
+    ids = prompt_token_ids(model.tokenizer, prompts)
     results: list[dict[str, float]] = [defaultdict(float) for _ in prompts]
     for rows in plan_batches([len(x) for x in ids], batch_size):
         _search(model, [ids[r] for r in rows], [results[r] for r in rows], min_path_prob, max_paths)

@@ -15,6 +15,8 @@ Layer L is block L's output (blocks.L.hook_resid_post = HF hidden_states[L + 1])
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -143,8 +145,6 @@ def vectors_run(run: str | Path, pooling: str = "response_mean", methods: Sequen
 
 
 def _check_both_kept(polarity: np.ndarray, keep: np.ndarray, decisions: list[str], run: Path) -> None:
-    from collections import Counter
-
     for side in ("pos", "neg"):
         mine = polarity == side
         if mine.any() and not (keep & mine).any():
@@ -257,8 +257,6 @@ def run_trait(model, trait: Trait, out_dir: str | Path, judge: Judge | None = No
     trait's own judge by default), vectors per layer, a steering sweep at the
     default steering layer (greedy, as many new tokens). Returns what each
     stage found."""
-    import time
-
     from .judges import make_judge
 
     if judge is None:
