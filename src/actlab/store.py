@@ -80,9 +80,20 @@ def activation_table(acts: Activations, text_ids: np.ndarray, fields: dict[str, 
         columns["token_id"] = pa.array(acts.token_ids.numpy(), pa.int32())
         columns["token"] = pa.array(acts.tokens, pa.string())
     for hook, values in acts.values.items():
-        flat = pa.array(values.numpy().reshape(-1), pa.float32())
-        columns[hook] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+        columns[hook] = vector_column(values.numpy())
     return pa.table(columns)
+
+
+def vector_column(values: np.ndarray) -> pa.FixedSizeListArray:
+    """(n, d) float32 -> an Arrow fixed_size_list<float32>[d] column."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float32()), values.shape[1])
+
+
+def column_matrix(column: pa.ChunkedArray | pa.FixedSizeListArray) -> np.ndarray:
+    """A fixed_size_list<float32>[d] column -> (n, d) float32."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy().reshape(-1, column.type.list_size)
 
 
 def engine_settings(model, extractor: Extractor, records: Records, shard_size: int,
@@ -222,8 +233,7 @@ def open_run(path: str | Path) -> Activations:
     table = pa.concat_tables([pq.read_table(run / name) for name in manifest["shards"]])
     values = {}
     for hook in settings["hooks"]:
-        column = table.column(hook).combine_chunks()
-        values[hook] = torch.from_numpy(column.flatten().to_numpy().reshape(-1, column.type.list_size).copy())
+        values[hook] = torch.from_numpy(column_matrix(table.column(hook)).copy())
     text_ids = table.column("text_id").to_numpy()
     per_token = "position" in table.column_names
     if per_token:

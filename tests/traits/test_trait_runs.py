@@ -45,10 +45,17 @@ def test_generation_resumes_to_the_same_run(run, tiny_models, tmp_path):
     assert answers.column("polarity").to_pylist()[:2] == ["pos", "neg"]
     acts = read_activations(run, "response_mean")
     assert set(acts) == {0, 2} and acts[0].shape == (24, 64)
+    # the shards open in DuckDB: one row per answer, pooling and layer
+    import duckdb
+
+    rows = duckdb.sql(f"select row, activation from '{run}/acts-*.parquet' where pooling = 'response_mean' "
+                      "and layer = 2 order by row").fetchall()
+    assert [r[0] for r in rows] == list(range(24))
+    assert np.allclose(np.array([r[1] for r in rows], dtype=np.float32), acts[2])
     # interrupt: drop the last two shards, resume
     copy = tmp_path / "copy"
     generate_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
-    for name in ("answers-00003.parquet", "answers-00004.parquet", "acts-00004.safetensors"):
+    for name in ("answers-00003.parquet", "answers-00004.parquet", "acts-00004.parquet"):
         (copy / name).unlink()
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["complete"] = False

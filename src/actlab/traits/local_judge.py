@@ -130,7 +130,7 @@ def _search(model, ids: list[list[int]], results: list[dict[str, float]], min_pa
         position = positions[:, -1]
         paths = [(row, "", 1.0) for row in range(len(ids))]  # (prompt row, reply so far, its probability)
         while paths:
-            probs = torch.softmax(logits.double(), dim=-1).cpu()
+            probs = torch.softmax(logits.float().cpu().double(), dim=-1)  # MPS has no float64
             stop = 1.0 - probs[:, pieces.continues].sum(-1)
             reach = probs[:, pieces.ids] * torch.tensor([p for _, _, p in paths], dtype=torch.float64)[:, None]
             grown = []  # (parent path, row, reply, probability, token id)

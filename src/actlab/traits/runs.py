@@ -3,7 +3,8 @@
     manifest.json               format "actlab.traits": trait, model, generation settings
     answers-NNNNN.parquet       row, polarity, pair, system, question, prompt, answer,
                                 n_prompt_tokens, n_answer_tokens, finished
-    acts-NNNNN.safetensors      "<pooling>/<layer>": (rows, d_model) float32
+    acts-NNNNN.parquet          row, pooling, layer, activation (fixed_size_list<float32>[d_model]):
+                                one row per answer, pooling and layer
     scores.parquet              row, score, reason, kept
     vectors/<method>.safetensors  "layer_<L>": (d_model,), from the train split
     vectors/metadata.json       what the vectors are, and the best layer per method
@@ -29,7 +30,8 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ActlabError
 from ..progress import console
-from ..store import MANIFEST, open_manifest, read_manifest, write_json_atomic, write_parquet_atomic
+from ..store import (MANIFEST, column_matrix, open_manifest, read_manifest, vector_column, write_json_atomic,
+                     write_parquet_atomic)
 from .definitions import Trait
 from .generation import GenerationConfig, generate, render_prompt
 from .judges import Judge, keep_answers
@@ -61,8 +63,7 @@ def generate_run(model, trait: Trait, out_dir: str | Path, layers: Sequence[int]
         if progress:
             console.print(f"generating rows {lo}-{hi - 1} of {len(prompts)}")
         gens = generate(model, rendered, layers, poolings, cfg, first_row=lo)
-        save_file({f"{pooling}/{layer}": values.contiguous() for pooling, by_layer in gens.pooled.items()
-                   for layer, values in by_layer.items()}, out / f"acts-{index:05d}.safetensors")
+        write_parquet_atomic(out / f"acts-{index:05d}.parquet", _activation_table(gens.pooled, lo))
         table = pa.table({
             "row": np.arange(lo, hi), "polarity": [p.polarity for p in chunk], "pair": [p.pair for p in chunk],
             "system": [p.system for p in chunk], "question": [p.question for p in chunk], "prompt": rendered,
@@ -73,6 +74,18 @@ def generate_run(model, trait: Trait, out_dir: str | Path, layers: Sequence[int]
                     shards=[f"answers-{i:05d}.parquet" for i in range(n_shards)])
     write_json_atomic(out / MANIFEST, manifest)
     return out
+
+
+def _activation_table(pooled: dict[str, dict[int, torch.Tensor]], first_row: int) -> pa.Table:
+    parts = []
+    for pooling, by_layer in pooled.items():
+        for layer, values in by_layer.items():
+            n = len(values)
+            parts.append(pa.table({"row": pa.array(np.arange(first_row, first_row + n), pa.int64()),
+                                   "pooling": pa.array([pooling] * n, pa.string()),
+                                   "layer": pa.array(np.full(n, layer), pa.int32()),
+                                   "activation": vector_column(values.numpy())}))
+    return pa.concat_tables(parts)
 
 
 def read_answers(run: str | Path) -> pa.Table:
@@ -87,9 +100,10 @@ def read_activations(run: str | Path, pooling: str) -> dict[int, np.ndarray]:
     manifest = _manifest(run)
     if pooling not in manifest["settings"]["poolings"]:
         raise ActlabError(f"this run pooled {', '.join(manifest['settings']['poolings'])}, not '{pooling}'")
-    parts = [load_file(run / name.replace("answers-", "acts-").replace(".parquet", ".safetensors"))
-             for name in manifest["shards"]]
-    return {layer: torch.cat([p[f"{pooling}/{layer}"] for p in parts]).numpy()
+    table = pa.concat_tables([pq.read_table(run / name.replace("answers-", "acts-"),
+                                            filters=[("pooling", "=", pooling)]) for name in manifest["shards"]])
+    layers = table.column("layer").to_numpy()
+    return {layer: column_matrix(table.column("activation").filter(pa.array(layers == layer)))
             for layer in manifest["settings"]["layers"]}
 
 
