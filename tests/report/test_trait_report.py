@@ -45,6 +45,7 @@ def test_monitoring_values_against_a_forward_pass(trait_run, tiny_models, tmp_pa
     html = out.read_text()
     for section in SECTIONS:
         assert f'<section id="{section}">' in html
+    assert "<td>judge</td><td>ByPolarity</td>" in html and "pos score &gt;= 50, neg score &lt; 50" in html
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["monitor.png", "separation.png", "steering.png"]
     # the first monitored answer: its token spans carry h . v / |v| at the steering layer
     layer = steering_layer(trait_run)

@@ -165,3 +165,18 @@ def test_http_judge_concurrency_is_bounded(server, monkeypatch):
     judge = OpenAIJudge(PROMPT, model="judge", base_url=server, concurrency=3)
     results = judge.judge([("q", f"good {i}") for i in range(12)])
     assert all(r.score == pytest.approx(70) for r in results) and peak[0] == 3
+
+
+def test_judges_describe_themselves_without_secrets(tiny_models):
+    from actlab.traits.judges import describe_judge
+    from actlab.traits.local_judge import LocalJudge
+
+    assert describe_judge(KeywordJudge(["a", "b"], full_at=2)) == "keyword: 2 keywords, 100 at 2"
+    assert describe_judge(KeywordJudge(["a"], opposite_keywords=["b", "c"], ignore_question_keywords=True)) == \
+        "keyword: share of 1 keywords among them and 2 opposite ones; question keywords ignored"
+    assert describe_judge(RegexJudge("x+")) == "regex: x+, 100 at 1 match(es)"
+    api = OpenAIJudge(PROMPT, model="gpt-x", base_url="http://127.0.0.1:1/v1", api_key="sk-secret")
+    assert describe_judge(api) == "openai: gpt-x at http://127.0.0.1:1/v1 (logprob rule)" and "sk-" not in \
+        describe_judge(api)
+    assert describe_judge(LocalJudge(PROMPT, tiny_models["llama"])).startswith("local: tiny-llama")
+    assert describe_judge(LocalJudge(PROMPT, "some/model")).startswith("local: some/model")

@@ -72,6 +72,8 @@ def test_judge_and_vectors(run):
     scores = judge_run(run, ByPolarity(polarity))
     assert scores.column("kept").to_pylist().count(False) == 1
     assert scores.column("decision").to_pylist()[1] == "no score: judge timed out"
+    recorded = pq.read_schema(run / "scores.parquet").metadata
+    assert recorded[b"actlab.judge"] == b"ByPolarity" and recorded[b"actlab.keep"] == b"pos score >= 50, neg score < 50"
     evaluation = vectors_run(run, seed=1).to_pylist()
     assert {(r["layer"], r["method"]) for r in evaluation} == {(l, m) for l in (0, 2)
                                                                for m in ("mean_diff", "probe", "pca_diff")}

@@ -28,12 +28,13 @@ def build_trait_report(run: str | Path, out: str | Path | None = None, model=Non
         raise ActlabError(f"{run} has no vectors yet; run `actlab traits vectors {run}` first")
     model = model if hasattr(model, "hf_model") else run_model(run, model, device)
     answers = read_answers(run).to_pylist()
-    scores = pq.read_table(run / "scores.parquet").to_pylist()
+    scores_table = pq.read_table(run / "scores.parquet")
+    scores = scores_table.to_pylist()
     evaluation = pq.read_table(run / "evaluation.parquet").to_pylist()
     layer = steering_layer(run, method)
     vector = load_vectors(run, method)[layer]
     figures = {"separation.png": plots.separation_by_layer(evaluation, f"{trait.name}: held-out AUROC per layer")}
-    sections = [_section("summary", "Trait run", _summary(trait, answers, scores)),
+    sections = [_section("summary", "Trait run", _summary(trait, answers, scores, scores_table.schema.metadata or {})),
                 _section("separation", "Held-out separation per layer", _image(figures["separation.png"], "AUROC")
                          + _best_table(evaluation))]
     steering = run / "steering.parquet"
@@ -74,9 +75,11 @@ def build_trait_report(run: str | Path, out: str | Path | None = None, model=Non
     return out
 
 
-def _summary(trait, answers: list[dict], scores: list[dict]) -> str:
+def _summary(trait, answers: list[dict], scores: list[dict], judged: dict[bytes, bytes]) -> str:
     decisions = Counter(s["decision"] for s in scores)
     facts = [("trait", trait.name), ("description", trait.description or "—"), ("answers", str(len(answers))),
+             ("judge", judged.get(b"actlab.judge", b"not recorded").decode()),
+             ("kept", judged.get(b"actlab.keep", b"not recorded").decode()),
              ("layers", "layer L is block L's output (blocks.L.hook_resid_post, HF hidden_states[L + 1])")]
     return (_table(["setting", "value"], [[escape(k), escape(v)] for k, v in facts]) +
             _table(["judge decision", "answers"], [[escape(d), str(n)] for d, n in decisions.most_common()]))

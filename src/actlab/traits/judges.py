@@ -116,6 +116,12 @@ class KeywordJudge:
             hits = [h for h in hits if h not in echoed]
         return len(hits)
 
+    def describe(self) -> str:
+        rule = (f"share of {len(self.keywords)} keywords among them and {len(self.opposite_keywords)} opposite ones"
+                if self.opposite_keywords else
+                f"{len(self.keywords)} keywords, 100 at {self.full_at:g}{' of the words' if self.per_word else ''}")
+        return f"keyword: {rule}{'; question keywords ignored' if self.ignore_question_keywords else ''}"
+
 
 def _word_pattern(words: Sequence[str]) -> re.Pattern:
     """Whole words or phrases, longest first, case-insensitive."""
@@ -137,6 +143,9 @@ class RegexJudge:
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
         return [unscored_if_empty(a) or Judgement(100.0 * min(1.0, len(self._regex.findall(a)) / self.full_at))
                 for _, a in items]
+
+    def describe(self) -> str:
+        return f"regex: {self.pattern}, 100 at {self.full_at:g} match(es)"
 
 
 @dataclass
@@ -160,6 +169,9 @@ class OpenAIJudge:
         if self.concurrency < 1 or self.timeout <= 0 or self.retries < 0:
             raise ActlabError("judge concurrency >= 1, timeout > 0 and retries >= 0, please")
         self.api_key = self.api_key or os.environ.get("OPENAI_API_KEY")
+
+    def describe(self) -> str:
+        return f"openai: {self.model} at {self.base_url} (logprob rule)"
 
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -226,6 +238,12 @@ def make_judge(spec: Mapping, eval_prompt: str | None = None) -> Judge:
     except TypeError as exc:
         raise ActlabError(f"judge '{kind}': {exc}") from None
     raise ActlabError(f"unknown judge kind '{kind}'; use keyword, regex, openai or local")
+
+
+def describe_judge(judge: Judge) -> str:
+    """What scored a run, for its records (never a key or a secret)."""
+    describe = getattr(judge, "describe", None)
+    return describe() if describe else type(judge).__name__
 
 
 def keep_answers(polarity: Sequence[str], judgements: Sequence[Judgement], pos_min: float = 50.0,

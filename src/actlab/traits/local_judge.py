@@ -61,6 +61,10 @@ class LocalJudge:
         if self.batch_size < 1 or self.max_paths < 1 or not 0 <= self.min_path_prob < 1:
             raise ActlabError("local judge: batch_size >= 1, max_paths >= 1 and 0 <= min_path_prob < 1, please")
 
+    def describe(self) -> str:
+        name = self.model if isinstance(self.model, str) else self.model.name
+        return f"local: {name} (logprob rule over whole numbers)"
+
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
         if isinstance(self.model, str):
             from ..models import load_model

@@ -5,7 +5,8 @@
                                 n_prompt_tokens, n_answer_tokens, finished
     acts-NNNNN.parquet          row, pooling, layer, activation (fixed_size_list<float32>[d_model]):
                                 one row per answer, pooling and layer
-    scores.parquet              row, score, reason, kept
+    scores.parquet              row, score, reason, decision, kept; the judge and the keep rule in its
+                                schema metadata (actlab.judge, actlab.keep)
     vectors/<method>.safetensors  "layer_<L>": (d_model,), from the train split
     vectors/metadata.json       what the vectors are, and the best layer per method
     evaluation.parquet          layer, method, accuracy, auroc, cohens_d, n_test_pos, n_test_neg
@@ -34,7 +35,7 @@ from ..store import (MANIFEST, column_matrix, open_manifest, read_manifest, vect
                      write_parquet_atomic)
 from .definitions import Trait
 from .generation import GenerationConfig, generate, render_prompt
-from .judges import Judge, keep_answers
+from .judges import Judge, describe_judge, keep_answers
 from .vectors import METHODS, best_layers, fit_vectors
 
 TRAITS_FORMAT = "actlab.traits"
@@ -116,6 +117,8 @@ def judge_run(run: str | Path, judge: Judge, pos_min: float = 50.0, neg_max: flo
     table = pa.table({"row": answers.column("row"), "score": pa.array([j.score for j in judgements], pa.float64()),
                       "reason": [j.reason for j in judgements], "decision": decisions,
                       "kept": [d == "kept" for d in decisions]})
+    table = table.replace_schema_metadata({"actlab.judge": describe_judge(judge),
+                                           "actlab.keep": f"pos score >= {pos_min:g}, neg score < {neg_max:g}"})
     write_parquet_atomic(run / "scores.parquet", table)
     return table
 
