@@ -105,8 +105,15 @@ def test_other_settings_refuse_to_mix(tmp_path, tiny_models):
     store.extract_run(model, records(8), HOOKS, tmp_path / "run", progress=False)
     with pytest.raises(ActlabError, match=r"other settings \(pooling\).*--overwrite"):
         store.extract_run(model, records(8), HOOKS, tmp_path / "run", pooling="mean", progress=False)
+    # overwrite removes what later stages derived from the old run; files that are not actlab's stay
+    for folder in ("analysis", "vectors", "figures"):
+        (tmp_path / "run" / folder).mkdir()
+        (tmp_path / "run" / folder / "old.parquet").write_bytes(b"x")
+    (tmp_path / "run" / "report.html").write_text("old")
+    (tmp_path / "run" / "notes.txt").write_text("mine")
     store.extract_run(model, records(8), HOOKS, tmp_path / "run", pooling="mean", overwrite=True, progress=False)
     assert actlab.open_run(tmp_path / "run").pooling == "mean"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["manifest.json", "notes.txt", "shard-00000.parquet"]
 
 
 def test_killed_cli_run_resumes(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -197,13 +198,26 @@ def open_manifest(out: Path, settings: dict, overwrite: bool, kind: str) -> dict
         raise ActlabError(f"{out} exists and is not an actlab run; choose another --out or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for stale in [*out.glob("*.parquet"), *out.glob("*.safetensors")]:
-            stale.unlink()
+        _remove_outputs(out)
     manifest = {"format": kind, "format_version": FORMAT_VERSION, "actlab_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "settings": settings, "complete": False}
     write_json_atomic(path, manifest)
     return manifest
+
+
+DERIVED_FOLDERS = ("analysis", "figures", "vectors", "judgements")  # written by later stages of a run
+
+
+def _remove_outputs(out: Path) -> None:
+    """What actlab wrote in a run folder: shards, tables, plots, the report, and
+    the later stages' folders, which would otherwise outlive the run they
+    came from (vectors steering a regenerated run, say). Other files stay."""
+    for stale in [*out.glob("*.parquet"), *out.glob("*.safetensors"), *out.glob("*.png"), *out.glob("report.html")]:
+        stale.unlink()
+    for folder in DERIVED_FOLDERS:
+        if (out / folder).is_dir():
+            shutil.rmtree(out / folder)
 
 
 RUN_KINDS = {FORMAT: ("an actlab run", "extract"), "actlab.features": ("an actlab run", "features"),

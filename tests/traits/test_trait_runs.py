@@ -2,8 +2,10 @@
 per layer against numpy on the stored activations."""
 
 import json
+from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -110,3 +112,64 @@ def test_steering_layer_prefers_the_middle_of_the_separating_layers(run, tmp_pat
     rows[1]["auroc"] = 0.99
     pq.write_table(pa.Table.from_pylist(rows), copy / "evaluation.parquet")
     assert steering_layer(copy) == 0  # both separate; equally far from the middle (1): the earlier one
+
+
+@dataclass
+class CountingJudge:
+    """Scores by answer length; records what it is asked and raises (an
+    interruption) once `_stop_after` answers are scored. Fields with a leading
+    underscore are state, not settings: they leave the fingerprint alone."""
+
+    threshold: float = 50.0
+    _stop_after: int | None = None
+    _asked: list = field(default_factory=list)
+
+    def judge(self, items):
+        out = []
+        for question, answer in items:
+            if self._stop_after is not None and len(self._asked) >= self._stop_after:
+                raise KeyboardInterrupt
+            self._asked.append(answer)
+            out.append(Judgement(float(len(answer) % 100)))
+        return out
+
+
+def test_judging_resumes_and_reuses_saved_judgements(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    clean = judge_run(copy, CountingJudge(), chunk_size=5)
+    shutil.rmtree(copy / "judgements")
+    with pytest.raises(KeyboardInterrupt):
+        judge_run(copy, CountingJudge(_stop_after=12), chunk_size=5)  # chunks 0 and 1 saved, 2 lost
+    resumed_judge = CountingJudge()
+    resumed = judge_run(copy, resumed_judge, chunk_size=5)
+    assert len(resumed_judge._asked) == 24 - 10 and resumed.column("score").equals(clean.column("score"))
+    stricter = CountingJudge()  # new thresholds: no judge call, new decisions
+    table = judge_run(copy, stricter, pos_min=90, neg_max=10, chunk_size=5)
+    assert stricter._asked == [] and table.column("kept").to_pylist() != clean.column("kept").to_pylist()
+    other = CountingJudge(threshold=60)  # other settings: judged afresh
+    judge_run(copy, other, chunk_size=5)
+    assert len(other._asked) == 24
+    # a saved chunk whose answers no longer match is judged again
+    from actlab.traits.judges import judge_fingerprint
+
+    chunk = copy / "judgements" / judge_fingerprint(other) / "chunk-00001.parquet"
+    saved = pq.read_table(chunk)
+    pq.write_table(saved.set_column(0, "answer_sha256", pa.array(["0" * 16] * saved.num_rows)), chunk)
+    again = CountingJudge(threshold=60)
+    judge_run(copy, again, chunk_size=5)
+    assert len(again._asked) == 5
+
+
+def test_judge_fingerprints():
+    from actlab.traits.judges import KeywordJudge, OpenAIJudge, judge_fingerprint
+
+    prompt = "Q: {question} A: {answer}"
+    assert judge_fingerprint(OpenAIJudge(prompt, "m", "http://h/v1", api_key="sk-1")) == \
+        judge_fingerprint(OpenAIJudge(prompt, "m", "http://h/v1", api_key="sk-2"))  # the key is no setting
+    assert judge_fingerprint(OpenAIJudge(prompt, "m", "http://h/v1")) != judge_fingerprint(
+        OpenAIJudge(prompt + "!", "m", "http://h/v1"))
+    assert judge_fingerprint(KeywordJudge(["a"])) != judge_fingerprint(KeywordJudge(["b"]))
+    assert judge_fingerprint(ByPolarity(["pos"])) is None  # not a dataclass: never reused

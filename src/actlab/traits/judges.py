@@ -14,6 +14,8 @@ negative: an unscored answer is dropped, with its reason recorded.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -244,6 +246,24 @@ def describe_judge(judge: Judge) -> str:
     """What scored a run, for its records (never a key or a secret)."""
     describe = getattr(judge, "describe", None)
     return describe() if describe else type(judge).__name__
+
+
+def judge_fingerprint(judge: Judge) -> str | None:
+    """A short id of a judge's settings, to reuse its saved judgements: its
+    kind and dataclass fields (never the API key; a loaded model by its name
+    and weights hash). None for a judge that is no dataclass: not reused."""
+    if not dataclasses.is_dataclass(judge):
+        return None
+
+    def plain(value):
+        if hasattr(value, "weight_hash"):
+            return {"model": value.name, "weights_sha256": value.weight_hash}
+        return str(value)
+
+    fields = {f.name: getattr(judge, f.name) for f in dataclasses.fields(judge)
+              if f.name != "api_key" and not f.name.startswith("_")}
+    text = json.dumps({"kind": type(judge).__name__, **fields}, default=plain, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def keep_answers(polarity: Sequence[str], judgements: Sequence[Judgement], pos_min: float = 50.0,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Sequence
 
@@ -55,25 +55,32 @@ class LocalJudge:
     min_path_prob: float = 1e-4
     max_paths: int = 32
     min_mass: float = MIN_NUMBER_MASS
+    _loaded: object = field(default=None, init=False, repr=False)  # `model` loaded, when given by name
 
     def __post_init__(self):
         check_eval_prompt(self.eval_prompt)
         if self.batch_size < 1 or self.max_paths < 1 or not 0 <= self.min_path_prob < 1:
             raise ActlabError("local judge: batch_size >= 1, max_paths >= 1 and 0 <= min_path_prob < 1, please")
 
+    def _model(self):
+        if not isinstance(self.model, str):
+            return self.model
+        if self._loaded is None:
+            from ..models import load_model
+
+            self._loaded = load_model(self.model, device=self.device)
+        return self._loaded
+
     def describe(self) -> str:
         name = self.model if isinstance(self.model, str) else self.model.name
         return f"local: {name} (logprob rule over whole numbers)"
 
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
-        if isinstance(self.model, str):
-            from ..models import load_model
-
-            self.model = load_model(self.model, device=self.device)
+        model = self._model()
         out: list[Judgement | None] = [unscored_if_empty(answer) for _, answer in items]
         todo = [i for i, j in enumerate(out) if j is None]
-        prompts = [render_prompt(self.model.tokenizer, fill_prompt(self.eval_prompt, *items[i])) for i in todo]
-        numbers = number_probabilities(self.model, prompts, self.min_path_prob, self.max_paths, self.batch_size)
+        prompts = [render_prompt(model.tokenizer, fill_prompt(self.eval_prompt, *items[i])) for i in todo]
+        numbers = number_probabilities(model, prompts, self.min_path_prob, self.max_paths, self.batch_size)
         for i, probs in zip(todo, numbers):
             out[i] = logprob_score({n: math.log(p) for n, p in probs.items() if p > 0}, self.min_mass)
         return out

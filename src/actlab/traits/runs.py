@@ -5,6 +5,7 @@
                                 n_prompt_tokens, n_answer_tokens, finished
     acts-NNNNN.parquet          row, pooling, layer, activation (fixed_size_list<float32>[d_model]):
                                 one row per answer, pooling and layer
+    judgements/<judge>/chunk-NNNNN.parquet   each judge's saved scores (answer_sha256, score, reason)
     scores.parquet              row, score, reason, decision, kept; the judge and the keep rule in its
                                 schema metadata (actlab.judge, actlab.keep)
     vectors/<method>.safetensors  "layer_<L>": (d_model,), from the train split
@@ -16,6 +17,7 @@ Layer L is block L's output (blocks.L.hook_resid_post = HF hidden_states[L + 1])
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -35,10 +37,11 @@ from ..store import (MANIFEST, column_matrix, open_manifest, read_manifest, vect
                      write_parquet_atomic)
 from .definitions import Trait
 from .generation import GenerationConfig, generate, render_prompt
-from .judges import Judge, describe_judge, keep_answers
+from .judges import Judge, Judgement, describe_judge, judge_fingerprint, keep_answers
 from .vectors import METHODS, best_layers, fit_vectors
 
 TRAITS_FORMAT = "actlab.traits"
+JUDGE_CHUNK = 64  # answers judged between saves
 DEFAULT_POOLINGS = ("response_mean", "response_first:5", "prompt_last", "prompt_mean")
 
 
@@ -108,11 +111,22 @@ def read_activations(run: str | Path, pooling: str) -> dict[int, np.ndarray]:
             for layer in manifest["settings"]["layers"]}
 
 
-def judge_run(run: str | Path, judge: Judge, pos_min: float = 50.0, neg_max: float = 50.0) -> pa.Table:
-    """Score every answer, record each score or its reason and the keep / drop decision."""
+def judge_run(run: str | Path, judge: Judge, pos_min: float = 50.0, neg_max: float = 50.0,
+              chunk_size: int = JUDGE_CHUNK) -> pa.Table:
+    """Score every answer, record each score or its reason and the keep / drop
+    decision. Resumable: judgements are saved chunk by chunk under
+    RUN/judgements/<judge fingerprint>/, so a rerun with the same judge
+    scores only what an interruption left (an answer that changed is scored
+    again), and new thresholds call no judge."""
     run = Path(run)
     answers = read_answers(run)
-    judgements = judge.judge(list(zip(answers.column("question").to_pylist(), answers.column("answer").to_pylist())))
+    items = list(zip(answers.column("question").to_pylist(), answers.column("answer").to_pylist()))
+    fingerprint = judge_fingerprint(judge)
+    judgements: list[Judgement] = []
+    for index, lo in enumerate(range(0, len(items), chunk_size)):
+        chunk = items[lo:lo + chunk_size]
+        path = run / "judgements" / fingerprint / f"chunk-{index:05d}.parquet" if fingerprint else None
+        judgements += _saved_judgements(path, chunk) or _judge_chunk(judge, chunk, path)
     decisions = keep_answers(answers.column("polarity").to_pylist(), judgements, pos_min, neg_max)
     table = pa.table({"row": answers.column("row"), "score": pa.array([j.score for j in judgements], pa.float64()),
                       "reason": [j.reason for j in judgements], "decision": decisions,
@@ -121,6 +135,29 @@ def judge_run(run: str | Path, judge: Judge, pos_min: float = 50.0, neg_max: flo
                                            "actlab.keep": f"pos score >= {pos_min:g}, neg score < {neg_max:g}"})
     write_parquet_atomic(run / "scores.parquet", table)
     return table
+
+
+def _answer_hashes(chunk: list[tuple[str, str]]) -> list[str]:
+    return [hashlib.sha256(f"{q}\0{a}".encode()).hexdigest()[:16] for q, a in chunk]
+
+
+def _saved_judgements(path: Path | None, chunk: list[tuple[str, str]]) -> list[Judgement] | None:
+    if path is None or not path.exists():
+        return None
+    saved = pq.read_table(path)
+    if saved.column("answer_sha256").to_pylist() != _answer_hashes(chunk):
+        return None
+    return [Judgement(s, r) for s, r in zip(saved.column("score").to_pylist(), saved.column("reason").to_pylist())]
+
+
+def _judge_chunk(judge: Judge, chunk: list[tuple[str, str]], path: Path | None) -> list[Judgement]:
+    judgements = judge.judge(chunk)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(path, pa.table({"answer_sha256": _answer_hashes(chunk),
+                                             "score": pa.array([j.score for j in judgements], pa.float64()),
+                                             "reason": [j.reason for j in judgements]}))
+    return judgements
 
 
 def vectors_run(run: str | Path, pooling: str = "response_mean", methods: Sequence[str] = METHODS,
