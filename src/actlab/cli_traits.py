@@ -36,7 +36,7 @@ def _judge(run: Path, kind: Optional[str], judge_model: Optional[str], judge_url
     an OpenAI-compatible server. A local judge of the `loaded` model's name
     uses that model instead of loading it again."""
     from .default_model import DEFAULT_MODEL
-    from .traits.judges import make_judge
+    from .traits.judges import make_judge, unknown_judge_kind
     from .traits.runs import trait_of
 
     trait = trait_of(run)
@@ -50,7 +50,7 @@ def _judge(run: Path, kind: Optional[str], judge_model: Optional[str], judge_url
             raise ActlabError(f"trait '{trait.name}' has no {kind} judge; pass --judge local or --judge openai")
         return make_judge(trait.judge)
     if kind not in ("local", "openai"):
-        raise ActlabError(f"unknown --judge '{kind}'; use keyword, regex, local or openai")
+        raise unknown_judge_kind(kind)
     if not trait.eval_prompt:
         raise ActlabError(f"trait '{trait.name}' has no eval_prompt for a model judge; add one with {{question}} "
                           "and {answer}")

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ActlabError
+from .judges import JUDGE_KINDS
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "traits"
-JUDGE_KINDS = ("keyword", "regex", "local", "openai")
 KNOWN_KEYS = {"name", "description", "instruction", "questions", "eval_prompt", "judge", "natural"}
 
 

@@ -30,6 +30,11 @@ from typing import Mapping, Protocol, Sequence
 from ..errors import ActlabError
 
 MIN_NUMBER_MASS = 0.25
+JUDGE_KINDS = ("keyword", "regex", "local", "openai")
+
+
+def unknown_judge_kind(kind) -> ActlabError:
+    return ActlabError(f"unknown judge kind '{kind}'; use {', '.join(JUDGE_KINDS[:-1])} or {JUDGE_KINDS[-1]}")
 
 
 @dataclass
@@ -239,7 +244,7 @@ def make_judge(spec: Mapping, eval_prompt: str | None = None) -> Judge:
             return LocalJudge(prompt, **spec)
     except TypeError as exc:
         raise ActlabError(f"judge '{kind}': {exc}") from None
-    raise ActlabError(f"unknown judge kind '{kind}'; use keyword, regex, openai or local")
+    raise unknown_judge_kind(kind)
 
 
 def describe_judge(judge: Judge) -> str:
