@@ -79,7 +79,7 @@ def test_usage_error_exits_2_without_traceback(monkeypatch, capsys, tmp_path):
 
 
 def test_features_end_to_end(monkeypatch, capsys, tmp_path, tiny_model_dir, texts_file, tiny_models):
-    from actlab.saes.runs import open_features
+    from actlab.runs import FeatureRun
 
     import sae_lens
 
@@ -91,7 +91,7 @@ def test_features_end_to_end(monkeypatch, capsys, tmp_path, tiny_model_dir, text
                              "--sae", tmp_path / "sae", "--pooling", "mean", "--out", tmp_path / "run")
     assert code == 0, err
     assert "mean L0" in out
-    feats = open_features(tmp_path / "run")
+    feats = FeatureRun.open(tmp_path / "run")
     assert feats.names == [str(tmp_path / "sae")] and len(feats) == 3
     code, _, err = run_cli(monkeypatch, capsys, "features", "--model", tiny_model_dir, "--input", texts_file,
                            "--sae", tmp_path / "nope", "--out", tmp_path / "run2")
@@ -103,17 +103,17 @@ def test_analyze_end_to_end(monkeypatch, capsys, tmp_path, tiny_models):
 
     from actlab.analyses import strongest
     from actlab.inputs import Records
-    from actlab.saes.runs import features_run, open_features
+    from actlab.runs import FeatureRun, features_run
 
     texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(12)]
     records = Records(texts, {"category": [f"c{i % 3}" for i in range(12)]}, list(range(1, 13)))
     sae = random_sae("blocks.1.hook_resid_post", neuronpedia_id="tiny/1-res")
-    run = features_run(tiny_models["llama"], records, {"mid": sae}, tmp_path / "run", progress=False)
+    run = features_run(tiny_models["llama"], records, {"mid": sae}, tmp_path / "run")
     code, out, err = run_cli(monkeypatch, capsys, "analyze", run, "--threshold", "0.5")
     assert code == 0, err
     assert "comparison" in out and "specialists" in out
     table = pq.read_table(run / "analysis" / "strongest.parquet").to_pylist()
-    expected = strongest(open_features(run).dense("mid").numpy())
+    expected = strongest(FeatureRun.open(run).dense("mid").numpy())
     assert [r["latent"] for r in table] == [r["latent"] for r in expected]
     assert table[0]["neuronpedia"] == f"https://neuronpedia.org/tiny/1-res/{expected[0]['latent']}"
     code, _, err = run_cli(monkeypatch, capsys, "analyze", tmp_path / "nothing")
@@ -134,12 +134,13 @@ def test_sae_quality_command(monkeypatch, capsys, tmp_path, tiny_model_dir, text
 
 def test_explore_highlights_tokens(monkeypatch, capsys, tmp_path, tiny_models):
     from actlab.inputs import Records
-    from actlab.saes.runs import features_run, open_features
+    from actlab import ExtractConfig
+    from actlab.runs import FeatureRun, features_run
 
     records = Records(TEXTS, {}, list(range(1, len(TEXTS) + 1)))
     run = features_run(tiny_models["llama"], records, {"mid": random_sae("blocks.1.hook_resid_post")},
-                       tmp_path / "run", pooling="all", progress=False)
-    feats = open_features(run)
+                       tmp_path / "run", ExtractConfig(pooling="all"))
+    feats = FeatureRun.open(run)
     assert feats.tokens == tiny_models["llama"].extract(TEXTS, "blocks.1.hook_resid_post", pooling="all",
                                                         progress=False).tokens
     latent = int(feats.latent_stats["mid"].count.argmax())

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 import actlab
-from actlab import ActlabError, store
+from actlab import ActlabError, ExtractConfig
+from actlab.runs import activations as activation_runs
+from actlab.runs import extract_run, shard_name
 from actlab.inputs import Records
 
 from conftest import TEXTS, rel_error
@@ -31,7 +33,7 @@ def records(n=40):
 def test_pooled_run_round_trip(tmp_path, tiny_models):
     model = tiny_models["llama"]
     recs = records()
-    run = store.extract_run(model, recs, HOOKS, tmp_path / "run", pooling="mean", shard_size=16, progress=False)
+    run = extract_run(model, recs, tmp_path / "run", ExtractConfig(HOOKS, "mean"), shard_size=16)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["complete"] and manifest["shards"] == [f"shard-0000{i}.parquet" for i in range(3)]
     assert manifest["settings"]["model"]["weights_sha256"] == model.weight_hash
@@ -48,8 +50,7 @@ def test_shards_open_in_dataframe_libraries(tmp_path, tiny_models):
     import pandas as pd
     import polars as pl
 
-    run = store.extract_run(tiny_models["llama"], records(), HOOKS, tmp_path / "run", shard_size=16,
-                            progress=False)
+    run = extract_run(tiny_models["llama"], records(), tmp_path / "run", ExtractConfig(HOOKS), shard_size=16)
     acts = actlab.open_run(run)
     pattern = str(run / "*.parquet")
     frame = pl.read_parquet(pattern)
@@ -66,7 +67,7 @@ def test_shards_open_in_dataframe_libraries(tmp_path, tiny_models):
 def test_per_token_run(tmp_path, tiny_models):
     model = tiny_models["gpt2"]
     recs = records(10)
-    run = store.extract_run(model, recs, HOOKS, tmp_path / "run", pooling="all", shard_size=4, progress=False)
+    run = extract_run(model, recs, tmp_path / "run", ExtractConfig(HOOKS, "all"), shard_size=4)
     table = pq.read_table(run / "shard-00000.parquet")
     assert table.column_names[:4] == ["text_id", "position", "token_id", "token"]
     acts = actlab.open_run(run)
@@ -78,8 +79,8 @@ def test_per_token_run(tmp_path, tiny_models):
 def test_interrupted_run_resumes_to_identical_result(tmp_path, tiny_models, monkeypatch):
     model = tiny_models["llama"]
     recs = records()
-    clean = store.extract_run(model, recs, HOOKS, tmp_path / "clean", shard_size=8, progress=False)
-    real_write = store.write_parquet_atomic
+    clean = extract_run(model, recs, tmp_path / "clean", ExtractConfig(HOOKS), shard_size=8)
+    real_write = activation_runs.write_parquet_atomic
     written = []
 
     def dying_write(path, table):
@@ -88,30 +89,30 @@ def test_interrupted_run_resumes_to_identical_result(tmp_path, tiny_models, monk
         written.append(path)
         real_write(path, table)
 
-    monkeypatch.setattr(store, "write_parquet_atomic", dying_write)
+    monkeypatch.setattr(activation_runs, "write_parquet_atomic", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        store.extract_run(model, recs, HOOKS, tmp_path / "resumed", shard_size=8, progress=False)
+        extract_run(model, recs, tmp_path / "resumed", ExtractConfig(HOOKS), shard_size=8)
     with pytest.raises(ActlabError, match="incomplete"):
         actlab.open_run(tmp_path / "resumed")
-    monkeypatch.setattr(store, "write_parquet_atomic", real_write)
-    resumed = store.extract_run(model, recs, HOOKS, tmp_path / "resumed", shard_size=8, progress=False)
+    monkeypatch.setattr(activation_runs, "write_parquet_atomic", real_write)
+    resumed = extract_run(model, recs, tmp_path / "resumed", ExtractConfig(HOOKS), shard_size=8)
     for i in range(5):
-        name = store.shard_name(i)
+        name = shard_name(i)
         assert pq.read_table(resumed / name).equals(pq.read_table(clean / name))
 
 
 def test_other_settings_refuse_to_mix(tmp_path, tiny_models):
     model = tiny_models["llama"]
-    store.extract_run(model, records(8), HOOKS, tmp_path / "run", progress=False)
+    extract_run(model, records(8), tmp_path / "run", ExtractConfig(HOOKS))
     with pytest.raises(ActlabError, match=r"other settings \(pooling\).*--overwrite"):
-        store.extract_run(model, records(8), HOOKS, tmp_path / "run", pooling="mean", progress=False)
+        extract_run(model, records(8), tmp_path / "run", ExtractConfig(HOOKS, "mean"))
     # overwrite removes what later stages derived from the old run; files that are not actlab's stay
     for folder in ("analysis", "vectors", "figures"):
         (tmp_path / "run" / folder).mkdir()
         (tmp_path / "run" / folder / "old.parquet").write_bytes(b"x")
     (tmp_path / "run" / "report.html").write_text("old")
     (tmp_path / "run" / "notes.txt").write_text("mine")
-    store.extract_run(model, records(8), HOOKS, tmp_path / "run", pooling="mean", overwrite=True, progress=False)
+    extract_run(model, records(8), tmp_path / "run", ExtractConfig(HOOKS, "mean"), overwrite=True)
     assert actlab.open_run(tmp_path / "run").pooling == "mean"
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["manifest.json", "notes.txt", "shard-00000.parquet"]
 
@@ -138,5 +139,5 @@ def test_killed_cli_run_resumes(tmp_path):
     subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
     subprocess.run(command(tmp_path / "clean"), check=True, capture_output=True)
     for i in range(8):
-        name = store.shard_name(i)
+        name = shard_name(i)
         assert pq.read_table(tmp_path / "killed" / name).equals(pq.read_table(tmp_path / "clean" / name))

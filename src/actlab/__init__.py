@@ -1,18 +1,26 @@
-"""actlab: fast, correct activation extraction for interpretability experiments."""
+"""actlab: fast, correct activation extraction for interpretability experiments.
 
-__version__ = "0.1.0"
+    model = actlab.load_model()                        # the default model
+    acts = model.extract(texts, ["blocks.7.hook_resid_post"], pooling="mean")
+    feats = model.features(texts)                      # the default SAEs, one pass
+    path = actlab.extract_run(model, records, "runs/x", actlab.ExtractConfig(hooks=[...]))
+    run = actlab.open_run(path)                        # ActivationRun, FeatureRun or TraitRun
+"""
 
 from .activations import Activations, ExtractStats
 from .default_model import DEFAULT_MODEL
+from .engine import ExtractConfig
 from .errors import ActlabError
+from .inputs import Records, read_records
 from .models import Model, load_model
+from .report import build_report
+from .runs import ActivationRun, FeatureRun, extract_run, features_run, open_run
+from .saes import SAE, load_sae
+from .saes.features import Features
+from .traits import TraitRun, load_trait, run_trait
+from .version import VERSION as __version__
 
-__all__ = ["Activations", "ActlabError", "DEFAULT_MODEL", "ExtractStats", "Model",
-           "load_model", "open_run", "__version__"]
-
-
-def open_run(path):
-    """Open an extraction run directory as Activations (see actlab.store)."""
-    from .store import open_run as _open_run
-
-    return _open_run(path)
+__all__ = ["ActivationRun", "Activations", "ActlabError", "DEFAULT_MODEL", "ExtractConfig", "ExtractStats",
+           "FeatureRun", "Features", "Model", "Records", "SAE", "TraitRun", "__version__", "build_report",
+           "extract_run", "features_run", "load_model", "load_sae", "load_trait", "open_run", "read_records",
+           "run_trait"]

@@ -16,7 +16,7 @@ def categories() -> Records:
     for category, items in data["categories"].items():
         texts += items
         cats += [category] * len(items)
-    return Records(texts, {"category": cats}, list(range(1, len(texts) + 1)))
+    return Records.of(texts, "builtin:categories", category=cats)
 
 
 def length_mix(tokenizer, n: int = 256, min_tokens: int = 20, max_tokens: int = 150,

@@ -6,16 +6,18 @@ after the last requested hook fires. Hooks pool on the device as they fire, so
 only pooled rows ever leave the model, and they are copied to preallocated host
 tensors without stalling the next batch.
 
-`Extractor` is a plain callable over batches of texts, so a distributed runner
-(Ray Data `map_batches`) can run it unchanged.
+`Extractor` is a plain callable over lists of texts, so a distributed runner
+can call it unchanged. The model is duck-typed: anything with `hf_model`,
+`base_model`, `tokenizer`, `device`, `d_model`, `pad_id`, `config`,
+`hook_widths` and `token_strings` (see actlab.models.Model).
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -24,14 +26,88 @@ from . import hooks as hook_points
 from .activations import Activations, ExtractStats
 from .errors import ActlabError
 from .pooling import Pooling, PoolPlan, parse_pooling, plan_pooling
-from .tokens import Tokenized, tokenize
+from .tokens import Tokenized, offsets, pad, tokenize
 
 CPU_TOKEN_BUDGET = 640  # measured: larger padded batches run slower on CPU caches
 CUDA_MAX_TOKEN_BUDGET = 16384
 MPS_TOKEN_BUDGET = 8192
 
+OnBatch = Callable[[int, int], None]  # progress callback: (texts, tokens) just done
 
-class _StopForward(Exception):
+
+class Progress(Protocol):
+    """What a run reports progress to (the CLI draws it as a bar)."""
+
+    def start(self, total: int) -> None:
+        """The run has `total` texts (or prompts) left to do."""
+
+    def advance(self, n_texts: int, n_tokens: int) -> None:
+        """A batch of n_texts texts with n_tokens tokens is done."""
+
+
+@dataclass
+class ExtractConfig:
+    """What the engine extracts and how it batches. The first five fields
+    decide the numbers (a run's manifest settings); the batching fields only
+    decide speed and memory, since batched equals one text at a time."""
+
+    hooks: list[str] = field(default_factory=list,
+                             metadata={"help": "Hook name or module path; repeatable.", "flag": "--hook"})
+    pooling: str | int | list[int] = field(default="last", metadata={
+        "help": "last, mean, all, first:K, last:K, pos:I (or, in Python, one position per text)."})
+    prepend_bos: bool | None = field(default=None, metadata={
+        "help": "Prepend BOS (default: whatever the tokenizer does; for features, the SAEs' own)."})
+    include_bos: bool = field(default=False, metadata={"help": "Let mean/first:K/last:K pool the BOS token."})
+    max_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens."})
+    batch_size: int | None = field(default=None, metadata={"help": "Texts per batch (default: token budget)."})
+    max_batch_tokens: int | None = field(default=None, metadata={"help": "Padded tokens per batch."})
+    padding_side: str = field(default="right", metadata={"help": "right or left."})
+
+    def __post_init__(self):
+        if isinstance(self.hooks, str):
+            self.hooks = [self.hooks]
+        self.hooks = list(dict.fromkeys(self.hooks))
+        if not isinstance(self.pooling, (str, int)):
+            self.pooling = [int(p) for p in self.pooling]
+        if self.padding_side is None:
+            self.padding_side = "right"
+        if self.padding_side not in ("left", "right"):
+            raise ActlabError(f"padding_side must be 'left' or 'right', not '{self.padding_side}'",
+                              param="padding_side")
+        for name in ("batch_size", "max_batch_tokens", "max_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ActlabError(f"{name} must be at least 1, not {value}", param=name)
+        self.pool  # validates the pooling spec
+
+    @property
+    def pool(self) -> Pooling:
+        return parse_pooling(self.pooling, self.include_bos)
+
+    @classmethod
+    def of(cls, cfg: "ExtractConfig | None" = None, **options) -> "ExtractConfig":
+        """cfg with `options` replaced (None values are left as they are);
+        an unknown option is an error naming the known ones."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ActlabError(f"unknown option(s) {', '.join(unknown)}; ExtractConfig takes "
+                              f"{', '.join(sorted(known))}", param=unknown[0])
+        values = asdict(cfg) if cfg is not None else {}
+        values.update({k: v for k, v in options.items() if v is not None})
+        return cls(**values)
+
+    def settings(self) -> dict:
+        """The fields a run's rows depend on (resuming requires them equal)."""
+        return {"hooks": self.hooks, "pooling": self.pool.spec if len(self.pool.positions) <= 1 else self.pooling,
+                "include_bos": self.include_bos, "prepend_bos": self.prepend_bos, "max_length": self.max_length}
+
+    def batching(self) -> dict:
+        return {"batch_size": self.batch_size, "max_batch_tokens": self.max_batch_tokens,
+                "padding_side": self.padding_side}
+
+
+class StopForward(Exception):
     """Raised by the last hook to fire: nothing after it needs computing."""
 
 
@@ -70,16 +146,30 @@ def auto_token_budget(device: torch.device, d_model: int) -> int:
 
 
 @dataclass
-class _Batch:
-    rows: np.ndarray
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    plan: PoolPlan
+class Batch:
+    """One padded batch, its pooling plan, and where its pooled rows go."""
+
+    rows: np.ndarray  # indices of the texts in this batch
+    padded: object  # actlab.tokens.Padded, on the model's device
+    plan: PoolPlan  # on the model's device
     dest: torch.Tensor  # host rows (pooled) or host token rows ('all') to fill
 
 
-class _HostCopies:
+def padded_batch(model, tok: Tokenized, rows: np.ndarray, pooling: Pooling, padding_side: str,
+                 text_offsets: torch.Tensor | None = None) -> Batch:
+    """The batch of texts `rows` of `tok`; text_offsets (per-token pooling)
+    places each text's token rows in the output."""
+    padded = pad([tok.ids[r] for r in rows], padding_side, model.pad_id, model.device)
+    width = padded.input_ids.shape[1]
+    plan = plan_pooling(pooling, padded.starts, padded.lengths, tok.has_bos, width, rows.tolist())
+    if pooling.per_token:
+        dest = torch.cat([torch.arange(int(text_offsets[r]), int(text_offsets[r + 1])) for r in rows])
+    else:
+        dest = torch.from_numpy(rows.astype(np.int64))
+    return Batch(rows, padded, plan.to(model.device), dest)
+
+
+class HostCopies:
     """Device-to-host copies. On CUDA each batch's pooled rows go to pinned
     staging buffers asynchronously and are scattered into the outputs only after
     the next batch has been queued, so the copy never stalls the device."""
@@ -128,10 +218,10 @@ class ActivationSink:
     """Pools a hook's activations and fills preallocated host rows."""
 
     def __init__(self, n_rows: int, width: int, pin: bool):
-        self.out = torch.empty(n_rows, width, dtype=torch.float32, pin_memory=pin)
-        self.copies = _HostCopies()
+        self.out = torch.empty(n_rows, width, dtype=torch.float32, pin_memory=pin)  # (n_rows, width)
+        self.copies = HostCopies()
 
-    def consume(self, hidden: torch.Tensor, batch: "_Batch") -> None:
+    def consume(self, hidden: torch.Tensor, batch: Batch) -> None:
         self.copies.put(self.out, batch.dest, batch.plan.apply(hidden))
 
     def mark(self) -> int:
@@ -147,6 +237,31 @@ class ActivationSink:
         self.copies.flush()
 
 
+class Pass:
+    """The state of one Extractor call: its sinks, the batch in flight, how
+    many hook sites fired in the current forward, and out-of-memory splits."""
+
+    def __init__(self, sinks: dict[str, list], n_sites: int):
+        self.sinks = sinks
+        self.all_sinks = [sink for group in sinks.values() for sink in group]
+        self.n_sites = n_sites
+        self.fired = 0
+        self.batch: Batch | None = None
+        self.oom_splits = 0
+
+    def feed(self, names: list[str], hidden: torch.Tensor) -> None:
+        """A hook site fired: its names' sinks consume; the last site stops the pass."""
+        if hidden.dim() != 3:
+            raise ActlabError(f"hook '{names[0]}' produced shape {tuple(hidden.shape)}, "
+                              "not (batch, tokens, width); pick a residual-stream module")
+        for name in names:
+            for sink in self.sinks[name]:
+                sink.consume(hidden, self.batch)
+        self.fired += 1
+        if self.fired == self.n_sites:
+            raise StopForward
+
+
 class Extractor:
     """Runs hooks over texts; call it with a list of texts, get Activations.
 
@@ -155,74 +270,57 @@ class Extractor:
     A forward that runs out of memory may have fed some sinks already: they
     roll back to their `mark()` before the batch is split and rerun."""
 
-    def __init__(self, model, hooks: Sequence[str], pooling: str | int | Sequence[int] = "last",
-                 batch_size: int | None = None, max_batch_tokens: int | None = None,
-                 padding_side: str | None = None, max_length: int | None = None,
-                 prepend_bos: bool | None = None, include_bos: bool = False):
-        if not hooks:
-            raise ActlabError("no hooks requested; pass at least one hook name (see `actlab models`)")
-        if padding_side not in (None, "left", "right"):
-            raise ActlabError(f"padding_side must be 'left' or 'right', not '{padding_side}'")
-        if batch_size is not None and batch_size < 1:
-            raise ActlabError("batch_size must be at least 1")
+    def __init__(self, model, cfg: ExtractConfig):
+        if not cfg.hooks:
+            raise ActlabError("no hooks requested; pass at least one hook name (see `actlab models`)",
+                              param="hooks")
         self.model = model
-        self.hook_names = list(dict.fromkeys(hooks))
+        self.cfg = cfg
+        self.hook_names = cfg.hooks
         self.sites = [hook_points.resolve(model.hf_model, h) for h in self.hook_names]
-        self.pooling: Pooling = parse_pooling(pooling, include_bos)
-        self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
-        if batch_size is None and max_batch_tokens is None:
+        self.pooling: Pooling = cfg.pool
+        self.max_batch_tokens = cfg.max_batch_tokens
+        if cfg.batch_size is None and cfg.max_batch_tokens is None:
             self.max_batch_tokens = auto_token_budget(model.device, model.d_model)
-        self.padding_side = padding_side or "right"
-        self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
-        self.prepend_bos = prepend_bos
+        self.max_length = cfg.max_length or getattr(model.config, "max_position_embeddings", None)
         self.widths = model.hook_widths(self.hook_names)
-        self.oom_splits = 0
 
-    def __call__(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> Activations:
+    def __call__(self, texts: Sequence[str], on_batch: OnBatch | None = None) -> Activations:
         if isinstance(texts, str):
-            raise ActlabError("texts must be a list of strings, not one string; wrap it: [text]")
+            raise ActlabError("texts must be a list of strings, not one string; wrap it: [text]", param="texts")
         if len(self.pooling.positions) > 1 and len(self.pooling.positions) != len(texts):
             raise ActlabError(f"{len(self.pooling.positions)} positions given for {len(texts)} texts; "
-                              "give one position per text")
+                              "give one position per text", param="pooling")
         started = time.perf_counter()
-        self.oom_splits = 0  # per call: runs add up the calls' statistics
-        tok = tokenize(self.model.tokenizer, texts, self.prepend_bos, self.max_length)
+        tok = tokenize(self.model.tokenizer, texts, self.cfg.prepend_bos, self.max_length)
         lengths = np.array(tok.lengths)
-        offsets = None
-        if self.pooling.per_token:
-            offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
-            offsets[1:] = torch.from_numpy(np.cumsum(lengths))
-        sinks = self.make_sinks(int(offsets[-1]) if offsets is not None else len(lengths))
-        all_sinks = self._sinks = [sink for group in sinks.values() for sink in group]
+        text_offsets = offsets(lengths) if self.pooling.per_token else None
+        n_rows = int(text_offsets[-1]) if text_offsets is not None else len(lengths)
+        sinks = self.make_sinks(n_rows)
+        sites = self._site_groups()
+        run = Pass(sinks, len(sites))
         n_padded = 0
-        handles = self._register(sinks)
-        try:
-            with torch.inference_mode():
-                for rows in plan_batches(lengths, self.batch_size, self.max_batch_tokens):
-                    n_padded += self._run_rows(rows, tok, offsets)
-                    for sink in all_sinks:
-                        sink.end_batch()
-                    if on_batch:
-                        on_batch(len(rows), int(lengths[rows].sum()))
-                for sink in all_sinks:
-                    sink.finish()
-        finally:
-            for handle in handles:
-                handle.remove()
+        feeds = {site: (lambda hidden, names=names: run.feed(names, hidden)) for site, names in sites.items()}
+        with hook_points.capture(self.model.hf_model, feeds), torch.inference_mode():
+            for rows in plan_batches(lengths, self.cfg.batch_size, self.max_batch_tokens):
+                n_padded += self._run_rows(run, rows, tok, text_offsets)
+                for sink in run.all_sinks:
+                    sink.end_batch()
+                if on_batch:
+                    on_batch(len(rows), int(lengths[rows].sum()))
+            for sink in run.all_sinks:
+                sink.finish()
         if self.model.device.type == "cuda":
             torch.cuda.synchronize(self.model.device)
         stats = ExtractStats(
             n_texts=len(texts), n_tokens=int(lengths.sum()), n_padded_tokens=n_padded,
-            seconds=time.perf_counter() - started, n_truncated=tok.n_truncated,
-            oom_splits=self.oom_splits)
-        tokens = None
-        token_ids = None
+            seconds=time.perf_counter() - started, n_truncated=tok.n_truncated, oom_splits=run.oom_splits)
+        tokens = token_ids = None
         if self.pooling.per_token:
             token_ids = torch.tensor([t for ids in tok.ids for t in ids], dtype=torch.int64)
             tokens = self.model.token_strings(tok.ids)
         return self.make_result(sinks, pooling=self.pooling.spec, n_tokens=torch.from_numpy(lengths),
-                                offsets=offsets, tokens=tokens, token_ids=token_ids, stats=stats,
+                                offsets=text_offsets, tokens=tokens, token_ids=token_ids, stats=stats,
                                 has_bos=tok.has_bos)
 
     # -- what the hooks feed, and what comes back ------------------------------
@@ -234,96 +332,46 @@ class Extractor:
     def make_result(self, sinks: dict[str, list], **fields) -> Activations:
         return Activations({name: group[0].out for name, group in sinks.items()}, **fields)
 
-    def _register(self, sinks: dict[str, list]) -> list:
-        """One hook per (module, input/output) site; the last one to fire stops the pass."""
+    def _site_groups(self) -> dict[hook_points.HookSite, list[str]]:
+        """One hook per (module, input/output) site, feeding every name there."""
         groups: dict[tuple[int, bool], list[str]] = {}
-        modules = {}
+        first: dict[tuple[int, bool], hook_points.HookSite] = {}
         for site in self.sites:
             key = (id(site.module), site.capture_input)
             groups.setdefault(key, []).append(site.name)
-            modules[key] = site.module
-        self._fired = 0
-        n_sites = len(groups)
-        handles = []
-
-        def capture(names: list[str], hidden) -> None:
-            if isinstance(hidden, tuple):
-                hidden = hidden[0]
-            if hidden.dim() != 3:
-                raise ActlabError(f"hook '{names[0]}' produced shape {tuple(hidden.shape)}, "
-                                  "not (batch, tokens, width); pick a residual-stream module")
-            for name in names:
-                for sink in sinks[name]:
-                    sink.consume(hidden, self._batch)
-            self._fired += 1
-            if self._fired == n_sites:
-                raise _StopForward
-
-        for key, names in groups.items():
-            module = modules[key]
-            if key[1]:
-                def pre_hook(mod, args, kwargs, names=names):
-                    capture(names, args[0] if args else kwargs["hidden_states"])
-                handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            else:
-                def post_hook(mod, args, output, names=names):
-                    capture(names, output)
-                handles.append(module.register_forward_hook(post_hook))
-        return handles
+            first.setdefault(key, site)
+        return {first[key]: names for key, names in groups.items()}
 
     # -- one batch -----------------------------------------------------------
 
-    def make_batch(self, rows: np.ndarray, tok: Tokenized, offsets: torch.Tensor | None) -> _Batch:
-        seqs = [tok.ids[r] for r in rows]
-        lengths = torch.tensor([len(s) for s in seqs])
-        width = int(lengths.max())
-        pad_id = self.model.pad_id
-        input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        starts = width - lengths if self.padding_side == "left" else torch.zeros_like(lengths)
-        for i, seq in enumerate(seqs):
-            s = int(starts[i])
-            input_ids[i, s:s + len(seq)] = torch.tensor(seq)
-            mask[i, s:s + len(seq)] = 1
-        # Positions count real tokens only, so left padding shifts nothing
-        # (absolute-position models such as GPT-2 depend on this).
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        plan = plan_pooling(self.pooling, starts, lengths, tok.has_bos, width, rows.tolist())
-        if self.pooling.per_token:
-            dest = torch.cat([torch.arange(int(offsets[r]), int(offsets[r + 1])) for r in rows])
-        else:
-            dest = torch.from_numpy(rows.astype(np.int64))
-        device = self.model.device
-        return _Batch(rows, input_ids.to(device), mask.to(device), position_ids.to(device),
-                      plan.to(device), dest)
-
-    def _run_rows(self, rows: np.ndarray, tok: Tokenized, offsets: torch.Tensor | None) -> int:
+    def _run_rows(self, run: Pass, rows: np.ndarray, tok: Tokenized, text_offsets: torch.Tensor | None) -> int:
         """Forward one batch; on CUDA out-of-memory split it in two and go on."""
-        self._batch = self.make_batch(rows, tok, offsets)
-        marks = [sink.mark() for sink in self._sinks]
+        run.batch = padded_batch(self.model, tok, rows, self.pooling, self.cfg.padding_side, text_offsets)
+        marks = [sink.mark() for sink in run.all_sinks]
         try:
-            self._forward(self._batch)
-            return int(self._batch.input_ids.numel())
+            self._forward(run)
+            return int(run.batch.padded.input_ids.numel())
         except torch.cuda.OutOfMemoryError:
             pass
         # Split outside the except block: the exception's traceback holds the
         # failed forward's frames, and with them its activations on the device.
-        for sink, mark in zip(self._sinks, marks):
+        for sink, mark in zip(run.all_sinks, marks):
             sink.rollback(mark)
         if len(rows) == 1:
-            raise ActlabError("out of memory on a single text; lower --max-length or the batch budget")
-        self._batch = None
+            raise ActlabError("out of memory on a single text; lower max_length or the batch budget",
+                              param="max_length")
+        run.batch = None
         torch.cuda.empty_cache()
-        self.oom_splits += 1
+        run.oom_splits += 1
         half = len(rows) // 2
-        return self._run_rows(rows[:half], tok, offsets) + self._run_rows(rows[half:], tok, offsets)
+        return self._run_rows(run, rows[:half], tok, text_offsets) + \
+            self._run_rows(run, rows[half:], tok, text_offsets)
 
-    def _forward(self, batch: _Batch) -> None:
-        self._fired = 0
+    def _forward(self, run: Pass) -> None:
+        run.fired = 0
         try:
-            self.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  position_ids=batch.position_ids, use_cache=False)
-        except _StopForward:
+            self.model.base_model(**run.batch.padded.inputs(), use_cache=False)
+        except StopForward:
             return
         raise ActlabError(f"hooks {self.hook_names} did not all fire during the forward pass; "
-                          "use modules that the model runs on every token")
+                          "use modules that the model runs on every token", param="hooks")

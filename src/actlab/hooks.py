@@ -9,8 +9,11 @@ Raw module paths (`model.layers.3`) capture that module's output.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
 
+import torch
 import torch.nn as nn
 
 from .errors import ActlabError
@@ -53,6 +56,12 @@ LAYOUTS: dict[str, Layout] = {
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post"
                          r"|hook_attn_out|hook_mlp_out)$")
+
+
+def block_hook(layer: int, kind: str = "hook_resid_post") -> str:
+    """The TransformerLens name of a block's hook: block_hook(7) is
+    'blocks.7.hook_resid_post', block L's output (HF hidden_states[L + 1])."""
+    return f"blocks.{layer}.{kind}"
 
 
 def layout_for(config) -> Layout:
@@ -114,3 +123,62 @@ def resolve(hf_model: nn.Module, name: str) -> HookSite:
     raise ActlabError(f"unknown hook '{name}'; valid names: {', '.join(shown)} "
                       "(all of them: `actlab models MODEL`), or a module path such as "
                       f"'{hf_model.base_model_prefix}.{layout_for(hf_model.config.get_text_config()).layers}.0'")
+
+
+# -- running code at hook sites -------------------------------------------------
+
+HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+def _register(site: HookSite, fn: HookFn, rewrite: bool):
+    """The one place a PyTorch hook is registered. fn sees the site's hidden
+    state (batch, tokens, width); with rewrite, what it returns replaces it."""
+    if site.capture_input:
+        def pre_hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            new = fn(hidden)
+            if not rewrite:
+                return None
+            if args:
+                return (new,) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": new}
+        return site.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+    def post_hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = fn(hidden)
+        if not rewrite:
+            return None
+        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+    return site.module.register_forward_hook(post_hook)
+
+
+@contextmanager
+def _hooked(hf_model: nn.Module, fns: Mapping[str | HookSite, HookFn], rewrite: bool) -> Iterator[None]:
+    handles = []
+    try:
+        for where, fn in fns.items():
+            site = where if isinstance(where, HookSite) else resolve(hf_model, where)
+            handles.append(_register(site, fn, rewrite))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def capture(hf_model: nn.Module, fns: Mapping[str | HookSite, Callable[[torch.Tensor], None]]):
+    """Context manager: within it, fns[name](hidden) runs whenever that hook
+    fires (a name, a module path, or a resolved HookSite); it may raise to stop
+    the forward pass (see actlab.engine.StopForward)."""
+    return _hooked(hf_model, fns, rewrite=False)
+
+
+def replace(hf_model: nn.Module, fns: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]):
+    """Context manager: within it, the activation at each hook is replaced by
+    fns[name](hidden), so the rest of the forward pass sees the new value."""
+    for name in fns:
+        if isinstance(name, str) and name.endswith("hook_resid_mid"):
+            # captured at the MLP norm's input: rewriting it would not change the residual
+            raise ActlabError("replacing hook_resid_mid is not supported; use hook_resid_pre / "
+                              "hook_resid_post / hook_attn_out / hook_mlp_out")
+    return _hooked(hf_model, fns, rewrite=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 from .errors import ActlabError
 
@@ -23,35 +23,40 @@ class Records:
     fields: dict[str, list] = field(default_factory=dict)  # id / label / category
     lines: list[int] = field(default_factory=list)
     n_skipped: int = 0
+    source: str | None = None  # the file read, or a name such as "builtin:categories"
+    text_field: str | None = None  # the field the texts came from
 
     def __len__(self) -> int:
         return len(self.texts)
 
+    @classmethod
+    def of(cls, texts: Sequence[str], source: str | None = None, **fields: list) -> "Records":
+        """Records of in-memory texts (lines count from 1)."""
+        return cls(list(texts), dict(fields), list(range(1, len(texts) + 1)), source=source)
+
     def select(self, keep: list[int]) -> "Records":
-        return Records([self.texts[i] for i in keep],
-                       {k: [v[i] for i in keep] for k, v in self.fields.items()},
-                       [self.lines[i] for i in keep], self.n_skipped)
+        return replace(self, texts=[self.texts[i] for i in keep],
+                       fields={k: [v[i] for i in keep] for k, v in self.fields.items()},
+                       lines=[self.lines[i] for i in keep])
 
 
 @dataclass(frozen=True)
 class FieldNames:
-    text: str = "text"
-    id: str | None = None
-    label: str | None = None
-    category: str | None = None
+    """Which fields of an input file hold the text and the optional id / label / category."""
+
+    text: str = field(default="text", metadata={"help": "Text field (jsonl, json, csv, parquet).",
+                                                "flag": "--text-field"})
+    id: str | None = field(default=None, metadata={"help": "Id field (default 'id' if present).",
+                                                   "flag": "--id-field"})
+    label: str | None = field(default=None, metadata={"help": "Label field (default 'label' if present).",
+                                                      "flag": "--label-field"})
+    category: str | None = field(default=None, metadata={"help": "Category field (default 'category').",
+                                                         "flag": "--category-field"})
 
     def optional(self) -> dict[str, tuple[str, bool]]:
         """role -> (column name, whether the user named it explicitly)."""
         return {role: (getattr(self, role) or role, getattr(self, role) is not None)
                 for role in OPTIONAL_FIELDS}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_records(path: str | Path, names: FieldNames = FieldNames(), skip_empty: bool = False) -> Records:
@@ -68,6 +73,7 @@ def read_records(path: str | Path, names: FieldNames = FieldNames(), skip_empty:
         rows, lines = {".txt": _rows_txt, ".jsonl": _rows_jsonl, ".json": _rows_json,
                        ".csv": _rows_csv}[suffix](text, path)
     records = _to_records(rows, lines, names, path)
+    records.source, records.text_field = str(path), names.text
     return _drop_empty(records, path, skip_empty)
 
 

@@ -10,8 +10,12 @@ from typing import Sequence
 import torch
 
 from . import hooks as hook_points
+from .activations import Activations
 from .default_model import DEFAULT_MODEL, default_model_dir
+from .engine import ExtractConfig, Extractor, OnBatch
 from .errors import ActlabError
+from .saes import default_saes
+from .saes.features import FeatureExtractor, Features
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZED = ("8bit", "4bit")
@@ -87,19 +91,11 @@ class Model:
     def _probe_width(self, name: str) -> int:
         """Run one token through the model and read the module's output width."""
         widths = {}
-
-        def capture(mod, args, output):
-            widths[name] = (output[0] if isinstance(output, tuple) else output).shape[-1]
-
-        handle = hook_points.resolve(self.hf_model, name).module.register_forward_hook(capture)
-        try:
-            with torch.inference_mode():
-                ids = torch.tensor([[self.pad_id]], device=self.device)
-                self.base_model(input_ids=ids, use_cache=False)
-        finally:
-            handle.remove()
+        with hook_points.capture(self.hf_model, {name: lambda hidden: widths.setdefault(name, hidden.shape[-1])}), \
+                torch.inference_mode():
+            self.base_model(input_ids=torch.tensor([[self.pad_id]], device=self.device), use_cache=False)
         if name not in widths:
-            raise ActlabError(f"module '{name}' does not run in the forward pass; pick another")
+            raise ActlabError(f"module '{name}' does not run in the forward pass; pick another", param="hooks")
         return widths[name]
 
     def token_strings(self, ids_per_text: Sequence[Sequence[int]]) -> list[str]:
@@ -131,43 +127,36 @@ class Model:
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
-    def extract(self, texts: Sequence[str], hooks: Sequence[str] | str, pooling="last",
-                batch_size: int | None = None, max_batch_tokens: int | None = None,
-                padding_side: str | None = None, max_length: int | None = None,
-                prepend_bos: bool | None = None, include_bos: bool = False,
-                progress: bool | None = None):
-        """Activations at `hooks` for every text, in input order. See README."""
-        from .engine import Extractor
+    def extract(self, texts: Sequence[str], hooks: Sequence[str] | str, pooling: str | int | list[int] | None = None,
+                progress: OnBatch | None = None, cfg: ExtractConfig | None = None, **options) -> Activations:
+        """Activations at `hooks` for every text, in input order; pooling
+        "last" unless cfg or pooling says otherwise. `options` are
+        ExtractConfig fields (batch_size, max_batch_tokens, padding_side,
+        max_length, prepend_bos, include_bos); `progress(n_texts, n_tokens)`
+        is called after each batch."""
+        cfg = ExtractConfig.of(cfg, hooks=[hooks] if isinstance(hooks, str) else list(hooks), pooling=pooling,
+                               **options)
+        return self.run_extractor(Extractor(self, cfg), texts, progress)
 
-        hooks = [hooks] if isinstance(hooks, str) else list(hooks)
-        extractor = Extractor(self, hooks, pooling, batch_size, max_batch_tokens, padding_side,
-                              max_length, prepend_bos, include_bos)
-        return self._run(extractor, texts, progress, "extract")
-
-    def features(self, texts: Sequence[str], saes=None, pooling="last", keep_dense: bool = False,
-                 progress: bool | None = None, **engine_options):
+    def features(self, texts: Sequence[str], saes=None, pooling: str | int | list[int] | None = None,
+                 keep_dense: bool = False,
+                 progress: OnBatch | None = None, cfg: ExtractConfig | None = None, **options) -> Features:
         """SAE features of every text in one forward pass for any number of SAEs.
 
         saes: SAE objects, SAE folders / release ids, or a {name: SAE} mapping;
         None: the SAEs actlab ships for this model (the default model's).
-        Pooling happens in feature space over the same real tokens as `extract`.
-        engine_options as for `extract`; prepend_bos defaults to the SAEs' own.
+        Pooling happens in feature space over the same real tokens as `extract`;
+        prepend_bos defaults to the SAEs' own. `options` as for `extract`.
         """
-        from .saes import default_saes
-        from .saes.features import FeatureExtractor
-
         if saes is None:
             saes = default_saes(self.name)
-        extractor = FeatureExtractor(self, saes, pooling, keep_dense, **engine_options)
-        return self._run(extractor, texts, progress, "features")
+        cfg = ExtractConfig.of(cfg, pooling=pooling, **options)
+        return self.run_extractor(FeatureExtractor(self, saes, cfg, keep_dense), texts, progress)
 
-    def _run(self, extractor, texts, progress: bool | None, label: str):
-        from .progress import ExtractProgress
-
-        with ExtractProgress(len(texts), enabled=progress, label=label) as bar:
-            result = extractor(texts, on_batch=bar.advance)
+    def run_extractor(self, extractor: Extractor, texts: Sequence[str], progress: OnBatch | None = None):
+        """Call an extractor and record the peak memory in its statistics."""
+        result = extractor(texts, on_batch=progress or None)
         result.stats.peak_memory_bytes = peak_memory_bytes(self.device)
-        bar.print_summary(result.stats)
         return result
 
     def __repr__(self) -> str:
@@ -183,13 +172,13 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def load_run_model(spec: dict, name: str | None = None, device: str = "auto", alternative: str = ""):
+def load_run_model(spec: dict, name: str | None = None, device: str = "auto", alternative: str = "") -> Model:
     """The model a run recorded ({"id", "weights_sha256"} from its manifest),
     or `name`; refused when the weights differ from the run's."""
     model = load_model(name or spec["id"], device=device)
     if model.weight_hash != spec["weights_sha256"]:
         raise ActlabError(f"'{model.name}' has other weights than the run's model '{spec['id']}'; "
-                          f"pass the run's model with --model{', ' + alternative if alternative else ''}")
+                          f"pass the run's model{', ' + alternative if alternative else ''}", param="model")
     return model
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+import torch
+
 from .errors import ActlabError
 
 
@@ -47,3 +50,45 @@ def tokenize(tokenizer, texts: Sequence[str], prepend_bos: bool | None = None,
         n_truncated = sum(len(x) > max_length for x in ids)
         ids = [x[:max_length] for x in ids]
     return Tokenized(ids, want_bos, n_truncated)
+
+
+def offsets(lengths: Sequence[int] | torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(n + 1,) int64 row offsets: item i owns rows offsets[i]:offsets[i + 1]."""
+    out = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    out[1:] = torch.as_tensor(np.asarray(lengths, dtype=np.int64)).cumsum(0)
+    return out
+
+
+@dataclass
+class Padded:
+    """Token sequences padded into one batch. Positions count real tokens only,
+    so left padding shifts nothing (absolute-position models such as GPT-2
+    depend on this); pooling reads each row's own span, never the pad ids."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T) 1 on real tokens
+    position_ids: torch.Tensor  # (B, T)
+    starts: torch.Tensor  # (B,) column of each row's first real token (CPU)
+    lengths: torch.Tensor  # (B,) real tokens per row (CPU)
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """Keyword arguments of a Hugging Face forward pass."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "position_ids": self.position_ids}
+
+
+def pad(ids: Sequence[Sequence[int]], side: str, pad_id: int, device: torch.device | str = "cpu") -> Padded:
+    """Pad `ids` to the longest sequence on `side` ('left' or 'right')."""
+    if side not in ("left", "right"):
+        raise ActlabError(f"padding_side must be 'left' or 'right', not '{side}'", param="padding_side")
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.int64)
+    width = int(lengths.max())
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)  # (B, T)
+    starts = width - lengths if side == "left" else torch.zeros_like(lengths)
+    for row, seq in enumerate(ids):
+        start = int(starts[row])
+        input_ids[row, start:start + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, start:start + len(seq)] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    return Padded(input_ids.to(device), mask.to(device), positions.to(device), starts, lengths)

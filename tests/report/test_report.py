@@ -11,7 +11,8 @@ from actlab.report import ReportConfig, build_report
 from actlab.report.build import category_means, collect
 from actlab.saes import load_sae
 from actlab.saes.quality import sae_quality
-from actlab.saes.runs import features_run, open_features
+from actlab import ExtractConfig
+from actlab.runs import FeatureRun, features_run
 
 from conftest import chromium_driver, random_sae, rel_error, run_cli, save_sae_lens_folder
 
@@ -32,7 +33,7 @@ def saes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pooled_run(tmp_path_factory, tiny_models, saes):
     records = categories()
-    return features_run(tiny_models["llama"], records, saes, tmp_path_factory.mktemp("run") / "run", progress=False)
+    return features_run(tiny_models["llama"], records, saes, tmp_path_factory.mktemp("run") / "run")
 
 
 def test_category_means_against_a_loop():
@@ -51,7 +52,7 @@ def test_category_means_against_a_loop():
 
 def test_report_numbers(pooled_run, tiny_models):
     model = tiny_models["llama"]
-    feats = open_features(pooled_run)
+    feats = FeatureRun.open(pooled_run)
     data = collect(pooled_run, feats, model, CFG)
     assert data.highlighted and {c.sae for c in data.cards} == {"early", "late"}
     for card in data.cards:
@@ -59,7 +60,7 @@ def test_report_numbers(pooled_run, tiny_models):
         for ex in card.examples:
             # one text alone, every token: the highlighted values, and the pooled
             # value of a last-token run is the last token's
-            alone = model.features([ex.text], [sae], pooling="all", progress=False)
+            alone = model.features([ex.text], [sae], pooling="all")
             values = alone.dense(alone.names[0])[:, card.latent]
             assert rel_error(torch.tensor([ex.token_values]), values[None]) < 1e-5
             assert ex.value == pytest.approx(ex.token_values[-1], rel=1e-5)
@@ -91,8 +92,8 @@ def test_report_without_the_model(pooled_run, tmp_path):
 
 def test_per_token_run_highlights_without_the_model(tmp_path, tiny_models, saes):
     records = categories().select(list(range(0, 210, 15)))
-    run = features_run(tiny_models["llama"], records, saes, tmp_path / "run", pooling="all", progress=False)
-    feats = open_features(run)
+    run = features_run(tiny_models["llama"], records, saes, tmp_path / "run", ExtractConfig(pooling="all"))
+    feats = FeatureRun.open(run)
     data = collect(run, feats, None, CFG)
     assert data.highlighted and not data.quality
     card = data.cards[0]
@@ -103,7 +104,7 @@ def test_per_token_run_highlights_without_the_model(tmp_path, tiny_models, saes)
 def test_unreachable_sae_is_a_clear_error(tmp_path, tiny_models):
     records = categories().select(list(range(0, 210, 30)))
     run = features_run(tiny_models["llama"], records, {"x": random_sae("blocks.1.hook_resid_post")},
-                       tmp_path / "run", progress=False)
+                       tmp_path / "run")
     with pytest.raises(ActlabError, match="cannot be reloaded.*--no-model"):
         build_report(run, model=tiny_models["llama"], cfg=CFG)
 

@@ -76,11 +76,12 @@ def test_report_of_the_default_saes_shows_texts_without_bos(default_model, tmp_p
     """The default SAEs prepend BOS; the highlighted tokens are the text's own."""
     from actlab.report import ReportConfig
     from actlab.report.build import collect
-    from actlab.saes.runs import features_run, open_features
+    from actlab import ExtractConfig
+    from actlab.runs import FeatureRun, features_run
 
     records = categories().select(list(range(0, 210, 10)))
-    run = features_run(default_model, records, default_saes(), tmp_path / "run", pooling="mean", progress=False)
-    data = collect(run, open_features(run), default_model, ReportConfig(threshold=2.0, quality_texts=0,
+    run = features_run(default_model, records, default_saes(), tmp_path / "run", ExtractConfig(pooling="mean"))
+    data = collect(run, FeatureRun.open(run), default_model, ReportConfig(threshold=2.0, quality_texts=0,
                                                                         latents_per_sae=2, texts_per_latent=2))
     for card in data.cards:
         for ex in card.examples:

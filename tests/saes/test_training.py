@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from actlab.saes import load_sae
-from actlab.saes.training import TrainConfig, cache_activations, read_corpus, train_saes
+from actlab.training import TrainConfig, cache_activations, read_corpus, train_saes
 
 from conftest import TEXTS
 

@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from actlab import ActlabError
-from actlab.traits.judges import (Judgement, KeywordJudge, OpenAIJudge, RegexJudge, keep_answers, logprob_score,
+from actlab.traits.api_judge import OpenAIJudge
+from actlab.traits.judges import (Judgement, KeywordJudge, RegexJudge, keep_answers, logprob_score,
                                   make_judge)
 
 PROMPT = "Question: {question}\nAnswer: {answer}\nScore 0-100:"

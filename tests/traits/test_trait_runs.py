@@ -164,7 +164,8 @@ def test_judging_resumes_and_reuses_saved_judgements(run, tmp_path):
 
 
 def test_judge_fingerprints():
-    from actlab.traits.judges import KeywordJudge, OpenAIJudge, judge_fingerprint
+    from actlab.traits.api_judge import OpenAIJudge
+    from actlab.traits.judges import KeywordJudge, judge_fingerprint
 
     prompt = "Q: {question} A: {answer}"
     assert judge_fingerprint(OpenAIJudge(prompt, "m", "http://h/v1", api_key="sk-1")) == \

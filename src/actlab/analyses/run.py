@@ -1,12 +1,8 @@
-"""Run every feature analysis over a features run and store the tables."""
+"""Every feature analysis over a Features result, as tables (pure: the
+report layer writes them to a run, actlab.report.analyze_run)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pyarrow as pa
-
-from ..store import write_parquet_atomic
 from .features import (category_specialists, coactivation, comparison_table, most_frequent,
                        most_selective, neuronpedia_link, strongest)
 
@@ -35,14 +31,3 @@ def analyze_features(feats, threshold: float = 5.0, k: int = 5) -> dict[str, lis
     tables["comparison"] = [{"row": row, **{sae: " ".join(map(str, ids)) for sae, ids in cells.items()}}
                             for row, cells in comparison.items()]
     return tables
-
-
-def write_tables(tables: dict[str, list[dict]], out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, rows in tables.items():
-        if rows:
-            path = out_dir / f"{name}.parquet"
-            write_parquet_atomic(path, pa.Table.from_pylist(rows))
-            written.append(path)
-    return written

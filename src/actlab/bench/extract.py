@@ -14,14 +14,18 @@ from typing import Callable
 
 import torch
 
-from .. import __version__
+from ..version import VERSION
 from ..datasets import length_mix
 from ..default_model import DEFAULT_MODEL
-from ..engine import Extractor, _StopForward, plan_batches
-from ..hooks import resolve
+from rich.console import Console
+
+from ..engine import StopForward, auto_token_budget, padded_batch, plan_batches
+from ..hooks import block_hook, capture
 from ..models import Model, load_model
-from ..progress import console
+from ..pooling import parse_pooling
 from ..tokens import tokenize
+
+console = Console(stderr=True)  # benchmarks report as they go
 
 PEER_BATCH = 32
 SWEEP = (1, 4, 8, 16, 32, None)  # None: the engine's token budget
@@ -50,27 +54,21 @@ def baseline_loop(model: Model, texts, layers) -> dict[int, torch.Tensor]:
 def bare_forward(model: Model, texts, layers) -> Callable[[], None]:
     """The limit: the engine's own batches through the base model, stopped after
     the deepest block, capturing nothing. Returns a function that runs it."""
-    extractor = Extractor(model, [f"blocks.{max(layers)}.hook_resid_post"])
     tok = tokenize(model.tokenizer, texts)
-    batches = [extractor.make_batch(rows, tok, None)
-               for rows in plan_batches(tok.lengths, None, extractor.max_batch_tokens)]
-    block = resolve(model.hf_model, f"blocks.{max(layers)}.hook_resid_post").module
+    budget = auto_token_budget(model.device, model.d_model)
+    batches = [padded_batch(model, tok, rows, parse_pooling("last"), "right")
+               for rows in plan_batches(tok.lengths, None, budget)]
 
-    def stop(module, args, output):
-        raise _StopForward
+    def stop(hidden) -> None:
+        raise StopForward
 
     def run() -> None:
-        handle = block.register_forward_hook(stop)
-        try:
-            with torch.inference_mode():
-                for batch in batches:
-                    try:
-                        model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                         position_ids=batch.position_ids, use_cache=False)
-                    except _StopForward:
-                        pass
-        finally:
-            handle.remove()
+        with capture(model.hf_model, {block_hook(max(layers)): stop}), torch.inference_mode():
+            for batch in batches:
+                try:
+                    model.base_model(**batch.padded.inputs(), use_cache=False)
+                except StopForward:
+                    pass
         _sync(model.device)
 
     return run
@@ -113,16 +111,16 @@ def run_extract_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, d
     model = load_model(model_name, device=device)
     texts = length_mix(model.tokenizer, n_texts)
     layers = bench_layers(model)
-    hooks = [f"blocks.{layer}.hook_resid_post" for layer in layers]
+    hooks = [block_hook(layer) for layer in layers]
     n_tokens = int(sum(tokenize(model.tokenizer, texts).lengths))
     console.print(f"[bold]bench extract[/bold]: {model_name} on {model.device}, {n_texts} texts, "
                   f"{n_tokens} tokens, hooks {hooks}")
-    model.extract(texts[:8], hooks, progress=False)  # warm-up
+    model.extract(texts[:8], hooks)  # warm-up
 
     engine_stats = {}
 
     def engine():
-        acts = model.extract(texts, hooks, pooling="last", progress=False)
+        acts = model.extract(texts, hooks, pooling="last")
         engine_stats["padding_waste"] = round(acts.stats.padding_waste, 4)
         return {layer: acts[hook] for layer, hook in zip(layers, hooks)}
 
@@ -168,7 +166,7 @@ def run_extract_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, d
         if name not in ("baseline_loop", "engine", "bare_forward"):
             ratios[f"engine_vs_{name}"] = rows[name]["seconds"] / engine_s
     result = {
-        "benchmark": "extract", "actlab_version": __version__,
+        "benchmark": "extract", "actlab_version": VERSION,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": describe_device(model.device), "model": model_name, "dtype": model.dtype,
         "n_texts": n_texts, "n_tokens": n_tokens, "hooks": hooks, "pooling": "last",
@@ -209,8 +207,7 @@ def _sweep(model: Model, model_name: str, texts, hooks, n_tokens: int) -> list[d
     rows = []
     for batch_size in SWEEP:
         if model.device.type == "cuda":
-            _, seconds, peak = timed(lambda: model.extract(texts, hooks, batch_size=batch_size,
-                                                           progress=False), model.device)
+            _, seconds, peak = timed(lambda: model.extract(texts, hooks, batch_size=batch_size), model.device)
             memory = "cuda allocator peak above the loaded model"
         else:
             seconds, peak = sweep_point_in_subprocess("extract", model_name, model.device.type, batch_size,

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import VERSION
 from ..datasets import length_mix
 from ..default_model import DEFAULT_MODEL
 from ..inputs import Records
 from ..models import load_model
-from ..progress import console
+from ..hooks import block_hook
 from ..saes import SAE, SAEConfig
-from ..saes.runs import features_run
-from .extract import describe_device, save_result, timed
+from ..runs import features_run
+from .extract import console, describe_device, save_result, timed
 
 
 def random_topk_sae(hook: str, d_in: int, d_sae: int, k: int, seed: int) -> SAE:
@@ -37,24 +37,24 @@ def run_features_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, 
     texts = length_mix(model.tokenizer, n_texts)
     n = model.n_layers
     layers = sorted({min(round(n * f), n - 1) for f in (0.2, 0.4, 0.6, 0.8)})
-    saes = {f"L{layer}": random_topk_sae(f"blocks.{layer}.hook_resid_post", model.d_model, d_sae, k, layer)
+    saes = {f"L{layer}": random_topk_sae(block_hook(layer), model.d_model, d_sae, k, layer)
             for layer in layers}
     deepest = {f"L{layers[-1]}": saes[f"L{layers[-1]}"]}
     console.print(f"[bold]bench features[/bold]: {model_name} on {model.device}, {n_texts} texts, "
                   f"{len(saes)} TopK SAEs ({d_sae} latents, k={k}) at layers {layers}")
-    model.features(texts[:8], saes, progress=False)  # warm-up
+    model.features(texts[:8], saes)  # warm-up
     best = {"one_sae": float("inf"), "all_saes": float("inf")}
     for _ in range(repeats):  # alternate, best of `repeats`
         for name, chosen in (("one_sae", deepest), ("all_saes", saes)):
-            _, seconds, _ = timed(lambda: model.features(texts, chosen, progress=False), model.device)
+            _, seconds, _ = timed(lambda: model.features(texts, chosen), model.device)
             best[name] = min(best[name], seconds)
     with tempfile.TemporaryDirectory() as folder:
-        records = Records(texts, {}, list(range(1, n_texts + 1)))
-        run = features_run(model, records, saes, Path(folder) / "run", progress=False)
+        records = Records.of(texts)
+        run = features_run(model, records, saes, Path(folder) / "run")
         sparse_bytes = sum(f.stat().st_size for f in run.glob("shard-*.parquet"))
     dense_bytes = n_texts * d_sae * 4 * len(saes)
     result = {
-        "benchmark": "features", "actlab_version": __version__,
+        "benchmark": "features", "actlab_version": VERSION,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": describe_device(model.device),
         "model": model_name, "n_texts": n_texts, "layers": layers, "d_sae": d_sae, "k": k,
         "seconds": {k_: round(v, 3) for k_, v in best.items()},

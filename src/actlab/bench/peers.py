@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..hooks import block_hook, layout_for
+
 _TL_CONVERTERS = {"llama": "convert_llama_weights", "gpt2": "convert_gpt2_weights",
                   "gpt_neox": "convert_neox_weights", "gemma2": "convert_gemma_weights",
                   "gemma": "convert_gemma_weights", "mistral": "convert_mistral_weights",
@@ -62,7 +64,7 @@ def transformer_lens_runner(model) -> Callable:
     tl = hooked_transformer(model)
 
     def run(texts, layers, batch_size):
-        names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
+        names = [block_hook(layer) for layer in layers]
         out = {layer: [] for layer in layers}
         with torch.inference_mode():
             for ids, mask, last in padded_batches(model, texts, batch_size):
@@ -104,8 +106,6 @@ def nnsight_runner(model) -> Callable:
 
 
 def _nnsight_block(lm, model, layer: int):
-    from ..hooks import layout_for
-
     layout = layout_for(model.config)
     base = getattr(lm, model.hf_model.base_model_prefix)
     return getattr(base, layout.layers)[layer]

@@ -9,13 +9,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import __version__
+from ..version import VERSION
 from ..default_model import DEFAULT_MODEL
 from ..models import load_model
-from ..progress import console
 from ..traits.definitions import builtin_traits, load_trait
 from ..traits.runs import run_trait
-from .extract import describe_device, save_result
+from .extract import console, describe_device, save_result
 
 COEFFS = (-2, -1, 0, 1, 2)
 
@@ -27,11 +26,10 @@ def run_trait_quality(model_name: str = DEFAULT_MODEL, out_dir: Path = Path("run
     traits = {}
     for name in builtin_traits():
         console.print(f"[bold]{name}[/bold]")
-        traits[name] = run_trait(model, load_trait(name), out_dir / name, coeffs=COEFFS, overwrite=True,
-                                 progress=True)
+        traits[name] = run_trait(model, load_trait(name), out_dir / name, coeffs=COEFFS, overwrite=True)
         traits[name]["targets_met"] = targets_met(traits[name])
         console.print(f"  {traits[name]}")
-    result = {"benchmark": "trait-quality", "actlab_version": __version__,
+    result = {"benchmark": "trait-quality", "actlab_version": VERSION,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": describe_device(model.device),
               "model": model_name, "generation": "T = 0.7, top_p 0.9, 48 new tokens, seed 0", "traits": traits}
     save_result(result, model.device, results_dir, readme, markdown_table(result))

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import VERSION
 from ..default_model import DEFAULT_MODEL
 from ..models import load_model
-from ..progress import console
 from ..traits import GenerationConfig, generate, render_prompt
 from ..traits.definitions import load_trait
-from .extract import bench_layers, describe_device, max_rel_error, save_result, sweep_point_in_subprocess, timed
+from .extract import console, bench_layers, describe_device, max_rel_error, save_result, sweep_point_in_subprocess, timed
 
 SWEEP = (1, 4, 8, 16, 32)
 
@@ -79,7 +78,7 @@ def run_traits_benchmark(model_name: str = DEFAULT_MODEL, n_prompts: int = 64, m
     base = rows["two_stage_serial"]["seconds"]
     speedups = {name: round(base / row["seconds"], 2) for name, row in rows.items()}
     sweep_rows = _sweep(model, model_name, len(prompts), max_new_tokens, layers, base) if sweep else []
-    result = {"benchmark": "traits", "actlab_version": __version__,
+    result = {"benchmark": "traits", "actlab_version": VERSION,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": describe_device(model.device),
               "model": model_name, "n_prompts": len(prompts), "max_new_tokens": max_new_tokens, "layers": layers,
               "batch_size": batch_size, "pipelines": rows, "speedup_vs_two_stage": speedups,

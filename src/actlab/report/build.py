@@ -8,15 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
+from .. import plots
 from ..analyses import neuronpedia_link
 from ..analyses.run import analyze_features
 from ..errors import ActlabError
-from ..models import load_run_model
-from ..saes.features import Features
-from ..saes.runs import open_features
-from ..store import write_text_atomic
-from . import plots
+from ..runs import FeatureRun
+from ..runs.atomic import write_bytes_atomic, write_parquet_atomic, write_text_atomic
+from ..saes import load_sae
+from ..saes.quality import sae_quality
 from .html import render, slug
 
 
@@ -73,24 +74,42 @@ def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg
     quality; use_model=False leaves both out."""
     cfg = cfg or ReportConfig()
     run = Path(run)
-    feats = open_features(run)
+    feats = FeatureRun.open(run)
     if not use_model:
         model = None
     elif not hasattr(model, "hf_model") and (feats.offsets is None or cfg.quality_texts > 0):
-        model = load_run_model(feats.metadata["manifest"]["settings"]["model"], model, device,
-                               "or report without it (--no-model)")
+        try:
+            model = feats.model(model, device)
+        except ActlabError as exc:
+            raise ActlabError(f"{exc}, or report without it (--no-model)", param=exc.param) from None
     data = collect(run, feats, model, cfg)
-    out = Path(out) if out is not None else run / "report.html"
+    return write_page(Path(out) if out is not None else run / "report.html", render(data), data.figures)
+
+
+def write_page(out: Path, page: str, figures: dict[str, bytes]) -> Path:
+    """A report page and its figures (figures/*.png beside it), each written atomically."""
     figures_dir = out.parent / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
-    for name, png in data.figures.items():
-        (figures_dir / name).write_bytes(png)
-    write_text_atomic(out, render(data))
+    for name, png in figures.items():
+        write_bytes_atomic(figures_dir / name, png)
+    write_text_atomic(out, page)
     return out
 
 
-def collect(run: Path, feats: Features, model, cfg: ReportConfig) -> ReportData:
-    fields = feats.metadata["fields"]
+def analyze_run(run: str | Path, threshold: float = 5.0, top: int = 5) -> dict[str, list[dict]]:
+    """Every feature analysis of a features run, as tables by name, also
+    written to RUN/analysis/<table>.parquet."""
+    run = Path(run)
+    tables = analyze_features(FeatureRun.open(run), threshold, top)
+    (run / "analysis").mkdir(exist_ok=True)
+    for name, rows in tables.items():
+        if rows:
+            write_parquet_atomic(run / "analysis" / f"{name}.parquet", pa.Table.from_pylist(rows))
+    return tables
+
+
+def collect(run: Path, feats: FeatureRun, model, cfg: ReportConfig) -> ReportData:
+    fields = feats.fields
     categories = fields.get("category")
     matrices = {name: feats.per_text(name) for name in feats.names}
     tables = analyze_features(feats, cfg.threshold, cfg.top)
@@ -114,7 +133,7 @@ def collect(run: Path, feats: Features, model, cfg: ReportConfig) -> ReportData:
         held_out = _training_quality(cfg_.source)
         if held_out:
             quality.setdefault(name, {})["held-out text (training report)"] = held_out
-    return ReportData(run, feats.metadata["manifest"], len(feats), feats.names, feats.configs, tables, quality,
+    return ReportData(run, feats.manifest, len(feats), feats.names, feats.configs, tables, quality,
                       cards, figures, highlighted)
 
 
@@ -133,7 +152,7 @@ def category_means(F: np.ndarray, categories, per_category: int) -> tuple[list[s
     return labels, latents, means[:, latents]
 
 
-def _cards(name: str, F: np.ndarray, tables: dict, feats: Features, cfg: ReportConfig) -> list[LatentCard]:
+def _cards(name: str, F: np.ndarray, tables: dict, feats: FeatureRun, cfg: ReportConfig) -> list[LatentCard]:
     """Specialists first (a true one scores > 0), then the strongest latents."""
     chosen: dict[int, str] = {}
     for row in tables.get("specialists", []):
@@ -158,7 +177,7 @@ def _examples(column: np.ndarray, fields: dict, k: int) -> list[Example]:
             for i in order if column[i] > 0]
 
 
-def _highlight(cards: list[LatentCard], feats: Features, model) -> bool:
+def _highlight(cards: list[LatentCard], feats: FeatureRun, model) -> bool:
     """Per-token values for every example: from the run itself when it is
     per-token, else from one extra pass over the example texts."""
     if feats.offsets is not None:
@@ -173,9 +192,8 @@ def _highlight(cards: list[LatentCard], feats: Features, model) -> bool:
         return False
     text_ids = sorted({ex.text_id for card in cards for ex in card.examples})
     saes = _reload_saes(feats, sorted({card.sae for card in cards}))
-    settings = feats.metadata["manifest"]["settings"]
-    per_token = model.features([feats.metadata["fields"]["text"][i] for i in text_ids], saes, pooling="all",
-                               max_length=settings.get("max_length"), progress=False)
+    per_token = model.features([feats.fields["text"][i] for i in text_ids], saes, pooling="all",
+                               max_length=feats.settings.get("max_length"))
     where = {text_id: n for n, text_id in enumerate(text_ids)}
     offsets, skip = per_token.offsets.numpy(), int(per_token.has_bos)
     for card in cards:
@@ -187,9 +205,7 @@ def _highlight(cards: list[LatentCard], feats: Features, model) -> bool:
     return True
 
 
-def _reload_saes(feats: Features, names: list[str]) -> dict:
-    from ..saes import load_sae
-
+def _reload_saes(feats: FeatureRun, names: list[str]) -> dict:
     saes = {}
     for name in names:
         source = feats.configs[name].source
@@ -201,9 +217,7 @@ def _reload_saes(feats: Features, names: list[str]) -> dict:
     return saes
 
 
-def _quality(feats: Features, model, texts: list[str]) -> dict[str, dict]:
-    from ..saes.quality import sae_quality
-
+def _quality(feats: FeatureRun, model, texts: list[str]) -> dict[str, dict]:
     if not texts:
         return {}
     saes = _reload_saes(feats, feats.names)

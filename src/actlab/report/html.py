@@ -8,8 +8,9 @@ import base64
 from html import escape
 from typing import TYPE_CHECKING, Iterable
 
-from .. import __version__
+from ..version import VERSION
 from ..analyses import neuronpedia_link
+from ..plots import token_shades
 
 if TYPE_CHECKING:
     from .build import Example, LatentCard, ReportData
@@ -35,24 +36,24 @@ QUALITY_COLUMNS = [("l0", "L0", "{:.1f}"), ("dead_fraction", "dead", "{:.1%}"), 
 def render(data: "ReportData") -> str:
     settings = data.manifest["settings"]
     body = [f"<h1>actlab report: {escape(data.run.name)}</h1>",
-            _section("summary", "Run", _summary(data, settings)),
-            _section("quality", "SAE quality", _quality(data)),
-            _section("comparison", "SAE comparison", _comparison(data)),
-            _section("heatmaps", "Category × latent heatmaps", _heatmaps(data)),
-            _section("latents", "Latents and their top texts", _latents(data)),
-            _section("tables", "Analysis tables", _tables(data)),
-            _section("frequency", "Firing frequency", _image(data.figures["firing-frequency.png"],
+            section("summary", "Run", _summary(data, settings)),
+            section("quality", "SAE quality", _quality(data)),
+            section("comparison", "SAE comparison", _comparison(data)),
+            section("heatmaps", "Category × latent heatmaps", _heatmaps(data)),
+            section("latents", "Latents and their top texts", _latents(data)),
+            section("tables", "Analysis tables", _tables(data)),
+            section("frequency", "Firing frequency", image(data.figures["firing-frequency.png"],
                                                               "histogram of latent firing frequencies"))]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>actlab report: {escape(data.run.name)}</title><style>{STYLE}</style></head>"
-            f"<body>{''.join(body)}<p class=\"meta\">made by actlab {escape(__version__)}</p></body></html>\n")
+            f"<body>{''.join(body)}<p class=\"meta\">made by actlab {escape(VERSION)}</p></body></html>\n")
 
 
-def _section(anchor: str, title: str, content: str) -> str:
+def section(anchor: str, title: str, content: str) -> str:
     return f'<section id="{anchor}"><h2>{escape(title)}</h2>{content}</section>'
 
 
-def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+def table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
     """Cells are HTML already (escape text before passing it)."""
     head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
@@ -63,7 +64,7 @@ def _link(url: str | None, text: str) -> str:
     return f'<a href="{escape(url)}">{escape(text)}</a>' if url else escape(text)
 
 
-def _image(png: bytes, alt: str) -> str:
+def image(png: bytes, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
@@ -77,8 +78,8 @@ def _summary(data: "ReportData", settings: dict) -> str:
     saes = [[escape(name), escape(cfg.hook_name), escape(cfg.architecture), str(cfg.d_sae),
              str(cfg.k) if cfg.k else "", _link(neuronpedia_link(cfg.neuronpedia_id, 0), cfg.neuronpedia_id or "—"),
              escape(cfg.source)] for name, cfg in data.configs.items()]
-    return (_table(["setting", "value"], [[escape(k), escape(v)] for k, v in facts]) +
-            _table(["SAE", "hook", "architecture", "latents", "k", "Neuronpedia", "source"], saes))
+    return (table(["setting", "value"], [[escape(k), escape(v)] for k, v in facts]) +
+            table(["SAE", "hook", "architecture", "latents", "k", "Neuronpedia", "source"], saes))
 
 
 def _quality(data: "ReportData") -> str:
@@ -94,20 +95,19 @@ def _quality(data: "ReportData") -> str:
             "more than 10% of tokens; CE: next-token loss with the clean activation, with the SAE reconstruction "
             "spliced in, and zero-ablated; CE score = (zero - spliced) / (zero - clean). Dead fractions need "
             "many tokens: on N tokens a latent that fires less often than once in N looks dead.</p>")
-    return _table(["SAE", "measured on"] + [label for _, label, _ in QUALITY_COLUMNS], rows) + note
+    return table(["SAE", "measured on"] + [label for _, label, _ in QUALITY_COLUMNS], rows) + note
 
 
 def _comparison(data: "ReportData") -> str:
-    table = data.tables["comparison"]
     rows = []
-    for row in table:
+    for row in data.tables["comparison"]:
         cells = [escape(row["row"])]
         for name in data.names:
             npid = data.configs[name].neuronpedia_id
             ids = [int(x) for x in str(row.get(name, "")).split()]
             cells.append(" ".join(_link(neuronpedia_link(npid, j), str(j)) for j in ids) or "—")
         rows.append(cells)
-    return (_table(["latents that are…"] + [escape(n) for n in data.names], rows) +
+    return (table(["latents that are…"] + [escape(n) for n in data.names], rows) +
             "<p class=\"meta\">Computed once per SAE from features extracted in one pass: strongest on any text, "
             "active on the most texts, above the threshold on the fewest texts, and category specialists "
             "(in-category minus out-of-category texts above the threshold; shown only when > 0).</p>")
@@ -117,7 +117,7 @@ def _heatmaps(data: "ReportData") -> str:
     maps = [(name, data.figures.get(f"heatmap-{slug(name)}.png")) for name in data.names]
     if not any(png for _, png in maps):
         return '<p class="note">No heatmaps: the run\'s input has no category field.</p>'
-    return "".join(f"<h3>{escape(name)}</h3>{_image(png, f'{name} category heatmap')}" for name, png in maps if png)
+    return "".join(f"<h3>{escape(name)}</h3>{image(png, f'{name} category heatmap')}" for name, png in maps if png)
 
 
 def _latents(data: "ReportData") -> str:
@@ -145,9 +145,10 @@ def _example(ex: "Example") -> str:
     if ex.tokens is None:
         body = escape(ex.text)
     else:
-        peak = max(ex.token_values) or 1.0
-        body = "".join(f'<span class="tok" title="{v:.3g}" style="background: rgba(255,120,0,{max(v, 0) / peak:.2f})">'
-                       f"{escape(t)}</span>" if v > 0 else escape(t) for t, v in zip(ex.tokens, ex.token_values))
+        shades = token_shades(ex.token_values, max(ex.token_values) or 1.0)
+        body = "".join(f'<span class="tok" title="{v:.3g}" style="background: rgba(255,120,0,{shade:.2f})">'
+                       f"{escape(t)}</span>" if v > 0 else escape(t)
+                       for t, v, shade in zip(ex.tokens, ex.token_values, shades))
     return f'<div class="example"><span class="meta">{escape(head)}</span>\n{body}</div>'
 
 
@@ -158,7 +159,7 @@ def _tables(data: "ReportData") -> str:
             continue
         header = list(rows[0])
         cells = [[_cell(key, row[key]) for key in header] for row in rows]
-        parts.append(f"<details><summary>{escape(name)} ({len(rows)} rows)</summary>{_table(header, cells)}</details>")
+        parts.append(f"<details><summary>{escape(name)} ({len(rows)} rows)</summary>{table(header, cells)}</details>")
     return "".join(parts)
 
 

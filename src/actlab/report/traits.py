@@ -1,96 +1,129 @@
 """`actlab traits report RUN`: one self-contained HTML page for a trait run:
 the judge's decisions, held-out separation per layer and method, the
-steering sweep, and per-token monitoring of kept answers."""
+steering sweep, and per-token monitoring of kept answers. Like the features
+report: collect the data, then render it."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from .. import plots
 from ..errors import ActlabError
-from ..store import write_text_atomic
-from . import plots
-from .html import STYLE, _image, _section, _table
+from ..traits.monitor import monitor
+from ..traits.runs import TraitRun, steering_layer, sweep_summary
+from ..traits.vectors import best_layers
+from .build import write_page
+from .html import STYLE, image, section, table
+
+
+@dataclass
+class MonitoredAnswer:
+    answer: dict  # the answers-table row
+    tokens: list[str]  # the answer's tokens (prompt left out)
+    values: np.ndarray  # their projections on the vector
+
+
+@dataclass
+class TraitReportData:
+    run: TraitRun
+    method: str
+    layer: int  # the steering layer, whose vector is monitored
+    answers: list[dict]
+    scores: list[dict]
+    judged: dict[bytes, bytes]  # scores.parquet's schema metadata: judge and keep rule
+    evaluation: list[dict]
+    sweep: list[dict] | None  # score per steering coefficient, when swept
+    monitored: list[MonitoredAnswer]
+    figures: dict[str, bytes]
 
 
 def build_trait_report(run: str | Path, out: str | Path | None = None, model=None, device: str = "auto",
                        method: str = "mean_diff", n_examples: int = 3) -> Path:
-    from ..traits.monitor import monitor
-    from ..traits.runs import load_vectors, read_answers, run_model, steering_layer, sweep_summary, trait_of
+    """Write RUN/report.html and its figures; `model` (a Model, a name, or the
+    run's own by default) monitors the example answers."""
+    trait_run = TraitRun(run)
+    if not (trait_run.path / "evaluation.parquet").exists():
+        raise ActlabError(f"{trait_run.path} has no vectors yet; run `actlab traits vectors {trait_run.path}` first")
+    model = model if hasattr(model, "hf_model") else trait_run.model(model, device)
+    data = collect_trait_report(trait_run, model, method, n_examples)
+    return write_page(Path(out) if out is not None else trait_run.path / "report.html",
+                      render_trait_report(data), data.figures)
 
-    run = Path(run)
-    trait = trait_of(run)
-    if not (run / "evaluation.parquet").exists():
-        raise ActlabError(f"{run} has no vectors yet; run `actlab traits vectors {run}` first")
-    model = model if hasattr(model, "hf_model") else run_model(run, model, device)
-    answers = read_answers(run).to_pylist()
-    scores_table = pq.read_table(run / "scores.parquet")
+
+def collect_trait_report(trait_run: TraitRun, model, method: str, n_examples: int) -> TraitReportData:
+    answers = trait_run.answers().to_pylist()
+    scores_table = trait_run.scores()
     scores = scores_table.to_pylist()
-    evaluation = pq.read_table(run / "evaluation.parquet").to_pylist()
-    layer = steering_layer(run, method)
-    vector = load_vectors(run, method)[layer]
-    figures = {"separation.png": plots.separation_by_layer(evaluation, f"{trait.name}: held-out AUROC per layer")}
-    sections = [_section("summary", "Trait run", _summary(trait, answers, scores, scores_table.schema.metadata or {})),
-                _section("separation", "Held-out separation per layer", _image(figures["separation.png"], "AUROC")
-                         + _best_table(evaluation))]
-    steering = run / "steering.parquet"
-    if steering.exists():
-        summary = sweep_summary(pq.read_table(steering))
-        figures["steering.png"] = plots.steering_sweep(summary, f"{trait.name}: steering")
-        sections.append(_section("steering", "Steering sweep", _image(figures["steering.png"], "steering sweep") +
-                                 _table(["coeff", "mean judge score", "scored answers"],
-                                        [[f"{r['coeff']:g}", "—" if r["mean_score"] is None else f"{r['mean_score']:.1f}",
-                                          str(r["n_scored"])] for r in summary])))
-    else:
-        sections.append(_section("steering", "Steering sweep", '<p class="note">No sweep yet: '
-                                 f"actlab traits steer {escape(str(run))}</p>"))
+    evaluation = trait_run.evaluation().to_pylist()
+    layer = steering_layer(trait_run.path, method)
+    name = trait_run.trait.name
+    figures = {"separation.png": plots.separation_by_layer(evaluation, f"{name}: held-out AUROC per layer")}
+    sweep = None
+    if (trait_run.path / "steering.parquet").exists():
+        import pyarrow.parquet as pq
+
+        sweep = sweep_summary(pq.read_table(trait_run.path / "steering.parquet"))
+        figures["steering.png"] = plots.steering_sweep(sweep, f"{name}: steering")
     examples = _examples(answers, scores, n_examples)
-    texts = [a["prompt"] + a["answer"] for a in examples]
-    projections = monitor(model, texts, {layer: vector}, prepend_bos=False) if texts else None
-    cards = []
-    for i, answer in enumerate(examples):
-        n_prompt = len(model.tokenizer(answer["prompt"], add_special_tokens=False)["input_ids"])
-        tokens, values = projections.tokens[i][n_prompt:], projections.values[layer][i][n_prompt:]
-        cards.append(_monitor_card(answer, tokens, values))
-        if i == 0:
-            figures["monitor.png"] = plots.token_projections(tokens, values, f"row {answer['row']}: projection on "
-                                                             f"the block-{layer} {method} vector")
-    monitor_html = (f'<p class="meta">Each answer token\'s block-{layer} output projected on the {method} vector '
-                    "(red: towards the trait, blue: away); prompts not shown.</p>" + "".join(cards) +
-                    (_image(figures["monitor.png"], "per-token projections") if "monitor.png" in figures else ""))
-    sections.append(_section("monitoring", "Per-token monitoring", monitor_html))
-    out = Path(out) if out is not None else run / "report.html"
-    figures_dir = out.parent / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    for name, png in figures.items():
-        (figures_dir / name).write_bytes(png)
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>actlab trait report: {escape(trait.name)}</title><style>{STYLE}</style></head><body>"
-            f"<h1>actlab trait report: {escape(trait.name)}</h1>{''.join(sections)}</body></html>\n")
-    write_text_atomic(out, page)
-    return out
+    monitored = []
+    if examples:
+        projections = monitor(model, [a["prompt"] + a["answer"] for a in examples],
+                              {layer: trait_run.vectors(method)[layer]}, prepend_bos=False)
+        for i, answer in enumerate(examples):
+            n_prompt = len(model.tokenizer(answer["prompt"], add_special_tokens=False)["input_ids"])
+            monitored.append(MonitoredAnswer(answer, projections.tokens[i][n_prompt:],
+                                             projections.values[layer][i][n_prompt:]))
+        first = monitored[0]
+        figures["monitor.png"] = plots.token_projections(
+            first.tokens, first.values, f"row {first.answer['row']}: projection on the block-{layer} {method} vector")
+    return TraitReportData(trait_run, method, layer, answers, scores, scores_table.schema.metadata or {}, evaluation,
+                           sweep, monitored, figures)
 
 
-def _summary(trait, answers: list[dict], scores: list[dict], judged: dict[bytes, bytes]) -> str:
-    decisions = Counter(s["decision"] for s in scores)
-    facts = [("trait", trait.name), ("description", trait.description or "—"), ("answers", str(len(answers))),
+def render_trait_report(data: TraitReportData) -> str:
+    name = data.run.trait.name
+    sections = [section("summary", "Trait run", _summary(data)),
+                section("separation", "Held-out separation per layer",
+                         image(data.figures["separation.png"], "AUROC") + _best_table(data.evaluation))]
+    if data.sweep is not None:
+        sections.append(section("steering", "Steering sweep", image(data.figures["steering.png"], "steering sweep") +
+                                 table(["coeff", "mean judge score", "scored answers"],
+                                        [[f"{r['coeff']:g}", "—" if r["mean_score"] is None else f"{r['mean_score']:.1f}",
+                                          str(r["n_scored"])] for r in data.sweep])))
+    else:
+        sections.append(section("steering", "Steering sweep", '<p class="note">No sweep yet: '
+                                 f"actlab traits steer {escape(str(data.run.path))}</p>"))
+    monitor_html = (f'<p class="meta">Each answer token\'s block-{data.layer} output projected on the {data.method} '
+                    "vector (red: towards the trait, blue: away); prompts not shown.</p>" +
+                    "".join(_monitor_card(m) for m in data.monitored) +
+                    (image(data.figures["monitor.png"], "per-token projections") if "monitor.png" in data.figures
+                     else ""))
+    sections.append(section("monitoring", "Per-token monitoring", monitor_html))
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>actlab trait report: {escape(name)}</title><style>{STYLE}</style></head><body>"
+            f"<h1>actlab trait report: {escape(name)}</h1>{''.join(sections)}</body></html>\n")
+
+
+def _summary(data: TraitReportData) -> str:
+    trait, judged = data.run.trait, data.judged
+    decisions = Counter(s["decision"] for s in data.scores)
+    facts = [("trait", trait.name), ("description", trait.description or "—"), ("answers", str(len(data.answers))),
              ("judge", judged.get(b"actlab.judge", b"not recorded").decode()),
              ("kept", judged.get(b"actlab.keep", b"not recorded").decode()),
              ("layers", "layer L is block L's output (blocks.L.hook_resid_post, HF hidden_states[L + 1])")]
-    return (_table(["setting", "value"], [[escape(k), escape(v)] for k, v in facts]) +
-            _table(["judge decision", "answers"], [[escape(d), str(n)] for d, n in decisions.most_common()]))
+    return (table(["setting", "value"], [[escape(k), escape(v)] for k, v in facts]) +
+            table(["judge decision", "answers"], [[escape(d), str(n)] for d, n in decisions.most_common()]))
 
 
 def _best_table(evaluation: list[dict]) -> str:
-    from ..traits.vectors import best_layers
-
     rows = [[escape(m), str(r["layer"]), f"{r['auroc']:.3f}", f"{r['accuracy']:.3f}", f"{r['cohens_d']:.2f}",
              f"{r['n_test_pos']}/{r['n_test_neg']}"] for m, r in best_layers(evaluation).items()]
-    return _table(["method", "best layer", "AUROC", "accuracy", "Cohen's d", "held-out pos/neg"], rows)
+    return table(["method", "best layer", "AUROC", "accuracy", "Cohen's d", "held-out pos/neg"], rows)
 
 
 def _examples(answers: list[dict], scores: list[dict], n: int) -> list[dict]:
@@ -98,12 +131,11 @@ def _examples(answers: list[dict], scores: list[dict], n: int) -> list[dict]:
     return [a for a in kept if a["polarity"] == "pos"][:n] + [a for a in kept if a["polarity"] == "neg"][:n]
 
 
-def _monitor_card(answer: dict, tokens: list[str], values: np.ndarray) -> str:
-    scale = float(np.abs(values).max()) if len(values) else 1.0
-    scale = scale or 1.0
+def _monitor_card(monitored: MonitoredAnswer) -> str:
+    answer, values = monitored.answer, monitored.values
     spans = "".join(
         f'<span class="tok" title="{v:.3g}" style="background: '
-        f'{"rgba(220,60,30," if v > 0 else "rgba(40,90,220,"}{abs(v) / scale:.2f})">{escape(t)}</span>'
-        for t, v in zip(tokens, values))
+        f'{"rgba(220,60,30," if shade > 0 else "rgba(40,90,220,"}{abs(shade):.2f})">{escape(t)}</span>'
+        for t, v, shade in zip(monitored.tokens, values, plots.token_shades(values)))
     head = f"row {answer['row']} · {answer['polarity']} · {answer['question']}"
     return f'<div class="example"><span class="meta">{escape(head)}</span>\n{spans}</div>'

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from ..engine import Extractor, _HostCopies
+from ..activations import Result
+from ..engine import ExtractConfig, Extractor, HostCopies
 from ..errors import ActlabError
 from .loading import load_sae
 from .sae import SAE, SAEConfig
@@ -56,7 +58,8 @@ class SparseFeatures:
 class FeatureSink:
     """Encodes one SAE's hook activations, pools them, keeps nonzeros and stats."""
 
-    def __init__(self, sae: SAE, n_rows: int, keep_dense: bool, centre: bool, pin: bool):
+    def __init__(self, name: str, sae: SAE, n_rows: int, keep_dense: bool, centre: bool, pin: bool):
+        self.name = name
         self.sae = sae
         self.n_rows = n_rows
         self.centre = centre
@@ -69,7 +72,7 @@ class FeatureSink:
         self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # this batch's (rows, features)
         self.dense = torch.zeros(n_rows, d_sae, pin_memory=pin) if keep_dense else None
-        self.copies = _HostCopies()
+        self.copies = HostCopies()
 
     def consume(self, hidden: torch.Tensor, batch) -> None:
         x = batch.plan.gather(hidden).float()
@@ -119,41 +122,45 @@ class FeatureSink:
 
 
 @dataclass
-class Features:
-    """Features of every SAE, by SAE name, rows in input order (see Activations
-    for `offsets` / `tokens` in per-token mode)."""
+class Features(Result):
+    """Features of every SAE by SAE name, rows in input order (see Result for
+    `offsets` / `tokens` in per-token mode). `feats[name]` and
+    `feats.dense(name)` take an SAE's name or the SAE object itself."""
 
     configs: dict[str, SAEConfig]
     sparse: dict[str, SparseFeatures]
     latent_stats: dict[str, LatentStats]
-    dense_values: dict[str, torch.Tensor]
-    pooling: str
-    n_tokens: torch.Tensor
-    offsets: torch.Tensor | None = None
-    tokens: list[str] | None = None
-    token_ids: torch.Tensor | None = None
-    stats: object = None
-    has_bos: bool = False
-    metadata: dict = field(default_factory=dict)
+    dense_values: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
         return list(self.configs)
 
-    def __len__(self) -> int:
-        return len(self.n_tokens)
+    def name_of(self, sae: "str | SAE") -> str:
+        """The name under which `sae` (a name or an SAE object) is stored."""
+        if isinstance(sae, str):
+            if sae not in self.configs:
+                raise KeyError(f"no SAE '{sae}' here; have {self.names}")
+            return sae
+        for name, cfg in self.configs.items():
+            if cfg is sae.cfg:
+                return name
+        raise KeyError(f"this SAE ({sae}) is not among this result's SAEs {self.names}")
 
-    def dense(self, name: str) -> torch.Tensor:
-        """(n_rows, d_sae) features of SAE `name`."""
-        if name not in self.configs:
-            raise KeyError(f"no SAE '{name}' here; have {self.names}")
+    def __getitem__(self, sae: "str | SAE") -> torch.Tensor:
+        return self.dense(sae)
+
+    def dense(self, sae: "str | SAE") -> torch.Tensor:
+        """(n_rows, d_sae) features of one SAE."""
+        name = self.name_of(sae)
         if name in self.dense_values:
             return self.dense_values[name]
         return self.sparse[name].dense()
 
-    def per_text(self, name: str) -> np.ndarray:
+    def per_text(self, sae: "str | SAE") -> np.ndarray:
         """(n_texts, d_sae): the pooled features, or in a per-token run each
         text's maximum over its tokens (BOS left out)."""
+        name = self.name_of(sae)
         if self.offsets is None:
             return self.dense(name).numpy()
         sparse = self.sparse[name]
@@ -163,6 +170,40 @@ class Features:
         out = np.zeros((len(self), sparse.d_sae), dtype=np.float32)
         np.maximum.at(out, (text[keep], sparse.latents.numpy()[keep]), sparse.values.numpy()[keep])
         return out
+
+    def mean_l0(self, sae: "str | SAE") -> float:
+        """Active latents per row (text, or token in a per-token result)."""
+        sparse = self.sparse[self.name_of(sae)]
+        return len(sparse.values) / max(sparse.n_rows, 1)
+
+    def to_arrow(self, first_text: int = 0) -> pa.Table:
+        """One row per nonzero feature: text_id, [position,] sae (dictionary),
+        latent, value; the features-run shard schema."""
+        parts = []
+        for name, sparse in self.sparse.items():
+            text_id, position = self.text_and_position(sparse.rows.numpy())
+            columns = {"text_id": pa.array(text_id + first_text, pa.int64())}
+            if position is not None:
+                columns["position"] = pa.array(position, pa.int32())
+            columns["sae"] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(text_id), np.int32)),
+                                                            pa.array([name]))
+            columns["latent"] = pa.array(sparse.latents.numpy(), pa.int32())
+            columns["value"] = pa.array(sparse.values.numpy(), pa.float32())
+            parts.append(pa.table(columns))
+        return pa.concat_tables(parts).unify_dictionaries().combine_chunks()
+
+    def text_and_position(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Text index (and, per token, position in the text) of result rows."""
+        if self.offsets is None:
+            return rows, None
+        starts = self.offsets.numpy()
+        text = np.searchsorted(starts, rows, side="right") - 1
+        return text, rows - starts[text]
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        saes = ", ".join(f"{name} ({cfg.hook_name}, {cfg.d_sae} latents, L0 {self.mean_l0(name):.1f})"
+                         for name, cfg in self.configs.items())
+        return super().summary_rows() + [("SAEs", saes)]
 
 
 def name_saes(saes, device) -> dict[str, SAE]:
@@ -186,20 +227,27 @@ def name_saes(saes, device) -> dict[str, SAE]:
     return named
 
 
+def features_config(saes: Mapping[str, SAE], cfg: ExtractConfig | None) -> ExtractConfig:
+    """cfg with the SAEs' hooks, and prepend_bos from the SAEs unless cfg sets it."""
+    cfg = cfg or ExtractConfig()
+    prepend_bos = cfg.prepend_bos
+    if prepend_bos is None:
+        wanted = {sae.cfg.prepend_bos for sae in saes.values()}
+        if len(wanted) > 1:
+            raise ActlabError("these SAEs disagree on prepend_bos; run them separately or "
+                              "pass prepend_bos explicitly", param="prepend_bos")
+        prepend_bos = wanted.pop()
+    hooks = list(dict.fromkeys(sae.cfg.hook_name for sae in saes.values()))
+    return ExtractConfig.of(cfg, hooks=hooks, prepend_bos=prepend_bos)
+
+
 class FeatureExtractor(Extractor):
     """Extractor whose hooks feed SAEs: one forward pass for any number of SAEs."""
 
-    def __init__(self, model, saes: Sequence | Mapping, pooling="last", keep_dense: bool = False,
-                 prepend_bos: bool | None = None, **engine_options):
+    def __init__(self, model, saes: Sequence | Mapping, cfg: ExtractConfig | None = None,
+                 keep_dense: bool = False):
         self.saes = name_saes(saes, model.device)
-        if prepend_bos is None:
-            wanted = {sae.cfg.prepend_bos for sae in self.saes.values()}
-            if len(wanted) > 1:
-                raise ActlabError("these SAEs disagree on prepend_bos; run them separately or "
-                                  "pass prepend_bos explicitly")
-            prepend_bos = wanted.pop()
-        hooks = list(dict.fromkeys(sae.cfg.hook_name for sae in self.saes.values()))
-        super().__init__(model, hooks, pooling, prepend_bos=prepend_bos, **engine_options)
+        super().__init__(model, features_config(self.saes, cfg))
         for name, sae in self.saes.items():
             width = self.widths[sae.cfg.hook_name]
             if sae.cfg.d_in != width:
@@ -211,17 +259,16 @@ class FeatureExtractor(Extractor):
         pin = self.model.device.type == "cuda"
         sinks: dict[str, list] = {hook: [] for hook in self.hook_names}
         layer_norm = self.model.architecture in LAYER_NORM_MODELS
-        self._named_sinks = {}
         for name, sae in self.saes.items():
             centre = layer_norm and sae.cfg.center_writing_weights
-            sink = FeatureSink(sae, n_rows, self.keep_dense, centre, pin)
-            sinks[sae.cfg.hook_name].append(sink)
-            self._named_sinks[name] = sink
+            sinks[sae.cfg.hook_name].append(FeatureSink(name, sae, n_rows, self.keep_dense, centre, pin))
         return sinks
 
     def make_result(self, sinks: dict[str, list], **fields) -> Features:
-        named = self._named_sinks
+        by_name = {sink.name: sink for group in sinks.values() for sink in group}
+        named = {name: by_name[name] for name in self.saes}
         return Features(
             configs={n: sae.cfg for n, sae in self.saes.items()}, sparse={n: s.sparse() for n, s in named.items()},
             latent_stats={n: s.latent_stats() for n, s in named.items()},
             dense_values={n: s.dense for n, s in named.items() if s.dense is not None}, **fields)
+

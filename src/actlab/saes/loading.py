@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import ActlabError
+from ..hooks import block_hook
 from .sae import ARCHITECTURES, NORMALIZATIONS, SAE, SAEConfig
 
 SAE_LENS_WEIGHTS = "sae_weights.safetensors"
@@ -86,7 +87,7 @@ def sparsify_config_and_weights(raw: dict, state: dict, path: Path) -> tuple[SAE
     if folder == "embed_tokens":
         hook_name = "hook_embed"
     elif match:
-        hook_name = f"blocks.{match.group(1)}.hook_resid_post"
+        hook_name = block_hook(int(match.group(1)))
     else:
         raise ActlabError(f"{path}: cannot tell the hook from the sparsify folder name "
                           "(expected layers.N or embed_tokens)")

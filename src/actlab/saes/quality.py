@@ -4,46 +4,19 @@ reconstruction into the model costs in next-token loss."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine import Extractor, plan_batches
-from ..errors import ActlabError
-from ..hooks import resolve
-from ..tokens import tokenize
+from ..engine import auto_token_budget, padded_batch, plan_batches
+from ..hooks import replace
+from ..pooling import parse_pooling
+from ..tokens import offsets, tokenize
 from .sae import SAE
 
 DENSE_FREQUENCY = 0.1  # a latent active on more than 10% of tokens counts as dense
-
-
-@contextmanager
-def replaced(hf_model, hook_name: str, replace):
-    """Within the block, `replace(hidden) -> hidden` rewrites the hook's activation."""
-    if hook_name.endswith("hook_resid_mid"):
-        # captured at the MLP norm's input: rewriting it would not change the residual
-        raise ActlabError("splicing at hook_resid_mid is not supported; measure an SAE at "
-                          "hook_resid_pre / hook_resid_post / hook_attn_out / hook_mlp_out")
-    site = resolve(hf_model, hook_name)
-    if site.capture_input:
-        def pre_hook(module, args, kwargs):
-            if args:
-                return (replace(args[0]),) + tuple(args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": replace(kwargs["hidden_states"])}
-        handle = site.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    else:
-        def post_hook(module, args, output):
-            if isinstance(output, tuple):
-                return (replace(output[0]),) + tuple(output[1:])
-            return replace(output)
-        handle = site.module.register_forward_hook(post_hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _token_losses(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -61,17 +34,16 @@ def sae_quality(model, sae: SAE, texts: Sequence[str], max_batch_tokens: int | N
     element), explained_variance (1 - SSE / total sum of squares about the mean),
     and the next-token loss clean, with the reconstruction spliced in, and with
     the activation zero-ablated; ce_loss_score = (zero - spliced) / (zero - clean)."""
-    extractor = Extractor(model, [sae.cfg.hook_name], "all", max_batch_tokens=max_batch_tokens,
-                          max_length=max_length, prepend_bos=sae.cfg.prepend_bos)
-    tok = tokenize(model.tokenizer, texts, extractor.prepend_bos, extractor.max_length)
+    max_length = max_length or getattr(model.config, "max_position_embeddings", None)
+    tok = tokenize(model.tokenizer, texts, sae.cfg.prepend_bos, max_length)
     lengths = np.array(tok.lengths)
-    offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
-    offsets[1:] = torch.from_numpy(np.cumsum(lengths))
+    every_token, token_rows = parse_pooling("all"), offsets(lengths)
+    budget = max_batch_tokens or auto_token_budget(model.device, model.d_model)
     sums = dict(n=0, l0=0.0, sse=0.0, x_sum=None, x_sq=0.0, clean=[], spliced=[], zero=[])
     active = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=model.device)
     with torch.inference_mode():
-        for rows in plan_batches(lengths, None, extractor.max_batch_tokens):
-            batch = extractor.make_batch(rows, tok, offsets)
+        for rows in plan_batches(lengths, None, budget):
+            batch = padded_batch(model, tok, rows, every_token, "right", token_rows)
             plan, keep = batch.plan, _non_bos(batch, tok.has_bos)
 
             def splice(hidden, zero=False):
@@ -89,16 +61,15 @@ def sae_quality(model, sae: SAE, texts: Sequence[str], max_batch_tokens: int | N
                 flat[plan.tokens] = (torch.zeros_like(x) if zero else x_hat).to(flat.dtype)
                 return flat.view_as(hidden)
 
-            inputs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids, use_cache=False)
-            for key, replace in (("clean", None), ("spliced", splice),
+            inputs = batch.padded.inputs()
+            for key, rewrite in (("clean", None), ("spliced", splice),
                                  ("zero", lambda h: splice(h, zero=True))):
-                if replace is None:
-                    logits = model.hf_model(**inputs).logits
+                if rewrite is None:
+                    logits = model.hf_model(**inputs, use_cache=False).logits
                 else:
-                    with replaced(model.hf_model, sae.cfg.hook_name, replace):
-                        logits = model.hf_model(**inputs).logits
-                sums[key].append(_token_losses(logits, batch.input_ids, batch.attention_mask).cpu())
+                    with replace(model.hf_model, {sae.cfg.hook_name: rewrite}):
+                        logits = model.hf_model(**inputs, use_cache=False).logits
+                sums[key].append(_token_losses(logits, inputs["input_ids"], inputs["attention_mask"]).cpu())
     n, d = sums["n"], sae.cfg.d_in
     total_ss = sums["x_sq"] - float((sums["x_sum"] ** 2).sum()) / n
     clean, spliced, zero = (float(torch.cat(sums[k]).mean()) for k in ("clean", "spliced", "zero"))
@@ -116,6 +87,6 @@ def _non_bos(batch, has_bos: bool) -> torch.Tensor:
     leaves out each text's BOS."""
     keep = torch.ones(len(batch.plan.tokens), dtype=torch.bool, device=batch.plan.tokens.device)
     if has_bos:
-        lengths = batch.attention_mask.sum(dim=1)
+        lengths = batch.padded.attention_mask.sum(dim=1)
         keep[lengths.cumsum(0) - lengths] = False
     return keep

@@ -142,8 +142,8 @@ def parse_trait(raw: dict, source: Path | str = "trait") -> Trait:
             fail(f"eval_prompt lacks {' and '.join(missing)}; the judge fills both")
     if trait.judge is not None and not (isinstance(trait.judge, dict) and trait.judge.get("kind") in JUDGE_KINDS):
         fail(f"'judge' must be a mapping with a 'kind' ({', '.join(JUDGE_KINDS)})")
-    if trait.judge and trait.judge["kind"] in ("local", "openai") and not (trait.eval_prompt or
-                                                                        trait.judge.get("eval_prompt")):
+    if trait.judge and JUDGE_KINDS[trait.judge["kind"]].model_judge and not (trait.eval_prompt or
+                                                                            trait.judge.get("eval_prompt")):
         fail(f"a {trait.judge['kind']} judge needs an 'eval_prompt' with {{question}} and {{answer}}")
     return trait
 

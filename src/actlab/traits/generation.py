@@ -19,15 +19,17 @@ block L's output (`blocks.L.hook_resid_post`, HF `hidden_states[L + 1]`).
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .. import hooks as hook_points
-from ..engine import plan_batches
+from ..engine import OnBatch, plan_batches
 from ..errors import ActlabError
+from ..hooks import block_hook, capture, replace
+from ..tokens import pad
 
 CPU_GENERATION_BUDGET = 4096  # (prompt + new tokens) x rows per batch
 CUDA_GENERATION_BUDGET = 65536
@@ -36,12 +38,27 @@ NUCLEUS_CANDIDATES = 1024  # top-p looks among these likeliest tokens first
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int = 0  # sampling: row i draws from its own generator seeded (seed, i)
-    batch_size: int | None = None
-    max_batch_tokens: int | None = None
+    """How answers are generated; sampling seeds row i by (seed, i), so
+    batching never changes a sample."""
+
+    max_new_tokens: int = field(default=64, metadata={"help": "New tokens per answer at most."})
+    temperature: float = field(default=0.0, metadata={"help": "0: greedy."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1: the whole softmax)."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    batch_size: int | None = field(default=None, metadata={"help": "Rows per batch (default: token budget)."})
+    max_batch_tokens: int | None = field(default=None, metadata={"help": "(prompt + new tokens) x rows per batch."})
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ActlabError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}", param="max_new_tokens")
+        if self.temperature < 0:
+            raise ActlabError(f"temperature must be >= 0 (0: greedy), not {self.temperature}", param="temperature")
+        if not 0 < self.top_p <= 1:
+            raise ActlabError(f"top_p must be in (0, 1], not {self.top_p}", param="top_p")
+        for name in ("batch_size", "max_batch_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ActlabError(f"{name} must be at least 1, not {value}", param=name)
 
 
 @dataclass
@@ -59,20 +76,18 @@ class Steering:
         if self.where not in ("all", "answer"):
             raise ActlabError(f"steering where='{self.where}': use 'all' or 'answer'")
 
-    def register(self, model, phase: list[str]) -> object:
-        site = hook_points.resolve(model.hf_model, f"blocks.{self.layer}.hook_resid_post")
+    def applied(self, model, phase: list[str]):
+        """Context manager: the addition at the block's output while inside
+        (phase[0] is "prefill" or "decode", for where="answer")."""
         if self.vector.shape != (model.d_model,):
-            raise ActlabError(f"steering vector has shape {tuple(self.vector.shape)}, the model's width is {model.d_model}")
-        delta = (self.coeff * self.vector.float()).to(model.device, model.hf_model.dtype)
+            raise ActlabError(f"steering vector has shape {tuple(self.vector.shape)}, the model's width is "
+                              f"{model.d_model}", param="vector")
+        delta = (self.coeff * self.vector.float()).to(model.device, model.hf_model.dtype)  # (d_model,)
 
-        def add(module, args, output):
-            if self.where == "answer" and phase[0] == "prefill":
-                return None
-            if isinstance(output, tuple):
-                return (output[0] + delta,) + tuple(output[1:])
-            return output + delta
+        def add(hidden: torch.Tensor) -> torch.Tensor:
+            return hidden if self.where == "answer" and phase[0] == "prefill" else hidden + delta
 
-        return site.module.register_forward_hook(add)
+        return replace(model.hf_model, {block_hook(self.layer): add})
 
 
 @dataclass
@@ -83,7 +98,6 @@ class Generations:
     answers: list[str]
     finished: list[bool]  # ended at EOS (else at max_new_tokens)
     pooled: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # pooling -> layer -> (n, d)
-    layers: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -128,7 +142,6 @@ class _Capture:
     def __init__(self, model, layers: Sequence[int], poolings: Sequence[str], n_rows: int):
         self.layers = list(layers)
         self.specs = [parse_generation_pooling(p) for p in poolings]
-        self.sites = [hook_points.resolve(model.hf_model, f"blocks.{layer}.hook_resid_post") for layer in layers]
         d, device = model.d_model, model.device
         zeros = lambda: {layer: torch.zeros(n_rows, d, device=device) for layer in layers}  # noqa: E731
         self.prompt_last, self.prompt_sum, self.response_sum = zeros(), zeros(), zeros()
@@ -139,13 +152,10 @@ class _Capture:
         self.answer_rows: torch.Tensor | None = None  # rows whose fed token is an answer token
         self.step = 0
 
-    def register(self) -> list:
-        handles = []
-        for layer, site in zip(self.layers, self.sites):
-            def hook(module, args, output, layer=layer):
-                self.consume(layer, output[0] if isinstance(output, tuple) else output)
-            handles.append(site.module.register_forward_hook(hook))
-        return handles
+    def hooked(self, model):
+        """Context manager: the blocks feed `consume` while inside."""
+        return capture(model.hf_model, {block_hook(layer): (lambda hidden, layer=layer: self.consume(layer, hidden))
+                                        for layer in self.layers})
 
     def consume(self, layer: int, hidden: torch.Tensor) -> None:
         hidden = hidden.float()
@@ -179,7 +189,7 @@ class _Capture:
 
 
 def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings: Sequence[str] = ("response_mean",),
-             cfg: GenerationConfig | None = None, steering: Steering | None = None, on_batch=None,
+             cfg: GenerationConfig | None = None, steering: Steering | None = None, on_batch: OnBatch | None = None,
              first_row: int = 0) -> Generations:
     """Generate an answer to every rendered prompt (see render_prompt), with
     pooled block outputs at `layers`, optionally steered. Rows come back in
@@ -211,71 +221,55 @@ def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings
                 target = pooled.setdefault(spec, {}).setdefault(layer, torch.zeros(n, values.shape[-1]))
                 target[torch.from_numpy(rows)] = values.cpu()
         if on_batch:
-            on_batch(len(rows))
+            on_batch(len(rows), sum(len(answers[r]) for r in rows))
     texts = [tok.decode(ids, skip_special_tokens=True) for ids in answers]
-    return Generations(list(prompts), prompt_ids, answers, texts, finished, pooled, list(layers))
-
-
-def left_pad(ids: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, attention mask and position ids of left-padded rows: every
-    prompt ends at the same column, so the next token goes at the same place."""
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, seq in enumerate(ids):
-        input_ids[i, width - len(seq):] = torch.tensor(seq)
-        mask[i, width - len(seq):] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+    return Generations(list(prompts), prompt_ids, answers, texts, finished, pooled)
 
 
 def _generate_batch(model, ids: list[list[int]], rows: np.ndarray, layers, poolings, cfg: GenerationConfig,
                     steering: Steering | None, answers: list[list[int]], finished: list[bool],
                     first_row: int) -> dict:
     device, eos = model.device, eos_ids(model)
-    input_ids, mask, positions = left_pad(ids, model.pad_id, device)
+    padded = pad(ids, "left", model.pad_id, device)  # every prompt ends at the same column
+    mask = padded.attention_mask  # (B, T), grows by one column per step
     generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + first_row + int(r)) for r in rows]
     phase = ["prefill"]
-    handles = [steering.register(model, phase)] if steering else []  # first: captures see the steered output
-    capture = _Capture(model, layers, poolings, len(ids)) if layers else None
-    handles += capture.register() if capture else []
+    sums = _Capture(model, layers, poolings, len(ids)) if layers else None
     alive = torch.ones(len(ids), dtype=torch.bool, device=device)
-    try:
-        with torch.inference_mode():
-            if capture:
-                capture.prompt_mask = mask
-            out = model.hf_model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                                 logits_to_keep=1)
+    with ExitStack() as hooks, torch.inference_mode():
+        if steering:  # first: captures see the steered output
+            hooks.enter_context(steering.applied(model, phase))
+        if sums:
+            hooks.enter_context(sums.hooked(model))
+            sums.prompt_mask = mask
+        out = model.hf_model(**padded.inputs(), use_cache=True, logits_to_keep=1)
+        cache, logits = out.past_key_values, out.logits[:, -1]  # logits: (B, vocab)
+        last_position = padded.position_ids[:, -1]  # (B,)
+        for step in range(cfg.max_new_tokens):
+            token = _choose(logits, cfg, generators)  # (B,)
+            is_eos = torch.tensor([int(t) in eos for t in token.tolist()], device=device)
+            answer = alive & ~is_eos
+            for i in torch.nonzero(answer).flatten().tolist():
+                answers[rows[i]].append(int(token[i]))
+            for i in torch.nonzero(alive & is_eos).flatten().tolist():
+                finished[rows[i]] = True
+            alive = answer
+            if not bool(alive.any()) or (sums is None and step == cfg.max_new_tokens - 1):
+                break
+            # Feed the new tokens: their block outputs are answer-token states,
+            # and the logits give the next step (unused after the last one).
+            phase[0] = "decode"
+            mask = torch.cat([mask, alive.long().unsqueeze(-1)], dim=1)
+            last_position = last_position + 1
+            if sums:
+                sums.mode, sums.answer_rows, sums.step = "decode", alive, step
+                sums.response_count += alive.float()
+            out = model.hf_model(input_ids=token.unsqueeze(-1), attention_mask=mask,
+                                 position_ids=last_position.unsqueeze(-1), past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[:, -1]
-            last_position = positions[:, -1]
-            for step in range(cfg.max_new_tokens):
-                token = _choose(logits, cfg, generators)
-                is_eos = torch.tensor([int(t) in eos for t in token.tolist()], device=device)
-                answer = alive & ~is_eos
-                for i in torch.nonzero(answer).flatten().tolist():
-                    answers[rows[i]].append(int(token[i]))
-                for i in torch.nonzero(alive & is_eos).flatten().tolist():
-                    finished[rows[i]] = True
-                alive = answer
-                if not bool(alive.any()) or (capture is None and step == cfg.max_new_tokens - 1):
-                    break
-                # Feed the new tokens: their block outputs are answer-token states,
-                # and the logits give the next step (unused after the last one).
-                phase[0] = "decode"
-                mask = torch.cat([mask, alive.long().unsqueeze(-1)], dim=1)
-                last_position = last_position + 1
-                if capture:
-                    capture.mode, capture.answer_rows, capture.step = "decode", alive, step
-                    capture.response_count += alive.float()
-                out = model.hf_model(input_ids=token.unsqueeze(-1), attention_mask=mask,
-                                     position_ids=last_position.unsqueeze(-1), past_key_values=cache, use_cache=True)
-                cache, logits = out.past_key_values, out.logits[:, -1]
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not capture:
+    if not sums:
         return {}
-    return capture.pooled(torch.tensor([len(x) for x in ids], device=device, dtype=torch.float32))
+    return sums.pooled(torch.tensor([len(x) for x in ids], device=device, dtype=torch.float32))
 
 
 def _choose(logits: torch.Tensor, cfg: GenerationConfig, generators: list[torch.Generator]) -> torch.Tensor:

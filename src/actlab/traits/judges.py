@@ -4,37 +4,54 @@ negative: an unscored answer is dropped, with its reason recorded.
     logprob_score   persona-vectors' rule on one completion token's top logprobs:
                     sum p(n) n / sum p(n) over tokens that are integers 0..100,
                     None when that mass is below 0.25
-    OpenAIJudge     an OpenAI-compatible /chat/completions endpoint (top_logprobs),
-                    bounded concurrency, timeouts, retries with backoff
-    LocalJudge      a local Hugging Face model with the same rule over whole
-                    numbers (actlab.traits.local_judge)
     KeywordJudge    keyword occurrences (or the fraction of words in a list)
     RegexJudge      regex matches
+    LocalJudge      a local Hugging Face model with the logprob rule over whole
+                    numbers (actlab.traits.local_judge)
+    OpenAIJudge     an OpenAI-compatible /chat/completions endpoint (top_logprobs),
+                    bounded concurrency, timeouts, retries with backoff
+                    (actlab.traits.api_judge)
+
+Judge kinds are a registry (`register_judge_kind`): a trait file's or the
+CLI's `kind` names one, and each model-judge module registers its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
 import re
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
+from ..default_model import DEFAULT_MODEL
 from ..errors import ActlabError
+from ..runs.fingerprint import step_fingerprint
 
 MIN_NUMBER_MASS = 0.25
-JUDGE_KINDS = ("keyword", "regex", "local", "openai")
+JUDGE_FINGERPRINT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class JudgeKind:
+    name: str
+    factory: Callable[..., "Judge"]  # the judge class: factory(**settings)
+    model_judge: bool = False  # takes the trait's eval_prompt as its first argument
+
+
+JUDGE_KINDS: dict[str, JudgeKind] = {}
+
+
+def register_judge_kind(kind: JudgeKind) -> JudgeKind:
+    if kind.name in JUDGE_KINDS:
+        raise ValueError(f"judge kind '{kind.name}' is already registered")
+    JUDGE_KINDS[kind.name] = kind
+    return kind
 
 
 def unknown_judge_kind(kind) -> ActlabError:
-    return ActlabError(f"unknown judge kind '{kind}'; use {', '.join(JUDGE_KINDS[:-1])} or {JUDGE_KINDS[-1]}")
+    names = list(JUDGE_KINDS)
+    return ActlabError(f"unknown judge kind '{kind}'; use {', '.join(names[:-1])} or {names[-1]}", param="judge")
 
 
 @dataclass
@@ -155,96 +172,55 @@ class RegexJudge:
         return f"regex: {self.pattern}, 100 at {self.full_at:g} match(es)"
 
 
-@dataclass
-class OpenAIJudge:
-    """One-token completions with top-20 logprobs from an OpenAI-compatible
-    server (OpenAI, vLLM, llama.cpp, ...), scored by `logprob_score`."""
-
-    eval_prompt: str
-    model: str
-    base_url: str = "https://api.openai.com/v1"
-    api_key: str | None = None
-    concurrency: int = 8
-    timeout: float = 30.0
-    retries: int = 3
-    backoff: float = 1.0
-
-    def __post_init__(self):
-        check_eval_prompt(self.eval_prompt)
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ActlabError(f"judge base_url '{self.base_url}' must start with http:// or https://")
-        if self.concurrency < 1 or self.timeout <= 0 or self.retries < 0:
-            raise ActlabError("judge concurrency >= 1, timeout > 0 and retries >= 0, please")
-        self.api_key = self.api_key or os.environ.get("OPENAI_API_KEY")
-
-    def describe(self) -> str:
-        return f"openai: {self.model} at {self.base_url} (logprob rule)"
-
-    def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(lambda item: self._one(*item), items))
-
-    def _one(self, question: str, answer: str) -> Judgement:
-        empty = unscored_if_empty(answer)
-        if empty:
-            return empty
-        message = {"role": "user", "content": fill_prompt(self.eval_prompt, question, answer)}
-        body = json.dumps({"model": self.model, "max_tokens": 1, "temperature": 0, "logprobs": True,
-                           "top_logprobs": 20, "messages": [message]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last = "no attempt"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.base_url.rstrip("/") + "/chat/completions", body, headers)
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-                    payload = reply.read()
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}"
-                if exc.code == 429 or exc.code >= 500:
-                    continue
-                return Judgement(None, f"{last} from the judge (not retried)")
-            except (urllib.error.URLError, TimeoutError, OSError) as exc:
-                last = f"timeout or connection error ({getattr(exc, 'reason', exc)})"
-                continue
-            return self._parse(payload)
-        return Judgement(None, f"{last} after {self.retries + 1} attempt(s)")
-
-    @staticmethod
-    def _parse(payload: bytes) -> Judgement:
-        try:
-            top = json.loads(payload)["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-            return logprob_score({entry["token"]: float(entry["logprob"]) for entry in top})
-        except (ValueError, KeyError, IndexError, TypeError):
-            return Judgement(None, "malformed reply: no choices[0].logprobs.content[0].top_logprobs")
-
-
 def make_judge(spec: Mapping, eval_prompt: str | None = None) -> Judge:
-    """A judge from a trait's `judge` block or the CLI: {kind: keyword | regex |
-    openai | local, ...}; model judges take the trait's eval_prompt unless the
+    """A judge from a trait's `judge` block or the CLI: {kind: one of
+    JUDGE_KINDS, ...}; model judges take the trait's eval_prompt unless the
     block gives one."""
     spec = dict(spec)
-    kind = spec.pop("kind", None)
+    name = spec.pop("kind", None)
+    if name not in JUDGE_KINDS:
+        raise unknown_judge_kind(name)
+    kind = JUDGE_KINDS[name]
     try:
-        if kind == "keyword":
-            return KeywordJudge(**spec)
-        if kind == "regex":
-            return RegexJudge(**spec)
-        if kind in ("openai", "local"):
-            prompt = spec.pop("eval_prompt", eval_prompt)
-            if not prompt:
-                raise ActlabError(f"a{'n' if kind == 'openai' else ''} {kind} judge needs the trait's eval_prompt")
-            if kind == "openai":
-                return OpenAIJudge(prompt, **spec)
-            from .local_judge import LocalJudge
-
-            return LocalJudge(prompt, **spec)
+        if not kind.model_judge:
+            return kind.factory(**spec)
+        prompt = spec.pop("eval_prompt", eval_prompt)
+        if not prompt:
+            raise ActlabError(f"a {name} judge needs the trait's eval_prompt", param="eval_prompt")
+        return kind.factory(prompt, **spec)
     except TypeError as exc:
-        raise ActlabError(f"judge '{kind}': {exc}") from None
-    raise unknown_judge_kind(kind)
+        raise ActlabError(f"judge '{name}': {exc}", param="judge") from None
+
+
+def judge_for(trait, kind: str | None = None, model: str | None = None,
+              base_url: str = "https://api.openai.com/v1", loaded=None) -> Judge:
+    """The judge a user asks for by kind: None, the trait's own judge;
+    a rule kind, the trait's rule judge of that kind; a model kind, that
+    judge with the trait's eval_prompt (`model`: the judge model; a local
+    judge of the `loaded` model's name uses that model instead of loading it
+    again; `base_url`: an OpenAI-compatible server)."""
+    if kind is None:
+        if not trait.judge:
+            raise ActlabError(f"trait '{trait.name}' has no judge of its own; pass --judge local (or --judge openai "
+                              "--judge-model M)", param="judge")
+        return make_judge(trait.judge, trait.eval_prompt)
+    if kind not in JUDGE_KINDS:
+        raise unknown_judge_kind(kind)
+    if not JUDGE_KINDS[kind].model_judge:
+        if not trait.judge or trait.judge.get("kind") != kind:
+            raise ActlabError(f"trait '{trait.name}' has no {kind} judge; pass --judge local or --judge openai",
+                              param="judge")
+        return make_judge(trait.judge)
+    if not trait.eval_prompt:
+        raise ActlabError(f"trait '{trait.name}' has no eval_prompt for a model judge; add one with {{question}} "
+                          "and {answer}", param="judge")
+    if kind == "local":
+        name = model or DEFAULT_MODEL
+        return make_judge({"kind": kind, "model": loaded if loaded is not None and loaded.name == name else name},
+                          trait.eval_prompt)
+    if not model:
+        raise ActlabError(f"--judge {kind} needs --judge-model", param="judge_model")
+    return make_judge({"kind": kind, "model": model, "base_url": base_url}, trait.eval_prompt)
 
 
 def describe_judge(judge: Judge) -> str:
@@ -263,12 +239,12 @@ def judge_fingerprint(judge: Judge) -> str | None:
     def plain(value):
         if hasattr(value, "weight_hash"):
             return {"model": value.name, "weights_sha256": value.weight_hash}
-        return str(value)
+        return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
 
-    fields = {f.name: getattr(judge, f.name) for f in dataclasses.fields(judge)
-              if f.name != "api_key" and not f.name.startswith("_")}
-    text = json.dumps({"kind": type(judge).__name__, **fields}, default=plain, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    settings = [f for f in dataclasses.fields(judge) if f.name != "api_key" and not f.name.startswith("_")]
+    args = {f.name: plain(getattr(judge, f.name)) for f in settings}
+    defaults = {f.name: plain(f.default) for f in settings if f.default is not dataclasses.MISSING}
+    return step_fingerprint(None, type(judge).__name__, JUDGE_FINGERPRINT_VERSION, args, defaults)
 
 
 def keep_answers(polarity: Sequence[str], judgements: Sequence[Judgement], pos_min: float = 50.0,
@@ -286,3 +262,7 @@ def keep_answers(polarity: Sequence[str], judgements: Sequence[Judgement], pos_m
         else:
             reasons.append("kept")
     return reasons
+
+
+register_judge_kind(JudgeKind("keyword", KeywordJudge))
+register_judge_kind(JudgeKind("regex", RegexJudge))

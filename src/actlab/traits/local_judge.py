@@ -32,8 +32,10 @@ import torch
 from ..default_model import DEFAULT_MODEL
 from ..engine import plan_batches
 from ..errors import ActlabError
-from .generation import left_pad, prompt_token_ids, render_prompt
-from .judges import MIN_NUMBER_MASS, Judgement, check_eval_prompt, fill_prompt, logprob_score, unscored_if_empty
+from ..tokens import pad
+from .generation import prompt_token_ids, render_prompt
+from .judges import (MIN_NUMBER_MASS, JudgeKind, Judgement, check_eval_prompt, fill_prompt, logprob_score,
+                     register_judge_kind, unscored_if_empty)
 
 NUMBERS = frozenset(str(n) for n in range(101))
 PREFIXES = frozenset(n[:i] for n in NUMBERS for i in range(1, len(n) + 1))
@@ -132,10 +134,10 @@ def number_probabilities(model, prompts: Sequence[str], min_path_prob: float = 1
 
 def _search(model, ids: list[list[int]], results: list[dict[str, float]], min_path_prob: float,
             max_paths: int) -> None:
-    input_ids, mask, positions = left_pad(ids, model.pad_id, model.device)
+    padded = pad(ids, "left", model.pad_id, model.device)
+    mask, positions = padded.attention_mask, padded.position_ids
     with torch.inference_mode():
-        out = model.hf_model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                             logits_to_keep=1)
+        out = model.hf_model(**padded.inputs(), use_cache=True, logits_to_keep=1)
         cache, logits = out.past_key_values, out.logits[:, -1]
         pieces = number_pieces(model.tokenizer, logits.shape[-1])
         position = positions[:, -1]
@@ -170,3 +172,6 @@ def _most_probable_per_row(grown: list[tuple], max_paths: int) -> list[tuple]:
     for g in grown:
         by_row[g[1]].append(g)
     return [g for row in sorted(by_row) for g in sorted(by_row[row], key=lambda g: -g[3])[:max_paths]]
+
+
+register_judge_kind(JudgeKind("local", LocalJudge, model_judge=True))

@@ -4,12 +4,16 @@ output onto trait vectors, for any text (a prompt + answer, a document)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import ActlabError
+from ..hooks import block_hook
+
+if TYPE_CHECKING:
+    from ..models import Model
 
 
 @dataclass
@@ -18,14 +22,16 @@ class TokenProjections:
     values: dict[int, list[np.ndarray]]  # layer -> per text (n_tokens,)
 
 
-def monitor(model, texts: Sequence[str], vectors: Mapping[int, torch.Tensor | np.ndarray],
-            **engine_options) -> TokenProjections:
+def monitor(model: "Model", texts: Sequence[str], vectors: Mapping[int, torch.Tensor | np.ndarray],
+            prepend_bos: bool | None = None) -> TokenProjections:
     """Projections at each layer's block output (layer L = blocks.L.hook_resid_post)
-    onto that layer's vector, one value per token, in one batched pass."""
+    onto that layer's vector, one value per token, in one batched pass.
+    prepend_bos=False for texts that already start with the chat template's
+    special tokens (a run's prompt + answer)."""
     if not vectors:
         raise ActlabError("no trait vectors given; pass {layer: vector}")
-    hooks = {layer: f"blocks.{layer}.hook_resid_post" for layer in vectors}
-    acts = model.extract(list(texts), list(hooks.values()), pooling="all", progress=False, **engine_options)
+    hooks = {layer: block_hook(layer) for layer in vectors}
+    acts = model.extract(list(texts), list(hooks.values()), pooling="all", prepend_bos=prepend_bos)
     offsets = acts.offsets.tolist()
     values = {}
     for layer, hook in hooks.items():

@@ -17,13 +17,12 @@ Layer L is block L's output (blocks.L.hook_resid_post = HF hidden_states[L + 1])
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -31,52 +30,132 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..activations import column_matrix, vector_column
+from ..engine import Progress
 from ..errors import ActlabError
-from ..progress import console
-from ..store import (MANIFEST, column_matrix, open_manifest, read_manifest, vector_column, write_json_atomic,
-                     write_parquet_atomic)
+from .. import plots
+from ..runs.atomic import atomic_path, write_bytes_atomic, write_json_atomic, write_parquet_atomic
+from ..runs.fingerprint import fingerprint
+from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind, start_run
+from ..runs.shards import ShardPlan, run_shards, shard_name
 from .definitions import Trait
-from .generation import GenerationConfig, generate, render_prompt
-from .judges import Judge, Judgement, describe_judge, judge_fingerprint, keep_answers
+from .generation import GenerationConfig, Steering, generate, render_prompt
+from .judges import Judge, Judgement, describe_judge, judge_fingerprint, judge_for, keep_answers
+from .monitor import monitor
 from .vectors import METHODS, best_layers, fit_vectors
+
+if TYPE_CHECKING:
+    from ..models import Model
 
 TRAITS_FORMAT = "actlab.traits"
 JUDGE_CHUNK = 64  # answers judged between saves
 DEFAULT_POOLINGS = ("response_mean", "response_first:5", "prompt_last", "prompt_mean")
+STEERING_MIN_AUROC = 0.9
+TRAIT_SAMPLING = GenerationConfig(max_new_tokens=48, temperature=0.7, top_p=0.9)  # generate_run's default
 
 
-def generate_run(model, trait: Trait, out_dir: str | Path, layers: Sequence[int] | None = None,
+class TraitRun(Run):
+    """A trait run read back: answers, pooled activations, judge scores,
+    vectors and their evaluation, as far as the stages have run."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path, TRAITS_FORMAT)
+
+    @property
+    def trait(self) -> Trait:
+        return Trait(**self.settings["trait"])
+
+    def answers(self) -> pa.Table:
+        """row, polarity, pair, system, question, prompt, answer, token counts, finished."""
+        return pa.concat_tables([pq.read_table(self.path / name) for name in self.manifest["shards"]])
+
+    def activations(self, pooling: str) -> dict[int, np.ndarray]:
+        """layer -> (rows, d) for one pooling, rows in run order."""
+        poolings = self.settings["poolings"]
+        if pooling not in poolings:
+            raise ActlabError(f"this run pooled {', '.join(poolings)}, not '{pooling}'", param="pooling")
+        table = pa.concat_tables([pq.read_table(self.path / name.replace("answers-", "acts-"),
+                                                filters=[("pooling", "=", pooling)])
+                                  for name in self.manifest["shards"]])
+        layers = table.column("layer").to_numpy()
+        return {layer: column_matrix(table.column("activation").filter(pa.array(layers == layer)))
+                for layer in self.settings["layers"]}
+
+    def scores(self) -> pa.Table:
+        """row, score, reason, decision, kept (after judging)."""
+        return self._table("scores.parquet", "judge the answers first (actlab traits vectors does)")
+
+    def evaluation(self) -> pa.Table:
+        """layer, method, accuracy, auroc, cohens_d, held-out counts (after vectors_run)."""
+        return self._table("evaluation.parquet", "run `actlab traits vectors` first")
+
+    def vectors(self, method: str = "mean_diff") -> dict[int, torch.Tensor]:
+        """{block: (d_model,) vector} of one method (after vectors_run)."""
+        path = self.path / "vectors" / f"{method}.safetensors"
+        if not path.exists():
+            raise ActlabError(f"no {method} vectors in {self.path}; run `actlab traits vectors` first",
+                              param="method")
+        return {int(k.split("_")[1]): v for k, v in load_file(path).items()}
+
+    def _table(self, name: str, fix: str) -> pa.Table:
+        if not (self.path / name).exists():
+            raise ActlabError(f"{self.path} has no {name} yet; {fix}")
+        return pq.read_table(self.path / name)
+
+    def to_pandas(self):
+        """The answers, with their judge scores when judged."""
+        table = self.answers()
+        if (self.path / "scores.parquet").exists():
+            table = table.join(self.scores(), "row")
+        return table.sort_by("row").to_pandas()
+
+    def _repr_html_(self) -> str:
+        answers = self.answers()
+        rows = [("run", str(self.path)), ("trait", self.trait.name), ("model", self.settings["model"]["id"]),
+                ("answers", str(answers.num_rows)), ("layers", str(self.settings["layers"])),
+                ("judged", str((self.path / "scores.parquet").exists())),
+                ("vectors", str((self.path / "vectors").is_dir()))]
+        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
+                       for k, v in rows)
+        return f"<b>TraitRun</b><table>{body}</table>"
+
+
+register_run_kind(RunKind(TRAITS_FORMAT, "a trait run", "traits generate", TraitRun,
+                          derived=("vectors", "judgements", "figures", "analysis")))
+
+
+def generate_run(model: "Model", trait: Trait, out_dir: str | Path, layers: Sequence[int] | None = None,
                  poolings: Sequence[str] = DEFAULT_POOLINGS, cfg: GenerationConfig | None = None,
-                 shard_size: int = 64, overwrite: bool = False, progress: bool = True) -> Path:
+                 shard_size: int = 64, overwrite: bool = False, progress: Progress | None = None) -> Path:
     """Answers to every pos / neg prompt with pooled activations at `layers`
     (default: every block), written shard by shard; a rerun resumes."""
     out = Path(out_dir)
-    cfg = cfg or GenerationConfig(max_new_tokens=48, temperature=0.7, top_p=0.9)
+    cfg = cfg or TRAIT_SAMPLING
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     prompts = trait.prompts()
     settings = {"trait": asdict(trait), "model": {"id": model.name, "weights_sha256": model.weight_hash},
                 "generation": asdict(cfg), "layers": layers, "poolings": list(poolings), "shard_size": shard_size}
-    manifest = open_manifest(out, settings, overwrite, TRAITS_FORMAT)
-    n_shards = -(-len(prompts) // shard_size)
-    for index in range(n_shards):
-        if (out / f"answers-{index:05d}.parquet").exists():
-            continue
-        lo, hi = index * shard_size, min((index + 1) * shard_size, len(prompts))
+    manifest = start_run(out, TRAITS_FORMAT, settings, overwrite)
+    plan = ShardPlan(len(prompts), shard_size, marker="answers")
+    if progress:
+        progress.start(plan.rows_left(out))
+
+    def process(index: int, lo: int, hi: int) -> None:
         chunk = prompts[lo:hi]
         rendered = [render_prompt(model.tokenizer, p.user, p.system) for p in chunk]
-        if progress:
-            console.print(f"generating rows {lo}-{hi - 1} of {len(prompts)}")
-        gens = generate(model, rendered, layers, poolings, cfg, first_row=lo)
-        write_parquet_atomic(out / f"acts-{index:05d}.parquet", _activation_table(gens.pooled, lo))
+        gens = generate(model, rendered, layers, poolings, cfg, first_row=lo,
+                        on_batch=progress.advance if progress else None)
+        write_parquet_atomic(out / shard_name(index, "acts"), _activation_table(gens.pooled, lo))
         table = pa.table({
             "row": np.arange(lo, hi), "polarity": [p.polarity for p in chunk], "pair": [p.pair for p in chunk],
             "system": [p.system for p in chunk], "question": [p.question for p in chunk], "prompt": rendered,
             "answer": gens.answers, "n_prompt_tokens": [len(x) for x in gens.prompt_ids],
             "n_answer_tokens": [len(x) for x in gens.answer_ids], "finished": gens.finished})
-        write_parquet_atomic(out / f"answers-{index:05d}.parquet", table)  # last: marks the shard done
-    manifest.update(complete=True, n_rows=len(prompts),
-                    shards=[f"answers-{i:05d}.parquet" for i in range(n_shards)])
-    write_json_atomic(out / MANIFEST, manifest)
+        write_parquet_atomic(out / shard_name(index, "answers"), table)  # last: marks the shard done
+
+    run_shards(out, plan, process)
+    finish_run(out, manifest, plan.names(), len(prompts))
     return out
 
 
@@ -93,22 +172,16 @@ def _activation_table(pooled: dict[str, dict[int, torch.Tensor]], first_row: int
 
 
 def read_answers(run: str | Path) -> pa.Table:
-    run = Path(run)
-    manifest = _manifest(run)
-    return pa.concat_tables([pq.read_table(run / name) for name in manifest["shards"]])
+    return TraitRun(run).answers()
 
 
 def read_activations(run: str | Path, pooling: str) -> dict[int, np.ndarray]:
     """layer -> (rows, d) for one pooling, rows in run order."""
-    run = Path(run)
-    manifest = _manifest(run)
-    if pooling not in manifest["settings"]["poolings"]:
-        raise ActlabError(f"this run pooled {', '.join(manifest['settings']['poolings'])}, not '{pooling}'")
-    table = pa.concat_tables([pq.read_table(run / name.replace("answers-", "acts-"),
-                                            filters=[("pooling", "=", pooling)]) for name in manifest["shards"]])
-    layers = table.column("layer").to_numpy()
-    return {layer: column_matrix(table.column("activation").filter(pa.array(layers == layer)))
-            for layer in manifest["settings"]["layers"]}
+    return TraitRun(run).activations(pooling)
+
+
+def load_vectors(run: str | Path, method: str = "mean_diff") -> dict[int, torch.Tensor]:
+    return TraitRun(run).vectors(method)
 
 
 def judge_run(run: str | Path, judge: Judge, pos_min: float = 50.0, neg_max: float = 50.0,
@@ -121,11 +194,11 @@ def judge_run(run: str | Path, judge: Judge, pos_min: float = 50.0, neg_max: flo
     run = Path(run)
     answers = read_answers(run)
     items = list(zip(answers.column("question").to_pylist(), answers.column("answer").to_pylist()))
-    fingerprint = judge_fingerprint(judge)
+    key = judge_fingerprint(judge)
     judgements: list[Judgement] = []
     for index, lo in enumerate(range(0, len(items), chunk_size)):
         chunk = items[lo:lo + chunk_size]
-        path = run / "judgements" / fingerprint / f"chunk-{index:05d}.parquet" if fingerprint else None
+        path = run / "judgements" / key / f"chunk-{index:05d}.parquet" if key else None
         judgements += _saved_judgements(path, chunk) or _judge_chunk(judge, chunk, path)
     decisions = keep_answers(answers.column("polarity").to_pylist(), judgements, pos_min, neg_max)
     table = pa.table({"row": answers.column("row"), "score": pa.array([j.score for j in judgements], pa.float64()),
@@ -137,15 +210,15 @@ def judge_run(run: str | Path, judge: Judge, pos_min: float = 50.0, neg_max: flo
     return table
 
 
-def _answer_hashes(chunk: list[tuple[str, str]]) -> list[str]:
-    return [hashlib.sha256(f"{q}\0{a}".encode()).hexdigest()[:16] for q, a in chunk]
+def _answer_keys(chunk: list[tuple[str, str]]) -> list[str]:
+    return [fingerprint(question, answer) for question, answer in chunk]
 
 
 def _saved_judgements(path: Path | None, chunk: list[tuple[str, str]]) -> list[Judgement] | None:
     if path is None or not path.exists():
         return None
     saved = pq.read_table(path)
-    if saved.column("answer_sha256").to_pylist() != _answer_hashes(chunk):
+    if saved.column("answer_sha256").to_pylist() != _answer_keys(chunk):
         return None
     return [Judgement(s, r) for s, r in zip(saved.column("score").to_pylist(), saved.column("reason").to_pylist())]
 
@@ -154,7 +227,7 @@ def _judge_chunk(judge: Judge, chunk: list[tuple[str, str]], path: Path | None) 
     judgements = judge.judge(chunk)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_parquet_atomic(path, pa.table({"answer_sha256": _answer_hashes(chunk),
+        write_parquet_atomic(path, pa.table({"answer_sha256": _answer_keys(chunk),
                                              "score": pa.array([j.score for j in judgements], pa.float64()),
                                              "reason": [j.reason for j in judgements]}))
     return judgements
@@ -163,10 +236,9 @@ def _judge_chunk(judge: Judge, chunk: list[tuple[str, str]], path: Path | None) 
 def vectors_run(run: str | Path, pooling: str = "response_mean", methods: Sequence[str] = METHODS,
                 held_out: float = 0.2, seed: int = 0) -> pa.Table:
     """Vectors per layer and method from the kept answers, evaluated on held-out pairs."""
-    run = Path(run)
-    if not (run / "scores.parquet").exists():
-        raise ActlabError(f"{run} has no scores yet; judge the answers first (actlab traits vectors does)")
-    answers, scores = read_answers(run), pq.read_table(run / "scores.parquet")
+    trait_run = TraitRun(run)
+    run = trait_run.path
+    answers, scores = trait_run.answers(), trait_run.scores()
     kept = scores.column("kept").to_numpy(zero_copy_only=False)
     empty = answers.column("n_answer_tokens").to_numpy() == 0
     keep = kept & ~empty
@@ -175,7 +247,7 @@ def vectors_run(run: str | Path, pooling: str = "response_mean", methods: Sequen
     polarity = all_polarity[keep]
     pairs = answers.column("pair").to_numpy()[keep]
     rows, vectors = [], {m: {} for m in methods}
-    for layer, x in read_activations(run, pooling).items():
+    for layer, x in trait_run.activations(pooling).items():
         for method, (v, ev) in fit_vectors(x[keep], polarity, pairs, held_out, seed, methods).items():
             vectors[method][f"layer_{layer}"] = torch.from_numpy(v)
             rows.append({"layer": layer, "method": method, **asdict(ev)})
@@ -185,11 +257,11 @@ def vectors_run(run: str | Path, pooling: str = "response_mean", methods: Sequen
     folder.mkdir(exist_ok=True)
     for method, tensors in vectors.items():
         if tensors:
-            save_file(tensors, folder / f"{method}.safetensors")
+            with atomic_path(folder / f"{method}.safetensors") as tmp:
+                save_file(tensors, tmp)
     best = {method: row["layer"] for method, row in best_layers(rows).items()}
-    manifest = _manifest(run)
     write_json_atomic(folder / "metadata.json", {
-        "trait": manifest["settings"]["trait"]["name"], "model": manifest["settings"]["model"],
+        "trait": trait_run.trait.name, "model": trait_run.settings["model"],
         "pooling": pooling, "held_out": held_out, "seed": seed, "n_kept_pos": int((polarity == "pos").sum()),
         "n_kept_neg": int((polarity == "neg").sum()), "best_layer": best,
         "layers": "layer L is block L's output: blocks.L.hook_resid_post, HF hidden_states[L + 1]",
@@ -208,34 +280,23 @@ def _check_both_kept(polarity: np.ndarray, keep: np.ndarray, decisions: list[str
                               "--neg-max")
 
 
-def load_vectors(run: str | Path, method: str = "mean_diff") -> dict[int, torch.Tensor]:
-    path = Path(run) / "vectors" / f"{method}.safetensors"
-    if not path.exists():
-        raise ActlabError(f"no {method} vectors in {run}; run `actlab traits vectors` first")
-    return {int(k.split("_")[1]): v for k, v in load_file(path).items()}
-
-
-def _manifest(run: Path) -> dict:
-    return read_manifest(run, TRAITS_FORMAT)
-
-
-def steer_sweep(model, run: str | Path, layer: int, coeffs: Sequence[float], judge: Judge,
+def steer_sweep(model: "Model", run: str | Path, layer: int, coeffs: Sequence[float], judge: Judge,
                 method: str = "mean_diff", where: str = "all", n_questions: int | None = None,
                 cfg: GenerationConfig | None = None) -> pa.Table:
     """The trait's questions with no instruction, answered with coeff * v added
     at `layer`, for each coefficient; every answer judged. v is the method's
     direction scaled to the length of that layer's mean difference, so coeff 1
     moves an activation by the distance between the pos and neg means. Written
-    to RUN/steering.parquet (coeff, question, answer, score, reason)."""
-    from .generation import Steering
-
-    run = Path(run)
-    vectors = load_vectors(run, method)
+    to RUN/steering.parquet (coeff, question, answer, score, reason), with the
+    score-per-coefficient plot in RUN/steering.png."""
+    trait_run = TraitRun(run)
+    vectors = trait_run.vectors(method)
     if layer not in vectors:
-        raise ActlabError(f"no {method} vector for layer {layer}; this run has layers {sorted(vectors)}")
-    scale = load_vectors(run, "mean_diff")[layer].norm() if method != "mean_diff" else vectors[layer].norm()
+        raise ActlabError(f"no {method} vector for layer {layer}; this run has layers {sorted(vectors)}",
+                          param="layer")
+    scale = trait_run.vectors("mean_diff")[layer].norm() if method != "mean_diff" else vectors[layer].norm()
     v = vectors[layer] / vectors[layer].norm() * scale
-    questions = _manifest(run)["settings"]["trait"]["questions"]
+    questions = trait_run.trait.questions
     if not questions:
         raise ActlabError("steering needs neutral questions; this natural trait gives none (add 'questions')")
     questions = questions[:n_questions] if n_questions else questions
@@ -249,7 +310,9 @@ def steer_sweep(model, run: str | Path, layer: int, coeffs: Sequence[float], jud
             rows.append({"coeff": float(coeff), "question": question, "answer": answer,
                          "score": judgement.score, "reason": judgement.reason})
     table = pa.Table.from_pylist(rows)
-    write_parquet_atomic(run / "steering.parquet", table)
+    write_parquet_atomic(trait_run.path / "steering.parquet", table)
+    title = f"{trait_run.path.name}: layer {layer}, {method}"
+    write_bytes_atomic(trait_run.path / "steering.png", plots.steering_sweep(sweep_summary(table), title))
     return table
 
 
@@ -265,7 +328,7 @@ def sweep_summary(table: pa.Table) -> list[dict]:
 
 
 def trait_of(run: str | Path) -> Trait:
-    return Trait(**_manifest(Path(run))["settings"]["trait"])
+    return TraitRun(run).trait
 
 
 def best_layer(run: str | Path, method: str = "mean_diff") -> int:
@@ -274,49 +337,71 @@ def best_layer(run: str | Path, method: str = "mean_diff") -> int:
         raise ActlabError(f"no vectors in {run}; run `actlab traits vectors` first")
     best = json.loads(path.read_text())["best_layer"]
     if method not in best:
-        raise ActlabError(f"no {method} vectors in {run}; have {', '.join(best)}")
+        raise ActlabError(f"no {method} vectors in {run}; have {', '.join(best)}", param="method")
     return int(best[method])
 
 
-def steering_layer(run: str | Path, method: str = "mean_diff", min_auroc: float = 0.9) -> int:
+def steering_layer(run: str | Path, method: str = "mean_diff", min_auroc: float = STEERING_MIN_AUROC) -> int:
     """Default layer to steer: of the layers whose vector separates held-out
     answers (AUROC >= min_auroc), the one nearest the middle of the captured
     range; middle layers steered the default model far better than the
     detection-best last layers (measured: French score 0 -> 92 at block 15,
     0 -> 27 at block 29, coeff 1). Falls back to best_layer."""
-    path = Path(run) / "evaluation.parquet"
-    if not path.exists():
-        raise ActlabError(f"no vectors in {run}; run `actlab traits vectors` first")
-    rows = [r for r in pq.read_table(path).to_pylist() if r["method"] == method and r["auroc"] >= min_auroc]
+    trait_run = TraitRun(run)
+    rows = [r for r in trait_run.evaluation().to_pylist() if r["method"] == method and r["auroc"] >= min_auroc]
     if not rows:
         return best_layer(run, method)
-    layers = _manifest(Path(run))["settings"]["layers"]
+    layers = trait_run.settings["layers"]
     middle = (min(layers) + max(layers)) / 2
     return min((r["layer"] for r in rows), key=lambda layer: (abs(layer - middle), layer))
 
 
-def run_model(run: str | Path, name: str | None = None, device: str = "auto"):
+def run_model(run: str | Path, name: str | None = None, device: str = "auto") -> "Model":
     """The run's model (or `name`), refused when its weights differ from the run's."""
-    from ..models import load_run_model
-
-    return load_run_model(_manifest(Path(run))["settings"]["model"], name, device)
+    return TraitRun(run).model(name, device)
 
 
-def run_trait(model, trait: Trait, out_dir: str | Path, judge: Judge | None = None,
+def monitored_text(run: str | Path, text: str | None = None, row: int | None = None) -> str:
+    """`text`, or row `row`'s prompt + answer; exactly one of them."""
+    if (text is None) == (row is None):
+        raise ActlabError("give exactly one of --text or --row", param="text")
+    if text is not None:
+        return text
+    answers = TraitRun(run).answers()
+    if not 0 <= row < answers.num_rows:
+        raise ActlabError(f"--row {row} is outside 0..{answers.num_rows - 1}", param="row")
+    return answers.column("prompt")[row].as_py() + answers.column("answer")[row].as_py()
+
+
+def monitor_run(model: "Model", run: str | Path, text: str | None = None, row: int | None = None,
+                layer: int | None = None, method: str = "mean_diff") -> tuple[list[str], np.ndarray, Path]:
+    """Per-token projection of a text (or of row `row`'s prompt + answer) onto
+    the run's vector at `layer` (default: the best layer of `method`); the plot
+    goes to RUN/monitor-layer<L>.png. Returns (tokens, values, plot path)."""
+    trait_run = TraitRun(run)
+    text = monitored_text(run, text, row)
+    layer = best_layer(run, method) if layer is None else layer
+    vectors = trait_run.vectors(method)
+    if layer not in vectors:
+        raise ActlabError(f"no {method} vector for layer {layer}; this run has layers {sorted(vectors)}",
+                          param="layer")
+    result = monitor(model, [text], {layer: vectors[layer]}, prepend_bos=False)
+    tokens, values = result.tokens[0], result.values[layer][0]
+    png = trait_run.path / f"monitor-layer{layer}.png"
+    write_bytes_atomic(png, plots.token_projections(tokens, values, f"projection on the layer-{layer} {method} vector"))
+    return tokens, values, png
+
+
+def run_trait(model: "Model", trait: Trait, out_dir: str | Path, judge: Judge | None = None,
               coeffs: Sequence[float] = (-2, -1, 0, 1, 2), layers: Sequence[int] | None = None,
               cfg: GenerationConfig | None = None, held_out: float = 0.2, overwrite: bool = False,
-              progress: bool = False) -> dict:
+              progress: Progress | None = None) -> dict:
     """Every stage on one trait: generate with capture (`layers`, default
     every block; `cfg`, default sampled as in generate_run), judge (the
     trait's own judge by default), vectors per layer, a steering sweep at the
     default steering layer (greedy, as many new tokens). Returns what each
     stage found."""
-    from .judges import make_judge
-
-    if judge is None:
-        if not trait.judge:
-            raise ActlabError(f"trait '{trait.name}' has no judge of its own; pass one")
-        judge = make_judge(trait.judge, trait.eval_prompt)
+    judge = judge or judge_for(trait)
     start = time.perf_counter()
     run = generate_run(model, trait, out_dir, layers, cfg=cfg, overwrite=overwrite, progress=progress)
     generated = time.perf_counter()

@@ -4,33 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import datasets
-from .analyses.probes import nearest_centroid_accuracy
-from .analyses.run import analyze_features, write_tables
-from .models import load_model
-from .progress import console
-from .report import ReportConfig, build_report
-from .saes import default_saes
-from .saes.runs import features_run, open_features
-from .store import extract_run, open_run
+from .. import datasets
+from ..analyses.probes import nearest_centroid_accuracy
+from ..bench.extract import markdown_table, run_extract_benchmark
+from ..engine import ExtractConfig
+from ..hooks import block_hook
+from ..models import load_model
+from ..report import ReportConfig, analyze_run, build_report
+from ..runs import extract_run, features_run, open_run
+from ..saes import default_saes
+from ..traits import load_trait, run_trait
+from .common import err as console
+from .common import print_table
 
 DEMO_THRESHOLD = 2.0  # mean-pooled default-SAE values: about the top 10-15% of nonzero ones
 
 
 def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
-    from .cli import print_table
-
     model = load_model(model_name, device=device)
     console.print(f"[bold]model[/bold] {model}")
     records = datasets.categories()
     layers = [model.n_layers // 4, model.n_layers // 2, (3 * model.n_layers) // 4]
-    hooks = [f"blocks.{layer}.hook_resid_post" for layer in layers]
+    hooks = [block_hook(layer) for layer in layers]
     console.print(f"[bold]1. extract[/bold]: {len(records)} built-in texts in "
                   f"{len(set(records.fields['category']))} categories, hooks {hooks}, mean pooling")
-    run = extract_run(model, records, hooks, out_dir / "activations", pooling="mean", progress=True,
-                      overwrite=True, input_info={"path": "builtin:categories"})
+    run = extract_run(model, records, out_dir / "activations", ExtractConfig(hooks, pooling="mean"), overwrite=True)
     acts = open_run(run)
-    categories = acts.metadata["fields"]["category"]
+    categories = acts.fields["category"]
     print_table("category structure (leave-one-out nearest-centroid accuracy, chance "
                 f"{1 / len(set(categories)):.0%})", ["hook", "shape", "accuracy"],
                 [[h, tuple(acts[h].shape), f"{nearest_centroid_accuracy(acts[h].numpy(), categories):.0%}"]
@@ -39,10 +39,9 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
 
     saes = default_saes(model.name, model.device)
     console.print(f"[bold]2. SAE features[/bold]: the default SAEs {list(saes)} in one pass, mean pooling")
-    features = features_run(model, records, saes, out_dir / "features", pooling="mean", progress=True,
-                            overwrite=True, input_info={"path": "builtin:categories"})
-    tables = analyze_features(open_features(features), threshold=DEMO_THRESHOLD)
-    write_tables(tables, features / "analysis")
+    features = features_run(model, records, saes, out_dir / "features", ExtractConfig(pooling="mean"),
+                            overwrite=True)
+    tables = analyze_run(features, threshold=DEMO_THRESHOLD)
     print_table(f"SAE comparison (latent ids; specialists: in- minus out-of-category texts above "
                 f"{DEMO_THRESHOLD:g}, > 0)", ["latents that are...", *saes],
                 [[row["row"], *(row[name] for name in saes)] for row in tables["comparison"]])
@@ -52,8 +51,6 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
     run_trait_step(model, out_dir / "traits" / "optimism")
 
     console.print("[bold]4. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
-    from .bench.extract import markdown_table, run_extract_benchmark
-
     result = run_extract_benchmark(model_name, n_texts=64, device=device, peers=False,
                                    sweep=False, results_dir=None, repeats=2)
     console.print(markdown_table(result), highlight=False)
@@ -62,10 +59,6 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
 def run_trait_step(model, out: Path) -> None:
     """The built-in optimism trait end to end: generate with capture, judge,
     vectors per layer, a steering sweep at the default steering layer."""
-    from .cli import print_table
-    from .traits.definitions import load_trait
-    from .traits.runs import run_trait
-
     trait = load_trait("optimism")
     console.print(f"[bold]3. trait vectors[/bold]: '{trait.name}' ({len(trait.prompts())} answers, every layer captured "
                   "while generating)")

@@ -1,21 +1,30 @@
 """Training SAEs for a model with SAELens's trainer on activations cached by
-the engine (`actlab sae train`): the default SAEs were made this way."""
+the engine in a resumable activation run (`actlab sae train`): the default
+SAEs were made this way."""
 
 from __future__ import annotations
 
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import ActlabError
-from .loading import load_sae
-from .quality import sae_quality
+from .engine import ExtractConfig
+from .errors import ActlabError
+from .hooks import block_hook
+from .inputs import Records
+from .runs import extract_run, open_run
+from .runs.atomic import atomic_path, write_json_atomic
+from .saes import load_sae
+from .saes.quality import sae_quality
+
+if TYPE_CHECKING:
+    from .models import Model
 
 
 @dataclass
@@ -33,7 +42,6 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float16"  # stored weights; encode runs in float32
     hook_kind: str = "hook_resid_post"
-    extra: dict = field(default_factory=dict)
 
 
 def read_corpus(paths: Sequence[str | Path], min_chars: int = 20) -> list[str]:
@@ -61,22 +69,18 @@ def split_texts(texts: list[str], held_out_fraction: float, seed: int) -> tuple[
     return shuffled[n_held:], shuffled[:n_held]
 
 
-def cache_activations(model, texts: list[str], hooks: list[str], max_length: int,
+def cache_activations(model: "Model", texts: list[str], hooks: list[str], max_length: int,
                       run_dir: Path | None = None) -> dict[str, torch.Tensor]:
     """Per-token activations at `hooks`, with a BOS prepended (SAELens's
     default) and the BOS rows dropped: it is an attention sink with an
     outsized norm and never enters actlab's pooling. With run_dir, the
     activations go through a resumable extraction run there, so retraining
     with other settings reuses them."""
-    options = dict(pooling="all", prepend_bos=True, max_length=max_length)
+    cfg = ExtractConfig(hooks, pooling="all", prepend_bos=True, max_length=max_length)
     if run_dir is None:
-        acts = model.extract(texts, hooks, **options)
+        acts = model.extract(texts, hooks, cfg=cfg)
     else:
-        from ..inputs import Records
-        from ..store import extract_run, open_run
-
-        records = Records(texts, {}, list(range(1, len(texts) + 1)))
-        acts = open_run(extract_run(model, records, hooks, run_dir, **options))
+        acts = open_run(extract_run(model, Records.of(texts), run_dir, cfg))
     keep = torch.ones(len(acts.tokens), dtype=torch.bool)
     keep[acts.offsets[:-1]] = False
     return {hook: acts[hook][keep] for hook in hooks}
@@ -121,20 +125,20 @@ def train_one(x: torch.Tensor, hook: str, cfg: TrainConfig, model_name: str, out
 def _store_as(folder: Path, dtype: str) -> None:
     """Rewrite the weights in `dtype` (half the size); configs say so."""
     weights = load_file(folder / "sae_weights.safetensors")
-    save_file({k: v.to(getattr(torch, dtype)).contiguous() for k, v in weights.items()},
-              folder / "sae_weights.safetensors")
+    with atomic_path(folder / "sae_weights.safetensors") as tmp:
+        save_file({k: v.to(getattr(torch, dtype)).contiguous() for k, v in weights.items()}, tmp)
     cfg_path = folder / "cfg.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["dtype"] = dtype
-    cfg_path.write_text(json.dumps(cfg, indent=1))
+    write_json_atomic(cfg_path, cfg)
 
 
-def train_saes(model, corpus: list[str], out_dir: str | Path, cfg: TrainConfig) -> dict[str, dict]:
+def train_saes(model: "Model", corpus: list[str], out_dir: str | Path, cfg: TrainConfig) -> dict[str, dict]:
     """Train one SAE per layer; returns held-out quality by SAE folder name,
     also written to out_dir/quality.json with the training settings."""
     out = Path(out_dir)
     train, held_out = split_texts(corpus, cfg.held_out_fraction, cfg.seed)
-    hooks = [f"blocks.{layer}.{cfg.hook_kind}" for layer in cfg.layers]
+    hooks = [block_hook(layer, cfg.hook_kind) for layer in cfg.layers]
     cached = cache_activations(model, train, hooks, cfg.max_length, out / "activations")
     report = {}
     for layer, hook in zip(cfg.layers, hooks):
@@ -143,5 +147,5 @@ def train_saes(model, corpus: list[str], out_dir: str | Path, cfg: TrainConfig) 
         report[folder.name] = quality
     summary = {"settings": asdict(cfg), "n_train_texts": len(train), "n_held_out_texts": len(held_out),
                "n_train_tokens": int(next(iter(cached.values())).shape[0]), "quality": report}
-    (out / "quality.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out / "quality.json", summary)
     return report

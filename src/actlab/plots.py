@@ -1,4 +1,5 @@
-"""The report's figures as PNG bytes (matplotlib, no display needed)."""
+"""Figures as PNG bytes (matplotlib, no display needed), and the one rule for
+highlighting tokens by a value, shared by the CLI and the HTML reports."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ActlabError
+from .errors import ActlabError
+
+
+def token_shades(values: Sequence[float] | np.ndarray, scale: float | None = None) -> list[float]:
+    """Each token's highlight in [-1, 1]: its value over `scale` (default: the
+    largest magnitude), clipped; the sign says towards (+) or away (-)."""
+    values = np.asarray(values, dtype=np.float64)
+    scale = float(np.abs(values).max()) if scale is None and len(values) else (scale or 0.0)
+    if scale <= 0:
+        return [0.0] * len(values)
+    return np.clip(values / scale, -1.0, 1.0).tolist()
 
 
 def _pyplot():

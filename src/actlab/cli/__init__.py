@@ -1,0 +1,30 @@
+"""The `actlab` command line: a thin shell over the Python API. Each
+command reads its options (most generated from the API's config
+dataclasses), calls one API function and prints what it returns."""
+
+import sys
+
+from ..errors import ActlabError
+from . import bench, saes, traits
+from .common import err, error_line
+from .extract import app
+
+app.add_typer(bench.app, name="bench")
+app.add_typer(saes.app, name="sae")
+app.add_typer(traits.app, name="traits")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        app()  # standalone: typer reports usage errors itself (exit 2)
+    except ActlabError as exc:
+        err.print(f"[red]error:[/red] {error_line(exc)}", soft_wrap=True, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; finished shards are kept, rerun the same command to resume")
+        sys.exit(130)

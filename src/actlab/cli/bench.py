@@ -1,0 +1,63 @@
+"""`actlab bench ...`: the benchmarks (results go to benchmarks/results/)."""
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..default_model import DEFAULT_MODEL
+
+app = typer.Typer(no_args_is_help=True, help="Benchmarks (results go to benchmarks/results/).")
+
+ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Hub id, local folder, .gguf file or alias.")
+DeviceOpt = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps.")
+ResultsOpt = typer.Option(Path("benchmarks/results"), help="Where the JSON goes.")
+ReadmeOpt = typer.Option(None, help="Update the benchmark table in this Markdown file.")
+
+
+@app.command("extract")
+def bench_extract(model: str = ModelOpt, device: str = DeviceOpt,
+                  n_texts: int = typer.Option(256, help="Texts in the length mix (20-150 tokens)."),
+                  peers: bool = typer.Option(True, help="Include TransformerLens and nnsight if installed."),
+                  sweep: bool = typer.Option(True, help="Run the batch-size sweep."),
+                  results_dir: Path = ResultsOpt, readme: Optional[Path] = ReadmeOpt) -> None:
+    """Baseline loop vs engine vs bare stopped forward vs peers."""
+    from ..bench.extract import run_extract_benchmark
+
+    run_extract_benchmark(model, n_texts, device, peers, sweep, results_dir, readme)
+
+
+@app.command("features")
+def bench_features(model: str = ModelOpt, device: str = DeviceOpt,
+                   n_texts: int = typer.Option(256, help="Texts in the length mix (20-150 tokens)."),
+                   d_sae: int = typer.Option(16384, help="Latents per SAE."),
+                   k: int = typer.Option(64, help="Active latents per token."),
+                   results_dir: Path = ResultsOpt, readme: Optional[Path] = ReadmeOpt) -> None:
+    """Four SAEs at four depths in one pass vs one SAE at the deepest; sparse store size."""
+    from ..bench.features import run_features_benchmark
+
+    run_features_benchmark(model, n_texts, device, d_sae, k, results_dir, readme)
+
+
+@app.command("traits")
+def bench_traits(model: str = ModelOpt, device: str = DeviceOpt,
+                 n_prompts: int = typer.Option(64, help="Prompts of the built-in French trait."),
+                 max_new_tokens: int = typer.Option(32),
+                 batch_size: int = typer.Option(16, help="Batch size of the batched pipeline."),
+                 sweep: bool = typer.Option(True, help="Run the batch-size sweep (1, 4, 8, 16, 32)."),
+                 results_dir: Path = ResultsOpt, readme: Optional[Path] = ReadmeOpt) -> None:
+    """Seed 001's pipelines: two-stage serial vs combined serial vs batched generation with capture."""
+    from ..bench.traits import run_traits_benchmark
+
+    run_traits_benchmark(model, n_prompts, max_new_tokens, batch_size, device, sweep, results_dir, readme)
+
+
+@app.command("trait-quality")
+def bench_trait_quality(model: str = ModelOpt, device: str = DeviceOpt,
+                        out_dir: Path = typer.Option(Path("runs/trait-quality"), "--out", "-o",
+                                                     help="Trait runs go here, one per trait."),
+                        results_dir: Path = ResultsOpt, readme: Optional[Path] = ReadmeOpt) -> None:
+    """Every built-in trait end to end: kept answers, held-out AUROC per layer, steering sweep."""
+    from ..bench.trait_quality import run_trait_quality
+
+    run_trait_quality(model, out_dir, device, results_dir, readme)

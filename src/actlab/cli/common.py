@@ -1,0 +1,199 @@
+"""What every command shares: options generated from the API's config
+dataclasses, the progress bar, tables, and the error handling."""
+
+import dataclasses
+import functools
+import inspect
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+
+from ..default_model import DEFAULT_MODEL
+from ..errors import ActlabError
+from ..inputs import FieldNames, Records, read_records
+
+out = Console()
+err = Console(stderr=True)
+FLAGS: dict[str, str] = {}  # Python parameter -> its flag, for error messages
+
+
+@dataclasses.dataclass
+class ModelOptions:
+    model: str = dataclasses.field(default=DEFAULT_MODEL, metadata={
+        "help": "Hub id, local folder, .gguf file or alias.", "flag": "--model", "short": "-m"})
+    device: str = dataclasses.field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, "
+                                                                      "cuda:N, mps."})
+    dtype: str = dataclasses.field(default="float32", metadata={"help": "float32, bfloat16, float16; 8bit/4bit on "
+                                                                        "CUDA."})
+
+    def load(self):
+        from ..models import load_model
+
+        return load_model(self.model, device=self.device, dtype=self.dtype)
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """Where a run goes and what it reads: the shell's part of a run command."""
+
+    input: Path = dataclasses.field(metadata={"help": ".txt, .jsonl, .json, .csv or .parquet", "short": "-i"})
+    out: Path = dataclasses.field(metadata={"help": "Run directory (resumable).", "short": "-o"})
+    shard_size: int = dataclasses.field(default=2048, metadata={"help": "Texts per Parquet shard."})
+    overwrite: bool = dataclasses.field(default=False, metadata={"help": "Replace an existing run in --out."})
+    skip_empty: bool = dataclasses.field(default=False, metadata={"help": "Skip empty texts instead of failing."})
+
+    def read(self, names: FieldNames) -> Records:
+        records = read_records(self.input, names, self.skip_empty)
+        if records.n_skipped:
+            err.print(f"skipped {records.n_skipped} empty text(s)")
+        return records
+
+
+def _option_type(annotation):
+    """The type typer should parse for a dataclass field's annotation."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        if list in [typing.get_origin(a) for a in args] and str not in args:
+            return Optional[List[str]]
+        inner = str if str in args else args[0]
+        return Optional[inner] if type(None) in typing.get_args(annotation) else inner
+    if origin is list:
+        return List[str]
+    return annotation
+
+
+def with_options(exclude: tuple[str, ...] = (), required: tuple[str, ...] = (), **configs):
+    """Add the fields of each config dataclass (configs: parameter name ->
+    class, or an instance whose values are the defaults) to a typer command
+    as options, and call the command with one config per name. Flags, help
+    and defaults come from the dataclass, so the command line cannot drift
+    from the Python API."""
+    def decorate(command):
+        signature = inspect.signature(command)
+        kept = [p for p in signature.parameters.values() if p.name not in configs]
+        added, owners = [], {}
+        for config_name, config in configs.items():
+            cls = config if isinstance(config, type) else type(config)
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if f.name in exclude or f.name in owners:
+                    continue
+                owners[f.name] = config_name
+                flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+                FLAGS[f.name] = flag
+                kind = _option_type(hints[f.name])
+                if typing.get_args(hints[f.name]) and bool in typing.get_args(hints[f.name]):
+                    flag = f"{flag}/--no-{flag[2:]}"
+                names = [flag] + ([f.metadata["short"]] if "short" in f.metadata else [])
+                if not isinstance(config, type):
+                    default = getattr(config, f.name)
+                elif f.default is not dataclasses.MISSING:
+                    default = ... if f.name in required else f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    default = ... if f.name in required else None
+                else:
+                    default = ...
+                option = typer.Option(default, *names, help=f.metadata.get("help"), show_default=default is not None)
+                added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                               annotation=kind))
+
+        @functools.wraps(command)
+        def wrapper(**values):
+            built = {name: {} for name in configs}
+            for field_name, config_name in owners.items():
+                value = values.pop(field_name)
+                if value is not None:
+                    built[config_name][field_name] = value
+            return command(**values, **{name: _build(configs[name], built[name]) for name in configs})
+
+        wrapper.__signature__ = signature.replace(parameters=kept + added)
+        wrapper.__annotations__ = {p.name: p.annotation for p in kept + added}  # typer reads these
+        return wrapper
+    return decorate
+
+
+def _build(config, values: dict):
+    return config(**values) if isinstance(config, type) else dataclasses.replace(config, **values)
+
+
+class Bar:
+    """A rich progress bar (texts/s, tokens/s, ETA) that runs report to."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.tokens = 0
+        self.progress: Progress | None = None
+
+    def start(self, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn(), console=err, transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task(self.label, total=total, rate="")
+
+    def advance(self, n_texts: int, n_tokens: int) -> None:
+        if self.progress is None:
+            return
+        self.tokens += n_tokens
+        task = self.progress.tasks[0]
+        elapsed = task.elapsed or 1e-9
+        rate = f"{(task.completed + n_texts) / elapsed:.1f}/s {self.tokens / elapsed:.0f} tok/s"
+        self.progress.update(self.task, advance=n_texts, rate=rate)
+
+    def __enter__(self) -> "Bar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    table = Table(title=title)
+    for i, column in enumerate(header):
+        # the row's name stays whole on narrow terminals, unless it is a long path
+        table.add_column(column, no_wrap=i == 0, max_width=36 if i == 0 else None)
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    out.print(table)
+
+
+def print_session(manifest: dict) -> None:
+    """The closing line of a run: this session's throughput and memory."""
+    timings = manifest.get("timings") or {}
+    if timings:
+        last = timings[sorted(timings, key=lambda k: int(k.split("_")[1]))[-1]]
+        err.print(f"[green]done[/green]: {last['texts']} texts, {last['tokens']} tokens in {last['seconds']:.1f}s, "
+                  f"{last['tokens_per_s']:.0f} tokens/s, padding {last['padding_waste']:.1%}, peak memory "
+                  f"{(last['peak_memory_bytes'] or 0) / 2**20:.0f} MiB")
+
+
+def comma_list(text: Optional[str], kind=int, flag: str = "--layers", example: str = "7,15,22"):
+    """'7,15,22' -> [7, 15, 22]; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [kind(x) for x in text.split(",")]
+    except ValueError:
+        raise ActlabError(f"{flag} '{text}': give comma-separated values such as {example}") from None
+
+
+def error_line(exc: ActlabError) -> str:
+    """The message, with the flag of the Python parameter it names when the
+    message does not name one already."""
+    message = str(exc)
+    flag = FLAGS.get(exc.param or "", "--" + (exc.param or "").replace("_", "-"))
+    if exc.param and "--" not in message:
+        message += f" ({flag})"
+    return message

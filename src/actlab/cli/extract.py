@@ -1,0 +1,163 @@
+"""Commands over activations and SAE features: models, extract, features,
+analyze, explore, report, demo."""
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.text import Text
+
+from ..default_model import DEFAULT_MODEL
+from ..engine import ExtractConfig
+from ..errors import ActlabError
+from ..inputs import FieldNames
+from .common import Bar, ModelOptions, RunOptions, out, print_session, print_table, with_options
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Fast, correct activation extraction for interpretability experiments.")
+
+
+@app.command()
+def models(name: str = typer.Argument(DEFAULT_MODEL, help="Model to describe."),
+           device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps.")) -> None:
+    """Print a model's architecture, layer count, width and hook names."""
+    from ..models import load_model
+
+    model = load_model(name, device=device)
+    out.print(f"[bold]{name}[/bold]: {model.architecture}, {model.n_layers} layers, "
+              f"d_model {model.d_model}, vocab {model.config.vocab_size}, device {model.device}")
+    names = model.hook_names()
+    per_block = [n.split(".", 2)[2] for n in names if n.startswith("blocks.0.")]
+    out.print(f"hook names: hook_embed, and blocks.L.{{{','.join(per_block)}}} for L in 0..{model.n_layers - 1}:")
+    out.print("\n".join(names), highlight=False)
+
+
+@app.command()
+@with_options(run=RunOptions, fields=FieldNames, model=ModelOptions, cfg=ExtractConfig, required=("hooks",))
+def extract(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: ExtractConfig) -> None:
+    """Extract activations to a resumable Parquet run directory."""
+    from ..runs import extract_run, read_manifest
+
+    records = run.read(fields)
+    with Bar("extract") as bar:
+        path = extract_run(model.load(), records, run.out, cfg, run.shard_size, run.overwrite, bar)
+    manifest = read_manifest(path)
+    print_session(manifest)
+    if manifest.get("n_truncated"):
+        out.print(f"[yellow]{manifest['n_truncated']} text(s) truncated to {manifest['settings']['max_length']} tokens")
+    out.print(f"wrote {manifest['n_rows']} rows to {path}")
+
+
+@app.command()
+@with_options(run=RunOptions, fields=FieldNames, model=ModelOptions, cfg=ExtractConfig, exclude=("hooks",))
+def features(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: ExtractConfig,
+             sae: Optional[List[str]] = typer.Option(None, "--sae", help="SAE folder (SAELens or sparsify) or "
+                                                     "release/sae_id; repeatable. Default: the SAEs actlab ships for "
+                                                     "the default model.")) -> None:
+    """SAE features of every text, one forward pass for all SAEs, stored sparse."""
+    from ..runs import FeatureRun, features_run
+    from ..saes import default_saes, load_sae
+
+    records = run.read(fields)
+    lm = model.load()
+    saes = {name: load_sae(name) for name in sae} if sae else default_saes(lm.name)
+    with Bar("features") as bar:
+        path = features_run(lm, records, saes, run.out, cfg, run.shard_size, run.overwrite, bar)
+    feats = FeatureRun.open(path)
+    print_session(feats.manifest)
+    print_table(f"features of {len(feats)} texts ({feats.pooling} pooling) in {path}",
+                ["sae", "hook", "d_sae", "mean L0", "latents active"],
+                [[name, c.hook_name, c.d_sae, f"{feats.mean_l0(name):.1f}", int((feats.latent_stats[name].count > 0).sum())]
+                 for name, c in feats.configs.items()])
+
+
+@app.command()
+def analyze(
+    run: Path = typer.Argument(..., help="A features run directory (actlab features)."),
+    threshold: float = typer.Option(5.0, help="A latent is clearly on for a text when its value exceeds this."),
+    top: int = typer.Option(5, help="Rows per table and SAE."),
+) -> None:
+    """Seed 000's analyses of a features run: tables printed and written to RUN/analysis/."""
+    from ..report import analyze_run
+
+    tables = analyze_run(run, threshold, top)
+    for name, rows in tables.items():
+        if rows:
+            print_table(name, list(rows[0]), [list(row.values()) for row in rows])
+    out.print(f"wrote {sum(bool(rows) for rows in tables.values())} tables to {run / 'analysis'}")
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="A features run directory (actlab features)."),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default RUN/report.html)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The run's model (default: as recorded)."),
+    use_model: bool = typer.Option(True, "--model-passes/--no-model",
+                                   help="Run the model for token highlighting and SAE quality."),
+    threshold: float = typer.Option(5.0, help="A latent is clearly on for a text when its value exceeds this."),
+    top: int = typer.Option(5, help="Rows per analysis table and SAE."),
+    latents: int = typer.Option(8, help="Latents shown with their top texts, per SAE."),
+    texts: int = typer.Option(5, help="Top texts per latent."),
+    quality_texts: int = typer.Option(64, help="Texts of the run scored for SAE quality (0: skip)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
+) -> None:
+    """One self-contained HTML report of a features run, with its plots as PNG files."""
+    from ..report import ReportConfig, build_report
+
+    cfg = ReportConfig(threshold=threshold, top=top, latents_per_sae=latents, texts_per_latent=texts,
+                       quality_texts=quality_texts)
+    path = build_report(run, out_file, model, cfg, use_model, device)
+    out.print(f"wrote {path} (plots in {path.parent / 'figures'})")
+
+
+@app.command()
+def explore(
+    run: Path = typer.Argument(..., help="A per-token features run (actlab features --pooling all)."),
+    latent: int = typer.Option(..., help="Latent to explore."),
+    sae: Optional[str] = typer.Option(None, help="SAE name in the run (default: its only SAE)."),
+    top: int = typer.Option(5, help="Texts to show."),
+) -> None:
+    """The texts on which a latent is strongest, tokens highlighted by its value."""
+    from ..analyses import explore_tokens, neuronpedia_link
+    from ..plots import token_shades
+    from ..runs import FeatureRun
+
+    feats = FeatureRun.open(run)
+    if feats.offsets is None:
+        raise ActlabError(f"{run} is a pooled run; explore needs per-token features: "
+                          "actlab features ... --pooling all")
+    name = sae or feats.names[0]
+    if name not in feats.configs or (sae is None and len(feats.names) > 1):
+        raise ActlabError(f"pick an SAE with --sae; the run has {', '.join(feats.names)}")
+    if not 0 <= latent < feats.configs[name].d_sae:
+        raise ActlabError(f"latent {latent} is outside 0..{feats.configs[name].d_sae - 1}")
+    link = neuronpedia_link(feats.configs[name].neuronpedia_id, latent)
+    out.print(f"[bold]{name}[/bold] latent {latent}" + (f" ({link})" if link else ""))
+    rows = explore_tokens(feats.sparse[name].column(latent), feats.offsets.tolist(), top)
+    if not rows:
+        out.print("never active in this run")
+    for row in rows:
+        start = int(feats.offsets[row["text"]])
+        tokens = feats.tokens[start:start + len(row["token_values"])]
+        out.print(highlighted(f"text {row['text']} (max {row['max']:.2f}): ", tokens,
+                              token_shades(row["token_values"], row["max"])))
+
+
+def highlighted(head: str, tokens: list[str], shades: list[float]) -> Text:
+    """Tokens on a background whose strength is the shade (red above 0, blue below)."""
+    line = Text(head)
+    for token, shade in zip(tokens, shades):
+        level = int(255 * (1 - min(abs(shade), 1.0)))
+        style = (f"on rgb(255,{level},{level})" if shade > 0 else f"on rgb({level},{level},255)") if shade else ""
+        line.append(token, style=style)
+    return line
+
+
+@app.command()
+def demo(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Hub id, local folder, .gguf file or alias."),
+         out_dir: Path = typer.Option(Path("runs/demo"), "--out"),
+         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps.")) -> None:
+    """The main job on the default model: extraction, SAE features and their analyses, the report, a trait."""
+    from .demo import run_demo
+
+    run_demo(model, out_dir, device)

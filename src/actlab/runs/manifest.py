@@ -1,0 +1,156 @@
+"""Run kinds and their manifests.
+
+Every run directory holds `manifest.json`: its kind ("format"), the settings
+its rows depend on (a resumed run must match them), whether it is complete,
+its shards, and timings. A run kind is registered once with its reader, the
+command that starts it and what later stages derive from it; `open_run`
+reads any complete run through its kind's reader.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ..version import VERSION
+from ..errors import ActlabError
+from .atomic import write_json_atomic
+from .fingerprint import fingerprint
+
+if TYPE_CHECKING:
+    from ..models import Model
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+OUTPUT_PATTERNS = ("*.parquet", "*.safetensors", "*.png", "report.html")  # what actlab writes in a run folder
+
+
+class Run:
+    """A complete run on disk. Subclasses (ActivationRun, FeatureRun,
+    TraitRun) add what their kind holds."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def settings(self) -> dict:
+        return self.manifest["settings"]
+
+    def model(self, name: str | None = None, device: str = "auto") -> "Model":
+        """The run's model (or `name`), refused when its weights differ from the run's."""
+        from ..models import load_run_model
+
+        return load_run_model(self.settings["model"], name, device)
+
+
+@dataclass(frozen=True)
+class RunKind:
+    format: str  # the manifest's "format"
+    what: str  # "an activations run", for messages
+    command: str  # the actlab command that starts or resumes one
+    reader: Callable[[Path], Run]  # opens a complete run
+    derived: tuple[str, ...] = ()  # folders later stages write into the run
+
+
+RUN_KINDS: dict[str, RunKind] = {}
+
+
+def register_run_kind(kind: RunKind) -> RunKind:
+    if kind.format in RUN_KINDS:
+        raise ValueError(f"run kind '{kind.format}' is already registered")
+    RUN_KINDS[kind.format] = kind
+    return kind
+
+
+def _kind(format: str) -> RunKind:
+    if format not in RUN_KINDS:
+        raise ActlabError(f"unknown run kind '{format}'; known: {', '.join(sorted(RUN_KINDS))} "
+                          "(import the package that defines it, e.g. `import actlab`)")
+    return RUN_KINDS[format]
+
+
+def start_run(out: Path, format: str, settings: dict, overwrite: bool = False) -> dict:
+    """The manifest of a new run in `out`, or of the run already there when
+    its settings are the same (resuming); other settings are refused unless
+    overwrite, which also removes what later stages derived from the old run."""
+    kind = _kind(format)
+    path = out / MANIFEST
+    settings = json.loads(json.dumps(settings))  # as it reads back from disk
+    if path.exists() and not overwrite:
+        existing = json.loads(path.read_text())
+        before = existing.get("settings", {})
+        differing = [key for key in settings if before.get(key) != settings[key]]
+        if existing.get("format") != format:
+            raise ActlabError(f"{out} holds {_kind_phrase(existing.get('format'))}, not {kind.what}; "
+                              "pass --overwrite to replace it or choose another --out", param="overwrite")
+        if differing:
+            raise ActlabError(f"{out} holds a run with other settings ({', '.join(differing)}); "
+                              "pass --overwrite to replace it or choose another --out", param="overwrite")
+        return existing
+    if out.exists() and any(out.iterdir()) and not path.exists() and not overwrite:
+        raise ActlabError(f"{out} exists and is not an actlab run; choose another --out or pass --overwrite",
+                          param="overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        remove_outputs(out)
+    manifest = {"format": format, "format_version": FORMAT_VERSION, "actlab_version": VERSION,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "settings": settings, "fingerprint": fingerprint(format, settings), "complete": False}
+    write_json_atomic(path, manifest)
+    return manifest
+
+
+def _kind_phrase(format: str | None) -> str:
+    return RUN_KINDS[format].what if format in RUN_KINDS else f"a '{format}' run"
+
+
+def finish_run(out: Path, manifest: dict, shards: list[str], n_rows: int, session: dict | None = None,
+               **extra) -> dict:
+    """Mark the run complete (the manifest is written last, atomically)."""
+    if session is not None:
+        sessions = manifest.setdefault("timings", {})
+        sessions[f"session_{len(sessions)}"] = session
+    manifest.update(complete=True, shards=shards, n_rows=n_rows, **extra)
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def remove_outputs(out: Path) -> None:
+    """What actlab wrote in a run folder: shards, tables, plots, the report,
+    and every later stage's folder, which would otherwise outlive the run it
+    came from (vectors steering a regenerated run, say). Other files stay."""
+    for pattern in OUTPUT_PATTERNS:
+        for stale in out.glob(pattern):
+            stale.unlink()
+    for folder in sorted({name for kind in RUN_KINDS.values() for name in kind.derived}):
+        if (out / folder).is_dir():
+            shutil.rmtree(out / folder)
+
+
+def read_manifest(path: str | Path, format: str | None = None) -> dict:
+    """A complete run's manifest (of kind `format`, when given), or a one-line
+    error naming what is wrong and the command that starts or resumes it."""
+    run = Path(path)
+    file = run / MANIFEST
+    expected = RUN_KINDS.get(format) if format else None
+    what = expected.what if expected else "an actlab run"
+    if not file.exists():
+        command = f"`actlab {expected.command}`" if expected else "an actlab command"
+        raise ActlabError(f"{run} is not {what} (no {MANIFEST}); start one with {command}")
+    manifest = json.loads(file.read_text())
+    if format and manifest.get("format") != format:
+        raise ActlabError(f"{file} is {_kind_phrase(manifest.get('format'))}, not {what}")
+    if not manifest.get("complete"):
+        command = RUN_KINDS[manifest["format"]].command if manifest.get("format") in RUN_KINDS else "actlab"
+        raise ActlabError(f"run {run} is incomplete; rerun the same `actlab {command}` command to resume it")
+    return manifest
+
+
+def open_run(path: str | Path) -> Run:
+    """Any complete run, as its kind's typed run object."""
+    manifest = read_manifest(path)
+    return _kind(manifest.get("format")).reader(Path(path))

@@ -1,0 +1,50 @@
+"""The one resumable shard loop.
+
+A run's input rows are cut into fixed ranges, shard i covering rows
+[i * shard_size, (i + 1) * shard_size). Each shard is computed and written on
+its own, its marker file last and atomically, so the marker's existence means
+the shard is done: after Ctrl-C or SIGKILL a rerun computes exactly the
+missing shards and ends with the rows of an uninterrupted run. A distributed
+runner hands the same shards to its workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def shard_name(index: int, prefix: str = "shard") -> str:
+    return f"{prefix}-{index:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    n_rows: int
+    shard_size: int
+    marker: str = "shard"  # shard i is done when f"{marker}-{i:05d}.parquet" exists
+
+    @property
+    def n_shards(self) -> int:
+        return max(1, -(-self.n_rows // self.shard_size))
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        return index * self.shard_size, min((index + 1) * self.shard_size, self.n_rows)
+
+    def names(self, prefix: str | None = None) -> list[str]:
+        return [shard_name(i, prefix or self.marker) for i in range(self.n_shards)]
+
+    def todo(self, out: Path) -> list[int]:
+        return [i for i in range(self.n_shards) if not (out / shard_name(i, self.marker)).exists()]
+
+    def rows_left(self, out: Path) -> int:
+        return sum(hi - lo for lo, hi in map(self.bounds, self.todo(out)))
+
+
+def run_shards(out: Path, plan: ShardPlan, process: Callable[[int, int, int], T]) -> list[T]:
+    """process(index, lo, hi) computes and writes every unfinished shard,
+    its marker last; returns what each call returned, in shard order."""
+    return [process(index, *plan.bounds(index)) for index in plan.todo(out)]
