@@ -2,12 +2,14 @@
 # installs torch 2.13.0 first when the venv has no torch (a looser requirement
 # would pull several GB of CUDA wheels), then actlab with its extras. `make test`
 # also installs Debian's chromium + chromedriver when absent (the report test
-# renders the HTML report in headless Chromium).
+# renders the HTML report in headless Chromium), and checks the code first:
+# ruff (style, no print in the library, no private imports across modules) and
+# import-linter (the layer order and no import cycles, see pyproject.toml).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.actlab-installed
 
-.PHONY: demo test bench install browser clean
+.PHONY: demo test lint bench install browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,8 +24,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/actlab demo
 
-test: $(STAMP) browser
+test: lint browser
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src benchmarks
+	$(VENV)/bin/lint-imports
 
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \

@@ -29,9 +29,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import actlab
+import actlab.engine
 from actlab.bench.extract import describe_device
 from actlab.bench.features import random_topk_sae
-import actlab.engine
 from actlab.datasets import length_mix
 
 POOLINGS = ["last", "mean", "first:3", "last:2", "all"]

@@ -93,3 +93,29 @@ def test_default_model_matches_hf(default_model):
         hidden = hf_hidden_states(default_model, text)
         for layer, hook in zip(layers, hooks):
             assert rel_error(acts.text(hook, i), hidden[layer + 1][0]) < 1e-5
+
+
+def test_capture_and_replace_context_managers(tiny_models):
+    """capture sees the hook's hidden state; replace changes what later blocks
+    see (checked against HF hidden states), and both leave no hook behind."""
+    from actlab.hooks import block_hook, capture, replace
+
+    model = tiny_models["llama"]
+    ids = torch.tensor([model.tokenizer(TEXTS[0])["input_ids"]])
+    with torch.no_grad():
+        clean = model.hf_model(ids, output_hidden_states=True).hidden_states
+    def n_hooks() -> int:
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf_model.modules())
+
+    before, seen = n_hooks(), {}
+    with capture(model.hf_model, {block_hook(0): lambda h: seen.setdefault("h", h.clone())}), torch.no_grad():
+        model.hf_model(ids)
+    assert rel_error(seen["h"][0], clean[1][0]) < 1e-6
+    with replace(model.hf_model, {block_hook(0): lambda h: h * 0}), \
+            capture(model.hf_model, {block_hook(0): lambda h: seen.__setitem__("replaced", h.clone())}), torch.no_grad():
+        zeroed = model.hf_model(ids, output_hidden_states=True).hidden_states
+    assert float(seen["replaced"].abs().max()) == 0.0 and rel_error(zeroed[2][0], clean[2][0]) > 1e-3
+    with torch.no_grad():
+        after = model.hf_model(ids, output_hidden_states=True).hidden_states
+    assert torch.equal(after[2], clean[2])  # the hooks were removed
+    assert n_hooks() == before

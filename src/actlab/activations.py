@@ -68,6 +68,13 @@ def column_matrix(column: pa.ChunkedArray | pa.FixedSizeListArray) -> np.ndarray
     return column.flatten().to_numpy().reshape(-1, column.type.list_size)
 
 
+def summary_html(title: str, rows: list[tuple[str, str]]) -> str:
+    """The short table a notebook shows for a result or a run."""
+    body = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>{escape(v)}</td></tr>"
+                   for k, v in rows)
+    return f"<b>{escape(title)}</b><table>{body}</table>"
+
+
 @dataclass(kw_only=True)
 class Result:
     """Rows in input order. Pooled: one row per text. Per-token ('all'): text i
@@ -124,9 +131,7 @@ class Result:
         return rows
 
     def _repr_html_(self) -> str:
-        body = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>"
-                       f"{escape(v)}</td></tr>" for k, v in self.summary_rows())
-        return f"<b>{type(self).__name__}</b><table>{body}</table>"
+        return summary_html(type(self).__name__, self.summary_rows())
 
 
 @dataclass
@@ -155,13 +160,15 @@ class Activations(Result):
         return self.values[hook][int(self.offsets[i]):int(self.offsets[i + 1])]
 
     def to_arrow(self, first_text: int = 0, fields: dict[str, list] | None = None) -> pa.Table:
-        """The run-shard schema: text_id, the input's fields, n_tokens and one
+        """The run-shard schema: text_id, the input's fields (default: those
+        in metadata["fields"]), n_tokens and one
         fixed_size_list<float32>[d] column per hook (per token: text_id,
         position, token_id, token and the hooks)."""
         columns = self.row_columns(first_text)
+        fields = self.metadata.get("fields", {}) if fields is None else fields
         if not self.per_token:
             n_tokens = columns.pop("n_tokens")
-            columns.update({role: pa.array(values) for role, values in (fields or {}).items()})
+            columns.update({role: pa.array(values) for role, values in fields.items()})
             columns["n_tokens"] = n_tokens
         for hook, values in self.values.items():
             columns[hook] = vector_column(values.numpy())

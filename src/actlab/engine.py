@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from .activations import Activations, ExtractStats
 from .errors import ActlabError
 from .pooling import Pooling, PoolPlan, parse_pooling, plan_pooling
 from .tokens import Tokenized, offsets, pad, tokenize
+
+if TYPE_CHECKING:
+    from .models import Model
 
 CPU_TOKEN_BUDGET = 640  # measured: larger padded batches run slower on CPU caches
 CUDA_MAX_TOKEN_BUDGET = 16384
@@ -155,7 +158,7 @@ class Batch:
     dest: torch.Tensor  # host rows (pooled) or host token rows ('all') to fill
 
 
-def padded_batch(model, tok: Tokenized, rows: np.ndarray, pooling: Pooling, padding_side: str,
+def padded_batch(model: "Model", tok: Tokenized, rows: np.ndarray, pooling: Pooling, padding_side: str,
                  text_offsets: torch.Tensor | None = None) -> Batch:
     """The batch of texts `rows` of `tok`; text_offsets (per-token pooling)
     places each text's token rows in the output."""
@@ -270,7 +273,7 @@ class Extractor:
     A forward that runs out of memory may have fed some sinks already: they
     roll back to their `mark()` before the batch is split and rerun."""
 
-    def __init__(self, model, cfg: ExtractConfig):
+    def __init__(self, model: "Model", cfg: ExtractConfig):
         if not cfg.hooks:
             raise ActlabError("no hooks requested; pass at least one hook name (see `actlab models`)",
                               param="hooks")

@@ -14,7 +14,6 @@ from .activations import Activations
 from .default_model import DEFAULT_MODEL, default_model_dir
 from .engine import ExtractConfig, Extractor, OnBatch
 from .errors import ActlabError
-from .saes import default_saes
 from .saes.features import FeatureExtractor, Features
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -127,15 +126,15 @@ class Model:
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
-    def extract(self, texts: Sequence[str], hooks: Sequence[str] | str, pooling: str | int | list[int] | None = None,
+    def extract(self, texts: Sequence[str], hooks: Sequence[str] | str | None = None,
+                pooling: str | int | list[int] | None = None,
                 progress: OnBatch | None = None, cfg: ExtractConfig | None = None, **options) -> Activations:
-        """Activations at `hooks` for every text, in input order; pooling
-        "last" unless cfg or pooling says otherwise. `options` are
+        """Activations at `hooks` for every text, in input order; hooks and
+        pooling ("last" by default) may come from `cfg` instead. `options` are
         ExtractConfig fields (batch_size, max_batch_tokens, padding_side,
         max_length, prepend_bos, include_bos); `progress(n_texts, n_tokens)`
         is called after each batch."""
-        cfg = ExtractConfig.of(cfg, hooks=[hooks] if isinstance(hooks, str) else list(hooks), pooling=pooling,
-                               **options)
+        cfg = ExtractConfig.of(cfg, hooks=[hooks] if isinstance(hooks, str) else hooks, pooling=pooling, **options)
         return self.run_extractor(Extractor(self, cfg), texts, progress)
 
     def features(self, texts: Sequence[str], saes=None, pooling: str | int | list[int] | None = None,
@@ -148,8 +147,6 @@ class Model:
         Pooling happens in feature space over the same real tokens as `extract`;
         prepend_bos defaults to the SAEs' own. `options` as for `extract`.
         """
-        if saes is None:
-            saes = default_saes(self.name)
         cfg = ExtractConfig.of(cfg, pooling=pooling, **options)
         return self.run_extractor(FeatureExtractor(self, saes, cfg, keep_dense), texts, progress)
 
@@ -239,8 +236,8 @@ def _quantization_kwargs(dtype: str, device: torch.device) -> dict:
     if device.type != "cuda":
         raise ActlabError(f"dtype '{dtype}' needs a CUDA GPU (bitsandbytes); use float32 or bfloat16 here")
     try:
-        from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
     except ImportError:
         raise ActlabError("8bit/4bit loading needs bitsandbytes: pip install 'actlab[quant]'") from None
     config = BitsAndBytesConfig(load_in_8bit=dtype == "8bit", load_in_4bit=dtype == "4bit")

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from .errors import ActlabError
+from .tokens import offsets
 
 _WINDOW = re.compile(r"^(first|last):(\d+)$")
 _POSITION = re.compile(r"^pos:(-?\d+)$")
@@ -56,7 +57,25 @@ def parse_pooling(spec: str | int | Sequence[int], include_bos: bool = False) ->
         return Pooling("first" if m.group(1) == "first" else "lastk", k=k, include_bos=include_bos)
     if m := _POSITION.match(spec):
         return Pooling("position", positions=(int(m.group(1)),), include_bos=include_bos)
-    raise ActlabError(f"unknown pooling '{spec}'; use {POOLING_HELP}")
+    raise ActlabError(f"unknown pooling '{spec}'; use {POOLING_HELP}", param="pooling")
+
+
+SPAN_POOLINGS = {"prompt": ("last", "mean"), "response": ("mean", "first")}  # what generation pools
+
+
+def parse_span_pooling(spec: str) -> tuple[str, Pooling]:
+    """Generation's poolings in the same grammar: '<span>_<pooling>', the span
+    being the prompt or the response (prompt_last, prompt_mean,
+    response_mean, response_first:K)."""
+    span, _, rest = spec.partition("_")
+    try:
+        pooling = parse_pooling(rest) if span in SPAN_POOLINGS else None
+    except ActlabError:
+        pooling = None
+    if pooling is None or pooling.kind not in SPAN_POOLINGS[span]:
+        raise ActlabError(f"unknown pooling '{spec}'; use response_mean, response_first:K, prompt_last or "
+                          "prompt_mean", param="poolings")
+    return span, pooling
 
 
 @dataclass
@@ -116,7 +135,7 @@ def plan_pooling(pooling: Pooling, starts: torch.Tensor, lengths: torch.Tensor, 
             lo = torch.maximum(lo, hi - pooling.k)
     counts = hi - lo
     owner = torch.repeat_interleave(batch, counts)
-    offset = torch.arange(int(counts.sum())) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    offset = torch.arange(int(counts.sum())) - torch.repeat_interleave(offsets(counts)[:-1], counts)
     flat = owner * width + lo[owner] + offset
     if pooling.kind == "all":
         return PoolPlan(flat, torch.arange(len(flat)), torch.ones(len(flat)), len(flat))

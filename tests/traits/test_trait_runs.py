@@ -174,3 +174,18 @@ def test_judge_fingerprints():
         OpenAIJudge(prompt + "!", "m", "http://h/v1"))
     assert judge_fingerprint(KeywordJudge(["a"])) != judge_fingerprint(KeywordJudge(["b"]))
     assert judge_fingerprint(ByPolarity(["pos"])) is None  # not a dataclass: never reused
+
+
+def test_trait_run_object(run):
+    """open_run gives a TraitRun whose tables are the stage functions' tables."""
+    import actlab
+
+    trait_run = actlab.open_run(run)
+    assert isinstance(trait_run, actlab.TraitRun) and trait_run.trait.name == "toy"
+    assert trait_run.answers().equals(read_answers(run))
+    assert np.array_equal(trait_run.activations("prompt_last")[2], read_activations(run, "prompt_last")[2])
+    with pytest.raises(ActlabError, match="not 'median'"):
+        trait_run.activations("median")
+    frame = trait_run.to_pandas()
+    assert list(frame["row"]) == list(range(24)) and "<b>TraitRun</b>" in trait_run._repr_html_()
+    assert trait_run.to_polars().height == 24

@@ -1,7 +1,7 @@
-"""Seed 000's feature analyses, on a texts x latents matrix F (numpy, >= 0).
+"""Feature analyses of SAE-comparison notebooks, on a texts x latents matrix F (numpy, >= 0).
 
 Each returns a list of row dicts (ready for a table, pandas or Arrow). The
-threshold t marks a latent as clearly on for a text (F > t); seed 000 used 5.0
+threshold t marks a latent as clearly on for a text (F > t); 5.0 suits
 for GPT-2 small's SAEs. Fixes against the original notebooks: concept
 features are ranked by an effect size and report means that are means, and
 specialists are found from precomputed category indices.
@@ -120,7 +120,7 @@ def coactivation(F: np.ndarray, latents: Sequence[int] | None = None, k: int = 1
 
 def comparison_table(features: dict[str, np.ndarray], categories: Sequence[str] | None = None,
                      threshold: float = 5.0, k: int = 5) -> dict[str, dict[str, list[int]]]:
-    """Seed 000's table: rows strongest / frequent / selective / specialists,
+    """The SAE comparison table: rows strongest / frequent / selective / specialists,
     one column per SAE, each cell the top-k latent ids (features extracted once)."""
     table: dict[str, dict[str, list[int]]] = {"strongest": {}, "frequent": {}, "selective": {}}
     if categories is not None:

@@ -3,8 +3,15 @@ report layer writes them to a run, actlab.report.analyze_run)."""
 
 from __future__ import annotations
 
-from .features import (category_specialists, coactivation, comparison_table, most_frequent,
-                       most_selective, neuronpedia_link, strongest)
+from .features import (
+    category_specialists,
+    coactivation,
+    comparison_table,
+    most_frequent,
+    most_selective,
+    neuronpedia_link,
+    strongest,
+)
 
 
 def analyze_features(feats, threshold: float = 5.0, k: int = 5) -> dict[str, list[dict]]:

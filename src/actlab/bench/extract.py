@@ -1,4 +1,4 @@
-"""`actlab bench extract`: the seeds' baseline loop, the engine, the bare
+"""`actlab bench extract`: the one-text-at-a-time baseline loop, the engine, the bare
 stopped forward pass and peer libraries on the same texts and hooks, measured
 side by side in one process."""
 
@@ -13,17 +13,18 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
-from ..version import VERSION
-from ..datasets import length_mix
-from ..default_model import DEFAULT_MODEL
 from rich.console import Console
 
+from ..datasets import length_mix
+from ..default_model import DEFAULT_MODEL
 from ..engine import StopForward, auto_token_budget, padded_batch, plan_batches
 from ..hooks import block_hook, capture
 from ..models import Model, load_model
 from ..pooling import parse_pooling
+from ..runs.atomic import write_text_atomic
 from ..tokens import tokenize
+from ..version import VERSION
+from . import peers
 
 console = Console(stderr=True)  # benchmarks report as they go
 
@@ -187,15 +188,13 @@ def save_result(result: dict, device: torch.device, results_dir: Path | None, re
     if results_dir is not None:
         results_dir.mkdir(parents=True, exist_ok=True)
         path = results_dir / f"{result['benchmark']}-{device.type}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {path}")
     if readme is not None:
         update_readme(readme, result, markdown)
 
 
 def _peer_factories(model: Model) -> dict[str, Callable]:
-    from . import peers
-
     return {"transformer_lens": lambda: peers.transformer_lens_runner(model),
             "nnsight": lambda: peers.nnsight_runner(model)}
 
@@ -268,4 +267,4 @@ def update_readme(readme: Path, result: dict, markdown: str) -> None:
         text += f"\n{start}\n{end}\n"
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]
-    readme.write_text(f"{head}{start}\n{markdown}\n{end}{tail}")
+    write_text_atomic(readme, f"{head}{start}\n{markdown}\n{end}{tail}")

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import torch
 
-from ..version import VERSION
 from ..datasets import length_mix
 from ..default_model import DEFAULT_MODEL
+from ..hooks import block_hook
 from ..inputs import Records
 from ..models import load_model
-from ..hooks import block_hook
-from ..saes import SAE, SAEConfig
 from ..runs import features_run
+from ..saes import SAE, SAEConfig
+from ..version import VERSION
 from .extract import console, describe_device, save_result, timed
 
 

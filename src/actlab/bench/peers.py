@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import torch
 
 from ..hooks import block_hook, layout_for
+from ..models import Model
+from ..tokens import pad
 
 _TL_CONVERTERS = {"llama": "convert_llama_weights", "gpt2": "convert_gpt2_weights",
                   "gpt_neox": "convert_neox_weights", "gemma2": "convert_gemma_weights",
@@ -21,20 +23,15 @@ _TL_CONVERTERS = {"llama": "convert_llama_weights", "gpt2": "convert_gpt2_weight
                   "qwen2": "convert_qwen2_weights"}
 
 
-def padded_batches(model, texts: Sequence[str], batch_size: int):
+def padded_batches(model: Model, texts: Sequence[str], batch_size: int):
     """(input_ids, attention_mask, last_index) per batch, right padded, input order."""
     for lo in range(0, len(texts), batch_size):
-        enc = [model.tokenizer(t)["input_ids"] for t in texts[lo:lo + batch_size]]
-        width = max(map(len, enc))
-        ids = torch.full((len(enc), width), model.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, seq in enumerate(enc):
-            ids[i, :len(seq)] = torch.tensor(seq)
-            mask[i, :len(seq)] = 1
-        yield ids.to(model.device), mask.to(model.device), (mask.sum(1) - 1).to(model.device)
+        padded = pad([model.tokenizer(t)["input_ids"] for t in texts[lo:lo + batch_size]], "right", model.pad_id,
+                     model.device)
+        yield padded.input_ids, padded.attention_mask, (padded.lengths - 1).to(model.device)
 
 
-def hooked_transformer(model, processed: bool = False):
+def hooked_transformer(model: Model, processed: bool = False):
     """A TransformerLens HookedTransformer with the model's weights, built in
     process. processed=True applies TransformerLens's default weight processing
     (fold_ln, center_writing_weights, ...), as `from_pretrained` does."""
@@ -59,7 +56,7 @@ def hooked_transformer(model, processed: bool = False):
     return tl.eval()
 
 
-def transformer_lens_runner(model) -> Callable:
+def transformer_lens_runner(model: Model) -> Callable:
     """A function(texts, layers, batch_size) -> {layer: (n, d)} using HookedTransformer."""
     tl = hooked_transformer(model)
 
@@ -78,7 +75,7 @@ def transformer_lens_runner(model) -> Callable:
     return run
 
 
-def nnsight_runner(model) -> Callable:
+def nnsight_runner(model: Model) -> Callable:
     from nnsight import LanguageModel
 
     padding_side = model.tokenizer.padding_side
@@ -105,7 +102,7 @@ def nnsight_runner(model) -> Callable:
     return run
 
 
-def _nnsight_block(lm, model, layer: int):
+def _nnsight_block(lm, model: Model, layer: int):
     layout = layout_for(model.config)
     base = getattr(lm, model.hf_model.base_model_prefix)
     return getattr(base, layout.layers)[layer]

@@ -14,7 +14,10 @@ import time
 
 import psutil
 
+from ..datasets import length_mix
 from ..models import load_model
+from ..traits import GenerationConfig, generate
+from .traits import bench_prompts
 
 
 def measure(fn) -> tuple[float, int]:
@@ -40,16 +43,11 @@ def main() -> None:
     model = load_model(model_name, device=device)
     batch_size = None if batch == "auto" else int(batch)
     if kind == "extract":
-        from ..datasets import length_mix
-
         n_texts, *hooks = rest
         texts = length_mix(model.tokenizer, int(n_texts))
         model.extract(texts[:4], hooks, batch_size=batch_size, progress=False)  # warm-up
         seconds, peak = measure(lambda: model.extract(texts, hooks, batch_size=batch_size, progress=False))
     else:
-        from ..traits import GenerationConfig, generate
-        from .traits import bench_prompts
-
         n_prompts, max_new, *layers = rest
         prompts, cfg = bench_prompts(model, int(n_prompts)), GenerationConfig(int(max_new), batch_size=batch_size)
         layers = [int(x) for x in layers]

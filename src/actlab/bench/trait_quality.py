@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..version import VERSION
 from ..default_model import DEFAULT_MODEL
 from ..models import load_model
 from ..traits.definitions import builtin_traits, load_trait
 from ..traits.runs import run_trait
+from ..version import VERSION
 from .extract import console, describe_device, save_result
 
 COEFFS = (-2, -1, 0, 1, 2)

@@ -1,8 +1,8 @@
-"""`actlab bench traits`: seed 001's three pipelines on the same prompts,
+"""`actlab bench traits`: the three trait-generation pipelines on the same prompts,
 side by side in one process, plus a batch-size sweep of the batched one.
 
     two_stage_serial   one prompt at a time: generate, then a second forward pass
-                       over prompt + answer to extract (the seed's original)
+                       over prompt + answer to extract (the usual two-stage pipeline)
     combined_serial    one prompt at a time, activations captured while generating
     batched            actlab: batched generation with capture, one pass
 
@@ -17,23 +17,31 @@ from pathlib import Path
 
 import torch
 
-from ..version import VERSION
 from ..default_model import DEFAULT_MODEL
-from ..models import load_model
+from ..models import Model, load_model
 from ..traits import GenerationConfig, generate, render_prompt
 from ..traits.definitions import load_trait
-from .extract import console, bench_layers, describe_device, max_rel_error, save_result, sweep_point_in_subprocess, timed
+from ..version import VERSION
+from .extract import (
+    bench_layers,
+    console,
+    describe_device,
+    max_rel_error,
+    save_result,
+    sweep_point_in_subprocess,
+    timed,
+)
 
 SWEEP = (1, 4, 8, 16, 32)
 
 
-def bench_prompts(model, n: int) -> list[str]:
+def bench_prompts(model: Model, n: int) -> list[str]:
     """The built-in French trait's pos / neg prompts, rendered, first n."""
     prompts = load_trait("french").prompts()[:n]
     return [render_prompt(model.tokenizer, p.user, p.system) for p in prompts]
 
 
-def two_stage_serial(model, prompts, layers, cfg: GenerationConfig):
+def two_stage_serial(model: Model, prompts, layers, cfg: GenerationConfig):
     answers, pooled = [], {layer: [] for layer in layers}
     for prompt in prompts:
         gens = generate(model, [prompt], cfg=cfg)
@@ -94,7 +102,8 @@ def _answers_and_means(gens):
     return gens.answer_ids, gens.pooled["response_mean"]
 
 
-def _sweep(model, model_name: str, n_prompts: int, max_new_tokens: int, layers, two_stage_seconds: float) -> list:
+def _sweep(model: Model, model_name: str, n_prompts: int, max_new_tokens: int, layers,
+           two_stage_seconds: float) -> list:
     rows = []
     for batch_size in SWEEP:
         if model.device.type == "cuda":
@@ -126,7 +135,8 @@ def markdown_table(result: dict) -> str:
     lines += ["", "Max relative error of the captured activations vs the two-stage pipeline: " + ", ".join(
         f"{k} {v:.1e}" for k, v in result["max_rel_error_vs_two_stage"].items()) + "."]
     if result["batch_size_sweep"]:
-        lines += ["", f"Batch-size sweep of the batched pipeline (peak memory: {result['batch_size_sweep'][0]['memory']}):",
+        memory = result["batch_size_sweep"][0]["memory"]
+        lines += ["", f"Batch-size sweep of the batched pipeline (peak memory: {memory}):",
                   "", "| batch size | seconds | speed-up vs two-stage | peak memory (MiB) |", "|---|---:|---:|---:|"]
         lines += [f"| {r['batch_size']} | {r['seconds']:.1f} | {r['speedup_vs_two_stage']:.2f}x | "
                   f"{r['peak_memory_mb']:.0f} |" for r in result["batch_size_sweep"]]

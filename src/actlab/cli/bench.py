@@ -46,7 +46,7 @@ def bench_traits(model: str = ModelOpt, device: str = DeviceOpt,
                  batch_size: int = typer.Option(16, help="Batch size of the batched pipeline."),
                  sweep: bool = typer.Option(True, help="Run the batch-size sweep (1, 4, 8, 16, 32)."),
                  results_dir: Path = ResultsOpt, readme: Optional[Path] = ReadmeOpt) -> None:
-    """Seed 001's pipelines: two-stage serial vs combined serial vs batched generation with capture."""
+    """Trait generation: two-stage serial vs combined serial vs batched generation with capture."""
     from ..bench.traits import run_traits_benchmark
 
     run_traits_benchmark(model, n_prompts, max_new_tokens, batch_size, device, sweep, results_dir, readme)

@@ -9,13 +9,13 @@ from ..analyses.probes import nearest_centroid_accuracy
 from ..bench.extract import markdown_table, run_extract_benchmark
 from ..engine import ExtractConfig
 from ..hooks import block_hook
-from ..models import load_model
+from ..models import Model, load_model
 from ..report import ReportConfig, analyze_run, build_report
 from ..runs import extract_run, features_run, open_run
 from ..saes import default_saes
 from ..traits import load_trait, run_trait
+from .common import Bar, print_table
 from .common import err as console
-from .common import print_table
 
 DEMO_THRESHOLD = 2.0  # mean-pooled default-SAE values: about the top 10-15% of nonzero ones
 
@@ -28,7 +28,9 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
     hooks = [block_hook(layer) for layer in layers]
     console.print(f"[bold]1. extract[/bold]: {len(records)} built-in texts in "
                   f"{len(set(records.fields['category']))} categories, hooks {hooks}, mean pooling")
-    run = extract_run(model, records, out_dir / "activations", ExtractConfig(hooks, pooling="mean"), overwrite=True)
+    with Bar("extract") as bar:
+        run = extract_run(model, records, out_dir / "activations", ExtractConfig(hooks, pooling="mean"),
+                          overwrite=True, progress=bar)
     acts = open_run(run)
     categories = acts.fields["category"]
     print_table("category structure (leave-one-out nearest-centroid accuracy, chance "
@@ -39,8 +41,9 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
 
     saes = default_saes(model.name, model.device)
     console.print(f"[bold]2. SAE features[/bold]: the default SAEs {list(saes)} in one pass, mean pooling")
-    features = features_run(model, records, saes, out_dir / "features", ExtractConfig(pooling="mean"),
-                            overwrite=True)
+    with Bar("features") as bar:
+        features = features_run(model, records, saes, out_dir / "features", ExtractConfig(pooling="mean"),
+                                overwrite=True, progress=bar)
     tables = analyze_run(features, threshold=DEMO_THRESHOLD)
     print_table(f"SAE comparison (latent ids; specialists: in- minus out-of-category texts above "
                 f"{DEMO_THRESHOLD:g}, > 0)", ["latents that are...", *saes],
@@ -56,13 +59,14 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
     console.print(markdown_table(result), highlight=False)
 
 
-def run_trait_step(model, out: Path) -> None:
+def run_trait_step(model: Model, out: Path) -> None:
     """The built-in optimism trait end to end: generate with capture, judge,
     vectors per layer, a steering sweep at the default steering layer."""
     trait = load_trait("optimism")
-    console.print(f"[bold]3. trait vectors[/bold]: '{trait.name}' ({len(trait.prompts())} answers, every layer captured "
-                  "while generating)")
-    result = run_trait(model, trait, out, overwrite=True)
+    console.print(f"[bold]3. trait vectors[/bold]: '{trait.name}' ({len(trait.prompts())} answers, every layer "
+                  "captured while generating)")
+    with Bar("generate") as bar:
+        result = run_trait(model, trait, out, overwrite=True, progress=bar)
     best = result["best_mean_diff"]
     console.print(f"{result['kept_pos']} pos / {result['kept_neg']} neg answers kept by the judge; mean_diff vector "
                   f"best at block {best['layer']} (held-out AUROC {best['auroc']:.2f})")

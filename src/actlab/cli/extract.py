@@ -56,19 +56,19 @@ def features(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: Extr
                                                      "the default model.")) -> None:
     """SAE features of every text, one forward pass for all SAEs, stored sparse."""
     from ..runs import FeatureRun, features_run
-    from ..saes import default_saes, load_sae
+    from ..saes import load_sae
 
     records = run.read(fields)
     lm = model.load()
-    saes = {name: load_sae(name) for name in sae} if sae else default_saes(lm.name)
+    saes = {name: load_sae(name) for name in sae} if sae else None  # None: the default SAEs
     with Bar("features") as bar:
         path = features_run(lm, records, saes, run.out, cfg, run.shard_size, run.overwrite, bar)
     feats = FeatureRun.open(path)
     print_session(feats.manifest)
     print_table(f"features of {len(feats)} texts ({feats.pooling} pooling) in {path}",
                 ["sae", "hook", "d_sae", "mean L0", "latents active"],
-                [[name, c.hook_name, c.d_sae, f"{feats.mean_l0(name):.1f}", int((feats.latent_stats[name].count > 0).sum())]
-                 for name, c in feats.configs.items()])
+                [[name, c.hook_name, c.d_sae, f"{feats.mean_l0(name):.1f}",
+                  int((feats.latent_stats[name].count > 0).sum())] for name, c in feats.configs.items()])
 
 
 @app.command()
@@ -77,7 +77,8 @@ def analyze(
     threshold: float = typer.Option(5.0, help="A latent is clearly on for a text when its value exceeds this."),
     top: int = typer.Option(5, help="Rows per table and SAE."),
 ) -> None:
-    """Seed 000's analyses of a features run: tables printed and written to RUN/analysis/."""
+    """Feature analyses of a features run (strongest, frequent, selective, specialists, co-activation,
+    the SAE comparison table): printed and written to RUN/analysis/."""
     from ..report import analyze_run
 
     tables = analyze_run(run, threshold, top)

@@ -44,7 +44,8 @@ def judge_options(command):
     import inspect
 
     signature = inspect.signature(command)
-    extra = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(JudgeOptions).parameters.values()]
+    extra = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+             for p in inspect.signature(JudgeOptions).parameters.values()]
 
     @functools.wraps(command)
     def wrapper(**values):

@@ -4,7 +4,7 @@ run (and, for token highlighting and SAE quality, the run's model and SAEs)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +14,12 @@ from .. import plots
 from ..analyses import neuronpedia_link
 from ..analyses.run import analyze_features
 from ..errors import ActlabError
+from ..models import Model
 from ..runs import FeatureRun
 from ..runs.atomic import write_bytes_atomic, write_parquet_atomic, write_text_atomic
 from ..saes import load_sae
 from ..saes.quality import sae_quality
+from .data import Example, LatentCard, ReportData
 from .html import render, slug
 
 
@@ -29,41 +31,6 @@ class ReportConfig:
     texts_per_latent: int = 5  # top-activating texts per card
     heatmap_latents_per_category: int = 2
     quality_texts: int = 64  # texts of the run scored for SAE quality; 0 skips it
-
-
-@dataclass
-class Example:
-    text_id: int
-    value: float  # the latent on this text, as pooled in the run
-    category: str | None
-    text: str
-    tokens: list[str] | None = None  # with per-token values when highlighted
-    token_values: list[float] | None = None
-
-
-@dataclass
-class LatentCard:
-    sae: str
-    latent: int
-    why: str
-    count: int  # texts on which it fires
-    max: float
-    link: str | None
-    examples: list[Example] = field(default_factory=list)
-
-
-@dataclass
-class ReportData:
-    run: Path
-    manifest: dict
-    n_texts: int
-    names: list[str]
-    configs: dict
-    tables: dict[str, list[dict]]
-    quality: dict[str, dict]  # sae -> {"this run": metrics, "held-out (training)": metrics}
-    cards: list[LatentCard]
-    figures: dict[str, bytes]  # file name -> PNG
-    highlighted: bool
 
 
 def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg: ReportConfig | None = None,
@@ -108,7 +75,7 @@ def analyze_run(run: str | Path, threshold: float = 5.0, top: int = 5) -> dict[s
     return tables
 
 
-def collect(run: Path, feats: FeatureRun, model, cfg: ReportConfig) -> ReportData:
+def collect(run: Path, feats: FeatureRun, model: Model | None, cfg: ReportConfig) -> ReportData:
     fields = feats.fields
     categories = fields.get("category")
     matrices = {name: feats.per_text(name) for name in feats.names}
@@ -177,7 +144,7 @@ def _examples(column: np.ndarray, fields: dict, k: int) -> list[Example]:
             for i in order if column[i] > 0]
 
 
-def _highlight(cards: list[LatentCard], feats: FeatureRun, model) -> bool:
+def _highlight(cards: list[LatentCard], feats: FeatureRun, model: Model | None) -> bool:
     """Per-token values for every example: from the run itself when it is
     per-token, else from one extra pass over the example texts."""
     if feats.offsets is not None:
@@ -217,7 +184,7 @@ def _reload_saes(feats: FeatureRun, names: list[str]) -> dict:
     return saes
 
 
-def _quality(feats: FeatureRun, model, texts: list[str]) -> dict[str, dict]:
+def _quality(feats: FeatureRun, model: Model, texts: list[str]) -> dict[str, dict]:
     if not texts:
         return {}
     saes = _reload_saes(feats, feats.names)

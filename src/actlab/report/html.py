@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import base64
 from html import escape
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
-from ..version import VERSION
 from ..analyses import neuronpedia_link
 from ..plots import token_shades
-
-if TYPE_CHECKING:
-    from .build import Example, LatentCard, ReportData
+from ..version import VERSION
+from .data import Example, LatentCard, ReportData
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
@@ -21,19 +19,21 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2e
 table { border-collapse: collapse; margin: .6em 0; } td, th { border: 1px solid #ddd; padding: .25em .6em; }
 th { background: #f4f4f4; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: .6em .9em; margin: .8em 0; }
-.why { color: #555; } .example { margin: .35em 0; padding: .3em .5em; background: #fafafa; font-family: ui-monospace, monospace;
+.why { color: #555; }
+.example { margin: .35em 0; padding: .3em .5em; background: #fafafa; font-family: ui-monospace, monospace;
   white-space: pre-wrap; word-break: break-word; font-size: 12.5px; }
 .tok { border-radius: 2px; } .meta { color: #666; font-size: 12px; } .note { color: #666; font-style: italic; }
 img { max-width: 100%; }
 """
 
 QUALITY_COLUMNS = [("l0", "L0", "{:.1f}"), ("dead_fraction", "dead", "{:.1%}"), ("dense_fraction", "dense", "{:.1%}"),
-                   ("n_tokens", "tokens", "{:d}"), ("mse", "MSE", "{:.4g}"), ("explained_variance", "expl. var.", "{:.3f}"),
+                   ("n_tokens", "tokens", "{:d}"), ("mse", "MSE", "{:.4g}"),
+                   ("explained_variance", "expl. var.", "{:.3f}"),
                    ("ce_clean", "CE clean", "{:.3f}"), ("ce_spliced", "CE spliced", "{:.3f}"),
                    ("ce_zero_ablation", "CE zero-abl.", "{:.3f}"), ("ce_loss_score", "CE score", "{:.3f}")]
 
 
-def render(data: "ReportData") -> str:
+def render(data: ReportData) -> str:
     settings = data.manifest["settings"]
     body = [f"<h1>actlab report: {escape(data.run.name)}</h1>",
             section("summary", "Run", _summary(data, settings)),
@@ -68,7 +68,7 @@ def image(png: bytes, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _summary(data: "ReportData", settings: dict) -> str:
+def _summary(data: ReportData, settings: dict) -> str:
     model = settings["model"]
     facts = [("model", f"{model['id']} ({model['architecture']}, {model['n_layers']} layers, "
                        f"d_model {model['d_model']}, {model['dtype']})"),
@@ -82,7 +82,7 @@ def _summary(data: "ReportData", settings: dict) -> str:
             table(["SAE", "hook", "architecture", "latents", "k", "Neuronpedia", "source"], saes))
 
 
-def _quality(data: "ReportData") -> str:
+def _quality(data: ReportData) -> str:
     if not data.quality:
         return '<p class="note">Not computed: the report was made without the model.</p>'
     rows = []
@@ -98,7 +98,7 @@ def _quality(data: "ReportData") -> str:
     return table(["SAE", "measured on"] + [label for _, label, _ in QUALITY_COLUMNS], rows) + note
 
 
-def _comparison(data: "ReportData") -> str:
+def _comparison(data: ReportData) -> str:
     rows = []
     for row in data.tables["comparison"]:
         cells = [escape(row["row"])]
@@ -113,14 +113,14 @@ def _comparison(data: "ReportData") -> str:
             "(in-category minus out-of-category texts above the threshold; shown only when > 0).</p>")
 
 
-def _heatmaps(data: "ReportData") -> str:
+def _heatmaps(data: ReportData) -> str:
     maps = [(name, data.figures.get(f"heatmap-{slug(name)}.png")) for name in data.names]
     if not any(png for _, png in maps):
         return '<p class="note">No heatmaps: the run\'s input has no category field.</p>'
     return "".join(f"<h3>{escape(name)}</h3>{image(png, f'{name} category heatmap')}" for name, png in maps if png)
 
 
-def _latents(data: "ReportData") -> str:
+def _latents(data: ReportData) -> str:
     if not data.highlighted:
         parts = ['<p class="note">Token highlighting needs per-token values: a per-token run, or the model '
                  '(this report was made without it).</p>']
@@ -132,7 +132,7 @@ def _latents(data: "ReportData") -> str:
     return "".join(parts)
 
 
-def _card(card: "LatentCard") -> str:
+def _card(card: LatentCard) -> str:
     title = _link(card.link, f"latent {card.latent}")
     examples = "".join(_example(ex) for ex in card.examples) or '<p class="note">never active</p>'
     return (f'<div class="card" id="{escape(slug(card.sae))}-{card.latent}"><b>{title}</b> '
@@ -140,7 +140,7 @@ def _card(card: "LatentCard") -> str:
             f'max {card.max:.3g}</span>{examples}</div>')
 
 
-def _example(ex: "Example") -> str:
+def _example(ex: Example) -> str:
     head = f"text {ex.text_id}" + (f" · {ex.category}" if ex.category else "") + f" · {ex.value:.3g}"
     if ex.tokens is None:
         body = escape(ex.text)
@@ -152,7 +152,7 @@ def _example(ex: "Example") -> str:
     return f'<div class="example"><span class="meta">{escape(head)}</span>\n{body}</div>'
 
 
-def _tables(data: "ReportData") -> str:
+def _tables(data: ReportData) -> str:
     parts = []
     for name, rows in data.tables.items():
         if name == "comparison" or not rows:

@@ -11,9 +11,11 @@ from html import escape
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from .. import plots
 from ..errors import ActlabError
+from ..models import Model
 from ..traits.monitor import monitor
 from ..traits.runs import TraitRun, steering_layer, sweep_summary
 from ..traits.vectors import best_layers
@@ -55,7 +57,7 @@ def build_trait_report(run: str | Path, out: str | Path | None = None, model=Non
                       render_trait_report(data), data.figures)
 
 
-def collect_trait_report(trait_run: TraitRun, model, method: str, n_examples: int) -> TraitReportData:
+def collect_trait_report(trait_run: TraitRun, model: Model, method: str, n_examples: int) -> TraitReportData:
     answers = trait_run.answers().to_pylist()
     scores_table = trait_run.scores()
     scores = scores_table.to_pylist()
@@ -65,8 +67,6 @@ def collect_trait_report(trait_run: TraitRun, model, method: str, n_examples: in
     figures = {"separation.png": plots.separation_by_layer(evaluation, f"{name}: held-out AUROC per layer")}
     sweep = None
     if (trait_run.path / "steering.parquet").exists():
-        import pyarrow.parquet as pq
-
         sweep = sweep_summary(pq.read_table(trait_run.path / "steering.parquet"))
         figures["steering.png"] = plots.steering_sweep(sweep, f"{name}: steering")
     examples = _examples(answers, scores, n_examples)
@@ -91,10 +91,10 @@ def render_trait_report(data: TraitReportData) -> str:
                 section("separation", "Held-out separation per layer",
                          image(data.figures["separation.png"], "AUROC") + _best_table(data.evaluation))]
     if data.sweep is not None:
+        rows = [[f"{r['coeff']:g}", "—" if r["mean_score"] is None else f"{r['mean_score']:.1f}", str(r["n_scored"])]
+                for r in data.sweep]
         sections.append(section("steering", "Steering sweep", image(data.figures["steering.png"], "steering sweep") +
-                                 table(["coeff", "mean judge score", "scored answers"],
-                                        [[f"{r['coeff']:g}", "—" if r["mean_score"] is None else f"{r['mean_score']:.1f}",
-                                          str(r["n_scored"])] for r in data.sweep])))
+                                table(["coeff", "mean judge score", "scored answers"], rows)))
     else:
         sections.append(section("steering", "Steering sweep", '<p class="note">No sweep yet: '
                                  f"actlab traits steer {escape(str(data.run.path))}</p>"))

@@ -147,7 +147,7 @@ class ActivationRun(Activations, Run):
         return self.metadata["fields"]
 
     def summary_rows(self) -> list[tuple[str, str]]:
-        return [("run", str(self.path)), ("model", self.settings["model"]["id"])] + super().summary_rows()
+        return Run.summary_rows(self) + Activations.summary_rows(self)
 
 
 ACTIVATIONS = register_run_kind(RunKind(FORMAT, "an actlab run (activations)", "extract", ActivationRun.open,

@@ -30,7 +30,7 @@ from ..inputs import Records
 from ..saes.features import FeatureExtractor, Features, LatentStats, SparseFeatures
 from ..saes.sae import SAEConfig
 from ..tokens import offsets
-from .activations import DEFAULT_SHARD_SIZE, engine_settings, extraction_run
+from .activations import DEFAULT_SHARD_SIZE, ActivationRun, engine_settings, extraction_run
 from .atomic import write_parquet_atomic
 from .manifest import Run, RunKind, read_manifest, register_run_kind
 from .shards import shard_name
@@ -86,11 +86,12 @@ def merge_stats(tables: list[pa.Table]) -> pa.Table:
     return pa.Table.from_pandas(first, preserve_index=False)
 
 
-def features_run(model: "Model", records: Records, saes, out_dir: str | Path, cfg: ExtractConfig | None = None,
+def features_run(model: "Model", records: Records, saes=None, out_dir: str | Path = "runs/features",
+                 cfg: ExtractConfig | None = None,
                  shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
                  progress: Progress | None = None) -> Path:
     """SAE features of every record, one forward pass per batch for all SAEs
-    (open the run with actlab.open_run)."""
+    (None: the default SAEs); open the run with actlab.open_run."""
     out = Path(out_dir)
     extractor = FeatureExtractor(model, saes, cfg)
     settings = engine_settings(model, extractor, records, shard_size)
@@ -162,12 +163,10 @@ class FeatureRun(Features, Run):
                    n_tokens=torch.from_numpy(n_tokens), offsets=token_rows, tokens=tokens,
                    has_bos=settings.get("has_bos", False), metadata={"fields": fields}, path=run, manifest=manifest)
 
-    @property
-    def fields(self) -> dict[str, list]:
-        return self.metadata["fields"]
+    fields = ActivationRun.fields  # the texts and their id / label / category
 
     def summary_rows(self) -> list[tuple[str, str]]:
-        return [("run", str(self.path)), ("model", self.settings["model"]["id"])] + super().summary_rows()
+        return Run.summary_rows(self) + Features.summary_rows(self)
 
 
 FEATURES = register_run_kind(RunKind(FEATURES_FORMAT, "an actlab run (features)", "features", FeatureRun.open,

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..version import VERSION
 from ..errors import ActlabError
+from ..models import load_run_model
+from ..registry import Registry
+from ..version import VERSION
 from .atomic import write_json_atomic
 from .fingerprint import fingerprint
 
@@ -40,10 +42,12 @@ class Run:
     def settings(self) -> dict:
         return self.manifest["settings"]
 
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """What a notebook shows of the run before its kind's own rows."""
+        return [("run", str(self.path)), ("model", self.settings["model"]["id"])]
+
     def model(self, name: str | None = None, device: str = "auto") -> "Model":
         """The run's model (or `name`), refused when its weights differ from the run's."""
-        from ..models import load_run_model
-
         return load_run_model(self.settings["model"], name, device)
 
 
@@ -56,14 +60,11 @@ class RunKind:
     derived: tuple[str, ...] = ()  # folders later stages write into the run
 
 
-RUN_KINDS: dict[str, RunKind] = {}
+RUN_KINDS: Registry[RunKind] = Registry("run kind")
 
 
 def register_run_kind(kind: RunKind) -> RunKind:
-    if kind.format in RUN_KINDS:
-        raise ValueError(f"run kind '{kind.format}' is already registered")
-    RUN_KINDS[kind.format] = kind
-    return kind
+    return RUN_KINDS.register(kind.format, kind)
 
 
 def _kind(format: str) -> RunKind:

@@ -6,7 +6,7 @@ per-latent statistics leave the device unless dense features are asked for."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -15,8 +15,12 @@ import torch
 from ..activations import Result
 from ..engine import ExtractConfig, Extractor, HostCopies
 from ..errors import ActlabError
+from .defaults import default_saes
 from .loading import load_sae
 from .sae import SAE, SAEConfig
+
+if TYPE_CHECKING:
+    from ..models import Model
 
 LAYER_NORM_MODELS = ("gpt2", "gpt_neox")
 
@@ -244,9 +248,11 @@ def features_config(saes: Mapping[str, SAE], cfg: ExtractConfig | None) -> Extra
 class FeatureExtractor(Extractor):
     """Extractor whose hooks feed SAEs: one forward pass for any number of SAEs."""
 
-    def __init__(self, model, saes: Sequence | Mapping, cfg: ExtractConfig | None = None,
+    def __init__(self, model: "Model", saes: Sequence | Mapping | None = None, cfg: ExtractConfig | None = None,
                  keep_dense: bool = False):
-        self.saes = name_saes(saes, model.device)
+        """saes: SAE objects, SAE folders / release ids, or a {name: SAE}
+        mapping; None: the SAEs actlab ships for this model."""
+        self.saes = name_saes(default_saes(model.name) if saes is None else saes, model.device)
         super().__init__(model, features_config(self.saes, cfg))
         for name, sae in self.saes.items():
             width = self.widths[sae.cfg.hook_name]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from ..errors import ActlabError
 from ..hooks import block_hook
-from .sae import ARCHITECTURES, NORMALIZATIONS, SAE, SAEConfig
+from .sae import ARCHITECTURES, NORMALIZATIONS, SAE, SAEConfig, parameter_shapes
 
 SAE_LENS_WEIGHTS = "sae_weights.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
@@ -120,11 +120,7 @@ def check_config(cfg: SAEConfig) -> SAEConfig:
 
 
 def build(cfg: SAEConfig, weights: dict[str, torch.Tensor], source) -> SAE:
-    expected = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
-    expected.update({name: (cfg.d_sae,) for name in
-                     {"standard": ["b_enc"], "topk": ["b_enc"], "jumprelu": ["b_enc", "threshold"],
-                      "gated": ["b_gate", "b_mag", "r_mag"]}[cfg.architecture]})
-    for name, shape in expected.items():
+    for name, shape in parameter_shapes(cfg.architecture, cfg.d_in, cfg.d_sae).items():
         if name not in weights:
             raise ActlabError(f"{source}: weights lack '{name}' needed by a {cfg.architecture} SAE")
         if tuple(weights[name].shape) != shape:

@@ -4,7 +4,7 @@ reconstruction into the model costs in next-token loss."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from ..pooling import parse_pooling
 from ..tokens import offsets, tokenize
 from .sae import SAE
 
+if TYPE_CHECKING:
+    from ..models import Model
+
 DENSE_FREQUENCY = 0.1  # a latent active on more than 10% of tokens counts as dense
 
 
@@ -26,7 +29,7 @@ def _token_losses(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Ten
     return losses.view_as(target_mask)[target_mask]
 
 
-def sae_quality(model, sae: SAE, texts: Sequence[str], max_batch_tokens: int | None = None,
+def sae_quality(model: "Model", sae: SAE, texts: Sequence[str], max_batch_tokens: int | None = None,
                 max_length: int | None = None) -> dict:
     """Metrics over the real tokens of `texts` (BOS left out of the SAE metrics):
     l0 (mean active latents per token), dead_fraction (never active),
@@ -87,6 +90,5 @@ def _non_bos(batch, has_bos: bool) -> torch.Tensor:
     leaves out each text's BOS."""
     keep = torch.ones(len(batch.plan.tokens), dtype=torch.bool, device=batch.plan.tokens.device)
     if has_bos:
-        lengths = batch.padded.attention_mask.sum(dim=1)
-        keep[lengths.cumsum(0) - lengths] = False
+        keep[offsets(batch.padded.lengths)[:-1].to(keep.device)] = False
     return keep

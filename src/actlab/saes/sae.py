@@ -9,8 +9,20 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-ARCHITECTURES = ("standard", "topk", "jumprelu", "gated")
+from ..errors import ActlabError
+
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+# The tensors of each architecture, as SAELens names them; latent-sized ones
+# beyond the shared W_enc (d_in, d_sae), W_dec (d_sae, d_in) and b_dec (d_in,).
+LATENT_PARAMETERS = {"standard": ("b_enc",), "topk": ("b_enc",), "jumprelu": ("b_enc", "threshold"),
+                     "gated": ("b_gate", "b_mag", "r_mag")}
+ARCHITECTURES = tuple(LATENT_PARAMETERS)
+
+
+def parameter_shapes(architecture: str, d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
+    """Every tensor an SAE of this architecture holds, with its shape."""
+    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    return shapes | {name: (d_sae,) for name in LATENT_PARAMETERS[architecture]}
 
 
 @dataclass
@@ -48,11 +60,7 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig, weights: dict[str, torch.Tensor]):
         super().__init__()
         self.cfg = cfg
-        names = ["W_enc", "b_enc", "W_dec", "b_dec"] + {
-            "jumprelu": ["threshold"], "gated": ["b_gate", "b_mag", "r_mag"]}.get(cfg.architecture, [])
-        if cfg.architecture == "gated":
-            names.remove("b_enc")
-        for name in names:
+        for name in parameter_shapes(cfg.architecture, cfg.d_in, cfg.d_sae):
             self.register_buffer(name, weights[name].float().contiguous())
 
     @property
@@ -130,8 +138,6 @@ class SAE(nn.Module):
         values measure their contribution to the reconstruction. TopK SAEs can
         only fold when they rank by h * |W_dec| (otherwise the top k change)."""
         if self.cfg.architecture == "topk" and not self.cfg.rescale_acts_by_decoder_norm:
-            from ..errors import ActlabError
-
             raise ActlabError("folding decoder norms would change which latents a TopK SAE keeps; "
                               "load it without fold_decoder_norms")
         norms = self.W_dec.norm(dim=-1).clamp_min(1e-8)

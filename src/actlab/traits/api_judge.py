@@ -13,8 +13,15 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import ActlabError
-from .judges import JudgeKind, Judgement, check_eval_prompt, fill_prompt, logprob_score, register_judge_kind, \
-    unscored_if_empty
+from .judges import (
+    JudgeKind,
+    Judgement,
+    check_eval_prompt,
+    fill_prompt,
+    logprob_score,
+    register_judge_kind,
+    unscored_if_empty,
+)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Trait definitions (JSON or YAML), validated with one-line errors.
 
-Instruction traits (seed 001's format):
+Instruction traits (the persona-vectors format):
 
     name: pirate
     instruction:            # system prompts, one pair or more
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ActlabError
-from .judges import JUDGE_KINDS
+from .judges import JUDGE_KINDS, judge_kind_names
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "traits"
 KNOWN_KEYS = {"name", "description", "instruction", "questions", "eval_prompt", "judge", "natural"}
@@ -57,8 +57,8 @@ class Trait:
     def prompts(self) -> list[Prompt]:
         """Every pos and neg prompt; pair ids group a pos with its neg."""
         if self.natural:
-            return [Prompt(pol, i, None, text, text) for i, pair in enumerate(zip(self.natural["pos"], self.natural["neg"]))
-                    for pol, text in zip(("pos", "neg"), pair)]
+            pairs = enumerate(zip(self.natural["pos"], self.natural["neg"]))
+            return [Prompt(pol, i, None, text, text) for i, pair in pairs for pol, text in zip(("pos", "neg"), pair)]
         out = []
         for i, instruction in enumerate(self.instructions):
             for j, question in enumerate(self.questions):
@@ -94,8 +94,8 @@ def _read(path: Path) -> dict:
         else:
             raw = json.loads(text)
     except Exception as exc:  # the parsers' own messages name line and column
-        first = str(exc).splitlines()[0]
-        raise ActlabError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({first})") from None
+        first, kind = str(exc).splitlines()[0], "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        raise ActlabError(f"{path}: not valid {kind} ({first})") from None
     if not isinstance(raw, dict):
         raise ActlabError(f"{path}: a trait file holds one mapping (name, instruction, questions, ...)")
     return raw
@@ -141,7 +141,7 @@ def parse_trait(raw: dict, source: Path | str = "trait") -> Trait:
         if missing:
             fail(f"eval_prompt lacks {' and '.join(missing)}; the judge fills both")
     if trait.judge is not None and not (isinstance(trait.judge, dict) and trait.judge.get("kind") in JUDGE_KINDS):
-        fail(f"'judge' must be a mapping with a 'kind' ({', '.join(JUDGE_KINDS)})")
+        fail(f"'judge' must be a mapping with a 'kind' ({', '.join(judge_kind_names())})")
     if trait.judge and JUDGE_KINDS[trait.judge["kind"]].model_judge and not (trait.eval_prompt or
                                                                             trait.judge.get("eval_prompt")):
         fail(f"a {trait.judge['kind']} judge needs an 'eval_prompt' with {{question}} and {{answer}}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,11 @@ import torch
 from ..engine import OnBatch, plan_batches
 from ..errors import ActlabError
 from ..hooks import block_hook, capture, replace
+from ..pooling import parse_span_pooling
 from ..tokens import pad
+
+if TYPE_CHECKING:
+    from ..models import Model
 
 CPU_GENERATION_BUDGET = 4096  # (prompt + new tokens) x rows per batch
 CUDA_GENERATION_BUDGET = 65536
@@ -76,7 +80,7 @@ class Steering:
         if self.where not in ("all", "answer"):
             raise ActlabError(f"steering where='{self.where}': use 'all' or 'answer'")
 
-    def applied(self, model, phase: list[str]):
+    def applied(self, model: "Model", phase: list[str]):
         """Context manager: the addition at the block's output while inside
         (phase[0] is "prefill" or "decode", for where="answer")."""
         if self.vector.shape != (model.d_model,):
@@ -104,13 +108,9 @@ class Generations:
 
 
 def parse_generation_pooling(spec: str) -> tuple[str, int | None]:
-    if spec in ("prompt_last", "prompt_mean", "response_mean"):
-        return spec, None
-    if spec.startswith("response_first:"):
-        k = spec.split(":", 1)[1]
-        if k.isdigit() and int(k) > 0:
-            return "response_first", int(k)
-    raise ActlabError(f"unknown pooling '{spec}'; use response_mean, response_first:K, prompt_last or prompt_mean")
+    """('response_first', 5) for 'response_first:5' (actlab.pooling's grammar)."""
+    span, pooling = parse_span_pooling(spec)
+    return f"{span}_{pooling.kind}", pooling.k or None
 
 
 def render_prompt(tokenizer, user: str, system: str | None = None) -> str:
@@ -128,7 +128,7 @@ def prompt_token_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     return [tokenizer(p, add_special_tokens=add)["input_ids"] for p in prompts]
 
 
-def eos_ids(model) -> set[int]:
+def eos_ids(model: "Model") -> set[int]:
     ids = model.hf_model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
     if model.tokenizer.eos_token_id is not None:
@@ -139,7 +139,7 @@ def eos_ids(model) -> set[int]:
 class _Capture:
     """Pooled sums per layer for the rows of one batch, fed by block hooks."""
 
-    def __init__(self, model, layers: Sequence[int], poolings: Sequence[str], n_rows: int):
+    def __init__(self, model: "Model", layers: Sequence[int], poolings: Sequence[str], n_rows: int):
         self.layers = list(layers)
         self.specs = [parse_generation_pooling(p) for p in poolings]
         d, device = model.d_model, model.device
@@ -152,7 +152,7 @@ class _Capture:
         self.answer_rows: torch.Tensor | None = None  # rows whose fed token is an answer token
         self.step = 0
 
-    def hooked(self, model):
+    def hooked(self, model: "Model"):
         """Context manager: the blocks feed `consume` while inside."""
         return capture(model.hf_model, {block_hook(layer): (lambda hidden, layer=layer: self.consume(layer, hidden))
                                         for layer in self.layers})
@@ -179,18 +179,18 @@ class _Capture:
             if kind == "prompt_last":
                 out[spec] = self.prompt_last
             elif kind == "prompt_mean":
-                out[spec] = {l: v / n_prompt.unsqueeze(-1) for l, v in self.prompt_sum.items()}
+                out[spec] = {layer: v / n_prompt.unsqueeze(-1) for layer, v in self.prompt_sum.items()}
             elif kind == "response_mean":
-                out[spec] = {l: v / count for l, v in self.response_sum.items()}
+                out[spec] = {layer: v / count for layer, v in self.response_sum.items()}
             else:
                 first = self.response_count.clamp(min=1, max=k).unsqueeze(-1)
-                out[spec] = {l: v / first for l, v in self.first_sums[k].items()}
+                out[spec] = {layer: v / first for layer, v in self.first_sums[k].items()}
         return out
 
 
-def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings: Sequence[str] = ("response_mean",),
-             cfg: GenerationConfig | None = None, steering: Steering | None = None, on_batch: OnBatch | None = None,
-             first_row: int = 0) -> Generations:
+def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
+             poolings: Sequence[str] = ("response_mean",), cfg: GenerationConfig | None = None,
+             steering: Steering | None = None, on_batch: OnBatch | None = None, first_row: int = 0) -> Generations:
     """Generate an answer to every rendered prompt (see render_prompt), with
     pooled block outputs at `layers`, optionally steered. Rows come back in
     input order. Sampling seeds row i by (cfg.seed, first_row + i), so a run
@@ -226,7 +226,7 @@ def generate(model, prompts: Sequence[str], layers: Sequence[int] = (), poolings
     return Generations(list(prompts), prompt_ids, answers, texts, finished, pooled)
 
 
-def _generate_batch(model, ids: list[list[int]], rows: np.ndarray, layers, poolings, cfg: GenerationConfig,
+def _generate_batch(model: "Model", ids: list[list[int]], rows: np.ndarray, layers, poolings, cfg: GenerationConfig,
                     steering: Steering | None, answers: list[list[int]], finished: list[bool],
                     first_row: int) -> dict:
     device, eos = model.device, eos_ids(model)

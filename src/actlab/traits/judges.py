@@ -26,6 +26,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 from ..default_model import DEFAULT_MODEL
 from ..errors import ActlabError
+from ..registry import Registry
 from ..runs.fingerprint import step_fingerprint
 
 MIN_NUMBER_MASS = 0.25
@@ -39,18 +40,20 @@ class JudgeKind:
     model_judge: bool = False  # takes the trait's eval_prompt as its first argument
 
 
-JUDGE_KINDS: dict[str, JudgeKind] = {}
+JUDGE_KINDS: Registry[JudgeKind] = Registry("judge kind")
 
 
 def register_judge_kind(kind: JudgeKind) -> JudgeKind:
-    if kind.name in JUDGE_KINDS:
-        raise ValueError(f"judge kind '{kind.name}' is already registered")
-    JUDGE_KINDS[kind.name] = kind
-    return kind
+    return JUDGE_KINDS.register(kind.name, kind)
+
+
+def judge_kind_names() -> list[str]:
+    """The registered kinds: rule judges, then model judges, each alphabetical."""
+    return sorted(JUDGE_KINDS, key=lambda name: (JUDGE_KINDS[name].model_judge, name))
 
 
 def unknown_judge_kind(kind) -> ActlabError:
-    names = list(JUDGE_KINDS)
+    names = judge_kind_names()
     return ActlabError(f"unknown judge kind '{kind}'; use {', '.join(names[:-1])} or {names[-1]}", param="judge")
 
 

@@ -32,10 +32,19 @@ import torch
 from ..default_model import DEFAULT_MODEL
 from ..engine import plan_batches
 from ..errors import ActlabError
+from ..models import Model, load_model
 from ..tokens import pad
 from .generation import prompt_token_ids, render_prompt
-from .judges import (MIN_NUMBER_MASS, JudgeKind, Judgement, check_eval_prompt, fill_prompt, logprob_score,
-                     register_judge_kind, unscored_if_empty)
+from .judges import (
+    MIN_NUMBER_MASS,
+    JudgeKind,
+    Judgement,
+    check_eval_prompt,
+    fill_prompt,
+    logprob_score,
+    register_judge_kind,
+    unscored_if_empty,
+)
 
 NUMBERS = frozenset(str(n) for n in range(101))
 PREFIXES = frozenset(n[:i] for n in NUMBERS for i in range(1, len(n) + 1))
@@ -68,8 +77,6 @@ class LocalJudge:
         if not isinstance(self.model, str):
             return self.model
         if self._loaded is None:
-            from ..models import load_model
-
             self._loaded = load_model(self.model, device=self.device)
         return self._loaded
 
@@ -121,7 +128,7 @@ def _extends(text: str, piece: str) -> bool:
     return grown in PREFIXES or (not grown and not text)
 
 
-def number_probabilities(model, prompts: Sequence[str], min_path_prob: float = 1e-4, max_paths: int = 32,
+def number_probabilities(model: Model, prompts: Sequence[str], min_path_prob: float = 1e-4, max_paths: int = 32,
                          batch_size: int = 8) -> list[dict[str, float]]:
     """For each rendered prompt, the probability that the model's reply is
     each number 0..100 (numbers below `min_path_prob` are left out)."""
@@ -132,7 +139,7 @@ def number_probabilities(model, prompts: Sequence[str], min_path_prob: float = 1
     return [dict(r) for r in results]
 
 
-def _search(model, ids: list[list[int]], results: list[dict[str, float]], min_path_prob: float,
+def _search(model: Model, ids: list[list[int]], results: list[dict[str, float]], min_path_prob: float,
             max_paths: int) -> None:
     padded = pad(ids, "left", model.pad_id, model.device)
     mask, positions = padded.attention_mask, padded.position_ids

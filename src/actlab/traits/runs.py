@@ -30,10 +30,10 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..activations import column_matrix, vector_column
+from .. import plots
+from ..activations import column_matrix, summary_html, vector_column
 from ..engine import Progress
 from ..errors import ActlabError
-from .. import plots
 from ..runs.atomic import atomic_path, write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from ..runs.fingerprint import fingerprint
 from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind, start_run
@@ -103,22 +103,27 @@ class TraitRun(Run):
             raise ActlabError(f"{self.path} has no {name} yet; {fix}")
         return pq.read_table(self.path / name)
 
-    def to_pandas(self):
+    def to_arrow(self) -> pa.Table:
         """The answers, with their judge scores when judged."""
         table = self.answers()
         if (self.path / "scores.parquet").exists():
             table = table.join(self.scores(), "row")
-        return table.sort_by("row").to_pandas()
+        return table.sort_by("row")
+
+    def to_pandas(self):
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self):
+        import polars as pl
+
+        return pl.from_arrow(self.to_arrow())
 
     def _repr_html_(self) -> str:
-        answers = self.answers()
-        rows = [("run", str(self.path)), ("trait", self.trait.name), ("model", self.settings["model"]["id"]),
-                ("answers", str(answers.num_rows)), ("layers", str(self.settings["layers"])),
-                ("judged", str((self.path / "scores.parquet").exists())),
-                ("vectors", str((self.path / "vectors").is_dir()))]
-        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
-                       for k, v in rows)
-        return f"<b>TraitRun</b><table>{body}</table>"
+        stages = [name for name in ("scores.parquet", "vectors", "evaluation.parquet", "steering.parquet")
+                  if (self.path / name).exists()]
+        return summary_html("TraitRun", self.summary_rows() + [
+            ("trait", self.trait.name), ("answers", str(self.answers().num_rows)),
+            ("layers", str(self.settings["layers"])), ("stages done", ", ".join(["generate"] + stages))])
 
 
 register_run_kind(RunKind(TRAITS_FORMAT, "a trait run", "traits generate", TraitRun,

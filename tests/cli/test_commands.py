@@ -149,3 +149,26 @@ def test_explore_highlights_tokens(monkeypatch, capsys, tmp_path, tiny_models):
     assert out.count("text ") == 3 and "max" in out
     code, _, err = run_cli(monkeypatch, capsys, "explore", run, "--latent", 10**6)
     assert code == 2 and "outside" in err
+
+
+def test_library_errors_name_the_flag(monkeypatch, capsys, tmp_path, tiny_model_dir, texts_file):
+    """An error about a Python parameter gets the CLI's flag for it."""
+    code, _, err = run_cli(monkeypatch, capsys, "extract", "--model", tiny_model_dir, "--input", texts_file,
+                           "--hook", "blocks.0.hook_resid_post", "--padding-side", "middle", "--out", tmp_path / "r")
+    assert code == 2 and "padding_side must be 'left' or 'right', not 'middle' (--padding-side)" in err
+    code, _, err = run_cli(monkeypatch, capsys, "extract", "--model", tiny_model_dir, "--input", texts_file,
+                           "--hook", "blocks.0.hook_resid_post", "--batch-size", "0", "--out", tmp_path / "r")
+    assert code == 2 and "batch_size must be at least 1, not 0 (--batch-size)" in err
+
+
+def test_extract_options_come_from_the_config(monkeypatch, capsys):
+    """Every ExtractConfig field is an option of `actlab extract`, with its help."""
+    import dataclasses
+
+    from actlab import ExtractConfig
+
+    code, out, _ = run_cli(monkeypatch, capsys, "extract", "--help")
+    assert code == 0
+    for field in dataclasses.fields(ExtractConfig):
+        flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+        assert flag[:12] in out, flag

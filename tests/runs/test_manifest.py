@@ -1,0 +1,90 @@
+"""The run layer's shared pieces: the run-kind registry, open_run's dispatch,
+the shard plan, the atomic writer and datasets-style fingerprints."""
+
+import json
+
+import pytest
+
+import actlab
+from actlab import ActlabError, ExtractConfig
+from actlab.runs import RUN_KINDS, RunKind, ShardPlan, register_run_kind, run_shards
+from actlab.runs.atomic import atomic_path, write_json_atomic
+from actlab.runs.fingerprint import fingerprint, step_fingerprint
+from conftest import TEXTS
+
+
+def test_every_kind_is_registered_once():
+    assert set(RUN_KINDS) >= {"actlab.activations", "actlab.features", "actlab.traits"}
+    with pytest.raises(ValueError, match="already registered"):
+        register_run_kind(RunKind("actlab.traits", "a trait run", "traits generate", lambda path: None))
+
+
+def test_open_run_dispatches_on_the_manifest(tmp_path, tiny_models):
+    model = tiny_models["llama"]
+    records = actlab.Records.of(TEXTS)
+    path = actlab.extract_run(model, records, tmp_path / "a", ExtractConfig(["blocks.1.hook_resid_post"]))
+    run = actlab.open_run(path)
+    assert isinstance(run, actlab.ActivationRun) and run.path == path and run.settings["hooks"] == \
+        ["blocks.1.hook_resid_post"]
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format"] = "actlab.nonsense"
+    write_json_atomic(path / "manifest.json", manifest)
+    with pytest.raises(ActlabError, match="unknown run kind 'actlab.nonsense'"):
+        actlab.open_run(path)
+    with pytest.raises(ActlabError, match="not an actlab run"):
+        actlab.open_run(tmp_path / "nothing")
+
+
+def test_run_model_is_weight_checked(tmp_path, tiny_models, tiny_model_dir):
+    model = actlab.load_model(str(tiny_model_dir), device="cpu")
+    path = actlab.extract_run(model, actlab.Records.of(TEXTS[:3]), tmp_path / "a",
+                              ExtractConfig(["blocks.1.hook_resid_post"]))
+    run = actlab.open_run(path)
+    assert run.model().weight_hash == model.weight_hash
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["settings"]["model"]["weights_sha256"] = "0" * 64
+    write_json_atomic(path / "manifest.json", manifest)
+    with pytest.raises(ActlabError, match="other weights"):
+        actlab.open_run(path).model()
+
+
+def test_a_run_of_another_kind_is_refused(tmp_path, tiny_models):
+    model = tiny_models["llama"]
+    records = actlab.Records.of(TEXTS)
+    path = actlab.features_run(model, records, {"s": __import__("conftest").random_sae("blocks.1.hook_resid_post")},
+                               tmp_path / "f")
+    with pytest.raises(ActlabError, match="holds an actlab run \\(features\\), not an actlab run \\(activations\\)"):
+        actlab.extract_run(model, records, path, ExtractConfig(["blocks.1.hook_resid_post"]))
+
+
+def test_shard_plan_and_loop(tmp_path):
+    plan = ShardPlan(10, 4, marker="answers")
+    assert plan.n_shards == 3 and [plan.bounds(i) for i in range(3)] == [(0, 4), (4, 8), (8, 10)]
+    assert plan.names() == ["answers-00000.parquet", "answers-00001.parquet", "answers-00002.parquet"]
+    (tmp_path / "answers-00001.parquet").write_bytes(b"")
+    assert plan.todo(tmp_path) == [0, 2] and plan.rows_left(tmp_path) == 6
+    assert run_shards(tmp_path, plan, lambda i, lo, hi: (i, lo, hi)) == [(0, 0, 4), (2, 8, 10)]
+    assert ShardPlan(0, 4).n_shards == 1  # an empty input still makes one (empty) shard
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "x.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed while writing")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]
+
+
+def test_fingerprints_key_only_what_differs_from_defaults():
+    defaults = {"a": 1, "b": None}
+    assert step_fingerprint(None, "judge", 1, {"a": 1, "b": None}, defaults) == \
+        step_fingerprint(None, "judge", 1, {}, defaults)  # adding a defaulted argument keeps old keys
+    assert step_fingerprint(None, "judge", 1, {"a": 2}, defaults) != step_fingerprint(None, "judge", 1, {}, defaults)
+    assert step_fingerprint("prev", "judge", 1, {}) != step_fingerprint(None, "judge", 1, {})
+    assert step_fingerprint(None, "judge", 2, {}) != step_fingerprint(None, "judge", 1, {})
+    assert fingerprint("q", "a") != fingerprint("qa", "") and len(fingerprint("x")) == 16
