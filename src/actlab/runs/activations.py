@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -29,7 +28,7 @@ from ..tokens import offsets, tokenizer_adds_bos
 from .atomic import write_parquet_atomic
 from .fingerprint import file_sha256
 from .manifest import Run, RunKind, finish_run, read_manifest, register_run_kind, start_run
-from .shards import ShardPlan, run_shards, shard_name
+from .shards import ShardPlan, read_shards, run_shards, shard_name
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -127,7 +126,7 @@ class ActivationRun(Activations, Run):
         run = Path(path)
         manifest = read_manifest(run, FORMAT)
         settings = manifest["settings"]
-        table = pa.concat_tables([pq.read_table(run / name) for name in manifest["shards"]])
+        table = read_shards(run, manifest["shards"])
         values = {hook: torch.from_numpy(column_matrix(table.column(hook)).copy()) for hook in settings["hooks"]}
         fields: dict = {}
         if "position" in table.column_names:

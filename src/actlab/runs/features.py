@@ -33,7 +33,7 @@ from ..tokens import offsets
 from .activations import DEFAULT_SHARD_SIZE, ActivationRun, engine_settings, extraction_run
 from .atomic import write_parquet_atomic
 from .manifest import Run, RunKind, read_manifest, register_run_kind
-from .shards import shard_name
+from .shards import ShardPlan, read_shards, shard_name
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -102,9 +102,8 @@ def features_run(model: "Model", records: Records, saes=None, out_dir: str | Pat
         write_parquet_atomic(out / f"stats-{index:05d}.parquet", stats_table(feats, lo))
         write_parquet_atomic(out / shard_name(index), feats.to_arrow(lo))  # last: marks done
 
-    manifest = extraction_run(out, extractor, records, FEATURES_FORMAT, settings, write_shard, overwrite,
-                              progress)
-    stats = [pq.read_table(out / name.replace("shard-", "stats-")) for name in manifest["shards"]]
+    extraction_run(out, extractor, records, FEATURES_FORMAT, settings, write_shard, overwrite, progress)
+    stats = [pq.read_table(out / name) for name in ShardPlan(len(records), shard_size).names("stats")]
     write_parquet_atomic(out / "latent_stats.parquet", merge_stats(stats))
     return out
 
@@ -130,9 +129,8 @@ class FeatureRun(Features, Run):
         run = Path(path)
         manifest = read_manifest(run, FEATURES_FORMAT)
         settings = manifest["settings"]
-        table = pa.concat_tables([pq.read_table(run / name) for name in manifest["shards"]]).combine_chunks()
-        texts = pa.concat_tables([pq.read_table(run / name.replace("shard-", "texts-"))
-                                  for name in manifest["shards"]])
+        table = read_shards(run, manifest["shards"]).combine_chunks()
+        texts = read_shards(run, manifest["shards"], "texts")
         stats = pq.read_table(run / "latent_stats.parquet").to_pandas()
         n_tokens = texts.column("n_tokens").to_numpy().astype(np.int64)
         rows = table.column("text_id").to_numpy()

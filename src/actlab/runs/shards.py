@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 T = TypeVar("T")
 
 
@@ -42,6 +45,15 @@ class ShardPlan:
 
     def rows_left(self, out: Path) -> int:
         return sum(hi - lo for lo, hi in map(self.bounds, self.todo(out)))
+
+
+def read_shards(out: Path, names: list[str], prefix: str | None = None, **read_options) -> pa.Table:
+    """A run's shards as one table, or with `prefix` the files written beside
+    each (texts-NNNNN.parquet beside shard-NNNNN.parquet); read_options go to
+    pyarrow.parquet.read_table (filters=..., columns=...)."""
+    if prefix is not None:
+        names = [f"{prefix}-{name.split('-', 1)[1]}" for name in names]
+    return pa.concat_tables([pq.read_table(out / name, **read_options) for name in names])
 
 
 def run_shards(out: Path, plan: ShardPlan, process: Callable[[int, int, int], T]) -> list[T]:

@@ -37,7 +37,7 @@ from ..errors import ActlabError
 from ..runs.atomic import atomic_path, write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from ..runs.fingerprint import fingerprint
 from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind, start_run
-from ..runs.shards import ShardPlan, run_shards, shard_name
+from ..runs.shards import ShardPlan, read_shards, run_shards, shard_name
 from .definitions import Trait
 from .generation import GenerationConfig, Steering, generate, render_prompt
 from .judges import Judge, Judgement, describe_judge, judge_fingerprint, judge_for, keep_answers
@@ -68,16 +68,14 @@ class TraitRun(Run):
 
     def answers(self) -> pa.Table:
         """row, polarity, pair, system, question, prompt, answer, token counts, finished."""
-        return pa.concat_tables([pq.read_table(self.path / name) for name in self.manifest["shards"]])
+        return read_shards(self.path, self.manifest["shards"])
 
     def activations(self, pooling: str) -> dict[int, np.ndarray]:
         """layer -> (rows, d) for one pooling, rows in run order."""
         poolings = self.settings["poolings"]
         if pooling not in poolings:
             raise ActlabError(f"this run pooled {', '.join(poolings)}, not '{pooling}'", param="pooling")
-        table = pa.concat_tables([pq.read_table(self.path / name.replace("answers-", "acts-"),
-                                                filters=[("pooling", "=", pooling)])
-                                  for name in self.manifest["shards"]])
+        table = read_shards(self.path, self.manifest["shards"], "acts", filters=[("pooling", "=", pooling)])
         layers = table.column("layer").to_numpy()
         return {layer: column_matrix(table.column("activation").filter(pa.array(layers == layer)))
                 for layer in self.settings["layers"]}
