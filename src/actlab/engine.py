@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
@@ -56,7 +56,7 @@ class ExtractConfig:
 
     hooks: list[str] = field(default_factory=list,
                              metadata={"help": "Hook name or module path; repeatable.", "flag": "--hook"})
-    pooling: str | int | list[int] = field(default="last", metadata={
+    pooling: str | int | list[int] | Pooling = field(default="last", metadata={
         "help": "last, mean, all, first:K, last:K, pos:I (or, in Python, one position per text)."})
     prepend_bos: bool | None = field(default=None, metadata={
         "help": "Prepend BOS (default: whatever the tokenizer does; for features, the SAEs' own)."})
@@ -70,7 +70,7 @@ class ExtractConfig:
         if isinstance(self.hooks, str):
             self.hooks = [self.hooks]
         self.hooks = list(dict.fromkeys(self.hooks))
-        if not isinstance(self.pooling, (str, int)):
+        if not isinstance(self.pooling, (str, int, Pooling)):
             self.pooling = [int(p) for p in self.pooling]
         if self.padding_side is None:
             self.padding_side = "right"
@@ -96,7 +96,7 @@ class ExtractConfig:
         if unknown:
             raise ActlabError(f"unknown option(s) {', '.join(unknown)}; ExtractConfig takes "
                               f"{', '.join(sorted(known))}", param=unknown[0])
-        values = asdict(cfg) if cfg is not None else {}
+        values = {f.name: getattr(cfg, f.name) for f in fields(cfg)} if cfg is not None else {}
         values.update({k: v for k, v in options.items() if v is not None})
         return cls(**values)
 

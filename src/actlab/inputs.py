@@ -61,20 +61,25 @@ class FieldNames:
 
 def read_records(path: str | Path, names: FieldNames = FieldNames(), skip_empty: bool = False) -> Records:
     path = Path(path)
+    rows, lines = read_rows(path)
+    records = _to_records(rows, lines, names, path)
+    records.source, records.text_field = str(path), names.text
+    return _drop_empty(records, path, skip_empty)
+
+
+def read_rows(path: str | Path) -> tuple[list, list[int]]:
+    """The rows of a .txt / .jsonl / .json / .csv / .parquet file (dicts, or
+    strings) and the 1-based line or row of each, for error messages."""
+    path = Path(path)
     if not path.is_file():
         raise ActlabError(f"input file not found: {path}")
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise ActlabError(f"cannot read '{path.name}': use one of {', '.join(FORMATS)}")
     if suffix == ".parquet":
-        rows, lines = _read_parquet(path)
-    else:
-        text = _decode(path)
-        rows, lines = {".txt": _rows_txt, ".jsonl": _rows_jsonl, ".json": _rows_json,
-                       ".csv": _rows_csv}[suffix](text, path)
-    records = _to_records(rows, lines, names, path)
-    records.source, records.text_field = str(path), names.text
-    return _drop_empty(records, path, skip_empty)
+        return _read_parquet(path)
+    text = _decode(path)
+    return {".txt": _rows_txt, ".jsonl": _rows_jsonl, ".json": _rows_json, ".csv": _rows_csv}[suffix](text, path)
 
 
 def _decode(path: Path) -> str:

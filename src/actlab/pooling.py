@@ -17,13 +17,15 @@ from .errors import ActlabError
 from .tokens import offsets
 
 _WINDOW = re.compile(r"^(first|last):(\d+)$")
-_POSITION = re.compile(r"^pos:(-?\d+)$")
-POOLING_HELP = "last, mean, all, first:K, last:K, pos:I (I may be negative), or one position per text"
+_POSITION = re.compile(r"^(pos|from):(-?\d+)$")
+POOLING_HELP = ("last, mean, all, first:K, last:K, pos:I, from:I (the mean from token I to the end; I may be "
+                "negative), or one position per text")
 
 
 @dataclass(frozen=True)
 class Pooling:
-    """kind is one of last, mean, all, first, lastk, position."""
+    """kind is one of last, mean, all, first, lastk, position, from (the mean
+    from a position to the end: a continuation's own tokens)."""
 
     kind: str
     k: int = 0
@@ -38,12 +40,15 @@ class Pooling:
     def spec(self) -> str:
         if self.kind in ("first", "lastk"):
             return f"{'first' if self.kind == 'first' else 'last'}:{self.k}"
-        if self.kind == "position":
-            return f"pos:{self.positions[0]}" if len(self.positions) == 1 else "positions"
+        if self.kind in ("position", "from"):
+            prefix = "pos" if self.kind == "position" else "from"
+            return f"{prefix}:{self.positions[0]}" if len(self.positions) == 1 else f"{prefix}:per-text"
         return self.kind
 
 
-def parse_pooling(spec: str | int | Sequence[int], include_bos: bool = False) -> Pooling:
+def parse_pooling(spec: "str | int | Sequence[int] | Pooling", include_bos: bool = False) -> Pooling:
+    if isinstance(spec, Pooling):
+        return spec
     if isinstance(spec, int):
         return Pooling("position", positions=(spec,), include_bos=include_bos)
     if not isinstance(spec, str):
@@ -56,7 +61,8 @@ def parse_pooling(spec: str | int | Sequence[int], include_bos: bool = False) ->
             raise ActlabError(f"pooling '{spec}': K must be at least 1")
         return Pooling("first" if m.group(1) == "first" else "lastk", k=k, include_bos=include_bos)
     if m := _POSITION.match(spec):
-        return Pooling("position", positions=(int(m.group(1)),), include_bos=include_bos)
+        kind = "position" if m.group(1) == "pos" else "from"
+        return Pooling(kind, positions=(int(m.group(2)),), include_bos=include_bos)
     raise ActlabError(f"unknown pooling '{spec}'; use {POOLING_HELP}", param="pooling")
 
 
@@ -133,6 +139,8 @@ def plan_pooling(pooling: Pooling, starts: torch.Tensor, lengths: torch.Tensor, 
             hi = torch.minimum(hi, lo + pooling.k)
         elif pooling.kind == "lastk":
             lo = torch.maximum(lo, hi - pooling.k)
+        elif pooling.kind == "from":
+            lo = starts + _positions(pooling, lengths, rows)
     counts = hi - lo
     owner = torch.repeat_interleave(batch, counts)
     offset = torch.arange(int(counts.sum())) - torch.repeat_interleave(offsets(counts)[:-1], counts)

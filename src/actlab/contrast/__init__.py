@@ -1,0 +1,1 @@
+"""Paired-contrast analysis of SAE feature geometry (two conditions over the same prompts)."""
