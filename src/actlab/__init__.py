@@ -8,19 +8,22 @@
 """
 
 from .activations import Activations, ExtractStats
+from .contrast.pairs import load_pairs
+from .contrast.run import ContrastRun
 from .default_model import DEFAULT_MODEL
 from .engine import ExtractConfig
 from .errors import ActlabError
 from .inputs import Records, read_records
 from .models import Model, load_model
 from .report import build_report
+from .report.contrast import contrast
 from .runs import ActivationRun, FeatureRun, extract_run, features_run, open_run
 from .saes import SAE, load_sae
 from .saes.features import Features
 from .traits import TraitRun, load_trait, run_trait
 from .version import VERSION as __version__
 
-__all__ = ["ActivationRun", "Activations", "ActlabError", "DEFAULT_MODEL", "ExtractConfig", "ExtractStats",
-           "FeatureRun", "Features", "Model", "Records", "SAE", "TraitRun", "__version__", "build_report",
-           "extract_run", "features_run", "load_model", "load_sae", "load_trait", "open_run", "read_records",
-           "run_trait"]
+__all__ = ["ActivationRun", "Activations", "ActlabError", "ContrastRun", "DEFAULT_MODEL", "ExtractConfig",
+           "ExtractStats", "FeatureRun", "Features", "Model", "Records", "SAE", "TraitRun", "__version__",
+           "build_report", "contrast", "extract_run", "features_run", "load_model", "load_pairs", "load_sae",
+           "load_trait", "open_run", "read_records", "run_trait"]

@@ -111,3 +111,64 @@ def separation_by_layer(evaluation: list[dict], title: str) -> bytes:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def forest_plot(rows: list[dict], title: str) -> bytes:
+    """Effect sizes with their intervals: rows of {label, d_z, low, high, significant}."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 0.22 * len(rows) + 1.2))
+    for i, row in enumerate(rows):
+        color = "#d95f02" if row["significant"] else "#7570b3"
+        ax.plot([row["low"], row["high"]], [i, i], color=color, linewidth=1.5)
+        ax.plot([row["d_z"]], [i], "o", color=color, markersize=4)
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_yticks(range(len(rows)), [row["label"] for row in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired effect size d_z (95% bootstrap interval); orange: FDR q < 0.05")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def value_heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str, label: str) -> bytes:
+    """A matrix of numbers, each cell annotated."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(columns) + 2), 0.45 * len(rows) + 1.4))
+    image = ax.imshow(values, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(columns)), list(columns), fontsize=8)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=8)
+    for (i, j), value in np.ndenumerate(values):
+        ax.text(j, i, f"{value:g}", ha="center", va="center", fontsize=8, color="white")
+    fig.colorbar(image, ax=ax, label=label, fraction=0.04)
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def paired_histograms(panels: list[dict], title: str) -> bytes:
+    """Per panel {label, first, second, names}: overlaid histograms of both conditions."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        both = np.concatenate([panel["first"], panel["second"]])
+        bins = np.linspace(np.nanmin(both), np.nanmax(both), 25) if np.isfinite(both).any() else 10
+        for values, name in zip((panel["first"], panel["second"]), panel["names"]):
+            ax.hist(values[np.isfinite(values)], bins=bins, alpha=0.55, label=name)
+        ax.set_title(panel["label"], fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def auroc_by_layer(series: dict[str, list[tuple[int, float]]], title: str) -> bytes:
+    """Held-out AUROC against the layer, one line per detector."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.2))
+    for name, points in series.items():
+        ax.plot([layer for layer, _ in points], [value for _, value in points], marker="o", label=name)
+    ax.axhline(0.5, color="black", linewidth=0.6, linestyle=":")
+    ax.set_xlabel("layer (block output)")
+    ax.set_ylabel("held-out AUROC")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return _png(fig)

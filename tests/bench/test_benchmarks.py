@@ -4,6 +4,7 @@ not asserted here): results JSON, agreement with the baseline, README table."""
 import json
 
 from actlab.bench.extract import run_extract_benchmark, sweep_point_in_subprocess
+from conftest import random_sae
 
 
 def test_bench_extract_on_tiny_model(tmp_path, tiny_model_dir):
@@ -74,3 +75,18 @@ def test_trait_quality_targets_and_table():
     table = markdown_table({"device": "cpu: x", "model": "m", "generation": "greedy", "date": "2026-11-23T00:00:00Z",
                             "traits": {"t": trait}})
     assert "| t | 120 | 30 / 50 | 20: 0.95 (6/9) | 14 | 10 / 0 / 5 / 60 / 40 | 0-10 of 10 | 1.5 |" in table
+
+
+def test_bench_contrast_on_tiny_model(tmp_path, tiny_model_dir):
+    """The seed's baselines (separate programs, one pass per text, dense
+    eigendecompositions) agree with the batched run on every metric."""
+    from actlab.bench.contrast import run_contrast_benchmark
+
+    saes = {"early": random_sae("blocks.0.hook_resid_post", arch="topk", seed=1),
+            "mid": random_sae("blocks.1.hook_resid_post", arch="jumprelu", seed=2)}
+    result = run_contrast_benchmark(str(tiny_model_dir), n_pairs=8, device="cpu", sweep=False, results_dir=tmp_path,
+                                    saes=saes)
+    assert set(result["methods"]) == {"separate", "sequential", "batched", "features"}
+    assert all(err <= 1e-4 for err in result["max_rel_difference_separate_vs_batched"].values()), \
+        result["max_rel_difference_separate_vs_batched"]
+    assert json.loads((tmp_path / "contrast-cpu.json").read_text())["n_texts"] == 24

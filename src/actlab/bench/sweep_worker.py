@@ -5,16 +5,23 @@ model's loading instead. Prints one JSON line: seconds and peak RSS in bytes.
 
 python -m actlab.bench.sweep_worker extract MODEL DEVICE BATCH_SIZE|auto N_TEXTS HOOK [HOOK ...]
 python -m actlab.bench.sweep_worker traits MODEL DEVICE BATCH_SIZE N_PROMPTS MAX_NEW_TOKENS LAYER [LAYER ...]
+python -m actlab.bench.sweep_worker contrast MODEL DEVICE BATCH_SIZE|auto N_PAIRS
 """
 
 import json
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import psutil
 
+from ..contrast.pairs import load_pairs
+from ..contrast.run import ContrastConfig, contrast_run
 from ..datasets import length_mix
+from ..engine import ExtractConfig
 from ..models import load_model
 from ..traits import GenerationConfig, generate
 from .traits import bench_prompts
@@ -47,6 +54,14 @@ def main() -> None:
         texts = length_mix(model.tokenizer, int(n_texts))
         model.extract(texts[:4], hooks, batch_size=batch_size, progress=False)  # warm-up
         seconds, peak = measure(lambda: model.extract(texts, hooks, batch_size=batch_size, progress=False))
+    elif kind == "contrast":
+        n_pairs = int(rest[0])
+        pairs = load_pairs("builtin")
+        pairs = pairs.select(np.linspace(0, len(pairs) - 1, min(n_pairs, len(pairs))).astype(int).tolist())
+        cfg, batching = ContrastConfig(shard_size=len(pairs)), ExtractConfig(batch_size=batch_size)
+        with tempfile.TemporaryDirectory() as scratch:
+            contrast_run(model, pairs.select(range(4)), None, Path(scratch) / "warm", cfg, batching)  # warm-up
+            seconds, peak = measure(lambda: contrast_run(model, pairs, None, Path(scratch) / "run", cfg, batching))
     else:
         n_prompts, max_new, *layers = rest
         prompts, cfg = bench_prompts(model, int(n_prompts)), GenerationConfig(int(max_new), batch_size=batch_size)

@@ -7,8 +7,10 @@ import sys
 from ..errors import ActlabError
 from . import bench, saes, traits
 from .common import err, error_line
+from .contrast import contrast_command
 from .extract import app
 
+app.command("contrast")(contrast_command)
 app.add_typer(bench.app, name="bench")
 app.add_typer(saes.app, name="sae")
 app.add_typer(traits.app, name="traits")

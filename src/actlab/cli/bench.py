@@ -52,6 +52,17 @@ def bench_traits(model: str = ModelOpt, device: str = DeviceOpt,
     run_traits_benchmark(model, n_prompts, max_new_tokens, batch_size, device, sweep, results_dir, readme)
 
 
+@app.command("contrast")
+def bench_contrast(model: str = ModelOpt, device: str = DeviceOpt,
+                   n_pairs: int = typer.Option(100, help="Built-in pairs (spread over the four domains)."),
+                   sweep: bool = typer.Option(True, help="Run the batch-size sweep (1, 4, 8, 16, 32, auto)."),
+                   results_dir: Path = ResultsOpt, readme: Optional[Path] = ReadmeOpt) -> None:
+    """The paired-contrast analysis: separate programs vs one pass per text vs batched vs the features pass."""
+    from ..bench.contrast import run_contrast_benchmark
+
+    run_contrast_benchmark(model, n_pairs, device, sweep, results_dir, readme)
+
+
 @app.command("trait-quality")
 def bench_trait_quality(model: str = ModelOpt, device: str = DeviceOpt,
                         out_dir: Path = typer.Option(Path("runs/trait-quality"), "--out", "-o",

@@ -7,10 +7,12 @@ from pathlib import Path
 from .. import datasets
 from ..analyses.probes import nearest_centroid_accuracy
 from ..bench.extract import markdown_table, run_extract_benchmark
+from ..contrast.pairs import load_pairs
 from ..engine import ExtractConfig
 from ..hooks import block_hook
 from ..models import Model, load_model
 from ..report import ReportConfig, analyze_run, build_report
+from ..report.contrast import contrast
 from ..runs import extract_run, features_run, open_run
 from ..saes import default_saes
 from ..traits import load_trait, run_trait
@@ -53,7 +55,9 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
 
     run_trait_step(model, out_dir / "traits" / "optimism")
 
-    console.print("[bold]4. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
+    run_contrast_step(model, out_dir / "contrast")
+
+    console.print("[bold]5. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
     result = run_extract_benchmark(model_name, n_texts=64, device=device, peers=False,
                                    sweep=False, results_dir=None, repeats=2)
     console.print(markdown_table(result), highlight=False)
@@ -75,3 +79,15 @@ def run_trait_step(model: Model, out: Path) -> None:
                 [[r["coeff"], "—" if r["mean_score"] is None else f"{r['mean_score']:.0f}"]
                  for r in result["steering"]])
     console.print(f"trait run in {result['run']} (answers, activations, scores, vectors, evaluation, steering)")
+
+
+def run_contrast_step(model: Model, out: Path) -> None:
+    """The paired-contrast analysis of the built-in fact / hallucination pairs."""
+    pairs = load_pairs("builtin")
+    console.print(f"[bold]4. fact vs hallucination[/bold]: {len(pairs)} built-in pairs, the default SAEs' metrics of "
+                  "every prompt and continuation in one pass, paired statistics, held-out detection")
+    with Bar("contrast") as bar:
+        result = contrast(model, pairs, None, out, overwrite=True, progress=bar)
+    for line in result["summary"]:
+        console.print(line)
+    console.print(f"report: {(out / 'report.html').resolve()}")

@@ -28,12 +28,14 @@ PROMPT = "prompt"
 class PairFields:
     """Which fields hold what, and how a continuation joins its prompt."""
 
-    prompt: str = field(default="prompt", metadata={"help": "Field of the prompt."})
-    first: str = field(default="fact", metadata={"help": "Field of the first continuation (condition A)."})
-    second: str = field(default="hallucination", metadata={"help": "Field of the second continuation (condition B)."})
-    id: str = field(default="id", metadata={"help": "Field of the pair id (default: file:row)."})
+    prompt: str = field(default="prompt", metadata={"help": "Field of the prompt.", "flag": "--prompt-field"})
+    first: str = field(default="fact", metadata={"help": "Field of the first continuation (condition A).",
+                                                 "flag": "--first-field"})
+    second: str = field(default="hallucination", metadata={
+        "help": "Field of the second continuation (condition B).", "flag": "--second-field"})
+    id: str = field(default="id", metadata={"help": "Field of the pair id (default: file:row).", "flag": "--id-field"})
     domain: str | None = field(default=None, metadata={
-        "help": "Field of the domain (default: each file's name, as in the seed's data)."})
+        "help": "Field of the domain (default: each file's name, as in the seed's data).", "flag": "--domain-field"})
     separator: str = field(default=" ", metadata={"help": "Between the prompt and a continuation."})
 
 

@@ -1,0 +1,45 @@
+"""`actlab contrast`: the paired-contrast analysis of SAE feature geometry."""
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..contrast.pairs import PairFields
+from ..contrast.run import ContrastConfig
+from ..engine import ExtractConfig
+from .common import Bar, ModelOptions, out, print_table, with_options
+
+
+@with_options(fields=PairFields, model=ModelOptions, cfg=ContrastConfig, batching=ExtractConfig,
+              exclude=("hooks", "pooling", "include_bos"))
+def contrast_command(fields: PairFields, model: ModelOptions, cfg: ContrastConfig, batching: ExtractConfig,
+                     pairs: List[str] = typer.Option(..., "--pairs", help="Pairs file(s): JSON arrays (the seed's "
+                                                     "format), JSONL, CSV or Parquet; 'builtin' for the set that "
+                                                     "ships with actlab. Repeatable."),
+                     out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable)."),
+                     sae: Optional[List[str]] = typer.Option(None, "--sae", help="SAE folder or release/sae_id; "
+                                                             "repeatable. Default: the default model's SAEs."),
+                     folds: int = typer.Option(5, help="Folds of the grouped held-out detection."),
+                     overwrite: bool = typer.Option(False, help="Replace an existing run in --out.")) -> None:
+    """Fact vs hallucination (any two conditions over the same prompts): SAE metrics of every text in one
+    pass, paired statistics with FDR control, held-out detection against residual probes, an HTML report."""
+    from ..contrast.pairs import load_pairs
+    from ..report.contrast import contrast
+    from ..saes import load_sae
+
+    loaded = load_pairs(pairs, fields)
+    if loaded.duplicates:
+        out.print(f"[yellow]{len(loaded.duplicates)} prompt(s) occur more than once; each is kept once")
+    saes = {name: load_sae(name) for name in sae} if sae else None
+    with Bar("contrast") as bar:
+        result = contrast(model.load(), loaded, saes, out_dir, cfg, batching, overwrite, bar, folds)
+    for line in result["summary"]:
+        out.print(line)
+    stats = [r for r in result["stats"].to_pylist() if r["domain"] == "all"]
+    shown = sorted(stats, key=lambda r: (not r["significant"], -abs(r["d_z"]) if r["d_z"] == r["d_z"] else 0))[:12]
+    print_table("paired effects, every domain pooled (largest first)",
+                ["metric", "layer", "d_z [95% CI]", "pooled-SD d", "q", "significant"],
+                [[r["metric"], r["layer"], f"{r['d_z']:.2f} [{r['d_z_low']:.2f}, {r['d_z_high']:.2f}]",
+                  f"{r['cohens_d_pooled']:.2f}", f"{r['q']:.2g}", "yes" if r["significant"] else ""] for r in shown])
+    out.print(f"run, stats.parquet, detection.parquet and report.html in {result['run']}")
