@@ -119,3 +119,19 @@ def test_capture_and_replace_context_managers(tiny_models):
         after = model.hf_model(ids, output_hidden_states=True).hidden_states
     assert torch.equal(after[2], clean[2])  # the hooks were removed
     assert n_hooks() == before
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2", "gpt_neox"])
+def test_final_norm_is_the_last_hidden_state(tiny_models, arch):
+    """ln_final.hook_normalized is what the LM head reads: HF's last hidden state,
+    and the LM head on it gives the model's logits (Gemma-2's soft-capping included)."""
+    from actlab.hooks import FINAL_NORM, lm_logits
+
+    model = tiny_models[arch]
+    acts = model.extract(TEXTS[:3], FINAL_NORM, pooling="all")
+    for i, text in enumerate(TEXTS[:3]):
+        ids = torch.tensor([model.tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            out = model.hf_model(ids, output_hidden_states=True)
+            assert rel_error(acts.text(FINAL_NORM, i), out.hidden_states[-1][0]) < 1e-5
+            assert rel_error(lm_logits(model.hf_model, acts.text(FINAL_NORM, i)), out.logits[0]) < 1e-4

@@ -36,6 +36,7 @@ class Layout:
     attn_out: tuple[str, bool]
     mlp_out: tuple[str, bool]
     resid_mid: tuple[str, bool] | None
+    final_norm: str = "norm"  # the norm in front of the LM head
 
 
 _LLAMA = Layout("embed_tokens", "layers", ("self_attn", False), ("mlp", False),
@@ -44,9 +45,9 @@ _LLAMA = Layout("embed_tokens", "layers", ("self_attn", False), ("mlp", False),
 # ln1_post/ln2_post sit before hook_attn_out/hook_mlp_out).
 _GEMMA2 = Layout("embed_tokens", "layers", ("post_attention_layernorm", False),
                  ("post_feedforward_layernorm", False), ("pre_feedforward_layernorm", True))
-_GPT2 = Layout("wte", "h", ("attn", False), ("mlp", False), ("ln_2", True))
+_GPT2 = Layout("wte", "h", ("attn", False), ("mlp", False), ("ln_2", True), "ln_f")
 _NEOX = Layout("embed_in", "layers", ("attention", False), ("mlp", False),
-               ("post_attention_layernorm", True))
+               ("post_attention_layernorm", True), "final_layer_norm")
 
 LAYOUTS: dict[str, Layout] = {
     "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA,
@@ -56,6 +57,9 @@ LAYOUTS: dict[str, Layout] = {
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post"
                          r"|hook_attn_out|hook_mlp_out)$")
+
+
+FINAL_NORM = "ln_final.hook_normalized"  # the final norm's output, what the LM head reads
 
 
 def block_hook(layer: int, kind: str = "hook_resid_post") -> str:
@@ -73,7 +77,7 @@ def layout_for(config) -> Layout:
     layout = LAYOUTS[model_type]
     if model_type == "gpt_neox" and config.use_parallel_residual:
         # Parallel attention and MLP both read resid_pre: there is no resid_mid.
-        layout = Layout(layout.embed, layout.layers, layout.attn_out, layout.mlp_out, None)
+        layout = Layout(layout.embed, layout.layers, layout.attn_out, layout.mlp_out, None, layout.final_norm)
     return layout
 
 
@@ -86,11 +90,13 @@ def hook_names(hf_model: nn.Module) -> list[str]:
     names = ["hook_embed"]
     for layer in range(config.num_hidden_layers):
         names += [f"blocks.{layer}.{kind}" for kind in kinds]
-    return names
+    return names + [FINAL_NORM]
 
 
 def resolve(hf_model: nn.Module, name: str) -> HookSite:
     """Map a hook name or raw module path to the module that produces it."""
+    if name == FINAL_NORM:
+        return final_norm_site(hf_model)
     base = hf_model.base_model
     match = _BLOCK_HOOK.match(name)
     if name == "hook_embed" or match:
@@ -123,6 +129,20 @@ def resolve(hf_model: nn.Module, name: str) -> HookSite:
     raise ActlabError(f"unknown hook '{name}'; valid names: {', '.join(shown)} "
                       "(all of them: `actlab models MODEL`), or a module path such as "
                       f"'{hf_model.base_model_prefix}.{layout_for(hf_model.config.get_text_config()).layers}.0'")
+
+
+def final_norm_site(hf_model: nn.Module) -> HookSite:
+    """The output of the final norm: what the LM head reads."""
+    layout = layout_for(hf_model.config.get_text_config())
+    return HookSite(FINAL_NORM, hf_model.base_model.get_submodule(layout.final_norm), False)
+
+
+def lm_logits(hf_model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on final-norm outputs (N, d) -> (N, vocab), with the final
+    logit soft-capping of Gemma-2/3 where the config has it."""
+    logits = hf_model.get_output_embeddings()(hidden)
+    cap = getattr(hf_model.config.get_text_config(), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 # -- running code at hook sites -------------------------------------------------

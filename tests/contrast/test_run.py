@@ -93,3 +93,28 @@ def test_pairs_table_and_open_run(tmp_path, tiny_models):
     assert pairs[pairs["layer"] == 1]["cross_layer_cos_fact"].between(-1, 1).all()
     assert ((pairs["drift_fact"] >= 0) & (pairs["drift_fact"] <= 180)).all()
     assert ((pairs["twist_between"] >= 0) & (pairs["twist_between"] <= 90)).all()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_scores_against_teacher_forced_log_probabilities(tmp_path, tiny_models, arch):
+    """logprob = sum over the continuation's tokens of log p(token | everything
+    before), from one full HF forward per text (Gemma-2: soft-capped logits)."""
+    model = tiny_models[arch]
+    named = {"early": random_sae("blocks.0.hook_resid_post", arch="topk", seed=1)}
+    path = contrast_run(model, PAIRS, named, tmp_path / "run", ContrastConfig(score=True),
+                        ExtractConfig(max_batch_tokens=48, padding_side="left"))
+    texts = ContrastRun(path).texts().to_pandas()
+    pairs = ContrastRun(path).pairs().to_pandas()
+    for i in range(len(PAIRS)):
+        prompt_ids = model.tokenizer(PAIRS.prompts[i])["input_ids"]
+        expected = {}
+        for condition in ("fact", "hallucination"):
+            ids = model.tokenizer(PAIRS.text(condition, i))["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model.hf_model(torch.tensor([ids])).logits[0].double(), -1)
+            expected[condition] = sum(float(logp[p - 1, ids[p]]) for p in range(len(prompt_ids), len(ids)))
+            got = texts[(texts["pair_index"] == i) & (texts["condition"] == condition)]["logprob"]
+            assert np.allclose(got, expected[condition], rtol=1e-4, atol=1e-4), (i, condition)
+        assert texts[(texts["pair_index"] == i) & (texts["condition"] == "prompt")]["logprob"].isna().all()
+        prefers = pairs[pairs["pair_index"] == i]["prefers"].iloc[0]
+        assert prefers == ("fact" if expected["fact"] >= expected["hallucination"] else "hallucination")

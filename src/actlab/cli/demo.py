@@ -8,6 +8,7 @@ from .. import datasets
 from ..analyses.probes import nearest_centroid_accuracy
 from ..bench.extract import markdown_table, run_extract_benchmark
 from ..contrast.pairs import load_pairs
+from ..contrast.run import ContrastConfig
 from ..engine import ExtractConfig
 from ..hooks import block_hook
 from ..models import Model, load_model
@@ -85,9 +86,10 @@ def run_contrast_step(model: Model, out: Path) -> None:
     """The paired-contrast analysis of the built-in fact / hallucination pairs."""
     pairs = load_pairs("builtin")
     console.print(f"[bold]4. fact vs hallucination[/bold]: {len(pairs)} built-in pairs, the default SAEs' metrics of "
-                  "every prompt and continuation in one pass, paired statistics, held-out detection")
+                  "every prompt and continuation in one pass, the model's own log-probabilities, paired statistics, "
+                  "held-out detection")
     with Bar("contrast") as bar:
-        result = contrast(model, pairs, None, out, overwrite=True, progress=bar)
+        result = contrast(model, pairs, None, out, ContrastConfig(score=True), overwrite=True, progress=bar)
     for line in result["summary"]:
         console.print(line)
     console.print(f"report: {(out / 'report.html').resolve()}")

@@ -31,6 +31,7 @@ import torch
 from ..activations import ExtractStats, column_matrix, summary_html, vector_column
 from ..engine import ExtractConfig, Extractor, Progress
 from ..errors import ActlabError
+from ..hooks import FINAL_NORM, lm_logits
 from ..models import peak_memory_bytes
 from ..pooling import Pooling
 from ..runs.activations import model_settings
@@ -67,6 +68,9 @@ class ContrastConfig:
     draws: int = field(default=8, metadata={"help": "Noisy copies per text for stability."})
     seed: int = field(default=0, metadata={"help": "Seed of the noise (row by row: batching changes no draw)."})
     shard_size: int = field(default=256, metadata={"help": "Pairs per shard."})
+    score: bool = field(default=False, metadata={
+        "help": "Also the model's log-probability of each continuation given its prompt (the same pass, the LM "
+                "head at the continuation's positions only), to split results by what the model prefers."})
 
     def __post_init__(self):
         if self.position not in POSITIONS:
@@ -85,6 +89,15 @@ def text_rows(pairs: Pairs, lo: int, hi: int) -> tuple[list[str], list[int], lis
             owners.append(i)
             conditions.append(condition)
     return texts, owners, conditions
+
+
+def unequal_lengths(model: "Model", pairs: Pairs, cfg: ExtractConfig) -> int:
+    """Pairs whose two continuations differ in token count after the prompt
+    (a difference that length alone could explain)."""
+    _, first, second = pairs.conditions
+    lengths = {c: tokenize(model.tokenizer, [pairs.text(c, i) for i in range(len(pairs))], cfg.prepend_bos).lengths
+               for c in (first, second)}
+    return sum(a != b for a, b in zip(lengths[first], lengths[second]))
 
 
 def continuation_starts(model: "Model", texts: list[str], prompts: list[str], conditions: list[str],
@@ -145,12 +158,56 @@ class ContrastSink:
         return None
 
 
+class ScoreSink:
+    """At the final norm: each text's log-probability of its continuation given
+    its prompt, sum over the continuation's tokens of log p(token | before),
+    from the LM head at those positions only (NaN for a prompt alone)."""
+
+    def __init__(self, hf_model, n_rows: int, starts: np.ndarray):
+        self.hf_model, self.starts = hf_model, starts  # starts[i]: text i's first continuation token, -1: none
+        self.logprob = np.full(n_rows, np.nan)
+
+    def consume(self, hidden: torch.Tensor, batch) -> None:
+        width = hidden.shape[1]
+        flat, owner = [], []
+        for k, (row, column, length) in enumerate(zip(batch.rows, batch.padded.starts, batch.padded.lengths)):
+            start = int(self.starts[row])
+            if start >= 1:  # the logits at position p score the token at p + 1
+                flat.append(k * width + int(column) + torch.arange(start - 1, int(length) - 1))
+                owner.append(torch.full((int(length) - start,), k))
+        if not flat:
+            return
+        flat, owner = torch.cat(flat).to(hidden.device), torch.cat(owner).to(hidden.device)
+        logp = torch.log_softmax(lm_logits(self.hf_model, hidden.reshape(-1, hidden.shape[-1])[flat]).float(), -1)
+        targets = batch.padded.input_ids.reshape(-1)[flat + 1]
+        token_logp = logp.gather(-1, targets[:, None])[:, 0].double()  # (N,)
+        per_row = torch.zeros(len(batch.rows), dtype=torch.float64, device=hidden.device).index_add_(0, owner,
+                                                                                                    token_logp)
+        scored = sorted(set(owner.tolist()))
+        self.logprob[batch.dest.numpy()[scored]] = per_row[scored].cpu().numpy()
+
+    def mark(self) -> None:
+        return None
+
+    def rollback(self, mark) -> None:
+        return None  # a rerun batch rewrites the same rows
+
+    def end_batch(self) -> None:
+        return None
+
+    def finish(self) -> None:
+        return None
+
+
 class ContrastExtractor(Extractor):
-    """An Extractor whose hooks feed ContrastSinks, one per SAE."""
+    """An Extractor whose hooks feed ContrastSinks, one per SAE, and (scoring)
+    a ScoreSink at the final norm."""
 
     def __init__(self, model: "Model", saes: Mapping[str, SAE], cfg: ExtractConfig, contrast: ContrastConfig,
-                 text_ids: np.ndarray):
-        self.saes, self.contrast, self.text_ids = saes, contrast, text_ids
+                 text_ids: np.ndarray, starts: np.ndarray | None = None):
+        self.saes, self.contrast, self.text_ids, self.starts = saes, contrast, text_ids, starts
+        if contrast.score:
+            cfg = ExtractConfig.of(cfg, hooks=[*cfg.hooks, FINAL_NORM])
         super().__init__(model, cfg)
         self.layers = {name: i for i, name in enumerate(self.saes)}
 
@@ -159,10 +216,15 @@ class ContrastExtractor(Extractor):
         for name, sae in self.saes.items():
             sinks[sae.cfg.hook_name].append(ContrastSink(name, sae, self.layers[name], n_rows, self.model.d_model,
                                                          self.text_ids, self.contrast))
+        if self.contrast.score:
+            sinks[FINAL_NORM].append(ScoreSink(self.model.hf_model, n_rows, self.starts))
         return sinks
 
     def make_result(self, sinks: dict[str, list], **fields) -> dict:
-        return {"sinks": [sink for group in sinks.values() for sink in group], **fields}
+        every = [sink for group in sinks.values() for sink in group]
+        scores = [sink.logprob for sink in every if isinstance(sink, ScoreSink)]
+        return {"sinks": [s for s in every if isinstance(s, ContrastSink)],
+                "logprob": scores[0] if scores else None, **fields}
 
 
 def layer_of(hook: str) -> int:
@@ -181,6 +243,8 @@ def shard_table(result: dict, pairs: Pairs, owners: list[int], conditions: list[
                    "hook": pa.array([sink.sae.cfg.hook_name] * n), "sae": pa.array([sink.name] * n),
                    "n_tokens": pa.array(result["n_tokens"].numpy(), pa.int32())}
         columns.update({metric: pa.array(values, pa.float64()) for metric, values in sink.metrics.items()})
+        if result["logprob"] is not None:
+            columns["logprob"] = pa.array(result["logprob"], pa.float64())
         columns["shape"] = pa.array([shape_class(s, e) for s, e in zip(sink.metrics["sphericity"],
                                                                        sink.metrics["elongation"])])
         columns.update({vector: vector_column(values) for vector, values in sink.vectors.items()})
@@ -210,10 +274,13 @@ def contrast_run(model: "Model", pairs: Pairs, saes=None, out_dir: str | Path = 
         texts, owners, conditions = text_rows(pairs, lo, hi)
         text_ids = np.arange(lo * len(pairs.conditions), hi * len(pairs.conditions))
         pooling: str | Pooling = "last"
+        starts = None
+        if cfg.position == "continuation" or cfg.score:
+            starts = continuation_starts(model, texts, [pairs.prompts[i] for i in owners], conditions, base)
         if cfg.position == "continuation":
-            prompts = [pairs.prompts[i] for i in owners]
-            pooling = Pooling("from", positions=tuple(continuation_starts(model, texts, prompts, conditions, base)))
-        extractor = ContrastExtractor(model, named, ExtractConfig.of(base, pooling=pooling), cfg, text_ids)
+            pooling = Pooling("from", positions=tuple(starts))
+        own = None if starts is None else np.where(np.asarray(conditions) == PROMPT, -1, starts)
+        extractor = ContrastExtractor(model, named, ExtractConfig.of(base, pooling=pooling), cfg, text_ids, own)
         result = extractor(texts, on_batch=progress.advance if progress else None)
         totals.add(result["stats"])
         write_parquet_atomic(out / shard_name(index), shard_table(result, pairs, owners, conditions))
@@ -226,7 +293,8 @@ def contrast_run(model: "Model", pairs: Pairs, saes=None, out_dir: str | Path = 
     table = read_shards(out, plan.names())
     write_parquet_atomic(out / "texts.parquet", table.drop_columns(list(VECTORS)))
     write_parquet_atomic(out / "pairs.parquet", pair_table(table, pairs.conditions))
-    finish_run(out, manifest, plan.names(), table.num_rows, session)
+    finish_run(out, manifest, plan.names(), table.num_rows, session,
+               unequal_token_lengths=unequal_lengths(model, pairs, base))
     return out
 
 
@@ -261,11 +329,17 @@ def pair_table(table: pa.Table, conditions: list[str]) -> pa.Table:
             columns[f"cross_layer_cos_{c}"] = (torch.cosine_similarity(current, previous, dim=-1).numpy()
                                                if previous is not None else np.full(len(current), np.nan))
         columns["cross_layer_cos_diff"] = columns[f"cross_layer_cos_{second}"] - columns[f"cross_layer_cos_{first}"]
+        if "logprob" in table.column_names:
+            logprob = table.column("logprob").to_numpy()
+            columns[f"logprob_{first}"], columns[f"logprob_{second}"] = logprob[index[first]], logprob[index[second]]
         for metric in METRICS:
             values = table.column(metric).to_numpy()
             columns[f"{metric}_diff"] = values[index[second]] - values[index[first]]
         for name, values in columns.items():
             part = part.append_column(name, pa.array(values, pa.float64()))
+        if "logprob" in table.column_names:  # which continuation the model itself finds likelier
+            prefers = np.where(columns[f"logprob_{first}"] >= columns[f"logprob_{second}"], first, second)
+            part = part.append_column("prefers", pa.array(prefers.tolist()))
         parts.append(part)
     return pa.concat_tables(parts)
 

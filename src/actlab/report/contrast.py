@@ -46,20 +46,33 @@ def pair_measures(conditions: list[str]) -> dict[str, tuple[str, str]]:
     return {name: (f"{name}_{first}", f"{name}_{second}") for name in ("drift", "twist", "cross_layer_cos")}
 
 
+def scopes(texts, pairs) -> dict[str, set]:
+    """Subsets of pairs to test: all, each domain and, when the run scored the
+    continuations, the pairs where the model prefers each one."""
+    out = {ALL: set(texts["pair_index"])}
+    for domain in sorted(texts["domain"].unique()):
+        out[domain] = set(texts[texts["domain"] == domain]["pair_index"])
+    if "prefers" in pairs:
+        for condition in sorted(pairs["prefers"].unique()):
+            out[f"model prefers {condition}"] = set(pairs[pairs["prefers"] == condition]["pair_index"])
+    return out
+
+
 def contrast_statistics(run: ContrastRun, seed: int = 0) -> pa.Table:
     texts, pairs = run.texts().to_pandas(), run.pairs().to_pandas()
     _, first, second = run.settings["pairs"]["conditions"]
+    subsets = scopes(texts, pairs)
     rows = []
     for layer in sorted(texts["layer"].unique()):
         here, pair_rows = texts[texts["layer"] == layer], pairs[pairs["layer"] == layer]
-        for domain in [ALL, *sorted(texts["domain"].unique())]:
-            scope = here if domain == ALL else here[here["domain"] == domain]
+        for domain, members in subsets.items():
+            scope = here[here["pair_index"].isin(members)]
             a = scope[scope["condition"] == first].sort_values("pair_index")
             b = scope[scope["condition"] == second].sort_values("pair_index")
             for metric in METRICS:
                 rows.append({"metric": metric, "kind": "text", "layer": int(layer), "domain": domain,
                              **paired_effects(a[metric].to_numpy(), b[metric].to_numpy(), seed)})
-            scoped = pair_rows if domain == ALL else pair_rows[pair_rows["domain"] == domain]
+            scoped = pair_rows[pair_rows["pair_index"].isin(members)]
             for name, (col_a, col_b) in pair_measures(run.settings["pairs"]["conditions"]).items():
                 rows.append({"metric": name, "kind": "pair", "layer": int(layer), "domain": domain,
                              **paired_effects(scoped[col_a].to_numpy(), scoped[col_b].to_numpy(), seed)})
@@ -73,12 +86,12 @@ def contrast_detection(run: ContrastRun, folds: int = 5, seed: int = 0) -> pa.Ta
     keys, residual = run.vectors("residual")
     keys = keys.to_pandas()
     _, first, second = run.settings["pairs"]["conditions"]
+    subsets = scopes(texts, run.pairs().to_pandas())
     rows = []
     for layer in sorted(texts["layer"].unique()):
-        for domain in [ALL, *sorted(texts["domain"].unique())]:
-            chosen = (texts["layer"] == layer) & texts["condition"].isin([first, second])
-            if domain != ALL:
-                chosen &= texts["domain"] == domain
+        for domain, members in subsets.items():
+            chosen = ((texts["layer"] == layer) & texts["condition"].isin([first, second]) &
+                      texts["pair_index"].isin(members))
             part = texts[chosen].sort_values(["pair_index", "condition"])
             if part["pair_index"].nunique() < 2:
                 continue
@@ -129,10 +142,13 @@ class ContrastReportData:
     figures: dict[str, bytes]
 
 
-def findings(stats: list[dict], detection: list[dict], first: str, second: str) -> list[str]:
+def findings(stats: list[dict], detection: list[dict], first: str, second: str, unequal: int | None = None,
+             n_pairs: int | None = None) -> list[str]:
     pooled = [r for r in stats if r["domain"] == ALL]
     significant = [r for r in pooled if r["significant"]]
-    lines = [f"{len(significant)} of {len(pooled)} pooled paired tests are significant at a "
+    lines = [] if unequal is None else [
+        f"{unequal} of {n_pairs} pairs have continuations of unequal token length (the rest cannot differ by length)."]
+    lines += [f"{len(significant)} of {len(pooled)} pooled paired tests are significant at a "
              f"Benjamini-Hochberg FDR of {ALPHA:.0%} ({sum(r['significant'] for r in stats)} of {len(stats)} "
              "including the per-domain tests)."]
     if significant:
@@ -183,8 +199,9 @@ def collect_contrast_report(run: ContrastRun, stats: pa.Table, detection: pa.Tab
     series["best single SAE metric"] = [(layer, max(r["auroc"] for r in pooled_detection if r["layer"] == layer
                                                     and r["detector"].startswith("metric:"))) for layer in layers]
     figures["detection.png"] = plots.auroc_by_layer(series, f"held-out detection of {second} vs {first}")
-    return ContrastReportData(run, stats_rows, detection_rows, findings(stats_rows, detection_rows, first, second),
-                              figures)
+    lines = findings(stats_rows, detection_rows, first, second, run.manifest.get("unequal_token_lengths"),
+                     run.settings["pairs"]["n_pairs"])
+    return ContrastReportData(run, stats_rows, detection_rows, lines, figures)
 
 
 def noise_setting(cfg: dict) -> str:
