@@ -33,7 +33,7 @@ from ..models import Model, load_model
 from ..saes import SAE, default_saes
 from ..tokens import tokenize
 from ..version import VERSION
-from .extract import console, describe_device, save_result, sweep_point_in_subprocess, timed
+from .extract import console, describe_device, save_result, sweep_point_in_subprocess, sweep_table, timed
 
 SWEEP = (1, 4, 8, 16, 32, None)
 
@@ -197,9 +197,5 @@ def markdown_table(result: dict) -> str:
               f"{ratios['batched_over_features_pass']}x the features pass alone.",
               "", "Largest relative difference of every metric, separate vs batched: " + ", ".join(
                   f"{k} {v:.1e}" for k, v in result["max_rel_difference_separate_vs_batched"].items()) + "."]
-    if result["batch_size_sweep"]:
-        lines += ["", f"Batch-size sweep of the batched analysis ({result['batch_size_sweep'][0]['memory']}):", "",
-                  "| batch size | seconds | texts/s | peak memory (MiB) |", "|---|---:|---:|---:|"]
-        lines += [f"| {r['batch_size']} | {r['seconds']:.2f} | {r['texts_per_s']:.1f} | {r['peak_memory_mb']:.0f} |"
-                  for r in result["batch_size_sweep"]]
-    return "\n".join(lines)
+    return "\n".join(lines + sweep_table(result["batch_size_sweep"], "Batch-size sweep of the batched analysis",
+                                          "texts_per_s"))

@@ -249,12 +249,17 @@ def markdown_table(result: dict) -> str:
                      f"{row['seconds'] / engine_s:.2f}x |")
     lines += ["", "Max relative error vs the baseline loop: " + ", ".join(
         f"{k.replace('_vs_baseline', '')} {v:.1e}" for k, v in result["max_rel_error"].items()) + "."]
-    if result["batch_size_sweep"]:
-        lines += ["", f"Batch-size sweep (peak memory: {result['batch_size_sweep'][0]['memory']}):", "",
-                  "| batch size | seconds | tokens/s | peak memory (MiB) |", "|---|---:|---:|---:|"]
-        lines += [f"| {r['batch_size']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {r['peak_memory_mb']:.0f} |"
-                  for r in result["batch_size_sweep"]]
-    return "\n".join(lines)
+    return "\n".join(lines + sweep_table(result["batch_size_sweep"], "Batch-size sweep", "tokens_per_s"))
+
+
+def sweep_table(rows: list[dict], title: str, rate: str) -> list[str]:
+    """Markdown lines of a batch-size sweep: seconds, a rate column and peak memory."""
+    if not rows:
+        return []
+    unit = rate.replace("_per_s", "/s")
+    return ["", f"{title} (peak memory: {rows[0]['memory']}):", "",
+            f"| batch size | seconds | {unit} | peak memory (MiB) |", "|---|---:|---:|---:|"] + [
+        f"| {r['batch_size']} | {r['seconds']:.2f} | {r[rate]:.0f} | {r['peak_memory_mb']:.0f} |" for r in rows]
 
 
 def update_readme(readme: Path, result: dict, markdown: str) -> None:

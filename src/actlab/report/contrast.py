@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import plots
@@ -201,6 +202,12 @@ def collect_contrast_report(run: ContrastRun, stats: pa.Table, detection: pa.Tab
     figures["detection.png"] = plots.auroc_by_layer(series, f"held-out detection of {second} vs {first}")
     lines = findings(stats_rows, detection_rows, first, second, run.manifest.get("unequal_token_lengths"),
                      run.settings["pairs"]["n_pairs"])
+    pairs = run.pairs()
+    if "prefers" in pairs.column_names:
+        prefers = pairs.filter(pc.equal(pairs.column("layer"), pairs.column("layer")[0])).column("prefers")
+        n_first = prefers.to_pylist().count(first)
+        lines.insert(1, f"The model itself finds the {first} likelier than the {second} in {n_first} of "
+                        f"{len(prefers)} pairs.")
     return ContrastReportData(run, stats_rows, detection_rows, lines, figures)
 
 
