@@ -6,7 +6,7 @@ import sys
 
 from ..errors import ActlabError
 from . import bench, saes, traits
-from .common import err, error_line
+from .common import err, error_line, with_optional_values
 from .contrast import contrast_command
 from .extract import app
 
@@ -23,7 +23,7 @@ def main() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
-        app()  # standalone: typer reports usage errors itself (exit 2)
+        app(args=with_optional_values(sys.argv[1:]), prog_name="actlab")  # typer reports usage errors (exit 2)
     except ActlabError as exc:
         err.print(f"[red]error:[/red] {error_line(exc)}", soft_wrap=True, highlight=False)
         sys.exit(2)

@@ -38,6 +38,10 @@ class ModelOptions:
 
         return load_model(self.model, device=self.device, dtype=self.dtype)
 
+    def for_runner(self, ray) -> object:
+        """The loaded model, or on Ray only its name (it is loaded where the weights are)."""
+        return {"id": self.model, "dtype": self.dtype} if ray.runner == "ray" else self.load()
+
 
 @dataclasses.dataclass
 class RunOptions:
@@ -186,6 +190,20 @@ def comma_list(text: Optional[str], kind=int, flag: str = "--layers", example: s
         return [kind(x) for x in text.split(",")]
     except ValueError:
         raise ActlabError(f"{flag} '{text}': give comma-separated values such as {example}") from None
+
+
+OPTIONAL_VALUES = {"--ray": "local"}  # options whose value may be left out
+
+
+def with_optional_values(argv: list[str]) -> list[str]:
+    """`--ray` followed by nothing or by another option means `--ray local`
+    (typer has no options with an optional value)."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in OPTIONAL_VALUES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUES[arg])
+    return out
 
 
 def error_line(exc: ActlabError) -> str:

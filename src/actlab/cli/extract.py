@@ -11,6 +11,7 @@ from ..default_model import DEFAULT_MODEL
 from ..engine import ExtractConfig
 from ..errors import ActlabError
 from ..inputs import FieldNames
+from ..runs.ray import RayConfig
 from .common import Bar, ModelOptions, RunOptions, out, print_session, print_table, with_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -33,14 +34,16 @@ def models(name: str = typer.Argument(DEFAULT_MODEL, help="Model to describe."),
 
 
 @app.command()
-@with_options(run=RunOptions, fields=FieldNames, model=ModelOptions, cfg=ExtractConfig, required=("hooks",))
-def extract(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: ExtractConfig) -> None:
-    """Extract activations to a resumable Parquet run directory."""
+@with_options(run=RunOptions, fields=FieldNames, model=ModelOptions, cfg=ExtractConfig, ray=RayConfig,
+              required=("hooks",))
+def extract(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: ExtractConfig, ray: RayConfig) -> None:
+    """Extract activations to a resumable Parquet run directory (--ray: on a Ray cluster)."""
     from ..runs import extract_run, read_manifest
 
     records = run.read(fields)
     with Bar("extract") as bar:
-        path = extract_run(model.load(), records, run.out, cfg, run.shard_size, run.overwrite, bar)
+        path = extract_run(model.for_runner(ray), records, run.out, cfg, run.shard_size, run.overwrite, bar,
+                           ray.runner, ray)
     manifest = read_manifest(path)
     print_session(manifest)
     if manifest.get("n_truncated"):
@@ -49,20 +52,21 @@ def extract(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: Extra
 
 
 @app.command()
-@with_options(run=RunOptions, fields=FieldNames, model=ModelOptions, cfg=ExtractConfig, exclude=("hooks",))
-def features(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: ExtractConfig,
+@with_options(run=RunOptions, fields=FieldNames, model=ModelOptions, cfg=ExtractConfig, ray=RayConfig,
+              exclude=("hooks",))
+def features(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: ExtractConfig, ray: RayConfig,
              sae: Optional[List[str]] = typer.Option(None, "--sae", help="SAE folder (SAELens or sparsify) or "
                                                      "release/sae_id; repeatable. Default: the SAEs actlab ships for "
                                                      "the default model.")) -> None:
-    """SAE features of every text, one forward pass for all SAEs, stored sparse."""
+    """SAE features of every text, one forward pass for all SAEs, stored sparse (--ray: on a Ray cluster)."""
     from ..runs import FeatureRun, features_run
     from ..saes import load_sae
 
     records = run.read(fields)
-    lm = model.load()
     saes = {name: load_sae(name) for name in sae} if sae else None  # None: the default SAEs
     with Bar("features") as bar:
-        path = features_run(lm, records, saes, run.out, cfg, run.shard_size, run.overwrite, bar)
+        path = features_run(model.for_runner(ray), records, saes, run.out, cfg, run.shard_size, run.overwrite, bar,
+                            ray.runner, ray)
     feats = FeatureRun.open(path)
     print_session(feats.manifest)
     print_table(f"features of {len(feats)} texts ({feats.pooling} pooling) in {path}",

@@ -7,9 +7,10 @@ resumable shard loop, one atomic writer and one fingerprint helper.
     (actlab.traits.runs registers trait runs; later kinds register the same way)
 """
 
-from .activations import ActivationRun, extract_run
+from .activations import ActivationRun
 from .features import FeatureRun, features_run
 from .manifest import RUN_KINDS, Run, RunKind, open_run, read_manifest, register_run_kind
+from .runner import extract_run
 from .shards import ShardPlan, run_shards, shard_name
 
 __all__ = ["ActivationRun", "FeatureRun", "RUN_KINDS", "Run", "RunKind", "ShardPlan", "extract_run",

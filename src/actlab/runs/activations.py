@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -63,53 +63,75 @@ def engine_settings(model: "Model", extractor: Extractor, records: Records, shar
             "shard_size": shard_size, "input": input_settings(records)}
 
 
-def extraction_run(out: Path, extractor: Extractor, records: Records, format: str, settings: dict,
-                   write_shard: Callable[[int, object, int, int], None], overwrite: bool = False,
+@dataclass
+class ExtractionJob:
+    """Everything one shard of an activation run needs, picklable, so that a
+    distributed runner rebuilds it on each worker (actlab.runs.ray): the
+    records, the config, the run folder. FeaturesJob adds the SAEs."""
+
+    records: Records
+    out: Path
+    cfg: ExtractConfig
+    shard_size: int = DEFAULT_SHARD_SIZE
+    FORMAT: ClassVar[str] = FORMAT
+
+    @property
+    def plan(self) -> ShardPlan:
+        return ShardPlan(len(self.records), self.shard_size)
+
+    def extractor(self, model: "Model") -> Extractor:
+        return Extractor(model, self.cfg)
+
+    def settings(self, model: "Model", extractor: Extractor) -> dict:
+        return engine_settings(model, extractor, self.records, self.shard_size)
+
+    def write_shard(self, index: int, result: Activations, lo: int, hi: int) -> None:
+        fields = {role: values[lo:hi] for role, values in self.records.fields.items()}
+        write_parquet_atomic(self.out / shard_name(index), result.to_arrow(lo, fields))
+
+    def finish(self, manifest: dict) -> None:
+        """What a kind writes once every shard is done (features: merged statistics)."""
+
+    def shard_writer(self, extractor: Extractor, on_batch=None) -> Callable[[int, int, int], ExtractStats]:
+        """process(index, lo, hi): extract and write one shard, its marker last."""
+        def process(index: int, lo: int, hi: int) -> ExtractStats:
+            result = extractor(self.records.texts[lo:hi], on_batch=on_batch)
+            self.write_shard(index, result, lo, hi)
+            return result.stats
+        return process
+
+
+def session_record(totals: ExtractStats, device, runner: str, **extra) -> dict:
+    return {"runner": runner, "device": str(device), "seconds": round(totals.seconds, 3), "texts": totals.n_texts,
+            "tokens": totals.n_tokens, "tokens_per_s": round(totals.tokens_per_s, 1),
+            "padding_waste": round(totals.padding_waste, 4), "peak_memory_bytes": totals.peak_memory_bytes, **extra}
+
+
+def complete_run(job: ExtractionJob, manifest: dict, totals: ExtractStats, session: dict) -> dict:
+    """The manifest, written last: every shard's rows, this session's figures."""
+    names = job.plan.names()
+    n_rows = sum(pq.read_metadata(job.out / name).num_rows for name in names)
+    manifest = finish_run(job.out, manifest, names, n_rows, session, batching=job.cfg.batching(),
+                          n_truncated=manifest.get("n_truncated", 0) + totals.n_truncated)
+    job.finish(manifest)
+    return manifest
+
+
+def extraction_run(model: "Model", job: ExtractionJob, overwrite: bool = False,
                    progress: Progress | None = None) -> dict:
-    """Run `extractor` shard by shard over `records` into `out` (resumable),
-    `write_shard(index, result, lo, hi)` writing each shard's files, its
-    marker shard_name(index) last. Returns the complete manifest."""
-    manifest = start_run(out, format, settings, overwrite)
-    plan = ShardPlan(len(records), settings["shard_size"])
+    """Run a job shard by shard in this process (resumable); returns the complete manifest."""
+    extractor = job.extractor(model)
+    manifest = start_run(job.out, job.FORMAT, job.settings(model, extractor), overwrite)
     if manifest.get("complete"):
         return manifest
     if progress:
-        progress.start(plan.rows_left(out))
-    started = time.perf_counter()
-
-    def process(index: int, lo: int, hi: int) -> ExtractStats:
-        result = extractor(records.texts[lo:hi], on_batch=progress.advance if progress else None)
-        write_shard(index, result, lo, hi)
-        return result.stats
-
-    totals = ExtractStats(0, 0, 0, 0.0)
-    for stats in run_shards(out, plan, process):
+        progress.start(job.plan.rows_left(job.out))
+    started, totals = time.perf_counter(), ExtractStats(0, 0, 0, 0.0)
+    for stats in run_shards(job.out, job.plan, job.shard_writer(extractor, progress.advance if progress else None)):
         totals.add(stats)
     totals.seconds = time.perf_counter() - started
-    totals.peak_memory_bytes = peak_memory_bytes(extractor.model.device)
-    session = {"device": str(extractor.model.device), "seconds": round(totals.seconds, 3),
-               "texts": totals.n_texts, "tokens": totals.n_tokens, "tokens_per_s": round(totals.tokens_per_s, 1),
-               "padding_waste": round(totals.padding_waste, 4), "peak_memory_bytes": totals.peak_memory_bytes}
-    n_rows = sum(pq.read_metadata(out / name).num_rows for name in plan.names())
-    return finish_run(out, manifest, plan.names(), n_rows, session, batching=extractor.cfg.batching(),
-                      n_truncated=manifest.get("n_truncated", 0) + totals.n_truncated)
-
-
-def extract_run(model: "Model", records: Records, out_dir: str | Path, cfg: ExtractConfig,
-                shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
-                progress: Progress | None = None) -> Path:
-    """Extract cfg.hooks for every record into a resumable run directory
-    (open it with actlab.open_run)."""
-    out = Path(out_dir)
-    extractor = Extractor(model, cfg)
-    settings = engine_settings(model, extractor, records, shard_size)
-
-    def write_shard(index: int, acts: Activations, lo: int, hi: int) -> None:
-        fields = {role: values[lo:hi] for role, values in records.fields.items()}
-        write_parquet_atomic(out / shard_name(index), acts.to_arrow(lo, fields))
-
-    extraction_run(out, extractor, records, FORMAT, settings, write_shard, overwrite, progress)
-    return out
+    totals.peak_memory_bytes = peak_memory_bytes(model.device)
+    return complete_run(job, manifest, totals, session_record(totals, model.device, "local"))
 
 
 @dataclass

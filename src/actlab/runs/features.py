@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -30,10 +30,11 @@ from ..inputs import Records
 from ..saes.features import FeatureExtractor, Features, LatentStats, SparseFeatures
 from ..saes.sae import SAEConfig
 from ..tokens import offsets
-from .activations import DEFAULT_SHARD_SIZE, ActivationRun, engine_settings, extraction_run
+from .activations import DEFAULT_SHARD_SIZE, ActivationRun, ExtractionJob, engine_settings
 from .atomic import write_parquet_atomic
 from .manifest import Run, RunKind, read_manifest, register_run_kind
-from .shards import ShardPlan, read_shards, shard_name
+from .runner import run_job
+from .shards import read_shards, shard_name
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -86,26 +87,41 @@ def merge_stats(tables: list[pa.Table]) -> pa.Table:
     return pa.Table.from_pandas(first, preserve_index=False)
 
 
+@dataclass
+class FeaturesJob(ExtractionJob):
+    """An ExtractionJob whose hooks feed SAEs (None: the model's default SAEs);
+    shards are sparse features, texts and per-shard latent statistics."""
+
+    saes: object = None
+    FORMAT: ClassVar[str] = FEATURES_FORMAT
+
+    def extractor(self, model: "Model") -> FeatureExtractor:
+        return FeatureExtractor(model, self.saes, self.cfg)
+
+    def settings(self, model: "Model", extractor: FeatureExtractor) -> dict:
+        settings = engine_settings(model, extractor, self.records, self.shard_size)
+        settings["saes"] = {name: _describe(sae.cfg) for name, sae in extractor.saes.items()}
+        return settings
+
+    def write_shard(self, index: int, feats: Features, lo: int, hi: int) -> None:
+        write_parquet_atomic(self.out / f"texts-{index:05d}.parquet", texts_table(feats, self.records, lo, hi))
+        write_parquet_atomic(self.out / f"stats-{index:05d}.parquet", stats_table(feats, lo))
+        write_parquet_atomic(self.out / shard_name(index), feats.to_arrow(lo))  # last: marks done
+
+    def finish(self, manifest: dict) -> None:
+        stats = [pq.read_table(self.out / name) for name in self.plan.names("stats")]
+        write_parquet_atomic(self.out / "latent_stats.parquet", merge_stats(stats))
+
+
 def features_run(model: "Model", records: Records, saes=None, out_dir: str | Path = "runs/features",
-                 cfg: ExtractConfig | None = None,
-                 shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
-                 progress: Progress | None = None) -> Path:
+                 cfg: ExtractConfig | None = None, shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
+                 progress: Progress | None = None, runner: str = "local", ray=None) -> Path:
     """SAE features of every record, one forward pass per batch for all SAEs
-    (None: the default SAEs); open the run with actlab.open_run."""
-    out = Path(out_dir)
-    extractor = FeatureExtractor(model, saes, cfg)
-    settings = engine_settings(model, extractor, records, shard_size)
-    settings["saes"] = {name: _describe(sae.cfg) for name, sae in extractor.saes.items()}
-
-    def write_shard(index: int, feats: Features, lo: int, hi: int) -> None:
-        write_parquet_atomic(out / f"texts-{index:05d}.parquet", texts_table(feats, records, lo, hi))
-        write_parquet_atomic(out / f"stats-{index:05d}.parquet", stats_table(feats, lo))
-        write_parquet_atomic(out / shard_name(index), feats.to_arrow(lo))  # last: marks done
-
-    extraction_run(out, extractor, records, FEATURES_FORMAT, settings, write_shard, overwrite, progress)
-    stats = [pq.read_table(out / name) for name in ShardPlan(len(records), shard_size).names("stats")]
-    write_parquet_atomic(out / "latent_stats.parquet", merge_stats(stats))
-    return out
+    (None: the default SAEs); open the run with actlab.open_run. runner="ray"
+    runs the shards on a Ray cluster (see extract_run)."""
+    job = FeaturesJob(records, Path(out_dir), cfg or ExtractConfig(), shard_size, saes)
+    run_job(model, job, overwrite, progress, runner, ray)
+    return job.out
 
 
 def _describe(cfg: SAEConfig) -> dict:

@@ -1,0 +1,179 @@
+"""Running a run's shards on a Ray cluster (Ray Data), unchanged.
+
+The unit of work and of resume is the run layer's own shard (a fixed input
+range), never Ray's blocks: Ray may merge blocks, and its writers are not
+atomic. The driver opens or checks the manifest, lists the unfinished shards
+and hands them, one per call, to a pool of actors; each actor loads the model
+(and SAEs) once, runs the engine over a whole shard with its own length
+sorting and token budget, and writes the shard atomically through the same
+job code a single process runs; the driver writes the manifest last. So a
+run started on Ray may be finished by one process and vice versa, and rows
+equal a single-process run's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..activations import ExtractStats
+from ..engine import Progress
+from ..errors import ActlabError
+from ..models import load_model, peak_memory_bytes
+from .activations import ExtractionJob, complete_run, session_record
+from .manifest import start_run
+
+if TYPE_CHECKING:
+    from ..models import Model
+
+LOCAL = "local"
+
+
+@dataclass
+class RayConfig:
+    """Where and how the shards run."""
+
+    address: str | None = field(default=None, metadata={
+        "flag": "--ray", "help": "Run the shards on Ray: --ray alone or --ray local for a Ray instance with this "
+                                 "machine's resources, --ray ADDRESS for a cluster (auto, host:6379, ray://host:10001)."})
+    actors: int = field(default=1, metadata={"flag": "--ray-actors",
+                                             "help": "Actors (model copies) working on shards."})
+    gpus_per_actor: float | None = field(default=None, metadata={
+        "flag": "--ray-gpus", "help": "GPUs per actor (default: 1 when the cluster has GPUs, else 0)."})
+    cpus_per_actor: float = field(default=1.0, metadata={"flag": "--ray-cpus", "help": "CPUs per actor."})
+    threads: int | None = field(default=None, metadata={
+        "flag": "--ray-threads", "help": "torch threads per actor (Ray sets one; default: CPUs per actor)."})
+
+    @property
+    def runner(self) -> str:
+        return "local" if self.address is None else "ray"
+
+    def __post_init__(self):
+        if self.actors < 1 or self.cpus_per_actor <= 0:
+            raise ActlabError("actors >= 1 and cpus_per_actor > 0, please", param="actors")
+
+
+def ray_module():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ActlabError("running on Ray needs Ray Data: pip install 'actlab[ray]'", param="ray") from None
+    return ray
+
+
+def connect(cfg: RayConfig):
+    """Ray, initialised on the configured cluster (or a local instance)."""
+    ray = ray_module()
+    if not ray.is_initialized():
+        address = None if cfg.address in (None, LOCAL) else cfg.address
+        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def load_spec_model(spec: dict, device: str = "auto") -> "Model":
+    """The job's model where it runs, refused when its weights are not the run's."""
+    model = load_model(spec["id"], device=device, dtype=spec.get("dtype", "float32"))
+    expected = spec.get("weights_sha256")
+    if expected and model.weight_hash != expected:
+        raise ActlabError(f"the model '{spec['id']}' on this worker has other weights than the run's; give every "
+                          "node the same model (a shared $ACTLAB_HOME or the same folder)", param="model")
+    return model
+
+
+def job_settings(spec: dict, job: ExtractionJob) -> dict:
+    """The run's settings, computed where the weights are (a Ray task)."""
+    model = load_spec_model(spec)
+    return job.settings(model, job.extractor(model))
+
+
+class ShardActor:
+    """One model (and SAEs) per actor; each call extracts and writes whole shards."""
+
+    def __init__(self, spec: dict, job: ExtractionJob, threads: int):
+        torch.set_num_threads(threads)
+        self.model = load_spec_model(spec)
+        self.process = job.shard_writer(job.extractor(self.model))
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
+
+    def __call__(self, batch: dict) -> dict:
+        out: dict[str, list] = {key: [] for key in ("index", "texts", "tokens", "padded", "truncated", "oom_splits",
+                                                     "seconds", "peak_memory_bytes", "actor")}
+        for index, lo, hi in zip(batch["index"], batch["lo"], batch["hi"]):
+            stats = self.process(int(index), int(lo), int(hi))
+            values = (int(index), stats.n_texts, stats.n_tokens, stats.n_padded_tokens, stats.n_truncated,
+                      stats.oom_splits, stats.seconds, peak_memory_bytes(self.model.device), self.name)
+            for key, value in zip(out, values):
+                out[key].append(value)
+        return out
+
+
+def ray_extraction_run(spec: dict, job: ExtractionJob, overwrite: bool = False, progress: Progress | None = None,
+                       cfg: RayConfig | None = None) -> dict:
+    """The job's unfinished shards on Ray; returns the complete manifest."""
+    cfg = cfg or RayConfig()
+    ray = connect(cfg)
+    gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1 if ray.cluster_resources().get("GPU") else 0)
+    settings = _get(ray, ray.remote(job_settings).options(num_gpus=gpus, num_cpus=cfg.cpus_per_actor)
+                    .remote(spec, job))
+    spec = dict(spec, weights_sha256=settings["model"]["weights_sha256"])
+    manifest = start_run(job.out, job.FORMAT, settings, overwrite)
+    if manifest.get("complete"):
+        return manifest
+    todo = job.plan.todo(job.out)
+    if progress:
+        progress.start(job.plan.rows_left(job.out))
+    started, totals, actors = time.perf_counter(), ExtractStats(0, 0, 0, 0.0), {}
+    if todo:
+        items = [{"index": i, "lo": job.plan.bounds(i)[0], "hi": job.plan.bounds(i)[1]} for i in todo]
+        shards = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            ShardActor, fn_constructor_args=(spec, job, cfg.threads or max(1, int(cfg.cpus_per_actor))),
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_gpus=gpus,
+            num_cpus=cfg.cpus_per_actor)
+        for row in _rows(ray, shards):
+            totals.add(ExtractStats(row["texts"], row["tokens"], row["padded"], row["seconds"], row["truncated"],
+                                    row["oom_splits"]))
+            actor = actors.setdefault(row["actor"], {"shards": 0, "texts": 0, "tokens": 0, "seconds": 0.0})
+            actor.update(shards=actor["shards"] + 1, texts=actor["texts"] + row["texts"],
+                         tokens=actor["tokens"] + row["tokens"], seconds=actor["seconds"] + row["seconds"],
+                         peak_memory_bytes=row["peak_memory_bytes"])
+            if progress:
+                progress.advance(row["texts"], row["tokens"])
+    totals.seconds = time.perf_counter() - started
+    for actor in actors.values():
+        actor["tokens_per_s"] = round(actor["tokens"] / actor["seconds"], 1) if actor["seconds"] else 0.0
+    session = session_record(totals, f"ray: {cfg.actors} actor(s), {gpus:g} GPU each", "ray", actors=actors,
+                             address=cfg.address or LOCAL)
+    return complete_run(job, manifest, totals, session)
+
+
+def _get(ray, ref):
+    """ray.get, with an actlab error raised as itself (a bad input fails the run with its own message)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        raise _cause(exc) from None
+
+
+def _rows(ray, dataset):
+    try:
+        yield from dataset.iter_rows()
+    except Exception as exc:  # Ray wraps a worker's exception in its own types
+        raise _cause(exc) from None
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The ActlabError a worker raised, from Ray's wrapping (its own object
+    where Ray keeps it, else its message, which Ray keeps in the text)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ActlabError):
+            return ActlabError(str(seen).splitlines()[0], param=seen.param)
+        seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
+    found = re.search(r"ActlabError: (.+)", str(exc))
+    return ActlabError(found.group(1).strip()) if found else exc

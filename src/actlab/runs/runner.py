@@ -1,0 +1,54 @@
+"""Where a run's shards run: in this process, or on a Ray cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..engine import ExtractConfig, Progress
+from ..errors import ActlabError
+from ..inputs import Records
+from ..models import load_model
+from .activations import DEFAULT_SHARD_SIZE, ExtractionJob, extraction_run
+from .ray import RayConfig, ray_extraction_run
+
+if TYPE_CHECKING:
+    from ..models import Model
+
+RUNNERS = ("local", "ray")
+
+
+def extract_run(model: "Model", records: Records, out_dir: str | Path, cfg: ExtractConfig,
+                shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
+                progress: Progress | None = None, runner: str = "local", ray=None) -> Path:
+    """Extract cfg.hooks for every record into a resumable run directory
+    (open it with actlab.open_run). runner="ray" runs the shards on a Ray
+    cluster (`ray`: a RayConfig; the model is reloaded there by its name)."""
+    job = ExtractionJob(records, Path(out_dir), cfg, shard_size)
+    run_job(model, job, overwrite, progress, runner, ray)
+    return job.out
+
+
+def run_job(model: "Model", job: ExtractionJob, overwrite: bool, progress: Progress | None, runner: str,
+            ray=None) -> dict:
+    """The job in this process, or on Ray."""
+    if runner == "local":
+        if not hasattr(model, "hf_model"):
+            spec = model_spec(model)
+            model = load_model(spec["id"], dtype=spec["dtype"])
+        return extraction_run(model, job, overwrite, progress)
+    if runner == "ray":
+        return ray_extraction_run(model_spec(model), job, overwrite, progress, ray or RayConfig())
+    raise ActlabError(f"runner must be local or ray, not '{runner}'", param="runner")
+
+
+def model_spec(model: "Model | str | dict") -> dict:
+    """How a worker loads the same model: its name or folder, its dtype and
+    (when known here) its weights hash; a name is never loaded here."""
+    if isinstance(model, dict):
+        return model
+    if isinstance(model, str):
+        return {"id": model, "dtype": "float32"}
+    return {"id": model.name, "dtype": model.dtype, "weights_sha256": model.weight_hash}
+
+
