@@ -63,6 +63,17 @@ def bench_contrast(model: str = ModelOpt, device: str = DeviceOpt,
     run_contrast_benchmark(model, n_pairs, device, sweep, results_dir, readme)
 
 
+@app.command("ray")
+def bench_ray(model: str = ModelOpt,
+              n_texts: int = typer.Option(2000, help="Texts to extract."),
+              shard_size: int = typer.Option(250, help="Texts per shard (the unit Ray hands to an actor)."),
+              results_dir: Path = ResultsOpt, readme: Optional[Path] = ReadmeOpt) -> None:
+    """One extraction in this process vs on a local Ray instance with 1 and 2 actors (Ray's overhead)."""
+    from ..bench.ray import run_ray_benchmark
+
+    run_ray_benchmark(model, n_texts, shard_size, results_dir, readme)
+
+
 @app.command("trait-quality")
 def bench_trait_quality(model: str = ModelOpt, device: str = DeviceOpt,
                         out_dir: Path = typer.Option(Path("runs/trait-quality"), "--out", "-o",

@@ -13,6 +13,7 @@ equal a single-process run's.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -70,6 +71,8 @@ def ray_module():
 def connect(cfg: RayConfig):
     """Ray, initialised on the configured cluster (or a local instance)."""
     ray = ray_module()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the CLI draws its own bar
+    ray.data.DataContext.get_current().enable_progress_bars = False
     if not ray.is_initialized():
         address = None if cfg.address in (None, LOCAL) else cfg.address
         ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
