@@ -8,8 +8,8 @@
 """
 
 from .activations import Activations, ExtractStats
-from .contrast.pairs import load_pairs
-from .contrast.run import ContrastRun
+from .contrasts.pairs import load_pairs
+from .contrasts.run import ContrastRun
 from .default_model import DEFAULT_MODEL
 from .engine import ExtractConfig
 from .errors import ActlabError

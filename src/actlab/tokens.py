@@ -77,8 +77,9 @@ class Padded:
                 "position_ids": self.position_ids}
 
 
-def pad(ids: Sequence[Sequence[int]], side: str, pad_id: int, device: torch.device | str = "cpu") -> Padded:
-    """Pad `ids` to the longest sequence on `side` ('left' or 'right')."""
+def pad(ids: Sequence[Sequence[int]], side: str, pad_id: int = 0, device: torch.device | str = "cpu") -> Padded:
+    """Pad `ids` to the longest sequence on `side` ('left' or 'right'). Any
+    pad id works: padded positions are masked and never read."""
     if side not in ("left", "right"):
         raise ActlabError(f"padding_side must be 'left' or 'right', not '{side}'", param="padding_side")
     lengths = torch.tensor([len(x) for x in ids], dtype=torch.int64)

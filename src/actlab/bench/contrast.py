@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contrast.metrics import active_set, gini, jaccard, noise, top_entropy, top_indices
-from ..contrast.pairs import load_pairs
-from ..contrast.run import METRICS, ContrastConfig, ContrastRun, contrast_run, text_rows
+from ..contrasts.metrics import active_set, gini, jaccard, noise, top_entropy, top_indices
+from ..contrasts.pairs import load_pairs
+from ..contrasts.run import METRICS, ContrastConfig, ContrastRun, contrast_run, text_rows
 from ..default_model import DEFAULT_MODEL
 from ..engine import ExtractConfig
 from ..models import Model, load_model

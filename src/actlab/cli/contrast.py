@@ -5,8 +5,8 @@ from typing import List, Optional
 
 import typer
 
-from ..contrast.pairs import PairFields
-from ..contrast.run import ContrastConfig
+from ..contrasts.pairs import PairFields
+from ..contrasts.run import ContrastConfig
 from ..engine import ExtractConfig
 from .common import Bar, ModelOptions, out, print_table, with_options
 
@@ -24,7 +24,7 @@ def contrast_command(fields: PairFields, model: ModelOptions, cfg: ContrastConfi
                      overwrite: bool = typer.Option(False, help="Replace an existing run in --out.")) -> None:
     """Fact vs hallucination (any two conditions over the same prompts): SAE metrics of every text in one
     pass, paired statistics with FDR control, held-out detection against residual probes, an HTML report."""
-    from ..contrast.pairs import load_pairs
+    from ..contrasts.pairs import load_pairs
     from ..report.contrast import contrast
     from ..saes import load_sae
 

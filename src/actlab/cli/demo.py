@@ -7,8 +7,8 @@ from pathlib import Path
 from .. import datasets
 from ..analyses.probes import nearest_centroid_accuracy
 from ..bench.extract import markdown_table, run_extract_benchmark
-from ..contrast.pairs import load_pairs
-from ..contrast.run import ContrastConfig
+from ..contrasts.pairs import load_pairs
+from ..contrasts.run import ContrastConfig
 from ..engine import ExtractConfig
 from ..hooks import block_hook
 from ..models import Model, load_model

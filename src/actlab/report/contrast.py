@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 
 from .. import plots
 from ..analyses.paired import auroc, fdr, grouped_folds, held_out_scores, paired_effects
-from ..contrast.pairs import Pairs
-from ..contrast.run import METRICS, ContrastConfig, ContrastRun, contrast_run
+from ..contrasts.pairs import Pairs, load_pairs
+from ..contrasts.run import METRICS, ContrastConfig, ContrastRun, contrast_run
 from ..engine import ExtractConfig, Progress
 from ..models import Model
 from ..runs.atomic import write_parquet_atomic
@@ -120,11 +120,14 @@ def analyze_contrast(path: str | Path, folds: int = 5, seed: int = 0) -> tuple[p
     return stats, detection
 
 
-def contrast(model: Model, pairs: Pairs, saes=None, out_dir: str | Path = "runs/contrast",
+def contrast(model: Model, pairs: "Pairs | str | Path | list", saes=None, out_dir: str | Path = "runs/contrast",
              cfg: ContrastConfig | None = None, extract: ExtractConfig | None = None, overwrite: bool = False,
              progress: Progress | None = None, folds: int = 5, report: bool = True) -> dict:
     """Everything: the one-pass run (resumable), statistics, detection and,
-    with report, RUN/report.html. Returns the headline findings."""
+    with report, RUN/report.html. pairs: Pairs, or pairs file(s) / "builtin"
+    read with the default field names. Returns the headline findings."""
+    if not isinstance(pairs, Pairs):
+        pairs = load_pairs(pairs)
     path = contrast_run(model, pairs, saes, out_dir, cfg, extract, overwrite, progress)
     seed = (cfg or ContrastConfig()).seed
     stats, detection = analyze_contrast(path, folds, seed)

@@ -359,11 +359,6 @@ def steering_layer(run: str | Path, method: str = "mean_diff", min_auroc: float 
     return min((r["layer"] for r in rows), key=lambda layer: (abs(layer - middle), layer))
 
 
-def run_model(run: str | Path, name: str | None = None, device: str = "auto") -> "Model":
-    """The run's model (or `name`), refused when its weights differ from the run's."""
-    return TraitRun(run).model(name, device)
-
-
 def monitored_text(run: str | Path, text: str | None = None, row: int | None = None) -> str:
     """`text`, or row `row`'s prompt + answer; exactly one of them."""
     if (text is None) == (row is None):

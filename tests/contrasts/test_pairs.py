@@ -7,7 +7,7 @@ import json
 import pytest
 
 from actlab import ActlabError
-from actlab.contrast.pairs import PairFields, load_pairs
+from actlab.contrasts.pairs import PairFields, load_pairs
 
 SEED = [{"id": 1, "domain": "capitals", "complexity": "simple", "prompt": "The capital of France is",
          "fact": "Paris.", "hallucination": "Berlin."},

@@ -9,9 +9,9 @@ import torch
 
 import actlab
 from actlab import ExtractConfig
-from actlab.contrast.metrics import noise, text_metrics
-from actlab.contrast.pairs import Pairs
-from actlab.contrast.run import METRICS, ContrastConfig, ContrastRun, contrast_run
+from actlab.contrasts.metrics import noise, text_metrics
+from actlab.contrasts.pairs import Pairs
+from actlab.contrasts.run import METRICS, ContrastConfig, ContrastRun, contrast_run
 
 from conftest import random_sae
 
@@ -118,3 +118,19 @@ def test_scores_against_teacher_forced_log_probabilities(tmp_path, tiny_models, 
         assert texts[(texts["pair_index"] == i) & (texts["condition"] == "prompt")]["logprob"].isna().all()
         prefers = pairs[pairs["pair_index"] == i]["prefers"].iloc[0]
         assert prefers == ("fact" if expected["fact"] >= expected["hallucination"] else "hallucination")
+
+
+def test_contrast_takes_a_pairs_file(tmp_path, tiny_models):
+    """actlab.contrast(model, pairs, saes, ...) reads pairs files itself; the
+    subpackage actlab.contrasts stays reachable beside the function."""
+    import json
+
+    import actlab.contrasts.metrics
+
+    rows = [{"prompt": PAIRS.prompts[i], "fact": PAIRS.continuations["fact"][i],
+             "hallucination": PAIRS.continuations["hallucination"][i]} for i in range(len(PAIRS))]
+    (tmp_path / "facts.json").write_text(json.dumps(rows))
+    result = actlab.contrast(tiny_models["llama"], tmp_path / "facts.json", saes(), tmp_path / "run", folds=2,
+                             report=False)
+    assert ContrastRun(result["run"]).settings["pairs"]["n_pairs"] == 4
+    assert callable(actlab.contrast) and actlab.contrasts.metrics.text_metrics is text_metrics

@@ -11,7 +11,6 @@ continuation; the prompt alone is the third condition.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -127,11 +126,3 @@ def _record(row, line: int, path: Path, fields: PairFields) -> dict:
         out["domain"], out["subdomain"] = str(row[fields.domain]), None
     return out
 
-
-def write_pairs(pairs: Pairs, path: str | Path) -> None:
-    """The seed's format: a JSON array of {id, domain, prompt, <conditions>}."""
-    first, second = pairs.continuations
-    rows = [{"id": pairs.ids[i], "domain": pairs.subdomains[i] if pairs.subdomains else pairs.domains[i],
-             "prompt": pairs.prompts[i], first: pairs.continuations[first][i],
-             second: pairs.continuations[second][i]} for i in range(len(pairs))]
-    Path(path).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

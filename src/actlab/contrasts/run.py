@@ -34,7 +34,7 @@ from ..errors import ActlabError
 from ..hooks import FINAL_NORM, lm_logits
 from ..models import peak_memory_bytes
 from ..pooling import Pooling
-from ..runs.activations import model_settings
+from ..runs.activations import model_settings, session_record
 from ..runs.atomic import write_parquet_atomic
 from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind, start_run
 from ..runs.shards import ShardPlan, read_shards, run_shards, shard_name
@@ -287,9 +287,8 @@ def contrast_run(model: "Model", pairs: Pairs, saes=None, out_dir: str | Path = 
 
     run_shards(out, plan, process)
     totals.seconds = time.perf_counter() - started
-    session = {"device": str(model.device), "seconds": round(totals.seconds, 3), "texts": totals.n_texts,
-               "tokens": totals.n_tokens, "tokens_per_s": round(totals.tokens_per_s, 1),
-               "padding_waste": round(totals.padding_waste, 4), "peak_memory_bytes": peak_memory_bytes(model.device)}
+    totals.peak_memory_bytes = peak_memory_bytes(model.device)
+    session = session_record(totals, model.device, "local")
     table = read_shards(out, plan.names())
     write_parquet_atomic(out / "texts.parquet", table.drop_columns(list(VECTORS)))
     write_parquet_atomic(out / "pairs.parquet", pair_table(table, pairs.conditions))

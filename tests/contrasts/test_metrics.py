@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from actlab.contrast.metrics import (active_set, angle_deg, gini, jaccard, noise, shape_class, text_metrics,
+from actlab.contrasts.metrics import (active_set, angle_deg, gini, jaccard, noise, shape_class, text_metrics,
                                      top_indices)
 
 D, D_SAE = 24, 40
@@ -97,7 +97,7 @@ def test_gini_entropy_and_participation_by_hand():
     assert float(g[0]) == pytest.approx(0.0) and float(g[1]) == pytest.approx(0.0)
     # ascending 1, 2, 3: 2 (1 + 4 + 9) / (3 * 6) - 4 / 3 = 28 / 18 - 24 / 18 = 2 / 9
     assert float(g[2]) == pytest.approx(2 / 9)
-    from actlab.contrast.metrics import shannon, spectrum_metrics
+    from actlab.contrasts.metrics import shannon, spectrum_metrics
     assert float(shannon(torch.tensor([[0.5, 0.5, 0.0]]))[0]) == pytest.approx(math.log(2))
     m = spectrum_metrics(torch.tensor([[4.0, 1.0, 1.0, 0.0]], dtype=torch.float64))
     assert float(m["participation_ratio"][0]) == pytest.approx(36 / 18)  # (4+1+1)^2 / (16+1+1)
