@@ -79,3 +79,40 @@ def test_missing_named_field_and_file(tmp_path, files):
         read_records(files["jsonl"], FieldNames(category="group"))
     with pytest.raises(ActlabError, match="input file not found"):
         read_records(tmp_path / "nope.txt")
+
+
+def test_parquet_by_row_range_equals_reading_it_whole(tmp_path):
+    """ParquetRecords reads only the row groups a range needs; any range equals
+    the same rows of the whole file read at once."""
+    from actlab.inputs import ParquetRecords
+
+    rows = [{"body": f"text number {i}", "id": f"r{i}", "category": i % 4} for i in range(30)]
+    path = tmp_path / "many.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=7)
+    names = FieldNames(text="body")
+    whole = read_records(path, names)
+    lazy = read_records(path, names, by_row_range=True)
+    assert isinstance(lazy, ParquetRecords) and len(lazy) == 30 and lazy.field_names == whole.field_names
+    for lo, hi in [(0, 7), (5, 16), (14, 15), (20, 30), (0, 30)]:
+        part, expected = lazy.slice(lo, hi), whole.slice(lo, hi)
+        assert (part.texts, part.fields, part.lines) == (expected.texts, expected.fields, expected.lines)
+    assert isinstance(read_records(path, names, skip_empty=True, by_row_range=True), type(whole))
+    assert isinstance(read_records(write(tmp_path, "t.jsonl", '{"text": "a"}\n'), by_row_range=True), type(whole))
+
+
+def test_parquet_by_row_range_errors(tmp_path):
+    path = tmp_path / "gaps.parquet"
+    pq.write_table(pa.table({"text": ["fine", None, "", "ok"]}), path, row_group_size=2)
+    lazy = read_records(path, by_row_range=True)
+    assert lazy.slice(3, 4).texts == ["ok"]
+    with pytest.raises(ActlabError, match="row 2: field 'text' is not a string"):
+        lazy.slice(0, 2)
+    with pytest.raises(ActlabError, match=r"1 empty text\(s\) at line/row 3"):
+        lazy.slice(2, 4)
+    with pytest.raises(ActlabError, match="no field 'body'.*--text-field"):
+        read_records(path, FieldNames(text="body"), by_row_range=True)
+    with pytest.raises(ActlabError, match="no field 'group'"):
+        read_records(path, FieldNames(category="group"), by_row_range=True)
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(ActlabError, match="field 'text' is not a string"):
+        read_records(tmp_path / "ints.parquet", by_row_range=True)

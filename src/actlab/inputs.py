@@ -39,6 +39,15 @@ class Records:
                        fields={k: [v[i] for i in keep] for k, v in self.fields.items()},
                        lines=[self.lines[i] for i in keep])
 
+    def slice(self, lo: int, hi: int) -> "Records":
+        """Rows [lo, hi) (a run's shard)."""
+        return replace(self, texts=self.texts[lo:hi], fields={k: v[lo:hi] for k, v in self.fields.items()},
+                       lines=self.lines[lo:hi])
+
+    @property
+    def field_names(self) -> list[str]:
+        return sorted(self.fields)
+
 
 @dataclass(frozen=True)
 class FieldNames:
@@ -59,12 +68,88 @@ class FieldNames:
                 for role in OPTIONAL_FIELDS}
 
 
-def read_records(path: str | Path, names: FieldNames = FieldNames(), skip_empty: bool = False) -> Records:
+@dataclass
+class ParquetRecords:
+    """A Parquet input read one row range at a time, where the rows are used:
+    a run's job then carries (file, row range) to its workers instead of the
+    texts, and no process holds every text. The file must be reachable at
+    `location` from every worker (a shared filesystem). Rows are checked as
+    they are read, with read_records's messages; empty texts cannot be
+    skipped (their rows would shift), so they fail the run."""
+
+    source: str  # the path as given, which the manifest records
+    location: str  # the absolute path the workers open
+    text_field: str
+    columns: dict[str, str]  # role -> column, for the optional fields present
+    n_rows: int
+    n_skipped: int = 0
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    @property
+    def field_names(self) -> list[str]:
+        return sorted(self.columns)
+
+    def slice(self, lo: int, hi: int) -> Records:
+        """Rows [lo, hi), reading only the row groups that hold them."""
+        import pyarrow.parquet as pq
+
+        file = pq.ParquetFile(self.location)
+        sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
+        starts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        groups = [i for i in range(len(sizes)) if starts[i] < hi and starts[i + 1] > lo]
+        table = file.read_row_groups(groups, columns=[self.text_field, *self.columns.values()])
+        table = table.slice(lo - starts[groups[0]] if groups else 0, hi - lo)
+        lines = list(range(lo + 1, hi + 1))
+        name = Path(self.source).name
+        texts = table.column(self.text_field).to_pylist()
+        for text, line in zip(texts, lines):
+            if not isinstance(text, str):
+                raise ActlabError(f"{name}: row {line}: field '{self.text_field}' is not a string")
+        records = Records(texts, {role: table.column(column).to_pylist() for role, column in self.columns.items()},
+                          lines, source=self.source, text_field=self.text_field)
+        return _drop_empty(records, Path(self.source), skip_empty=False)
+
+
+def read_records(path: str | Path, names: FieldNames = FieldNames(), skip_empty: bool = False,
+                 by_row_range: bool = False) -> Records | ParquetRecords:
+    """The texts and optional fields of an input file. by_row_range: a
+    Parquet file (without skip_empty) comes back as ParquetRecords, read
+    where its rows are used."""
     path = Path(path)
+    if by_row_range and path.suffix.lower() == ".parquet" and not skip_empty:
+        return parquet_records(path, names)
     rows, lines = read_rows(path)
     records = _to_records(rows, lines, names, path)
     records.source, records.text_field = str(path), names.text
     return _drop_empty(records, path, skip_empty)
+
+
+def parquet_records(path: Path, names: FieldNames) -> ParquetRecords:
+    """A Parquet input checked by its schema alone (the rows are read later)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise ActlabError(f"input file not found: {path}")
+    try:
+        schema, n_rows = pq.read_schema(path), pq.read_metadata(path).num_rows
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise ActlabError(f"{path.name}: cannot read as Parquet ({exc})") from None
+    if names.text not in schema.names:
+        raise ActlabError(f"{path.name}: row 1 has no field '{names.text}' (fields: {', '.join(schema.names)}); "
+                          "pick one with --text-field")
+    if not (pa.types.is_string(schema.field(names.text).type) or pa.types.is_large_string(
+            schema.field(names.text).type)):
+        raise ActlabError(f"{path.name}: row 1: field '{names.text}' is not a string")
+    columns = {}
+    for role, (column, explicit) in names.optional().items():
+        if column in schema.names:
+            columns[role] = column
+        elif explicit:
+            raise ActlabError(f"{path.name}: row 1 has no field '{column}' (named by --{role}-field)")
+    return ParquetRecords(str(path), str(path.resolve()), names.text, columns, n_rows)
 
 
 def read_rows(path: str | Path) -> tuple[list, list[int]]:

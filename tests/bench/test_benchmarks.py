@@ -90,3 +90,30 @@ def test_bench_contrast_on_tiny_model(tmp_path, tiny_model_dir):
     assert all(err <= 1e-4 for err in result["max_rel_difference_separate_vs_batched"].values()), \
         result["max_rel_difference_separate_vs_batched"]
     assert json.loads((tmp_path / "contrast-cpu.json").read_text())["n_texts"] == 24
+
+
+def test_bench_capacity_store_and_plan(tmp_path):
+    """The store figures against the files themselves; the plan's arithmetic against a
+    hand computation from a GPU result."""
+    import pyarrow.parquet as pq
+
+    from actlab.bench.capacity import SAES, SCALING, measure_store, run_capacity_benchmark
+
+    (tmp_path / "extract-cuda.json").write_text(json.dumps({
+        "device": "cuda: test", "dtype": "float32", "methods": {"engine": {"tokens_per_s": 100000.0}}}))
+    readme = tmp_path / "ray.md"
+    readme.write_text("# plan\n")
+    result = run_capacity_benchmark(n_texts=8, results_dir=tmp_path, readme=readme)
+    per_token = result["store"]["all"]
+    assert 0 < per_token["nonzeros_per_row_per_sae"] <= 32  # the default SAEs are top-32
+    plan = {row["gpus"]: row for row in result["plan"]}
+    hours = 1e9 / 100000.0 / 3600 / SCALING
+    assert plan[1]["gpu_hours"] == round(hours, 1) and plan[8]["wall_hours"] == round(hours / 8, 2)
+    expected_tb = 1e9 * SAES * per_token["nonzeros_per_row_per_sae"] * per_token["feature_bytes_per_nonzero"] / 1e12
+    assert plan[64]["feature_store_tb"] == round(expected_tb, 2)
+    assert "bytes per nonzero" in readme.read_text() and "<!-- bench:capacity:cpu -->" in readme.read_text()
+    store = measure_store("smollm2-135m-instruct", 8, tmp_path / "again")
+    shards = sorted((tmp_path / "again" / "all").glob("shard-*.parquet"))
+    nonzeros = sum(pq.read_metadata(p).num_rows for p in shards)
+    assert store["all"]["nonzeros"] == nonzeros
+    assert store["all"]["feature_bytes_per_nonzero"] == round(sum(p.stat().st_size for p in shards) / nonzeros, 2)

@@ -1,6 +1,8 @@
-"""The same runs on a local Ray instance: rows equal the single-process run's,
-a run started on Ray is finished by one process and vice versa, feature
-statistics merge exactly, and a bad input fails with its own message."""
+"""The same runs on a local Ray instance: rows equal the single-process run's
+for every run kind (trait generation token for token), a run started on Ray
+is finished by one process and vice versa, a killed actor or driver loses
+nothing, feature statistics merge exactly, runs go to object storage too, and
+a bad input fails with its own message."""
 
 import json
 
@@ -19,8 +21,9 @@ HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray instance (2 CPUs) for the module: each start costs 10-25 s here."""
+def local_ray(s3_bucket):
+    """One local Ray instance (2 CPUs) for the module: each start costs 10-25 s
+    here. Started after the S3 server, so its workers see its endpoint."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield RayConfig(actors=2, cpus_per_actor=1)
     ray.shutdown()
@@ -77,20 +80,25 @@ def test_bad_input_fails_with_its_own_message(tmp_path, tiny_model_dir, local_ra
 
 
 def test_cli_with_ray(monkeypatch, capsys, tmp_path, tiny_model_dir, local_ray):
-    """`actlab extract --ray` (no address: the Ray instance this process holds) equals the single-process CLI."""
+    """`actlab extract --ray` (no address: the Ray instance this process holds) equals the single-process CLI;
+    its Parquet input travels to the actors as row ranges, read there."""
+    import pyarrow as pa
+
     from conftest import run_cli
 
-    texts = tmp_path / "texts.jsonl"
-    texts.write_text("\n".join(json.dumps({"text": t}) for t in records(12).texts) + "\n")
+    texts = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": records(12).texts, "category": [i % 3 for i in range(12)]}), texts,
+                   row_group_size=5)
     common = ["extract", "--model", tiny_model_dir, "--input", texts, "--hook", HOOKS[1], "--shard-size", 4]
     code, _, err = run_cli(monkeypatch, capsys, *common, "--out", tmp_path / "one")
     assert code == 0, err
     code, out, err = run_cli(monkeypatch, capsys, *common, "--out", tmp_path / "ray", "--ray", "--ray-actors", 2)
     assert code == 0, err
-    assert "wrote 12 rows" in out
+    assert "wrote 12 rows" in out and err.count("  actor ") >= 1  # a line per actor that did shards
     same_shards(tmp_path / "one", tmp_path / "ray", [shard_name(i) for i in range(3)])
-    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
-    assert manifest["timings"]["session_0"]["runner"] == "ray"
+    one, on_ray = (json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("one", "ray"))
+    assert on_ray["settings"] == one["settings"] and on_ray["settings"]["input"]["fields"] == ["category"]
+    assert on_ray["timings"]["session_0"]["runner"] == "ray"
 
 
 def test_without_ray_installed_is_one_line(monkeypatch, tmp_path, tiny_model_dir):
@@ -144,3 +152,124 @@ def test_killed_actor_is_retried_with_nothing_lost(tmp_path, tiny_model_dir, loc
     assert killed, "no actor was killed"
     same_shards(clean, on_ray, [shard_name(i) for i in range(40)])
     assert json.loads((on_ray / "manifest.json").read_text())["n_rows"] == 160
+
+
+def test_contrast_on_ray_equals_one_process(tmp_path, tiny_model_dir, local_ray):
+    from actlab.contrasts.pairs import Pairs
+    from actlab.contrasts.run import ContrastConfig, contrast_run
+
+    pairs = Pairs([f"p{i}" for i in range(6)], ["x"] * 6, [f"Statement {i}: the sky is" for i in range(6)],
+                  {"fact": ["blue."] * 6, "hallucination": ["green.", "red.", "a deep shade of green."] * 2})
+    saes = {"early": random_sae("blocks.0.hook_resid_post", arch="topk", seed=1),
+            "late": random_sae("blocks.1.hook_resid_post", arch="jumprelu", seed=2)}
+    model = actlab.load_model(str(tiny_model_dir), device="cpu")
+    cfg = ContrastConfig(position="continuation", draws=2, shard_size=2)
+    local = contrast_run(model, pairs, saes, tmp_path / "local", cfg)
+    on_ray = contrast_run(model, pairs, saes, tmp_path / "ray", cfg, runner="ray", ray=local_ray)
+    same_shards(local, on_ray, [shard_name(i) for i in range(3)] + ["texts.parquet"])
+    import pandas.testing
+
+    pandas.testing.assert_frame_equal(pq.read_table(local / "pairs.parquet").to_pandas(),  # NaN where no layer before
+                                      pq.read_table(on_ray / "pairs.parquet").to_pandas(), rtol=0, atol=0)
+    a, b = (json.loads((p / "manifest.json").read_text()) for p in (local, on_ray))
+    assert a["settings"] == b["settings"] and a["unequal_token_lengths"] == b["unequal_token_lengths"] > 0
+
+
+def test_trait_generation_on_ray_is_token_identical(monkeypatch, capsys, tmp_path, tiny_model_dir, local_ray):
+    from actlab.traits import GenerationConfig
+    from actlab.traits.definitions import parse_trait
+    from actlab.traits.runs import TraitRun, generate_run
+    from conftest import run_cli
+
+    spec = {"name": "toy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."}],
+            "questions": [f"Question number {i}?" for i in range(5)]}
+    model = actlab.load_model(str(tiny_model_dir), device="cpu")
+    greedy = GenerationConfig(max_new_tokens=6)
+    local = TraitRun(generate_run(model, parse_trait(spec), tmp_path / "local", [0, 2], cfg=greedy, shard_size=3))
+    (tmp_path / "toy.json").write_text(json.dumps(spec))
+    code, out, err = run_cli(monkeypatch, capsys, "traits", "generate", "--model", tiny_model_dir, "--trait",
+                             tmp_path / "toy.json", "--out", tmp_path / "ray", "--layers", "0,2",
+                             "--max-new-tokens", 6, "--temperature", 0, "--top-p", 1, "--shard-size", 3,
+                             "--ray", "--ray-actors", 2)
+    assert code == 0, err
+    assert "wrote 10 answers" in out and "actor" in err
+    on_ray = TraitRun(tmp_path / "ray")
+    assert on_ray.settings == local.settings
+    assert on_ray.answers().equals(local.answers())  # the same tokens, the same text
+    for pooling in local.settings["poolings"]:
+        for layer, values in local.activations(pooling).items():
+            assert abs(on_ray.activations(pooling)[layer] - values).max() <= 1e-6
+
+
+def test_ray_run_in_object_storage(tmp_path, tiny_model_dir, local_ray, s3_bucket):
+    """Actors write their shards straight to s3:// (a local S3-compatible server)."""
+    from actlab.runs.storage import read_parquet, run_path
+
+    model = actlab.load_model(str(tiny_model_dir), device="cpu")
+    cfg = ExtractConfig(HOOKS, "mean")
+    local = actlab.extract_run(model, records(), tmp_path / "local", cfg, shard_size=8)
+    remote = actlab.extract_run(model, records(), f"{s3_bucket}/ray-run", cfg, shard_size=8, runner="ray",
+                                ray=local_ray)
+    assert remote == run_path(f"{s3_bucket}/ray-run")
+    for i in range(5):
+        assert read_parquet(remote / shard_name(i)).equals(pq.read_table(local / shard_name(i)))
+    assert actlab.open_run(str(remote)).manifest["timings"]["session_0"]["runner"] == "ray"
+
+
+KILLED_DRIVER = """
+import os, signal, sys
+import actlab
+from actlab import ExtractConfig
+from actlab.runs.ray import RayConfig
+
+class KillAfter:
+    "A progress sink that SIGKILLs its own process once 8 texts are done (on Ray: two shards)."
+    def __init__(self):
+        self.done = 0
+    def start(self, total):
+        pass
+    def advance(self, n_texts, n_tokens):
+        self.done += n_texts
+        if self.done >= 8:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+texts = [line.rstrip("\\n") for line in open(sys.argv[3])]
+runner, address = sys.argv[2], sys.argv[4]
+model = sys.argv[1] if runner == "ray" else actlab.load_model(sys.argv[1], device="cpu")
+actlab.extract_run(model, actlab.Records.of(texts), sys.argv[5], ExtractConfig(["blocks.2.hook_resid_post"], "mean"),
+                   shard_size=4, progress=KillAfter(), runner=runner, ray=RayConfig(address=address, actors=1))
+"""
+
+
+@pytest.mark.parametrize("first,second", [("ray", "ray"), ("ray", "local"), ("local", "ray")])
+def test_killed_driver_resumes_from_finished_shards(tmp_path, tiny_model_dir, local_ray, first, second):
+    """SIGKILL the driver mid-run; the rerun, with either runner, computes only
+    the unfinished shards and ends with the rows of an uninterrupted run."""
+    import subprocess
+    import sys
+
+    texts = [t.replace("\n", " ") for t in records(48).texts]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    model = actlab.load_model(str(tiny_model_dir), device="cpu")
+    cfg = ExtractConfig(["blocks.2.hook_resid_post"], "mean")
+    clean = actlab.extract_run(model, actlab.Records.of(texts), tmp_path / "clean", cfg, shard_size=4)
+    out = tmp_path / "run"
+    address = ray.get_runtime_context().gcs_address
+    killed = subprocess.run([sys.executable, "-c", KILLED_DRIVER, str(tiny_model_dir), first,
+                             str(tmp_path / "texts.txt"), address, str(out)], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    done = sorted(p.name for p in out.glob("shard-*.parquet"))
+    assert 1 <= len(done) < 12 and not json.loads((out / "manifest.json").read_text())["complete"]
+    before = {name: (out / name).stat().st_mtime_ns for name in done}
+    actlab.extract_run(model, actlab.Records.of(texts), out, cfg, shard_size=4, runner=second, ray=local_ray)
+    same_shards(clean, out, [shard_name(i) for i in range(12)])
+    assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in before.items())  # not redone
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["n_rows"] == 48 and manifest["timings"]["session_0"]["runner"] == second
+
+
+def test_a_cluster_without_room_is_one_line(tmp_path, tiny_model_dir, local_ray):
+    """Three one-CPU actors on a two-CPU instance never all start: a clear error, not a hang."""
+    with pytest.raises(ActlabError, match="did not start 3 actor.*lower --ray-actors"):
+        actlab.extract_run(str(tiny_model_dir), records(8), tmp_path / "crowded", ExtractConfig(HOOKS, "mean"),
+                           shard_size=4, runner="ray", ray=RayConfig(actors=3, cpus_per_actor=1, start_timeout=5))

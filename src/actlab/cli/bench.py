@@ -65,13 +65,26 @@ def bench_contrast(model: str = ModelOpt, device: str = DeviceOpt,
 
 @app.command("ray")
 def bench_ray(model: str = ModelOpt,
+              device: str = typer.Option("cpu", help="cpu, or cuda: one actor holds the GPU, two share it."),
               n_texts: int = typer.Option(2000, help="Texts to extract."),
               shard_size: int = typer.Option(250, help="Texts per shard (the unit Ray hands to an actor)."),
               results_dir: Path = ResultsOpt, readme: Optional[Path] = ReadmeOpt) -> None:
-    """One extraction in this process vs on a local Ray instance with 1 and 2 actors (Ray's overhead)."""
+    """One extraction in this process vs on a local Ray instance with 1 and 2 actors (Ray's overhead;
+    on a GPU, an actor's tokens/s vs the engine's alone)."""
     from ..bench.ray import run_ray_benchmark
 
-    run_ray_benchmark(model, n_texts, shard_size, results_dir, readme)
+    run_ray_benchmark(model, n_texts, shard_size, results_dir, readme, device)
+
+
+@app.command("capacity")
+def bench_capacity(model: str = ModelOpt,
+                   n_texts: int = typer.Option(256, help="Built-in texts in the measured features runs."),
+                   results_dir: Path = ResultsOpt, readme: Optional[Path] = ReadmeOpt) -> None:
+    """The capacity plan: the sparse store's bytes per token (measured here) and a 1B-token feature run's
+    GPU-hours and storage on 1, 8 and 64 GPUs (from the GPU benchmark results)."""
+    from ..bench.capacity import run_capacity_benchmark
+
+    run_capacity_benchmark(model, n_texts, results_dir, readme)
 
 
 @app.command("trait-quality")

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from ..default_model import DEFAULT_MODEL
 from ..errors import ActlabError
-from ..inputs import FieldNames, Records, read_records
+from ..inputs import FieldNames, ParquetRecords, Records, read_records
 
 out = Console()
 err = Console(stderr=True)
@@ -53,8 +53,9 @@ class RunOptions:
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "Replace an existing run in --out."})
     skip_empty: bool = dataclasses.field(default=False, metadata={"help": "Skip empty texts instead of failing."})
 
-    def read(self, names: FieldNames) -> Records:
-        records = read_records(self.input, names, self.skip_empty)
+    def read(self, names: FieldNames, by_row_range: bool = False) -> Records | ParquetRecords:
+        """The input; by_row_range: a Parquet input read by the workers, a row range per shard."""
+        records = read_records(self.input, names, self.skip_empty, by_row_range)
         if records.n_skipped:
             err.print(f"skipped {records.n_skipped} empty text(s)")
         return records
@@ -173,13 +174,18 @@ def print_table(title: str, header: list[str], rows: list[list]) -> None:
 
 
 def print_session(manifest: dict) -> None:
-    """The closing line of a run: this session's throughput and memory."""
+    """The closing lines of a run: this session's throughput and memory, and on Ray each actor's."""
     timings = manifest.get("timings") or {}
     if timings:
         last = timings[sorted(timings, key=lambda k: int(k.split("_")[1]))[-1]]
+        padding = f"padding {last['padding_waste']:.1%}, " if last.get("padding_waste") is not None else ""
         err.print(f"[green]done[/green]: {last['texts']} texts, {last['tokens']} tokens in {last['seconds']:.1f}s, "
-                  f"{last['tokens_per_s']:.0f} tokens/s, padding {last['padding_waste']:.1%}, peak memory "
+                  f"{last['tokens_per_s']:.0f} tokens/s, {padding}peak memory "
                   f"{(last['peak_memory_bytes'] or 0) / 2**20:.0f} MiB")
+        for name, actor in sorted(last.get("actors", {}).items()):
+            err.print(f"  actor {name}: {actor['shards']} shards, {actor['texts']} texts, {actor['tokens']} tokens, "
+                      f"{actor['tokens_per_s']:.0f} tokens/s, peak memory "
+                      f"{(actor.get('peak_memory_bytes') or 0) / 2**20:.0f} MiB")
 
 
 def comma_list(text: Optional[str], kind=int, flag: str = "--layers", example: str = "7,15,22"):

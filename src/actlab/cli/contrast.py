@@ -8,12 +8,14 @@ import typer
 from ..contrasts.pairs import PairFields
 from ..contrasts.run import ContrastConfig
 from ..engine import ExtractConfig
-from .common import Bar, ModelOptions, out, print_table, with_options
+from ..runs.ray import RayConfig
+from .common import Bar, ModelOptions, out, print_session, print_table, with_options
 
 
-@with_options(fields=PairFields, model=ModelOptions, cfg=ContrastConfig, batching=ExtractConfig,
+@with_options(fields=PairFields, model=ModelOptions, cfg=ContrastConfig, batching=ExtractConfig, ray=RayConfig,
               exclude=("hooks", "pooling", "include_bos"))
 def contrast_command(fields: PairFields, model: ModelOptions, cfg: ContrastConfig, batching: ExtractConfig,
+                     ray: RayConfig,
                      pairs: List[str] = typer.Option(..., "--pairs", help="Pairs file(s): JSON arrays (the seed's "
                                                      "format), JSONL, CSV or Parquet; 'builtin' for the set that "
                                                      "ships with actlab. Repeatable."),
@@ -23,9 +25,11 @@ def contrast_command(fields: PairFields, model: ModelOptions, cfg: ContrastConfi
                      folds: int = typer.Option(5, help="Folds of the grouped held-out detection."),
                      overwrite: bool = typer.Option(False, help="Replace an existing run in --out.")) -> None:
     """Fact vs hallucination (any two conditions over the same prompts): SAE metrics of every text in one
-    pass, paired statistics with FDR control, held-out detection against residual probes, an HTML report."""
+    pass, paired statistics with FDR control, held-out detection against residual probes, an HTML report
+    (--ray: the pass on a Ray cluster)."""
     from ..contrasts.pairs import load_pairs
     from ..report.contrast import contrast
+    from ..runs import read_manifest
     from ..saes import load_sae
 
     loaded = load_pairs(pairs, fields)
@@ -33,7 +37,9 @@ def contrast_command(fields: PairFields, model: ModelOptions, cfg: ContrastConfi
         out.print(f"[yellow]{len(loaded.duplicates)} prompt(s) occur more than once; each is kept once")
     saes = {name: load_sae(name) for name in sae} if sae else None
     with Bar("contrast") as bar:
-        result = contrast(model.load(), loaded, saes, out_dir, cfg, batching, overwrite, bar, folds)
+        result = contrast(model.for_runner(ray), loaded, saes, out_dir, cfg, batching, overwrite, bar, folds,
+                          runner=ray.runner, ray=ray)
+    print_session(read_manifest(result["run"]))
     for line in result["summary"]:
         out.print(line)
     stats = [r for r in result["stats"].to_pylist() if r["domain"] == "all"]

@@ -40,7 +40,7 @@ def extract(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: Extra
     """Extract activations to a resumable Parquet run directory (--ray: on a Ray cluster)."""
     from ..runs import extract_run, read_manifest
 
-    records = run.read(fields)
+    records = run.read(fields, by_row_range=ray.runner == "ray")
     with Bar("extract") as bar:
         path = extract_run(model.for_runner(ray), records, run.out, cfg, run.shard_size, run.overwrite, bar,
                            ray.runner, ray)
@@ -62,7 +62,7 @@ def features(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: Extr
     from ..runs import FeatureRun, features_run
     from ..saes import load_sae
 
-    records = run.read(fields)
+    records = run.read(fields, by_row_range=ray.runner == "ray")
     saes = {name: load_sae(name) for name in sae} if sae else None  # None: the default SAEs
     with Bar("features") as bar:
         path = features_run(model.for_runner(ray), records, saes, run.out, cfg, run.shard_size, run.overwrite, bar,

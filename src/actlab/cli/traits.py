@@ -6,9 +6,10 @@ from typing import Optional
 
 import typer
 
+from ..runs.ray import RayConfig
 from ..traits.generation import GenerationConfig
 from ..traits.runs import TRAIT_SAMPLING
-from .common import Bar, ModelOptions, comma_list, err, out, print_table, with_options
+from .common import Bar, ModelOptions, comma_list, err, out, print_session, print_table, with_options
 
 app = typer.Typer(no_args_is_help=True, help="Trait vectors: generate, judge + fit, steer, monitor.")
 
@@ -59,19 +60,24 @@ def judge_options(command):
 
 
 @app.command("generate")
-@with_options(model=ModelOptions, gen=TRAIT_SAMPLING)
-def generate_command(model: ModelOptions, gen: GenerationConfig, trait: str = TraitOpt,
+@with_options(model=ModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig)
+def generate_command(model: ModelOptions, gen: GenerationConfig, ray: RayConfig, trait: str = TraitOpt,
                      out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable)."),
                      layers: Optional[str] = typer.Option(None, help="Blocks to capture, e.g. 8,12,16 (default: all)."),
+                     shard_size: int = typer.Option(64, help="Prompts per shard (the unit of resume and of work "
+                                                    "on Ray)."),
                      overwrite: bool = typer.Option(False)) -> None:
-    """Answers under the pos and neg instructions, with pooled activations captured while generating."""
+    """Answers under the pos and neg instructions, with pooled activations captured while generating
+    (--ray: on a Ray cluster)."""
     from ..traits import load_trait
-    from ..traits.runs import generate_run, read_answers
+    from ..traits.runs import TraitRun, generate_run
 
     with Bar("generate") as bar:
-        run = generate_run(model.load(), load_trait(trait), out_dir, comma_list(layers), cfg=gen,
-                           overwrite=overwrite, progress=bar)
-    out.print(f"wrote {read_answers(run).num_rows} answers with activations to {run}")
+        path = generate_run(model.for_runner(ray), load_trait(trait), out_dir, comma_list(layers), cfg=gen,
+                            shard_size=shard_size, overwrite=overwrite, progress=bar, runner=ray.runner, ray=ray)
+    run = TraitRun(path)
+    print_session(run.manifest)
+    out.print(f"wrote {run.answers().num_rows} answers with activations to {run.path}")
 
 
 @app.command("vectors")

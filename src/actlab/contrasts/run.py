@@ -18,26 +18,26 @@ are written by actlab.report.contrast, which reads this run.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, ClassVar, Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from ..activations import ExtractStats, column_matrix, summary_html, vector_column
-from ..engine import ExtractConfig, Extractor, Progress
+from ..engine import ExtractConfig, Extractor, OnBatch, Progress
 from ..errors import ActlabError
 from ..hooks import FINAL_NORM, lm_logits
-from ..models import peak_memory_bytes
 from ..pooling import Pooling
-from ..runs.activations import model_settings, session_record
+from ..runs.activations import model_settings
 from ..runs.atomic import write_parquet_atomic
-from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind, start_run
-from ..runs.shards import ShardPlan, read_shards, run_shards, shard_name
+from ..runs.job import ShardJob, ShardWriter
+from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind
+from ..runs.runner import run_job
+from ..runs.shards import ShardPlan, read_shards, shard_name
+from ..runs.storage import read_parquet, run_path
 from ..saes import SAE, default_saes
 from ..saes.features import features_config, name_saes
 from ..tokens import tokenize
@@ -252,49 +252,89 @@ def shard_table(result: dict, pairs: Pairs, owners: list[int], conditions: list[
     return pa.concat_tables(parts)
 
 
+@dataclass
+class ContrastWorker:
+    """What one model copy builds once: the named SAEs and their extraction config."""
+
+    model: "Model"
+    saes: dict[str, SAE]
+    extract: ExtractConfig
+
+
+@dataclass
+class ContrastJob(ShardJob):
+    """A contrast run as a job (actlab.runs.job): shards of pairs, each pair's
+    texts (prompt, first, second) through one ContrastExtractor pass."""
+
+    pairs: Pairs
+    out: Path
+    cfg: ContrastConfig = field(default_factory=ContrastConfig)
+    saes: object = None  # SAE objects, paths / release ids, a mapping, or None: the model's default SAEs
+    extract: ExtractConfig | None = None
+    FORMAT: ClassVar[str] = CONTRAST_FORMAT
+
+    @property
+    def plan(self) -> ShardPlan:
+        return ShardPlan(len(self.pairs), self.cfg.shard_size)
+
+    def texts_left(self) -> int:
+        return self.plan.rows_left(self.out) * len(self.pairs.conditions)
+
+    def worker(self, model: "Model") -> ContrastWorker:
+        named = name_saes(self.saes if self.saes is not None else default_saes(model.name), model.device)
+        return ContrastWorker(model, named, features_config(named, self.extract))
+
+    def settings(self, model: "Model", worker: ContrastWorker) -> dict:
+        pairs = self.pairs
+        settings = {"model": model_settings(model), "saes": {n: s.cfg.hook_name for n, s in worker.saes.items()},
+                    "sae_sources": {n: s.cfg.source for n, s in worker.saes.items()}, "contrast": asdict(self.cfg),
+                    **worker.extract.settings(), "pairs": {"n_pairs": len(pairs), "conditions": pairs.conditions,
+                                                          "separator": pairs.separator, "sources": pairs.sources}}
+        settings.pop("pooling")
+        return settings
+
+    def extras(self, model: "Model", worker: ContrastWorker) -> dict:
+        return {"unequal_token_lengths": unequal_lengths(model, self.pairs, worker.extract)}
+
+    def shard_writer(self, worker: ContrastWorker, on_batch: OnBatch | None = None) -> ShardWriter:
+        model, pairs, cfg, base = worker.model, self.pairs, self.cfg, worker.extract
+
+        def process(index: int, lo: int, hi: int) -> ExtractStats:
+            texts, owners, conditions = text_rows(pairs, lo, hi)
+            text_ids = np.arange(lo * len(pairs.conditions), hi * len(pairs.conditions))
+            pooling: str | Pooling = "last"
+            starts = None
+            if cfg.position == "continuation" or cfg.score:
+                starts = continuation_starts(model, texts, [pairs.prompts[i] for i in owners], conditions, base)
+            if cfg.position == "continuation":
+                pooling = Pooling("from", positions=tuple(starts))
+            own = None if starts is None else np.where(np.asarray(conditions) == PROMPT, -1, starts)
+            extractor = ContrastExtractor(model, worker.saes, ExtractConfig.of(base, pooling=pooling), cfg,
+                                          text_ids, own)
+            result = extractor(texts, on_batch=on_batch)
+            write_parquet_atomic(self.out / shard_name(index), shard_table(result, pairs, owners, conditions))
+            return result["stats"]
+        return process
+
+    def complete(self, manifest: dict, totals: ExtractStats, session: dict, **extras) -> dict:
+        """texts.parquet and pairs.parquet from the shards, then the manifest."""
+        names = self.plan.names()
+        table = read_shards(self.out, names)
+        write_parquet_atomic(self.out / "texts.parquet", table.drop_columns(list(VECTORS)))
+        write_parquet_atomic(self.out / "pairs.parquet", pair_table(table, self.pairs.conditions))
+        return finish_run(self.out, manifest, names, table.num_rows, session, **extras)
+
+
 def contrast_run(model: "Model", pairs: Pairs, saes=None, out_dir: str | Path = "runs/contrast",
                  cfg: ContrastConfig | None = None, extract: ExtractConfig | None = None,
-                 overwrite: bool = False, progress: Progress | None = None) -> Path:
-    """The pass over every pair (resumable, in shards of pairs), then texts.parquet and pairs.parquet."""
-    cfg, out = cfg or ContrastConfig(), Path(out_dir)
-    named = name_saes(saes if saes is not None else default_saes(model.name), model.device)
-    base = features_config(named, extract)
-    settings = {"model": model_settings(model), "saes": {n: s.cfg.hook_name for n, s in named.items()},
-                "sae_sources": {n: s.cfg.source for n, s in named.items()}, "contrast": asdict(cfg),
-                **base.settings(), "pairs": {"n_pairs": len(pairs), "conditions": pairs.conditions,
-                                             "separator": pairs.separator, "sources": pairs.sources}}
-    settings.pop("pooling")
-    manifest = start_run(out, CONTRAST_FORMAT, settings, overwrite)
-    plan = ShardPlan(len(pairs), cfg.shard_size)
-    if progress:
-        progress.start(plan.rows_left(out) * len(pairs.conditions))
-    started, totals = time.perf_counter(), ExtractStats(0, 0, 0, 0.0)
-
-    def process(index: int, lo: int, hi: int) -> None:
-        texts, owners, conditions = text_rows(pairs, lo, hi)
-        text_ids = np.arange(lo * len(pairs.conditions), hi * len(pairs.conditions))
-        pooling: str | Pooling = "last"
-        starts = None
-        if cfg.position == "continuation" or cfg.score:
-            starts = continuation_starts(model, texts, [pairs.prompts[i] for i in owners], conditions, base)
-        if cfg.position == "continuation":
-            pooling = Pooling("from", positions=tuple(starts))
-        own = None if starts is None else np.where(np.asarray(conditions) == PROMPT, -1, starts)
-        extractor = ContrastExtractor(model, named, ExtractConfig.of(base, pooling=pooling), cfg, text_ids, own)
-        result = extractor(texts, on_batch=progress.advance if progress else None)
-        totals.add(result["stats"])
-        write_parquet_atomic(out / shard_name(index), shard_table(result, pairs, owners, conditions))
-
-    run_shards(out, plan, process)
-    totals.seconds = time.perf_counter() - started
-    totals.peak_memory_bytes = peak_memory_bytes(model.device)
-    session = session_record(totals, model.device, "local")
-    table = read_shards(out, plan.names())
-    write_parquet_atomic(out / "texts.parquet", table.drop_columns(list(VECTORS)))
-    write_parquet_atomic(out / "pairs.parquet", pair_table(table, pairs.conditions))
-    finish_run(out, manifest, plan.names(), table.num_rows, session,
-               unequal_token_lengths=unequal_lengths(model, pairs, base))
-    return out
+                 overwrite: bool = False, progress: Progress | None = None, runner: str = "local",
+                 ray=None) -> Path:
+    """The pass over every pair (resumable, in shards of pairs), then
+    texts.parquet and pairs.parquet. runner="ray" runs the shards on a Ray
+    cluster (`ray`: a RayConfig; the model is reloaded there by its name)."""
+    job = ContrastJob(pairs, run_path(out_dir), cfg or ContrastConfig(), saes, extract)
+    run_job(model, job, overwrite, progress, runner, ray)
+    return job.out
 
 
 def pair_table(table: pa.Table, conditions: list[str]) -> pa.Table:
@@ -348,14 +388,14 @@ class ContrastRun(Run):
     vectors (residual per text and layer) for probes."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = run_path(path)
         self.manifest = read_manifest(self.path, CONTRAST_FORMAT)
 
     def texts(self) -> pa.Table:
-        return pq.read_table(self.path / "texts.parquet")
+        return read_parquet(self.path / "texts.parquet")
 
     def pairs(self) -> pa.Table:
-        return pq.read_table(self.path / "pairs.parquet")
+        return read_parquet(self.path / "pairs.parquet")
 
     def vectors(self, name: str = "residual", columns: tuple[str, ...] = ("pair_index", "condition", "layer")):
         """(table of `columns`, (rows, d_model) matrix of one vector column)."""

@@ -17,6 +17,7 @@ from ..errors import ActlabError
 from ..models import Model
 from ..runs import FeatureRun
 from ..runs.atomic import write_bytes_atomic, write_parquet_atomic, write_text_atomic
+from ..runs.storage import RunPath, run_path
 from ..saes import load_sae
 from ..saes.quality import sae_quality
 from .data import Example, LatentCard, ReportData
@@ -40,7 +41,7 @@ def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg
     weights must be the run's) highlights tokens of pooled runs and scores SAE
     quality; use_model=False leaves both out."""
     cfg = cfg or ReportConfig()
-    run = Path(run)
+    run = run_path(run)
     feats = FeatureRun.open(run)
     if not use_model:
         model = None
@@ -50,10 +51,10 @@ def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg
         except ActlabError as exc:
             raise ActlabError(f"{exc}, or report without it (--no-model)", param=exc.param) from None
     data = collect(run, feats, model, cfg)
-    return write_page(Path(out) if out is not None else run / "report.html", render(data), data.figures)
+    return write_page(run_path(out) if out is not None else run / "report.html", render(data), data.figures)
 
 
-def write_page(out: Path, page: str, figures: dict[str, bytes]) -> Path:
+def write_page(out: RunPath, page: str, figures: dict[str, bytes]) -> Path:
     """A report page and its figures (figures/*.png beside it), each written atomically."""
     figures_dir = out.parent / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,7 @@ def write_page(out: Path, page: str, figures: dict[str, bytes]) -> Path:
 def analyze_run(run: str | Path, threshold: float = 5.0, top: int = 5) -> dict[str, list[dict]]:
     """Every feature analysis of a features run, as tables by name, also
     written to RUN/analysis/<table>.parquet."""
-    run = Path(run)
+    run = run_path(run)
     tables = analyze_features(FeatureRun.open(run), threshold, top)
     (run / "analysis").mkdir(exist_ok=True)
     for name, rows in tables.items():

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .. import plots
 from ..analyses.paired import auroc, fdr, grouped_folds, held_out_scores, paired_effects
@@ -34,6 +33,7 @@ from ..contrasts.run import METRICS, ContrastConfig, ContrastRun, contrast_run
 from ..engine import ExtractConfig, Progress
 from ..models import Model
 from ..runs.atomic import write_parquet_atomic
+from ..runs.storage import read_parquet, run_path
 from .build import write_page
 from .html import STYLE, image, section, table
 
@@ -122,18 +122,20 @@ def analyze_contrast(path: str | Path, folds: int = 5, seed: int = 0) -> tuple[p
 
 def contrast(model: Model, pairs: "Pairs | str | Path | list", saes=None, out_dir: str | Path = "runs/contrast",
              cfg: ContrastConfig | None = None, extract: ExtractConfig | None = None, overwrite: bool = False,
-             progress: Progress | None = None, folds: int = 5, report: bool = True) -> dict:
-    """Everything: the one-pass run (resumable), statistics, detection and,
-    with report, RUN/report.html. pairs: Pairs, or pairs file(s) / "builtin"
-    read with the default field names. Returns the headline findings."""
+             progress: Progress | None = None, folds: int = 5, report: bool = True, runner: str = "local",
+             ray=None) -> dict:
+    """Everything: the one-pass run (resumable; runner="ray": its shards on a
+    Ray cluster), statistics, detection and, with report, RUN/report.html.
+    pairs: Pairs, or pairs file(s) / "builtin" read with the default field
+    names. Returns the headline findings."""
     if not isinstance(pairs, Pairs):
         pairs = load_pairs(pairs)
-    path = contrast_run(model, pairs, saes, out_dir, cfg, extract, overwrite, progress)
+    path = contrast_run(model, pairs, saes, out_dir, cfg, extract, overwrite, progress, runner, ray)
     seed = (cfg or ContrastConfig()).seed
     stats, detection = analyze_contrast(path, folds, seed)
     data = collect_contrast_report(ContrastRun(path), stats, detection)
     if report:
-        write_page(Path(path) / "report.html", render_contrast_report(data), data.figures)
+        write_page(run_path(path) / "report.html", render_contrast_report(data), data.figures)
     return {"run": str(path), "summary": data.findings, "stats": stats, "detection": detection}
 
 
@@ -254,9 +256,9 @@ def build_contrast_report(path: str | Path, out: str | Path | None = None) -> Pa
     """report.html of a contrast run (statistics computed when missing)."""
     run = ContrastRun(path)
     if (run.path / "stats.parquet").exists() and (run.path / "detection.parquet").exists():
-        stats, detection = pq.read_table(run.path / "stats.parquet"), pq.read_table(run.path / "detection.parquet")
+        stats, detection = read_parquet(run.path / "stats.parquet"), read_parquet(run.path / "detection.parquet")
     else:
         stats, detection = analyze_contrast(path)
     data = collect_contrast_report(run, stats, detection)
-    return write_page(Path(out) if out else run.path / "report.html", render_contrast_report(data), data.figures)
+    return write_page(run_path(out) if out else run.path / "report.html", render_contrast_report(data), data.figures)
 

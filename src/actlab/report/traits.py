@@ -11,11 +11,11 @@ from html import escape
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from .. import plots
 from ..errors import ActlabError
 from ..models import Model
+from ..runs.storage import read_parquet, run_path
 from ..traits.monitor import monitor
 from ..traits.runs import TraitRun, steering_layer, sweep_summary
 from ..traits.vectors import best_layers
@@ -53,7 +53,7 @@ def build_trait_report(run: str | Path, out: str | Path | None = None, model=Non
         raise ActlabError(f"{trait_run.path} has no vectors yet; run `actlab traits vectors {trait_run.path}` first")
     model = model if hasattr(model, "hf_model") else trait_run.model(model, device)
     data = collect_trait_report(trait_run, model, method, n_examples)
-    return write_page(Path(out) if out is not None else trait_run.path / "report.html",
+    return write_page(run_path(out) if out is not None else trait_run.path / "report.html",
                       render_trait_report(data), data.figures)
 
 
@@ -67,7 +67,7 @@ def collect_trait_report(trait_run: TraitRun, model: Model, method: str, n_examp
     figures = {"separation.png": plots.separation_by_layer(evaluation, f"{name}: held-out AUROC per layer")}
     sweep = None
     if (trait_run.path / "steering.parquet").exists():
-        sweep = sweep_summary(pq.read_table(trait_run.path / "steering.parquet"))
+        sweep = sweep_summary(read_parquet(trait_run.path / "steering.parquet"))
         figures["steering.png"] = plots.steering_sweep(sweep, f"{name}: steering")
     examples = _examples(answers, scores, n_examples)
     monitored = []

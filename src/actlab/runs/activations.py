@@ -11,24 +11,23 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from ..activations import Activations, ExtractStats, column_matrix
-from ..engine import ExtractConfig, Extractor, Progress
-from ..inputs import Records
-from ..models import peak_memory_bytes
+from ..engine import ExtractConfig, Extractor, OnBatch
+from ..inputs import ParquetRecords, Records
 from ..tokens import offsets, tokenizer_adds_bos
 from .atomic import write_parquet_atomic
 from .fingerprint import file_sha256
-from .manifest import Run, RunKind, finish_run, read_manifest, register_run_kind, start_run
-from .shards import ShardPlan, read_shards, run_shards, shard_name
+from .job import ShardJob, ShardWriter
+from .manifest import Run, RunKind, finish_run, read_manifest, register_run_kind
+from .shards import ShardPlan, read_shards, shard_name
+from .storage import RunPath, StorePath, parquet_rows, run_path
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -37,7 +36,7 @@ FORMAT = "actlab.activations"
 DEFAULT_SHARD_SIZE = 2048
 
 
-def input_settings(records: Records) -> dict:
+def input_settings(records: Records | ParquetRecords) -> dict:
     """The input as a manifest records it: its source (and the file's sha256
     and text field), its size and its optional fields."""
     info: dict = {}
@@ -46,7 +45,7 @@ def input_settings(records: Records) -> dict:
         if Path(records.source).is_file():
             info["sha256"] = file_sha256(records.source)
             info["text_field"] = records.text_field
-    return dict(info, n_texts=len(records), fields=sorted(records.fields))
+    return dict(info, n_texts=len(records), fields=records.field_names)
 
 
 def model_settings(model: "Model") -> dict:
@@ -54,7 +53,7 @@ def model_settings(model: "Model") -> dict:
             "n_layers": model.n_layers, "d_model": model.d_model, "dtype": model.dtype}
 
 
-def engine_settings(model: "Model", extractor: Extractor, records: Records, shard_size: int) -> dict:
+def engine_settings(model: "Model", extractor: Extractor, records: Records | ParquetRecords, shard_size: int) -> dict:
     """What a run's rows depend on; a resumed run must match them exactly."""
     cfg = extractor.cfg
     return {"model": model_settings(model), **cfg.settings(), "hooks": extractor.hook_names,
@@ -64,13 +63,12 @@ def engine_settings(model: "Model", extractor: Extractor, records: Records, shar
 
 
 @dataclass
-class ExtractionJob:
-    """Everything one shard of an activation run needs, picklable, so that a
-    distributed runner rebuilds it on each worker (actlab.runs.ray): the
-    records, the config, the run folder. FeaturesJob adds the SAEs."""
+class ExtractionJob(ShardJob):
+    """An activation run as a job (actlab.runs.job): the records, the config,
+    the run folder. FeaturesJob adds the SAEs."""
 
-    records: Records
-    out: Path
+    records: Records | ParquetRecords
+    out: RunPath
     cfg: ExtractConfig
     shard_size: int = DEFAULT_SHARD_SIZE
     FORMAT: ClassVar[str] = FORMAT
@@ -79,59 +77,35 @@ class ExtractionJob:
     def plan(self) -> ShardPlan:
         return ShardPlan(len(self.records), self.shard_size)
 
-    def extractor(self, model: "Model") -> Extractor:
+    def worker(self, model: "Model") -> Extractor:
         return Extractor(model, self.cfg)
 
     def settings(self, model: "Model", extractor: Extractor) -> dict:
         return engine_settings(model, extractor, self.records, self.shard_size)
 
-    def write_shard(self, index: int, result: Activations, lo: int, hi: int) -> None:
-        fields = {role: values[lo:hi] for role, values in self.records.fields.items()}
-        write_parquet_atomic(self.out / shard_name(index), result.to_arrow(lo, fields))
+    def write_shard(self, index: int, result: Activations, rows: Records, lo: int) -> None:
+        write_parquet_atomic(self.out / shard_name(index), result.to_arrow(lo, rows.fields))
 
     def finish(self, manifest: dict) -> None:
         """What a kind writes once every shard is done (features: merged statistics)."""
 
-    def shard_writer(self, extractor: Extractor, on_batch=None) -> Callable[[int, int, int], ExtractStats]:
+    def shard_writer(self, extractor: Extractor, on_batch: OnBatch | None = None) -> ShardWriter:
         """process(index, lo, hi): extract and write one shard, its marker last."""
         def process(index: int, lo: int, hi: int) -> ExtractStats:
-            result = extractor(self.records.texts[lo:hi], on_batch=on_batch)
-            self.write_shard(index, result, lo, hi)
+            rows = self.records.slice(lo, hi)
+            result = extractor(rows.texts, on_batch=on_batch)
+            self.write_shard(index, result, rows, lo)
             return result.stats
         return process
 
-
-def session_record(totals: ExtractStats, device, runner: str, **extra) -> dict:
-    return {"runner": runner, "device": str(device), "seconds": round(totals.seconds, 3), "texts": totals.n_texts,
-            "tokens": totals.n_tokens, "tokens_per_s": round(totals.tokens_per_s, 1),
-            "padding_waste": round(totals.padding_waste, 4), "peak_memory_bytes": totals.peak_memory_bytes, **extra}
-
-
-def complete_run(job: ExtractionJob, manifest: dict, totals: ExtractStats, session: dict) -> dict:
-    """The manifest, written last: every shard's rows, this session's figures."""
-    names = job.plan.names()
-    n_rows = sum(pq.read_metadata(job.out / name).num_rows for name in names)
-    manifest = finish_run(job.out, manifest, names, n_rows, session, batching=job.cfg.batching(),
-                          n_truncated=manifest.get("n_truncated", 0) + totals.n_truncated)
-    job.finish(manifest)
-    return manifest
-
-
-def extraction_run(model: "Model", job: ExtractionJob, overwrite: bool = False,
-                   progress: Progress | None = None) -> dict:
-    """Run a job shard by shard in this process (resumable); returns the complete manifest."""
-    extractor = job.extractor(model)
-    manifest = start_run(job.out, job.FORMAT, job.settings(model, extractor), overwrite)
-    if manifest.get("complete"):
+    def complete(self, manifest: dict, totals: ExtractStats, session: dict, **extras) -> dict:
+        """The manifest, written last: every shard's rows, this session's figures."""
+        names = self.plan.names()
+        n_rows = sum(parquet_rows(self.out / name) for name in names)
+        manifest = finish_run(self.out, manifest, names, n_rows, session, batching=self.cfg.batching(),
+                              n_truncated=manifest.get("n_truncated", 0) + totals.n_truncated)
+        self.finish(manifest)
         return manifest
-    if progress:
-        progress.start(job.plan.rows_left(job.out))
-    started, totals = time.perf_counter(), ExtractStats(0, 0, 0, 0.0)
-    for stats in run_shards(job.out, job.plan, job.shard_writer(extractor, progress.advance if progress else None)):
-        totals.add(stats)
-    totals.seconds = time.perf_counter() - started
-    totals.peak_memory_bytes = peak_memory_bytes(model.device)
-    return complete_run(job, manifest, totals, session_record(totals, model.device, "local"))
 
 
 @dataclass
@@ -140,12 +114,12 @@ class ActivationRun(Activations, Run):
     `path`, `manifest`, `settings` and `model()`; `fields` holds the input's
     id / label / category (also in metadata["fields"])."""
 
-    path: Path = None
+    path: RunPath = None
     manifest: dict = None
 
     @classmethod
-    def open(cls, path: str | Path) -> "ActivationRun":
-        run = Path(path)
+    def open(cls, path: str | Path | StorePath) -> "ActivationRun":
+        run = run_path(path)
         manifest = read_manifest(run, FORMAT)
         settings = manifest["settings"]
         table = read_shards(run, manifest["shards"])

@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from ..engine import ExtractConfig, Progress
-from ..inputs import Records
+from ..inputs import ParquetRecords, Records
 from ..saes.features import FeatureExtractor, Features, LatentStats, SparseFeatures
 from ..saes.sae import SAEConfig
 from ..tokens import offsets
@@ -35,6 +34,7 @@ from .atomic import write_parquet_atomic
 from .manifest import Run, RunKind, read_manifest, register_run_kind
 from .runner import run_job
 from .shards import read_shards, shard_name
+from .storage import RunPath, StorePath, read_parquet, run_path
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -42,11 +42,12 @@ if TYPE_CHECKING:
 FEATURES_FORMAT = "actlab.features"
 
 
-def texts_table(feats: Features, records: Records, lo: int, hi: int) -> pa.Table:
-    columns = {"text_id": pa.array(np.arange(lo, hi), pa.int64()),
-               "text": pa.array(records.texts[lo:hi], pa.string()),
+def texts_table(feats: Features, rows: Records, lo: int) -> pa.Table:
+    """The shard's texts (rows, whose first is input row lo) and their fields."""
+    columns = {"text_id": pa.array(np.arange(lo, lo + len(rows)), pa.int64()),
+               "text": pa.array(rows.texts, pa.string()),
                "n_tokens": pa.array(feats.n_tokens.numpy(), pa.int32()),
-               **{role: pa.array(values[lo:hi]) for role, values in records.fields.items()}}
+               **{role: pa.array(values) for role, values in rows.fields.items()}}
     if feats.per_token:  # token strings, for highlighting
         bounds = feats.offsets.tolist()
         columns["tokens"] = pa.array([feats.tokens[a:b] for a, b in zip(bounds, bounds[1:])], pa.list_(pa.string()))
@@ -95,7 +96,7 @@ class FeaturesJob(ExtractionJob):
     saes: object = None
     FORMAT: ClassVar[str] = FEATURES_FORMAT
 
-    def extractor(self, model: "Model") -> FeatureExtractor:
+    def worker(self, model: "Model") -> FeatureExtractor:
         return FeatureExtractor(model, self.saes, self.cfg)
 
     def settings(self, model: "Model", extractor: FeatureExtractor) -> dict:
@@ -103,23 +104,24 @@ class FeaturesJob(ExtractionJob):
         settings["saes"] = {name: _describe(sae.cfg) for name, sae in extractor.saes.items()}
         return settings
 
-    def write_shard(self, index: int, feats: Features, lo: int, hi: int) -> None:
-        write_parquet_atomic(self.out / f"texts-{index:05d}.parquet", texts_table(feats, self.records, lo, hi))
+    def write_shard(self, index: int, feats: Features, rows: Records, lo: int) -> None:
+        write_parquet_atomic(self.out / f"texts-{index:05d}.parquet", texts_table(feats, rows, lo))
         write_parquet_atomic(self.out / f"stats-{index:05d}.parquet", stats_table(feats, lo))
         write_parquet_atomic(self.out / shard_name(index), feats.to_arrow(lo))  # last: marks done
 
     def finish(self, manifest: dict) -> None:
-        stats = [pq.read_table(self.out / name) for name in self.plan.names("stats")]
+        stats = [read_parquet(self.out / name) for name in self.plan.names("stats")]
         write_parquet_atomic(self.out / "latent_stats.parquet", merge_stats(stats))
 
 
-def features_run(model: "Model", records: Records, saes=None, out_dir: str | Path = "runs/features",
-                 cfg: ExtractConfig | None = None, shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
-                 progress: Progress | None = None, runner: str = "local", ray=None) -> Path:
+def features_run(model: "Model", records: Records | ParquetRecords, saes=None,
+                 out_dir: str | Path | StorePath = "runs/features", cfg: ExtractConfig | None = None,
+                 shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
+                 progress: Progress | None = None, runner: str = "local", ray=None) -> RunPath:
     """SAE features of every record, one forward pass per batch for all SAEs
     (None: the default SAEs); open the run with actlab.open_run. runner="ray"
     runs the shards on a Ray cluster (see extract_run)."""
-    job = FeaturesJob(records, Path(out_dir), cfg or ExtractConfig(), shard_size, saes)
+    job = FeaturesJob(records, run_path(out_dir), cfg or ExtractConfig(), shard_size, saes)
     run_job(model, job, overwrite, progress, runner, ray)
     return job.out
 
@@ -137,17 +139,17 @@ class FeatureRun(Features, Run):
     `settings` and `model()`; `fields` holds the texts and their id / label /
     category (also in metadata["fields"])."""
 
-    path: Path = None
+    path: RunPath = None
     manifest: dict = None
 
     @classmethod
-    def open(cls, path: str | Path) -> "FeatureRun":
-        run = Path(path)
+    def open(cls, path: str | Path | StorePath) -> "FeatureRun":
+        run = run_path(path)
         manifest = read_manifest(run, FEATURES_FORMAT)
         settings = manifest["settings"]
         table = read_shards(run, manifest["shards"]).combine_chunks()
         texts = read_shards(run, manifest["shards"], "texts")
-        stats = pq.read_table(run / "latent_stats.parquet").to_pandas()
+        stats = read_parquet(run / "latent_stats.parquet").to_pandas()
         n_tokens = texts.column("n_tokens").to_numpy().astype(np.int64)
         rows = table.column("text_id").to_numpy()
         token_rows = None

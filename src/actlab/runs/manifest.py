@@ -10,7 +10,6 @@ reads any complete run through its kind's reader.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..registry import Registry
 from ..version import VERSION
 from .atomic import write_json_atomic
 from .fingerprint import fingerprint
+from .storage import RunPath, StorePath, remove_tree, run_path
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -35,7 +35,7 @@ class Run:
     """A complete run on disk. Subclasses (ActivationRun, FeatureRun,
     TraitRun) add what their kind holds."""
 
-    path: Path
+    path: RunPath
     manifest: dict
 
     @property
@@ -56,7 +56,7 @@ class RunKind:
     format: str  # the manifest's "format"
     what: str  # "an activations run", for messages
     command: str  # the actlab command that starts or resumes one
-    reader: Callable[[Path], Run]  # opens a complete run
+    reader: Callable[[RunPath], Run]  # opens a complete run
     derived: tuple[str, ...] = ()  # folders later stages write into the run
 
 
@@ -74,7 +74,7 @@ def _kind(format: str) -> RunKind:
     return RUN_KINDS[format]
 
 
-def start_run(out: Path, format: str, settings: dict, overwrite: bool = False) -> dict:
+def start_run(out: RunPath, format: str, settings: dict, overwrite: bool = False) -> dict:
     """The manifest of a new run in `out`, or of the run already there when
     its settings are the same (resuming); other settings are refused unless
     overwrite, which also removes what later stages derived from the old run."""
@@ -109,7 +109,7 @@ def _kind_phrase(format: str | None) -> str:
     return RUN_KINDS[format].what if format in RUN_KINDS else f"a '{format}' run"
 
 
-def finish_run(out: Path, manifest: dict, shards: list[str], n_rows: int, session: dict | None = None,
+def finish_run(out: RunPath, manifest: dict, shards: list[str], n_rows: int, session: dict | None = None,
                **extra) -> dict:
     """Mark the run complete (the manifest is written last, atomically)."""
     if session is not None:
@@ -120,7 +120,7 @@ def finish_run(out: Path, manifest: dict, shards: list[str], n_rows: int, sessio
     return manifest
 
 
-def remove_outputs(out: Path) -> None:
+def remove_outputs(out: RunPath) -> None:
     """What actlab wrote in a run folder: shards, tables, plots, the report,
     and every later stage's folder, which would otherwise outlive the run it
     came from (vectors steering a regenerated run, say). Other files stay."""
@@ -129,13 +129,13 @@ def remove_outputs(out: Path) -> None:
             stale.unlink()
     for folder in sorted({name for kind in RUN_KINDS.values() for name in kind.derived}):
         if (out / folder).is_dir():
-            shutil.rmtree(out / folder)
+            remove_tree(out / folder)
 
 
-def read_manifest(path: str | Path, format: str | None = None) -> dict:
+def read_manifest(path: str | Path | StorePath, format: str | None = None) -> dict:
     """A complete run's manifest (of kind `format`, when given), or a one-line
     error naming what is wrong and the command that starts or resumes it."""
-    run = Path(path)
+    run = run_path(path)
     file = run / MANIFEST
     expected = RUN_KINDS.get(format) if format else None
     what = expected.what if expected else "an actlab run"
@@ -151,7 +151,7 @@ def read_manifest(path: str | Path, format: str | None = None) -> dict:
     return manifest
 
 
-def open_run(path: str | Path) -> Run:
-    """Any complete run, as its kind's typed run object."""
+def open_run(path: str | Path | StorePath) -> Run:
+    """Any complete run (a folder or an object-store URI), as its kind's typed run object."""
     manifest = read_manifest(path)
-    return _kind(manifest.get("format")).reader(Path(path))
+    return _kind(manifest.get("format")).reader(run_path(path))

@@ -26,7 +26,7 @@ from ..activations import ExtractStats
 from ..engine import Progress
 from ..errors import ActlabError
 from ..models import load_model, peak_memory_bytes
-from .activations import ExtractionJob, complete_run, session_record
+from .job import ShardJob, session_record
 from .manifest import start_run
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ class RayConfig:
     cpus_per_actor: float = field(default=1.0, metadata={"flag": "--ray-cpus", "help": "CPUs per actor."})
     threads: int | None = field(default=None, metadata={
         "flag": "--ray-threads", "help": "torch threads per actor (Ray sets one; default: CPUs per actor)."})
+    start_timeout: float = field(default=600.0, metadata={
+        "flag": "--ray-start-timeout", "help": "Seconds to wait for the cluster to start every actor (each loads "
+                                               "its model) before failing."})
 
     @property
     def runner(self) -> str:
@@ -57,6 +60,8 @@ class RayConfig:
     def __post_init__(self):
         if self.actors < 1 or self.cpus_per_actor <= 0:
             raise ActlabError("actors >= 1 and cpus_per_actor > 0, please", param="actors")
+        if self.start_timeout <= 0:
+            raise ActlabError(f"start_timeout must be positive, not {self.start_timeout}", param="start_timeout")
 
 
 def ray_module():
@@ -71,8 +76,10 @@ def ray_module():
 def connect(cfg: RayConfig):
     """Ray, initialised on the configured cluster (or a local instance)."""
     ray = ray_module()
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the CLI draws its own bar
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # the CLI draws its own bar (Ray Data warns of that)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.wait_for_min_actors_s = max(1, round(cfg.start_timeout))  # every actor up before the first shard
     if not ray.is_initialized():
         address = None if cfg.address in (None, LOCAL) else cfg.address
         ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
@@ -89,48 +96,52 @@ def load_spec_model(spec: dict, device: str = "auto") -> "Model":
     return model
 
 
-def job_settings(spec: dict, job: ExtractionJob) -> dict:
-    """The run's settings, computed where the weights are (a Ray task)."""
+def job_settings(spec: dict, job: ShardJob) -> tuple[dict, dict]:
+    """The run's settings and manifest extras, computed where the weights are (a Ray task)."""
     model = load_spec_model(spec)
-    return job.settings(model, job.extractor(model))
+    worker = job.worker(model)
+    return job.settings(model, worker), job.extras(model, worker)
 
 
 class ShardActor:
     """One model (and SAEs) per actor; each call extracts and writes whole shards."""
 
-    def __init__(self, spec: dict, job: ExtractionJob, threads: int):
+    def __init__(self, spec: dict, job: ShardJob, threads: int):
+        import ray
+
         torch.set_num_threads(threads)
         self.model = load_spec_model(spec)
-        self.process = job.shard_writer(job.extractor(self.model))
+        self.process = job.shard_writer(job.worker(self.model))
         self.name = f"{os.uname().nodename}:{os.getpid()}"
+        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict) -> dict:
         out: dict[str, list] = {key: [] for key in ("index", "texts", "tokens", "padded", "truncated", "oom_splits",
-                                                     "seconds", "peak_memory_bytes", "actor")}
+                                                     "seconds", "peak_memory_bytes", "actor", "node")}
         for index, lo, hi in zip(batch["index"], batch["lo"], batch["hi"]):
             stats = self.process(int(index), int(lo), int(hi))
             values = (int(index), stats.n_texts, stats.n_tokens, stats.n_padded_tokens, stats.n_truncated,
-                      stats.oom_splits, stats.seconds, peak_memory_bytes(self.model.device), self.name)
+                      stats.oom_splits, stats.seconds, peak_memory_bytes(self.model.device), self.name, self.node)
             for key, value in zip(out, values):
                 out[key].append(value)
         return out
 
 
-def ray_extraction_run(spec: dict, job: ExtractionJob, overwrite: bool = False, progress: Progress | None = None,
-                       cfg: RayConfig | None = None) -> dict:
+def ray_run(spec: dict, job: ShardJob, overwrite: bool = False, progress: Progress | None = None,
+            cfg: RayConfig | None = None) -> dict:
     """The job's unfinished shards on Ray; returns the complete manifest."""
     cfg = cfg or RayConfig()
     ray = connect(cfg)
     gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1 if ray.cluster_resources().get("GPU") else 0)
-    settings = _get(ray, ray.remote(job_settings).options(num_gpus=gpus, num_cpus=cfg.cpus_per_actor)
-                    .remote(spec, job))
+    task = ray.remote(job_settings).options(num_gpus=gpus, num_cpus=cfg.cpus_per_actor)
+    settings, extras = _get(ray, task.remote(spec, job), cfg, gpus)
     spec = dict(spec, weights_sha256=settings["model"]["weights_sha256"])
     manifest = start_run(job.out, job.FORMAT, settings, overwrite)
     if manifest.get("complete"):
         return manifest
     todo = job.plan.todo(job.out)
     if progress:
-        progress.start(job.plan.rows_left(job.out))
+        progress.start(job.texts_left())
     started, totals, actors = time.perf_counter(), ExtractStats(0, 0, 0, 0.0), {}
     if todo:
         items = [{"index": i, "lo": job.plan.bounds(i)[0], "hi": job.plan.bounds(i)[1]} for i in todo]
@@ -138,36 +149,55 @@ def ray_extraction_run(spec: dict, job: ExtractionJob, overwrite: bool = False, 
             ShardActor, fn_constructor_args=(spec, job, cfg.threads or max(1, int(cfg.cpus_per_actor))),
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_gpus=gpus,
             num_cpus=cfg.cpus_per_actor)
-        for row in _rows(ray, shards):
+        for row in _rows(ray, shards, cfg, gpus):
             totals.add(ExtractStats(row["texts"], row["tokens"], row["padded"], row["seconds"], row["truncated"],
                                     row["oom_splits"]))
-            actor = actors.setdefault(row["actor"], {"shards": 0, "texts": 0, "tokens": 0, "seconds": 0.0})
-            actor.update(shards=actor["shards"] + 1, texts=actor["texts"] + row["texts"],
-                         tokens=actor["tokens"] + row["tokens"], seconds=actor["seconds"] + row["seconds"],
-                         peak_memory_bytes=row["peak_memory_bytes"])
+            tally_actor(actors, row)
             if progress:
                 progress.advance(row["texts"], row["tokens"])
     totals.seconds = time.perf_counter() - started
-    for actor in actors.values():
-        actor["tokens_per_s"] = round(actor["tokens"] / actor["seconds"], 1) if actor["seconds"] else 0.0
+    totals.peak_memory_bytes = max((a["peak_memory_bytes"] for a in actors.values()), default=None)
     session = session_record(totals, f"ray: {cfg.actors} actor(s), {gpus:g} GPU each", "ray", actors=actors,
                              address=cfg.address or LOCAL)
-    return complete_run(job, manifest, totals, session)
+    return job.complete(manifest, totals, session, **extras)
 
 
-def _get(ray, ref):
-    """ray.get, with an actlab error raised as itself (a bad input fails the run with its own message)."""
+def tally_actor(actors: dict[str, dict], row: dict) -> None:
+    """Add one finished shard to its actor's figures (the manifest's per-actor summary)."""
+    actor = actors.setdefault(row["actor"], {"node": row["node"], "shards": 0, "texts": 0, "tokens": 0,
+                                             "seconds": 0.0})
+    actor.update(shards=actor["shards"] + 1, texts=actor["texts"] + row["texts"],
+                 tokens=actor["tokens"] + row["tokens"], seconds=actor["seconds"] + row["seconds"],
+                 peak_memory_bytes=row["peak_memory_bytes"])
+    actor["tokens_per_s"] = round(actor["tokens"] / actor["seconds"], 1) if actor["seconds"] else 0.0
+
+
+def _get(ray, ref, cfg: RayConfig, gpus: float):
+    """ray.get, with an actlab error raised as itself (a bad input fails the
+    run with its own message), and a cluster without room said so."""
     try:
-        return ray.get(ref)
+        return ray.get(ref, timeout=cfg.start_timeout)
+    except ray.exceptions.GetTimeoutError:
+        raise _no_room(ray, cfg, gpus) from None
     except ray.exceptions.RayTaskError as exc:
         raise _cause(exc) from None
 
 
-def _rows(ray, dataset):
+def _rows(ray, dataset, cfg: RayConfig, gpus: float):
     try:
         yield from dataset.iter_rows()
+    except ray.exceptions.GetTimeoutError:  # Ray Data could not start every actor in time
+        raise _no_room(ray, cfg, gpus) from None
     except Exception as exc:  # Ray wraps a worker's exception in its own types
         raise _cause(exc) from None
+
+
+def _no_room(ray, cfg: RayConfig, gpus: float) -> ActlabError:
+    have = ray.cluster_resources()
+    return ActlabError(f"the cluster did not start {cfg.actors} actor(s) with {cfg.cpus_per_actor:g} CPU and "
+                       f"{gpus:g} GPU each within {cfg.start_timeout:g} s (it has {have.get('CPU', 0):g} CPU, "
+                       f"{have.get('GPU', 0):g} GPU); lower --ray-actors / --ray-cpus / --ray-gpus, add nodes, or "
+                       "raise --ray-start-timeout for a slow model load", param="actors")
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING
 
 from ..engine import ExtractConfig, Progress
 from ..errors import ActlabError
-from ..inputs import Records
+from ..inputs import ParquetRecords, Records
 from ..models import load_model
-from .activations import DEFAULT_SHARD_SIZE, ExtractionJob, extraction_run
-from .ray import RayConfig, ray_extraction_run
+from .activations import DEFAULT_SHARD_SIZE, ExtractionJob
+from .job import ShardJob, local_run
+from .ray import RayConfig, ray_run
+from .storage import RunPath, StorePath, run_path
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -18,27 +20,27 @@ if TYPE_CHECKING:
 RUNNERS = ("local", "ray")
 
 
-def extract_run(model: "Model", records: Records, out_dir: str | Path, cfg: ExtractConfig,
+def extract_run(model: "Model", records: Records | ParquetRecords, out_dir: str | Path | StorePath, cfg: ExtractConfig,
                 shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
-                progress: Progress | None = None, runner: str = "local", ray=None) -> Path:
+                progress: Progress | None = None, runner: str = "local", ray=None) -> RunPath:
     """Extract cfg.hooks for every record into a resumable run directory
     (open it with actlab.open_run). runner="ray" runs the shards on a Ray
     cluster (`ray`: a RayConfig; the model is reloaded there by its name)."""
-    job = ExtractionJob(records, Path(out_dir), cfg, shard_size)
+    job = ExtractionJob(records, run_path(out_dir), cfg, shard_size)
     run_job(model, job, overwrite, progress, runner, ray)
     return job.out
 
 
-def run_job(model: "Model", job: ExtractionJob, overwrite: bool, progress: Progress | None, runner: str,
+def run_job(model: "Model | dict | str", job: ShardJob, overwrite: bool, progress: Progress | None, runner: str,
             ray=None) -> dict:
     """The job in this process, or on Ray."""
     if runner == "local":
         if not hasattr(model, "hf_model"):
             spec = model_spec(model)
             model = load_model(spec["id"], dtype=spec["dtype"])
-        return extraction_run(model, job, overwrite, progress)
+        return local_run(model, job, overwrite, progress)
     if runner == "ray":
-        return ray_extraction_run(model_spec(model), job, overwrite, progress, ray or RayConfig())
+        return ray_run(model_spec(model), job, overwrite, progress, ray or RayConfig())
     raise ActlabError(f"runner must be local or ray, not '{runner}'", param="runner")
 
 

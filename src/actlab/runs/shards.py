@@ -11,11 +11,12 @@ runner hands the same shards to its workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, TypeVar
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from ..errors import ActlabError
+from .storage import RunPath, read_parquet
 
 T = TypeVar("T")
 
@@ -30,6 +31,10 @@ class ShardPlan:
     shard_size: int
     marker: str = "shard"  # shard i is done when f"{marker}-{i:05d}.parquet" exists
 
+    def __post_init__(self):
+        if self.shard_size < 1:
+            raise ActlabError(f"shard_size must be at least 1, not {self.shard_size}", param="shard_size")
+
     @property
     def n_shards(self) -> int:
         return max(1, -(-self.n_rows // self.shard_size))
@@ -40,23 +45,25 @@ class ShardPlan:
     def names(self, prefix: str | None = None) -> list[str]:
         return [shard_name(i, prefix or self.marker) for i in range(self.n_shards)]
 
-    def todo(self, out: Path) -> list[int]:
-        return [i for i in range(self.n_shards) if not (out / shard_name(i, self.marker)).exists()]
+    def todo(self, out: RunPath) -> list[int]:
+        """The unfinished shards (one listing of the folder, which on an object store is one request)."""
+        done = {child.name for child in out.iterdir()} if out.exists() else set()
+        return [i for i in range(self.n_shards) if shard_name(i, self.marker) not in done]
 
-    def rows_left(self, out: Path) -> int:
+    def rows_left(self, out: RunPath) -> int:
         return sum(hi - lo for lo, hi in map(self.bounds, self.todo(out)))
 
 
-def read_shards(out: Path, names: list[str], prefix: str | None = None, **read_options) -> pa.Table:
+def read_shards(out: RunPath, names: list[str], prefix: str | None = None, **read_options) -> pa.Table:
     """A run's shards as one table, or with `prefix` the files written beside
     each (texts-NNNNN.parquet beside shard-NNNNN.parquet); read_options go to
     pyarrow.parquet.read_table (filters=..., columns=...)."""
     if prefix is not None:
         names = [f"{prefix}-{name.split('-', 1)[1]}" for name in names]
-    return pa.concat_tables([pq.read_table(out / name, **read_options) for name in names])
+    return pa.concat_tables([read_parquet(out / name, **read_options) for name in names])
 
 
-def run_shards(out: Path, plan: ShardPlan, process: Callable[[int, int, int], T]) -> list[T]:
+def run_shards(out: RunPath, plan: ShardPlan, process: Callable[[int, int, int], T]) -> list[T]:
     """process(index, lo, hi) computes and writes every unfinished shard,
     its marker last; returns what each call returned, in shard order."""
     return [process(index, *plan.bounds(index)) for index in plan.todo(out)]

@@ -20,24 +20,26 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from .. import plots
-from ..activations import column_matrix, summary_html, vector_column
-from ..engine import Progress
+from ..activations import ExtractStats, column_matrix, summary_html, vector_column
+from ..engine import OnBatch, Progress
 from ..errors import ActlabError
 from ..runs.atomic import atomic_path, write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from ..runs.fingerprint import fingerprint
-from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind, start_run
-from ..runs.shards import ShardPlan, read_shards, run_shards, shard_name
+from ..runs.job import ShardJob, ShardWriter
+from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind
+from ..runs.runner import run_job
+from ..runs.shards import ShardPlan, read_shards, shard_name
+from ..runs.storage import read_parquet, run_path
 from .definitions import Trait
 from .generation import GenerationConfig, Steering, generate, render_prompt
 from .judges import Judge, Judgement, describe_judge, judge_fingerprint, judge_for, keep_answers
@@ -59,7 +61,7 @@ class TraitRun(Run):
     vectors and their evaluation, as far as the stages have run."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = run_path(path)
         self.manifest = read_manifest(self.path, TRAITS_FORMAT)
 
     @property
@@ -94,12 +96,12 @@ class TraitRun(Run):
         if not path.exists():
             raise ActlabError(f"no {method} vectors in {self.path}; run `actlab traits vectors` first",
                               param="method")
-        return {int(k.split("_")[1]): v for k, v in load_file(path).items()}
+        return {int(k.split("_")[1]): v for k, v in load(path.read_bytes()).items()}
 
     def _table(self, name: str, fix: str) -> pa.Table:
         if not (self.path / name).exists():
             raise ActlabError(f"{self.path} has no {name} yet; {fix}")
-        return pq.read_table(self.path / name)
+        return read_parquet(self.path / name)
 
     def to_arrow(self) -> pa.Table:
         """The answers, with their judge scores when judged."""
@@ -128,38 +130,64 @@ register_run_kind(RunKind(TRAITS_FORMAT, "a trait run", "traits generate", Trait
                           derived=("vectors", "judgements", "figures", "analysis")))
 
 
+@dataclass
+class GenerationJob(ShardJob):
+    """Trait generation as a job (actlab.runs.job): shards of the trait's
+    prompts, each answered with pooled activations captured while generating.
+    Sampling seeds row i by (seed, i), so any shard split samples the same."""
+
+    trait: Trait
+    out: Path
+    layers: Sequence[int] | None = None  # None: every block
+    poolings: Sequence[str] = DEFAULT_POOLINGS
+    cfg: GenerationConfig = field(default_factory=lambda: TRAIT_SAMPLING)
+    shard_size: int = 64
+    FORMAT: ClassVar[str] = TRAITS_FORMAT
+
+    @property
+    def plan(self) -> ShardPlan:
+        return ShardPlan(len(self.trait.prompts()), self.shard_size, marker="answers")
+
+    def blocks(self, model: "Model") -> list[int]:
+        return list(range(model.n_layers)) if self.layers is None else list(self.layers)
+
+    def settings(self, model: "Model", worker: "Model") -> dict:
+        return {"trait": asdict(self.trait), "model": {"id": model.name, "weights_sha256": model.weight_hash},
+                "generation": asdict(self.cfg), "layers": self.blocks(model), "poolings": list(self.poolings),
+                "shard_size": self.shard_size}
+
+    def shard_writer(self, model: "Model", on_batch: OnBatch | None = None) -> ShardWriter:
+        prompts, layers, out = self.trait.prompts(), self.blocks(model), self.out
+
+        def process(index: int, lo: int, hi: int) -> ExtractStats:
+            started, chunk = time.perf_counter(), prompts[lo:hi]
+            rendered = [render_prompt(model.tokenizer, p.user, p.system) for p in chunk]
+            gens = generate(model, rendered, layers, self.poolings, self.cfg, first_row=lo, on_batch=on_batch)
+            write_parquet_atomic(out / shard_name(index, "acts"), _activation_table(gens.pooled, lo))
+            table = pa.table({
+                "row": np.arange(lo, hi), "polarity": [p.polarity for p in chunk], "pair": [p.pair for p in chunk],
+                "system": [p.system for p in chunk], "question": [p.question for p in chunk], "prompt": rendered,
+                "answer": gens.answers, "n_prompt_tokens": [len(x) for x in gens.prompt_ids],
+                "n_answer_tokens": [len(x) for x in gens.answer_ids], "finished": gens.finished})
+            write_parquet_atomic(out / shard_name(index, "answers"), table)  # last: marks the shard done
+            n_tokens = sum(map(len, gens.prompt_ids)) + sum(map(len, gens.answer_ids))
+            return ExtractStats(len(chunk), n_tokens, 0, time.perf_counter() - started)
+        return process
+
+    def complete(self, manifest: dict, totals: ExtractStats, session: dict, **extras) -> dict:
+        return finish_run(self.out, manifest, self.plan.names(), self.plan.n_rows, session, **extras)
+
+
 def generate_run(model: "Model", trait: Trait, out_dir: str | Path, layers: Sequence[int] | None = None,
                  poolings: Sequence[str] = DEFAULT_POOLINGS, cfg: GenerationConfig | None = None,
-                 shard_size: int = 64, overwrite: bool = False, progress: Progress | None = None) -> Path:
+                 shard_size: int = 64, overwrite: bool = False, progress: Progress | None = None,
+                 runner: str = "local", ray=None) -> Path:
     """Answers to every pos / neg prompt with pooled activations at `layers`
-    (default: every block), written shard by shard; a rerun resumes."""
-    out = Path(out_dir)
-    cfg = cfg or TRAIT_SAMPLING
-    layers = list(range(model.n_layers)) if layers is None else list(layers)
-    prompts = trait.prompts()
-    settings = {"trait": asdict(trait), "model": {"id": model.name, "weights_sha256": model.weight_hash},
-                "generation": asdict(cfg), "layers": layers, "poolings": list(poolings), "shard_size": shard_size}
-    manifest = start_run(out, TRAITS_FORMAT, settings, overwrite)
-    plan = ShardPlan(len(prompts), shard_size, marker="answers")
-    if progress:
-        progress.start(plan.rows_left(out))
-
-    def process(index: int, lo: int, hi: int) -> None:
-        chunk = prompts[lo:hi]
-        rendered = [render_prompt(model.tokenizer, p.user, p.system) for p in chunk]
-        gens = generate(model, rendered, layers, poolings, cfg, first_row=lo,
-                        on_batch=progress.advance if progress else None)
-        write_parquet_atomic(out / shard_name(index, "acts"), _activation_table(gens.pooled, lo))
-        table = pa.table({
-            "row": np.arange(lo, hi), "polarity": [p.polarity for p in chunk], "pair": [p.pair for p in chunk],
-            "system": [p.system for p in chunk], "question": [p.question for p in chunk], "prompt": rendered,
-            "answer": gens.answers, "n_prompt_tokens": [len(x) for x in gens.prompt_ids],
-            "n_answer_tokens": [len(x) for x in gens.answer_ids], "finished": gens.finished})
-        write_parquet_atomic(out / shard_name(index, "answers"), table)  # last: marks the shard done
-
-    run_shards(out, plan, process)
-    finish_run(out, manifest, plan.names(), len(prompts))
-    return out
+    (default: every block), written shard by shard; a rerun resumes.
+    runner="ray" runs the shards on a Ray cluster (`ray`: a RayConfig)."""
+    job = GenerationJob(trait, run_path(out_dir), layers, tuple(poolings), cfg or TRAIT_SAMPLING, shard_size)
+    run_job(model, job, overwrite, progress, runner, ray)
+    return job.out
 
 
 def _activation_table(pooled: dict[str, dict[int, torch.Tensor]], first_row: int) -> pa.Table:
@@ -194,7 +222,7 @@ def judge_run(run: str | Path, judge: Judge, pos_min: float = 50.0, neg_max: flo
     RUN/judgements/<judge fingerprint>/, so a rerun with the same judge
     scores only what an interruption left (an answer that changed is scored
     again), and new thresholds call no judge."""
-    run = Path(run)
+    run = run_path(run)
     answers = read_answers(run)
     items = list(zip(answers.column("question").to_pylist(), answers.column("answer").to_pylist()))
     key = judge_fingerprint(judge)
@@ -220,7 +248,7 @@ def _answer_keys(chunk: list[tuple[str, str]]) -> list[str]:
 def _saved_judgements(path: Path | None, chunk: list[tuple[str, str]]) -> list[Judgement] | None:
     if path is None or not path.exists():
         return None
-    saved = pq.read_table(path)
+    saved = read_parquet(path)
     if saved.column("answer_sha256").to_pylist() != _answer_keys(chunk):
         return None
     return [Judgement(s, r) for s, r in zip(saved.column("score").to_pylist(), saved.column("reason").to_pylist())]
@@ -335,7 +363,7 @@ def trait_of(run: str | Path) -> Trait:
 
 
 def best_layer(run: str | Path, method: str = "mean_diff") -> int:
-    path = Path(run) / "vectors" / "metadata.json"
+    path = run_path(run) / "vectors" / "metadata.json"
     if not path.exists():
         raise ActlabError(f"no vectors in {run}; run `actlab traits vectors` first")
     best = json.loads(path.read_text())["best_layer"]

@@ -1,0 +1,88 @@
+"""A run as a job of shards, and the single-process runner of any job.
+
+A job holds everything its shards need (the inputs, the configs, the run
+folder) and is picklable, so that a distributed runner (actlab.runs.ray)
+rebuilds it on each worker and runs the very code a single process runs:
+
+    worker = job.worker(model)               once per model copy (an Extractor, the SAEs)
+    settings = job.settings(model, worker)   what the rows depend on (the manifest's)
+    process = job.shard_writer(worker)       process(index, lo, hi): one shard, written atomically
+    job.complete(manifest, totals, session, **job.extras(model, worker))   the manifest, last
+
+Activation, feature, contrast and trait-generation runs are jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from ..activations import ExtractStats
+from ..engine import OnBatch, Progress
+from ..models import peak_memory_bytes
+from .manifest import start_run
+from .shards import ShardPlan, run_shards
+
+if TYPE_CHECKING:
+    from ..models import Model
+
+ShardWriter = Callable[[int, int, int], ExtractStats]  # process(index, lo, hi) -> the shard's figures
+
+
+class ShardJob:
+    """The interface every run kind's job implements (see the module docstring)."""
+
+    out: Path
+    FORMAT: ClassVar[str]
+
+    @property
+    def plan(self) -> ShardPlan:
+        raise NotImplementedError
+
+    def texts_left(self) -> int:
+        """What the progress bar counts: texts (prompts) in the unfinished shards."""
+        return self.plan.rows_left(self.out)
+
+    def worker(self, model: "Model") -> Any:
+        """What one model copy builds once and reuses for every shard."""
+        return model
+
+    def settings(self, model: "Model", worker: Any) -> dict:
+        raise NotImplementedError
+
+    def extras(self, model: "Model", worker: Any) -> dict:
+        """Manifest entries that need the model but are not settings (not compared on resume)."""
+        return {}
+
+    def shard_writer(self, worker: Any, on_batch: OnBatch | None = None) -> ShardWriter:
+        raise NotImplementedError
+
+    def complete(self, manifest: dict, totals: ExtractStats, session: dict, **extras) -> dict:
+        """What a kind writes once every shard is done, then the manifest, last."""
+        raise NotImplementedError
+
+
+def session_record(totals: ExtractStats, device, runner: str, **extra) -> dict:
+    """One session's figures, kept in the manifest's timings."""
+    return {"runner": runner, "device": str(device), "seconds": round(totals.seconds, 3), "texts": totals.n_texts,
+            "tokens": totals.n_tokens, "tokens_per_s": round(totals.tokens_per_s, 1),
+            "padding_waste": round(totals.padding_waste, 4) if totals.n_padded_tokens else None,
+            "peak_memory_bytes": totals.peak_memory_bytes, **extra}
+
+
+def local_run(model: "Model", job: ShardJob, overwrite: bool = False, progress: Progress | None = None) -> dict:
+    """Run a job shard by shard in this process (resumable); returns the complete manifest."""
+    worker = job.worker(model)
+    manifest = start_run(job.out, job.FORMAT, job.settings(model, worker), overwrite)
+    if manifest.get("complete"):
+        return manifest
+    if progress:
+        progress.start(job.texts_left())
+    started, totals = time.perf_counter(), ExtractStats(0, 0, 0, 0.0)
+    for stats in run_shards(job.out, job.plan, job.shard_writer(worker, progress.advance if progress else None)):
+        totals.add(stats)
+    totals.seconds = time.perf_counter() - started
+    totals.peak_memory_bytes = peak_memory_bytes(model.device)
+    session = session_record(totals, model.device, "local")
+    return job.complete(manifest, totals, session, **job.extras(model, worker))

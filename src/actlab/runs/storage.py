@@ -1,0 +1,144 @@
+"""Where a run lives: a local or shared folder, or an object store.
+
+A run folder is a pathlib.Path, or for a URI (s3://bucket/run, gs://bucket/run,
+or any other scheme pyarrow.fs knows) a StorePath: the part of pathlib's
+interface the run layer uses, over pyarrow's filesystem for that URI (its
+credentials and endpoint from the usual environment: AWS_* variables with
+AWS_ENDPOINT_URL for an S3-compatible server, GOOGLE_APPLICATION_CREDENTIALS).
+A StorePath's file is written by atomic_path like a local one: written to a
+local temporary file, then uploaded in one PUT (or one completed multipart
+upload), which an object store makes visible whole or not at all.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ..errors import ActlabError
+
+URI = re.compile(r"^([a-z][a-z0-9+.-]+):/+(.*)$")  # also a URI that pathlib collapsed (s3:/bucket/run)
+
+
+class StorePath:
+    """A file or folder on a pyarrow filesystem, addressed by its URI."""
+
+    def __init__(self, uri: str, filesystem: pafs.FileSystem | None = None):
+        scheme, rest = URI.match(uri).groups()
+        self.scheme, self.path = scheme, rest.rstrip("/")
+        self._fs = filesystem
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        if self._fs is None:
+            try:
+                self._fs, _ = pafs.FileSystem.from_uri(str(self))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ActlabError(f"cannot open {self}: {str(exc).splitlines()[0]}; check the URI and the "
+                                  "storage credentials (AWS_* / GOOGLE_APPLICATION_CREDENTIALS)") from None
+        return self._fs
+
+    def __truediv__(self, name: str) -> "StorePath":
+        return StorePath(f"{self}/{name}", self._fs)
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.path}"
+
+    def __repr__(self) -> str:
+        return f"StorePath({str(self)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, StorePath) and str(other) == str(self)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> "StorePath":
+        return StorePath(f"{self.scheme}://{self.path.rsplit('/', 1)[0]}", self._fs)
+
+    def _type(self) -> pafs.FileType:
+        return self.fs.get_file_info(self.path).type
+
+    def exists(self) -> bool:
+        return self._type() != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self._type() == pafs.FileType.Directory
+
+    def is_file(self) -> bool:
+        return self._type() == pafs.FileType.File
+
+    def iterdir(self) -> list["StorePath"]:
+        found = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        return [self / info.base_name for info in found]
+
+    def glob(self, pattern: str) -> list["StorePath"]:
+        """Children matching `pattern` (one level, as the run layer uses it)."""
+        return [child for child in self.iterdir() if fnmatch.fnmatch(child.name, pattern)]
+
+    def mkdir(self, parents: bool = True, exist_ok: bool = True) -> None:
+        self.fs.create_dir(self.path, recursive=parents)
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as stream:
+            return stream.read()
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def unlink(self) -> None:
+        self.fs.delete_file(self.path)
+
+    def upload(self, local: Path) -> None:
+        """A local file to this path, visible whole or not at all."""
+        pafs.copy_files(str(local), self.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+
+
+RunPath = Path | StorePath
+
+
+def run_path(path: str | Path | StorePath) -> RunPath:
+    """A run folder or file: a StorePath for a URI, else a local Path."""
+    if isinstance(path, StorePath):
+        return path
+    text = str(path)
+    found = URI.match(text)
+    if found is None:
+        return Path(text)
+    return Path("/" + found.group(2)) if found.group(1) == "file" else StorePath(text)
+
+
+def is_remote(path: RunPath) -> bool:
+    return isinstance(path, StorePath)
+
+
+def remove_tree(path: RunPath) -> None:
+    if isinstance(path, StorePath):
+        path.fs.delete_dir(path.path)
+    else:
+        shutil.rmtree(path)
+
+
+def read_parquet(path: RunPath, **options) -> pa.Table:
+    """A Parquet file of a run, local or in an object store (options: pyarrow.parquet.read_table's)."""
+    if isinstance(path, StorePath):
+        return pq.read_table(path.path, filesystem=path.fs, **options)
+    return pq.read_table(path, **options)
+
+
+def parquet_rows(path: RunPath) -> int:
+    if isinstance(path, StorePath):
+        with path.fs.open_input_file(path.path) as source:
+            return pq.read_metadata(source).num_rows
+    return pq.read_metadata(path).num_rows
