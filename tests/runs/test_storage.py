@@ -82,6 +82,42 @@ def test_features_run_and_report_in_s3(tmp_path, tiny_models, s3_bucket):
     report = actlab.build_report(uri, use_model=False)
     assert report == StorePath(f"{uri}/report.html") and "<html" in report.read_text().lower()
     assert StorePath(f"{uri}/figures").glob("*.png")
+    from actlab.report.build import analyze_run
+
+    tables = analyze_run(uri)
+    written = {p.name for p in StorePath(f"{uri}/analysis").iterdir()}
+    assert written == {f"{name}.parquet" for name, rows in tables.items() if rows} and written
+
+
+def test_trait_stages_in_s3(tmp_path, tiny_models, s3_bucket):
+    """Generate, judge and fit vectors with the run in s3://: the same vectors as a local run."""
+    from actlab.traits import GenerationConfig
+    from actlab.traits.definitions import parse_trait
+    from actlab.traits.judges import Judgement
+    from actlab.traits.runs import TraitRun, generate_run, judge_run, vectors_run
+
+    class ByPolarity:
+        """pos answers score 80, neg 20 (answers are judged in run order, in one chunk here)."""
+
+        def __init__(self, polarity):
+            self.polarity = polarity
+
+        def judge(self, items):
+            return [Judgement(80.0 if p == "pos" else 20.0) for p in self.polarity]
+
+    trait = parse_trait({"name": "toy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."}],
+                         "questions": [f"Question number {i}?" for i in range(6)]})
+    runs = {}
+    for name, where in (("local", tmp_path / "trait"), ("s3", f"{s3_bucket}/trait")):
+        path = generate_run(tiny_models["llama"], trait, where, layers=[0, 2], cfg=GenerationConfig(max_new_tokens=4),
+                            shard_size=5)
+        judge_run(path, ByPolarity(TraitRun(path).answers().column("polarity").to_pylist()))
+        vectors_run(path, held_out=0.34)
+        runs[name] = TraitRun(path)
+    assert runs["s3"].answers().equals(runs["local"].answers())
+    for layer, vector in runs["local"].vectors().items():
+        assert torch.equal(runs["s3"].vectors()[layer], vector)
+    assert runs["s3"].evaluation().equals(runs["local"].evaluation())
 
 
 def test_cli_writes_to_s3(monkeypatch, capsys, tmp_path, tiny_model_dir, s3_bucket):

@@ -119,7 +119,8 @@ def run_capacity_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256,
                   "scaling": f"{SCALING} of the engine's tokens/s per GPU under Ray (the target; measured on CPU only)",
                   "gemma_saes": f"{SAES} SAEs of {GEMMA['d_sae']} latents at L0 {GEMMA['l0']} (Gemma Scope-like); "
                                 f"their encoders add {sae_share():.1%} to the forward pass's FLOPs",
-                  "bytes_per_nonzero": "as measured on the default model's SAEs, for every model",
+                  "bytes_per_nonzero": "the bytes per nonzero measured on the default model's SAEs, for every model",
+                  "startup": "Ray's start-up (seconds to a few minutes per run: actors loading the model) left out",
                   "dtype": "the GPU figures are float32; bfloat16 is faster (not measured here)"}}
     console.print(json.dumps(result["plan"], indent=1))
     save_result(result, cpu, results_dir, readme, markdown_table(result))
