@@ -131,3 +131,9 @@ def test_cli_writes_to_s3(monkeypatch, capsys, tmp_path, tiny_model_dir, s3_buck
     code, _, err = run_cli(monkeypatch, capsys, "extract", "--model", tiny_model_dir, "--input", texts,
                            "--hook", HOOKS[0], "--out", f"{s3_bucket}/cli")
     assert code == 2 and "other settings" in err and "Traceback" not in err
+    code, _, err = run_cli(monkeypatch, capsys, "extract", "--model", tiny_model_dir, "--input", texts,
+                           "--hook", HOOKS[0], "--out", f"{s3_bucket}/cli", "--overwrite")
+    assert code == 0, err
+    run = actlab.open_run(f"{s3_bucket}/cli")
+    assert run.settings["hooks"] == [HOOKS[0]] and run.manifest["shards"] == ["shard-00000.parquet"]
+    assert [p.name for p in StorePath(f"{s3_bucket}/cli").glob("shard-*")] == ["shard-00000.parquet"]

@@ -86,8 +86,8 @@ class ExtractionJob(ShardJob):
     def write_shard(self, index: int, result: Activations, rows: Records, lo: int) -> None:
         write_parquet_atomic(self.out / shard_name(index), result.to_arrow(lo, rows.fields))
 
-    def finish(self, manifest: dict) -> None:
-        """What a kind writes once every shard is done (features: merged statistics)."""
+    def finish(self) -> None:
+        """What a kind writes once every shard is done, before the manifest (features: merged statistics)."""
 
     def shard_writer(self, extractor: Extractor, on_batch: OnBatch | None = None) -> ShardWriter:
         """process(index, lo, hi): extract and write one shard, its marker last."""
@@ -100,12 +100,11 @@ class ExtractionJob(ShardJob):
 
     def complete(self, manifest: dict, totals: ExtractStats, session: dict, **extras) -> dict:
         """The manifest, written last: every shard's rows, this session's figures."""
+        self.finish()
         names = self.plan.names()
         n_rows = sum(parquet_rows(self.out / name) for name in names)
-        manifest = finish_run(self.out, manifest, names, n_rows, session, batching=self.cfg.batching(),
-                              n_truncated=manifest.get("n_truncated", 0) + totals.n_truncated)
-        self.finish(manifest)
-        return manifest
+        return finish_run(self.out, manifest, names, n_rows, session, batching=self.cfg.batching(),
+                          n_truncated=manifest.get("n_truncated", 0) + totals.n_truncated)
 
 
 @dataclass

@@ -109,7 +109,7 @@ class FeaturesJob(ExtractionJob):
         write_parquet_atomic(self.out / f"stats-{index:05d}.parquet", stats_table(feats, lo))
         write_parquet_atomic(self.out / shard_name(index), feats.to_arrow(lo))  # last: marks done
 
-    def finish(self, manifest: dict) -> None:
+    def finish(self) -> None:
         stats = [read_parquet(self.out / name) for name in self.plan.names("stats")]
         write_parquet_atomic(self.out / "latent_stats.parquet", merge_stats(stats))
 

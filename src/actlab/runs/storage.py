@@ -119,10 +119,6 @@ def run_path(path: str | Path | StorePath) -> RunPath:
     return Path("/" + found.group(2)) if found.group(1) == "file" else StorePath(text)
 
 
-def is_remote(path: RunPath) -> bool:
-    return isinstance(path, StorePath)
-
-
 def remove_tree(path: RunPath) -> None:
     if isinstance(path, StorePath):
         path.fs.delete_dir(path.path)
