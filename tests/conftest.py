@@ -128,6 +128,22 @@ def save_sae_lens_folder(sae: SAE, path) -> str:
     return str(path)
 
 
+class Recorder:
+    """A Progress (actlab.engine.Progress) that keeps what a run reports."""
+
+    def __init__(self):
+        self.started, self.texts, self.shards = None, 0, 0
+
+    def start(self, total, shards):
+        self.started = (total, shards)
+
+    def advance(self, n_texts, n_tokens):
+        self.texts += n_texts
+
+    def shard_done(self):
+        self.shards += 1
+
+
 def run_cli(monkeypatch, capsys, *args):
     monkeypatch.setattr(sys, "argv", ["actlab", *map(str, args)])
     with pytest.raises(SystemExit) as exit_info:

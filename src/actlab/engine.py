@@ -41,11 +41,14 @@ OnBatch = Callable[[int, int], None]  # progress callback: (texts, tokens) just 
 class Progress(Protocol):
     """What a run reports progress to (the CLI draws it as a bar)."""
 
-    def start(self, total: int) -> None:
-        """The run has `total` texts (or prompts) left to do."""
+    def start(self, total: int, shards: int) -> None:
+        """The run has `total` texts (or prompts) left to do, in `shards` shards."""
 
     def advance(self, n_texts: int, n_tokens: int) -> None:
         """A batch of n_texts texts with n_tokens tokens is done."""
+
+    def shard_done(self) -> None:
+        """One more shard is written."""
 
 
 @dataclass

@@ -19,7 +19,7 @@ from actlab.runs import activations as activation_runs
 from actlab.runs import extract_run, shard_name
 from actlab.inputs import Records
 
-from conftest import TEXTS, rel_error
+from conftest import TEXTS, Recorder, rel_error
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
 
@@ -141,3 +141,15 @@ def test_killed_cli_run_resumes(tmp_path):
     for i in range(8):
         name = shard_name(i)
         assert pq.read_table(tmp_path / "killed" / name).equals(pq.read_table(tmp_path / "clean" / name))
+
+
+def test_a_run_reports_texts_and_shards(tmp_path, tiny_models):
+    """A resumed run reports only what is left: its texts and its shards."""
+    cfg = ExtractConfig(HOOKS, "mean")
+    run = extract_run(tiny_models["llama"], records(), tmp_path / "run", cfg, shard_size=16)
+    (run / shard_name(1)).unlink()
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps(dict(manifest, complete=False)))
+    progress = Recorder()
+    extract_run(tiny_models["llama"], records(), run, cfg, shard_size=16, progress=progress)
+    assert progress.started == (16, 1) and progress.texts == 16 and progress.shards == 1

@@ -226,7 +226,9 @@ class KillAfter:
     "A progress sink that SIGKILLs its own process once 8 texts are done (on Ray: two shards)."
     def __init__(self):
         self.done = 0
-    def start(self, total):
+    def start(self, total, shards):
+        pass
+    def shard_done(self):
         pass
     def advance(self, n_texts, n_tokens):
         self.done += n_texts
@@ -266,6 +268,15 @@ def test_killed_driver_resumes_from_finished_shards(tmp_path, tiny_model_dir, lo
     assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in before.items())  # not redone
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["n_rows"] == 48 and manifest["timings"]["session_0"]["runner"] == second
+
+
+def test_ray_run_reports_texts_and_shards(tmp_path, tiny_model_dir, local_ray):
+    from conftest import Recorder
+
+    progress = Recorder()
+    actlab.extract_run(str(tiny_model_dir), records(20), tmp_path / "run", ExtractConfig(HOOKS, "mean"),
+                       shard_size=8, progress=progress, runner="ray", ray=local_ray)
+    assert progress.started == (20, 3) and progress.texts == 20 and progress.shards == 3
 
 
 def test_a_cluster_without_room_is_one_line(tmp_path, tiny_model_dir, local_ray):

@@ -130,21 +130,24 @@ def _build(config, values: dict):
 
 
 class Bar:
-    """A rich progress bar (texts/s, tokens/s, ETA) that runs report to."""
+    """A rich progress bar (texts/s, tokens/s, shards, ETA) that runs report to."""
 
     def __init__(self, label: str):
         self.label = label
         self.tokens = 0
+        self.shards = [0, 0]  # done, to do
         self.progress: Progress | None = None
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, shards: int) -> None:
+        self.shards = [0, shards]
         if not sys.stderr.isatty():
             return
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                 TimeRemainingColumn(), console=err, transient=False)
+                                 TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[shards]}"),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                                 transient=False)
         self.progress.start()
-        self.task = self.progress.add_task(self.label, total=total, rate="")
+        self.task = self.progress.add_task(self.label, total=total, rate="", shards=f"shards 0/{shards}")
 
     def advance(self, n_texts: int, n_tokens: int) -> None:
         if self.progress is None:
@@ -154,6 +157,11 @@ class Bar:
         elapsed = task.elapsed or 1e-9
         rate = f"{(task.completed + n_texts) / elapsed:.1f}/s {self.tokens / elapsed:.0f} tok/s"
         self.progress.update(self.task, advance=n_texts, rate=rate)
+
+    def shard_done(self) -> None:
+        self.shards[0] += 1
+        if self.progress is not None:
+            self.progress.update(self.task, shards=f"shards {self.shards[0]}/{self.shards[1]}")
 
     def __enter__(self) -> "Bar":
         return self

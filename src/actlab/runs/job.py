@@ -78,9 +78,17 @@ def local_run(model: "Model", job: ShardJob, overwrite: bool = False, progress: 
     if manifest.get("complete"):
         return manifest
     if progress:
-        progress.start(job.texts_left())
+        progress.start(job.texts_left(), len(job.plan.todo(job.out)))
     started, totals = time.perf_counter(), ExtractStats(0, 0, 0, 0.0)
-    for stats in run_shards(job.out, job.plan, job.shard_writer(worker, progress.advance if progress else None)):
+    process = job.shard_writer(worker, progress.advance if progress else None)
+
+    def reported(index: int, lo: int, hi: int) -> ExtractStats:
+        stats = process(index, lo, hi)
+        if progress:
+            progress.shard_done()
+        return stats
+
+    for stats in run_shards(job.out, job.plan, reported):
         totals.add(stats)
     totals.seconds = time.perf_counter() - started
     totals.peak_memory_bytes = peak_memory_bytes(model.device)

@@ -141,7 +141,7 @@ def ray_run(spec: dict, job: ShardJob, overwrite: bool = False, progress: Progre
         return manifest
     todo = job.plan.todo(job.out)
     if progress:
-        progress.start(job.texts_left())
+        progress.start(job.texts_left(), len(todo))
     started, totals, actors = time.perf_counter(), ExtractStats(0, 0, 0, 0.0), {}
     if todo:
         items = [{"index": i, "lo": job.plan.bounds(i)[0], "hi": job.plan.bounds(i)[1]} for i in todo]
@@ -155,6 +155,7 @@ def ray_run(spec: dict, job: ShardJob, overwrite: bool = False, progress: Progre
             tally_actor(actors, row)
             if progress:
                 progress.advance(row["texts"], row["tokens"])
+                progress.shard_done()
     totals.seconds = time.perf_counter() - started
     totals.peak_memory_bytes = max((a["peak_memory_bytes"] for a in actors.values()), default=None)
     session = session_record(totals, f"ray: {cfg.actors} actor(s), {gpus:g} GPU each", "ray", actors=actors,
