@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ActlabError
+from .storage import RunPath, StorePath, parquet_file, read_parquet, run_path
 
 FORMATS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 OPTIONAL_FIELDS = ("id", "label", "category")
@@ -73,12 +74,12 @@ class ParquetRecords:
     """A Parquet input read one row range at a time, where the rows are used:
     a run's job then carries (file, row range) to its workers instead of the
     texts, and no process holds every text. The file must be reachable at
-    `location` from every worker (a shared filesystem). Rows are checked as
-    they are read, with read_records's messages; empty texts cannot be
-    skipped (their rows would shift), so they fail the run."""
+    `location` from every worker (a shared filesystem or an object store).
+    Rows are checked as they are read, with read_records's messages; empty
+    texts cannot be skipped (their rows would shift), so they fail the run."""
 
     source: str  # the path as given, which the manifest records
-    location: str  # the absolute path the workers open
+    location: str  # the absolute path or URI the workers open
     text_field: str
     columns: dict[str, str]  # role -> column, for the optional fields present
     n_rows: int
@@ -93,31 +94,29 @@ class ParquetRecords:
 
     def slice(self, lo: int, hi: int) -> Records:
         """Rows [lo, hi), reading only the row groups that hold them."""
-        import pyarrow.parquet as pq
-
-        file = pq.ParquetFile(self.location)
+        file = parquet_file(run_path(self.location))
         sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
         starts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         groups = [i for i in range(len(sizes)) if starts[i] < hi and starts[i + 1] > lo]
         table = file.read_row_groups(groups, columns=[self.text_field, *self.columns.values()])
         table = table.slice(lo - starts[groups[0]] if groups else 0, hi - lo)
         lines = list(range(lo + 1, hi + 1))
-        name = Path(self.source).name
+        name = run_path(self.source).name
         texts = table.column(self.text_field).to_pylist()
         for text, line in zip(texts, lines):
             if not isinstance(text, str):
                 raise ActlabError(f"{name}: row {line}: field '{self.text_field}' is not a string")
         records = Records(texts, {role: table.column(column).to_pylist() for role, column in self.columns.items()},
                           lines, source=self.source, text_field=self.text_field)
-        return _drop_empty(records, Path(self.source), skip_empty=False)
+        return _drop_empty(records, run_path(self.source), skip_empty=False)
 
 
-def read_records(path: str | Path, names: FieldNames = FieldNames(), skip_empty: bool = False,
+def read_records(path: str | Path | StorePath, names: FieldNames = FieldNames(), skip_empty: bool = False,
                  by_row_range: bool = False) -> Records | ParquetRecords:
-    """The texts and optional fields of an input file. by_row_range: a
-    Parquet file (without skip_empty) comes back as ParquetRecords, read
-    where its rows are used."""
-    path = Path(path)
+    """The texts and optional fields of an input file (a path or an
+    object-store URI). by_row_range: a Parquet file (without skip_empty)
+    comes back as ParquetRecords, read where its rows are used."""
+    path = run_path(path)
     if by_row_range and path.suffix.lower() == ".parquet" and not skip_empty:
         return parquet_records(path, names)
     rows, lines = read_rows(path)
@@ -126,15 +125,15 @@ def read_records(path: str | Path, names: FieldNames = FieldNames(), skip_empty:
     return _drop_empty(records, path, skip_empty)
 
 
-def parquet_records(path: Path, names: FieldNames) -> ParquetRecords:
+def parquet_records(path: RunPath, names: FieldNames) -> ParquetRecords:
     """A Parquet input checked by its schema alone (the rows are read later)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if not path.is_file():
         raise ActlabError(f"input file not found: {path}")
     try:
-        schema, n_rows = pq.read_schema(path), pq.read_metadata(path).num_rows
+        file = parquet_file(path)
+        schema, n_rows = file.schema_arrow, file.metadata.num_rows
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise ActlabError(f"{path.name}: cannot read as Parquet ({exc})") from None
     if names.text not in schema.names:
@@ -149,13 +148,14 @@ def parquet_records(path: Path, names: FieldNames) -> ParquetRecords:
             columns[role] = column
         elif explicit:
             raise ActlabError(f"{path.name}: row 1 has no field '{column}' (named by --{role}-field)")
-    return ParquetRecords(str(path), str(path.resolve()), names.text, columns, n_rows)
+    location = str(path.resolve()) if isinstance(path, Path) else str(path)
+    return ParquetRecords(str(path), location, names.text, columns, n_rows)
 
 
-def read_rows(path: str | Path) -> tuple[list, list[int]]:
+def read_rows(path: str | Path | StorePath) -> tuple[list, list[int]]:
     """The rows of a .txt / .jsonl / .json / .csv / .parquet file (dicts, or
     strings) and the 1-based line or row of each, for error messages."""
-    path = Path(path)
+    path = run_path(path)
     if not path.is_file():
         raise ActlabError(f"input file not found: {path}")
     suffix = path.suffix.lower()
@@ -167,7 +167,7 @@ def read_rows(path: str | Path) -> tuple[list, list[int]]:
     return {".txt": _rows_txt, ".jsonl": _rows_jsonl, ".json": _rows_json, ".csv": _rows_csv}[suffix](text, path)
 
 
-def _decode(path: Path) -> str:
+def _decode(path: RunPath) -> str:
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
@@ -177,14 +177,14 @@ def _decode(path: Path) -> str:
                           "re-encode the file as UTF-8") from None
 
 
-def _rows_txt(text: str, path: Path):
+def _rows_txt(text: str, path: RunPath):
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [{"text": line.rstrip("\r")} for line in lines], list(range(1, len(lines) + 1))
 
 
-def _rows_jsonl(text: str, path: Path):
+def _rows_jsonl(text: str, path: RunPath):
     rows, lines = [], []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -197,7 +197,7 @@ def _rows_jsonl(text: str, path: Path):
     return rows, lines
 
 
-def _rows_json(text: str, path: Path):
+def _rows_json(text: str, path: RunPath):
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -209,23 +209,21 @@ def _rows_json(text: str, path: Path):
     return data, list(range(1, len(data) + 1))
 
 
-def _rows_csv(text: str, path: Path):
+def _rows_csv(text: str, path: RunPath):
     reader = csv.DictReader(io.StringIO(text))
     rows = list(reader)
     return rows, [i + 2 for i in range(len(rows))]  # line 1 is the header
 
 
-def _read_parquet(path: Path):
-    import pyarrow.parquet as pq
-
+def _read_parquet(path: RunPath):
     try:
-        rows = pq.read_table(path).to_pylist()
+        rows = read_parquet(path).to_pylist()
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise ActlabError(f"{path.name}: cannot read as Parquet ({exc})") from None
     return rows, list(range(1, len(rows) + 1))
 
 
-def _to_records(rows: list, lines: list[int], names: FieldNames, path: Path) -> Records:
+def _to_records(rows: list, lines: list[int], names: FieldNames, path: RunPath) -> Records:
     what = "row" if path.suffix in (".parquet", ".json") else "line"
     if rows and all(isinstance(r, str) for r in rows):
         rows = [{"text": r} for r in rows]
@@ -252,7 +250,7 @@ def _to_records(rows: list, lines: list[int], names: FieldNames, path: Path) -> 
     return Records(texts, fields, lines)
 
 
-def _drop_empty(records: Records, path: Path, skip_empty: bool) -> Records:
+def _drop_empty(records: Records, path: RunPath, skip_empty: bool) -> Records:
     empty = [i for i, t in enumerate(records.texts) if not t.strip()]
     if not empty:
         return records

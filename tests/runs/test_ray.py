@@ -203,7 +203,7 @@ def test_trait_generation_on_ray_is_token_identical(monkeypatch, capsys, tmp_pat
 
 def test_ray_run_in_object_storage(tmp_path, tiny_model_dir, local_ray, s3_bucket):
     """Actors write their shards straight to s3:// (a local S3-compatible server)."""
-    from actlab.runs.storage import read_parquet, run_path
+    from actlab.storage import read_parquet, run_path
 
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     cfg = ExtractConfig(HOOKS, "mean")
@@ -268,6 +268,23 @@ def test_killed_driver_resumes_from_finished_shards(tmp_path, tiny_model_dir, lo
     assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in before.items())  # not redone
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["n_rows"] == 48 and manifest["timings"]["session_0"]["runner"] == second
+
+
+def test_actors_read_their_rows_from_s3(tmp_path, tiny_model_dir, local_ray, s3_bucket):
+    """A Parquet input in s3:// travels to the actors as (URI, row range)."""
+    import pyarrow as pa
+
+    from actlab.inputs import read_records
+    from actlab.runs.atomic import write_parquet_atomic
+    from actlab.storage import StorePath
+
+    write_parquet_atomic(StorePath(f"{s3_bucket}/inputs/ray.parquet"), pa.table({"text": records(20).texts}))
+    by_range = read_records(f"{s3_bucket}/inputs/ray.parquet", by_row_range=True)
+    model = actlab.load_model(str(tiny_model_dir), device="cpu")
+    cfg = ExtractConfig(HOOKS, "mean")
+    on_ray = actlab.extract_run(model, by_range, tmp_path / "ray", cfg, shard_size=8, runner="ray", ray=local_ray)
+    local = actlab.extract_run(model, actlab.Records.of(records(20).texts), tmp_path / "local", cfg, shard_size=8)
+    same_shards(local, on_ray, [shard_name(i) for i in range(3)])
 
 
 def test_ray_run_reports_texts_and_shards(tmp_path, tiny_model_dir, local_ray):

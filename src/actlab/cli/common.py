@@ -47,8 +47,10 @@ class ModelOptions:
 class RunOptions:
     """Where a run goes and what it reads: the shell's part of a run command."""
 
-    input: Path = dataclasses.field(metadata={"help": ".txt, .jsonl, .json, .csv or .parquet", "short": "-i"})
-    out: Path = dataclasses.field(metadata={"help": "Run directory (resumable).", "short": "-o"})
+    input: Path = dataclasses.field(metadata={"help": ".txt, .jsonl, .json, .csv or .parquet (a path or an "
+                                                      "s3:// / gs:// URI)", "short": "-i"})
+    out: Path = dataclasses.field(metadata={"help": "Run directory (resumable): a path or an s3:// / gs:// URI.",
+                                            "short": "-o"})
     shard_size: int = dataclasses.field(default=2048, metadata={"help": "Texts per Parquet shard."})
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "Replace an existing run in --out."})
     skip_empty: bool = dataclasses.field(default=False, metadata={"help": "Skip empty texts instead of failing."})

@@ -37,9 +37,9 @@ from ..runs.job import ShardJob, ShardWriter
 from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind
 from ..runs.runner import run_job
 from ..runs.shards import ShardPlan, read_shards, shard_name
-from ..runs.storage import read_parquet, run_path
 from ..saes import SAE, default_saes
 from ..saes.features import features_config, name_saes
+from ..storage import read_parquet, run_path
 from ..tokens import tokenize
 from .metrics import angle_deg, noise, shape_class, text_metrics
 from .pairs import PROMPT, Pairs

@@ -17,9 +17,9 @@ from ..errors import ActlabError
 from ..models import Model
 from ..runs import FeatureRun
 from ..runs.atomic import write_bytes_atomic, write_parquet_atomic, write_text_atomic
-from ..runs.storage import RunPath, run_path
 from ..saes import load_sae
 from ..saes.quality import sae_quality
+from ..storage import RunPath, run_path
 from .data import Example, LatentCard, ReportData
 from .html import render, slug
 

@@ -33,7 +33,7 @@ from ..contrasts.run import METRICS, ContrastConfig, ContrastRun, contrast_run
 from ..engine import ExtractConfig, Progress
 from ..models import Model
 from ..runs.atomic import write_parquet_atomic
-from ..runs.storage import read_parquet, run_path
+from ..storage import read_parquet, run_path
 from .build import write_page
 from .html import STYLE, image, section, table
 

@@ -15,7 +15,7 @@ import numpy as np
 from .. import plots
 from ..errors import ActlabError
 from ..models import Model
-from ..runs.storage import read_parquet, run_path
+from ..storage import read_parquet, run_path
 from ..traits.monitor import monitor
 from ..traits.runs import TraitRun, steering_layer, sweep_summary
 from ..traits.vectors import best_layers

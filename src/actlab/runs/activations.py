@@ -21,13 +21,13 @@ import torch
 from ..activations import Activations, ExtractStats, column_matrix
 from ..engine import ExtractConfig, Extractor, OnBatch
 from ..inputs import ParquetRecords, Records
+from ..storage import RunPath, StorePath, parquet_rows, run_path
 from ..tokens import offsets, tokenizer_adds_bos
 from .atomic import write_parquet_atomic
 from .fingerprint import file_sha256
 from .job import ShardJob, ShardWriter
 from .manifest import Run, RunKind, finish_run, read_manifest, register_run_kind
 from .shards import ShardPlan, read_shards, shard_name
-from .storage import RunPath, StorePath, parquet_rows, run_path
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -42,7 +42,7 @@ def input_settings(records: Records | ParquetRecords) -> dict:
     info: dict = {}
     if records.source is not None:
         info["path"] = records.source
-        if Path(records.source).is_file():
+        if run_path(records.source).is_file():
             info["sha256"] = file_sha256(records.source)
             info["text_field"] = records.text_field
     return dict(info, n_texts=len(records), fields=records.field_names)

@@ -14,7 +14,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .storage import StorePath, run_path
+from ..storage import StorePath, run_path
 
 
 @contextmanager

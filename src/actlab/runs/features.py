@@ -28,13 +28,13 @@ from ..engine import ExtractConfig, Progress
 from ..inputs import ParquetRecords, Records
 from ..saes.features import FeatureExtractor, Features, LatentStats, SparseFeatures
 from ..saes.sae import SAEConfig
+from ..storage import RunPath, StorePath, read_parquet, run_path
 from ..tokens import offsets
 from .activations import DEFAULT_SHARD_SIZE, ActivationRun, ExtractionJob, engine_settings
 from .atomic import write_parquet_atomic
 from .manifest import Run, RunKind, read_manifest, register_run_kind
 from .runner import run_job
 from .shards import read_shards, shard_name
-from .storage import RunPath, StorePath, read_parquet, run_path
 
 if TYPE_CHECKING:
     from ..models import Model

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..storage import StorePath, run_path
+
 FINGERPRINT_CHARS = 16
 
 
@@ -28,10 +30,10 @@ def step_fingerprint(previous: str | None, name: str, version: int | str, args: 
     return fingerprint(previous, name, version, changed)
 
 
-def file_sha256(path: str | Path) -> str:
-    """The full sha256 of a file's bytes (an input's identity in a manifest)."""
+def file_sha256(path: str | Path | StorePath) -> str:
+    """The full sha256 of a file's bytes, local or in an object store (an input's identity in a manifest)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with run_path(path).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

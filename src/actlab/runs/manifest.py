@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import ActlabError
 from ..models import load_run_model
 from ..registry import Registry
+from ..storage import RunPath, StorePath, remove_tree, run_path
 from ..version import VERSION
 from .atomic import write_json_atomic
 from .fingerprint import fingerprint
-from .storage import RunPath, StorePath, remove_tree, run_path
 
 if TYPE_CHECKING:
     from ..models import Model

@@ -9,10 +9,10 @@ from ..engine import ExtractConfig, Progress
 from ..errors import ActlabError
 from ..inputs import ParquetRecords, Records
 from ..models import load_model
+from ..storage import RunPath, StorePath, run_path
 from .activations import DEFAULT_SHARD_SIZE, ExtractionJob
 from .job import ShardJob, local_run
 from .ray import RayConfig, ray_run
-from .storage import RunPath, StorePath, run_path
 
 if TYPE_CHECKING:
     from ..models import Model

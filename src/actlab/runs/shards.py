@@ -16,7 +16,7 @@ from typing import Callable, TypeVar
 import pyarrow as pa
 
 from ..errors import ActlabError
-from .storage import RunPath, read_parquet
+from ..storage import RunPath, read_parquet
 
 T = TypeVar("T")
 

@@ -39,7 +39,7 @@ from ..runs.job import ShardJob, ShardWriter
 from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind
 from ..runs.runner import run_job
 from ..runs.shards import ShardPlan, read_shards, shard_name
-from ..runs.storage import read_parquet, run_path
+from ..storage import read_parquet, run_path
 from .definitions import Trait
 from .generation import GenerationConfig, Steering, generate, render_prompt
 from .judges import Judge, Judgement, describe_judge, judge_fingerprint, judge_for, keep_answers

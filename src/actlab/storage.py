@@ -1,8 +1,8 @@
-"""Where a run lives: a local or shared folder, or an object store.
+"""Where runs and inputs live: a local or shared folder, or an object store.
 
-A run folder is a pathlib.Path, or for a URI (s3://bucket/run, gs://bucket/run,
-or any other scheme pyarrow.fs knows) a StorePath: the part of pathlib's
-interface the run layer uses, over pyarrow's filesystem for that URI (its
+A path is a pathlib.Path, or for a URI (s3://bucket/run, gs://bucket/run, or
+any other scheme pyarrow.fs knows) a StorePath: the part of pathlib's
+interface actlab uses, over pyarrow's filesystem for that URI (its
 credentials and endpoint from the usual environment: AWS_* variables with
 AWS_ENDPOINT_URL for an S3-compatible server, GOOGLE_APPLICATION_CREDENTIALS).
 A StorePath's file is written by atomic_path like a local one: written to a
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..errors import ActlabError
+from .errors import ActlabError
 
 URI = re.compile(r"^([a-z][a-z0-9+.-]+):/+(.*)$")  # also a URI that pathlib collapsed (s3:/bucket/run)
 
@@ -64,6 +64,10 @@ class StorePath:
         return self.path.rsplit("/", 1)[-1]
 
     @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
+    @property
     def parent(self) -> "StorePath":
         return StorePath(f"{self.scheme}://{self.path.rsplit('/', 1)[0]}", self._fs)
 
@@ -90,6 +94,12 @@ class StorePath:
     def mkdir(self, parents: bool = True, exist_ok: bool = True) -> None:
         self.fs.create_dir(self.path, recursive=parents)
 
+    def open(self, mode: str = "rb"):
+        """A binary file object to read (the only mode an object store offers here)."""
+        if mode != "rb":
+            raise ValueError("a StorePath opens for reading ('rb'); writes go through actlab.runs.atomic")
+        return self.fs.open_input_file(self.path)
+
     def read_bytes(self) -> bytes:
         with self.fs.open_input_stream(self.path) as stream:
             return stream.read()
@@ -109,7 +119,7 @@ RunPath = Path | StorePath
 
 
 def run_path(path: str | Path | StorePath) -> RunPath:
-    """A run folder or file: a StorePath for a URI, else a local Path."""
+    """A folder or file: a StorePath for a URI, else a local Path."""
     if isinstance(path, StorePath):
         return path
     text = str(path)
@@ -127,14 +137,16 @@ def remove_tree(path: RunPath) -> None:
 
 
 def read_parquet(path: RunPath, **options) -> pa.Table:
-    """A Parquet file of a run, local or in an object store (options: pyarrow.parquet.read_table's)."""
+    """A Parquet file, local or in an object store (options: pyarrow.parquet.read_table's)."""
     if isinstance(path, StorePath):
         return pq.read_table(path.path, filesystem=path.fs, **options)
     return pq.read_table(path, **options)
 
 
+def parquet_file(path: RunPath) -> pq.ParquetFile:
+    """A Parquet file opened for its metadata and row groups, local or in an object store."""
+    return pq.ParquetFile(path.open() if isinstance(path, StorePath) else path)
+
+
 def parquet_rows(path: RunPath) -> int:
-    if isinstance(path, StorePath):
-        with path.fs.open_input_file(path.path) as source:
-            return pq.read_metadata(source).num_rows
-    return pq.read_metadata(path).num_rows
+    return parquet_file(path).metadata.num_rows

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ import actlab
 from actlab import ExtractConfig
 from actlab.runs import features_run, shard_name
 from actlab.runs.atomic import atomic_path, write_json_atomic
-from actlab.runs.storage import StorePath, read_parquet, run_path
+from actlab.storage import StorePath, read_parquet, run_path
 from conftest import TEXTS, random_sae, run_cli
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
@@ -137,3 +138,35 @@ def test_cli_writes_to_s3(monkeypatch, capsys, tmp_path, tiny_model_dir, s3_buck
     run = actlab.open_run(f"{s3_bucket}/cli")
     assert run.settings["hooks"] == [HOOKS[0]] and run.manifest["shards"] == ["shard-00000.parquet"]
     assert [p.name for p in StorePath(f"{s3_bucket}/cli").glob("shard-*")] == ["shard-00000.parquet"]
+
+
+def test_inputs_in_s3(tmp_path, tiny_models, s3_bucket):
+    """Inputs read from s3:// equal the same files read locally, whole or by row range,
+    and the manifest records the object's sha256."""
+    import pyarrow as pa
+
+    from actlab.inputs import ParquetRecords, read_records
+    from actlab.runs.atomic import write_bytes_atomic
+
+    table = pa.table({"text": records(20).texts, "category": [i % 3 for i in range(20)]})
+    pq_local, jsonl_local = tmp_path / "in.parquet", tmp_path / "in.jsonl"
+    pq.write_table(table, pq_local, row_group_size=6)
+    jsonl_local.write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+    write_bytes_atomic(StorePath(f"{s3_bucket}/inputs/in.parquet"), pq_local.read_bytes())
+    write_bytes_atomic(StorePath(f"{s3_bucket}/inputs/in.jsonl"), jsonl_local.read_bytes())
+    for name in ("in.parquet", "in.jsonl"):
+        remote, local = read_records(f"{s3_bucket}/inputs/{name}"), read_records(tmp_path / name)
+        assert (remote.texts, remote.fields) == (local.texts, local.fields)
+        assert remote.source == f"{s3_bucket}/inputs/{name}"
+    by_range = read_records(f"{s3_bucket}/inputs/in.parquet", by_row_range=True)
+    assert isinstance(by_range, ParquetRecords) and by_range.location == f"{s3_bucket}/inputs/in.parquet"
+    assert by_range.slice(4, 13).texts == table.column("text").to_pylist()[4:13]
+    cfg = ExtractConfig(HOOKS, "mean")
+    a = actlab.extract_run(tiny_models["llama"], by_range, tmp_path / "from-s3", cfg, shard_size=8)
+    b = actlab.extract_run(tiny_models["llama"], read_records(pq_local), tmp_path / "local", cfg, shard_size=8)
+    for i in range(3):
+        assert pq.read_table(a / shard_name(i)).equals(pq.read_table(b / shard_name(i)))
+    settings = (actlab.open_run(a).settings["input"], actlab.open_run(b).settings["input"])
+    assert settings[0]["sha256"] == settings[1]["sha256"] and settings[0]["fields"] == ["category"]
+    with pytest.raises(actlab.ActlabError, match="input file not found"):
+        read_records(f"{s3_bucket}/inputs/missing.jsonl")
