@@ -287,6 +287,31 @@ def test_actors_read_their_rows_from_s3(tmp_path, tiny_model_dir, local_ray, s3_
     same_shards(local, on_ray, [shard_name(i) for i in range(3)])
 
 
+def test_relative_paths_mean_the_drivers(monkeypatch, tmp_path, tiny_model_dir, local_ray):
+    """A relative run folder and model folder are the driver's, wherever a worker
+    runs; the run equals (and may be resumed by) a single-process run given the same paths."""
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    cfg = ExtractConfig(HOOKS, "mean")
+    on_ray = actlab.extract_run("model", records(16), "rel/ray", cfg, shard_size=8, runner="ray", ray=local_ray)
+    local = actlab.extract_run(actlab.load_model("model", device="cpu"), records(16), "rel/local", cfg, shard_size=8)
+    assert (tmp_path / "rel" / "ray" / shard_name(1)).exists()
+    same_shards(local, tmp_path / on_ray, [shard_name(i) for i in range(2)])
+    a, b = (json.loads((tmp_path / "rel" / p / "manifest.json").read_text()) for p in ("local", "ray"))
+    assert a["settings"] == b["settings"] and b["settings"]["model"]["id"] == "model"
+
+
+def test_an_actor_that_cannot_see_the_run_folder_says_so(tmp_path, tiny_model_dir):
+    from actlab.runs.activations import ExtractionJob
+    from actlab.runs.ray import ShardActor
+
+    job = ExtractionJob(records(4), tmp_path / "elsewhere", ExtractConfig(HOOKS, "mean"))
+    with pytest.raises(ActlabError, match="cannot see the run folder .*shared filesystem path or an object-store"):
+        ShardActor({"id": str(tiny_model_dir)}, job, 1)
+
+
 def test_ray_run_reports_texts_and_shards(tmp_path, tiny_model_dir, local_ray):
     from conftest import Recorder
 

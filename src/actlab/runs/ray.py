@@ -13,11 +13,13 @@ equal a single-process run's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,7 +29,7 @@ from ..engine import Progress
 from ..errors import ActlabError
 from ..models import load_model, peak_memory_bytes
 from .job import ShardJob, session_record
-from .manifest import start_run
+from .manifest import MANIFEST, start_run
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -87,8 +89,10 @@ def connect(cfg: RayConfig):
 
 
 def load_spec_model(spec: dict, device: str = "auto") -> "Model":
-    """The job's model where it runs, refused when its weights are not the run's."""
+    """The job's model where it runs (named as the driver was given it),
+    refused when its weights are not the run's."""
     model = load_model(spec["id"], device=device, dtype=spec.get("dtype", "float32"))
+    model.name = spec.get("name", model.name)
     expected = spec.get("weights_sha256")
     if expected and model.weight_hash != expected:
         raise ActlabError(f"the model '{spec['id']}' on this worker has other weights than the run's; give every "
@@ -109,10 +113,13 @@ class ShardActor:
     def __init__(self, spec: dict, job: ShardJob, threads: int):
         import ray
 
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
+        if not (job.out / MANIFEST).exists():
+            raise ActlabError(f"the actor on {self.name} cannot see the run folder {job.out}; give --out a shared "
+                              "filesystem path or an object-store URI (s3://...)", param="out")
         torch.set_num_threads(threads)
         self.model = load_spec_model(spec)
         self.process = job.shard_writer(job.worker(self.model))
-        self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict) -> dict:
@@ -131,6 +138,8 @@ def ray_run(spec: dict, job: ShardJob, overwrite: bool = False, progress: Progre
             cfg: RayConfig | None = None) -> dict:
     """The job's unfinished shards on Ray; returns the complete manifest."""
     cfg = cfg or RayConfig()
+    if isinstance(job.out, Path):  # a worker's working directory is not the driver's
+        job = dataclasses.replace(job, out=job.out.absolute())
     ray = connect(cfg)
     gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1 if ray.cluster_resources().get("GPU") else 0)
     task = ray.remote(job_settings).options(num_gpus=gpus, num_cpus=cfg.cpus_per_actor)

@@ -45,12 +45,17 @@ def run_job(model: "Model | dict | str", job: ShardJob, overwrite: bool, progres
 
 
 def model_spec(model: "Model | str | dict") -> dict:
-    """How a worker loads the same model: its name or folder, its dtype and
-    (when known here) its weights hash; a name is never loaded here."""
-    if isinstance(model, dict):
-        return model
+    """How a worker loads the same model: its name or folder (a folder made
+    absolute, since a worker's working directory is not the driver's, with
+    the name as given kept for the manifest), its dtype and (when known here)
+    its weights hash; a name is never loaded here."""
     if isinstance(model, str):
-        return {"id": model, "dtype": "float32"}
-    return {"id": model.name, "dtype": model.dtype, "weights_sha256": model.weight_hash}
+        model = {"id": model, "dtype": "float32"}
+    elif not isinstance(model, dict):
+        model = {"id": model.name, "dtype": model.dtype, "weights_sha256": model.weight_hash}
+    local = Path(model["id"]).expanduser()
+    if not local.exists() or local.is_absolute():
+        return model
+    return dict(model, id=str(local.absolute()), name=model.get("name", model["id"]))
 
 
