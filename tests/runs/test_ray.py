@@ -312,6 +312,33 @@ def test_an_actor_that_cannot_see_the_run_folder_says_so(tmp_path, tiny_model_di
         ShardActor({"id": str(tiny_model_dir)}, job, 1)
 
 
+def test_trait_pipeline_generates_on_ray(tmp_path, tiny_model_dir, local_ray):
+    """run_trait with runner="ray": the answers as a single-process run's, then judged,
+    fitted and steered here."""
+    from actlab.traits import GenerationConfig
+    from actlab.traits.definitions import parse_trait
+    from actlab.traits.judges import Judgement
+    from actlab.traits.runs import TraitRun, run_trait
+
+    class Alternating:
+        """Answers come pos, neg, pos, ...: pos 80, neg 20 (steered answers: whatever)."""
+
+        def judge(self, items):
+            return [Judgement(80.0 if i % 2 == 0 else 20.0) for i in range(len(items))]
+
+    trait = parse_trait({"name": "toy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."}],
+                         "questions": [f"Question number {i}?" for i in range(6)]})
+    model = actlab.load_model(str(tiny_model_dir), device="cpu")
+    greedy = GenerationConfig(max_new_tokens=5)
+    results = {runner: run_trait(model, trait, tmp_path / runner, Alternating(), coeffs=(0, 1), layers=[0, 2],
+                                 cfg=greedy, held_out=0.34, runner=runner, ray=local_ray)
+               for runner in ("local", "ray")}
+    assert results["ray"]["kept_pos"] == results["local"]["kept_pos"] == 6
+    local, on_ray = TraitRun(tmp_path / "local"), TraitRun(tmp_path / "ray")
+    assert on_ray.answers().equals(local.answers())
+    assert on_ray.manifest["timings"]["session_0"]["runner"] == "ray"
+
+
 def test_ray_run_reports_texts_and_shards(tmp_path, tiny_model_dir, local_ray):
     from conftest import Recorder
 

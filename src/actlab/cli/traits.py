@@ -167,14 +167,16 @@ def report_command(run: Path = RunArg,
 
 
 @app.command("run")
-@with_options(model=ModelOptions, gen=TRAIT_SAMPLING)
+@with_options(model=ModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig)
 @judge_options
-def run_command(judging: JudgeOptions, model: ModelOptions, gen: GenerationConfig, trait: str = TraitOpt,
+def run_command(judging: JudgeOptions, model: ModelOptions, gen: GenerationConfig, ray: RayConfig,
+                trait: str = TraitOpt,
                 out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable)."),
                 layers: Optional[str] = typer.Option(None, help="Blocks to capture (default: all)."),
                 coeffs: str = typer.Option("-2,-1,0,1,2", help="Steering coefficients (see steer)."),
                 overwrite: bool = typer.Option(False)) -> None:
-    """All stages: generate (resumable), judge + vectors, steering sweep at the steering layer."""
+    """All stages: generate (resumable; --ray: on a Ray cluster), judge + vectors, steering sweep at the
+    steering layer."""
     from ..traits import load_trait
     from ..traits.judges import judge_for
     from ..traits.runs import run_trait
@@ -183,7 +185,7 @@ def run_command(judging: JudgeOptions, model: ModelOptions, gen: GenerationConfi
     judge = judge_for(definition, judging.kind, judging.model, judging.url, lm)
     with Bar("generate") as bar:
         result = run_trait(lm, definition, out_dir, judge, comma_list(coeffs, float, "--coeffs", "-2,0,2"),
-                           comma_list(layers), gen, overwrite=overwrite, progress=bar)
+                           comma_list(layers), gen, overwrite=overwrite, progress=bar, runner=ray.runner, ray=ray)
     best = result["best_mean_diff"]
     out.print(f"{result['kept_pos']} pos / {result['kept_neg']} neg answers kept; mean_diff best at block "
               f"{best['layer']} (held-out AUROC {best['auroc']:.2f})")

@@ -421,15 +421,16 @@ def monitor_run(model: "Model", run: str | Path, text: str | None = None, row: i
 def run_trait(model: "Model", trait: Trait, out_dir: str | Path, judge: Judge | None = None,
               coeffs: Sequence[float] = (-2, -1, 0, 1, 2), layers: Sequence[int] | None = None,
               cfg: GenerationConfig | None = None, held_out: float = 0.2, overwrite: bool = False,
-              progress: Progress | None = None) -> dict:
+              progress: Progress | None = None, runner: str = "local", ray=None) -> dict:
     """Every stage on one trait: generate with capture (`layers`, default
-    every block; `cfg`, default sampled as in generate_run), judge (the
-    trait's own judge by default), vectors per layer, a steering sweep at the
-    default steering layer (greedy, as many new tokens). Returns what each
-    stage found."""
+    every block; `cfg`, default sampled as in generate_run; runner="ray": on
+    a Ray cluster), judge (the trait's own judge by default), vectors per
+    layer, a steering sweep at the default steering layer (greedy, as many
+    new tokens). Returns what each stage found."""
     judge = judge or judge_for(trait)
     start = time.perf_counter()
-    run = generate_run(model, trait, out_dir, layers, cfg=cfg, overwrite=overwrite, progress=progress)
+    run = generate_run(model, trait, out_dir, layers, cfg=cfg, overwrite=overwrite, progress=progress,
+                       runner=runner, ray=ray)
     generated = time.perf_counter()
     scores = judge_run(run, judge)
     best = best_layers(vectors_run(run, held_out=held_out).to_pylist())["mean_diff"]
