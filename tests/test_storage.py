@@ -170,3 +170,15 @@ def test_inputs_in_s3(tmp_path, tiny_models, s3_bucket):
     assert settings[0]["sha256"] == settings[1]["sha256"] and settings[0]["fields"] == ["category"]
     with pytest.raises(actlab.ActlabError, match="input file not found"):
         read_records(f"{s3_bucket}/inputs/missing.jsonl")
+
+
+def test_storage_errors_are_one_line(monkeypatch, capsys, tmp_path, tiny_model_dir, s3_bucket):
+    with pytest.raises(actlab.ActlabError, match="s3://no-such-bucket/run: .*not found; check the bucket"):
+        actlab.extract_run(str(tiny_model_dir), records(4), "s3://no-such-bucket/run", ExtractConfig(HOOKS, "mean"))
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(json.dumps({"text": "one"}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "extract", "--model", tiny_model_dir, "--input", texts,
+                           "--hook", HOOKS[0], "--out", "s3://no-such-bucket/run")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(actlab.ActlabError, match="is not an actlab run"):
+        actlab.open_run(f"{s3_bucket}/nothing-here")

@@ -13,6 +13,7 @@ upload), which an object store makes visible whole or not at all.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import shutil
 from pathlib import Path
@@ -24,6 +25,23 @@ import pyarrow.parquet as pq
 from .errors import ActlabError
 
 URI = re.compile(r"^([a-z][a-z0-9+.-]+):/+(.*)$")  # also a URI that pathlib collapsed (s3:/bucket/run)
+STORE_FIX = "check the bucket and the storage credentials (AWS_* with AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS)"
+
+
+def first_sentence(exc: BaseException) -> str:
+    return str(exc).splitlines()[0].split(". ")[0].rstrip(".")
+
+
+def storage_errors(method):
+    """A StorePath operation whose storage error (no bucket, no access, no
+    endpoint) is a one-line ActlabError naming the URI and the fix."""
+    @functools.wraps(method)
+    def reported(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, pa.ArrowException) as exc:
+            raise ActlabError(f"{self}: {first_sentence(exc)}; {STORE_FIX}") from None
+    return reported
 
 
 class StorePath:
@@ -39,9 +57,8 @@ class StorePath:
         if self._fs is None:
             try:
                 self._fs, _ = pafs.FileSystem.from_uri(str(self))
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise ActlabError(f"cannot open {self}: {str(exc).splitlines()[0]}; check the URI and the "
-                                  "storage credentials (AWS_* / GOOGLE_APPLICATION_CREDENTIALS)") from None
+            except (OSError, pa.ArrowException) as exc:
+                raise ActlabError(f"cannot open {self}: {first_sentence(exc)}; {STORE_FIX}") from None
         return self._fs
 
     def __truediv__(self, name: str) -> "StorePath":
@@ -71,6 +88,7 @@ class StorePath:
     def parent(self) -> "StorePath":
         return StorePath(f"{self.scheme}://{self.path.rsplit('/', 1)[0]}", self._fs)
 
+    @storage_errors
     def _type(self) -> pafs.FileType:
         return self.fs.get_file_info(self.path).type
 
@@ -83,23 +101,35 @@ class StorePath:
     def is_file(self) -> bool:
         return self._type() == pafs.FileType.File
 
+    @storage_errors
     def iterdir(self) -> list["StorePath"]:
         found = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
         return [self / info.base_name for info in found]
+
+    @storage_errors
+    def rmtree(self) -> None:
+        self.fs.delete_dir(self.path)
+
+    @storage_errors
+    def read_parquet(self, **options) -> pa.Table:
+        return pq.read_table(self.path, filesystem=self.fs, **options)
 
     def glob(self, pattern: str) -> list["StorePath"]:
         """Children matching `pattern` (one level, as the run layer uses it)."""
         return [child for child in self.iterdir() if fnmatch.fnmatch(child.name, pattern)]
 
+    @storage_errors
     def mkdir(self, parents: bool = True, exist_ok: bool = True) -> None:
         self.fs.create_dir(self.path, recursive=parents)
 
+    @storage_errors
     def open(self, mode: str = "rb"):
         """A binary file object to read (the only mode an object store offers here)."""
         if mode != "rb":
             raise ValueError("a StorePath opens for reading ('rb'); writes go through actlab.runs.atomic")
         return self.fs.open_input_file(self.path)
 
+    @storage_errors
     def read_bytes(self) -> bytes:
         with self.fs.open_input_stream(self.path) as stream:
             return stream.read()
@@ -107,9 +137,11 @@ class StorePath:
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
 
+    @storage_errors
     def unlink(self) -> None:
         self.fs.delete_file(self.path)
 
+    @storage_errors
     def upload(self, local: Path) -> None:
         """A local file to this path, visible whole or not at all."""
         pafs.copy_files(str(local), self.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
@@ -131,7 +163,7 @@ def run_path(path: str | Path | StorePath) -> RunPath:
 
 def remove_tree(path: RunPath) -> None:
     if isinstance(path, StorePath):
-        path.fs.delete_dir(path.path)
+        path.rmtree()
     else:
         shutil.rmtree(path)
 
@@ -139,7 +171,7 @@ def remove_tree(path: RunPath) -> None:
 def read_parquet(path: RunPath, **options) -> pa.Table:
     """A Parquet file, local or in an object store (options: pyarrow.parquet.read_table's)."""
     if isinstance(path, StorePath):
-        return pq.read_table(path.path, filesystem=path.fs, **options)
+        return path.read_parquet(**options)
     return pq.read_table(path, **options)
 
 
