@@ -15,12 +15,13 @@ Activation, feature, contrast and trait-generation runs are jobs.
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..activations import ExtractStats
 from ..engine import OnBatch, Progress
 from ..models import peak_memory_bytes
+from ..storage import RunPath
 from .manifest import start_run
 from .shards import ShardPlan, run_shards
 
@@ -30,15 +31,16 @@ if TYPE_CHECKING:
 ShardWriter = Callable[[int, int, int], ExtractStats]  # process(index, lo, hi) -> the shard's figures
 
 
-class ShardJob:
+class ShardJob(ABC):
     """The interface every run kind's job implements (see the module docstring)."""
 
-    out: Path
+    out: RunPath
     FORMAT: ClassVar[str]
 
     @property
+    @abstractmethod
     def plan(self) -> ShardPlan:
-        raise NotImplementedError
+        """The run's fixed shards of input rows, and the marker file that says one is done."""
 
     def texts_left(self) -> int:
         """What the progress bar counts: texts (prompts) in the unfinished shards."""
@@ -48,19 +50,21 @@ class ShardJob:
         """What one model copy builds once and reuses for every shard."""
         return model
 
+    @abstractmethod
     def settings(self, model: "Model", worker: Any) -> dict:
-        raise NotImplementedError
+        """What the run's rows depend on: the manifest's settings, compared on resume."""
 
     def extras(self, model: "Model", worker: Any) -> dict:
         """Manifest entries that need the model but are not settings (not compared on resume)."""
         return {}
 
+    @abstractmethod
     def shard_writer(self, worker: Any, on_batch: OnBatch | None = None) -> ShardWriter:
-        raise NotImplementedError
+        """process(index, lo, hi): compute one shard and write it atomically, its marker file last."""
 
+    @abstractmethod
     def complete(self, manifest: dict, totals: ExtractStats, session: dict, **extras) -> dict:
-        """What a kind writes once every shard is done, then the manifest, last."""
-        raise NotImplementedError
+        """What a kind writes once every shard is done, then the manifest, last; returns the manifest."""
 
 
 def session_record(totals: ExtractStats, device, runner: str, **extra) -> dict:
