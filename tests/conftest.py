@@ -88,6 +88,45 @@ def tiny_model_dir(tmp_path_factory, tiny_models):
     return path
 
 
+FLOAT_RTOL = 1e-5  # float32 results of other runners, thread counts or batch shapes
+
+
+def assert_tables_close(a, b, rtol: float = FLOAT_RTOL, label: str = "") -> None:
+    """Two Arrow tables hold the same rows: the same schema; ids, tokens, text
+    and every other non-float column exactly equal; float columns (at any depth
+    of lists or structs) equal within rtol of each value plus rtol of the
+    column's largest magnitude, with NaN and nulls in the same places. For
+    results of different runners, thread counts or batch shapes, whose float
+    sums may round differently (never compare those bitwise)."""
+    assert a.schema.equals(b.schema, check_metadata=False), f"{label}: schemas differ\n{a.schema}\n{b.schema}"
+    assert a.num_rows == b.num_rows, f"{label}: {a.num_rows} rows vs {b.num_rows}"
+    for name in a.column_names:
+        _assert_arrays_close(a.column(name).combine_chunks(), b.column(name).combine_chunks(), rtol,
+                             f"{label}:{name}")
+
+
+def _assert_arrays_close(a, b, rtol: float, label: str) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    assert a.is_null().equals(b.is_null()), f"{label}: nulls differ"
+    kind = a.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        assert pc.list_value_length(a).equals(pc.list_value_length(b)), f"{label}: list lengths differ"
+        _assert_arrays_close(a.flatten(), b.flatten(), rtol, label)
+    elif pa.types.is_struct(kind):
+        for i in range(kind.num_fields):
+            _assert_arrays_close(a.field(i), b.field(i), rtol, f"{label}.{kind.field(i).name}")
+    elif pa.types.is_floating(kind):
+        x, y = (np.asarray(v.to_numpy(zero_copy_only=False), np.float64) for v in (a, b))
+        finite = np.isfinite(y)
+        scale = float(np.abs(y[finite]).max()) if finite.any() else 0.0
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * scale, equal_nan=True, err_msg=label)
+    else:
+        assert a.equals(b), f"{label}: values differ"
+
+
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """max over rows of |a - b|_inf / |b|_inf."""
     a, b = a.reshape(-1, a.shape[-1]).double(), b.reshape(-1, b.shape[-1]).double()

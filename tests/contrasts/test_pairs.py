@@ -27,7 +27,9 @@ def test_seed_files_load_unchanged(tmp_path):
          "fact": "Canberra.", "hallucination": "Sydney."},
         {**SEED[0], "id": 8}])  # the seed's data repeats prompts across files
     pairs = load_pairs([swaps, traps])
-    assert len(pairs) == 3 and pairs.duplicates == ["The capital of France is"]
+    assert len(pairs) == 3 and [d.prompt for d in pairs.duplicates] == ["The capital of France is"]
+    assert pairs.duplicates[0].occurrences == ("entity_swaps.json#1", "adversarial_traps.json#8")
+    assert pairs.duplicates[0].describe(12) == "'The capit...' (entity_swaps.json#1, adversarial_traps.json#8)"
     assert pairs.domains == ["entity_swaps", "entity_swaps", "adversarial_traps"]
     assert pairs.subdomains == ["capitals", "capitals", "trick"] and pairs.ids == ["1", "2", "7"]
     assert pairs.conditions == ["prompt", "fact", "hallucination"]
@@ -57,6 +59,15 @@ def test_other_formats_and_field_names(tmp_path):
 def test_bad_records_are_one_line_errors(tmp_path, rows, message):
     with pytest.raises(ActlabError, match=message):
         load_pairs(write(tmp_path / "bad.json", rows))
+
+
+def test_an_empty_file_next_to_a_good_one_is_refused(tmp_path):
+    good, empty = write(tmp_path / "good.json", SEED), write(tmp_path / "empty.json", [])
+    with pytest.raises(ActlabError, match=r"^empty.json: no pairs; remove it from --pairs"):
+        load_pairs([good, empty])
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ActlabError, match=r"^empty.jsonl: no pairs"):
+        load_pairs([empty.with_suffix(".jsonl"), good])
 
 
 def test_bad_files(tmp_path):

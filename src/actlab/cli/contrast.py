@@ -34,7 +34,12 @@ def contrast_command(fields: PairFields, model: ModelOptions, cfg: ContrastConfi
 
     loaded = load_pairs(pairs, fields)
     if loaded.duplicates:
-        out.print(f"[yellow]{len(loaded.duplicates)} prompt(s) occur more than once; each is kept once")
+        out.print(f"[yellow]{len(loaded.duplicates)} prompt(s) occur more than once; each is kept at its first "
+                  "occurrence (all are listed in the run's manifest):", highlight=False)
+        for duplicate in loaded.duplicates[:10]:
+            out.print(f"  {duplicate.describe()}", highlight=False, markup=False)
+        if len(loaded.duplicates) > 10:
+            out.print(f"  and {len(loaded.duplicates) - 10} more")
     saes = {name: load_sae(name) for name in sae} if sae else None
     with Bar("contrast") as bar:
         result = contrast(model.for_runner(ray), loaded, saes, out_dir, cfg, batching, overwrite, bar, folds,

@@ -5,7 +5,8 @@ The seed's data files (JSON arrays of {id, domain, complexity, prompt, fact,
 hallucination}, one file per domain) load unchanged: by default a record's
 domain is its file's name, and an inner `domain` field is kept as
 `subdomain`. A prompt that occurs more than once (across files too) is kept
-once, the first time, and reported. Texts are prompt + separator +
+once, the first time, and reported by name: its text and every file and id
+it occurs at. A file with no pairs is refused, even next to good ones. Texts are prompt + separator +
 continuation; the prompt alone is the third condition.
 """
 
@@ -38,6 +39,21 @@ class PairFields:
     separator: str = field(default=" ", metadata={"help": "Between the prompt and a continuation."})
 
 
+@dataclass(frozen=True)
+class Duplicate:
+    """A prompt that occurs more than once: kept at its first occurrence."""
+
+    prompt: str
+    occurrences: tuple[str, ...]  # "file#id" of each, the kept one first
+
+    def describe(self, width: int = 60) -> str:
+        text = self.prompt if len(self.prompt) <= width else self.prompt[:width - 3] + "..."
+        return f"'{text}' ({', '.join(self.occurrences)})"
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "occurrences": list(self.occurrences)}
+
+
 @dataclass
 class Pairs:
     ids: list[str]
@@ -46,7 +62,7 @@ class Pairs:
     continuations: dict[str, list[str]]  # condition -> one continuation per pair
     separator: str = " "
     subdomains: list[str | None] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)  # prompts seen more than once, kept once
+    duplicates: list[Duplicate] = field(default_factory=list)  # prompts seen more than once, kept once
     sources: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -80,23 +96,25 @@ def load_pairs(paths: str | Path | Sequence[str | Path], fields: PairFields = Pa
     if not files:
         raise ActlabError("no pairs files given; pass --pairs FILE (or 'builtin')", param="pairs")
     out = Pairs([], [], [], {fields.first: [], fields.second: []}, fields.separator, [], [], [str(f) for f in files])
-    seen: set[str] = set()
+    seen: dict[str, list[str]] = {}  # prompt -> where it occurs
     for path in files:
         rows, lines = read_rows(path)
+        if not rows:
+            raise ActlabError(f"{path.name}: no pairs; remove it from --pairs or fill it", param="pairs")
         for row, line in zip(rows, lines):
             record = _record(row, line, path, fields)
+            where = f"{path.name}#{record['id']}"
             if record["prompt"] in seen:
-                out.duplicates.append(record["prompt"])
+                seen[record["prompt"]].append(where)
                 continue
-            seen.add(record["prompt"])
+            seen[record["prompt"]] = [where]
             out.ids.append(record["id"])
             out.domains.append(record["domain"])
             out.subdomains.append(record["subdomain"])
             out.prompts.append(record["prompt"])
             for condition in (fields.first, fields.second):
                 out.continuations[condition].append(record[condition])
-    if not out.prompts:
-        raise ActlabError(f"{', '.join(f.name for f in files)}: no pairs", param="pairs")
+    out.duplicates = [Duplicate(prompt, tuple(where)) for prompt, where in seen.items() if len(where) > 1]
     return out
 
 
@@ -119,7 +137,8 @@ def _record(row, line: int, path: Path, fields: PairFields) -> dict:
     out["prompt"] = out.pop(fields.prompt) if fields.prompt != "prompt" else out["prompt"]
     out["id"] = str(row.get(fields.id, f"{path.stem}:{line}"))
     if fields.domain is None:
-        out["domain"], out["subdomain"] = path.stem, row.get("domain")
+        inner = row.get("domain")
+        out["domain"], out["subdomain"] = path.stem, None if inner is None else str(inner)
     elif fields.domain not in row:
         raise ActlabError(f"{where} has no field '{fields.domain}' (named as the domain field)")
     else:

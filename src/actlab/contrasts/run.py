@@ -294,7 +294,8 @@ class ContrastJob(ShardJob):
         return settings
 
     def extras(self, model: "Model", worker: ContrastWorker) -> dict:
-        return {"unequal_token_lengths": unequal_lengths(model, self.pairs, worker.extract)}
+        return {"unequal_token_lengths": unequal_lengths(model, self.pairs, worker.extract),
+                "duplicate_prompts": [d.to_dict() for d in self.pairs.duplicates]}
 
     def shard_writer(self, worker: ContrastWorker, on_batch: OnBatch | None = None) -> ShardWriter:
         model, pairs, cfg, base = worker.model, self.pairs, self.cfg, worker.extract
@@ -319,10 +320,20 @@ class ContrastJob(ShardJob):
     def complete(self, manifest: dict, totals: ExtractStats, session: dict, **extras) -> dict:
         """texts.parquet and pairs.parquet from the shards, then the manifest."""
         names = self.plan.names()
-        table = read_shards(self.out, names)
+        table = with_subdomains(read_shards(self.out, names), self.pairs)
         write_parquet_atomic(self.out / "texts.parquet", table.drop_columns(list(VECTORS)))
         write_parquet_atomic(self.out / "pairs.parquet", pair_table(table, self.pairs.conditions))
         return finish_run(self.out, manifest, names, table.num_rows, session, **extras)
+
+
+def with_subdomains(table: pa.Table, pairs: Pairs) -> pa.Table:
+    """The table with each row's pair's subdomain (the seed's inner `domain`;
+    null where a record has none) after its domain."""
+    subdomains = pairs.subdomains or [None] * len(pairs)
+    column = pa.array([subdomains[i] for i in table.column("pair_index").to_pylist()], pa.string())
+    if "subdomain" in table.column_names:
+        table = table.drop_columns(["subdomain"])
+    return table.add_column(table.column_names.index("domain") + 1, "subdomain", column)
 
 
 def contrast_run(model: "Model", pairs: Pairs, saes=None, out_dir: str | Path = "runs/contrast",
@@ -355,7 +366,8 @@ def pair_table(table: pa.Table, conditions: list[str]) -> pa.Table:
     parts = []
     for k, at in enumerate(layers):
         index = {c: rows(c, at) for c in conditions}
-        part = table.take(index[PROMPT]).select(["pair_id", "pair_index", "domain", "layer", "hook", "sae"])
+        part = table.take(index[PROMPT]).select(["pair_id", "pair_index", "domain", "subdomain", "layer", "hook",
+                                                 "sae"])
         columns: dict[str, np.ndarray] = {}
         for name, (u, v) in {f"drift_{first}": (PROMPT, first), f"drift_{second}": (PROMPT, second),
                              "drift_between": (first, second)}.items():

@@ -17,6 +17,8 @@ import dataclasses
 import logging
 import os
 import re
+import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,16 +78,56 @@ def ray_module():
 
 
 def connect(cfg: RayConfig):
-    """Ray, initialised on the configured cluster (or a local instance)."""
+    """Ray, initialised as configured: `local` (or no address) starts a new
+    local instance whatever RAY_ADDRESS says; `auto` is RAY_ADDRESS or the
+    cluster last started on this machine; any other address is that cluster.
+    A cluster address must answer within start_timeout, or the run fails in
+    one line. A process that already called ray.init keeps its instance."""
     ray = ray_module()
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # the CLI draws its own bar (Ray Data warns of that)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.wait_for_min_actors_s = max(1, round(cfg.start_timeout))  # every actor up before the first shard
+    address = cluster_address(cfg.address)
+    if address != LOCAL:
+        wait_for_cluster(address, cfg.start_timeout)
     if not ray.is_initialized():
-        address = None if cfg.address in (None, LOCAL) else cfg.address
         ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     return ray
+
+
+def cluster_address(address: str | None) -> str:
+    """`local`, or the concrete address (host:port or ray://host:port) that `address` names."""
+    if address in (None, LOCAL):
+        return LOCAL
+    if address == "auto":
+        last = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # where `ray start` records it
+        address = os.environ.get("RAY_ADDRESS") or (last.read_text().strip() if last.exists() else "")
+        if not address:
+            raise ActlabError("--ray auto found no cluster (RAY_ADDRESS is unset and no cluster was started on this "
+                              "machine); start one with `ray start --head`, or give --ray HOST:PORT or --ray local",
+                              param="address")
+    return address
+
+
+def wait_for_cluster(address: str, timeout: float) -> None:
+    """Return once the cluster's port accepts a connection; fail in one line
+    after `timeout` seconds (Ray itself would retry for minutes)."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ActlabError(f"--ray '{address}' is not an address; give HOST:PORT (e.g. 10.0.0.5:6379), "
+                          "ray://HOST:PORT, auto or local", param="address")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, timeout)).close()
+            return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ActlabError(f"no Ray cluster answers at {address} ({exc.strerror or exc}) within {timeout:g} "
+                                  "s; start it (ray start --head), fix --ray, or raise --ray-start-timeout",
+                                  param="address") from None
+            time.sleep(0.25)
 
 
 def load_spec_model(spec: dict, device: str = "auto") -> "Model":
