@@ -95,7 +95,7 @@ def test_trait_stages_in_s3(tmp_path, tiny_models, s3_bucket):
     from actlab.traits import GenerationConfig
     from actlab.traits.definitions import parse_trait
     from actlab.traits.judges import Judgement
-    from actlab.traits.runs import TraitRun, generate_run, judge_run, vectors_run
+    from actlab.traits import TraitRun, generate_run, judge_run, vectors_run
 
     class ByPolarity:
         """pos answers score 80, neg 20 (answers are judged in run order, in one chunk here)."""

@@ -15,12 +15,12 @@ from .engine import ExtractConfig
 from .errors import ActlabError
 from .inputs import Records, read_records
 from .models import Model, load_model
+from .pipelines import contrast, run_trait
 from .report import build_report
-from .report.contrast import contrast
 from .runs import ActivationRun, FeatureRun, extract_run, features_run, open_run
 from .saes import SAE, load_sae
 from .saes.features import Features
-from .traits import TraitRun, load_trait, run_trait
+from .traits import TraitRun, load_trait
 from .version import VERSION as __version__
 
 __all__ = ["ActivationRun", "Activations", "ActlabError", "ContrastRun", "DEFAULT_MODEL", "ExtractConfig",

@@ -7,17 +7,19 @@ only pooled rows ever leave the model, and they are copied to preallocated host
 tensors without stalling the next batch.
 
 `Extractor` is a plain callable over lists of texts, so a distributed runner
-can call it unchanged. The model is duck-typed: anything with `hf_model`,
-`base_model`, `tokenizer`, `device`, `d_model`, `pad_id`, `config`,
-`hook_widths` and `token_strings` (see actlab.models.Model).
+can call it unchanged. Its extension points are typed: a hook feeds `Sink`s
+(subclass and override `consume`, and what else it needs), an extractor
+subclass chooses its sinks and its result type (`Extractor[Features]`), and
+the model is any `EngineModel` (actlab.models.Model is one).
 """
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -28,14 +30,43 @@ from .errors import ActlabError
 from .pooling import Pooling, PoolPlan, parse_pooling, plan_pooling
 from .tokens import Tokenized, offsets, pad, tokenize
 
-if TYPE_CHECKING:
-    from .models import Model
-
 CPU_TOKEN_BUDGET = 640  # measured: larger padded batches run slower on CPU caches
 CUDA_MAX_TOKEN_BUDGET = 16384
 MPS_TOKEN_BUDGET = 8192
 
 OnBatch = Callable[[int, int], None]  # progress callback: (texts, tokens) just done
+
+
+class EngineModel(Protocol):
+    """What the engine needs of a model (actlab.models.Model is one)."""
+
+    hf_model: torch.nn.Module  # the Hugging Face causal LM
+    tokenizer: Any
+    config: Any  # the text config: num_hidden_layers, hidden_size, max_position_embeddings, ...
+    name: str  # hub id, folder or alias (default SAEs are looked up by it)
+
+    @property
+    def architecture(self) -> str:
+        """The config's model_type (gpt2, llama, ...)."""
+
+    @property
+    def base_model(self) -> torch.nn.Module:
+        """The transformer without its LM head."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def d_model(self) -> int: ...
+
+    @property
+    def pad_id(self) -> int: ...
+
+    def hook_widths(self, names: Sequence[str]) -> dict[str, int]:
+        """Width of each hook's activation."""
+
+    def token_strings(self, ids_per_text: Sequence[Sequence[int]]) -> list[str]:
+        """Every token of every text as a string, texts concatenated."""
 
 
 class Progress(Protocol):
@@ -161,7 +192,7 @@ class Batch:
     dest: torch.Tensor  # host rows (pooled) or host token rows ('all') to fill
 
 
-def padded_batch(model: "Model", tok: Tokenized, rows: np.ndarray, pooling: Pooling, padding_side: str,
+def padded_batch(model: EngineModel, tok: Tokenized, rows: np.ndarray, pooling: Pooling, padding_side: str,
                  text_offsets: torch.Tensor | None = None) -> Batch:
     """The batch of texts `rows` of `tok`; text_offsets (per-token pooling)
     places each text's token rows in the output."""
@@ -220,7 +251,31 @@ class HostCopies:
             out.index_copy_(0, dest, staging)
 
 
-class ActivationSink:
+class Sink(ABC):
+    """What a hook feeds as it fires: `consume` takes the hook's activations
+    for the batch in flight. A forward that runs out of memory may have fed
+    some sinks already: they roll back to their `mark()` before the batch is
+    split and rerun (the defaults suit a sink that rewrites the same rows on a
+    rerun). `end_batch` follows every batch, `finish` the last."""
+
+    @abstractmethod
+    def consume(self, hidden: torch.Tensor, batch: Batch) -> None:
+        """hidden: (B, T, width) at the hook, for batch.rows."""
+
+    def mark(self) -> Any:
+        return None
+
+    def rollback(self, mark: Any) -> None:
+        return None
+
+    def end_batch(self) -> None:
+        return None
+
+    def finish(self) -> None:
+        return None
+
+
+class ActivationSink(Sink):
     """Pools a hook's activations and fills preallocated host rows."""
 
     def __init__(self, n_rows: int, width: int, pin: bool):
@@ -247,7 +302,7 @@ class Pass:
     """The state of one Extractor call: its sinks, the batch in flight, how
     many hook sites fired in the current forward, and out-of-memory splits."""
 
-    def __init__(self, sinks: dict[str, list], n_sites: int):
+    def __init__(self, sinks: dict[str, list[Sink]], n_sites: int):
         self.sinks = sinks
         self.all_sinks = [sink for group in sinks.values() for sink in group]
         self.n_sites = n_sites
@@ -268,15 +323,18 @@ class Pass:
             raise StopForward
 
 
-class Extractor:
-    """Runs hooks over texts; call it with a list of texts, get Activations.
+R = TypeVar("R")  # what an extractor returns
 
-    Each hook feeds one or more sinks (`consume(hidden, batch)`) as it fires;
-    subclasses choose the sinks and the result (see actlab.saes.features).
-    A forward that runs out of memory may have fed some sinks already: they
-    roll back to their `mark()` before the batch is split and rerun."""
 
-    def __init__(self, model: "Model", cfg: ExtractConfig):
+class Extractor(Generic[R]):
+    """Runs hooks over texts; call it with a list of texts, get its result
+    (Activations here).
+
+    Each hook feeds one or more `Sink`s as it fires; a subclass chooses the
+    sinks (`make_sinks`) and builds its result from them (`make_result`), e.g.
+    actlab.saes.features.FeatureExtractor, an `Extractor[Features]`."""
+
+    def __init__(self, model: EngineModel, cfg: ExtractConfig):
         if not cfg.hooks:
             raise ActlabError("no hooks requested; pass at least one hook name (see `actlab models`)",
                               param="hooks")
@@ -291,7 +349,7 @@ class Extractor:
         self.max_length = cfg.max_length or getattr(model.config, "max_position_embeddings", None)
         self.widths = model.hook_widths(self.hook_names)
 
-    def __call__(self, texts: Sequence[str], on_batch: OnBatch | None = None) -> Activations:
+    def __call__(self, texts: Sequence[str], on_batch: OnBatch | None = None) -> R:
         if isinstance(texts, str):
             raise ActlabError("texts must be a list of strings, not one string; wrap it: [text]", param="texts")
         if len(self.pooling.positions) > 1 and len(self.pooling.positions) != len(texts):
@@ -331,11 +389,14 @@ class Extractor:
 
     # -- what the hooks feed, and what comes back ------------------------------
 
-    def make_sinks(self, n_rows: int) -> dict[str, list]:
+    def make_sinks(self, n_rows: int) -> dict[str, list[Sink]]:
+        """hook name -> the sinks it feeds (n_rows: pooled rows of the call)."""
         pin = self.model.device.type == "cuda"
         return {name: [ActivationSink(n_rows, self.widths[name], pin)] for name in self.hook_names}
 
-    def make_result(self, sinks: dict[str, list], **fields) -> Activations:
+    def make_result(self, sinks: dict[str, list[Sink]], **fields) -> R:
+        """The call's result from its finished sinks; `fields` are Result's
+        (pooling, n_tokens, offsets, tokens, token_ids, stats, has_bos)."""
         return Activations({name: group[0].out for name, group in sinks.items()}, **fields)
 
     def _site_groups(self) -> dict[hook_points.HookSite, list[str]]:

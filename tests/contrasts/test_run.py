@@ -11,7 +11,9 @@ import actlab
 from actlab import ExtractConfig
 from actlab.contrasts.metrics import noise, text_metrics
 from actlab.contrasts.pairs import Pairs
-from actlab.contrasts.run import METRICS, ContrastConfig, ContrastRun, contrast_run
+from actlab.contrasts.config import ContrastConfig
+from actlab.contrasts.passes import METRICS
+from actlab.contrasts.run import ContrastRun, contrast_run
 
 from conftest import random_sae
 

@@ -9,8 +9,7 @@ from actlab.report.traits import build_trait_report
 from actlab.traits import GenerationConfig
 from actlab.traits.definitions import parse_trait
 from actlab.traits.judges import Judgement, KeywordJudge
-from actlab.traits.runs import (generate_run, judge_run, load_vectors, read_answers, steer_sweep, steering_layer,
-                                vectors_run)
+from actlab.traits import TraitRun, generate_run, judge_run, steer_sweep, steering_layer, vectors_run
 
 from conftest import chromium_driver
 
@@ -32,7 +31,7 @@ def trait_run(tmp_path_factory, tiny_models):
                          "questions": [f"Question {i}?" for i in range(10)]})
     run = generate_run(model, trait, tmp_path_factory.mktemp("t") / "run", layers=[0, 1, 2],
                        cfg=GenerationConfig(max_new_tokens=6, temperature=0.8, seed=1), progress=False)
-    judge_run(run, ByPolarity(read_answers(run).column("polarity").to_pylist()))
+    judge_run(run, ByPolarity(TraitRun(run).answers().column("polarity").to_pylist()))
     vectors_run(run)
     steer_sweep(model, run, steering_layer(run), [0, 1], KeywordJudge(["the"]), n_questions=2,
                 cfg=GenerationConfig(max_new_tokens=4))
@@ -49,8 +48,8 @@ def test_monitoring_values_against_a_forward_pass(trait_run, tiny_models, tmp_pa
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["monitor.png", "separation.png", "steering.png"]
     # the first monitored answer: its token spans carry h . v / |v| at the steering layer
     layer = steering_layer(trait_run)
-    v = load_vectors(trait_run)[layer]
-    row = read_answers(trait_run).to_pylist()[0]
+    v = TraitRun(trait_run).vectors()[layer]
+    row = TraitRun(trait_run).answers().to_pylist()[0]
     ids = model.tokenizer(row["prompt"] + row["answer"], add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
         hidden = model.hf_model(**ids, output_hidden_states=True).hidden_states[layer + 1][0]

@@ -160,7 +160,8 @@ def test_killed_actor_is_retried_with_nothing_lost(tmp_path, tiny_model_dir, loc
 
 def test_contrast_on_ray_equals_one_process(tmp_path, tiny_model_dir, local_ray):
     from actlab.contrasts.pairs import Pairs
-    from actlab.contrasts.run import ContrastConfig, contrast_run
+    from actlab.contrasts.config import ContrastConfig
+    from actlab.contrasts.run import contrast_run
 
     pairs = Pairs([f"p{i}" for i in range(6)], ["x"] * 6, [f"Statement {i}: the sky is" for i in range(6)],
                   {"fact": ["blue."] * 6, "hallucination": ["green.", "red.", "a deep shade of green."] * 2})
@@ -179,7 +180,7 @@ def test_contrast_on_ray_equals_one_process(tmp_path, tiny_model_dir, local_ray)
 def test_trait_generation_on_ray_is_token_identical(monkeypatch, capsys, tmp_path, tiny_model_dir, local_ray):
     from actlab.traits import GenerationConfig
     from actlab.traits.definitions import parse_trait
-    from actlab.traits.runs import TraitRun, generate_run
+    from actlab.traits import TraitRun, generate_run
     from conftest import run_cli
 
     spec = {"name": "toy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."}],
@@ -320,7 +321,8 @@ def test_trait_pipeline_generates_on_ray(tmp_path, tiny_model_dir, local_ray):
     from actlab.traits import GenerationConfig
     from actlab.traits.definitions import parse_trait
     from actlab.traits.judges import Judgement
-    from actlab.traits.runs import TraitRun, run_trait
+    from actlab import run_trait
+    from actlab.traits import TraitRun
 
     class Alternating:
         """Answers come pos, neg, pos, ...: pos 80, neg 20 (steered answers: whatever)."""

@@ -11,7 +11,8 @@ import pytest
 
 from actlab.traits import GenerationConfig
 from actlab.traits.definitions import Trait, builtin_traits, load_trait
-from actlab.traits.runs import read_answers, run_trait
+from actlab import run_trait
+from actlab.traits import TraitRun
 
 
 def small(trait: Trait) -> Trait:
@@ -27,7 +28,7 @@ def test_builtin_trait_is_expressed_separated_and_steerable(default_model, tmp_p
     trait = small(load_trait(name))
     result = run_trait(default_model, trait, tmp_path / name, coeffs=(-1, 0, 1, 2),
                        cfg=GenerationConfig(max_new_tokens=32), held_out=0.25)
-    assert result["n_answers"] == 48 and read_answers(result["run"]).num_rows == 48
+    assert result["n_answers"] == 48 and TraitRun(result["run"]).answers().num_rows == 48
     assert result["kept_pos"] >= 5 and result["kept_neg"] >= 5, result
     best = result["best_mean_diff"]
     assert best["auroc"] >= 0.9 and min(best["n_test_pos"], best["n_test_neg"]) >= 1, result

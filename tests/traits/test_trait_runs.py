@@ -13,8 +13,7 @@ from actlab import ActlabError
 from actlab.traits import GenerationConfig
 from actlab.traits.definitions import parse_trait
 from actlab.traits.judges import Judgement
-from actlab.traits.runs import (generate_run, judge_run, load_vectors, read_activations, read_answers,
-                                vectors_run)
+from actlab.traits import TraitRun, generate_run, judge_run, vectors_run
 from actlab.traits.vectors import split_pairs
 
 TRAIT = parse_trait({"name": "toy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."},
@@ -42,10 +41,10 @@ def run(tmp_path_factory, tiny_models):
 
 
 def test_generation_resumes_to_the_same_run(run, tiny_models, tmp_path):
-    answers = read_answers(run)
+    answers = TraitRun(run).answers()
     assert answers.num_rows == 24 and answers.column("row").to_pylist() == list(range(24))
     assert answers.column("polarity").to_pylist()[:2] == ["pos", "neg"]
-    acts = read_activations(run, "response_mean")
+    acts = TraitRun(run).activations("response_mean")
     assert set(acts) == {0, 2} and acts[0].shape == (24, 64)
     # the shards open in DuckDB: one row per answer, pooling and layer
     import duckdb
@@ -63,14 +62,14 @@ def test_generation_resumes_to_the_same_run(run, tiny_models, tmp_path):
     manifest["complete"] = False
     (copy / "manifest.json").write_text(json.dumps(manifest))
     generate_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
-    assert read_answers(copy).column("answer").to_pylist() == answers.column("answer").to_pylist()
-    assert np.array_equal(read_activations(copy, "prompt_last")[2], read_activations(run, "prompt_last")[2])
+    assert TraitRun(copy).answers().column("answer").to_pylist() == answers.column("answer").to_pylist()
+    assert np.array_equal(TraitRun(copy).activations("prompt_last")[2], TraitRun(run).activations("prompt_last")[2])
     with pytest.raises(ActlabError, match="other settings"):
         generate_run(tiny_models["llama"], TRAIT, copy, layers=[1], cfg=CFG, shard_size=5, progress=False)
 
 
 def test_judge_and_vectors(run):
-    polarity = read_answers(run).column("polarity").to_pylist()
+    polarity = TraitRun(run).answers().column("polarity").to_pylist()
     scores = judge_run(run, ByPolarity(polarity))
     assert scores.column("kept").to_pylist().count(False) == 1
     assert scores.column("decision").to_pylist()[1] == "no score: judge timed out"
@@ -80,20 +79,20 @@ def test_judge_and_vectors(run):
     assert {(r["layer"], r["method"]) for r in evaluation} == {(l, m) for l in (0, 2)
                                                                for m in ("mean_diff", "probe", "pca_diff")}
     # mean_diff against numpy on the stored activations, kept rows, train pairs
-    answers = read_answers(run)
+    answers = TraitRun(run).answers()
     keep = pq.read_table(run / "scores.parquet").column("kept").to_numpy(zero_copy_only=False)
-    x = read_activations(run, "response_mean")[2][keep]
+    x = TraitRun(run).activations("response_mean")[2][keep]
     pol = np.asarray(polarity)[keep]
     train, _ = split_pairs(answers.column("pair").to_numpy()[keep], 0.2, 1)
     expected = x[train & (pol == "pos")].mean(0) - x[train & (pol == "neg")].mean(0)
-    assert np.allclose(load_vectors(run)[2].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert np.allclose(TraitRun(run).vectors()[2].numpy(), expected, rtol=1e-5, atol=1e-6)
     meta = json.loads((run / "vectors" / "metadata.json").read_text())
     assert meta["n_kept_pos"] == 12 and meta["n_kept_neg"] == 11 and "hidden_states[L + 1]" in meta["layers"]
 
 
 def test_not_a_trait_run(tmp_path):
     with pytest.raises(ActlabError, match="not a trait run"):
-        read_answers(tmp_path)
+        TraitRun(tmp_path).answers()
 
 
 def test_steering_layer_prefers_the_middle_of_the_separating_layers(run, tmp_path):
@@ -101,7 +100,7 @@ def test_steering_layer_prefers_the_middle_of_the_separating_layers(run, tmp_pat
 
     import pyarrow as pa
 
-    from actlab.traits.runs import steering_layer
+    from actlab.traits import steering_layer
 
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
@@ -177,13 +176,16 @@ def test_judge_fingerprints():
 
 
 def test_trait_run_object(run):
-    """open_run gives a TraitRun whose tables are the stage functions' tables."""
+    """open_run gives a TraitRun whose tables are the shards' own, read here with pyarrow alone."""
     import actlab
 
     trait_run = actlab.open_run(run)
     assert isinstance(trait_run, actlab.TraitRun) and trait_run.trait.name == "toy"
-    assert trait_run.answers().equals(read_answers(run))
-    assert np.array_equal(trait_run.activations("prompt_last")[2], read_activations(run, "prompt_last")[2])
+    shards = sorted(run.glob("answers-*.parquet"))
+    assert trait_run.answers().equals(pa.concat_tables(pq.read_table(p) for p in shards))
+    acts = pa.concat_tables(pq.read_table(p) for p in sorted(run.glob("acts-*.parquet"))).to_pandas()
+    chosen = acts[(acts["pooling"] == "prompt_last") & (acts["layer"] == 2)].sort_values("row")
+    assert np.array_equal(trait_run.activations("prompt_last")[2], np.stack(chosen["activation"].to_numpy()))
     with pytest.raises(ActlabError, match="not 'median'"):
         trait_run.activations("median")
     frame = trait_run.to_pandas()

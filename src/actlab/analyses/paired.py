@@ -17,9 +17,13 @@ straddles a split); AUROC of the out-of-fold scores.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..errors import ActlabError
+from ..registry import Registry
+from .measures import auroc, cohens_d, logistic_direction, mean_difference
 
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -51,8 +55,7 @@ def paired_effects(a: np.ndarray, b: np.ndarray, seed: int = 0, confidence: floa
            "d_z": d_z(diff), "d_z_low": nan, "d_z_high": nan, "cohens_d_pooled": nan, "wilcoxon_p": nan}
     if len(diff) < 2:
         return out
-    pooled = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
-    out["cohens_d_pooled"] = float((b.mean() - a.mean()) / pooled) if pooled > 0 else nan
+    out["cohens_d_pooled"] = cohens_d(b, a)
     if np.isfinite(out["d_z"]) and len(diff) >= 3:
         interval = stats.bootstrap((diff,), lambda x, axis=-1: x.mean(axis) / x.std(axis, ddof=1),
                                    n_resamples=resamples, confidence_level=confidence, method="percentile",
@@ -84,36 +87,44 @@ def grouped_folds(labels: np.ndarray, groups: np.ndarray, k: int = 5, seed: int 
     return list(splitter.split(np.zeros(len(labels)), labels, groups))
 
 
-def held_out_scores(x: np.ndarray, labels: np.ndarray, folds: list[tuple], method: str) -> np.ndarray:
-    """Out-of-fold scores of rows x (n, m) for label 1, fitted on each training split:
-    single      the one column, its sign chosen on the training split
-    logistic    standardised logistic regression (NaNs imputed by the training medians)
-    mean_diff   projection on mean(label 1) - mean(label 0) (a difference-of-means probe)"""
-    from sklearn.linear_model import LogisticRegression
+Detector = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (fit x, fit labels, held-out x) -> scores
+DETECTORS: Registry[Detector] = Registry("detection method")
 
+
+def _single(fit: np.ndarray, y: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """The one column, its sign chosen on the training split."""
+    return (1.0 if fit[y == 1, 0].mean() >= fit[y == 0, 0].mean() else -1.0) * held[:, 0]
+
+
+def _logistic(fit: np.ndarray, y: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """A standardised logistic regression's logit."""
+    w, b = logistic_direction(fit[y == 1], fit[y == 0])
+    return held @ w + b
+
+
+def _mean_diff(fit: np.ndarray, y: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """The projection on mean(label 1) - mean(label 0) (a difference-of-means probe)."""
+    return held @ mean_difference(fit[y == 1], fit[y == 0])
+
+
+DETECTORS.register("single", _single)
+DETECTORS.register("logistic", _logistic)
+DETECTORS.register("mean_diff", _mean_diff)
+
+
+def held_out_scores(x: np.ndarray, labels: np.ndarray, folds: list[tuple], method: str) -> np.ndarray:
+    """Out-of-fold scores of rows x (n, m) for label 1, each fold's detector
+    fitted on its training split (NaNs imputed by the training medians):
+    single, logistic or mean_diff (DETECTORS; register more)."""
+    detector = DETECTORS.pick(method, param="method")
     x = np.asarray(x, np.float64).reshape(len(labels), -1)
     scores = np.full(len(labels), np.nan)
     for train, test in folds:
         medians = np.nanmedian(x[train], axis=0)
         medians = np.where(np.isnan(medians), 0.0, medians)
         fit, held = np.where(np.isnan(x[train]), medians, x[train]), np.where(np.isnan(x[test]), medians, x[test])
-        y = labels[train]
-        if method == "single":
-            sign = 1.0 if fit[y == 1, 0].mean() >= fit[y == 0, 0].mean() else -1.0
-            scores[test] = sign * held[:, 0]
-        elif method == "mean_diff":
-            scores[test] = held @ (fit[y == 1].mean(0) - fit[y == 0].mean(0))
-        elif method == "logistic":
-            mu, sd = fit.mean(0), fit.std(0)
-            sd[sd == 0] = 1.0
-            model = LogisticRegression(max_iter=2000).fit((fit - mu) / sd, y)
-            scores[test] = model.decision_function((held - mu) / sd)
-        else:
-            raise ActlabError(f"unknown detection method '{method}'; use single, logistic or mean_diff")
+        scores[test] = detector(fit, labels[train], held)
     return scores
 
 
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+__all__ = ["DETECTORS", "auroc", "d_z", "fdr", "grouped_folds", "held_out_scores", "paired_effects"]

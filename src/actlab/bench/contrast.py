@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..contrasts.config import ContrastConfig
 from ..contrasts.metrics import active_set, gini, jaccard, noise, top_entropy, top_indices
 from ..contrasts.pairs import load_pairs
-from ..contrasts.run import METRICS, ContrastConfig, ContrastRun, contrast_run, text_rows
+from ..contrasts.passes import METRICS, text_rows
+from ..contrasts.run import ContrastRun, contrast_run
 from ..default_model import DEFAULT_MODEL
 from ..engine import ExtractConfig
 from ..models import Model, load_model

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from ..contrasts.config import ContrastConfig
 from ..contrasts.pairs import load_pairs
-from ..contrasts.run import ContrastConfig, contrast_run
+from ..contrasts.run import contrast_run
 from ..datasets import length_mix
 from ..engine import ExtractConfig
 from ..models import load_model

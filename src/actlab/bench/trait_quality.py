@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ..default_model import DEFAULT_MODEL
 from ..models import load_model
+from ..pipelines import run_trait
 from ..traits.definitions import builtin_traits, load_trait
-from ..traits.runs import run_trait
 from ..version import VERSION
 from .extract import console, describe_device, save_result
 

@@ -5,8 +5,8 @@ from typing import List, Optional
 
 import typer
 
+from ..contrasts.config import ContrastConfig
 from ..contrasts.pairs import PairFields
-from ..contrasts.run import ContrastConfig
 from ..engine import ExtractConfig
 from ..runs.ray import RayConfig
 from .common import Bar, ModelOptions, out, print_session, print_table, with_options
@@ -28,7 +28,7 @@ def contrast_command(fields: PairFields, model: ModelOptions, cfg: ContrastConfi
     pass, paired statistics with FDR control, held-out detection against residual probes, an HTML report
     (--ray: the pass on a Ray cluster)."""
     from ..contrasts.pairs import load_pairs
-    from ..report.contrast import contrast
+    from ..pipelines import contrast
     from ..runs import read_manifest
     from ..saes import load_sae
 

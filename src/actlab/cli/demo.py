@@ -7,16 +7,16 @@ from pathlib import Path
 from .. import datasets
 from ..analyses.probes import nearest_centroid_accuracy
 from ..bench.extract import markdown_table, run_extract_benchmark
+from ..contrasts.config import ContrastConfig
 from ..contrasts.pairs import load_pairs
-from ..contrasts.run import ContrastConfig
 from ..engine import ExtractConfig
 from ..hooks import block_hook
 from ..models import Model, load_model
+from ..pipelines import contrast, run_trait
 from ..report import ReportConfig, analyze_run, build_report
-from ..report.contrast import contrast
 from ..runs import extract_run, features_run, open_run
 from ..saes import default_saes
-from ..traits import load_trait, run_trait
+from ..traits import load_trait
 from .common import Bar, print_table
 from .common import err as console
 

@@ -34,9 +34,9 @@ class JudgeOptions:
 
     def make(self, run: Path, loaded=None):
         from ..traits.judges import judge_for
-        from ..traits.runs import trait_of
+        from ..traits.runs import TraitRun
 
-        return judge_for(trait_of(run), self.kind, self.model, self.url, loaded)
+        return judge_for(TraitRun(run).trait, self.kind, self.model, self.url, loaded)
 
 
 def judge_options(command):
@@ -92,7 +92,7 @@ def vectors_command(judging: JudgeOptions, run: Path = RunArg,
     """Judge the answers, then fit mean_diff / probe / pca_diff per layer and evaluate on held-out pairs."""
     from collections import Counter
 
-    from ..traits.runs import judge_run, vectors_run
+    from ..traits import judge_run, vectors_run
     from ..traits.vectors import best_layers
 
     scores = judge_run(run, judging.make(run), pos_min, neg_max)
@@ -123,7 +123,7 @@ def steer_command(judging: JudgeOptions, run: Path = RunArg,
                   max_new_tokens: int = typer.Option(48),
                   model: Optional[str] = RunModelOpt, device: str = DeviceOpt) -> None:
     """Generate with coeff * v added at a layer (v: the pos-neg mean distance), judge, plot score vs coeff."""
-    from ..traits.runs import TraitRun, steer_sweep, steering_layer, sweep_summary
+    from ..traits import TraitRun, steer_sweep, steering_layer, sweep_summary
 
     lm = TraitRun(run).model(model, device)
     layer = steering_layer(run, method) if layer is None else layer
@@ -143,7 +143,7 @@ def monitor_command(run: Path = RunArg, text: Optional[str] = typer.Option(None,
                     model: Optional[str] = RunModelOpt, device: str = DeviceOpt) -> None:
     """Per-token projection of a text onto the trait vector, printed and plotted."""
     from ..plots import token_shades
-    from ..traits.runs import TraitRun, monitor_run, monitored_text
+    from ..traits import TraitRun, monitor_run, monitored_text
     from .extract import highlighted
 
     text = monitored_text(run, text, row)  # before loading the model
@@ -177,9 +177,9 @@ def run_command(judging: JudgeOptions, model: ModelOptions, gen: GenerationConfi
                 overwrite: bool = typer.Option(False)) -> None:
     """All stages: generate (resumable; --ray: on a Ray cluster), judge + vectors, steering sweep at the
     steering layer."""
+    from ..pipelines import run_trait
     from ..traits import load_trait
     from ..traits.judges import judge_for
-    from ..traits.runs import run_trait
 
     definition, lm = load_trait(trait), model.load()
     judge = judge_for(definition, judging.kind, judging.model, judging.url, lm)

@@ -16,8 +16,10 @@ from .. import plots
 from ..errors import ActlabError
 from ..models import Model
 from ..storage import read_parquet, run_path
+from ..traits.fitting import steering_layer
 from ..traits.monitor import monitor
-from ..traits.runs import TraitRun, steering_layer, sweep_summary
+from ..traits.runs import TraitRun
+from ..traits.steering import sweep_summary
 from ..traits.vectors import best_layers
 from .build import write_page
 from .html import STYLE, image, section, table

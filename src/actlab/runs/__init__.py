@@ -4,7 +4,8 @@ resumable shard loop, one atomic writer and one fingerprint helper.
     actlab.runs.open_run(path)      any complete run, typed by its kind
     extract_run / ActivationRun     activations         (format actlab.activations)
     features_run / FeatureRun       SAE features        (format actlab.features)
-    (actlab.traits.runs registers trait runs; later kinds register the same way)
+    (actlab.traits.runs registers trait runs, actlab.contrasts.run contrast runs; later kinds register the
+    same way)
 """
 
 from .activations import ActivationRun

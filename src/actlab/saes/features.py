@@ -6,21 +6,18 @@ per-latent statistics leave the device unless dense features are asked for."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from ..activations import Result
-from ..engine import ExtractConfig, Extractor, HostCopies
+from ..engine import EngineModel, ExtractConfig, Extractor, HostCopies, Sink
 from ..errors import ActlabError
 from .defaults import default_saes
 from .loading import load_sae
 from .sae import SAE, SAEConfig
-
-if TYPE_CHECKING:
-    from ..models import Model
 
 LAYER_NORM_MODELS = ("gpt2", "gpt_neox")
 
@@ -59,7 +56,7 @@ class SparseFeatures:
         return values
 
 
-class FeatureSink:
+class FeatureSink(Sink):
     """Encodes one SAE's hook activations, pools them, keeps nonzeros and stats."""
 
     def __init__(self, name: str, sae: SAE, n_rows: int, keep_dense: bool, centre: bool, pin: bool):
@@ -245,10 +242,10 @@ def features_config(saes: Mapping[str, SAE], cfg: ExtractConfig | None) -> Extra
     return ExtractConfig.of(cfg, hooks=hooks, prepend_bos=prepend_bos)
 
 
-class FeatureExtractor(Extractor):
+class FeatureExtractor(Extractor[Features]):
     """Extractor whose hooks feed SAEs: one forward pass for any number of SAEs."""
 
-    def __init__(self, model: "Model", saes: Sequence | Mapping | None = None, cfg: ExtractConfig | None = None,
+    def __init__(self, model: EngineModel, saes: Sequence | Mapping | None = None, cfg: ExtractConfig | None = None,
                  keep_dense: bool = False):
         """saes: SAE objects, SAE folders / release ids, or a {name: SAE}
         mapping; None: the SAEs actlab ships for this model."""
@@ -261,16 +258,16 @@ class FeatureExtractor(Extractor):
                                   f"of this model has width {width}; use an SAE trained on this model")
         self.keep_dense = keep_dense
 
-    def make_sinks(self, n_rows: int) -> dict[str, list]:
+    def make_sinks(self, n_rows: int) -> dict[str, list[Sink]]:
         pin = self.model.device.type == "cuda"
-        sinks: dict[str, list] = {hook: [] for hook in self.hook_names}
+        sinks: dict[str, list[Sink]] = {hook: [] for hook in self.hook_names}
         layer_norm = self.model.architecture in LAYER_NORM_MODELS
         for name, sae in self.saes.items():
             centre = layer_norm and sae.cfg.center_writing_weights
             sinks[sae.cfg.hook_name].append(FeatureSink(name, sae, n_rows, self.keep_dense, centre, pin))
         return sinks
 
-    def make_result(self, sinks: dict[str, list], **fields) -> Features:
+    def make_result(self, sinks: dict[str, list[Sink]], **fields) -> Features:
         by_name = {sink.name: sink for group in sinks.values() for sink in group}
         named = {name: by_name[name] for name in self.saes}
         return Features(

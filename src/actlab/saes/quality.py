@@ -4,20 +4,17 @@ reconstruction into the model costs in next-token loss."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine import auto_token_budget, padded_batch, plan_batches
+from ..engine import EngineModel, auto_token_budget, padded_batch, plan_batches
 from ..hooks import replace
 from ..pooling import parse_pooling
 from ..tokens import offsets, tokenize
 from .sae import SAE
-
-if TYPE_CHECKING:
-    from ..models import Model
 
 DENSE_FREQUENCY = 0.1  # a latent active on more than 10% of tokens counts as dense
 
@@ -29,7 +26,7 @@ def _token_losses(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Ten
     return losses.view_as(target_mask)[target_mask]
 
 
-def sae_quality(model: "Model", sae: SAE, texts: Sequence[str], max_batch_tokens: int | None = None,
+def sae_quality(model: EngineModel, sae: SAE, texts: Sequence[str], max_batch_tokens: int | None = None,
                 max_length: int | None = None) -> dict:
     """Metrics over the real tokens of `texts` (BOS left out of the SAE metrics):
     l0 (mean active latents per token), dead_fraction (never active),

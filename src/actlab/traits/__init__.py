@@ -1,13 +1,21 @@
 """Trait (steering) vectors from contrastive generation: generation with
 activation capture, judges, vectors per layer, steering and monitoring.
 
-Importing the package registers its judge kinds (keyword, regex, local,
-openai) and the trait run kind."""
+A trait run's stages, each a module: `runs` (the run and its generation),
+`judging`, `fitting` (vectors, layer choice), `steering`, `monitor`;
+actlab.run_trait (actlab.pipelines) runs them all. Importing the package
+registers its judge kinds (keyword, regex, local, openai) and the trait run
+kind."""
 
 from . import api_judge, local_judge  # noqa: F401  (each registers its judge kind)
 from .definitions import Trait, load_trait
+from .fitting import best_layer, steering_layer, vectors_run
 from .generation import GenerationConfig, Generations, Steering, generate, render_prompt
-from .runs import TraitRun, run_trait
+from .judging import judge_run
+from .monitor import monitor_run, monitored_text
+from .runs import TRAIT_SAMPLING, TraitRun, generate_run
+from .steering import steer_sweep, sweep_summary
 
-__all__ = ["GenerationConfig", "Generations", "Steering", "Trait", "TraitRun", "generate", "load_trait",
-           "render_prompt", "run_trait"]
+__all__ = ["GenerationConfig", "Generations", "Steering", "TRAIT_SAMPLING", "Trait", "TraitRun", "best_layer",
+           "generate", "generate_run", "judge_run", "load_trait", "monitor_run", "monitored_text", "render_prompt",
+           "steer_sweep", "steering_layer", "sweep_summary", "vectors_run"]

@@ -1,19 +1,23 @@
 """Per-token monitoring: the projection h . v / |v| of every token's block
-output onto trait vectors, for any text (a prompt + answer, a document)."""
+output onto trait vectors, for any text (a prompt + answer, a document), and
+of a trait run's text onto the run's vector (plotted into the run)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from .. import plots
 from ..errors import ActlabError
 from ..hooks import block_hook
-
-if TYPE_CHECKING:
-    from ..models import Model
+from ..models import Model
+from ..runs.atomic import write_bytes_atomic
+from .fitting import best_layer
+from .runs import TraitRun
 
 
 @dataclass
@@ -22,7 +26,7 @@ class TokenProjections:
     values: dict[int, list[np.ndarray]]  # layer -> per text (n_tokens,)
 
 
-def monitor(model: "Model", texts: Sequence[str], vectors: Mapping[int, torch.Tensor | np.ndarray],
+def monitor(model: Model, texts: Sequence[str], vectors: Mapping[int, torch.Tensor | np.ndarray],
             prepend_bos: bool | None = None) -> TokenProjections:
     """Projections at each layer's block output (layer L = blocks.L.hook_resid_post)
     onto that layer's vector, one value per token, in one batched pass.
@@ -43,3 +47,34 @@ def monitor(model: "Model", texts: Sequence[str], vectors: Mapping[int, torch.Te
         values[layer] = [projection[a:b] for a, b in zip(offsets, offsets[1:])]
     tokens = [acts.tokens[a:b] for a, b in zip(offsets, offsets[1:])]
     return TokenProjections(tokens, values)
+
+
+def monitored_text(run: str | Path, text: str | None = None, row: int | None = None) -> str:
+    """`text`, or row `row`'s prompt + answer; exactly one of them."""
+    if (text is None) == (row is None):
+        raise ActlabError("give exactly one of --text or --row", param="text")
+    if text is not None:
+        return text
+    answers = TraitRun(run).answers()
+    if not 0 <= row < answers.num_rows:
+        raise ActlabError(f"--row {row} is outside 0..{answers.num_rows - 1}", param="row")
+    return answers.column("prompt")[row].as_py() + answers.column("answer")[row].as_py()
+
+
+def monitor_run(model: Model, run: str | Path, text: str | None = None, row: int | None = None,
+                layer: int | None = None, method: str = "mean_diff") -> tuple[list[str], np.ndarray, Path]:
+    """Per-token projection of a text (or of row `row`'s prompt + answer) onto
+    the run's vector at `layer` (default: the best layer of `method`); the plot
+    goes to RUN/monitor-layer<L>.png. Returns (tokens, values, plot path)."""
+    trait_run = TraitRun(run)
+    text = monitored_text(run, text, row)
+    layer = best_layer(run, method) if layer is None else layer
+    vectors = trait_run.vectors(method)
+    if layer not in vectors:
+        raise ActlabError(f"no {method} vector for layer {layer}; this run has layers {sorted(vectors)}",
+                          param="layer")
+    result = monitor(model, [text], {layer: vectors[layer]}, prepend_bos=False)
+    tokens, values = result.tokens[0], result.values[layer][0]
+    png = trait_run.path / f"monitor-layer{layer}.png"
+    write_bytes_atomic(png, plots.token_projections(tokens, values, f"projection on the layer-{layer} {method} vector"))
+    return tokens, values, png

@@ -15,12 +15,13 @@ question), so no question is on both sides.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
+from ..analyses.measures import auroc, cohens_d, logistic_direction, mean_difference
 from ..errors import ActlabError
-
-METHODS = ("mean_diff", "probe", "pca_diff")
+from ..registry import Registry
 
 
 def split_pairs(pairs: np.ndarray, held_out: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -35,19 +36,35 @@ def split_pairs(pairs: np.ndarray, held_out: float = 0.2, seed: int = 0) -> tupl
     return ~test, test
 
 
+@dataclass
+class Split:
+    """One layer's kept answers and their train split, as a vector method sees them."""
+
+    x: np.ndarray  # (n, d) pooled activations
+    is_pos: np.ndarray  # (n,) bool
+    pairs: np.ndarray  # (n,) pair ids
+    train: np.ndarray  # (n,) bool
+    seed: int
+
+    @property
+    def train_pos(self) -> np.ndarray:
+        return self.x[self.train & self.is_pos]
+
+    @property
+    def train_neg(self) -> np.ndarray:
+        return self.x[self.train & ~self.is_pos]
+
+
+VectorMethod = Callable[[Split], "np.ndarray | None"]  # a direction from neg to pos, or None: not fittable here
+VECTOR_METHODS: Registry[VectorMethod] = Registry("vector method")
+
+
 def mean_diff(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    return pos.mean(axis=0) - neg.mean(axis=0)
+    return mean_difference(pos, neg)
 
 
 def probe(pos: np.ndarray, neg: np.ndarray, c: float = 1.0, seed: int = 0) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
-
-    x = np.concatenate([pos, neg]).astype(np.float64)
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    mu, sd = x.mean(axis=0), x.std(axis=0)
-    sd[sd == 0] = 1.0
-    model = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit((x - mu) / sd, y)
-    return model.coef_[0] / sd  # w.(x - mu)/sd = (w/sd).x + const
+    return logistic_direction(pos, neg, c, seed)[0]
 
 
 def pca_diff(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -59,34 +76,18 @@ def pca_diff(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     return v if (diffs @ v).mean() >= 0 else -v
 
 
-def auroc(scores_pos: np.ndarray, scores_neg: np.ndarray) -> float:
-    """P(a pos score > a neg score), ties counting half (Mann-Whitney)."""
-    order = np.concatenate([scores_pos, scores_neg])
-    ranks = _average_ranks(order)
-    n_pos, n_neg = len(scores_pos), len(scores_neg)
-    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+def _pca_diff_of_twins(split: Split) -> np.ndarray | None:
+    """pca_diff over the train pairs whose both answers were kept (None under two)."""
+    twins = _twins(split.pairs, np.where(split.is_pos, "pos", "neg"), split.train)
+    if len(twins) < 2:
+        return None
+    return pca_diff(split.x[[p for p, _ in twins]], split.x[[n for _, n in twins]])
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean difference over the pooled standard deviation (0 when that is 0,
-    as with one sample per side)."""
-    ss = sum(((x - x.mean()) ** 2).sum() for x in (a, b))
-    pooled = np.sqrt(ss / max(len(a) + len(b) - 2, 1))
-    return float((a.mean() - b.mean()) / pooled) if pooled > 0 else 0.0
+VECTOR_METHODS.register("mean_diff", lambda split: mean_diff(split.train_pos, split.train_neg))
+VECTOR_METHODS.register("probe", lambda split: probe(split.train_pos, split.train_neg, seed=split.seed))
+VECTOR_METHODS.register("pca_diff", _pca_diff_of_twins)
+METHODS = tuple(VECTOR_METHODS)  # the built-in methods, fitted by default
 
 
 @dataclass
@@ -103,7 +104,8 @@ def evaluate(v: np.ndarray, train_pos, train_neg, test_pos, test_neg) -> Evaluat
     threshold = ((train_pos @ unit).mean() + (train_neg @ unit).mean()) / 2
     sp, sn = test_pos @ unit, test_neg @ unit
     accuracy = float(((sp > threshold).sum() + (sn <= threshold).sum()) / (len(sp) + len(sn)))
-    return Evaluation(accuracy, auroc(sp, sn), cohens_d(sp, sn), len(sp), len(sn))
+    scores, labels = np.r_[sp, sn], np.r_[np.ones(len(sp)), np.zeros(len(sn))]
+    return Evaluation(accuracy, auroc(scores, labels), cohens_d(sp, sn), len(sp), len(sn))
 
 
 def fit_vectors(x: np.ndarray, polarity: np.ndarray, pairs: np.ndarray, held_out: float = 0.2, seed: int = 0,
@@ -118,21 +120,13 @@ def fit_vectors(x: np.ndarray, polarity: np.ndarray, pairs: np.ndarray, held_out
         if not (mask & is_pos).any() or not (mask & ~is_pos).any():
             raise ActlabError(f"the {side} split has no kept {'pos' if not (mask & is_pos).any() else 'neg'} "
                               "answers; generate more or loosen the judge thresholds")
-    tp, tn, ep, en = x[train & is_pos], x[train & ~is_pos], x[test & is_pos], x[test & ~is_pos]
+    split = Split(x, is_pos, np.asarray(pairs), train, seed)
+    tp, tn, ep, en = split.train_pos, split.train_neg, x[test & is_pos], x[test & ~is_pos]
     out = {}
     for method in methods:
-        if method == "mean_diff":
-            v = mean_diff(tp, tn)
-        elif method == "probe":
-            v = probe(tp, tn, seed=seed)
-        elif method == "pca_diff":
-            twins = _twins(np.asarray(pairs), polarity, train)
-            if len(twins) < 2:
-                continue
-            v = pca_diff(x[[p for p, _ in twins]], x[[n for _, n in twins]])
-        else:
-            raise ActlabError(f"unknown method '{method}'; use {', '.join(METHODS)}")
-        out[method] = (v.astype(np.float32), evaluate(v, tp, tn, ep, en))
+        v = VECTOR_METHODS.pick(method, param="method")(split)
+        if v is not None:
+            out[method] = (v.astype(np.float32), evaluate(v, tp, tn, ep, en))
     return out
 
 

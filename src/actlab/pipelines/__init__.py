@@ -1,0 +1,9 @@
+"""Pipelines: the end-to-end functions over the run kinds (a run, its
+analyses, its report), between the run kinds and the command line. Each is a
+thin sequence of calls into the layers below; the CLI calls one of these or
+one run kind's function."""
+
+from .contrast import contrast
+from .traits import run_trait
+
+__all__ = ["contrast", "run_trait"]
