@@ -55,3 +55,32 @@ def test_load_errors(kwargs, message):
 def test_folder_without_config(tmp_path):
     with pytest.raises(ActlabError, match="no config.json"):
         actlab.load_model(str(tmp_path))
+
+
+def test_model_spec_loads_the_same_model_and_checks_its_weights(tmp_path, tiny_model_dir, tiny_models, monkeypatch):
+    """One place loads a model by its identity: Model.spec round trips, a
+    relative folder travels absolute with its name kept, other weights are
+    refused in one line, and runners take a Model or a ModelSpec."""
+    import dataclasses
+
+    from actlab import ExtractConfig, ModelSpec
+
+    model = actlab.load_model(str(tiny_model_dir), device="cpu")
+    spec = model.spec
+    assert spec == ModelSpec(str(tiny_model_dir), "float32", model.weight_hash) and ModelSpec.of(spec) is spec
+    assert ModelSpec.of(model) == spec and ModelSpec.of("x") == ModelSpec("x")
+    with pytest.raises(ActlabError, match="not int"):
+        ModelSpec.of(3)
+    assert spec.load(device="cpu").weight_hash == model.weight_hash
+    monkeypatch.chdir(tiny_model_dir.parent)
+    relative = ModelSpec(tiny_model_dir.name).absolute()
+    assert relative.id == str(tiny_model_dir) and relative.name == tiny_model_dir.name
+    assert relative.load(device="cpu").name == tiny_model_dir.name
+    wrong = dataclasses.replace(spec, weights_sha256="0" * 64)
+    with pytest.raises(ActlabError, match="has other weights than the run's model"):
+        wrong.load(device="cpu")
+    hooks = ExtractConfig(["blocks.1.hook_resid_post"])
+    with pytest.raises(ActlabError, match="other weights"):  # the local runner checks a spec too
+        actlab.extract_run(wrong, actlab.Records.of(TEXTS[:2]), tmp_path / "w", hooks)
+    path = actlab.extract_run(spec, actlab.Records.of(TEXTS[:2]), tmp_path / "ok", hooks)
+    assert actlab.open_run(path).settings["model"]["weights_sha256"] == model.weight_hash

@@ -14,7 +14,7 @@ from .default_model import DEFAULT_MODEL
 from .engine import ExtractConfig
 from .errors import ActlabError
 from .inputs import Records, read_records
-from .models import Model, load_model
+from .models import Model, ModelSpec, load_model
 from .pipelines import contrast, run_trait
 from .report import build_report
 from .runs import ActivationRun, FeatureRun, extract_run, features_run, open_run
@@ -24,6 +24,6 @@ from .traits import TraitRun, load_trait
 from .version import VERSION as __version__
 
 __all__ = ["ActivationRun", "Activations", "ActlabError", "ContrastRun", "DEFAULT_MODEL", "ExtractConfig",
-           "ExtractStats", "FeatureRun", "Features", "Model", "Records", "SAE", "TraitRun", "__version__",
+           "ExtractStats", "FeatureRun", "Features", "Model", "ModelSpec", "Records", "SAE", "TraitRun", "__version__",
            "build_report", "contrast", "extract_run", "features_run", "load_model", "load_pairs", "load_sae",
            "load_trait", "open_run", "read_records", "run_trait"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import socket
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -126,6 +128,11 @@ class Model:
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
+    @property
+    def spec(self) -> "ModelSpec":
+        """This model's identity (id, dtype, weights hash), to load it again elsewhere."""
+        return ModelSpec(self.name, self.dtype, self.weight_hash)
+
     def extract(self, texts: Sequence[str], hooks: Sequence[str] | str | None = None,
                 pooling: str | int | list[int] | None = None,
                 progress: OnBatch | None = None, cfg: ExtractConfig | None = None, **options) -> Activations:
@@ -169,14 +176,60 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model's identity, enough to load the same model anywhere: its id (a
+    hub id, folder, .gguf file or alias), dtype, the sha256 of its weights
+    when known (a load is checked against it), and the name it was given
+    where the id is a folder made absolute for other processes."""
+
+    id: str
+    dtype: str = "float32"
+    weights_sha256: str | None = None
+    name: str | None = None  # as given, when `id` is that folder made absolute
+
+    @classmethod
+    def of(cls, model: "Model | ModelSpec | str") -> "ModelSpec":
+        """The spec of a loaded model, a spec, or a model name (loaded as float32, unchecked)."""
+        if isinstance(model, ModelSpec):
+            return model
+        if isinstance(model, Model):
+            return model.spec
+        if isinstance(model, str):
+            return cls(model)
+        raise ActlabError(f"a model must be a Model, a ModelSpec or a name, not {type(model).__name__}",
+                          param="model")
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "ModelSpec":
+        """The spec a run's manifest records (its settings' "model" entry)."""
+        return cls(settings["id"], settings.get("dtype", "float32"), settings.get("weights_sha256"))
+
+    def absolute(self) -> "ModelSpec":
+        """A local folder's id made absolute (another process's working
+        directory is not this one's), the name as given kept."""
+        local = Path(self.id).expanduser()
+        if not local.exists() or local.is_absolute():
+            return self
+        return replace(self, id=str(local.absolute()), name=self.name or self.id)
+
+    def load(self, check: bool = True, device: str = "auto", fix: str = "pass the run's model") -> "Model":
+        """The model, named as given; with check, refused in one line when its
+        weights are not weights_sha256's (`fix` says what to do instead)."""
+        model = load_model(self.id, device=device, dtype=self.dtype)
+        model.name = self.name or model.name
+        if check and self.weights_sha256 and model.weight_hash != self.weights_sha256:
+            raise ActlabError(f"'{model.name}' on {socket.gethostname()} has other weights than the run's model "
+                              f"'{self.name or self.id}'; {fix}", param="model")
+        return model
+
+
 def load_run_model(spec: dict, name: str | None = None, device: str = "auto", alternative: str = "") -> Model:
     """The model a run recorded ({"id", "weights_sha256"} from its manifest),
     or `name`; refused when the weights differ from the run's."""
-    model = load_model(name or spec["id"], device=device)
-    if model.weight_hash != spec["weights_sha256"]:
-        raise ActlabError(f"'{model.name}' has other weights than the run's model '{spec['id']}'; "
-                          f"pass the run's model{', ' + alternative if alternative else ''}", param="model")
-    return model
+    recorded = ModelSpec.from_settings(spec)
+    wanted = replace(recorded, id=name, name=None) if name else recorded
+    return wanted.load(device=device, fix=f"pass the run's model{', ' + alternative if alternative else ''}")
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "float32",

@@ -88,3 +88,42 @@ def test_fingerprints_key_only_what_differs_from_defaults():
     assert step_fingerprint("prev", "judge", 1, {}) != step_fingerprint(None, "judge", 1, {})
     assert step_fingerprint(None, "judge", 2, {}) != step_fingerprint(None, "judge", 1, {})
     assert fingerprint("q", "a") != fingerprint("qa", "") and len(fingerprint("x")) == 16
+
+
+def test_a_run_from_a_newer_actlab_is_refused(tmp_path, tiny_models):
+    model = tiny_models["llama"]
+    path = actlab.extract_run(model, actlab.Records.of(TEXTS), tmp_path / "a",
+                              ExtractConfig(["blocks.1.hook_resid_post"]))
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    write_json_atomic(path / "manifest.json", {**manifest, "format_version": 7, "actlab_version": "9.0"})
+    for attempt in (lambda: actlab.open_run(path),
+                    lambda: actlab.extract_run(model, actlab.Records.of(TEXTS), path,
+                                               ExtractConfig(["blocks.1.hook_resid_post"]))):
+        with pytest.raises(ActlabError, match=r"written by a newer actlab \(9.0, run format 7; this actlab .* reads "
+                                              r"format 1 and older\); upgrade actlab"):
+            attempt()
+
+
+def test_an_older_run_resumes_after_a_setting_is_added(tmp_path):
+    """A kind that added settings after its first runs: an older manifest
+    without them resumes when the new values are the defaults (which are then
+    recorded), is refused otherwise, and keeps its fingerprint."""
+    from actlab.runs.manifest import settings_fingerprint, start_run
+
+    kind = register_run_kind(RunKind("test.grown", "a grown run", "grow", lambda path: None,
+                                     added_settings={"new": 3, "engine": {"fast": False}}))
+    old = {"hooks": ["h"], "engine": {"batch": 4}}
+    out = tmp_path / "run"
+    out.mkdir()
+    write_json_atomic(out / "manifest.json", {"format": "test.grown", "settings": old, "complete": False,
+                                              "fingerprint": fingerprint("test.grown", old)})
+    now = {"hooks": ["h"], "engine": {"batch": 4, "fast": False}, "new": 3}
+    assert settings_fingerprint(kind, now) == fingerprint("test.grown", old)
+    with pytest.raises(ActlabError, match=r"other settings \(new\)"):
+        start_run(out, "test.grown", {**now, "new": 4})
+    with pytest.raises(ActlabError, match=r"other settings \(engine\)"):
+        start_run(out, "test.grown", {**now, "engine": {"batch": 4, "fast": True}})
+    manifest = start_run(out, "test.grown", now)
+    assert manifest["settings"] == now == json.loads((out / "manifest.json").read_text())["settings"]
+    RUN_KINDS.pop("test.grown")

@@ -38,9 +38,11 @@ class ModelOptions:
 
         return load_model(self.model, device=self.device, dtype=self.dtype)
 
-    def for_runner(self, ray) -> object:
-        """The loaded model, or on Ray only its name (it is loaded where the weights are)."""
-        return {"id": self.model, "dtype": self.dtype} if ray.runner == "ray" else self.load()
+    def for_runner(self, ray):
+        """The loaded model, or on Ray only its spec (it is loaded where the weights are)."""
+        from ..models import ModelSpec
+
+        return ModelSpec(self.model, self.dtype) if ray.runner == "ray" else self.load()
 
 
 @dataclasses.dataclass

@@ -22,6 +22,7 @@ from ..activations import ExtractStats
 from ..engine import OnBatch, Progress
 from ..models import peak_memory_bytes
 from ..storage import RunPath
+from .lock import run_lock
 from .manifest import start_run
 from .shards import ShardPlan, run_shards
 
@@ -76,7 +77,13 @@ def session_record(totals: ExtractStats, device, runner: str, **extra) -> dict:
 
 
 def local_run(model: "Model", job: ShardJob, overwrite: bool = False, progress: Progress | None = None) -> dict:
-    """Run a job shard by shard in this process (resumable); returns the complete manifest."""
+    """Run a job shard by shard in this process (resumable), holding the run
+    folder's lock (a second driver refuses); returns the complete manifest."""
+    with run_lock(job.out):
+        return _local_run(model, job, overwrite, progress)
+
+
+def _local_run(model: "Model", job: ShardJob, overwrite: bool, progress: Progress | None) -> dict:
     worker = job.worker(model)
     manifest = start_run(job.out, job.FORMAT, job.settings(model, worker), overwrite)
     if manifest.get("complete"):

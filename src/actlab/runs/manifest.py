@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import ActlabError
 from ..models import load_run_model
@@ -22,6 +22,7 @@ from ..storage import RunPath, StorePath, remove_tree, run_path
 from ..version import VERSION
 from .atomic import write_json_atomic
 from .fingerprint import fingerprint
+from .lock import LOCK
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -58,6 +59,10 @@ class RunKind:
     command: str  # the actlab command that starts or resumes one
     reader: Callable[[RunPath], Run]  # opens a complete run
     derived: tuple[str, ...] = ()  # folders later stages write into the run
+    # Settings added after a kind's first runs, with the value those runs had
+    # implicitly (nested like the settings): an older run missing one resumes
+    # when the new value is that default, and fingerprints leave defaults out.
+    added_settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 RUN_KINDS: Registry[RunKind] = Registry("run kind")
@@ -83,7 +88,8 @@ def start_run(out: RunPath, format: str, settings: dict, overwrite: bool = False
     settings = json.loads(json.dumps(settings))  # as it reads back from disk
     if path.exists() and not overwrite:
         existing = json.loads(path.read_text())
-        before = existing.get("settings", {})
+        check_format_version(existing, out)
+        before = with_defaults(existing.get("settings", {}), kind.added_settings)
         differing = [key for key in settings if before.get(key) != settings[key]]
         if existing.get("format") != format:
             raise ActlabError(f"{out} holds {_kind_phrase(existing.get('format'))}, not {kind.what}; "
@@ -91,8 +97,11 @@ def start_run(out: RunPath, format: str, settings: dict, overwrite: bool = False
         if differing:
             raise ActlabError(f"{out} holds a run with other settings ({', '.join(differing)}); "
                               "pass --overwrite to replace it or choose another --out", param="overwrite")
+        if before != existing.get("settings"):  # an older run: record the defaults it had implicitly
+            existing["settings"] = before
+            write_json_atomic(path, existing)
         return existing
-    if out.exists() and any(out.iterdir()) and not path.exists() and not overwrite:
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()) and not path.exists() and not overwrite:
         raise ActlabError(f"{out} exists and is not an actlab run; choose another --out or pass --overwrite",
                           param="overwrite")
     out.mkdir(parents=True, exist_ok=True)
@@ -100,9 +109,50 @@ def start_run(out: RunPath, format: str, settings: dict, overwrite: bool = False
         remove_outputs(out)
     manifest = {"format": format, "format_version": FORMAT_VERSION, "actlab_version": VERSION,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "settings": settings, "fingerprint": fingerprint(format, settings), "complete": False}
+                "settings": settings, "fingerprint": settings_fingerprint(kind, settings), "complete": False}
     write_json_atomic(path, manifest)
     return manifest
+
+
+def check_format_version(manifest: dict, run: RunPath) -> None:
+    """Refuse, in one line, a run written by a newer actlab than this one reads."""
+    version = manifest.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ActlabError(f"{run} was written by a newer actlab ({manifest.get('actlab_version', '?')}, run format "
+                          f"{version}; this actlab {VERSION} reads format {FORMAT_VERSION} and older); upgrade "
+                          "actlab (pip install -U actlab) or choose another --out", param="out")
+
+
+def with_defaults(settings: dict, defaults: Mapping[str, Any]) -> dict:
+    """settings with each missing (nested) entry of `defaults` filled in."""
+    out = dict(settings)
+    for key, default in defaults.items():
+        if key not in out:
+            out[key] = json.loads(json.dumps(default))
+        elif isinstance(default, Mapping) and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], default)
+    return out
+
+
+def without_defaults(settings: dict, defaults: Mapping[str, Any]) -> dict:
+    """settings less every (nested) entry equal to its added-setting default."""
+    out = {}
+    for key, value in settings.items():
+        default = defaults.get(key, _NONE)
+        if isinstance(default, Mapping) and isinstance(value, dict):
+            out[key] = without_defaults(value, default)
+        elif default is _NONE or json.loads(json.dumps(default)) != value:
+            out[key] = value
+    return out
+
+
+_NONE = object()
+
+
+def settings_fingerprint(kind: RunKind, settings: dict) -> str:
+    """The run's key: its kind and settings, added settings at their defaults
+    left out (so a new setting keeps every older run's key)."""
+    return fingerprint(kind.format, without_defaults(settings, kind.added_settings))
 
 
 def _kind_phrase(format: str | None) -> str:
@@ -143,6 +193,7 @@ def read_manifest(path: str | Path | StorePath, format: str | None = None) -> di
         command = f"`actlab {expected.command}`" if expected else "an actlab command"
         raise ActlabError(f"{run} is not {what} (no {MANIFEST}); start one with {command}")
     manifest = json.loads(file.read_text())
+    check_format_version(manifest, run)
     if format and manifest.get("format") != format:
         raise ActlabError(f"{file} is {_kind_phrase(manifest.get('format'))}, not {what}")
     if not manifest.get("complete"):

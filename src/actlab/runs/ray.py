@@ -22,19 +22,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..activations import ExtractStats
 from ..engine import Progress
 from ..errors import ActlabError
-from ..models import load_model, peak_memory_bytes
+from ..models import ModelSpec, peak_memory_bytes
 from .job import ShardJob, session_record
+from .lock import run_lock
 from .manifest import MANIFEST, start_run
-
-if TYPE_CHECKING:
-    from ..models import Model
 
 LOCAL = "local"
 
@@ -130,21 +127,12 @@ def wait_for_cluster(address: str, timeout: float) -> None:
             time.sleep(0.25)
 
 
-def load_spec_model(spec: dict, device: str = "auto") -> "Model":
-    """The job's model where it runs (named as the driver was given it),
-    refused when its weights are not the run's."""
-    model = load_model(spec["id"], device=device, dtype=spec.get("dtype", "float32"))
-    model.name = spec.get("name", model.name)
-    expected = spec.get("weights_sha256")
-    if expected and model.weight_hash != expected:
-        raise ActlabError(f"the model '{spec['id']}' on this worker has other weights than the run's; give every "
-                          "node the same model (a shared $ACTLAB_HOME or the same folder)", param="model")
-    return model
+WORKER_FIX = "give every node the same model (a shared $ACTLAB_HOME or the same folder)"
 
 
-def job_settings(spec: dict, job: ShardJob) -> tuple[dict, dict]:
+def job_settings(spec: ModelSpec, job: ShardJob) -> tuple[dict, dict]:
     """The run's settings and manifest extras, computed where the weights are (a Ray task)."""
-    model = load_spec_model(spec)
+    model = spec.load(fix=WORKER_FIX)
     worker = job.worker(model)
     return job.settings(model, worker), job.extras(model, worker)
 
@@ -152,7 +140,7 @@ def job_settings(spec: dict, job: ShardJob) -> tuple[dict, dict]:
 class ShardActor:
     """One model (and SAEs) per actor; each call extracts and writes whole shards."""
 
-    def __init__(self, spec: dict, job: ShardJob, threads: int):
+    def __init__(self, spec: ModelSpec, job: ShardJob, threads: int):
         import ray
 
         self.name = f"{os.uname().nodename}:{os.getpid()}"
@@ -160,7 +148,7 @@ class ShardActor:
             raise ActlabError(f"the actor on {self.name} cannot see the run folder {job.out}; give --out a shared "
                               "filesystem path or an object-store URI (s3://...)", param="out")
         torch.set_num_threads(threads)
-        self.model = load_spec_model(spec)
+        self.model = spec.load(fix=WORKER_FIX)
         self.process = job.shard_writer(job.worker(self.model))
         self.node = ray.get_runtime_context().get_node_id()
 
@@ -176,17 +164,23 @@ class ShardActor:
         return out
 
 
-def ray_run(spec: dict, job: ShardJob, overwrite: bool = False, progress: Progress | None = None,
+def ray_run(spec: ModelSpec, job: ShardJob, overwrite: bool = False, progress: Progress | None = None,
             cfg: RayConfig | None = None) -> dict:
-    """The job's unfinished shards on Ray; returns the complete manifest."""
+    """The job's unfinished shards on Ray, this driver holding the run
+    folder's lock (a second driver refuses); returns the complete manifest."""
     cfg = cfg or RayConfig()
     if isinstance(job.out, Path):  # a worker's working directory is not the driver's
         job = dataclasses.replace(job, out=job.out.absolute())
+    with run_lock(job.out):
+        return _ray_run(spec, job, overwrite, progress, cfg)
+
+
+def _ray_run(spec: ModelSpec, job: ShardJob, overwrite: bool, progress: Progress | None, cfg: RayConfig) -> dict:
     ray = connect(cfg)
     gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1 if ray.cluster_resources().get("GPU") else 0)
     task = ray.remote(job_settings).options(num_gpus=gpus, num_cpus=cfg.cpus_per_actor)
     settings, extras = _get(ray, task.remote(spec, job), cfg, gpus)
-    spec = dict(spec, weights_sha256=settings["model"]["weights_sha256"])
+    spec = dataclasses.replace(spec, weights_sha256=settings["model"]["weights_sha256"])
     manifest = start_run(job.out, job.FORMAT, settings, overwrite)
     if manifest.get("complete"):
         return manifest
