@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from ..errors import ActlabError
 from ..hooks import block_hook
-from .sae import ARCHITECTURES, NORMALIZATIONS, SAE, SAEConfig, parameter_shapes
+from .sae import SAE, SAE_ARCHITECTURES, SAE_NORMALIZATIONS, SAEConfig, parameter_shapes
 
 SAE_LENS_WEIGHTS = "sae_weights.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
@@ -106,12 +106,12 @@ def sparsify_config_and_weights(raw: dict, state: dict, path: Path) -> tuple[SAE
 
 
 def check_config(cfg: SAEConfig) -> SAEConfig:
-    if cfg.architecture not in ARCHITECTURES:
+    if cfg.architecture not in SAE_ARCHITECTURES:
         raise ActlabError(f"{cfg.source}: architecture '{cfg.architecture}' is not supported; "
-                          f"supported: {', '.join(ARCHITECTURES)}")
-    if cfg.normalize_activations not in NORMALIZATIONS:
+                          f"supported: {', '.join(SAE_ARCHITECTURES)}")
+    if cfg.normalize_activations not in SAE_NORMALIZATIONS:
         raise ActlabError(f"{cfg.source}: normalize_activations '{cfg.normalize_activations}' "
-                          f"is not supported; supported: {', '.join(NORMALIZATIONS)}")
+                          f"is not supported; supported: {', '.join(SAE_NORMALIZATIONS)}")
     if cfg.architecture == "topk" and not cfg.k:
         raise ActlabError(f"{cfg.source}: a topk SAE needs k in its cfg.json")
     if not cfg.hook_name:

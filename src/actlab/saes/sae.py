@@ -1,28 +1,42 @@
 """Sparse autoencoders: one module for the standard, TopK, JumpReLU and gated
 architectures, with SAELens's encode/decode semantics (formulas in
-shared/notes/reference-facts.md, section 2)."""
+shared/notes/reference-facts.md, section 2). Architectures and input
+normalisations are registries (SAE_ARCHITECTURES, SAE_NORMALIZATIONS):
+register one to add it, see docs/architecture.md."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import ActlabError
+from ..registry import Registry
 
-NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
-# The tensors of each architecture, as SAELens names them; latent-sized ones
-# beyond the shared W_enc (d_in, d_sae), W_dec (d_sae, d_in) and b_dec (d_in,).
-LATENT_PARAMETERS = {"standard": ("b_enc",), "topk": ("b_enc",), "jumprelu": ("b_enc", "threshold"),
-                     "gated": ("b_gate", "b_mag", "r_mag")}
-ARCHITECTURES = tuple(LATENT_PARAMETERS)
+
+@dataclass(frozen=True)
+class Architecture:
+    """How an SAE architecture encodes (normalised) x, and the latent-sized
+    tensors it holds beyond the shared W_enc (d_in, d_sae), W_dec (d_sae,
+    d_in) and b_dec (d_in,), named as SAELens names them."""
+
+    latent_parameters: tuple[str, ...]
+    encode: Callable[["SAE", torch.Tensor], torch.Tensor]  # (sae, normalised x (.., d_in)) -> f (.., d_sae)
+    pre_bias: str = "b_enc"  # the bias of the encoder's pre-activation (gated: the gate's)
+
+
+Undo = Callable[[torch.Tensor], torch.Tensor]  # x_hat in the normalised space -> in x's space
+Normalization = Callable[["SAE", torch.Tensor], "tuple[torch.Tensor, Undo | None]"]
+SAE_ARCHITECTURES: Registry[Architecture] = Registry("SAE architecture")
+SAE_NORMALIZATIONS: Registry[Normalization] = Registry("SAE input normalisation")
 
 
 def parameter_shapes(architecture: str, d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
     """Every tensor an SAE of this architecture holds, with its shape."""
     shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    return shapes | {name: (d_sae,) for name in LATENT_PARAMETERS[architecture]}
+    return shapes | {name: (d_sae,) for name in SAE_ARCHITECTURES.pick(architecture).latent_parameters}
 
 
 @dataclass
@@ -67,55 +81,18 @@ class SAE(nn.Module):
     def device(self) -> torch.device:
         return self.W_enc.device
 
-    # -- input normalisation -------------------------------------------------
-
-    def _normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
-        mode = self.cfg.normalize_activations
-        if mode == "constant_norm_rescale":
-            coeff = self.cfg.d_in ** 0.5 / x.norm(dim=-1, keepdim=True)
-            return x * coeff, ("scale", coeff)
-        if mode == "layer_norm":
-            mu = x.mean(dim=-1, keepdim=True)
-            centred = x - mu
-            std = centred.std(dim=-1, keepdim=True)
-            return centred / (std + 1e-5), ("affine", std, mu)
-        if mode == "expected_average_only_in" and self.cfg.scaling_factor is not None:
-            return x * self.cfg.scaling_factor, ("scale", torch.tensor(self.cfg.scaling_factor))
-        return x, None
-
-    @staticmethod
-    def _denormalize(x_hat: torch.Tensor, state: tuple | None) -> torch.Tensor:
-        if state is None:
-            return x_hat
-        if state[0] == "scale":
-            return x_hat / state[1]
-        return x_hat * state[1] + state[2]
-
     # -- encode / decode -------------------------------------------------------
+
+    def _normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, Undo | None]:
+        return SAE_NORMALIZATIONS.pick(self.cfg.normalize_activations)(self, x)
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's pre-activation of normalised x (gated: the gate)."""
-        x = x - self.b_dec * self.cfg.apply_b_dec_to_input
-        if self.cfg.architecture == "gated":
-            return x @ self.W_enc + self.b_gate
-        return x @ self.W_enc + self.b_enc
+        bias = getattr(self, SAE_ARCHITECTURES.pick(self.cfg.architecture).pre_bias)
+        return (x - self.b_dec * self.cfg.apply_b_dec_to_input) @ self.W_enc + bias
 
     def _encode_normalized(self, x: torch.Tensor) -> torch.Tensor:
-        arch = self.cfg.architecture
-        if arch == "gated":
-            sae_in = x - self.b_dec * self.cfg.apply_b_dec_to_input
-            gate = (sae_in @ self.W_enc + self.b_gate) > 0
-            magnitude = torch.relu(sae_in @ (self.W_enc * self.r_mag.exp()) + self.b_mag)
-            return gate * magnitude
-        hidden = self.pre_activations(x)
-        if arch == "standard":
-            return torch.relu(hidden)
-        if arch == "jumprelu":
-            return torch.relu(hidden) * (hidden > self.threshold)
-        if self.cfg.rescale_acts_by_decoder_norm:
-            hidden = hidden * self.W_dec.norm(dim=-1)
-        values, indices = torch.topk(hidden, k=self.cfg.k, dim=-1, sorted=False)
-        return torch.zeros_like(hidden).scatter_(-1, indices, values.relu())
+        return SAE_ARCHITECTURES.pick(self.cfg.architecture).encode(self, x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.W_enc.dtype)
@@ -128,9 +105,10 @@ class SAE(nn.Module):
 
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.W_enc.dtype)
-        normalized, state = self._normalize(x)
+        normalized, undo = self._normalize(x)
         f = self._encode_normalized(normalized)
-        return f, self._denormalize(self.decode(f), state)
+        x_hat = self.decode(f)
+        return f, undo(x_hat) if undo is not None else x_hat
 
     @torch.no_grad()
     def fold_decoder_norms(self) -> "SAE":
@@ -153,3 +131,65 @@ class SAE(nn.Module):
     def __repr__(self) -> str:
         return (f"SAE({self.cfg.architecture}, {self.cfg.hook_name}, {self.cfg.d_in} -> {self.cfg.d_sae}"
                 f"{', k=' + str(self.cfg.k) if self.cfg.k else ''})")
+
+
+# -- the built-in architectures and normalisations (SAELens's formulas) --------
+
+def _standard(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(sae.pre_activations(x))
+
+
+def _jumprelu(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    hidden = sae.pre_activations(x)
+    return torch.relu(hidden) * (hidden > sae.threshold)
+
+
+def _topk(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    hidden = sae.pre_activations(x)
+    if sae.cfg.rescale_acts_by_decoder_norm:
+        hidden = hidden * sae.W_dec.norm(dim=-1)
+    values, indices = torch.topk(hidden, k=sae.cfg.k, dim=-1, sorted=False)
+    return torch.zeros_like(hidden).scatter_(-1, indices, values.relu())
+
+
+def _gated(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    sae_in = x - sae.b_dec * sae.cfg.apply_b_dec_to_input
+    gate = (sae_in @ sae.W_enc + sae.b_gate) > 0
+    magnitude = torch.relu(sae_in @ (sae.W_enc * sae.r_mag.exp()) + sae.b_mag)
+    return gate * magnitude
+
+
+SAE_ARCHITECTURES.register("standard", Architecture(("b_enc",), _standard))
+SAE_ARCHITECTURES.register("topk", Architecture(("b_enc",), _topk))
+SAE_ARCHITECTURES.register("jumprelu", Architecture(("b_enc", "threshold"), _jumprelu))
+SAE_ARCHITECTURES.register("gated", Architecture(("b_gate", "b_mag", "r_mag"), _gated, pre_bias="b_gate"))
+
+
+def _no_normalization(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, Undo | None]:
+    return x, None
+
+
+def _expected_average_only_in(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, Undo | None]:
+    factor = sae.cfg.scaling_factor
+    return (x, None) if factor is None else (x * factor, lambda x_hat: x_hat / factor)
+
+
+def _constant_norm_rescale(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, Undo | None]:
+    coeff = sae.cfg.d_in ** 0.5 / x.norm(dim=-1, keepdim=True)
+    return x * coeff, lambda x_hat: x_hat / coeff
+
+
+def _layer_norm(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, Undo | None]:
+    mu = x.mean(dim=-1, keepdim=True)
+    centred = x - mu
+    std = centred.std(dim=-1, keepdim=True)
+    return centred / (std + 1e-5), lambda x_hat: x_hat * std + mu
+
+
+SAE_NORMALIZATIONS.register("none", _no_normalization)
+SAE_NORMALIZATIONS.register("expected_average_only_in", _expected_average_only_in)
+SAE_NORMALIZATIONS.register("constant_norm_rescale", _constant_norm_rescale)
+SAE_NORMALIZATIONS.register("layer_norm", _layer_norm)
+LATENT_PARAMETERS = {name: arch.latent_parameters for name, arch in SAE_ARCHITECTURES.items()}
+ARCHITECTURES = tuple(SAE_ARCHITECTURES)
+NORMALIZATIONS = tuple(SAE_NORMALIZATIONS)
