@@ -8,6 +8,7 @@
 """
 
 from .activations import Activations, ExtractStats
+from .contrasts.config import ContrastConfig
 from .contrasts.pairs import load_pairs
 from .contrasts.run import ContrastRun
 from .default_model import DEFAULT_MODEL
@@ -15,7 +16,7 @@ from .engine import ExtractConfig
 from .errors import ActlabError
 from .inputs import Records, read_records
 from .models import Model, ModelSpec, load_model
-from .pipelines import contrast, run_trait
+from .pipelines import TraitPipelineConfig, contrast, run_trait
 from .report import build_report
 from .runs import ActivationRun, FeatureRun, extract_run, features_run, open_run
 from .saes import SAE, load_sae
@@ -23,7 +24,8 @@ from .saes.features import Features
 from .traits import TraitRun, load_trait
 from .version import VERSION as __version__
 
-__all__ = ["ActivationRun", "Activations", "ActlabError", "ContrastRun", "DEFAULT_MODEL", "ExtractConfig",
-           "ExtractStats", "FeatureRun", "Features", "Model", "ModelSpec", "Records", "SAE", "TraitRun", "__version__",
-           "build_report", "contrast", "extract_run", "features_run", "load_model", "load_pairs", "load_sae",
-           "load_trait", "open_run", "read_records", "run_trait"]
+__all__ = ["ActivationRun", "Activations", "ActlabError", "ContrastConfig", "ContrastRun", "DEFAULT_MODEL",
+           "ExtractConfig", "ExtractStats", "FeatureRun", "Features", "Model", "ModelSpec", "Records", "SAE",
+           "TraitPipelineConfig", "TraitRun", "__version__", "build_report", "contrast", "extract_run",
+           "features_run", "load_model", "load_pairs", "load_sae", "load_trait", "open_run", "read_records",
+           "run_trait"]

@@ -63,6 +63,17 @@ class FieldNames:
     category: str | None = field(default=None, metadata={"help": "Category field (default 'category').",
                                                          "flag": "--category-field"})
 
+    def __post_init__(self):
+        named = {role: getattr(self, role) for role in ("text", *OPTIONAL_FIELDS) if getattr(self, role) is not None}
+        for role, name in named.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ActlabError(f"the {role} field needs a name, not {name!r}", param=role)
+        taken = [name for name in named.values() if list(named.values()).count(name) > 1]
+        if taken:
+            roles = [role for role, name in named.items() if name == taken[0]]
+            raise ActlabError(f"field '{taken[0]}' is named for both {roles[0]} and {roles[1]}; give each its own",
+                              param=roles[1])
+
     def optional(self) -> dict[str, tuple[str, bool]]:
         """role -> (column name, whether the user named it explicitly)."""
         return {role: (getattr(self, role) or role, getattr(self, role) is not None)

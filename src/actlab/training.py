@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -29,19 +29,42 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainConfig:
-    layers: list[int]
-    d_sae: int = 2048
-    k: int = 32
-    steps: int = 600
-    batch_size: int = 4096
-    lr: float = 4e-4
-    max_length: int = 128
-    held_out_fraction: float = 0.1
-    max_eval_texts: int = 1000  # held-out texts scored (three full forward passes each)
-    dead_feature_window: int = 25  # steps without firing (about 100k tokens) before TopK's aux loss revives a latent
-    seed: int = 0
-    dtype: str = "float16"  # stored weights; encode runs in float32
-    hook_kind: str = "hook_resid_post"
+    """TopK SAEs for some blocks, trained with SAELens's trainer."""
+
+    layers: list[int] = field(metadata={"comma": True, "help": "Comma-separated block indices, e.g. 7,15,22."})
+    d_sae: int = field(default=2048, metadata={"help": "Latents per SAE."})
+    k: int = field(default=32, metadata={"help": "Active latents per token (TopK)."})
+    steps: int = field(default=600, metadata={"help": "Training steps."})
+    batch_size: int = field(default=4096, metadata={"help": "Activations per step."})
+    lr: float = field(default=4e-4, metadata={"help": "Learning rate (Adam)."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per text."})
+    held_out_fraction: float = field(default=0.1, metadata={"help": "Fraction of texts held out for quality."})
+    max_eval_texts: int = field(default=1000, metadata={
+        "help": "Held-out texts scored (three full forward passes each)."})
+    dead_feature_window: int = field(default=25, metadata={
+        "help": "Steps without firing (about 100k tokens) before TopK's auxiliary loss revives a latent."})
+    seed: int = field(default=0, metadata={"help": "Seed of the split, the shuffle and the initialisation."})
+    dtype: str = field(default="float16", metadata={
+        "flag": "--sae-dtype", "help": "Stored weights: float16, bfloat16 or float32 (encode runs in float32)."})
+    hook_kind: str = field(default="hook_resid_post", metadata={
+        "help": "Which block hook: hook_resid_post, hook_resid_pre, hook_resid_mid, hook_mlp_out, hook_attn_out."})
+
+    def __post_init__(self):
+        self.layers = [int(layer) for layer in self.layers]
+        if not self.layers:
+            raise ActlabError("give at least one layer to train an SAE on", param="layers")
+        for name in ("d_sae", "k", "steps", "batch_size", "max_length", "max_eval_texts", "dead_feature_window"):
+            if getattr(self, name) < 1:
+                raise ActlabError(f"{name} must be at least 1, not {getattr(self, name)}", param=name)
+        if self.k > self.d_sae:
+            raise ActlabError(f"k ({self.k}) cannot exceed d_sae ({self.d_sae})", param="k")
+        if not self.lr > 0:
+            raise ActlabError(f"lr must be positive, not {self.lr}", param="lr")
+        if not 0 < self.held_out_fraction < 1:
+            raise ActlabError(f"held_out_fraction must be in (0, 1), not {self.held_out_fraction}",
+                              param="held_out_fraction")
+        if self.dtype not in ("float16", "bfloat16", "float32"):
+            raise ActlabError(f"dtype must be float16, bfloat16 or float32, not '{self.dtype}'", param="dtype")
 
 
 def read_corpus(paths: Sequence[str | Path], min_chars: int = 20) -> list[str]:

@@ -3,15 +3,16 @@ not asserted here): results JSON, agreement with the baseline, README table."""
 
 import json
 
-from actlab.bench.extract import run_extract_benchmark, sweep_point_in_subprocess
+from actlab.bench.extract import ExtractBench, run_extract_benchmark, sweep_point_in_subprocess
+from actlab.bench.options import BenchOptions
 from conftest import random_sae
 
 
 def test_bench_extract_on_tiny_model(tmp_path, tiny_model_dir):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- bench:extract:cpu -->\nold\n<!-- /bench:extract:cpu -->\ntail\n")
-    result = run_extract_benchmark(str(tiny_model_dir), n_texts=12, device="cpu", peers=True, sweep=False,
-                                   results_dir=tmp_path, readme=readme, repeats=1)
+    result = run_extract_benchmark(BenchOptions(str(tiny_model_dir), "cpu", tmp_path, readme),
+                                   ExtractBench(n_texts=12, peers=True, sweep=False), repeats=1)
     assert set(result["methods"]) == {"baseline_loop", "engine", "bare_forward", "transformer_lens", "nnsight"}
     # every method reads the same numbers: an independent check of the engine
     assert all(err < 1e-4 for err in result["max_rel_error"].values()), result["max_rel_error"]
@@ -29,10 +30,10 @@ def test_sweep_points_run_in_fresh_processes(tiny_model_dir):
 
 
 def test_bench_traits_on_tiny_model(tmp_path, tiny_model_dir):
-    from actlab.bench.traits import run_traits_benchmark
+    from actlab.bench.traits import TraitsBench, run_traits_benchmark
 
-    result = run_traits_benchmark(str(tiny_model_dir), n_prompts=6, max_new_tokens=5, batch_size=4, device="cpu",
-                                  sweep=False, results_dir=tmp_path)
+    result = run_traits_benchmark(BenchOptions(str(tiny_model_dir), "cpu", tmp_path),
+                                  TraitsBench(n_prompts=6, max_new_tokens=5, batch_size=4, sweep=False))
     assert set(result["pipelines"]) == {"two_stage_serial", "combined_serial", "batched"}
     assert all(result["same_answers_as_two_stage"].values())
     assert all(err < 1e-4 for err in result["max_rel_error_vs_two_stage"].values())
@@ -40,12 +41,12 @@ def test_bench_traits_on_tiny_model(tmp_path, tiny_model_dir):
 
 
 def test_bench_features_on_tiny_model(tmp_path, tiny_model_dir):
-    from actlab.bench.features import run_features_benchmark
+    from actlab.bench.features import FeaturesBench, run_features_benchmark
 
     readme = tmp_path / "README.md"
     readme.write_text("x\n")
-    result = run_features_benchmark(str(tiny_model_dir), n_texts=12, device="cpu", d_sae=256, k=8,
-                                    results_dir=tmp_path, readme=readme, repeats=1)
+    result = run_features_benchmark(BenchOptions(str(tiny_model_dir), "cpu", tmp_path, readme),
+                                    FeaturesBench(n_texts=12, d_sae=256, k=8), repeats=1)
     assert result["layers"] == [1, 2] and result["seconds"]["all_saes"] > 0
     assert 0 < result["sparse_fraction_of_dense"] < 1
     assert "<!-- bench:features:cpu -->" in readme.read_text()
@@ -80,12 +81,12 @@ def test_trait_quality_targets_and_table():
 def test_bench_contrast_on_tiny_model(tmp_path, tiny_model_dir):
     """The seed's baselines (separate programs, one pass per text, dense
     eigendecompositions) agree with the batched run on every metric."""
-    from actlab.bench.contrast import run_contrast_benchmark
+    from actlab.bench.contrast import ContrastBench, run_contrast_benchmark
 
     saes = {"early": random_sae("blocks.0.hook_resid_post", arch="topk", seed=1),
             "mid": random_sae("blocks.1.hook_resid_post", arch="jumprelu", seed=2)}
-    result = run_contrast_benchmark(str(tiny_model_dir), n_pairs=8, device="cpu", sweep=False, results_dir=tmp_path,
-                                    saes=saes)
+    result = run_contrast_benchmark(BenchOptions(str(tiny_model_dir), "cpu", tmp_path),
+                                    ContrastBench(n_pairs=8, sweep=False), saes=saes)
     assert set(result["methods"]) == {"separate", "sequential", "batched", "features"}
     assert all(err <= 1e-4 for err in result["max_rel_difference_separate_vs_batched"].values()), \
         result["max_rel_difference_separate_vs_batched"]
@@ -97,13 +98,13 @@ def test_bench_capacity_store_and_plan(tmp_path):
     hand computation from a GPU result."""
     import pyarrow.parquet as pq
 
-    from actlab.bench.capacity import SAES, SCALING, measure_store, run_capacity_benchmark
+    from actlab.bench.capacity import SAES, SCALING, CapacityBench, measure_store, run_capacity_benchmark
 
     (tmp_path / "extract-cuda.json").write_text(json.dumps({
         "device": "cuda: test", "dtype": "float32", "methods": {"engine": {"tokens_per_s": 100000.0}}}))
     readme = tmp_path / "ray.md"
     readme.write_text("# plan\n")
-    result = run_capacity_benchmark(n_texts=8, results_dir=tmp_path, readme=readme)
+    result = run_capacity_benchmark(BenchOptions(results_dir=tmp_path, readme=readme), CapacityBench(n_texts=8))
     per_token = result["store"]["all"]
     assert 0 < per_token["nonzeros_per_row_per_sae"] <= 32  # the default SAEs are top-32
     plan = {row["gpus"]: row for row in result["plan"]}

@@ -132,7 +132,7 @@ def test_contrast_takes_a_pairs_file(tmp_path, tiny_models):
     rows = [{"prompt": PAIRS.prompts[i], "fact": PAIRS.continuations["fact"][i],
              "hallucination": PAIRS.continuations["hallucination"][i]} for i in range(len(PAIRS))]
     (tmp_path / "facts.json").write_text(json.dumps(rows))
-    result = actlab.contrast(tiny_models["llama"], tmp_path / "facts.json", saes(), tmp_path / "run", folds=2,
-                             report=False)
+    result = actlab.contrast(tiny_models["llama"], tmp_path / "facts.json", saes(), tmp_path / "run",
+                             ContrastConfig(folds=2, report=False))
     assert ContrastRun(result["run"]).settings["pairs"]["n_pairs"] == 4
     assert callable(actlab.contrast) and actlab.contrasts.metrics.text_metrics is text_metrics

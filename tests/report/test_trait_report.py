@@ -9,7 +9,7 @@ from actlab.report.traits import build_trait_report
 from actlab.traits import GenerationConfig
 from actlab.traits.definitions import parse_trait
 from actlab.traits.judges import Judgement, KeywordJudge
-from actlab.traits import TraitRun, generate_run, judge_run, steer_sweep, steering_layer, vectors_run
+from actlab.traits import SteerConfig, TraitRun, generate_run, judge_run, steer_sweep, steering_layer, vectors_run
 
 from conftest import chromium_driver
 
@@ -33,8 +33,8 @@ def trait_run(tmp_path_factory, tiny_models):
                        cfg=GenerationConfig(max_new_tokens=6, temperature=0.8, seed=1), progress=False)
     judge_run(run, ByPolarity(TraitRun(run).answers().column("polarity").to_pylist()))
     vectors_run(run)
-    steer_sweep(model, run, steering_layer(run), [0, 1], KeywordJudge(["the"]), n_questions=2,
-                cfg=GenerationConfig(max_new_tokens=4))
+    steer_sweep(model, run, KeywordJudge(["the"]),
+                SteerConfig(steering_layer(run), [0, 1], questions=2, max_new_tokens=4))
     return run
 
 

@@ -321,8 +321,8 @@ def test_trait_pipeline_generates_on_ray(tmp_path, tiny_model_dir, local_ray):
     from actlab.traits import GenerationConfig
     from actlab.traits.definitions import parse_trait
     from actlab.traits.judges import Judgement
-    from actlab import run_trait
-    from actlab.traits import TraitRun
+    from actlab import TraitPipelineConfig, run_trait
+    from actlab.traits import SteerConfig, TraitRun, VectorsConfig
 
     class Alternating:
         """Answers come pos, neg, pos, ...: pos 80, neg 20 (steered answers: whatever)."""
@@ -334,8 +334,8 @@ def test_trait_pipeline_generates_on_ray(tmp_path, tiny_model_dir, local_ray):
                          "questions": [f"Question number {i}?" for i in range(6)]})
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     greedy = GenerationConfig(max_new_tokens=5)
-    results = {runner: run_trait(model, trait, tmp_path / runner, Alternating(), coeffs=(0, 1), layers=[0, 2],
-                                 cfg=greedy, held_out=0.34, runner=runner, ray=local_ray)
+    cfg = TraitPipelineConfig(greedy, [0, 2], VectorsConfig(held_out=0.34), SteerConfig(coeffs=[0, 1], max_new_tokens=5))
+    results = {runner: run_trait(model, trait, tmp_path / runner, Alternating(), cfg, runner=runner, ray=local_ray)
                for runner in ("local", "ray")}
     assert results["ray"]["kept_pos"] == results["local"]["kept_pos"] == 6
     local, on_ray = TraitRun(tmp_path / "local"), TraitRun(tmp_path / "ray")

@@ -11,8 +11,8 @@ import pytest
 
 from actlab.traits import GenerationConfig
 from actlab.traits.definitions import Trait, builtin_traits, load_trait
-from actlab import run_trait
-from actlab.traits import TraitRun
+from actlab import TraitPipelineConfig, run_trait
+from actlab.traits import SteerConfig, TraitRun, VectorsConfig
 
 
 def small(trait: Trait) -> Trait:
@@ -26,8 +26,9 @@ def small(trait: Trait) -> Trait:
 @pytest.mark.parametrize("name", builtin_traits())
 def test_builtin_trait_is_expressed_separated_and_steerable(default_model, tmp_path, name):
     trait = small(load_trait(name))
-    result = run_trait(default_model, trait, tmp_path / name, coeffs=(-1, 0, 1, 2),
-                       cfg=GenerationConfig(max_new_tokens=32), held_out=0.25)
+    cfg = TraitPipelineConfig(GenerationConfig(max_new_tokens=32), vectors=VectorsConfig(held_out=0.25),
+                              steer=SteerConfig(coeffs=[-1, 0, 1, 2], max_new_tokens=32))
+    result = run_trait(default_model, trait, tmp_path / name, cfg=cfg)
     assert result["n_answers"] == 48 and TraitRun(result["run"]).answers().num_rows == 48
     assert result["kept_pos"] >= 5 and result["kept_neg"] >= 5, result
     best = result["best_mean_diff"]

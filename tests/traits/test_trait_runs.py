@@ -13,7 +13,7 @@ from actlab import ActlabError
 from actlab.traits import GenerationConfig
 from actlab.traits.definitions import parse_trait
 from actlab.traits.judges import Judgement
-from actlab.traits import TraitRun, generate_run, judge_run, vectors_run
+from actlab.traits import TraitRun, VectorsConfig, generate_run, judge_run, vectors_run
 from actlab.traits.vectors import split_pairs
 
 TRAIT = parse_trait({"name": "toy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."},
@@ -75,7 +75,7 @@ def test_judge_and_vectors(run):
     assert scores.column("decision").to_pylist()[1] == "no score: judge timed out"
     recorded = pq.read_schema(run / "scores.parquet").metadata
     assert recorded[b"actlab.judge"] == b"ByPolarity" and recorded[b"actlab.keep"] == b"pos score >= 50, neg score < 50"
-    evaluation = vectors_run(run, seed=1).to_pylist()
+    evaluation = vectors_run(run, VectorsConfig(seed=1)).to_pylist()
     assert {(r["layer"], r["method"]) for r in evaluation} == {(l, m) for l in (0, 2)
                                                                for m in ("mean_diff", "probe", "pca_diff")}
     # mean_diff against numpy on the stored activations, kept rows, train pairs
@@ -146,7 +146,7 @@ def test_judging_resumes_and_reuses_saved_judgements(run, tmp_path):
     resumed = judge_run(copy, resumed_judge, chunk_size=5)
     assert len(resumed_judge._asked) == 24 - 10 and resumed.column("score").equals(clean.column("score"))
     stricter = CountingJudge()  # new thresholds: no judge call, new decisions
-    table = judge_run(copy, stricter, pos_min=90, neg_max=10, chunk_size=5)
+    table = judge_run(copy, stricter, VectorsConfig(pos_min=90, neg_max=10), chunk_size=5)
     assert stricter._asked == [] and table.column("kept").to_pylist() != clean.column("kept").to_pylist()
     other = CountingJudge(threshold=60)  # other settings: judged afresh
     judge_run(copy, other, chunk_size=5)

@@ -3,6 +3,9 @@ report layer writes them to a run, actlab.report.analyze_run)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from ..errors import ActlabError
 from .features import (
     category_specialists,
     coactivation,
@@ -14,7 +17,21 @@ from .features import (
 )
 
 
-def analyze_features(feats, threshold: float = 5.0, k: int = 5) -> dict[str, list[dict]]:
+@dataclass
+class AnalysisConfig:
+    """What the feature analyses count as clearly on, and how many rows they keep."""
+
+    threshold: float = field(default=5.0, metadata={
+        "help": "A latent is clearly on for a text when its value exceeds this."})
+    top: int = field(default=5, metadata={"help": "Rows per table and SAE."})
+
+    def __post_init__(self):
+        if self.top < 1:
+            raise ActlabError(f"top must be at least 1, not {self.top}", param="top")
+
+
+def analyze_features(feats, threshold: float = AnalysisConfig.threshold,
+                     k: int = AnalysisConfig.top) -> dict[str, list[dict]]:
     """Tables by name: per-SAE strongest / frequent / selective / specialists /
     coactivation rows (with an `sae` column and Neuronpedia links) and the
     comparison table. Per-token runs are analysed per text, by each text's

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .. import datasets
-from ..default_model import DEFAULT_MODEL
 from ..engine import ExtractConfig
 from ..models import load_model
 from ..runs.features import features_run
@@ -29,6 +29,7 @@ from ..runs.manifest import read_manifest
 from ..saes import default_saes
 from ..version import VERSION
 from .extract import console, describe_device, save_result
+from .options import BenchOptions
 
 TOKENS = 1_000_000_000
 GPUS = (1, 8, 64)
@@ -104,8 +105,17 @@ def project(throughput: dict[str, dict], store: dict) -> list[dict]:
     return rows
 
 
-def run_capacity_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256,
-                           results_dir: Path | None = Path("benchmarks/results"), readme: Path | None = None) -> dict:
+@dataclass
+class CapacityBench:
+    n_texts: int = field(default=256, metadata={"help": "Built-in texts in the measured features runs."})
+
+
+def run_capacity_benchmark(bench: BenchOptions | None = None, cfg: CapacityBench | None = None) -> dict:
+    """The capacity plan: the sparse store's bytes per token (measured here,
+    on the CPU: bench.device is not used) and a 1B-token feature run's
+    GPU-hours and storage on 1, 8 and 64 GPUs (from the GPU results)."""
+    bench, cfg = bench or BenchOptions(), cfg or CapacityBench()
+    model_name, results_dir, readme, n_texts = bench.model, bench.results_dir, bench.readme, cfg.n_texts
     console.print(f"[bold]bench capacity[/bold]: {model_name} with its default SAEs over {n_texts} texts")
     with tempfile.TemporaryDirectory() as scratch:
         store = measure_store(model_name, n_texts, Path(scratch))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,13 @@ from ..contrasts.metrics import active_set, gini, jaccard, noise, top_entropy, t
 from ..contrasts.pairs import load_pairs
 from ..contrasts.passes import METRICS, text_rows
 from ..contrasts.run import ContrastRun, contrast_run
-from ..default_model import DEFAULT_MODEL
 from ..engine import ExtractConfig
 from ..models import Model, load_model
 from ..saes import SAE, default_saes
 from ..tokens import tokenize
 from ..version import VERSION
 from .extract import console, describe_device, save_result, sweep_point_in_subprocess, sweep_table, timed
+from .options import BenchOptions
 
 SWEEP = (1, 4, 8, 16, 32, None)
 
@@ -107,16 +108,28 @@ def baseline(model: Model, texts: list[str], saes: dict[str, SAE], cfg: Contrast
     return rows
 
 
-def run_contrast_benchmark(model_name: str = DEFAULT_MODEL, n_pairs: int = 100, device: str = "auto",
-                           sweep: bool = True, results_dir: Path | None = Path("benchmarks/results"),
-                           readme: Path | None = None, saes: dict[str, SAE] | None = None) -> dict:
+@dataclass
+class ContrastBench:
+    n_pairs: int = field(default=100, metadata={"help": "Built-in pairs (spread over the four domains)."})
+    sweep: bool = field(default=True, metadata={"help": "Run the batch-size sweep (1, 4, 8, 16, 32, auto)."})
+
+
+def run_contrast_benchmark(bench: BenchOptions | None = None, cfg: ContrastBench | None = None,
+                           saes: dict[str, SAE] | None = None) -> dict:
+    """The paired-contrast analysis: separate programs vs one pass per text vs
+    batched vs the features pass. saes: None for the default model's (any
+    SAEs below the last block: the baselines read HF hidden states, whose
+    last one carries the final norm)."""
+    bench, cfg = bench or BenchOptions(), cfg or ContrastBench()
     """saes: None for the default model's (any SAEs below the last block: the
     baselines read HF hidden states, whose last one carries the final norm)."""
+    model_name, device, results_dir, readme = bench.model, bench.device, bench.results_dir, bench.readme
+    n_pairs, sweep = cfg.n_pairs, cfg.sweep
     model = load_model(model_name, device=device)
     pairs = load_pairs("builtin")
     pairs = pairs.select(np.linspace(0, len(pairs) - 1, min(n_pairs, len(pairs))).astype(int).tolist())
     saes = saes or default_saes(model.name, model.device)
-    cfg = ContrastConfig(shard_size=len(pairs))
+    contrast_cfg = ContrastConfig(shard_size=len(pairs))
     texts, owners, conditions = text_rows(pairs, 0, len(pairs))
     console.print(f"[bold]bench contrast[/bold]: {model_name} on {model.device}, {len(pairs)} pairs "
                   f"({len(texts)} texts), SAEs {list(saes)}")
@@ -125,9 +138,9 @@ def run_contrast_benchmark(model_name: str = DEFAULT_MODEL, n_pairs: int = 100, 
     rows, outputs = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         methods = {
-            "separate": lambda: baseline(model, texts, saes, cfg, separate=True),
-            "sequential": lambda: baseline(model, texts, saes, cfg, separate=False),
-            "batched": lambda: contrast_run(model, pairs, saes, Path(scratch) / "run", cfg, overwrite=True),
+            "separate": lambda: baseline(model, texts, saes, contrast_cfg, separate=True),
+            "sequential": lambda: baseline(model, texts, saes, contrast_cfg, separate=False),
+            "batched": lambda: contrast_run(model, pairs, saes, Path(scratch) / "run", contrast_cfg, overwrite=True),
             "features": lambda: model.features(texts, saes, cfg=ExtractConfig(pooling="last")),
         }
         best = {}

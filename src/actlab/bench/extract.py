@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +17,6 @@ import torch
 from rich.console import Console
 
 from ..datasets import length_mix
-from ..default_model import DEFAULT_MODEL
 from ..engine import StopForward, auto_token_budget, padded_batch, plan_batches
 from ..hooks import block_hook, capture
 from ..models import Model, load_model
@@ -25,6 +25,7 @@ from ..runs.atomic import write_text_atomic
 from ..tokens import tokenize
 from ..version import VERSION
 from . import peers
+from .options import BenchOptions
 
 console = Console(stderr=True)  # benchmarks report as they go
 
@@ -105,10 +106,19 @@ def max_rel_error(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> flo
     return worst
 
 
-def run_extract_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, device: str = "auto",
-                          peers: bool = True, sweep: bool = True,
-                          results_dir: Path | None = Path("benchmarks/results"),
-                          readme: Path | None = None, repeats: int = 2) -> dict:
+@dataclass
+class ExtractBench:
+    n_texts: int = field(default=256, metadata={"help": "Texts in the length mix (20-150 tokens)."})
+    peers: bool = field(default=True, metadata={"help": "Include TransformerLens and nnsight if installed."})
+    sweep: bool = field(default=True, metadata={"help": "Run the batch-size sweep."})
+
+
+def run_extract_benchmark(bench: BenchOptions | None = None, cfg: ExtractBench | None = None,
+                          repeats: int = 2) -> dict:
+    """Baseline loop vs engine vs bare stopped forward vs peers (repeats: alternating, best of)."""
+    bench, cfg = bench or BenchOptions(), cfg or ExtractBench()
+    model_name, device, results_dir, readme = bench.model, bench.device, bench.results_dir, bench.readme
+    n_texts, peers, sweep = cfg.n_texts, cfg.peers, cfg.sweep
     model = load_model(model_name, device=device)
     texts = length_mix(model.tokenizer, n_texts)
     layers = bench_layers(model)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..datasets import length_mix
-from ..default_model import DEFAULT_MODEL
 from ..hooks import block_hook
 from ..inputs import Records
 from ..models import load_model
@@ -18,6 +18,7 @@ from ..runs import features_run
 from ..saes import SAE, SAEConfig
 from ..version import VERSION
 from .extract import console, describe_device, save_result, timed
+from .options import BenchOptions
 
 
 def random_topk_sae(hook: str, d_in: int, d_sae: int, k: int, seed: int) -> SAE:
@@ -30,9 +31,19 @@ def random_topk_sae(hook: str, d_in: int, d_sae: int, k: int, seed: int) -> SAE:
     return SAE(cfg, weights)
 
 
-def run_features_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 256, device: str = "auto",
-                           d_sae: int = 16384, k: int = 64, results_dir: Path | None = Path("benchmarks/results"),
-                           readme: Path | None = None, repeats: int = 2) -> dict:
+@dataclass
+class FeaturesBench:
+    n_texts: int = field(default=256, metadata={"help": "Texts in the length mix (20-150 tokens)."})
+    d_sae: int = field(default=16384, metadata={"help": "Latents per SAE."})
+    k: int = field(default=64, metadata={"help": "Active latents per token."})
+
+
+def run_features_benchmark(bench: BenchOptions | None = None, cfg: FeaturesBench | None = None,
+                           repeats: int = 2) -> dict:
+    """Four SAEs at four depths in one pass vs one SAE at the deepest; the sparse store's size."""
+    bench, cfg = bench or BenchOptions(), cfg or FeaturesBench()
+    model_name, device, results_dir, readme = bench.model, bench.device, bench.results_dir, bench.readme
+    n_texts, d_sae, k = cfg.n_texts, cfg.d_sae, cfg.k
     model = load_model(model_name, device=device)
     texts = length_mix(model.tokenizer, n_texts)
     n = model.n_layers

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import datasets
-from ..default_model import DEFAULT_MODEL
 from ..engine import ExtractConfig
 from ..hooks import block_hook
 from ..inputs import Records
@@ -24,6 +24,7 @@ from ..runs.ray import RayConfig, ray_module
 from ..runs.runner import extract_run
 from ..version import VERSION
 from .extract import console, describe_device, save_result
+from .options import BenchOptions
 
 
 def bench_records(n: int) -> Records:
@@ -32,20 +33,32 @@ def bench_records(n: int) -> Records:
     return Records.of([f"{base[i % len(base)]} ({i})" for i in range(n)])
 
 
-def run_ray_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 2000, shard_size: int = 250,
-                      results_dir: Path | None = Path("benchmarks/results"), readme: Path | None = None,
-                      device: str = "cpu") -> dict:
+@dataclass
+class RayBench:
+    device: str = field(default="cpu", metadata={"help": "cpu, or cuda: one actor holds the GPU, two share it."})
+    n_texts: int = field(default=2000, metadata={"help": "Texts to extract."})
+    shard_size: int = field(default=250, metadata={"help": "Texts per shard (the unit Ray hands to an actor)."})
+
+
+def run_ray_benchmark(bench: BenchOptions | None = None, cfg: RayBench | None = None) -> dict:
+    """One extraction in this process vs on a local Ray instance with 1 and 2
+    actors (Ray's overhead; on a GPU, an actor's tokens/s vs the engine's
+    alone). The device is cfg's (bench.device is not used)."""
+    bench, cfg = bench or BenchOptions(), cfg or RayBench()
+    model_name, results_dir, readme = bench.model, bench.results_dir, bench.readme
+    device, n_texts, shard_size = cfg.device, cfg.n_texts, cfg.shard_size
     ray = ray_module()
     model = load_model(model_name, device=device)
     gpus = 1 if model.device.type == "cuda" else 0
     records = bench_records(n_texts)
-    cfg = ExtractConfig([block_hook(model.n_layers // 2)], "mean")
-    console.print(f"[bold]bench ray[/bold]: {model_name}, {n_texts} texts, shards of {shard_size}, hook {cfg.hooks}")
+    extract_cfg = ExtractConfig([block_hook(model.n_layers // 2)], "mean")
+    console.print(f"[bold]bench ray[/bold]: {model_name}, {n_texts} texts, shards of {shard_size}, "
+                  f"hook {extract_cfg.hooks}")
     assert model.weight_hash  # computed once, like loading the model
     rows = {}
     with tempfile.TemporaryDirectory() as scratch:
         start = time.perf_counter()
-        path = extract_run(model, records, Path(scratch) / "local", cfg, shard_size)
+        path = extract_run(model, records, Path(scratch) / "local", extract_cfg, shard_size=shard_size)
         rows["single_process"] = {"seconds": round(time.perf_counter() - start, 2),
                                   "tokens_per_s": read_manifest(path)["timings"]["session_0"]["tokens_per_s"]}
         start = time.perf_counter()
@@ -54,7 +67,8 @@ def run_ray_benchmark(model_name: str = DEFAULT_MODEL, n_texts: int = 2000, shar
         try:
             for actors in (1, 2):
                 start = time.perf_counter()
-                path = extract_run(model_name, records, Path(scratch) / f"ray{actors}", cfg, shard_size,
+                path = extract_run(model_name, records, Path(scratch) / f"ray{actors}", extract_cfg,
+                                   shard_size=shard_size,
                                    runner="ray", ray=RayConfig(actors=actors, cpus_per_actor=2 / actors,
                                                                gpus_per_actor=gpus / actors))
                 total = time.perf_counter() - start

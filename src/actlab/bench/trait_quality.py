@@ -7,26 +7,37 @@ steering moves the judge score the expected way."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..default_model import DEFAULT_MODEL
 from ..models import load_model
-from ..pipelines import run_trait
+from ..pipelines import TraitPipelineConfig, run_trait
 from ..traits.definitions import builtin_traits, load_trait
+from ..traits.steering import SteerConfig
 from ..version import VERSION
 from .extract import console, describe_device, save_result
+from .options import BenchOptions
 
 COEFFS = (-2, -1, 0, 1, 2)
 
 
-def run_trait_quality(model_name: str = DEFAULT_MODEL, out_dir: Path = Path("runs/trait-quality"),
-                      device: str = "auto", results_dir: Path | None = Path("benchmarks/results"),
-                      readme: Path | None = None) -> dict:
+@dataclass
+class TraitQualityBench:
+    out: Path = field(default=Path("runs/trait-quality"), metadata={
+        "short": "-o", "help": "Trait runs go here, one per trait."})
+
+
+def run_trait_quality(bench: BenchOptions | None = None, cfg: TraitQualityBench | None = None) -> dict:
+    """Every built-in trait end to end: kept answers, held-out AUROC per layer, steering sweep."""
+    bench, cfg = bench or BenchOptions(), cfg or TraitQualityBench()
+    model_name, device, results_dir, readme, out_dir = (bench.model, bench.device, bench.results_dir, bench.readme,
+                                                       cfg.out)
     model = load_model(model_name, device=device)
     traits = {}
     for name in builtin_traits():
         console.print(f"[bold]{name}[/bold]")
-        traits[name] = run_trait(model, load_trait(name), out_dir / name, coeffs=COEFFS, overwrite=True)
+        pipeline = TraitPipelineConfig(steer=SteerConfig(coeffs=list(COEFFS)))
+        traits[name] = run_trait(model, load_trait(name), out_dir / name, cfg=pipeline, overwrite=True)
         traits[name]["targets_met"] = targets_met(traits[name])
         console.print(f"  {traits[name]}")
     result = {"benchmark": "trait-quality", "actlab_version": VERSION,

@@ -13,11 +13,10 @@ mean at three depths) are compared too.
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
-from ..default_model import DEFAULT_MODEL
 from ..models import Model, load_model
 from ..traits import GenerationConfig, generate, render_prompt
 from ..traits.definitions import load_trait
@@ -31,6 +30,7 @@ from .extract import (
     sweep_point_in_subprocess,
     timed,
 )
+from .options import BenchOptions
 
 SWEEP = (1, 4, 8, 16, 32)
 
@@ -57,9 +57,19 @@ def two_stage_serial(model: Model, prompts, layers, cfg: GenerationConfig):
     return answers, {layer: torch.stack(v) for layer, v in pooled.items()}
 
 
-def run_traits_benchmark(model_name: str = DEFAULT_MODEL, n_prompts: int = 64, max_new_tokens: int = 32,
-                         batch_size: int = 16, device: str = "auto", sweep: bool = True,
-                         results_dir: Path | None = Path("benchmarks/results"), readme: Path | None = None) -> dict:
+@dataclass
+class TraitsBench:
+    n_prompts: int = field(default=64, metadata={"help": "Prompts of the built-in French trait."})
+    max_new_tokens: int = field(default=32, metadata={"help": "New tokens per answer."})
+    batch_size: int = field(default=16, metadata={"help": "Batch size of the batched pipeline."})
+    sweep: bool = field(default=True, metadata={"help": "Run the batch-size sweep (1, 4, 8, 16, 32)."})
+
+
+def run_traits_benchmark(bench: BenchOptions | None = None, cfg: TraitsBench | None = None) -> dict:
+    """Trait generation: two-stage serial vs combined serial vs batched generation with capture."""
+    bench, cfg = bench or BenchOptions(), cfg or TraitsBench()
+    model_name, device, results_dir, readme = bench.model, bench.device, bench.results_dir, bench.readme
+    n_prompts, max_new_tokens, batch_size, sweep = cfg.n_prompts, cfg.max_new_tokens, cfg.batch_size, cfg.sweep
     model = load_model(model_name, device=device)
     prompts = bench_prompts(model, n_prompts)
     layers = bench_layers(model)

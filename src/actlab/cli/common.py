@@ -18,6 +18,7 @@ from rich.table import Table
 from ..default_model import DEFAULT_MODEL
 from ..errors import ActlabError
 from ..inputs import FieldNames, ParquetRecords, Records, read_records
+from ..runs.activations import DEFAULT_SHARD_SIZE
 
 out = Console()
 err = Console(stderr=True)
@@ -53,9 +54,14 @@ class RunOptions:
                                                       "s3:// / gs:// URI)", "short": "-i"})
     out: Path = dataclasses.field(metadata={"help": "Run directory (resumable): a path or an s3:// / gs:// URI.",
                                             "short": "-o"})
-    shard_size: int = dataclasses.field(default=2048, metadata={"help": "Texts per Parquet shard."})
+    shard_size: int = dataclasses.field(default=DEFAULT_SHARD_SIZE, metadata={"help": "Texts per Parquet shard."})
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "Replace an existing run in --out."})
     skip_empty: bool = dataclasses.field(default=False, metadata={"help": "Skip empty texts instead of failing."})
+
+    def control(self, progress, ray) -> dict:
+        """The run functions' keyword arguments (actlab.runs.runner.RunControl) of these options."""
+        return {"shard_size": self.shard_size, "overwrite": self.overwrite, "progress": progress,
+                "runner": ray.runner, "ray": ray}
 
     def read(self, names: FieldNames, by_row_range: bool = False) -> Records | ParquetRecords:
         """The input; by_row_range: a Parquet input read by the workers, a row range per shard."""
@@ -65,18 +71,78 @@ class RunOptions:
         return records
 
 
-def _option_type(annotation):
-    """The type typer should parse for a dataclass field's annotation."""
+@dataclasses.dataclass
+class SAEOptions:
+    """Which SAEs a command runs (--sae, repeatable)."""
+
+    sae: list[str] | None = dataclasses.field(default=None, metadata={
+        "help": "SAE folder (SAELens or sparsify) or release/sae_id; repeatable. Default: the SAEs actlab ships for "
+                "the default model."})
+
+    def load(self, device=None) -> dict | None:
+        """{name: SAE}, or None for the model's default SAEs."""
+        from ..saes import load_sae
+
+        return {name: load_sae(name, device=device or "cpu") for name in self.sae} if self.sae else None
+
+
+@dataclasses.dataclass
+class RunModelOptions:
+    """The model of a command on an existing run (by default the run's own, its weights checked)."""
+
+    model: str | None = dataclasses.field(default=None, metadata={
+        "short": "-m", "help": "Default: the run's model (its weights are checked against the run's)."})
+    device: str = dataclasses.field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N, mps."})
+
+
+def _option_type(annotation, comma: bool):
+    """The type typer should parse for a dataclass field's annotation (a
+    comma-separated list is read as one string)."""
     origin = typing.get_origin(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    optional = type(None) in typing.get_args(annotation)
+    if comma:
+        return Optional[str] if optional else str
     if origin in (typing.Union, types.UnionType):
         if list in [typing.get_origin(a) for a in args] and str not in args:
-            return Optional[List[str]]
+            inner = next(typing.get_args(a)[0] for a in args if typing.get_origin(a) is list)
+            return Optional[List[inner if inner in (str, int, float, Path) else str]]
         inner = str if str in args else args[0]
-        return Optional[inner] if type(None) in typing.get_args(annotation) else inner
+        return Optional[inner] if optional else inner
     if origin is list:
-        return List[str]
+        inner = typing.get_args(annotation)[0]
+        return List[inner if inner in (str, int, float, Path) else str]
     return annotation
+
+
+def _comma_kind(annotation) -> type:
+    """The element type of a list[...] annotation (int, float or str)."""
+    for arg in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(arg) is list:
+            return typing.get_args(arg)[0]
+    return str
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionField:
+    """Where a command's option comes from: a config's field."""
+
+    config: str  # the command's parameter that receives the config
+    cls: type
+    field: dataclasses.Field
+    flag: str
+    default: object  # the config's default for the field (dataclasses.MISSING: required)
+    comma: type | None  # element type of a comma-separated list option
+
+
+def _default(config, f: dataclasses.Field):
+    if not isinstance(config, type):
+        return getattr(config, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def with_options(exclude: tuple[str, ...] = (), required: tuple[str, ...] = (), **configs):
@@ -84,7 +150,11 @@ def with_options(exclude: tuple[str, ...] = (), required: tuple[str, ...] = (), 
     class, or an instance whose values are the defaults) to a typer command
     as options, and call the command with one config per name. Flags, help
     and defaults come from the dataclass, so the command line cannot drift
-    from the Python API."""
+    from the Python API. exclude / required name fields ("field", or
+    "config.field" for one config's); a field whose metadata has "comma"
+    is one comma-separated option (--layers 7,15). The command's
+    `__actlab_options__` maps each generated option to its field (the CLI
+    test walks every command with it)."""
     def decorate(command):
         signature = inspect.signature(command)
         kept = [p for p in signature.parameters.values() if p.name not in configs]
@@ -93,38 +163,43 @@ def with_options(exclude: tuple[str, ...] = (), required: tuple[str, ...] = (), 
             cls = config if isinstance(config, type) else type(config)
             hints = typing.get_type_hints(cls)
             for f in dataclasses.fields(cls):
-                if f.name in exclude or f.name in owners:
+                if f.name in exclude or f"{config_name}.{f.name}" in exclude:
                     continue
-                owners[f.name] = config_name
+                param = f.name if f.name not in owners else f"{config_name}_{f.name}"
                 flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-                FLAGS[f.name] = flag
-                kind = _option_type(hints[f.name])
-                if typing.get_args(hints[f.name]) and bool in typing.get_args(hints[f.name]):
+                FLAGS.setdefault(f.name, flag.split("/")[0])
+                comma = _comma_kind(hints[f.name]) if f.metadata.get("comma") else None
+                default = _default(config, f)
+                owners[param] = OptionField(config_name, cls, f, flag, default, comma)
+                kind = _option_type(hints[f.name], comma is not None)
+                if "/" not in flag and bool in (hints[f.name], *typing.get_args(hints[f.name])):
                     flag = f"{flag}/--no-{flag[2:]}"
                 names = [flag] + ([f.metadata["short"]] if "short" in f.metadata else [])
-                if not isinstance(config, type):
-                    default = getattr(config, f.name)
-                elif f.default is not dataclasses.MISSING:
-                    default = ... if f.name in required else f.default
-                elif f.default_factory is not dataclasses.MISSING:
-                    default = ... if f.name in required else None
-                else:
-                    default = ...
-                option = typer.Option(default, *names, help=f.metadata.get("help"), show_default=default is not None)
-                added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) \
+                    if comma and default not in (None, dataclasses.MISSING) else default
+                if default is dataclasses.MISSING or f.name in required or f"{config_name}.{f.name}" in required:
+                    shown = ...
+                option = typer.Option(shown, *names, help=f.metadata.get("help"),
+                                      show_default=shown is not None and shown is not ...)
+                added.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=option,
                                                annotation=kind))
 
         @functools.wraps(command)
         def wrapper(**values):
             built = {name: {} for name in configs}
-            for field_name, config_name in owners.items():
-                value = values.pop(field_name)
+            for param, owner in owners.items():
+                value = values.pop(param)
+                if value is not None and owner.comma is not None:
+                    value = comma_list(value, owner.comma, owner.flag)
                 if value is not None:
-                    built[config_name][field_name] = value
+                    built[owner.config][owner.field.name] = value
             return command(**values, **{name: _build(configs[name], built[name]) for name in configs})
 
         wrapper.__signature__ = signature.replace(parameters=kept + added)
         wrapper.__annotations__ = {p.name: p.annotation for p in kept + added}  # typer reads these
+        wrapper.__actlab_options__ = {**getattr(command, "__actlab_options__", {}), **owners}
+        wrapper.__actlab_configs__ = {name: c if isinstance(c, type) else type(c) for name, c in configs.items()}
+        wrapper.__actlab_excluded__ = tuple(exclude)
         return wrapper
     return decorate
 
@@ -200,13 +275,14 @@ def print_session(manifest: dict) -> None:
                       f"{(actor.get('peak_memory_bytes') or 0) / 2**20:.0f} MiB")
 
 
-def comma_list(text: Optional[str], kind=int, flag: str = "--layers", example: str = "7,15,22"):
+def comma_list(text: Optional[str], kind=int, flag: str = "--layers"):
     """'7,15,22' -> [7, 15, 22]; None stays None."""
     if text is None:
         return None
     try:
         return [kind(x) for x in text.split(",")]
     except ValueError:
+        example = {int: "7,15,22", float: "-2,0,2"}.get(kind, "a,b")
         raise ActlabError(f"{flag} '{text}': give comma-separated values such as {example}") from None
 
 

@@ -1,38 +1,38 @@
 """`actlab contrast`: the paired-contrast analysis of SAE feature geometry."""
 
+import dataclasses
 from pathlib import Path
-from typing import List, Optional
-
-import typer
 
 from ..contrasts.config import ContrastConfig
 from ..contrasts.pairs import PairFields
 from ..engine import ExtractConfig
 from ..runs.ray import RayConfig
-from .common import Bar, ModelOptions, out, print_session, print_table, with_options
+from .common import Bar, ModelOptions, SAEOptions, out, print_session, print_table, with_options
 
 
-@with_options(fields=PairFields, model=ModelOptions, cfg=ContrastConfig, batching=ExtractConfig, ray=RayConfig,
-              exclude=("hooks", "pooling", "include_bos"))
-def contrast_command(fields: PairFields, model: ModelOptions, cfg: ContrastConfig, batching: ExtractConfig,
-                     ray: RayConfig,
-                     pairs: List[str] = typer.Option(..., "--pairs", help="Pairs file(s): JSON arrays (the seed's "
-                                                     "format), JSONL, CSV or Parquet; 'builtin' for the set that "
-                                                     "ships with actlab. Repeatable."),
-                     out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable)."),
-                     sae: Optional[List[str]] = typer.Option(None, "--sae", help="SAE folder or release/sae_id; "
-                                                             "repeatable. Default: the default model's SAEs."),
-                     folds: int = typer.Option(5, help="Folds of the grouped held-out detection."),
-                     overwrite: bool = typer.Option(False, help="Replace an existing run in --out.")) -> None:
+@dataclasses.dataclass
+class ContrastOptions:
+    """The pairs read and where the run goes."""
+
+    pairs: list[str] = dataclasses.field(metadata={
+        "help": "Pairs file(s): JSON arrays (the seed's format), JSONL, CSV or Parquet; 'builtin' for the set that "
+                "ships with actlab. Repeatable."})
+    out: Path = dataclasses.field(metadata={"short": "-o", "help": "Run directory (resumable)."})
+    overwrite: bool = dataclasses.field(default=False, metadata={"help": "Replace an existing run in --out."})
+
+
+@with_options(files=ContrastOptions, fields=PairFields, model=ModelOptions, cfg=ContrastConfig, batching=ExtractConfig,
+              ray=RayConfig, saes=SAEOptions, exclude=("hooks", "pooling", "include_bos"))
+def contrast_command(files: ContrastOptions, fields: PairFields, model: ModelOptions, cfg: ContrastConfig,
+                     batching: ExtractConfig, ray: RayConfig, saes: SAEOptions) -> None:
     """Fact vs hallucination (any two conditions over the same prompts): SAE metrics of every text in one
     pass, paired statistics with FDR control, held-out detection against residual probes, an HTML report
     (--ray: the pass on a Ray cluster)."""
     from ..contrasts.pairs import load_pairs
     from ..pipelines import contrast
     from ..runs import read_manifest
-    from ..saes import load_sae
 
-    loaded = load_pairs(pairs, fields)
+    loaded = load_pairs(files.pairs, fields)
     if loaded.duplicates:
         out.print(f"[yellow]{len(loaded.duplicates)} prompt(s) occur more than once; each is kept at its first "
                   "occurrence (all are listed in the run's manifest):", highlight=False)
@@ -40,10 +40,9 @@ def contrast_command(fields: PairFields, model: ModelOptions, cfg: ContrastConfi
             out.print(f"  {duplicate.describe()}", highlight=False, markup=False)
         if len(loaded.duplicates) > 10:
             out.print(f"  and {len(loaded.duplicates) - 10} more")
-    saes = {name: load_sae(name) for name in sae} if sae else None
     with Bar("contrast") as bar:
-        result = contrast(model.for_runner(ray), loaded, saes, out_dir, cfg, batching, overwrite, bar, folds,
-                          runner=ray.runner, ray=ray)
+        result = contrast(model.for_runner(ray), loaded, saes.load(), files.out, cfg, batching,
+                          overwrite=files.overwrite, progress=bar, runner=ray.runner, ray=ray)
     print_session(read_manifest(result["run"]))
     for line in result["summary"]:
         out.print(line)

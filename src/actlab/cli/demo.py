@@ -6,7 +6,9 @@ from pathlib import Path
 
 from .. import datasets
 from ..analyses.probes import nearest_centroid_accuracy
-from ..bench.extract import markdown_table, run_extract_benchmark
+from ..analyses.run import AnalysisConfig
+from ..bench.extract import ExtractBench, markdown_table, run_extract_benchmark
+from ..bench.options import BenchOptions
 from ..contrasts.config import ContrastConfig
 from ..contrasts.pairs import load_pairs
 from ..engine import ExtractConfig
@@ -47,7 +49,7 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
     with Bar("features") as bar:
         features = features_run(model, records, saes, out_dir / "features", ExtractConfig(pooling="mean"),
                                 overwrite=True, progress=bar)
-    tables = analyze_run(features, threshold=DEMO_THRESHOLD)
+    tables = analyze_run(features, AnalysisConfig(threshold=DEMO_THRESHOLD))
     print_table(f"SAE comparison (latent ids; specialists: in- minus out-of-category texts above "
                 f"{DEMO_THRESHOLD:g}, > 0)", ["latents that are...", *saes],
                 [[row["row"], *(row[name] for name in saes)] for row in tables["comparison"]])
@@ -59,8 +61,8 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
     run_contrast_step(model, out_dir / "contrast")
 
     console.print("[bold]5. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
-    result = run_extract_benchmark(model_name, n_texts=64, device=device, peers=False,
-                                   sweep=False, results_dir=None, repeats=2)
+    result = run_extract_benchmark(BenchOptions(model_name, device, results_dir=None),
+                                   ExtractBench(n_texts=64, peers=False, sweep=False), repeats=2)
     console.print(markdown_table(result), highlight=False)
 
 

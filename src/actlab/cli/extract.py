@@ -1,30 +1,41 @@
 """Commands over activations and SAE features: models, extract, features,
 analyze, explore, report, demo."""
 
+import dataclasses
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.text import Text
 
+from ..analyses.run import AnalysisConfig
 from ..default_model import DEFAULT_MODEL
 from ..engine import ExtractConfig
 from ..errors import ActlabError
 from ..inputs import FieldNames
+from ..report.build import ReportConfig
 from ..runs.ray import RayConfig
-from .common import Bar, ModelOptions, RunOptions, out, print_session, print_table, with_options
+from .common import (
+    Bar,
+    ModelOptions,
+    RunModelOptions,
+    RunOptions,
+    SAEOptions,
+    out,
+    print_session,
+    print_table,
+    with_options,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fast, correct activation extraction for interpretability experiments.")
 
 
 @app.command()
-def models(name: str = typer.Argument(DEFAULT_MODEL, help="Model to describe."),
-           device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps.")) -> None:
+@with_options(model=ModelOptions, exclude=("model.model",))
+def models(model: ModelOptions, name: str = typer.Argument(DEFAULT_MODEL, help="Model to describe.")) -> None:
     """Print a model's architecture, layer count, width and hook names."""
-    from ..models import load_model
-
-    model = load_model(name, device=device)
+    model = dataclasses.replace(model, model=name).load()
     out.print(f"[bold]{name}[/bold]: {model.architecture}, {model.n_layers} layers, "
               f"d_model {model.d_model}, vocab {model.config.vocab_size}, device {model.device}")
     names = model.hook_names()
@@ -42,8 +53,7 @@ def extract(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: Extra
 
     records = run.read(fields, by_row_range=ray.runner == "ray")
     with Bar("extract") as bar:
-        path = extract_run(model.for_runner(ray), records, run.out, cfg, run.shard_size, run.overwrite, bar,
-                           ray.runner, ray)
+        path = extract_run(model.for_runner(ray), records, run.out, cfg, **run.control(bar, ray))
     manifest = read_manifest(path)
     print_session(manifest)
     if manifest.get("n_truncated"):
@@ -52,21 +62,16 @@ def extract(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: Extra
 
 
 @app.command()
-@with_options(run=RunOptions, fields=FieldNames, model=ModelOptions, cfg=ExtractConfig, ray=RayConfig,
+@with_options(run=RunOptions, fields=FieldNames, model=ModelOptions, cfg=ExtractConfig, ray=RayConfig, saes=SAEOptions,
               exclude=("hooks",))
 def features(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: ExtractConfig, ray: RayConfig,
-             sae: Optional[List[str]] = typer.Option(None, "--sae", help="SAE folder (SAELens or sparsify) or "
-                                                     "release/sae_id; repeatable. Default: the SAEs actlab ships for "
-                                                     "the default model.")) -> None:
+             saes: SAEOptions) -> None:
     """SAE features of every text, one forward pass for all SAEs, stored sparse (--ray: on a Ray cluster)."""
     from ..runs import FeatureRun, features_run
-    from ..saes import load_sae
 
     records = run.read(fields, by_row_range=ray.runner == "ray")
-    saes = {name: load_sae(name) for name in sae} if sae else None  # None: the default SAEs
     with Bar("features") as bar:
-        path = features_run(model.for_runner(ray), records, saes, run.out, cfg, run.shard_size, run.overwrite, bar,
-                            ray.runner, ray)
+        path = features_run(model.for_runner(ray), records, saes.load(), run.out, cfg, **run.control(bar, ray))
     feats = FeatureRun.open(path)
     print_session(feats.manifest)
     print_table(f"features of {len(feats)} texts ({feats.pooling} pooling) in {path}",
@@ -75,58 +80,63 @@ def features(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: Extr
                   int((feats.latent_stats[name].count > 0).sum())] for name, c in feats.configs.items()])
 
 
+RunArg = typer.Argument(..., help="A features run directory (actlab features).")
+
+
 @app.command()
-def analyze(
-    run: Path = typer.Argument(..., help="A features run directory (actlab features)."),
-    threshold: float = typer.Option(5.0, help="A latent is clearly on for a text when its value exceeds this."),
-    top: int = typer.Option(5, help="Rows per table and SAE."),
-) -> None:
+@with_options(cfg=AnalysisConfig)
+def analyze(cfg: AnalysisConfig, run: Path = RunArg) -> None:
     """Feature analyses of a features run (strongest, frequent, selective, specialists, co-activation,
     the SAE comparison table): printed and written to RUN/analysis/."""
     from ..report import analyze_run
 
-    tables = analyze_run(run, threshold, top)
+    tables = analyze_run(run, cfg)
     for name, rows in tables.items():
         if rows:
             print_table(name, list(rows[0]), [list(row.values()) for row in rows])
     out.print(f"wrote {sum(bool(rows) for rows in tables.values())} tables to {run / 'analysis'}")
 
 
-@app.command()
-def report(
-    run: Path = typer.Argument(..., help="A features run directory (actlab features)."),
-    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default RUN/report.html)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="The run's model (default: as recorded)."),
-    use_model: bool = typer.Option(True, "--model-passes/--no-model",
-                                   help="Run the model for token highlighting and SAE quality."),
-    threshold: float = typer.Option(5.0, help="A latent is clearly on for a text when its value exceeds this."),
-    top: int = typer.Option(5, help="Rows per analysis table and SAE."),
-    latents: int = typer.Option(8, help="Latents shown with their top texts, per SAE."),
-    texts: int = typer.Option(5, help="Top texts per latent."),
-    quality_texts: int = typer.Option(64, help="Texts of the run scored for SAE quality (0: skip)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
-) -> None:
-    """One self-contained HTML report of a features run, with its plots as PNG files."""
-    from ..report import ReportConfig, build_report
+@dataclasses.dataclass
+class ReportOptions:
+    """Where a features run's report goes, and whether the model runs for it."""
 
-    cfg = ReportConfig(threshold=threshold, top=top, latents_per_sae=latents, texts_per_latent=texts,
-                       quality_texts=quality_texts)
-    path = build_report(run, out_file, model, cfg, use_model, device)
+    out: Optional[Path] = dataclasses.field(default=None, metadata={
+        "short": "-o", "help": "HTML file (default RUN/report.html)."})
+    use_model: bool = dataclasses.field(default=True, metadata={
+        "flag": "--model-passes/--no-model", "help": "Run the model for token highlighting and SAE quality."})
+
+
+@app.command()
+@with_options(page=ReportOptions, lm=RunModelOptions, cfg=ReportConfig)
+def report(page: ReportOptions, lm: RunModelOptions, cfg: ReportConfig, run: Path = RunArg) -> None:
+    """One self-contained HTML report of a features run, with its plots as PNG files."""
+    from ..report import build_report
+
+    path = build_report(run, page.out, lm.model, cfg, page.use_model, lm.device)
     out.print(f"wrote {path} (plots in {path.parent / 'figures'})")
 
 
+@dataclasses.dataclass
+class ExploreOptions:
+    """Which latent to explore, of which SAE, and how many texts to show."""
+
+    latent: int = dataclasses.field(metadata={"help": "Latent to explore."})
+    sae: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "SAE name in the run (default: its only SAE)."})
+    top: int = dataclasses.field(default=5, metadata={"help": "Texts to show."})
+
+
 @app.command()
-def explore(
-    run: Path = typer.Argument(..., help="A per-token features run (actlab features --pooling all)."),
-    latent: int = typer.Option(..., help="Latent to explore."),
-    sae: Optional[str] = typer.Option(None, help="SAE name in the run (default: its only SAE)."),
-    top: int = typer.Option(5, help="Texts to show."),
-) -> None:
+@with_options(explored=ExploreOptions)
+def explore(explored: ExploreOptions,
+            run: Path = typer.Argument(..., help="A per-token features run (actlab features --pooling all).")) -> None:
     """The texts on which a latent is strongest, tokens highlighted by its value."""
     from ..analyses import explore_tokens, neuronpedia_link
     from ..plots import token_shades
     from ..runs import FeatureRun
 
+    latent, sae, top = explored.latent, explored.sae, explored.top
     feats = FeatureRun.open(run)
     if feats.offsets is None:
         raise ActlabError(f"{run} is a pooled run; explore needs per-token features: "
@@ -158,11 +168,15 @@ def highlighted(head: str, tokens: list[str], shades: list[float]) -> Text:
     return line
 
 
+@dataclasses.dataclass
+class DemoOptions:
+    out: Path = dataclasses.field(default=Path("runs/demo"), metadata={"help": "Where the demo's runs go."})
+
+
 @app.command()
-def demo(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Hub id, local folder, .gguf file or alias."),
-         out_dir: Path = typer.Option(Path("runs/demo"), "--out"),
-         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps.")) -> None:
+@with_options(model=ModelOptions, demo_options=DemoOptions, exclude=("model.dtype",))
+def demo(model: ModelOptions, demo_options: DemoOptions) -> None:
     """The main job on the default model: extraction, SAE features and their analyses, the report, a trait."""
     from .demo import run_demo
 
-    run_demo(model, out_dir, device)
+    run_demo(model.model, demo_options.out, model.device)

@@ -1,35 +1,39 @@
 """`actlab sae ...`: SAE quality and training."""
 
+import dataclasses
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from ..inputs import read_records
-from .common import ModelOptions, comma_list, print_table, with_options
+from ..inputs import FieldNames, read_records
+from ..training import TrainConfig
+from .common import ModelOptions, SAEOptions, print_table, with_options
 
 app = typer.Typer(no_args_is_help=True, help="Sparse autoencoders.")
 
 
+@dataclasses.dataclass
+class QualityOptions:
+    input: Path = dataclasses.field(metadata={"short": "-i", "help": ".txt, .jsonl, .json, .csv or .parquet"})
+    max_length: Optional[int] = dataclasses.field(default=None, metadata={
+        "help": "Truncate texts to this many tokens."})
+
+
 @app.command("quality")
-@with_options(model=ModelOptions)
-def quality(model: ModelOptions,
-            input: Path = typer.Option(..., "--input", "-i", help=".txt, .jsonl, .json, .csv or .parquet"),
-            sae: Optional[List[str]] = typer.Option(None, "--sae", help="SAE folder or release/sae_id; repeatable. "
-                                                    "Default: the SAEs actlab ships for the default model."),
-            text_field: str = typer.Option("text", help="Text field (jsonl, json, csv, parquet)."),
-            max_length: Optional[int] = typer.Option(None, help="Truncate texts to this many tokens.")) -> None:
+@with_options(model=ModelOptions, saes=SAEOptions, fields=FieldNames, texts=QualityOptions,
+              exclude=("fields.id", "fields.label", "fields.category"))
+def quality(model: ModelOptions, saes: SAEOptions, fields: FieldNames, texts: QualityOptions) -> None:
     """L0, dead / dense latents, MSE, explained variance and next-token loss with the reconstruction spliced in."""
-    from ..inputs import FieldNames
-    from ..saes import default_saes, load_sae
+    from ..saes import default_saes
     from ..saes.quality import sae_quality
 
-    records = read_records(input, FieldNames(text_field))
+    records = read_records(texts.input, fields)
     lm = model.load()
-    saes = {name: load_sae(name, device=lm.device) for name in sae} if sae else default_saes(lm.name, lm.device)
+    chosen = saes.load(lm.device) or default_saes(lm.name, lm.device)
     rows = []
-    for name, loaded in saes.items():
-        q = sae_quality(lm, loaded, records.texts, max_length=max_length)
+    for name, loaded in chosen.items():
+        q = sae_quality(lm, loaded, records.texts, max_length=texts.max_length)
         rows.append([name, f"{q['l0']:.1f}", f"{q['dead_fraction']:.1%}", f"{q['dense_fraction']:.1%}",
                      f"{q['mse']:.4g}", f"{q['explained_variance']:.3f}", f"{q['ce_clean']:.3f}",
                      f"{q['ce_spliced']:.3f}", f"{q['ce_loss_score']:.3f}"])
@@ -37,25 +41,20 @@ def quality(model: ModelOptions,
                                                           "CE clean", "CE spliced", "CE score"], rows)
 
 
-@app.command("train")
-@with_options(model=ModelOptions)
-def train(model: ModelOptions,
-          corpus: List[Path] = typer.Option(..., "--corpus", help="Plain-text file(s): paragraphs or %-separated "
-                                            "fortunes."),
-          out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for one SAELens SAE folder per layer."),
-          layers: str = typer.Option(..., help="Comma-separated block indices, e.g. 7,15,22."),
-          d_sae: int = typer.Option(2048, help="Latents per SAE."),
-          k: int = typer.Option(32, help="Active latents per token (TopK)."),
-          steps: int = typer.Option(600, help="Training steps."),
-          batch_size: int = typer.Option(4096, help="Activations per step."),
-          max_length: int = typer.Option(128, help="Tokens per text."),
-          seed: int = typer.Option(0)) -> None:
-    """Train TopK SAEs with SAELens's trainer on activations the engine caches; report held-out quality."""
-    from ..training import TrainConfig, read_corpus, train_saes
+@dataclasses.dataclass
+class TrainOptions:
+    corpus: list[Path] = dataclasses.field(metadata={
+        "help": "Plain-text file(s): paragraphs or %-separated fortunes; repeatable."})
+    out: Path = dataclasses.field(metadata={"short": "-o", "help": "Folder for one SAELens SAE folder per layer."})
 
-    cfg = TrainConfig(layers=comma_list(layers), d_sae=d_sae, k=k, steps=steps, batch_size=batch_size,
-                      max_length=max_length, seed=seed)
-    report = train_saes(model.load(), read_corpus(corpus), out_dir, cfg)
-    print_table(f"held-out quality ({out_dir})", ["sae", "L0", "dead", "expl. var.", "CE clean", "CE spliced"],
+
+@app.command("train")
+@with_options(model=ModelOptions, files=TrainOptions, cfg=TrainConfig)
+def train(model: ModelOptions, files: TrainOptions, cfg: TrainConfig) -> None:
+    """Train TopK SAEs with SAELens's trainer on activations the engine caches; report held-out quality."""
+    from ..training import read_corpus, train_saes
+
+    report = train_saes(model.load(), read_corpus(files.corpus), files.out, cfg)
+    print_table(f"held-out quality ({files.out})", ["sae", "L0", "dead", "expl. var.", "CE clean", "CE spliced"],
                 [[name, f"{q['l0']:.1f}", f"{q['dead_fraction']:.1%}", f"{q['explained_variance']:.3f}",
                   f"{q['ce_clean']:.3f}", f"{q['ce_spliced']:.3f}"] for name, q in report.items()])

@@ -1,6 +1,7 @@
-"""`actlab traits ...`: the trait-vector pipeline, a thin shell over actlab.traits."""
+"""`actlab traits ...`: the trait-vector pipeline, a thin shell over actlab.traits
+and actlab.run_trait. Every option is a field of a config."""
 
-
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -8,98 +9,67 @@ import typer
 
 from ..runs.ray import RayConfig
 from ..traits.generation import GenerationConfig
-from ..traits.runs import TRAIT_SAMPLING
-from .common import Bar, ModelOptions, comma_list, err, out, print_session, print_table, with_options
+from ..traits.judges import JudgeConfig
+from ..traits.runs import TRAIT_SAMPLING, TRAIT_SHARD_SIZE
+from ..traits.steering import SteerConfig
+from ..traits.vectors import VectorsConfig
+from .common import Bar, ModelOptions, RunModelOptions, err, out, print_session, print_table, with_options
 
 app = typer.Typer(no_args_is_help=True, help="Trait vectors: generate, judge + fit, steer, monitor.")
 
-TraitOpt = typer.Option(..., "--trait", "-t", help="Built-in trait name or a .json / .yaml trait file.")
 RunArg = typer.Argument(..., help="A trait run directory (actlab traits generate).")
-RunModelOpt = typer.Option(None, "--model", "-m", help="Default: the run's model.")
-DeviceOpt = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps.")
 
 
-class JudgeOptions:
-    """--judge / --judge-model / --judge-url, turned into a judge by actlab.traits.judges.judge_for."""
+@dataclasses.dataclass
+class TraitOptions:
+    """Which trait, where its run goes, which blocks are captured."""
 
-    def __init__(self, judge: Optional[str] = typer.Option(None, help="The trait's own judge (default), keyword / "
-                                                           "regex (its rule judge), local (a local HF model) or "
-                                                           "openai (an OpenAI-compatible server)."),
-                 judge_model: Optional[str] = typer.Option(None, help="Judge model: for --judge local a hub id, "
-                                                           "folder or the default model's alias (default); for "
-                                                           "--judge openai the server's model name."),
-                 judge_url: str = typer.Option("https://api.openai.com/v1", help="OpenAI-compatible base URL for "
-                                               "--judge openai.")):
-        self.kind, self.model, self.url = judge, judge_model, judge_url
-
-    def make(self, run: Path, loaded=None):
-        from ..traits.judges import judge_for
-        from ..traits.runs import TraitRun
-
-        return judge_for(TraitRun(run).trait, self.kind, self.model, self.url, loaded)
+    trait: str = dataclasses.field(metadata={"short": "-t",
+                                             "help": "Built-in trait name or a .json / .yaml trait file."})
+    out: Path = dataclasses.field(metadata={"short": "-o", "help": "Run directory (resumable)."})
+    layers: Optional[list[int]] = dataclasses.field(default=None, metadata={
+        "comma": True, "help": "Blocks to capture, e.g. 8,12,16 (default: all)."})
+    shard_size: int = dataclasses.field(default=TRAIT_SHARD_SIZE, metadata={
+        "help": "Prompts per shard (the unit of resume and of work on Ray)."})
+    overwrite: bool = dataclasses.field(default=False, metadata={"help": "Replace an existing run in --out."})
 
 
-def judge_options(command):
-    """The three judge options as one JudgeOptions argument `judging`."""
-    import functools
-    import inspect
+def _judge(judging: JudgeConfig, run: Path, loaded=None):
+    from ..traits import TraitRun
 
-    signature = inspect.signature(command)
-    extra = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-             for p in inspect.signature(JudgeOptions).parameters.values()]
-
-    @functools.wraps(command)
-    def wrapper(**values):
-        judging = JudgeOptions(**{p.name: values.pop(p.name) for p in extra})
-        return command(judging=judging, **values)
-
-    kept = [p for p in signature.parameters.values() if p.name != "judging"] + extra
-    wrapper.__signature__ = signature.replace(parameters=kept)
-    wrapper.__annotations__ = {p.name: p.annotation for p in kept}  # typer reads these
-    return wrapper
+    return judging.make(TraitRun(run).trait, loaded)
 
 
 @app.command("generate")
-@with_options(model=ModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig)
-def generate_command(model: ModelOptions, gen: GenerationConfig, ray: RayConfig, trait: str = TraitOpt,
-                     out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable)."),
-                     layers: Optional[str] = typer.Option(None, help="Blocks to capture, e.g. 8,12,16 (default: all)."),
-                     shard_size: int = typer.Option(64, help="Prompts per shard (the unit of resume and of work "
-                                                    "on Ray)."),
-                     overwrite: bool = typer.Option(False)) -> None:
+@with_options(model=ModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig, trait=TraitOptions)
+def generate_command(model: ModelOptions, gen: GenerationConfig, ray: RayConfig, trait: TraitOptions) -> None:
     """Answers under the pos and neg instructions, with pooled activations captured while generating
     (--ray: on a Ray cluster)."""
-    from ..traits import load_trait
-    from ..traits.runs import TraitRun, generate_run
+    from ..traits import TraitRun, generate_run, load_trait
 
     with Bar("generate") as bar:
-        path = generate_run(model.for_runner(ray), load_trait(trait), out_dir, comma_list(layers), cfg=gen,
-                            shard_size=shard_size, overwrite=overwrite, progress=bar, runner=ray.runner, ray=ray)
+        path = generate_run(model.for_runner(ray), load_trait(trait.trait), trait.out, trait.layers, cfg=gen,
+                            shard_size=trait.shard_size, overwrite=trait.overwrite, progress=bar,
+                            runner=ray.runner, ray=ray)
     run = TraitRun(path)
     print_session(run.manifest)
     out.print(f"wrote {run.answers().num_rows} answers with activations to {run.path}")
 
 
 @app.command("vectors")
-@judge_options
-def vectors_command(judging: JudgeOptions, run: Path = RunArg,
-                    pos_min: float = typer.Option(50.0, help="Keep pos answers scoring at least this."),
-                    neg_max: float = typer.Option(50.0, help="Keep neg answers scoring below this."),
-                    pooling: str = typer.Option("response_mean", help="response_mean, response_first:5, prompt_last, "
-                                                "prompt_mean."),
-                    held_out: float = typer.Option(0.2, help="Fraction of pairs held out for evaluation."),
-                    seed: int = typer.Option(0)) -> None:
+@with_options(judging=JudgeConfig, cfg=VectorsConfig)
+def vectors_command(judging: JudgeConfig, cfg: VectorsConfig, run: Path = RunArg) -> None:
     """Judge the answers, then fit mean_diff / probe / pca_diff per layer and evaluate on held-out pairs."""
     from collections import Counter
 
     from ..traits import judge_run, vectors_run
     from ..traits.vectors import best_layers
 
-    scores = judge_run(run, judging.make(run), pos_min, neg_max)
+    scores = judge_run(run, _judge(judging, run), cfg)
     decisions = Counter(scores.column("decision").to_pylist())
     print_table("judged answers", ["decision", "answers"], [[d, n] for d, n in decisions.most_common()])
-    best = best_layers(vectors_run(run, pooling, held_out=held_out, seed=seed).to_pylist())
-    print_table(f"best layer per method (held-out {held_out:.0%} of pairs)",
+    best = best_layers(vectors_run(run, cfg).to_pylist())
+    print_table(f"best layer per method (held-out {cfg.held_out:.0%} of pairs)",
                 ["method", "layer", "AUROC", "accuracy", "Cohen's d", "test pos/neg"],
                 [[m, r["layer"], f"{r['auroc']:.3f}", f"{r['accuracy']:.3f}", f"{r['cohens_d']:.2f}",
                   f"{r['n_test_pos']}/{r['n_test_neg']}"] for m, r in best.items()])
@@ -111,81 +81,78 @@ def vectors_command(judging: JudgeOptions, run: Path = RunArg,
 
 
 @app.command("steer")
-@judge_options
-def steer_command(judging: JudgeOptions, run: Path = RunArg,
-                  layer: Optional[int] = typer.Option(None, help="Block to steer (default: of the layers with "
-                                                      "held-out AUROC >= 0.9, the one nearest the middle)."),
-                  coeffs: str = typer.Option("-2,-1,0,1,2", help="Multiples of the pos-neg mean distance at the "
-                                             "layer."),
-                  method: str = typer.Option("mean_diff"),
-                  where: str = typer.Option("all", help="all positions, or answer tokens only."),
-                  questions: Optional[int] = typer.Option(None, help="Use the first N questions."),
-                  max_new_tokens: int = typer.Option(48),
-                  model: Optional[str] = RunModelOpt, device: str = DeviceOpt) -> None:
+@with_options(judging=JudgeConfig, cfg=SteerConfig, lm=RunModelOptions)
+def steer_command(judging: JudgeConfig, cfg: SteerConfig, lm: RunModelOptions, run: Path = RunArg) -> None:
     """Generate with coeff * v added at a layer (v: the pos-neg mean distance), judge, plot score vs coeff."""
-    from ..traits import TraitRun, steer_sweep, steering_layer, sweep_summary
+    from ..traits import TraitRun, steer_sweep, sweep_summary
 
-    lm = TraitRun(run).model(model, device)
-    layer = steering_layer(run, method) if layer is None else layer
-    table = steer_sweep(lm, run, layer, comma_list(coeffs, float, "--coeffs", "-8,0,8"), judging.make(run, lm),
-                        method, where, questions, GenerationConfig(max_new_tokens=max_new_tokens))
-    print_table(f"steering at layer {layer} ({method}, {where})", ["coeff", "mean score", "scored"],
+    loaded = TraitRun(run).model(lm.model, lm.device)
+    table = steer_sweep(loaded, run, _judge(judging, run, loaded), cfg)
+    print_table(f"steering at layer {table.column('layer')[0].as_py()} ({cfg.method}, {cfg.where})",
+                ["coeff", "mean score", "scored"],
                 [[r["coeff"], "—" if r["mean_score"] is None else f"{r['mean_score']:.1f}", r["n_scored"]]
                  for r in sweep_summary(table)])
     out.print(f"answers in {run / 'steering.parquet'}, plot {run / 'steering.png'}")
 
 
+@dataclasses.dataclass
+class MonitorOptions:
+    text: Optional[str] = dataclasses.field(default=None, metadata={"help": "Any text to monitor."})
+    row: Optional[int] = dataclasses.field(default=None, metadata={"help": "A row of the run: its prompt + answer."})
+    layer: Optional[int] = dataclasses.field(default=None, metadata={"help": "Default: the best layer of --method."})
+    method: str = dataclasses.field(default="mean_diff", metadata={"help": "The vector method."})
+
+
 @app.command("monitor")
-def monitor_command(run: Path = RunArg, text: Optional[str] = typer.Option(None, help="Any text to monitor."),
-                    row: Optional[int] = typer.Option(None, help="A row of the run: its prompt + answer."),
-                    layer: Optional[int] = typer.Option(None, help="Default: the best mean_diff layer."),
-                    method: str = typer.Option("mean_diff"),
-                    model: Optional[str] = RunModelOpt, device: str = DeviceOpt) -> None:
+@with_options(what=MonitorOptions, lm=RunModelOptions)
+def monitor_command(what: MonitorOptions, lm: RunModelOptions, run: Path = RunArg) -> None:
     """Per-token projection of a text onto the trait vector, printed and plotted."""
     from ..plots import token_shades
     from ..traits import TraitRun, monitor_run, monitored_text
     from .extract import highlighted
 
-    text = monitored_text(run, text, row)  # before loading the model
-    tokens, values, png = monitor_run(TraitRun(run).model(model, device), run, text, layer=layer, method=method)
+    text = monitored_text(run, what.text, what.row)  # before loading the model
+    tokens, values, png = monitor_run(TraitRun(run).model(lm.model, lm.device), run, text, layer=what.layer,
+                                      method=what.method)
     out.print(highlighted("", tokens, token_shades(values)))
     out.print(f"red: towards the trait, blue: away; plot {png}")
 
 
+@dataclasses.dataclass
+class TraitReportOptions:
+    out: Optional[Path] = dataclasses.field(default=None, metadata={
+        "short": "-o", "help": "HTML file (default RUN/report.html)."})
+    method: str = dataclasses.field(default="mean_diff", metadata={"help": "The vector method shown."})
+    examples: int = dataclasses.field(default=3, metadata={
+        "help": "Kept answers per polarity monitored token by token."})
+
+
 @app.command("report")
-def report_command(run: Path = RunArg,
-                   out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default "
-                                                           "RUN/report.html)."),
-                   method: str = typer.Option("mean_diff"),
-                   examples: int = typer.Option(3, help="Kept answers per polarity monitored token by token."),
-                   model: Optional[str] = RunModelOpt, device: str = DeviceOpt) -> None:
+@with_options(page=TraitReportOptions, lm=RunModelOptions)
+def report_command(page: TraitReportOptions, lm: RunModelOptions, run: Path = RunArg) -> None:
     """One self-contained HTML page: judge decisions, separation per layer, steering, per-token monitoring."""
     from ..report.traits import build_trait_report
 
-    path = build_trait_report(run, out_file, model, device, method, examples)
+    path = build_trait_report(run, page.out, lm.model, lm.device, page.method, page.examples)
     out.print(f"wrote {path} (plots in {path.parent / 'figures'})")
 
 
 @app.command("run")
-@with_options(model=ModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig)
-@judge_options
-def run_command(judging: JudgeOptions, model: ModelOptions, gen: GenerationConfig, ray: RayConfig,
-                trait: str = TraitOpt,
-                out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable)."),
-                layers: Optional[str] = typer.Option(None, help="Blocks to capture (default: all)."),
-                coeffs: str = typer.Option("-2,-1,0,1,2", help="Steering coefficients (see steer)."),
-                overwrite: bool = typer.Option(False)) -> None:
+@with_options(model=ModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig, trait=TraitOptions, judging=JudgeConfig,
+              vectors=VectorsConfig, steer=SteerConfig, exclude=("vectors.seed", "steer.max_new_tokens"))
+def run_command(model: ModelOptions, gen: GenerationConfig, ray: RayConfig, trait: TraitOptions,
+                judging: JudgeConfig, vectors: VectorsConfig, steer: SteerConfig) -> None:
     """All stages: generate (resumable; --ray: on a Ray cluster), judge + vectors, steering sweep at the
-    steering layer."""
-    from ..pipelines import run_trait
+    steering layer (as many new tokens as generation, greedy)."""
+    from ..pipelines import TraitPipelineConfig, run_trait
     from ..traits import load_trait
-    from ..traits.judges import judge_for
 
-    definition, lm = load_trait(trait), model.load()
-    judge = judge_for(definition, judging.kind, judging.model, judging.url, lm)
+    definition, lm = load_trait(trait.trait), model.load()
+    steer = dataclasses.replace(steer, max_new_tokens=gen.max_new_tokens)
+    cfg = TraitPipelineConfig(gen, trait.layers, vectors, steer, trait.shard_size)
     with Bar("generate") as bar:
-        result = run_trait(lm, definition, out_dir, judge, comma_list(coeffs, float, "--coeffs", "-2,0,2"),
-                           comma_list(layers), gen, overwrite=overwrite, progress=bar, runner=ray.runner, ray=ray)
+        result = run_trait(lm, definition, trait.out, judging.make(definition, lm), cfg, overwrite=trait.overwrite,
+                           progress=bar, runner=ray.runner, ray=ray)
     best = result["best_mean_diff"]
     out.print(f"{result['kept_pos']} pos / {result['kept_neg']} neg answers kept; mean_diff best at block "
               f"{best['layer']} (held-out AUROC {best['auroc']:.2f})")
@@ -193,5 +160,3 @@ def run_command(judging: JudgeOptions, model: ModelOptions, gen: GenerationConfi
                 [[r["coeff"], "—" if r["mean_score"] is None else f"{r['mean_score']:.1f}", r["n_scored"]]
                  for r in result["steering"]])
     out.print(f"trait run in {result['run']}")
-
-

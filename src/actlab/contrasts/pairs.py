@@ -38,6 +38,14 @@ class PairFields:
         "help": "Field of the domain (default: each file's name, as in the seed's data).", "flag": "--domain-field"})
     separator: str = field(default=" ", metadata={"help": "Between the prompt and a continuation."})
 
+    def __post_init__(self):
+        if self.first == self.second:
+            raise ActlabError(f"the two continuations must be different fields, not '{self.first}' twice",
+                              param="second")
+        for role in ("prompt", "first", "second", "id"):
+            if not getattr(self, role).strip():
+                raise ActlabError(f"the {role} field needs a name", param=role)
+
 
 @dataclass(frozen=True)
 class Duplicate:
@@ -132,8 +140,6 @@ def _record(row, line: int, path: Path, fields: PairFields) -> dict:
                               f"(fields: {have}); name the fields with --prompt-field / --first-field / "
                               "--second-field")
         out[name] = value.strip()
-    if fields.first == fields.second:
-        raise ActlabError(f"the two continuations must be different fields, not '{fields.first}' twice")
     out["prompt"] = out.pop(fields.prompt) if fields.prompt != "prompt" else out["prompt"]
     out["id"] = str(row.get(fields.id, f"{path.stem}:{line}"))
     if fields.domain is None:

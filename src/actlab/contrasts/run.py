@@ -17,7 +17,7 @@ actlab.contrasts.analysis's; the report is actlab.report.contrast's.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,14 +25,15 @@ import numpy as np
 import pyarrow as pa
 
 from ..activations import ExtractStats, column_matrix, summary_html
-from ..engine import ExtractConfig, OnBatch, Progress
-from ..models import Model
+from ..engine import ExtractConfig, OnBatch
+from ..errors import ActlabError
+from ..models import Model, ModelSpec
 from ..pooling import Pooling
 from ..runs.activations import model_settings
 from ..runs.atomic import write_parquet_atomic
 from ..runs.job import ShardJob, ShardWriter
 from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind
-from ..runs.runner import run_job
+from ..runs.runner import RunControl, run_job
 from ..runs.shards import ShardPlan, read_shards, shard_name
 from ..saes import SAE, default_saes
 from ..saes.features import features_config, name_saes
@@ -90,7 +91,7 @@ class ContrastJob(ShardJob):
     def settings(self, model: Model, worker: ContrastWorker) -> dict:
         pairs = self.pairs
         settings = {"model": model_settings(model), "saes": {n: s.cfg.hook_name for n, s in worker.saes.items()},
-                    "sae_sources": {n: s.cfg.source for n, s in worker.saes.items()}, "contrast": asdict(self.cfg),
+                    "sae_sources": {n: s.cfg.source for n, s in worker.saes.items()}, "contrast": self.cfg.settings(),
                     **worker.extract.settings(), "pairs": {"n_pairs": len(pairs), "conditions": pairs.conditions,
                                                           "separator": pairs.separator, "sources": pairs.sources}}
         settings.pop("pooling")
@@ -129,15 +130,18 @@ class ContrastJob(ShardJob):
         return finish_run(self.out, manifest, names, table.num_rows, session, **extras)
 
 
-def contrast_run(model: Model, pairs: Pairs, saes=None, out_dir: str | Path = "runs/contrast",
-                 cfg: ContrastConfig | None = None, extract: ExtractConfig | None = None,
-                 overwrite: bool = False, progress: Progress | None = None, runner: str = "local",
-                 ray=None) -> Path:
-    """The pass over every pair (resumable, in shards of pairs), then
-    texts.parquet and pairs.parquet. runner="ray" runs the shards on a Ray
-    cluster (`ray`: a RayConfig; the model is reloaded there by its name)."""
+def contrast_run(model: Model | ModelSpec | str, pairs: Pairs, saes=None, out_dir: str | Path = "runs/contrast",
+                 cfg: ContrastConfig | None = None, extract: ExtractConfig | None = None, **control) -> Path:
+    """The pass over every pair (resumable, in shards of cfg.shard_size
+    pairs), then texts.parquet and pairs.parquet. `control`: RunControl's
+    fields but shard_size (runner="ray" with ray=RayConfig(...): the shards on
+    a Ray cluster, the model reloaded there by its spec)."""
+    run = RunControl.of(**control)
+    if run.shard_size is not None:
+        raise ActlabError("a contrast run's shard size is ContrastConfig(shard_size=...) (--shard-size)",
+                          param="shard_size")
     job = ContrastJob(pairs, run_path(out_dir), cfg or ContrastConfig(), saes, extract)
-    run_job(model, job, overwrite, progress, runner, ray)
+    run_job(model, job, run)
     return job.out
 
 

@@ -4,6 +4,6 @@ thin sequence of calls into the layers below; the CLI calls one of these or
 one run kind's function."""
 
 from .contrast import contrast
-from .traits import run_trait
+from .traits import TraitPipelineConfig, run_trait
 
-__all__ = ["contrast", "run_trait"]
+__all__ = ["TraitPipelineConfig", "contrast", "run_trait"]

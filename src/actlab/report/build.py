@@ -4,7 +4,7 @@ run (and, for token highlighting and SAE quality, the run's model and SAEs)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from .. import plots
 from ..analyses import neuronpedia_link
-from ..analyses.run import analyze_features
+from ..analyses.run import AnalysisConfig, analyze_features
 from ..errors import ActlabError
 from ..models import Model
 from ..runs import FeatureRun
@@ -25,13 +25,23 @@ from .html import render, slug
 
 
 @dataclass
-class ReportConfig:
-    threshold: float = 5.0  # a latent is clearly on for a text above this
-    top: int = 5  # rows per analysis table and SAE
-    latents_per_sae: int = 8  # latent cards per SAE
-    texts_per_latent: int = 5  # top-activating texts per card
-    heatmap_latents_per_category: int = 2
-    quality_texts: int = 64  # texts of the run scored for SAE quality; 0 skips it
+class ReportConfig(AnalysisConfig):
+    """What a features run's report shows (the analyses' threshold and top, and more)."""
+
+    latents_per_sae: int = field(default=8, metadata={"flag": "--latents",
+                                                      "help": "Latents shown with their top texts, per SAE."})
+    texts_per_latent: int = field(default=5, metadata={"flag": "--texts", "help": "Top texts per latent."})
+    heatmap_latents_per_category: int = field(default=2, metadata={
+        "flag": "--heatmap-latents", "help": "Latents per category in the category heatmap."})
+    quality_texts: int = field(default=64, metadata={"help": "Texts of the run scored for SAE quality (0: skip)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("latents_per_sae", "texts_per_latent", "heatmap_latents_per_category"):
+            if getattr(self, name) < 1:
+                raise ActlabError(f"{name} must be at least 1, not {getattr(self, name)}", param=name)
+        if self.quality_texts < 0:
+            raise ActlabError(f"quality_texts must be 0 or more, not {self.quality_texts}", param="quality_texts")
 
 
 def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg: ReportConfig | None = None,
@@ -64,11 +74,12 @@ def write_page(out: RunPath, page: str, figures: dict[str, bytes]) -> Path:
     return out
 
 
-def analyze_run(run: str | Path, threshold: float = 5.0, top: int = 5) -> dict[str, list[dict]]:
+def analyze_run(run: str | Path, cfg: AnalysisConfig | None = None) -> dict[str, list[dict]]:
     """Every feature analysis of a features run, as tables by name, also
     written to RUN/analysis/<table>.parquet."""
+    cfg = cfg or AnalysisConfig()
     run = run_path(run)
-    tables = analyze_features(FeatureRun.open(run), threshold, top)
+    tables = analyze_features(FeatureRun.open(run), cfg.threshold, cfg.top)
     (run / "analysis").mkdir(exist_ok=True)
     for name, rows in tables.items():
         if rows:

@@ -11,8 +11,8 @@ resumable shard loop, one atomic writer and one fingerprint helper.
 from .activations import ActivationRun
 from .features import FeatureRun, features_run
 from .manifest import RUN_KINDS, Run, RunKind, open_run, read_manifest, register_run_kind
-from .runner import extract_run
+from .runner import RunControl, extract_run
 from .shards import ShardPlan, run_shards, shard_name
 
-__all__ = ["ActivationRun", "FeatureRun", "RUN_KINDS", "Run", "RunKind", "ShardPlan", "extract_run",
+__all__ = ["ActivationRun", "FeatureRun", "RUN_KINDS", "Run", "RunControl", "RunKind", "ShardPlan", "extract_run",
            "features_run", "open_run", "read_manifest", "register_run_kind", "run_shards", "shard_name"]

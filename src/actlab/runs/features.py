@@ -17,15 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from ..engine import ExtractConfig, Progress
+from ..engine import ExtractConfig
 from ..inputs import ParquetRecords, Records
+from ..models import Model, ModelSpec
 from ..saes.features import FeatureExtractor, Features, LatentStats, SparseFeatures
 from ..saes.sae import SAEConfig
 from ..storage import RunPath, StorePath, read_parquet, run_path
@@ -33,11 +34,8 @@ from ..tokens import offsets
 from .activations import DEFAULT_SHARD_SIZE, ActivationRun, ExtractionJob, engine_settings
 from .atomic import write_parquet_atomic
 from .manifest import Run, RunKind, read_manifest, register_run_kind
-from .runner import run_job
+from .runner import RunControl, run_job
 from .shards import read_shards, shard_name
-
-if TYPE_CHECKING:
-    from ..models import Model
 
 FEATURES_FORMAT = "actlab.features"
 
@@ -96,10 +94,10 @@ class FeaturesJob(ExtractionJob):
     saes: object = None
     FORMAT: ClassVar[str] = FEATURES_FORMAT
 
-    def worker(self, model: "Model") -> FeatureExtractor:
+    def worker(self, model: Model) -> FeatureExtractor:
         return FeatureExtractor(model, self.saes, self.cfg)
 
-    def settings(self, model: "Model", extractor: FeatureExtractor) -> dict:
+    def settings(self, model: Model, extractor: FeatureExtractor) -> dict:
         settings = engine_settings(model, extractor, self.records, self.shard_size)
         settings["saes"] = {name: _describe(sae.cfg) for name, sae in extractor.saes.items()}
         return settings
@@ -114,15 +112,15 @@ class FeaturesJob(ExtractionJob):
         write_parquet_atomic(self.out / "latent_stats.parquet", merge_stats(stats))
 
 
-def features_run(model: "Model", records: Records | ParquetRecords, saes=None,
+def features_run(model: Model | ModelSpec | str, records: Records | ParquetRecords, saes=None,
                  out_dir: str | Path | StorePath = "runs/features", cfg: ExtractConfig | None = None,
-                 shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
-                 progress: Progress | None = None, runner: str = "local", ray=None) -> RunPath:
+                 **control) -> RunPath:
     """SAE features of every record, one forward pass per batch for all SAEs
-    (None: the default SAEs); open the run with actlab.open_run. runner="ray"
-    runs the shards on a Ray cluster (see extract_run)."""
-    job = FeaturesJob(records, run_path(out_dir), cfg or ExtractConfig(), shard_size, saes)
-    run_job(model, job, overwrite, progress, runner, ray)
+    (None: the default SAEs); open the run with actlab.open_run. `control`:
+    RunControl's fields, as for extract_run."""
+    run = RunControl.of(**control)
+    job = FeaturesJob(records, run_path(out_dir), cfg or ExtractConfig(), run.shards(DEFAULT_SHARD_SIZE), saes)
+    run_job(model, job, run)
     return job.out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..engine import ExtractConfig, Progress
@@ -16,25 +17,55 @@ from .ray import RayConfig, ray_run
 RUNNERS = ("local", "ray")
 
 
+@dataclass
+class RunControl:
+    """How a run executes, never what its rows are: every run function takes
+    these as keyword arguments (`extract_run(..., overwrite=True,
+    runner="ray", ray=RayConfig(actors=4))`)."""
+
+    shard_size: int | None = None  # inputs per shard, the unit of resume and of work on Ray (None: the kind's)
+    overwrite: bool = False  # replace a run of other settings (and what later stages derived from it)
+    progress: Progress | None = None  # told of texts, tokens and shards done (the CLI draws a bar)
+    runner: str = "local"  # local (this process) or ray
+    ray: RayConfig | None = None  # the cluster and actors, for runner="ray"
+
+    def __post_init__(self):
+        if self.runner not in RUNNERS:
+            raise ActlabError(f"runner must be local or ray, not '{self.runner}'", param="runner")
+        if self.shard_size is not None and self.shard_size < 1:
+            raise ActlabError(f"shard_size must be at least 1, not {self.shard_size}", param="shard_size")
+
+    @classmethod
+    def of(cls, **control) -> "RunControl":
+        """A RunControl from keyword arguments; an unknown one is an error naming the known ones."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(control) - set(known))
+        if unknown:
+            raise ActlabError(f"unknown run option(s) {', '.join(unknown)}; a run takes {', '.join(known)}",
+                              param=unknown[0])
+        return cls(**control)
+
+    def shards(self, default: int) -> int:
+        return self.shard_size if self.shard_size is not None else default
+
+
 def extract_run(model: "Model | ModelSpec | str", records: Records | ParquetRecords,
-                out_dir: str | Path | StorePath, cfg: ExtractConfig,
-                shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
-                progress: Progress | None = None, runner: str = "local", ray=None) -> RunPath:
+                out_dir: str | Path | StorePath, cfg: ExtractConfig, **control) -> RunPath:
     """Extract cfg.hooks for every record into a resumable run directory
-    (open it with actlab.open_run). runner="ray" runs the shards on a Ray
-    cluster (`ray`: a RayConfig; the model is reloaded there by its name)."""
-    job = ExtractionJob(records, run_path(out_dir), cfg, shard_size)
-    run_job(model, job, overwrite, progress, runner, ray)
+    (open it with actlab.open_run). `control`: RunControl's fields
+    (shard_size, overwrite, progress, runner="ray" with ray=RayConfig(...):
+    the shards on a Ray cluster, the model reloaded there by its spec)."""
+    run = RunControl.of(**control)
+    job = ExtractionJob(records, run_path(out_dir), cfg, run.shards(DEFAULT_SHARD_SIZE))
+    run_job(model, job, run)
     return job.out
 
 
-def run_job(model: "Model | ModelSpec | str", job: ShardJob, overwrite: bool, progress: Progress | None,
-            runner: str, ray=None) -> dict:
+def run_job(model: "Model | ModelSpec | str", job: ShardJob, control: RunControl) -> dict:
     """The job in this process (a spec or name is loaded here, its weights
     checked), or on Ray (where each worker loads the spec, made absolute)."""
-    if runner == "local":
-        loaded = model if isinstance(model, Model) else ModelSpec.of(model).load()
-        return local_run(loaded, job, overwrite, progress)
-    if runner == "ray":
-        return ray_run(ModelSpec.of(model).absolute(), job, overwrite, progress, ray or RayConfig())
-    raise ActlabError(f"runner must be local or ray, not '{runner}'", param="runner")
+    if control.runner == "ray":
+        return ray_run(ModelSpec.of(model).absolute(), job, control.overwrite, control.progress,
+                       control.ray or RayConfig())
+    loaded = model if isinstance(model, Model) else ModelSpec.of(model).load()
+    return local_run(loaded, job, control.overwrite, control.progress)

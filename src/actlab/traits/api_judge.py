@@ -14,6 +14,7 @@ from typing import Sequence
 
 from ..errors import ActlabError
 from .judges import (
+    OPENAI_URL,
     JudgeKind,
     Judgement,
     check_eval_prompt,
@@ -31,7 +32,7 @@ class OpenAIJudge:
 
     eval_prompt: str
     model: str
-    base_url: str = "https://api.openai.com/v1"
+    base_url: str = OPENAI_URL
     api_key: str | None = None
     concurrency: int = 8
     timeout: float = 30.0

@@ -19,14 +19,14 @@ from ..errors import ActlabError
 from ..runs.atomic import atomic_path, write_json_atomic, write_parquet_atomic
 from ..storage import run_path
 from .runs import TraitRun
-from .vectors import METHODS, best_layers, fit_vectors
+from .vectors import METHODS, VectorsConfig, best_layers, fit_vectors
 
 STEERING_MIN_AUROC = 0.9
 
 
-def vectors_run(run: str | Path, pooling: str = "response_mean", methods: Sequence[str] = METHODS,
-                held_out: float = 0.2, seed: int = 0) -> pa.Table:
+def vectors_run(run: str | Path, cfg: VectorsConfig | None = None, methods: Sequence[str] = METHODS) -> pa.Table:
     """Vectors per layer and method from the kept answers, evaluated on held-out pairs."""
+    cfg = cfg or VectorsConfig()
     trait_run = TraitRun(run)
     run = trait_run.path
     answers, scores = trait_run.answers(), trait_run.scores()
@@ -38,8 +38,8 @@ def vectors_run(run: str | Path, pooling: str = "response_mean", methods: Sequen
     polarity = all_polarity[keep]
     pairs = answers.column("pair").to_numpy()[keep]
     rows, vectors = [], {m: {} for m in methods}
-    for layer, x in trait_run.activations(pooling).items():
-        for method, (v, ev) in fit_vectors(x[keep], polarity, pairs, held_out, seed, methods).items():
+    for layer, x in trait_run.activations(cfg.pooling).items():
+        for method, (v, ev) in fit_vectors(x[keep], polarity, pairs, cfg.held_out, cfg.seed, methods).items():
             vectors[method][f"layer_{layer}"] = torch.from_numpy(v)
             rows.append({"layer": layer, "method": method, **asdict(ev)})
     table = pa.Table.from_pylist(rows)
@@ -53,7 +53,8 @@ def vectors_run(run: str | Path, pooling: str = "response_mean", methods: Sequen
     best = {method: row["layer"] for method, row in best_layers(rows).items()}
     write_json_atomic(folder / "metadata.json", {
         "trait": trait_run.trait.name, "model": trait_run.settings["model"],
-        "pooling": pooling, "held_out": held_out, "seed": seed, "n_kept_pos": int((polarity == "pos").sum()),
+        "pooling": cfg.pooling, "held_out": cfg.held_out, "seed": cfg.seed,
+        "n_kept_pos": int((polarity == "pos").sum()),
         "n_kept_neg": int((polarity == "neg").sum()), "best_layer": best,
         "layers": "layer L is block L's output: blocks.L.hook_resid_post, HF hidden_states[L + 1]",
         "direction": "from neg to pos; unnormalised (mean_diff keeps the activation scale, probe and pca_diff are "

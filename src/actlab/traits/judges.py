@@ -195,8 +195,32 @@ def make_judge(spec: Mapping, eval_prompt: str | None = None) -> Judge:
         raise ActlabError(f"judge '{name}': {exc}", param="judge") from None
 
 
-def judge_for(trait, kind: str | None = None, model: str | None = None,
-              base_url: str = "https://api.openai.com/v1", loaded=None) -> Judge:
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+@dataclass
+class JudgeConfig:
+    """Which judge scores a trait's answers (`make` builds it for a trait)."""
+
+    judge: str | None = dataclasses.field(default=None, metadata={
+        "help": "The trait's own judge (default), keyword / regex (its rule judge), local (a local HF model) or "
+                "openai (an OpenAI-compatible server)."})
+    judge_model: str | None = dataclasses.field(default=None, metadata={
+        "help": "Judge model: for --judge local a hub id, folder or the default model's alias (default); for "
+                "--judge openai the server's model name."})
+    judge_url: str = dataclasses.field(default=OPENAI_URL, metadata={
+        "help": "OpenAI-compatible base URL for --judge openai."})
+
+    def __post_init__(self):
+        if self.judge is not None and self.judge not in JUDGE_KINDS:
+            raise unknown_judge_kind(self.judge)
+
+    def make(self, trait, loaded=None) -> Judge:
+        return judge_for(trait, self.judge, self.judge_model, self.judge_url, loaded)
+
+
+def judge_for(trait, kind: str | None = None, model: str | None = None, base_url: str = OPENAI_URL,
+              loaded=None) -> Judge:
     """The judge a user asks for by kind: None, the trait's own judge;
     a rule kind, the trait's rule judge of that kind; a model kind, that
     judge with the trait's eval_prompt (`model`: the judge model; a local

@@ -13,11 +13,12 @@ from ..runs.fingerprint import fingerprint
 from ..storage import read_parquet, run_path
 from .judges import Judge, Judgement, describe_judge, judge_fingerprint, keep_answers
 from .runs import TraitRun
+from .vectors import VectorsConfig
 
 JUDGE_CHUNK = 64  # answers judged between saves
 
 
-def judge_run(run: str | Path, judge: Judge, pos_min: float = 50.0, neg_max: float = 50.0,
+def judge_run(run: str | Path, judge: Judge, cfg: VectorsConfig | None = None,
               chunk_size: int = JUDGE_CHUNK) -> pa.Table:
     """Score every answer, record each score or its reason and the keep / drop
     decision. Resumable: judgements are saved chunk by chunk under
@@ -33,12 +34,13 @@ def judge_run(run: str | Path, judge: Judge, pos_min: float = 50.0, neg_max: flo
         chunk = items[lo:lo + chunk_size]
         path = run / "judgements" / key / f"chunk-{index:05d}.parquet" if key else None
         judgements += _saved_judgements(path, chunk) or _judge_chunk(judge, chunk, path)
-    decisions = keep_answers(answers.column("polarity").to_pylist(), judgements, pos_min, neg_max)
+    cfg = cfg or VectorsConfig()
+    decisions = keep_answers(answers.column("polarity").to_pylist(), judgements, cfg.pos_min, cfg.neg_max)
     table = pa.table({"row": answers.column("row"), "score": pa.array([j.score for j in judgements], pa.float64()),
                       "reason": [j.reason for j in judgements], "decision": decisions,
                       "kept": [d == "kept" for d in decisions]})
     table = table.replace_schema_metadata({"actlab.judge": describe_judge(judge),
-                                           "actlab.keep": f"pos score >= {pos_min:g}, neg score < {neg_max:g}"})
+                                           "actlab.keep": cfg.keep_rule()})
     write_parquet_atomic(run / "scores.parquet", table)
     return table
 

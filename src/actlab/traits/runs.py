@@ -31,13 +31,13 @@ import torch
 from safetensors.torch import load
 
 from ..activations import ExtractStats, column_matrix, summary_html, vector_column
-from ..engine import OnBatch, Progress
+from ..engine import OnBatch
 from ..errors import ActlabError
-from ..models import Model
+from ..models import Model, ModelSpec
 from ..runs.atomic import write_parquet_atomic
 from ..runs.job import ShardJob, ShardWriter
 from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind
-from ..runs.runner import run_job
+from ..runs.runner import RunControl, run_job
 from ..runs.shards import ShardPlan, read_shards, shard_name
 from ..storage import read_parquet, run_path
 from .definitions import Trait
@@ -45,6 +45,7 @@ from .generation import GenerationConfig, generate, render_prompt
 
 TRAITS_FORMAT = "actlab.traits"
 DEFAULT_POOLINGS = ("response_mean", "response_first:5", "prompt_last", "prompt_mean")
+TRAIT_SHARD_SIZE = 64  # prompts per shard
 TRAIT_SAMPLING = GenerationConfig(max_new_tokens=48, temperature=0.7, top_p=0.9)  # generate_run's default
 
 
@@ -133,7 +134,7 @@ class GenerationJob(ShardJob):
     layers: Sequence[int] | None = None  # None: every block
     poolings: Sequence[str] = DEFAULT_POOLINGS
     cfg: GenerationConfig = field(default_factory=lambda: TRAIT_SAMPLING)
-    shard_size: int = 64
+    shard_size: int = TRAIT_SHARD_SIZE
     FORMAT: ClassVar[str] = TRAITS_FORMAT
 
     @property
@@ -170,15 +171,17 @@ class GenerationJob(ShardJob):
         return finish_run(self.out, manifest, self.plan.names(), self.plan.n_rows, session, **extras)
 
 
-def generate_run(model: Model, trait: Trait, out_dir: str | Path, layers: Sequence[int] | None = None,
-                 poolings: Sequence[str] = DEFAULT_POOLINGS, cfg: GenerationConfig | None = None,
-                 shard_size: int = 64, overwrite: bool = False, progress: Progress | None = None,
-                 runner: str = "local", ray=None) -> Path:
+def generate_run(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path,
+                 layers: Sequence[int] | None = None, poolings: Sequence[str] = DEFAULT_POOLINGS,
+                 cfg: GenerationConfig | None = None, **control) -> Path:
     """Answers to every pos / neg prompt with pooled activations at `layers`
     (default: every block), written shard by shard; a rerun resumes.
-    runner="ray" runs the shards on a Ray cluster (`ray`: a RayConfig)."""
-    job = GenerationJob(trait, run_path(out_dir), layers, tuple(poolings), cfg or TRAIT_SAMPLING, shard_size)
-    run_job(model, job, overwrite, progress, runner, ray)
+    `control`: RunControl's fields (shard_size: prompts per shard, default
+    TRAIT_SHARD_SIZE; runner="ray" with ray=RayConfig(...) for a cluster)."""
+    run = RunControl.of(**control)
+    job = GenerationJob(trait, run_path(out_dir), layers, tuple(poolings), cfg or TRAIT_SAMPLING,
+                        run.shards(TRAIT_SHARD_SIZE))
+    run_job(model, job, run)
     return job.out
 
 

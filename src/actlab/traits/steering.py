@@ -4,8 +4,8 @@ coeff * v added at a layer, for each coefficient, every answer judged
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -14,21 +14,53 @@ from .. import plots
 from ..errors import ActlabError
 from ..models import Model
 from ..runs.atomic import write_bytes_atomic, write_parquet_atomic
+from .fitting import steering_layer
 from .generation import GenerationConfig, Steering, generate, render_prompt
 from .judges import Judge
-from .runs import TraitRun
+from .runs import TRAIT_SAMPLING, TraitRun
+from .vectors import VECTOR_METHODS
 
 
-def steer_sweep(model: "Model", run: str | Path, layer: int, coeffs: Sequence[float], judge: Judge,
-                method: str = "mean_diff", where: str = "all", n_questions: int | None = None,
-                cfg: GenerationConfig | None = None) -> pa.Table:
-    """The trait's questions with no instruction, answered with coeff * v added
-    at `layer`, for each coefficient; every answer judged. v is the method's
-    direction scaled to the length of that layer's mean difference, so coeff 1
-    moves an activation by the distance between the pos and neg means. Written
-    to RUN/steering.parquet (coeff, question, answer, score, reason), with the
-    score-per-coefficient plot in RUN/steering.png."""
+@dataclass
+class SteerConfig:
+    """A steering sweep: where, how strongly and on which questions."""
+
+    layer: int | None = field(default=None, metadata={
+        "help": "Block to steer (default: of the layers with held-out AUROC >= 0.9, the one nearest the middle)."})
+    coeffs: list[float] = field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], metadata={
+        "comma": True, "help": "Multiples of the pos-neg mean distance at the layer, comma-separated."})
+    method: str = field(default="mean_diff", metadata={"help": "The vector method: mean_diff, probe, pca_diff."})
+    where: str = field(default="all", metadata={"help": "all positions, or answer tokens only."})
+    questions: int | None = field(default=None, metadata={"help": "Use the first N questions."})
+    max_new_tokens: int = field(default=TRAIT_SAMPLING.max_new_tokens, metadata={
+        "help": "New tokens per steered answer (greedy)."})
+
+    def __post_init__(self):
+        self.coeffs = [float(c) for c in self.coeffs]
+        if not self.coeffs:
+            raise ActlabError("give at least one steering coefficient", param="coeffs")
+        if self.where not in ("all", "answer"):
+            raise ActlabError(f"where must be all or answer, not '{self.where}'", param="where")
+        if self.method not in VECTOR_METHODS:
+            raise ActlabError(f"unknown vector method '{self.method}'; use {', '.join(VECTOR_METHODS)}",
+                              param="method")
+        if self.questions is not None and self.questions < 1:
+            raise ActlabError(f"questions must be at least 1, not {self.questions}", param="questions")
+        GenerationConfig(max_new_tokens=self.max_new_tokens)  # validates it
+
+
+def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | None = None) -> pa.Table:
+    """The trait's questions with no instruction, answered (greedy) with
+    coeff * v added at the layer, for each coefficient; every answer judged.
+    v is the method's direction scaled to the length of that layer's mean
+    difference, so coeff 1 moves an activation by the distance between the
+    pos and neg means. Written to RUN/steering.parquet (layer, coeff,
+    question, answer, score, reason), with the score-per-coefficient plot in
+    RUN/steering.png."""
+    cfg = cfg or SteerConfig()
     trait_run = TraitRun(run)
+    method = cfg.method
+    layer = steering_layer(run, method) if cfg.layer is None else cfg.layer
     vectors = trait_run.vectors(method)
     if layer not in vectors:
         raise ActlabError(f"no {method} vector for layer {layer}; this run has layers {sorted(vectors)}",
@@ -38,15 +70,15 @@ def steer_sweep(model: "Model", run: str | Path, layer: int, coeffs: Sequence[fl
     questions = trait_run.trait.questions
     if not questions:
         raise ActlabError("steering needs neutral questions; this natural trait gives none (add 'questions')")
-    questions = questions[:n_questions] if n_questions else questions
-    cfg = cfg or GenerationConfig(max_new_tokens=48)
+    questions = questions[:cfg.questions] if cfg.questions else questions
+    generation = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
     prompts = [render_prompt(model.tokenizer, q) for q in questions]
     rows = []
-    for coeff in coeffs:
-        gens = generate(model, prompts, cfg=cfg, steering=Steering(layer, v, float(coeff), where))
+    for coeff in cfg.coeffs:
+        gens = generate(model, prompts, cfg=generation, steering=Steering(layer, v, coeff, cfg.where))
         for question, answer, judgement in zip(questions, gens.answers,
                                                judge.judge(list(zip(questions, gens.answers)))):
-            rows.append({"coeff": float(coeff), "question": question, "answer": answer,
+            rows.append({"layer": layer, "coeff": coeff, "question": question, "answer": answer,
                          "score": judgement.score, "reason": judgement.reason})
     table = pa.Table.from_pylist(rows)
     write_parquet_atomic(trait_run.path / "steering.parquet", table)

@@ -14,17 +14,40 @@ question), so no question is on both sides.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from ..analyses.measures import auroc, cohens_d, logistic_direction, mean_difference
 from ..errors import ActlabError
+from ..pooling import parse_span_pooling
 from ..registry import Registry
 
 
-def split_pairs(pairs: np.ndarray, held_out: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class VectorsConfig:
+    """Which judged answers are kept, and how the vectors are fitted and evaluated."""
+
+    pos_min: float = field(default=50.0, metadata={"help": "Keep pos answers scoring at least this."})
+    neg_max: float = field(default=50.0, metadata={"help": "Keep neg answers scoring below this."})
+    pooling: str = field(default="response_mean", metadata={
+        "help": "response_mean, response_first:5, prompt_last, prompt_mean."})
+    held_out: float = field(default=0.2, metadata={"help": "Fraction of pairs held out for evaluation."})
+    seed: int = field(default=0, metadata={"help": "Seed of the held-out split and the probe."})
+
+    def __post_init__(self):
+        if not 0 < self.held_out < 1:
+            raise ActlabError(f"held_out must be a fraction in (0, 1), not {self.held_out}", param="held_out")
+        parse_span_pooling(self.pooling)
+
+    def keep_rule(self) -> str:
+        return f"pos score >= {self.pos_min:g}, neg score < {self.neg_max:g}"
+
+
+
+def split_pairs(pairs: np.ndarray, held_out: float = VectorsConfig.held_out,
+                seed: int = VectorsConfig.seed) -> tuple[np.ndarray, np.ndarray]:
     """Boolean train / test masks over rows, whole pairs on one side."""
     unique = np.unique(pairs)
     if len(unique) < 2:
@@ -108,8 +131,8 @@ def evaluate(v: np.ndarray, train_pos, train_neg, test_pos, test_neg) -> Evaluat
     return Evaluation(accuracy, auroc(scores, labels), cohens_d(sp, sn), len(sp), len(sn))
 
 
-def fit_vectors(x: np.ndarray, polarity: np.ndarray, pairs: np.ndarray, held_out: float = 0.2, seed: int = 0,
-                methods=METHODS) -> dict[str, tuple[np.ndarray, Evaluation]]:
+def fit_vectors(x: np.ndarray, polarity: np.ndarray, pairs: np.ndarray, held_out: float = VectorsConfig.held_out,
+                seed: int = VectorsConfig.seed, methods=METHODS) -> dict[str, tuple[np.ndarray, Evaluation]]:
     """One layer: x (n, d) pooled activations of kept answers, polarity 'pos' /
     'neg', pair ids. Vectors come from the train split; evaluation from the
     held-out pairs. pca_diff uses only pairs whose both answers were kept."""

@@ -1,0 +1,129 @@
+"""The command line is the configs: every option of every command comes from
+a config dataclass field, with that field's default, and every field of a
+config a command takes is an option, unless the command sets it itself (the
+exclusions below, each with its reason)."""
+
+import dataclasses
+import inspect
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from actlab.cli import app
+
+EXCLUDED = {  # command -> fields the command sets itself, and why
+    ("models",): {"model.model": "the model is the NAME argument"},
+    ("features",): {"hooks": "the SAEs' hooks"},
+    ("contrast",): {"hooks": "the SAEs' hooks", "pooling": "ContrastConfig.position", "include_bos": "the position"},
+    ("demo",): {"model.dtype": "the demo runs in float32"},
+    ("sae", "quality"): {"fields.id": "quality reads only texts", "fields.label": "as id",
+                         "fields.category": "as id"},
+    ("traits", "run"): {"vectors.seed": "--seed is generation's; the split keeps its default seed",
+                        "steer.max_new_tokens": "steering answers as long as generation's (--max-new-tokens)"},
+    ("bench", "ray"): {"bench.device": "the ray benchmark's own --device (cpu by default)"},
+    ("bench", "capacity"): {"bench.device": "the store is measured on the CPU"},
+}
+
+
+def commands(group: typer.Typer, prefix=()):
+    for info in group.registered_commands:
+        yield prefix + (info.name or info.callback.__name__.replace("_", "-"),), info.callback
+    for sub in group.registered_groups:
+        yield from commands(sub.typer_instance, prefix + (sub.name,))
+
+
+ALL = dict(commands(app))
+
+
+def test_every_command_is_walked():
+    assert {("extract",), ("features",), ("contrast",), ("models",), ("analyze",), ("report",), ("explore",),
+            ("demo",), ("sae", "quality"), ("sae", "train"), ("traits", "generate"), ("traits", "vectors"),
+            ("traits", "steer"), ("traits", "monitor"), ("traits", "report"), ("traits", "run"),
+            ("bench", "extract"), ("bench", "ray"), ("bench", "trait-quality")} <= set(ALL)
+
+
+def problems(path, callback) -> list[str]:
+    """What is wrong with a command's options: loose options, doubled flags,
+    defaults other than the config's, config fields with no option."""
+    found = []
+    options = {p.name: p.default for p in inspect.signature(callback).parameters.values()
+               if isinstance(p.default, typer.models.OptionInfo)}
+    fields = getattr(callback, "__actlab_options__", {})
+    found += [f"option {name} has no config field" for name in sorted(set(options) - set(fields))]
+    flags = [flag for info in options.values() for decl in info.param_decls for flag in decl.split("/")]
+    found += [f"flag {flag} is given twice" for flag in sorted({f for f in flags if flags.count(f) > 1})]
+    for name, info in options.items():
+        if name not in fields:
+            continue
+        owner = fields[name]
+        expected = owner.default
+        if owner.default is dataclasses.MISSING:
+            expected = ...
+        elif owner.comma is not None and owner.default is not None:
+            expected = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in owner.default)
+        if info.default not in (expected, ...):
+            found.append(f"--{name} defaults to {info.default!r}, its field to {expected!r}")
+    excluded = EXCLUDED.get(path, {})
+    if set(getattr(callback, "__actlab_excluded__", ())) != set(excluded):
+        found.append(f"excludes {getattr(callback, '__actlab_excluded__', ())}, the test lists {sorted(excluded)}")
+    generated = {(o.config, o.field.name) for o in fields.values()}
+    for config, cls in getattr(callback, "__actlab_configs__", {}).items():
+        for f in dataclasses.fields(cls):
+            if (config, f.name) not in generated and f.name not in excluded and f"{config}.{f.name}" not in excluded:
+                found.append(f"{cls.__name__}.{f.name} has no option")
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(ALL), ids=" ".join)
+def test_options_are_config_fields_with_their_defaults(path):
+    assert not problems(path, ALL[path]), f"actlab {' '.join(path)}: {problems(path, ALL[path])}"
+
+
+def test_the_walk_finds_each_kind_of_drift():
+    from actlab.cli.common import with_options
+    from actlab.traits import VectorsConfig
+
+    def by_hand(seed: int = typer.Option(0), held: float = typer.Option(0.2, "--held-out")) -> None:
+        """a hand-written option and a doubled flag"""
+
+    @with_options(cfg=VectorsConfig)
+    def drifted(cfg: VectorsConfig, extra: int = typer.Option(1)) -> None:
+        """a loose option beside generated ones"""
+
+    @with_options(cfg=VectorsConfig, exclude=("held_out",))
+    def unlisted(cfg: VectorsConfig) -> None:
+        """a field left out without a reason in the test"""
+
+    assert problems(("x",), by_hand) == ["option held has no config field", "option seed has no config field"]
+    assert problems(("x",), drifted) == ["option extra has no config field"]
+    assert "excludes ('held_out',), the test lists []" in problems(("x",), unlisted)
+    assert "VectorsConfig.held_out has no option" in problems(("x",), unlisted)
+    drifted.__signature__ = inspect.signature(drifted).replace(parameters=[
+        p.replace(default=typer.Option(60.0)) if p.name == "pos_min" else p
+        for p in inspect.signature(drifted).parameters.values()])
+    assert "--pos_min defaults to 60.0, its field to 50.0" in problems(("x",), drifted)
+
+
+@pytest.mark.parametrize("path", sorted(ALL), ids=" ".join)
+def test_every_command_has_help(path):
+    result = CliRunner().invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_a_config_default_is_the_commands_default():
+    """One default, one place: the trait shard size, the run shard size, the
+    judge's keep thresholds and the steering length come from the library."""
+    from actlab.cli.common import RunOptions
+    from actlab.cli.traits import TraitOptions
+    from actlab.runs.activations import DEFAULT_SHARD_SIZE
+    from actlab.traits import TRAIT_SAMPLING, SteerConfig, VectorsConfig
+    from actlab.traits.runs import TRAIT_SHARD_SIZE, GenerationJob
+
+    assert RunOptions.__dataclass_fields__["shard_size"].default == DEFAULT_SHARD_SIZE
+    assert TraitOptions.__dataclass_fields__["shard_size"].default == TRAIT_SHARD_SIZE == \
+        GenerationJob.__dataclass_fields__["shard_size"].default
+    assert SteerConfig().max_new_tokens == TRAIT_SAMPLING.max_new_tokens
+    vectors = ALL[("traits", "vectors")].__actlab_options__
+    assert vectors["pos_min"].default == VectorsConfig().pos_min and vectors["held_out"].default == 0.2
