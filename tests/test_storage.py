@@ -83,7 +83,7 @@ def test_features_run_and_report_in_s3(tmp_path, tiny_models, s3_bucket):
     report = actlab.build_report(uri, use_model=False)
     assert report == StorePath(f"{uri}/report.html") and "<html" in report.read_text().lower()
     assert StorePath(f"{uri}/figures").glob("*.png")
-    from actlab.report.build import analyze_run
+    from actlab.pipelines import analyze_run
 
     tables = analyze_run(uri)
     written = {p.name for p in StorePath(f"{uri}/analysis").iterdir()}

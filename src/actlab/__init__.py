@@ -16,8 +16,7 @@ from .engine import ExtractConfig
 from .errors import ActlabError
 from .inputs import Records, read_records
 from .models import Model, ModelSpec, load_model
-from .pipelines import TraitPipelineConfig, contrast, run_trait
-from .report import build_report
+from .pipelines import TraitPipelineConfig, build_report, contrast, run_trait
 from .runs import ActivationRun, FeatureRun, extract_run, features_run, open_run
 from .saes import SAE, load_sae
 from .saes.features import Features

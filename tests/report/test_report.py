@@ -7,8 +7,9 @@ import torch
 
 from actlab import ActlabError
 from actlab.datasets import categories
-from actlab.report import ReportConfig, build_report
-from actlab.report.build import category_means, collect
+from actlab.pipelines import build_report
+from actlab.pipelines.feature_report import category_means, collect
+from actlab.report import ReportConfig
 from actlab.saes import load_sae
 from actlab.saes.quality import sae_quality
 from actlab import ExtractConfig

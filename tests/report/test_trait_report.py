@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from actlab.report.traits import build_trait_report
+from actlab.pipelines import build_trait_report
 from actlab.traits import GenerationConfig
 from actlab.traits.definitions import parse_trait
 from actlab.traits.judges import Judgement, KeywordJudge

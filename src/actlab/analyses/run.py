@@ -1,5 +1,5 @@
 """Every feature analysis over a Features result, as tables (pure: the
-report layer writes them to a run, actlab.report.analyze_run)."""
+pipelines write them into a run, actlab.pipelines.analyze_run)."""
 
 from __future__ import annotations
 

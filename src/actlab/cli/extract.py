@@ -13,7 +13,7 @@ from ..default_model import DEFAULT_MODEL
 from ..engine import ExtractConfig
 from ..errors import ActlabError
 from ..inputs import FieldNames
-from ..report.build import ReportConfig
+from ..report.data import ReportConfig
 from ..runs.ray import RayConfig
 from .common import (
     Bar,
@@ -88,7 +88,7 @@ RunArg = typer.Argument(..., help="A features run directory (actlab features).")
 def analyze(cfg: AnalysisConfig, run: Path = RunArg) -> None:
     """Feature analyses of a features run (strongest, frequent, selective, specialists, co-activation,
     the SAE comparison table): printed and written to RUN/analysis/."""
-    from ..report import analyze_run
+    from ..pipelines import analyze_run
 
     tables = analyze_run(run, cfg)
     for name, rows in tables.items():
@@ -111,7 +111,7 @@ class ReportOptions:
 @with_options(page=ReportOptions, lm=RunModelOptions, cfg=ReportConfig)
 def report(page: ReportOptions, lm: RunModelOptions, cfg: ReportConfig, run: Path = RunArg) -> None:
     """One self-contained HTML report of a features run, with its plots as PNG files."""
-    from ..report import build_report
+    from ..pipelines import build_report
 
     path = build_report(run, page.out, lm.model, cfg, page.use_model, lm.device)
     out.print(f"wrote {path} (plots in {path.parent / 'figures'})")

@@ -131,7 +131,7 @@ class TraitReportOptions:
 @with_options(page=TraitReportOptions, lm=RunModelOptions)
 def report_command(page: TraitReportOptions, lm: RunModelOptions, run: Path = RunArg) -> None:
     """One self-contained HTML page: judge decisions, separation per layer, steering, per-token monitoring."""
-    from ..report.traits import build_trait_report
+    from ..pipelines import build_trait_report
 
     path = build_trait_report(run, page.out, lm.model, lm.device, page.method, page.examples)
     out.print(f"wrote {path} (plots in {path.parent / 'figures'})")

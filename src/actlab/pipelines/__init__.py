@@ -4,6 +4,8 @@ thin sequence of calls into the layers below; the CLI calls one of these or
 one run kind's function."""
 
 from .contrast import contrast
+from .feature_report import analyze_run, build_report
+from .trait_report import build_trait_report
 from .traits import TraitPipelineConfig, run_trait
 
-__all__ = ["TraitPipelineConfig", "contrast", "run_trait"]
+__all__ = ["TraitPipelineConfig", "analyze_run", "build_report", "build_trait_report", "contrast", "run_trait"]

@@ -1,7 +1,11 @@
-"""Reports: the HTML page of a features run (`build_report`, `actlab report`)
-and of a trait run (`report.traits.build_trait_report`), and the analysis
-tables written into a features run (`analyze_run`, `actlab analyze`)."""
+"""Reports render data they are given and compute nothing: the HTML page of
+a features run (`html.render` of `data.ReportData`), of a trait run
+(`traits.render_trait_report`) and of a contrast run
+(`contrast.build_contrast_report`, from its written statistics). What the
+pages show is gathered by actlab.pipelines (`build_report`, `analyze_run`,
+`build_trait_report`)."""
 
-from .build import ReportConfig, analyze_run, build_report
+from .data import ReportConfig
+from .page import write_page
 
-__all__ = ["ReportConfig", "analyze_run", "build_report"]
+__all__ = ["ReportConfig", "write_page"]

@@ -17,8 +17,8 @@ from ..contrasts.analysis import ALL, contrast_findings
 from ..contrasts.run import ContrastRun
 from ..errors import ActlabError
 from ..storage import read_parquet, run_path
-from .build import write_page
 from .html import STYLE, image, section, table
+from .page import write_page
 
 
 @dataclass

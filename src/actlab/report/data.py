@@ -1,9 +1,33 @@
-"""What a features report shows, collected before it is rendered."""
+"""What a features report shows (ReportConfig), and the data collected for it
+(by actlab.pipelines) before it is rendered."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..analyses.run import AnalysisConfig
+from ..errors import ActlabError
+
+
+@dataclass
+class ReportConfig(AnalysisConfig):
+    """What a features run's report shows (the analyses' threshold and top, and more)."""
+
+    latents_per_sae: int = field(default=8, metadata={"flag": "--latents",
+                                                      "help": "Latents shown with their top texts, per SAE."})
+    texts_per_latent: int = field(default=5, metadata={"flag": "--texts", "help": "Top texts per latent."})
+    heatmap_latents_per_category: int = field(default=2, metadata={
+        "flag": "--heatmap-latents", "help": "Latents per category in the category heatmap."})
+    quality_texts: int = field(default=64, metadata={"help": "Texts of the run scored for SAE quality (0: skip)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("latents_per_sae", "texts_per_latent", "heatmap_latents_per_category"):
+            if getattr(self, name) < 1:
+                raise ActlabError(f"{name} must be at least 1, not {getattr(self, name)}", param=name)
+        if self.quality_texts < 0:
+            raise ActlabError(f"quality_texts must be 0 or more, not {self.quality_texts}", param="quality_texts")
 
 
 @dataclass

@@ -1,27 +1,19 @@
-"""`actlab traits report RUN`: one self-contained HTML page for a trait run:
-the judge's decisions, held-out separation per layer and method, the
-steering sweep, and per-token monitoring of kept answers. Like the features
-report: collect the data, then render it."""
+"""The HTML page of a trait run (`actlab traits report RUN`): the judge's
+decisions, held-out separation per layer and method, the steering sweep, and
+per-token monitoring of kept answers, rendered from the data that
+actlab.pipelines.trait_report collects."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
 from html import escape
-from pathlib import Path
 
 import numpy as np
 
 from .. import plots
-from ..errors import ActlabError
-from ..models import Model
-from ..storage import read_parquet, run_path
-from ..traits.fitting import steering_layer
-from ..traits.monitor import monitor
 from ..traits.runs import TraitRun
-from ..traits.steering import sweep_summary
 from ..traits.vectors import best_layers
-from .build import write_page
 from .html import STYLE, image, section, table
 
 
@@ -44,47 +36,6 @@ class TraitReportData:
     sweep: list[dict] | None  # score per steering coefficient, when swept
     monitored: list[MonitoredAnswer]
     figures: dict[str, bytes]
-
-
-def build_trait_report(run: str | Path, out: str | Path | None = None, model=None, device: str = "auto",
-                       method: str = "mean_diff", n_examples: int = 3) -> Path:
-    """Write RUN/report.html and its figures; `model` (a Model, a name, or the
-    run's own by default) monitors the example answers."""
-    trait_run = TraitRun(run)
-    if not (trait_run.path / "evaluation.parquet").exists():
-        raise ActlabError(f"{trait_run.path} has no vectors yet; run `actlab traits vectors {trait_run.path}` first")
-    model = model if hasattr(model, "hf_model") else trait_run.model(model, device)
-    data = collect_trait_report(trait_run, model, method, n_examples)
-    return write_page(run_path(out) if out is not None else trait_run.path / "report.html",
-                      render_trait_report(data), data.figures)
-
-
-def collect_trait_report(trait_run: TraitRun, model: Model, method: str, n_examples: int) -> TraitReportData:
-    answers = trait_run.answers().to_pylist()
-    scores_table = trait_run.scores()
-    scores = scores_table.to_pylist()
-    evaluation = trait_run.evaluation().to_pylist()
-    layer = steering_layer(trait_run.path, method)
-    name = trait_run.trait.name
-    figures = {"separation.png": plots.separation_by_layer(evaluation, f"{name}: held-out AUROC per layer")}
-    sweep = None
-    if (trait_run.path / "steering.parquet").exists():
-        sweep = sweep_summary(read_parquet(trait_run.path / "steering.parquet"))
-        figures["steering.png"] = plots.steering_sweep(sweep, f"{name}: steering")
-    examples = _examples(answers, scores, n_examples)
-    monitored = []
-    if examples:
-        projections = monitor(model, [a["prompt"] + a["answer"] for a in examples],
-                              {layer: trait_run.vectors(method)[layer]}, prepend_bos=False)
-        for i, answer in enumerate(examples):
-            n_prompt = len(model.tokenizer(answer["prompt"], add_special_tokens=False)["input_ids"])
-            monitored.append(MonitoredAnswer(answer, projections.tokens[i][n_prompt:],
-                                             projections.values[layer][i][n_prompt:]))
-        first = monitored[0]
-        figures["monitor.png"] = plots.token_projections(
-            first.tokens, first.values, f"row {first.answer['row']}: projection on the block-{layer} {method} vector")
-    return TraitReportData(trait_run, method, layer, answers, scores, scores_table.schema.metadata or {}, evaluation,
-                           sweep, monitored, figures)
 
 
 def render_trait_report(data: TraitReportData) -> str:
@@ -126,11 +77,6 @@ def _best_table(evaluation: list[dict]) -> str:
     rows = [[escape(m), str(r["layer"]), f"{r['auroc']:.3f}", f"{r['accuracy']:.3f}", f"{r['cohens_d']:.2f}",
              f"{r['n_test_pos']}/{r['n_test_neg']}"] for m, r in best_layers(evaluation).items()]
     return table(["method", "best layer", "AUROC", "accuracy", "Cohen's d", "held-out pos/neg"], rows)
-
-
-def _examples(answers: list[dict], scores: list[dict], n: int) -> list[dict]:
-    kept = [a for a, s in zip(answers, scores) if s["kept"] and a["answer"].strip()]
-    return [a for a in kept if a["polarity"] == "pos"][:n] + [a for a in kept if a["polarity"] == "neg"][:n]
 
 
 def _monitor_card(monitored: MonitoredAnswer) -> str:

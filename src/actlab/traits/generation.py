@@ -214,25 +214,49 @@ def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
     finished = [False] * n
     pooled: dict[str, dict[int, torch.Tensor]] = {}
     for rows in plan_batches(lengths, cfg.batch_size, budget):
-        batch_pooled = _generate_batch(model, [prompt_ids[r] for r in rows], rows, layers, poolings, cfg,
-                                       steering, answers, finished, first_row)
-        for spec, by_layer in batch_pooled.items():
+        batch = _Batch([prompt_ids[r] for r in rows], [first_row + int(r) for r in rows], tuple(layers),
+                       tuple(poolings), cfg, steering)
+        done = _generate_batch(model, batch)
+        for k, r in enumerate(rows):
+            answers[r], finished[r] = done.answers[k], done.finished[k]
+        for spec, by_layer in done.pooled.items():
             for layer, values in by_layer.items():
                 target = pooled.setdefault(spec, {}).setdefault(layer, torch.zeros(n, values.shape[-1]))
                 target[torch.from_numpy(rows)] = values.cpu()
         if on_batch:
-            on_batch(len(rows), sum(len(answers[r]) for r in rows))
+            on_batch(len(rows), sum(len(a) for a in done.answers))
     texts = [tok.decode(ids, skip_special_tokens=True) for ids in answers]
     return Generations(list(prompts), prompt_ids, answers, texts, finished, pooled)
 
 
-def _generate_batch(model: "Model", ids: list[list[int]], rows: np.ndarray, layers, poolings, cfg: GenerationConfig,
-                    steering: Steering | None, answers: list[list[int]], finished: list[bool],
-                    first_row: int) -> dict:
+@dataclass
+class _Batch:
+    """One batch of prompts to answer: their token ids, their rows (which seed
+    each row's sampling), what to capture, how to generate and steer."""
+
+    ids: list[list[int]]
+    rows: list[int]
+    layers: tuple[int, ...]
+    poolings: tuple[str, ...]
+    cfg: GenerationConfig
+    steering: Steering | None
+
+
+@dataclass
+class _Answered:
+    answers: list[list[int]]  # per batch row, the answer's token ids (EOS left out)
+    finished: list[bool]  # whether the row ended at its EOS
+    pooled: dict[str, dict[int, torch.Tensor]]  # pooling -> layer -> (B, d_model)
+
+
+def _generate_batch(model: "Model", batch: _Batch) -> _Answered:
+    ids, cfg, layers, poolings, steering = batch.ids, batch.cfg, batch.layers, batch.poolings, batch.steering
     device, eos = model.device, eos_ids(model)
     padded = pad(ids, "left", model.pad_id, device)  # every prompt ends at the same column
     mask = padded.attention_mask  # (B, T), grows by one column per step
-    generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + first_row + int(r)) for r in rows]
+    generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + row) for row in batch.rows]
+    answers: list[list[int]] = [[] for _ in ids]
+    finished = [False] * len(ids)
     phase = ["prefill"]
     sums = _Capture(model, layers, poolings, len(ids)) if layers else None
     alive = torch.ones(len(ids), dtype=torch.bool, device=device)
@@ -250,9 +274,9 @@ def _generate_batch(model: "Model", ids: list[list[int]], rows: np.ndarray, laye
             is_eos = torch.tensor([int(t) in eos for t in token.tolist()], device=device)
             answer = alive & ~is_eos
             for i in torch.nonzero(answer).flatten().tolist():
-                answers[rows[i]].append(int(token[i]))
+                answers[i].append(int(token[i]))
             for i in torch.nonzero(alive & is_eos).flatten().tolist():
-                finished[rows[i]] = True
+                finished[i] = True
             alive = answer
             if not bool(alive.any()) or (sums is None and step == cfg.max_new_tokens - 1):
                 break
@@ -267,9 +291,8 @@ def _generate_batch(model: "Model", ids: list[list[int]], rows: np.ndarray, laye
             out = model.hf_model(input_ids=token.unsqueeze(-1), attention_mask=mask,
                                  position_ids=last_position.unsqueeze(-1), past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[:, -1]
-    if not sums:
-        return {}
-    return sums.pooled(torch.tensor([len(x) for x in ids], device=device, dtype=torch.float32))
+    pooled = sums.pooled(torch.tensor([len(x) for x in ids], device=device, dtype=torch.float32)) if sums else {}
+    return _Answered(answers, finished, pooled)
 
 
 def _choose(logits: torch.Tensor, cfg: GenerationConfig, generators: list[torch.Generator]) -> torch.Tensor:

@@ -1,10 +1,11 @@
-"""`actlab report RUN`: everything the report shows, gathered from a features
-run (and, for token highlighting and SAE quality, the run's model and SAEs)."""
+"""A features run's report and analysis tables (`actlab report`, `actlab
+analyze`): everything the page shows is gathered here (the analyses, and,
+for token highlighting and SAE quality, passes of the run's model and SAEs),
+then actlab.report renders it."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,33 +16,14 @@ from ..analyses import neuronpedia_link
 from ..analyses.run import AnalysisConfig, analyze_features
 from ..errors import ActlabError
 from ..models import Model
+from ..report.data import Example, LatentCard, ReportConfig, ReportData
+from ..report.html import render, slug
+from ..report.page import write_page
 from ..runs import FeatureRun
-from ..runs.atomic import write_bytes_atomic, write_parquet_atomic, write_text_atomic
+from ..runs.atomic import write_parquet_atomic
 from ..saes import load_sae
 from ..saes.quality import sae_quality
-from ..storage import RunPath, run_path
-from .data import Example, LatentCard, ReportData
-from .html import render, slug
-
-
-@dataclass
-class ReportConfig(AnalysisConfig):
-    """What a features run's report shows (the analyses' threshold and top, and more)."""
-
-    latents_per_sae: int = field(default=8, metadata={"flag": "--latents",
-                                                      "help": "Latents shown with their top texts, per SAE."})
-    texts_per_latent: int = field(default=5, metadata={"flag": "--texts", "help": "Top texts per latent."})
-    heatmap_latents_per_category: int = field(default=2, metadata={
-        "flag": "--heatmap-latents", "help": "Latents per category in the category heatmap."})
-    quality_texts: int = field(default=64, metadata={"help": "Texts of the run scored for SAE quality (0: skip)."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("latents_per_sae", "texts_per_latent", "heatmap_latents_per_category"):
-            if getattr(self, name) < 1:
-                raise ActlabError(f"{name} must be at least 1, not {getattr(self, name)}", param=name)
-        if self.quality_texts < 0:
-            raise ActlabError(f"quality_texts must be 0 or more, not {self.quality_texts}", param="quality_texts")
+from ..storage import run_path
 
 
 def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg: ReportConfig | None = None,
@@ -55,23 +37,13 @@ def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg
     feats = FeatureRun.open(run)
     if not use_model:
         model = None
-    elif not hasattr(model, "hf_model") and (feats.offsets is None or cfg.quality_texts > 0):
+    elif not isinstance(model, Model) and (feats.offsets is None or cfg.quality_texts > 0):
         try:
             model = feats.model(model, device)
         except ActlabError as exc:
             raise ActlabError(f"{exc}, or report without it (--no-model)", param=exc.param) from None
     data = collect(run, feats, model, cfg)
     return write_page(run_path(out) if out is not None else run / "report.html", render(data), data.figures)
-
-
-def write_page(out: RunPath, page: str, figures: dict[str, bytes]) -> Path:
-    """A report page and its figures (figures/*.png beside it), each written atomically."""
-    figures_dir = out.parent / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    for name, png in figures.items():
-        write_bytes_atomic(figures_dir / name, png)
-    write_text_atomic(out, page)
-    return out
 
 
 def analyze_run(run: str | Path, cfg: AnalysisConfig | None = None) -> dict[str, list[dict]]:
@@ -212,4 +184,3 @@ def _training_quality(source: str) -> dict | None:
     if not source or not report.is_file():
         return None
     return json.loads(report.read_text()).get("quality", {}).get(folder.name)
-
