@@ -51,8 +51,8 @@ class RayConfig:
     threads: int | None = field(default=None, metadata={
         "flag": "--ray-threads", "help": "torch threads per actor (Ray sets one; default: CPUs per actor)."})
     start_timeout: float = field(default=600.0, metadata={
-        "flag": "--ray-start-timeout", "help": "Seconds to wait for the cluster to start every actor (each loads "
-                                               "its model) before failing."})
+        "flag": "--ray-start-timeout", "help": "Seconds to wait for the cluster's address to answer, then for it to "
+                                               "start every actor (each loads its model), before failing."})
 
     @property
     def runner(self) -> str:
