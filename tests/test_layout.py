@@ -13,10 +13,6 @@ from pathlib import Path
 import actlab
 
 MAX_LINES, MAX_PARAMETERS = 400, 7
-PENDING = {  # function -> the issue that gives it fewer parameters
-    "actlab.traits.generation.generate": "issue 16 replaces this loop (generate(model, prompts, layers, poolings, "
-                                         "cfg, steering))",
-}
 
 
 def modules():
@@ -47,7 +43,6 @@ def test_no_public_function_with_more_than_7_parameters():
             for qualified, function in functions:
                 params = [p for p in inspect.signature(function).parameters if p not in ("self", "cls")]
                 key = f"{module.__name__}.{qualified}"
-                if len(params) > MAX_PARAMETERS and key not in PENDING:
+                if len(params) > MAX_PARAMETERS:
                     crowded[key] = len(params)
     assert not crowded, f"pass a config instead: {crowded}"
-    assert all(key in {f"{m.__name__}.{n}" for m in modules() for n in vars(m)} for key in PENDING)

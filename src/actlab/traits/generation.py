@@ -188,14 +188,26 @@ class _Capture:
         return out
 
 
+@dataclass(frozen=True)
+class RunSlice:
+    """Where a call's prompts sit in a larger run: row i of the call is row
+    first_row + i of the run (its sampling seed), and each finished batch is
+    reported to on_batch(prompts, answer tokens)."""
+
+    first_row: int = 0
+    on_batch: OnBatch | None = None
+
+
 def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
              poolings: Sequence[str] = ("response_mean",), cfg: GenerationConfig | None = None,
-             steering: Steering | None = None, on_batch: OnBatch | None = None, first_row: int = 0) -> Generations:
+             steering: Steering | None = None, within: RunSlice | None = None) -> Generations:
     """Generate an answer to every rendered prompt (see render_prompt), with
     pooled block outputs at `layers`, optionally steered. Rows come back in
-    input order. Sampling seeds row i by (cfg.seed, first_row + i), so a run
-    generated in chunks samples as if in one call."""
+    input order. Sampling seeds row i by (cfg.seed, within.first_row + i), so
+    a run generated in chunks samples as if in one call."""
     cfg = cfg or GenerationConfig()
+    within = within or RunSlice()
+    first_row, on_batch = within.first_row, within.on_batch
     if isinstance(prompts, str):
         raise ActlabError("prompts must be a list of strings, not one string; wrap it: [prompt]")
     for layer in layers:

@@ -41,7 +41,7 @@ from ..runs.runner import RunControl, run_job
 from ..runs.shards import ShardPlan, read_shards, shard_name
 from ..storage import read_parquet, run_path
 from .definitions import Trait
-from .generation import GenerationConfig, generate, render_prompt
+from .generation import GenerationConfig, RunSlice, generate, render_prompt
 
 TRAITS_FORMAT = "actlab.traits"
 DEFAULT_POOLINGS = ("response_mean", "response_first:5", "prompt_last", "prompt_mean")
@@ -155,7 +155,7 @@ class GenerationJob(ShardJob):
         def process(index: int, lo: int, hi: int) -> ExtractStats:
             started, chunk = time.perf_counter(), prompts[lo:hi]
             rendered = [render_prompt(model.tokenizer, p.user, p.system) for p in chunk]
-            gens = generate(model, rendered, layers, self.poolings, self.cfg, first_row=lo, on_batch=on_batch)
+            gens = generate(model, rendered, layers, self.poolings, self.cfg, within=RunSlice(lo, on_batch))
             write_parquet_atomic(out / shard_name(index, "acts"), _activation_table(gens.pooled, lo))
             table = pa.table({
                 "row": np.arange(lo, hi), "polarity": [p.polarity for p in chunk], "pair": [p.pair for p in chunk],
