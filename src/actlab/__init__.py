@@ -5,6 +5,7 @@
     feats = model.features(texts)                      # the default SAEs, one pass
     path = actlab.extract_run(model, records, "runs/x", actlab.ExtractConfig(hooks=[...]))
     run = actlab.open_run(path)                        # ActivationRun, FeatureRun or TraitRun
+    gens = actlab.generate(model, [actlab.render_prompt(model.tokenizer, "Hi")], layers=[7])
 """
 
 from .activations import Activations, ExtractStats
@@ -14,6 +15,16 @@ from .contrasts.run import ContrastRun
 from .default_model import DEFAULT_MODEL
 from .engine import ExtractConfig
 from .errors import ActlabError
+from .generation import (
+                         GenerationConfig,
+                         GenerationRun,
+                         GenerationRunConfig,
+                         Generations,
+                         Steering,
+                         generate,
+                         generate_run,
+                         render_prompt,
+)
 from .inputs import Records, read_records
 from .models import Model, ModelSpec, load_model
 from .pipelines import TraitPipelineConfig, build_report, contrast, run_trait
@@ -24,7 +35,8 @@ from .traits import TraitRun, load_trait
 from .version import VERSION as __version__
 
 __all__ = ["ActivationRun", "Activations", "ActlabError", "ContrastConfig", "ContrastRun", "DEFAULT_MODEL",
-           "ExtractConfig", "ExtractStats", "FeatureRun", "Features", "Model", "ModelSpec", "Records", "SAE",
+           "ExtractConfig", "ExtractStats", "FeatureRun", "Features", "GenerationConfig", "GenerationRun",
+           "GenerationRunConfig", "Generations", "Model", "ModelSpec", "Records", "SAE", "Steering",
            "TraitPipelineConfig", "TraitRun", "__version__", "build_report", "contrast", "extract_run",
-           "features_run", "load_model", "load_pairs", "load_sae", "load_trait", "open_run", "read_records",
-           "run_trait"]
+           "features_run", "generate", "generate_run", "load_model", "load_pairs", "load_sae", "load_trait",
+           "open_run", "read_records", "render_prompt", "run_trait"]

@@ -21,6 +21,7 @@ EXCLUDED = {  # command -> fields the command sets itself, and why
                          "fields.category": "as id"},
     ("traits", "run"): {"vectors.seed": "--seed is generation's; the split keeps its default seed",
                         "steer.max_new_tokens": "steering answers as long as generation's (--max-new-tokens)"},
+    ("generate",): {"cfg.generation": "GenerationConfig's fields are the command's own options (--max-new-tokens ...)"},
     ("bench", "ray"): {"bench.device": "the ray benchmark's own --device (cpu by default)"},
     ("bench", "capacity"): {"bench.device": "the store is measured on the CPU"},
 }
@@ -38,7 +39,7 @@ ALL = dict(commands(app))
 
 def test_every_command_is_walked():
     assert {("extract",), ("features",), ("contrast",), ("models",), ("analyze",), ("report",), ("explore",),
-            ("demo",), ("sae", "quality"), ("sae", "train"), ("traits", "generate"), ("traits", "vectors"),
+            ("demo",), ("generate",), ("sae", "quality"), ("sae", "train"), ("traits", "generate"), ("traits", "vectors"),
             ("traits", "steer"), ("traits", "monitor"), ("traits", "report"), ("traits", "run"),
             ("bench", "extract"), ("bench", "ray"), ("bench", "trait-quality")} <= set(ALL)
 
@@ -61,7 +62,7 @@ def problems(path, callback) -> list[str]:
         if owner.default is dataclasses.MISSING:
             expected = ...
         elif owner.comma is not None and owner.default is not None:
-            expected = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in owner.default)
+            expected = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in owner.default) or None
         if info.default not in (expected, ...):
             found.append(f"--{name} defaults to {info.default!r}, its field to {expected!r}")
     excluded = EXCLUDED.get(path, {})
@@ -121,7 +122,13 @@ def test_a_config_default_is_the_commands_default():
     from actlab.traits import TRAIT_SAMPLING, SteerConfig, VectorsConfig
     from actlab.traits.runs import TRAIT_SHARD_SIZE, GenerationJob
 
-    assert RunOptions.__dataclass_fields__["shard_size"].default == DEFAULT_SHARD_SIZE
+    from actlab.generation.run import GENERATION_SHARD_SIZE, GenerateJob
+
+    shard_size = RunOptions.__dataclass_fields__["shard_size"]
+    assert shard_size.default is None  # each run kind's own default, named in the help
+    assert f"{DEFAULT_SHARD_SIZE} for extract" in shard_size.metadata["help"]
+    assert f"{GENERATION_SHARD_SIZE} for generate" in shard_size.metadata["help"]
+    assert GenerateJob.__dataclass_fields__["shard_size"].default == GENERATION_SHARD_SIZE
     assert TraitOptions.__dataclass_fields__["shard_size"].default == TRAIT_SHARD_SIZE == \
         GenerationJob.__dataclass_fields__["shard_size"].default
     assert SteerConfig().max_new_tokens == TRAIT_SAMPLING.max_new_tokens

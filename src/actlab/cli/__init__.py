@@ -9,8 +9,10 @@ from . import bench, saes, traits
 from .common import err, error_line, with_optional_values
 from .contrast import contrast_command
 from .extract import app
+from .generate import generate_command
 
 app.command("contrast")(contrast_command)
+app.command("generate")(generate_command)
 app.add_typer(bench.app, name="bench")
 app.add_typer(saes.app, name="sae")
 app.add_typer(traits.app, name="traits")

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from ..default_model import DEFAULT_MODEL
 from ..errors import ActlabError
+from ..generation.run import GENERATION_SHARD_SIZE
 from ..inputs import FieldNames, ParquetRecords, Records, read_records
 from ..runs.activations import DEFAULT_SHARD_SIZE
 
@@ -54,7 +55,9 @@ class RunOptions:
                                                       "s3:// / gs:// URI)", "short": "-i"})
     out: Path = dataclasses.field(metadata={"help": "Run directory (resumable): a path or an s3:// / gs:// URI.",
                                             "short": "-o"})
-    shard_size: int = dataclasses.field(default=DEFAULT_SHARD_SIZE, metadata={"help": "Texts per Parquet shard."})
+    shard_size: int | None = dataclasses.field(default=None, metadata={
+        "help": f"Texts per Parquet shard (default: the run kind's, {DEFAULT_SHARD_SIZE} for extract and features, "
+                f"{GENERATION_SHARD_SIZE} for generate)."})
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "Replace an existing run in --out."})
     skip_empty: bool = dataclasses.field(default=False, metadata={"help": "Skip empty texts instead of failing."})
 
@@ -175,7 +178,7 @@ def with_options(exclude: tuple[str, ...] = (), required: tuple[str, ...] = (), 
                 if "/" not in flag and bool in (hints[f.name], *typing.get_args(hints[f.name])):
                     flag = f"{flag}/--no-{flag[2:]}"
                 names = [flag] + ([f.metadata["short"]] if "short" in f.metadata else [])
-                shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) \
+                shown = (",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) or None) \
                     if comma and default not in (None, dataclasses.MISSING) else default
                 if default is dataclasses.MISSING or f.name in required or f"{config_name}.{f.name}" in required:
                     shown = ...

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
+from ..generation import GenerationConfig
 from ..runs.ray import RayConfig
-from ..traits.generation import GenerationConfig
 from ..traits.judges import JudgeConfig
 from ..traits.runs import TRAIT_SAMPLING, TRAIT_SHARD_SIZE
 from ..traits.steering import SteerConfig

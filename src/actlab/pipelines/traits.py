@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..generation import GenerationConfig
 from ..models import Model, ModelSpec
 from ..traits.definitions import Trait
 from ..traits.fitting import vectors_run
-from ..traits.generation import GenerationConfig
 from ..traits.judges import Judge, judge_for
 from ..traits.judging import judge_run
 from ..traits.runs import TRAIT_SAMPLING, TRAIT_SHARD_SIZE, TraitRun, generate_run

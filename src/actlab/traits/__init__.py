@@ -7,10 +7,10 @@ actlab.run_trait (actlab.pipelines) runs them all. Importing the package
 registers its judge kinds (keyword, regex, local, openai) and the trait run
 kind."""
 
+from ..generation import GenerationConfig, Generations, Steering, generate, render_prompt
 from . import api_judge, local_judge  # noqa: F401  (each registers its judge kind)
 from .definitions import Trait, load_trait
 from .fitting import best_layer, steering_layer, vectors_run
-from .generation import GenerationConfig, Generations, Steering, generate, render_prompt
 from .judges import JudgeConfig
 from .judging import judge_run
 from .monitor import monitor_run, monitored_text

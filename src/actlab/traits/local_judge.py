@@ -32,9 +32,9 @@ import torch
 from ..default_model import DEFAULT_MODEL
 from ..engine import plan_batches
 from ..errors import ActlabError
+from ..generation import prompt_token_ids, render_prompt
 from ..models import Model, load_model
 from ..tokens import pad
-from .generation import prompt_token_ids, render_prompt
 from .judges import (
     MIN_NUMBER_MASS,
     JudgeKind,

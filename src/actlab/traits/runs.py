@@ -33,6 +33,7 @@ from safetensors.torch import load
 from ..activations import ExtractStats, column_matrix, summary_html, vector_column
 from ..engine import OnBatch
 from ..errors import ActlabError
+from ..generation import GenerationConfig, RunSlice, generate, render_prompt
 from ..models import Model, ModelSpec
 from ..runs.atomic import write_parquet_atomic
 from ..runs.job import ShardJob, ShardWriter
@@ -41,7 +42,6 @@ from ..runs.runner import RunControl, run_job
 from ..runs.shards import ShardPlan, read_shards, shard_name
 from ..storage import read_parquet, run_path
 from .definitions import Trait
-from .generation import GenerationConfig, RunSlice, generate, render_prompt
 
 TRAITS_FORMAT = "actlab.traits"
 DEFAULT_POOLINGS = ("response_mean", "response_first:5", "prompt_last", "prompt_mean")
@@ -146,7 +146,7 @@ class GenerationJob(ShardJob):
 
     def settings(self, model: Model, worker: Model) -> dict:
         return {"trait": asdict(self.trait), "model": {"id": model.name, "weights_sha256": model.weight_hash},
-                "generation": asdict(self.cfg), "layers": self.blocks(model), "poolings": list(self.poolings),
+                "generation": self.cfg.settings(), "layers": self.blocks(model), "poolings": list(self.poolings),
                 "shard_size": self.shard_size}
 
     def shard_writer(self, model: Model, on_batch: OnBatch | None = None) -> ShardWriter:

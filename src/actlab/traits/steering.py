@@ -12,10 +12,10 @@ import pyarrow as pa
 
 from .. import plots
 from ..errors import ActlabError
+from ..generation import GenerationConfig, Steering, generate, render_prompt
 from ..models import Model
 from ..runs.atomic import write_bytes_atomic, write_parquet_atomic
 from .fitting import steering_layer
-from .generation import GenerationConfig, Steering, generate, render_prompt
 from .judges import Judge
 from .runs import TRAIT_SAMPLING, TraitRun
 from .vectors import VECTOR_METHODS
@@ -51,7 +51,8 @@ class SteerConfig:
 
 def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | None = None) -> pa.Table:
     """The trait's questions with no instruction, answered (greedy) with
-    coeff * v added at the layer, for each coefficient; every answer judged.
+    coeff * v added at the layer, for each coefficient, all in one continuous
+    batch (each row steered by its own coefficient); every answer judged.
     v is the method's direction scaled to the length of that layer's mean
     difference, so coeff 1 moves an activation by the distance between the
     pos and neg means. Written to RUN/steering.parquet (layer, coeff,
@@ -71,15 +72,14 @@ def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | 
     if not questions:
         raise ActlabError("steering needs neutral questions; this natural trait gives none (add 'questions')")
     questions = questions[:cfg.questions] if cfg.questions else questions
-    generation = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
-    prompts = [render_prompt(model.tokenizer, q) for q in questions]
-    rows = []
-    for coeff in cfg.coeffs:
-        gens = generate(model, prompts, cfg=generation, steering=Steering(layer, v, coeff, cfg.where))
-        for question, answer, judgement in zip(questions, gens.answers,
-                                               judge.judge(list(zip(questions, gens.answers)))):
-            rows.append({"layer": layer, "coeff": coeff, "question": question, "answer": answer,
-                         "score": judgement.score, "reason": judgement.reason})
+    # every (coefficient, question) row in one continuous batch, each row with its own steering
+    grid = [(coeff, question) for coeff in cfg.coeffs for question in questions]
+    prompts = {q: render_prompt(model.tokenizer, q) for q in questions}
+    gens = generate(model, [prompts[q] for _, q in grid], cfg=GenerationConfig(max_new_tokens=cfg.max_new_tokens),
+                    steering=[Steering(layer, v, coeff, cfg.where) for coeff, _ in grid])
+    judgements = judge.judge([(q, answer) for (_, q), answer in zip(grid, gens.answers)])
+    rows = [{"layer": layer, "coeff": coeff, "question": q, "answer": answer, "score": j.score, "reason": j.reason}
+            for (coeff, q), answer, j in zip(grid, gens.answers, judgements)]
     table = pa.Table.from_pylist(rows)
     write_parquet_atomic(trait_run.path / "steering.parquet", table)
     title = f"{trait_run.path.name}: layer {layer}, {method}"

@@ -1,0 +1,105 @@
+"""actlab.generate: answers to prompts, with pooled block outputs captured
+and steering applied per row, from the continuous-batching engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from ..engine import OnBatch
+from ..errors import ActlabError
+from .config import GenerationConfig, Steering
+from .engine import Capture, Request, SlotDecoder
+from .taps import parse_generation_pooling
+
+if TYPE_CHECKING:
+    from ..models import Model
+
+
+@dataclass
+class Generations:
+    """Answers in input order, with what was captured while generating."""
+
+    prompts: list[str]  # as given (actlab.render_prompt applies a chat template)
+    prompt_ids: list[list[int]]
+    answer_ids: list[list[int]]  # EOS left out
+    answers: list[str]
+    finished: list[bool]  # ended at EOS (else at max_new_tokens)
+    pooled: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # pooling -> layer -> (n, d)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass(frozen=True)
+class RunSlice:
+    """Where a call's prompts sit in a larger run: row i of the call is row
+    first_row + i of the run (its sampling counter), and each time rows end
+    on_batch(rows, answer tokens) is called."""
+
+    first_row: int = 0
+    on_batch: OnBatch | None = None
+
+
+def render_prompt(tokenizer, user: str, system: str | None = None) -> str:
+    """The chat template when the tokenizer has one, else the plain texts."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return f"{system}\n\n{user}\n" if system else f"{user}\n"
+
+
+def prompt_token_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of prompts: a chat template already wrote its special
+    tokens, so none are added then."""
+    add = not getattr(tokenizer, "chat_template", None)
+    return [tokenizer(p, add_special_tokens=add)["input_ids"] for p in prompts]
+
+
+def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
+             poolings: Sequence[str] = ("response_mean",), cfg: GenerationConfig | None = None,
+             steering: Steering | Sequence[Steering | None] | None = None,
+             within: RunSlice | None = None) -> Generations:
+    """An answer to every prompt, given to the model as it is (see
+    render_prompt), with pooled block outputs at `layers` (layer L: block L's
+    output). `steering`: one Steering for every prompt, or one per prompt
+    (None: unsteered). Rows come back in input order."""
+    cfg, within = cfg or GenerationConfig(), within or RunSlice()
+    if isinstance(prompts, str):
+        raise ActlabError("prompts must be a list of strings, not one string; wrap it: [prompt]")
+    if not prompts:
+        return Generations([], [], [], [], [], {})
+    for layer in layers:
+        if not 0 <= layer < model.n_layers:
+            raise ActlabError(f"layer {layer} is outside 0..{model.n_layers - 1} for this model", param="layers")
+    for spec in poolings:
+        parse_generation_pooling(spec)
+    steerings = _per_prompt(steering, len(prompts), model)
+    prompt_ids = prompt_token_ids(model.tokenizer, prompts)
+    empty = [i for i, ids in enumerate(prompt_ids) if not ids]
+    if empty:
+        raise ActlabError(f"prompt {empty[0]} has no tokens; drop empty prompts")
+    requests = [Request(ids, within.first_row + i, s) for i, (ids, s) in enumerate(zip(prompt_ids, steerings))]
+    capture = Capture(tuple(layers), tuple(poolings))
+    answers = SlotDecoder(model, requests, capture, cfg).run(within.on_batch)
+    pooled = {spec: {layer: torch.stack([a.pooled[spec][layer] for a in answers]) for layer in layers}
+              for spec in poolings} if layers else {}
+    texts = [model.tokenizer.decode(a.ids, skip_special_tokens=True) for a in answers]
+    return Generations(list(prompts), prompt_ids, [a.ids for a in answers], texts, [a.finished for a in answers],
+                       pooled)
+
+
+def _per_prompt(steering, n: int, model: "Model") -> list[Steering | None]:
+    """One steering (or None) per prompt, each checked against the model."""
+    if steering is None or isinstance(steering, Steering):
+        steerings = [steering] * n
+    else:
+        steerings = list(steering)
+        if len(steerings) != n:
+            raise ActlabError(f"{len(steerings)} steerings for {n} prompts; give one per prompt (None: unsteered)",
+                              param="steering")
+    for s in {id(s): s for s in steerings if s is not None}.values():
+        s.check(model.n_layers, model.d_model)
+    return steerings

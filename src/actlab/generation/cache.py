@@ -1,0 +1,168 @@
+"""A static KV cache of slots, and the attention that reads it, supplied to
+the Hugging Face modules through transformers' own extension points: a
+`Cache` subclass (`SlotCache`) and a registered attention function
+("actlab_slots"). Every architecture keeps its own modules, rotary or
+absolute positions, soft-capping and sliding windows.
+
+The cache holds keys and values for `slots` rows x `length` positions per
+layer, allocated once (at the first forward, which gives heads, head width
+and dtype). Position p of a row is that row's token p: each row has its own
+positions (`position_ids`), so rows admitted at different times decode in
+one batch. Two kinds of forward use it:
+
+    prefill  new prompts, right-padded, into the slots `rows`: keys are
+             written at positions 0..T-1 of those slots, and attention is
+             causal over the prompts alone (a pad never precedes a real token)
+    decode   one token per slot at that slot's `positions`; attention reads
+             positions 0..position of its own slot, within the window of a
+             sliding-window layer
+
+Positions past a row's last written token hold stale values (pads, an older
+row's tokens); no query reads them before they are written.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+ATTENTION = "actlab_slots"
+_ACTIVE: ContextVar["SlotCache | None"] = ContextVar("actlab_slot_cache", default=None)
+
+
+class SlotLayer(CacheLayerMixin):
+    """One layer's keys and values: (slots, kv_heads, length, head_dim) each."""
+
+    is_sliding = False
+
+    def __init__(self, slots: int, length: int):
+        super().__init__()
+        self.slots, self.length = slots, length
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        heads, device = key_states.shape[1], key_states.device
+        self.keys = torch.zeros(self.slots, heads, self.length, key_states.shape[-1], dtype=key_states.dtype,
+                                device=device)
+        self.values = torch.zeros(self.slots, heads, self.length, value_states.shape[-1],
+                                  dtype=value_states.dtype, device=device)
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise NotImplementedError("SlotCache.update writes the layers")
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length, 0
+
+    def get_seq_length(self) -> int:
+        return 0
+
+    def get_max_length(self) -> int:
+        return self.length
+
+
+class SlotCache(Cache):
+    """Static keys and values for `slots` rows of up to `length` tokens, at
+    each row's own positions. The engine plans each forward (`plan_prefill`
+    or `plan_decode`) before running it."""
+
+    def __init__(self, n_layers: int, slots: int, length: int, device: torch.device):
+        super().__init__(layers=[SlotLayer(slots, length) for _ in range(n_layers)])
+        self.slots, self.length, self.device = slots, length, device
+        self.rows: torch.Tensor | None = None  # prefill: (n,) the slots being filled
+        self.positions: torch.Tensor | None = None  # decode: (S,) the position each slot's token is written at
+        self.kv_length = 0  # decode: positions 0..kv_length-1 are read
+        self._masks: dict[int | None, torch.Tensor] = {}
+
+    def plan_prefill(self, rows: torch.Tensor) -> None:
+        self.rows, self.positions, self._masks = rows, None, {}
+
+    def plan_decode(self, positions: torch.Tensor, kv_length: int) -> None:
+        self.rows, self.positions, self.kv_length, self._masks = None, positions, kv_length, {}
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Write this forward's keys and values; return what attention reads."""
+        layer = self.layers[layer_idx]
+        if not layer.is_initialized:
+            layer.lazy_initialization(key_states, value_states)
+        if self.rows is not None:  # prefill: (n, H, T, D) into positions 0..T-1 of the rows' slots
+            t = key_states.shape[2]
+            layer.keys[self.rows, :, :t] = key_states
+            layer.values[self.rows, :, :t] = value_states
+            return key_states, value_states
+        # decode: (S, H, 1, D), each slot's token at its own position
+        where = self.positions.view(-1, 1, 1, 1).expand(-1, key_states.shape[1], 1, key_states.shape[-1])
+        layer.keys.scatter_(2, where, key_states)
+        layer.values.scatter_(2, where, value_states)
+        return layer.keys[:, :, :self.kv_length], layer.values[:, :, :self.kv_length]
+
+    def mask(self, window: int | None, query_length: int, explicit: bool = False) -> torch.Tensor | None:
+        """What each query may read, (S or 1, 1, queries, keys) bool; None for
+        a plain causal prefill unless `explicit`."""
+        if window is None and self.rows is not None and not explicit:
+            return None
+        if window not in self._masks:
+            if self.rows is not None:  # prefill: causal within the window
+                q = torch.arange(query_length, device=self.device).view(1, 1, -1, 1)
+                k = torch.arange(query_length, device=self.device).view(1, 1, 1, -1)
+            else:
+                q = self.positions.view(-1, 1, 1, 1)
+                k = torch.arange(self.kv_length, device=self.device).view(1, 1, 1, -1)
+            allowed = k <= q
+            self._masks[window] = allowed if window is None else allowed & (k > q - window)
+        return self._masks[window]
+
+    def keep(self, slots: torch.Tensor) -> None:
+        """Keep only these slots, in this order (the others have finished)."""
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.keys, layer.values = layer.keys[slots], layer.values[slots]
+            layer.slots = len(slots)
+        self.slots = len(slots)
+
+
+def slot_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                           sliding_window: int | None = None, softcap: float | None = None, **kwargs):
+    """transformers' attention-function signature, reading the active
+    SlotCache's mask: query (B, H, q, D), key and value (B, H_kv, k, D) ->
+    ((B, q, H, D), None). Soft-capped attention (Gemma-2) runs eagerly, as
+    transformers' own eager function does; the rest through SDPA."""
+    cache = _ACTIVE.get()
+    mask = cache.mask(sliding_window, query.shape[2])
+    groups = query.shape[1] // key.shape[1]
+    if softcap is None:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None,
+                                             scale=scaling, enable_gqa=groups > 1)
+        return out.transpose(1, 2).contiguous(), None
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    mask = cache.mask(sliding_window, query.shape[2], explicit=True)
+    scores = query @ key.transpose(2, 3) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    scores = torch.tanh(scores / softcap) * softcap  # (B, H, q, k)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return (weights @ value).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION, slot_attention_forward)
+
+
+@contextmanager
+def attending_through(hf_model: torch.nn.Module, cache: SlotCache) -> Iterator[None]:
+    """Within it, the model's attention is the slot attention over `cache`;
+    the model's own attention implementation is restored on leaving."""
+    config = hf_model.config
+    previous = config._attn_implementation
+    token = _ACTIVE.set(cache)
+    config._attn_implementation = ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+        _ACTIVE.reset(token)

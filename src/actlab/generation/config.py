@@ -1,0 +1,103 @@
+"""How answers are generated (GenerationConfig) and how a row is steered
+(Steering): the two things a caller of actlab.generate describes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import ActlabError
+
+CPU_GENERATION_BUDGET = 8192  # (longest prompt + new tokens) x slots, by default
+CUDA_GENERATION_BUDGET = 262144
+STEERING_PLACES = ("all", "answer")
+
+
+@dataclass
+class GenerationConfig:
+    """How answers are generated. Row i of a call samples from a counter of
+    (seed, i, step) alone, so slots, sync_every and admission order never
+    change an answer."""
+
+    max_new_tokens: int = field(default=64, metadata={"help": "New tokens per answer at most."})
+    temperature: float = field(default=0.0, metadata={"help": "0: greedy."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1: the whole softmax)."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    slots: int | None = field(default=None, metadata={
+        "help": "Rows decoded together; a finished row's slot takes the next prompt (default: token budget)."})
+    batch_size: int | None = field(default=None, metadata={"help": "Old name of --slots."})
+    sync_every: int = field(default=8, metadata={
+        "help": "Decode steps between looks by the host (to admit prompts into finished rows' slots)."})
+    max_batch_tokens: int | None = field(default=None, metadata={
+        "help": "(longest prompt + new tokens) x slots, the default slot count's budget."})
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ActlabError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}", param="max_new_tokens")
+        if self.temperature < 0:
+            raise ActlabError(f"temperature must be >= 0 (0: greedy), not {self.temperature}", param="temperature")
+        if not 0 < self.top_p <= 1:
+            raise ActlabError(f"top_p must be in (0, 1], not {self.top_p}", param="top_p")
+        for name in ("slots", "batch_size", "sync_every", "max_batch_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ActlabError(f"{name} must be at least 1, not {value}", param=name)
+        if self.batch_size is not None:  # the alias: one canonical field
+            if self.slots is not None and self.slots != self.batch_size:
+                raise ActlabError(f"batch_size {self.batch_size} and slots {self.slots} disagree; give --slots only",
+                                  param="slots")
+            self.slots, self.batch_size = self.batch_size, None
+
+    def slot_count(self, longest: int, n_prompts: int, device: torch.device) -> int:
+        """Slots for prompts of at most `longest` tokens: cfg.slots, else as
+        many rows of (longest + max_new_tokens) as the token budget holds."""
+        if self.slots is None:
+            budget = self.max_batch_tokens or (CUDA_GENERATION_BUDGET if device.type == "cuda"
+                                               else CPU_GENERATION_BUDGET)
+            return max(1, min(n_prompts, budget // (longest + self.max_new_tokens)))
+        return max(1, min(n_prompts, self.slots))
+
+    def batching(self) -> dict:
+        """The fields that decide speed and memory only, never an answer."""
+        return {"slots": self.slots, "sync_every": self.sync_every, "max_batch_tokens": self.max_batch_tokens}
+
+    def settings(self) -> dict:
+        """The fields the answers depend on (a run resumes only with them equal)."""
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed}
+
+
+@dataclass
+class Steering:
+    """Add coeff * vector to block `layer`'s output (blocks.L.hook_resid_post)
+    at every position ("all", the prompt included) or at the answer's
+    positions only ("answer"). Captured activations at or after that block
+    include the addition."""
+
+    layer: int
+    vector: torch.Tensor
+    coeff: float
+    where: str = "all"
+
+    def __post_init__(self):
+        if self.where not in STEERING_PLACES:
+            raise ActlabError(f"steering where='{self.where}': use 'all' or 'answer'", param="where")
+        self.vector = torch.as_tensor(self.vector).detach()
+        if self.vector.dim() != 1:
+            raise ActlabError(f"a steering vector is one direction (d_model,), not shape {tuple(self.vector.shape)}",
+                              param="vector")
+
+    def check(self, n_layers: int, d_model: int) -> None:
+        """One-line errors for a layer the model lacks or a vector of another width."""
+        if not 0 <= self.layer < n_layers:
+            raise ActlabError(f"steering layer {self.layer} is outside 0..{n_layers - 1} for this model",
+                              param="layer")
+        if self.vector.shape != (d_model,):
+            raise ActlabError(f"steering vector has width {self.vector.shape[0]}, the model's width is {d_model}",
+                              param="vector")
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """What is added: coeff * vector, (d_model,) float32."""
+        return self.coeff * self.vector.float()

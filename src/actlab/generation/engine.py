@@ -1,0 +1,213 @@
+"""Continuous batching over a static slot cache.
+
+A fixed number of slots decode together, one token per slot per step. Every
+`sync_every` steps the host looks once: rows that have ended (their EOS, or
+max_new_tokens) hand back their answer and pooled activations, and the next
+waiting prompts are prefilled into the freed slots (several in one forward).
+Between looks nothing waits on the host: the answer tokens, their count, the
+alive mask, EOS and the capture sums live on the device, and a row that has
+ended keeps stepping without effect (its tokens past the end are never read),
+so neither `sync_every` nor the slot count changes an answer. When no prompt
+is waiting and a quarter of the slots are idle, the live ones are packed into
+fewer slots.
+
+Per slot: the token fed next (`last`) sits at `positions`; `count` answer
+tokens are in `tokens[:count]`; `live` says that `last` is an answer token
+still to be fed (to capture its state or to choose the next one). A row's
+j-th choice samples with the counter (seed, row, j).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+
+from ..engine import OnBatch, auto_token_budget
+from ..hooks import lm_logits
+from .cache import SlotCache, attending_through
+from .config import GenerationConfig, Steering
+from .sampling import choose_tokens
+from .taps import Phase, Taps
+
+if TYPE_CHECKING:
+    from ..models import Model
+
+
+@dataclass
+class Request:
+    """One prompt to answer: its token ids, its sampling row, its steering."""
+
+    ids: list[int]
+    row: int
+    steering: Steering | None = None
+
+
+@dataclass
+class Answer:
+    ids: list[int]  # the answer's token ids, EOS left out
+    finished: bool  # ended at its EOS (else at max_new_tokens)
+    pooled: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # pooling -> layer -> (d,)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What is pooled while generating: block outputs at `layers`."""
+
+    layers: tuple[int, ...] = ()
+    poolings: tuple[str, ...] = ("response_mean",)
+
+
+class SlotDecoder:
+    """Answers requests by continuous batching; see the module docstring."""
+
+    def __init__(self, model: "Model", requests: Sequence[Request], capture: Capture, cfg: GenerationConfig):
+        self.model, self.requests, self.cfg = model, list(requests), cfg
+        longest = max(len(r.ids) for r in self.requests)
+        self.length = longest + cfg.max_new_tokens  # positions per slot
+        self.slots = cfg.slot_count(longest, len(self.requests), model.device)
+        device, s = model.device, self.slots
+        self.capturing = bool(capture.layers)
+        self.cache = SlotCache(model.n_layers, s, self.length, device)
+        steered = {r.steering.layer for r in self.requests if r.steering is not None}
+        self.taps = Taps(model, capture.layers, capture.poolings, s, sorted(steered))
+        self.eos = torch.tensor(sorted(eos_ids(model)) or [-1], device=device)
+        self.occupant = np.full(s, -1)  # host: the request in each slot, -1 when free
+        self.position_host = np.zeros(s, dtype=np.int64)  # host copy of positions (no sync needed)
+        self.positions = torch.zeros(s, dtype=torch.long, device=device)  # (S,)
+        self.last = torch.zeros(s, dtype=torch.long, device=device)  # (S,)
+        self.live = torch.zeros(s, dtype=torch.bool, device=device)  # (S,)
+        self.count = torch.zeros(s, dtype=torch.long, device=device)  # (S,)
+        self.ended_at_eos = torch.zeros(s, dtype=torch.bool, device=device)  # (S,)
+        self.sample_rows = torch.zeros(s, dtype=torch.long, device=device)  # (S,)
+        self.tokens = torch.zeros(s, cfg.max_new_tokens + 1, dtype=torch.long, device=device)  # (S, new + 1)
+        self.answers: list[Answer | None] = [None] * len(self.requests)
+        self._cache_keyword = _cache_keyword(model.base_model)
+
+    def run(self, on_batch: OnBatch | None = None) -> list[Answer]:
+        waiting = deque(sorted(range(len(self.requests)), key=lambda i: -len(self.requests[i].ids)))
+        with torch.inference_mode(), attending_through(self.model.hf_model, self.cache), \
+                self.taps.hooked(self.model):
+            self._admit(waiting, np.arange(self.slots))
+            while (self.occupant >= 0).any():
+                for _ in range(self.cfg.sync_every):
+                    self._step()
+                free = self._collect(on_batch)
+                if waiting:
+                    self._admit(waiting, free)
+                elif (self.occupant >= 0).sum() <= 0.75 * len(self.occupant):
+                    self._keep(np.flatnonzero(self.occupant >= 0))
+        return self.answers
+
+    # -- the forward passes ------------------------------------------------------
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The final norm's output: ids and positions (B, T) -> (B, T, d)."""
+        out = self.model.base_model(input_ids=ids, position_ids=positions, use_cache=True,
+                                    **{self._cache_keyword: self.cache})
+        return out.last_hidden_state
+
+    def _admit(self, waiting: deque, free: np.ndarray) -> None:
+        """Prefill the next waiting prompts into the free slots, as many per
+        forward as the extraction engine's token budget holds."""
+        taken = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
+        budget = auto_token_budget(self.model.device, self.model.d_model)
+        start = 0
+        while start < len(taken):  # the waiting queue is longest first: the first prompt is the widest
+            width = len(self.requests[taken[start]].ids)
+            n = max(1, min(len(taken) - start, budget // width))
+            self._prefill(taken[start:start + n], free[start:start + n])
+            start += n
+
+    def _prefill(self, indices: list[int], slots: np.ndarray) -> None:
+        device, requests = self.model.device, [self.requests[i] for i in indices]
+        lengths = [len(r.ids) for r in requests]
+        ids = torch.full((len(requests), max(lengths)), self.model.pad_id, dtype=torch.long)
+        for k, r in enumerate(requests):
+            ids[k, :len(r.ids)] = torch.tensor(r.ids)
+        ids = ids.to(device)  # (n, T), right-padded
+        rows = torch.as_tensor(slots, device=device)
+        lengths_t = torch.tensor(lengths, device=device)
+        self.occupant[slots], self.position_host[slots] = indices, lengths
+        self.taps.admit(rows, [r.steering for r in requests])
+        self.cache.plan_prefill(rows)
+        self.taps.phase = Phase(rows=rows, lengths=lengths_t)
+        positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
+        hidden = self._forward(ids, positions)  # (n, T, d)
+        logits = lm_logits(self.model.hf_model, hidden[torch.arange(len(requests)), lengths_t - 1])  # (n, V)
+        self.positions[rows] = lengths_t
+        self.count[rows] = 0
+        self.ended_at_eos[rows] = False
+        self.sample_rows[rows] = torch.tensor([r.row for r in requests], device=device)
+        self._record(rows, logits, torch.ones(len(requests), dtype=torch.bool, device=device))
+
+    def _step(self) -> None:
+        """One decode step of every slot: feed `last`, choose the next token."""
+        self.cache.plan_decode(self.positions, int(self.position_host.max()) + 1)
+        self.taps.phase = Phase(answering=self.live, index=self.count - 1)
+        hidden = self._forward(self.last.unsqueeze(-1), self.positions.unsqueeze(-1))  # (S, 1, d)
+        logits = lm_logits(self.model.hf_model, hidden[:, 0])  # (S, V)
+        choosing = self.live & (self.count < self.cfg.max_new_tokens)
+        self._record(torch.arange(len(self.occupant), device=self.positions.device), logits, choosing)
+        self.positions = (self.positions + 1).clamp(max=self.length - 1)
+        self.position_host = np.minimum(self.position_host + 1, self.length - 1)
+
+    def _record(self, slots: torch.Tensor, logits: torch.Tensor, choosing: torch.Tensor) -> None:
+        """The next token of `slots` (where `choosing`): logits (m, V), choosing (m,) bool."""
+        count = self.count[slots]  # (m,)
+        token = choose_tokens(logits, self.cfg, self.sample_rows[slots], count)  # (m,)
+        is_eos = torch.isin(token, self.eos)
+        accepted = choosing & ~is_eos
+        self.tokens[slots, count] = token  # past the answer's end unless accepted: never read
+        self.ended_at_eos[slots] = self.ended_at_eos[slots] | (choosing & is_eos)
+        count = count + accepted
+        self.count[slots], self.last[slots] = count, token
+        self.live[slots] = accepted & ((count < self.cfg.max_new_tokens) | self.capturing)
+
+    # -- the host's look ---------------------------------------------------------
+
+    def _collect(self, on_batch: OnBatch | None) -> np.ndarray:
+        """Hand back the rows that have ended; return the slots now free."""
+        live, count, at_eos = (t.cpu().numpy() for t in (self.live, self.count, self.ended_at_eos))
+        ended = np.flatnonzero(~live & (self.occupant >= 0))
+        if len(ended):
+            index = torch.as_tensor(ended, device=self.positions.device)
+            tokens = self.tokens[index].cpu().numpy()
+            pooled = self.taps.pooled(index) if self.capturing else {}
+            for k, slot in enumerate(ended):
+                per_row = {spec: {layer: v[k] for layer, v in by_layer.items()} for spec, by_layer in pooled.items()}
+                self.answers[self.occupant[slot]] = Answer(tokens[k, :count[slot]].tolist(), bool(at_eos[slot]),
+                                                           per_row)
+            if on_batch:
+                on_batch(len(ended), int(count[ended].sum()))
+            self.occupant[ended] = -1
+        return np.flatnonzero(self.occupant < 0)
+
+    def _keep(self, slots: np.ndarray) -> None:
+        """Pack the live rows into fewer slots."""
+        index = torch.as_tensor(slots, device=self.positions.device)
+        self.cache.keep(index)
+        self.taps.keep(index)
+        for name in ("positions", "last", "live", "count", "ended_at_eos", "sample_rows", "tokens"):
+            setattr(self, name, getattr(self, name)[index])
+        self.occupant, self.position_host = self.occupant[slots], self.position_host[slots]
+
+
+def eos_ids(model: "Model") -> set[int]:
+    """The generation config's EOS ids and the tokenizer's."""
+    ids = model.hf_model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if model.tokenizer.eos_token_id is not None:
+        ids.add(model.tokenizer.eos_token_id)
+    return ids
+
+
+def _cache_keyword(base_model: torch.nn.Module) -> str:
+    """The name the model's forward takes its cache under ("cache" in
+    transformers >= 5.2x, "past_key_values" before)."""
+    parameters = inspect.signature(base_model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"

@@ -1,0 +1,145 @@
+"""Steering and capture per slot at block outputs, as tensor operations on
+buffers allocated once per call: no host loop, no host sync.
+
+Steering adds each slot's own coeff * vector (or nothing) at a block's
+output; where="answer" rows add it at decode steps only. Capture pools block
+outputs per slot, after any steering at that block:
+
+    prompt_last      the last prompt token
+    prompt_mean      mean over the prompt's tokens
+    response_mean    mean over the answer's tokens
+    response_first:K mean over the answer's first K tokens
+
+An answer token's state is the block output where that token is fed, exactly
+what a separate forward over prompt + answer gives. Layer L is block L's
+output (`blocks.L.hook_resid_post`, HF `hidden_states[L + 1]`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from ..hooks import block_hook, replace
+from ..pooling import parse_span_pooling
+from .config import Steering
+
+if TYPE_CHECKING:
+    from ..models import Model
+
+
+def parse_generation_pooling(spec: str) -> tuple[str, int | None]:
+    """('response_first', 5) for 'response_first:5' (actlab.pooling's grammar)."""
+    span, pooling = parse_span_pooling(spec)
+    return f"{span}_{pooling.kind}", pooling.k or None
+
+
+@dataclass
+class Phase:
+    """What the forward about to run feeds: a prefill of prompts into `rows`
+    (right-padded, `lengths` real tokens each), or a decode step where
+    `answering` marks the slots whose fed token is an answer token, the
+    `index`-th of its answer."""
+
+    rows: torch.Tensor | None = None  # prefill: (n,) slots
+    lengths: torch.Tensor | None = None  # prefill: (n,) prompt tokens
+    answering: torch.Tensor | None = None  # decode: (S,) bool
+    index: torch.Tensor | None = None  # decode: (S,) the fed token's place in its answer
+
+
+class Taps:
+    """Per-slot steering deltas and pooled sums at the blocks that need them."""
+
+    def __init__(self, model: "Model", layers: Sequence[int], poolings: Sequence[str], slots: int,
+                 steered_layers: Sequence[int]):
+        d, device, dtype = model.d_model, model.device, model.hf_model.dtype
+        self.layers, self.steered = list(layers), sorted(set(steered_layers))
+        self.specs = [parse_generation_pooling(p) for p in poolings] if layers else []
+        self.firsts = sorted({k for kind, k in self.specs if kind == "response_first"})
+        zeros = lambda: {layer: torch.zeros(slots, d, device=device) for layer in self.layers}  # noqa: E731
+        self.prompt_last, self.prompt_sum, self.response_sum = zeros(), zeros(), zeros()  # (S, d) each
+        self.first_sums = {k: zeros() for k in self.firsts}
+        self.response_count = torch.zeros(slots, device=device)  # (S,)
+        self.prompt_count = torch.zeros(slots, device=device)  # (S,)
+        self.answer_delta = {layer: torch.zeros(slots, d, device=device, dtype=dtype) for layer in self.steered}
+        self.prompt_delta = {layer: torch.zeros(slots, d, device=device, dtype=dtype) for layer in self.steered}
+        self.phase = Phase()
+
+    def hooked(self, model: "Model"):
+        """Context manager: the blocks run `tap` while inside."""
+        sites = sorted(set(self.layers) | set(self.steered))
+        return replace(model.hf_model, {block_hook(layer): (lambda hidden, layer=layer: self.tap(layer, hidden))
+                                        for layer in sites})
+
+    def admit(self, rows: torch.Tensor, steerings: Sequence[Steering | None]) -> None:
+        """New prompts take the slots `rows`: their steering, zeroed sums."""
+        for layer in self.steered:
+            width = self.answer_delta[layer].shape[-1]
+            delta = torch.stack([s.delta if s is not None and s.layer == layer else torch.zeros(width)
+                                 for s in steerings]).to(self.answer_delta[layer])  # (n, d)
+            on_prompt = torch.tensor([s is not None and s.where == "all" for s in steerings]).unsqueeze(-1)
+            self.answer_delta[layer].index_copy_(0, rows, delta)
+            self.prompt_delta[layer].index_copy_(0, rows, delta * on_prompt.to(delta))
+        for sums in [self.response_sum, *self.first_sums.values()]:
+            for values in sums.values():
+                values.index_fill_(0, rows, 0.0)
+        self.response_count.index_fill_(0, rows, 0.0)
+
+    def tap(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Steer, then capture, block `layer`'s output (B, T, d)."""
+        phase = self.phase
+        if layer in self.answer_delta:
+            if phase.rows is not None:
+                hidden = hidden + self.prompt_delta[layer][phase.rows].unsqueeze(1)  # (n, T, d)
+            else:
+                hidden = hidden + self.answer_delta[layer].unsqueeze(1)  # (S, 1, d)
+        if layer in self.prompt_sum:
+            if phase.rows is not None:
+                self._prompt(layer, hidden.float(), phase)
+            else:
+                self._answer(layer, hidden[:, 0].float(), phase)
+        return hidden
+
+    def _prompt(self, layer: int, hidden: torch.Tensor, phase: Phase) -> None:
+        n, t = hidden.shape[:2]
+        real = torch.arange(t, device=hidden.device) < phase.lengths.unsqueeze(-1)  # (n, T)
+        self.prompt_last[layer].index_copy_(0, phase.rows, hidden[torch.arange(n), phase.lengths - 1])
+        self.prompt_sum[layer].index_copy_(0, phase.rows, (hidden * real.unsqueeze(-1)).sum(dim=1))
+        if layer == self.layers[0]:
+            self.prompt_count.index_copy_(0, phase.rows, phase.lengths.float())
+
+    def _answer(self, layer: int, hidden: torch.Tensor, phase: Phase) -> None:
+        on = phase.answering.unsqueeze(-1)  # (S, 1)
+        self.response_sum[layer] += hidden * on
+        for k in self.firsts:
+            self.first_sums[k][layer] += hidden * (on & (phase.index < k).unsqueeze(-1))
+        if layer == self.layers[0]:
+            self.response_count += phase.answering
+
+    def pooled(self, slots: torch.Tensor) -> dict[str, dict[int, torch.Tensor]]:
+        """pooling -> layer -> (m, d) float32 on the host, for these slots."""
+        answered = self.response_count[slots].clamp(min=1).unsqueeze(-1)  # (m, 1)
+        out = {}
+        for kind, k in self.specs:
+            if kind == "prompt_last":
+                values = {layer: v[slots] for layer, v in self.prompt_last.items()}
+            elif kind == "prompt_mean":
+                prompt = self.prompt_count[slots].unsqueeze(-1)  # (m, 1)
+                values = {layer: v[slots] / prompt for layer, v in self.prompt_sum.items()}
+            elif kind == "response_mean":
+                values = {layer: v[slots] / answered for layer, v in self.response_sum.items()}
+            else:
+                first = self.response_count[slots].clamp(min=1, max=k).unsqueeze(-1)
+                values = {layer: v[slots] / first for layer, v in self.first_sums[k].items()}
+            out[kind if k is None else f"{kind}:{k}"] = {layer: v.cpu() for layer, v in values.items()}
+        return out
+
+    def keep(self, slots: torch.Tensor) -> None:
+        """Keep only these slots, in this order."""
+        for buffers in [self.prompt_last, self.prompt_sum, self.response_sum, *self.first_sums.values(),
+                        self.answer_delta, self.prompt_delta]:
+            for layer in buffers:
+                buffers[layer] = buffers[layer][slots]
+        self.response_count, self.prompt_count = self.response_count[slots], self.prompt_count[slots]

@@ -1,0 +1,110 @@
+"""Generation runs: the run equals actlab.generate on the same prompts, a
+killed run resumes to the same answers, the CLI end to end with steering
+from a vectors file, bad input as one-line errors."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import actlab
+from actlab import ActlabError, GenerationConfig, GenerationRunConfig, Steering, generate, generate_run
+from actlab.generation import run as generation_runs
+from actlab.inputs import Records
+
+from conftest import rel_error, run_cli
+
+QUESTIONS = [f"Question number {i}: what is {i} + {i}?" for i in range(10)]
+GEN = GenerationConfig(max_new_tokens=6, temperature=0.8, seed=2, slots=3)
+
+
+def records():
+    return Records.of(QUESTIONS, id=[f"q{i}" for i in range(10)])
+
+
+def test_run_equals_generate_and_resumes_after_a_kill(tiny_models, tmp_path, monkeypatch):
+    model = tiny_models["llama"]
+    cfg = GenerationRunConfig(layers=[0, 2], poolings=["response_mean", "prompt_last"], system="Be brief.",
+                              generation=GEN)
+    clean = generate_run(model, records(), tmp_path / "clean", cfg, shard_size=4)
+    run = actlab.open_run(clean)
+    assert isinstance(run, actlab.GenerationRun)
+    answers = run.answers()
+    assert answers.column("row").to_pylist() == list(range(10)) and answers.column("id").to_pylist()[3] == "q3"
+    prompts = [actlab.render_prompt(model.tokenizer, q, "Be brief.") for q in QUESTIONS]
+    direct = generate(model, prompts, [0, 2], ["response_mean", "prompt_last"], GEN)
+    assert answers.column("answer").to_pylist() == direct.answers  # shards sample as one call
+    assert answers.column("prompt").to_pylist() == prompts
+    assert answers.column("n_answer_tokens").to_pylist() == [len(a) for a in direct.answer_ids]
+    for pooling in ("response_mean", "prompt_last"):
+        for layer in (0, 2):
+            stored = torch.tensor(run.activations(pooling)[layer])
+            assert rel_error(stored, direct.pooled[pooling][layer]) < 1e-5
+    real_write, written = generation_runs.write_parquet_atomic, []
+
+    def dying_write(path, table):
+        if len(written) == 3:
+            raise KeyboardInterrupt  # as if killed while writing the second shard's answers
+        written.append(path)
+        real_write(path, table)
+
+    monkeypatch.setattr(generation_runs, "write_parquet_atomic", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        generate_run(model, records(), tmp_path / "resumed", cfg, shard_size=4)
+    with pytest.raises(ActlabError, match="incomplete"):
+        actlab.open_run(tmp_path / "resumed")
+    monkeypatch.setattr(generation_runs, "write_parquet_atomic", real_write)
+    resumed = generate_run(model, records(), tmp_path / "resumed", cfg, shard_size=4)
+    for name in ("answers-00000.parquet", "answers-00001.parquet", "answers-00002.parquet"):
+        assert pq.read_table(resumed / name).equals(pq.read_table(clean / name))
+    with pytest.raises(ActlabError, match="other settings"):
+        generate_run(model, records(), tmp_path / "resumed", GenerationRunConfig(layers=[1], generation=GEN),
+                     shard_size=4)
+    # batching is not a setting: another slot count resumes the same run
+    other = GenerationRunConfig(layers=[0, 2], poolings=["response_mean", "prompt_last"], system="Be brief.",
+                                generation=GenerationConfig(max_new_tokens=6, temperature=0.8, seed=2, slots=1))
+    generate_run(model, records(), tmp_path / "resumed", other, shard_size=4)
+
+
+def test_cli_end_to_end_with_steering(tiny_models, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    model = tiny_models["llama"]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"text": q}) + "\n" for q in QUESTIONS[:5]))
+    v = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    save_file({"layer_1": v, "layer_2": -v}, tmp_path / "vectors.safetensors")
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "generate", "--input", prompts, "--out", tmp_path / "g",
+                                   "--model", tiny_model_dir, "--layers", "1", "--pooling", "response_mean",
+                                   "--max-new-tokens", "5", "--slots", "2", "--no-chat-template",
+                                   "--steer", f"{tmp_path / 'vectors.safetensors'}:1:3.0", "--device", "cpu")
+    assert code == 0, stderr
+    assert "wrote 5 answers" in stdout
+    run = actlab.open_run(tmp_path / "g")
+    direct = generate(model, QUESTIONS[:5], [1], ["response_mean"], GenerationConfig(max_new_tokens=5),
+                      Steering(1, v, 3.0))
+    assert run.answers().column("answer").to_pylist() == direct.answers
+    assert rel_error(torch.tensor(run.activations()[1]), direct.pooled["response_mean"][1]) < 1e-5
+    assert run.to_pandas().shape[0] == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steer", "missing.safetensors:1:2"], "steering file missing.safetensors does not exist"),
+    (["--steer", "VEC:x:2"], "is not VECTORS.safetensors:LAYER:COEFF"),
+    (["--steer", "VEC:0:2"], "has no layer_0 vector"),
+    (["--steer", "WIDE:1:2"], "steering vector has width 3"),
+    (["--layers", "9"], "layer 9 is outside 0..2"),
+    (["--pooling", "response_last"], "unknown pooling"),
+    (["--system", "x", "--no-chat-template"], "--system needs the chat template"),
+])
+def test_cli_bad_input_is_one_line(args, message, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\n")
+    save_file({"layer_1": torch.ones(64), "layer_2": torch.ones(64)}, tmp_path / "vec.safetensors")
+    save_file({"v": torch.ones(3)}, tmp_path / "wide.safetensors")
+    args = [a.replace("VEC", str(tmp_path / "vec.safetensors")).replace("WIDE", str(tmp_path / "wide.safetensors"))
+            for a in args]
+    code, _, stderr = run_cli(monkeypatch, capsys, "generate", "--input", prompts, "--out", tmp_path / "g",
+                              "--model", tiny_model_dir, "--device", "cpu", *args)
+    assert code == 2 and message in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
