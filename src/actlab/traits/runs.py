@@ -30,10 +30,11 @@ import pyarrow as pa
 import torch
 from safetensors.torch import load
 
-from ..activations import ExtractStats, column_matrix, summary_html, vector_column
+from ..activations import ExtractStats, summary_html
 from ..engine import OnBatch
 from ..errors import ActlabError
 from ..generation import GenerationConfig, RunSlice, generate, render_prompt
+from ..generation.run import activation_table, read_activations
 from ..models import Model, ModelSpec
 from ..runs.atomic import write_parquet_atomic
 from ..runs.job import ShardJob, ShardWriter
@@ -67,13 +68,7 @@ class TraitRun(Run):
 
     def activations(self, pooling: str) -> dict[int, np.ndarray]:
         """layer -> (rows, d) for one pooling, rows in run order."""
-        poolings = self.settings["poolings"]
-        if pooling not in poolings:
-            raise ActlabError(f"this run pooled {', '.join(poolings)}, not '{pooling}'", param="pooling")
-        table = read_shards(self.path, self.manifest["shards"], "acts", filters=[("pooling", "=", pooling)])
-        layers = table.column("layer").to_numpy()
-        return {layer: column_matrix(table.column("activation").filter(pa.array(layers == layer)))
-                for layer in self.settings["layers"]}
+        return read_activations(self, pooling)
 
     def scores(self) -> pa.Table:
         """row, score, reason, decision, kept (after judging)."""
@@ -156,7 +151,7 @@ class GenerationJob(ShardJob):
             started, chunk = time.perf_counter(), prompts[lo:hi]
             rendered = [render_prompt(model.tokenizer, p.user, p.system) for p in chunk]
             gens = generate(model, rendered, layers, self.poolings, self.cfg, within=RunSlice(lo, on_batch))
-            write_parquet_atomic(out / shard_name(index, "acts"), _activation_table(gens.pooled, lo))
+            write_parquet_atomic(out / shard_name(index, "acts"), activation_table(gens.pooled, lo))
             table = pa.table({
                 "row": np.arange(lo, hi), "polarity": [p.polarity for p in chunk], "pair": [p.pair for p in chunk],
                 "system": [p.system for p in chunk], "question": [p.question for p in chunk], "prompt": rendered,
@@ -183,15 +178,3 @@ def generate_run(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Pa
                         run.shards(TRAIT_SHARD_SIZE))
     run_job(model, job, run)
     return job.out
-
-
-def _activation_table(pooled: dict[str, dict[int, torch.Tensor]], first_row: int) -> pa.Table:
-    parts = []
-    for pooling, by_layer in pooled.items():
-        for layer, values in by_layer.items():
-            n = len(values)
-            parts.append(pa.table({"row": pa.array(np.arange(first_row, first_row + n), pa.int64()),
-                                   "pooling": pa.array([pooling] * n, pa.string()),
-                                   "layer": pa.array(np.full(n, layer), pa.int32()),
-                                   "activation": vector_column(values.numpy())}))
-    return pa.concat_tables(parts)
