@@ -22,6 +22,7 @@ EXCLUDED = {  # command -> fields the command sets itself, and why
     ("traits", "run"): {"vectors.seed": "--seed is generation's; the split keeps its default seed",
                         "steer.max_new_tokens": "steering answers as long as generation's (--max-new-tokens)"},
     ("generate",): {"cfg.generation": "GenerationConfig's fields are the command's own options (--max-new-tokens ...)"},
+    ("bench", "generate"): {"bench.device": "every engine runs on the CPU, in its own process"},
     ("bench", "ray"): {"bench.device": "the ray benchmark's own --device (cpu by default)"},
     ("bench", "capacity"): {"bench.device": "the store is measured on the CPU"},
 }

@@ -125,6 +125,9 @@ def test_admission_edge_cases(tiny_models, monkeypatch):
         gens = generate(model, prompts, cfg=cfg)
         assert_matches_reference(model, gens, cfg.max_new_tokens)
         assert all(len(a) <= cfg.max_new_tokens for a in gens.answer_ids)
+    # the host knows when every row has surely ended: no decode step past it
+    assert generate(model, prompts, cfg=GenerationConfig(max_new_tokens=1, slots=3)).stats["decode_steps"] == 0
+    assert generate(model, prompts, [0], cfg=GenerationConfig(max_new_tokens=1, slots=7)).stats["decode_steps"] == 1
     one = generate(model, prompts[:1], cfg=GenerationConfig(max_new_tokens=9))
     assert_matches_reference(model, one, 9)
     first = one.answer_ids[0][0]  # make row 0's first token its EOS

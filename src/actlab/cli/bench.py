@@ -7,6 +7,7 @@ from ..bench.capacity import CapacityBench
 from ..bench.contrast import ContrastBench
 from ..bench.extract import ExtractBench
 from ..bench.features import FeaturesBench
+from ..bench.generate import GenerateBench
 from ..bench.options import BenchOptions
 from ..bench.ray import RayBench
 from ..bench.trait_quality import TraitQualityBench
@@ -41,6 +42,16 @@ def bench_traits(bench: BenchOptions, cfg: TraitsBench) -> None:
     from ..bench.traits import run_traits_benchmark
 
     run_traits_benchmark(bench, cfg)
+
+
+@app.command("generate")
+@with_options(bench=BenchOptions, cfg=GenerateBench, exclude=("bench.device",))
+def bench_generate(bench: BenchOptions, cfg: GenerateBench) -> None:
+    """Generation: HF generate one at a time and batched, the old static loop, actlab.generate with and without
+    capture, vLLM's CPU build; each in its own process, one thread by default (CPU)."""
+    from ..bench.generate import run_generate_benchmark
+
+    run_generate_benchmark(bench, cfg)
 
 
 @app.command("contrast")

@@ -28,6 +28,7 @@ class Generations:
     answers: list[str]
     finished: list[bool]  # ended at EOS (else at max_new_tokens)
     pooled: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # pooling -> layer -> (n, d)
+    stats: dict[str, int] = field(default_factory=dict)  # slots, decode_steps, prefill_forwards
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -83,12 +84,13 @@ def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
         raise ActlabError(f"prompt {empty[0]} has no tokens; drop empty prompts")
     requests = [Request(ids, within.first_row + i, s) for i, (ids, s) in enumerate(zip(prompt_ids, steerings))]
     capture = Capture(tuple(layers), tuple(poolings))
-    answers = SlotDecoder(model, requests, capture, cfg).run(within.on_batch)
+    decoder = SlotDecoder(model, requests, capture, cfg)
+    answers = decoder.run(within.on_batch)
     pooled = {spec: {layer: torch.stack([a.pooled[spec][layer] for a in answers]) for layer in layers}
               for spec in poolings} if layers else {}
     texts = [model.tokenizer.decode(a.ids, skip_special_tokens=True) for a in answers]
     return Generations(list(prompts), prompt_ids, [a.ids for a in answers], texts, [a.finished for a in answers],
-                       pooled)
+                       pooled, decoder.stats)
 
 
 def _per_prompt(steering, n: int, model: "Model") -> list[Steering | None]:

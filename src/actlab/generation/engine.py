@@ -78,6 +78,7 @@ class SlotDecoder:
         self.eos = torch.tensor(sorted(eos_ids(model)) or [-1], device=device)
         self.occupant = np.full(s, -1)  # host: the request in each slot, -1 when free
         self.position_host = np.zeros(s, dtype=np.int64)  # host copy of positions (no sync needed)
+        self.steps_left = np.zeros(s, dtype=np.int64)  # host: decode steps after which a slot's row has surely ended
         self.positions = torch.zeros(s, dtype=torch.long, device=device)  # (S,)
         self.last = torch.zeros(s, dtype=torch.long, device=device)  # (S,)
         self.live = torch.zeros(s, dtype=torch.bool, device=device)  # (S,)
@@ -86,6 +87,7 @@ class SlotDecoder:
         self.sample_rows = torch.zeros(s, dtype=torch.long, device=device)  # (S,)
         self.tokens = torch.zeros(s, cfg.max_new_tokens + 1, dtype=torch.long, device=device)  # (S, new + 1)
         self.answers: list[Answer | None] = [None] * len(self.requests)
+        self.stats = {"slots": s, "decode_steps": 0, "prefill_forwards": 0}
         self._cache_keyword = _cache_keyword(model.base_model)
 
     def run(self, on_batch: OnBatch | None = None) -> list[Answer]:
@@ -94,7 +96,7 @@ class SlotDecoder:
                 self.taps.hooked(self.model):
             self._admit(waiting, np.arange(self.slots))
             while (self.occupant >= 0).any():
-                for _ in range(self.cfg.sync_every):
+                for _ in range(min(self.cfg.sync_every, int(self.steps_left[self.occupant >= 0].max()))):
                     self._step()
                 free = self._collect(on_batch)
                 if waiting:
@@ -133,6 +135,8 @@ class SlotDecoder:
         rows = torch.as_tensor(slots, device=device)
         lengths_t = torch.tensor(lengths, device=device)
         self.occupant[slots], self.position_host[slots] = indices, lengths
+        self.steps_left[slots] = self.cfg.max_new_tokens - 1 + self.capturing  # + 1: the last token's state
+        self.stats["prefill_forwards"] += 1
         self.taps.admit(rows, [r.steering for r in requests])
         self.cache.plan_prefill(rows)
         self.taps.phase = Phase(rows=rows, lengths=lengths_t)
@@ -155,6 +159,8 @@ class SlotDecoder:
         self._record(torch.arange(len(self.occupant), device=self.positions.device), logits, choosing)
         self.positions = (self.positions + 1).clamp(max=self.length - 1)
         self.position_host = np.minimum(self.position_host + 1, self.length - 1)
+        self.steps_left -= 1
+        self.stats["decode_steps"] += 1
 
     def _record(self, slots: torch.Tensor, logits: torch.Tensor, choosing: torch.Tensor) -> None:
         """The next token of `slots` (where `choosing`): logits (m, V), choosing (m,) bool."""
@@ -195,6 +201,7 @@ class SlotDecoder:
         for name in ("positions", "last", "live", "count", "ended_at_eos", "sample_rows", "tokens"):
             setattr(self, name, getattr(self, name)[index])
         self.occupant, self.position_host = self.occupant[slots], self.position_host[slots]
+        self.steps_left = self.steps_left[slots]
 
 
 def eos_ids(model: "Model") -> set[int]:

