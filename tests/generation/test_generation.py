@@ -246,3 +246,15 @@ def test_default_model(default_model):
     check_capture(default_model, gens, [3, 15, 29], 1e-4)
     assert_matches_reference(default_model, gens, 16)
     assert "Paris" in gens.answers[1]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_packed_head_equals_the_plain_head(tiny_models, arch):
+    """oneDNN's prepacked head (final soft-capping included) against the model's own, float32."""
+    from actlab.generation.head import logits_function
+    from actlab.hooks import lm_logits
+
+    model = tiny_models[arch]
+    hidden = torch.randn(7, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel_error(logits_function(model.hf_model, 7)(hidden), lm_logits(model.hf_model, hidden)) < 1e-5

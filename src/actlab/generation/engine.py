@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from ..engine import OnBatch, auto_token_budget
-from ..hooks import lm_logits
 from .cache import SlotCache, attending_through
 from .config import GenerationConfig, Steering
+from .head import logits_function
 from .sampling import choose_tokens
 from .taps import Phase, Taps
 
@@ -89,6 +89,7 @@ class SlotDecoder:
         self.answers: list[Answer | None] = [None] * len(self.requests)
         self.stats = {"slots": s, "decode_steps": 0, "prefill_forwards": 0}
         self._cache_keyword = _cache_keyword(model.base_model)
+        self._logits = logits_function(model.hf_model, s)
 
     def run(self, on_batch: OnBatch | None = None) -> list[Answer]:
         waiting = deque(sorted(range(len(self.requests)), key=lambda i: -len(self.requests[i].ids)))
@@ -142,7 +143,7 @@ class SlotDecoder:
         self.taps.phase = Phase(rows=rows, lengths=lengths_t)
         positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
         hidden = self._forward(ids, positions)  # (n, T, d)
-        logits = lm_logits(self.model.hf_model, hidden[torch.arange(len(requests)), lengths_t - 1])  # (n, V)
+        logits = self._logits(hidden[torch.arange(len(requests)), lengths_t - 1])  # (n, V)
         self.positions[rows] = lengths_t
         self.count[rows] = 0
         self.ended_at_eos[rows] = False
@@ -154,7 +155,7 @@ class SlotDecoder:
         self.cache.plan_decode(self.positions, int(self.position_host.max()) + 1)
         self.taps.phase = Phase(answering=self.live, index=self.count - 1)
         hidden = self._forward(self.last.unsqueeze(-1), self.positions.unsqueeze(-1))  # (S, 1, d)
-        logits = lm_logits(self.model.hf_model, hidden[:, 0])  # (S, V)
+        logits = self._logits(hidden[:, 0])  # (S, V)
         choosing = self.live & (self.count < self.cfg.max_new_tokens)
         self._record(torch.arange(len(self.occupant), device=self.positions.device), logits, choosing)
         self.positions = (self.positions + 1).clamp(max=self.length - 1)
