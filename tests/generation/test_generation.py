@@ -258,3 +258,14 @@ def test_packed_head_equals_the_plain_head(tiny_models, arch):
     hidden = torch.randn(7, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert rel_error(logits_function(model.hf_model, 7)(hidden), lm_logits(model.hf_model, hidden)) < 1e-5
+
+
+def test_default_slots_follow_the_budget_and_the_cache_size():
+    from actlab.generation.config import CPU_CACHE_BYTES, CPU_GENERATION_BUDGET
+
+    cpu, cfg = torch.device("cpu"), GenerationConfig(max_new_tokens=100)
+    assert cfg.slot_count(28, 10_000, cpu, 1) == CPU_GENERATION_BUDGET // 128  # small rows: the token budget
+    assert cfg.slot_count(28, 10_000, cpu, 2 ** 20) == CPU_CACHE_BYTES // 2 ** 20 // 128  # wide rows: the cache
+    assert cfg.slot_count(28, 3, cpu, 1) == 3  # never more slots than prompts
+    assert GenerationConfig(slots=5).slot_count(28, 10, cpu, 2 ** 30) == 5
+    assert GenerationConfig(max_new_tokens=100, max_batch_tokens=1280).slot_count(28, 100, cpu, 2 ** 30) == 10

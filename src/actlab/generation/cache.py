@@ -126,6 +126,15 @@ class SlotCache(Cache):
         self.slots = len(slots)
 
 
+def cache_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Keys and values of one position in every layer: 2 x layers x KV heads x head width."""
+    config = config.get_text_config()
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    width = getattr(config, "head_dim", None) or (getattr(config, "hidden_size", None) or config.n_embd) // heads
+    return 2 * config.num_hidden_layers * kv_heads * width * torch.finfo(dtype).bits // 8
+
+
 def slot_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                            attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                            sliding_window: int | None = None, softcap: float | None = None, **kwargs):

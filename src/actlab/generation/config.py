@@ -13,6 +13,8 @@ from ..errors import ActlabError
 # so more rows per step pay: the default model measured 80 / 107 / 130 / 139 new tokens/s at 32 / 64 / 128 / 256 slots.
 CPU_GENERATION_BUDGET = 32768
 CUDA_GENERATION_BUDGET = 262144
+CPU_CACHE_BYTES = 2 * 2 ** 30  # and the default slots' KV cache at most this on CPU ...
+CUDA_CACHE_SHARE = 0.4  # ... or this share of the free memory on a GPU
 STEERING_PLACES = ("all", "answer")
 
 
@@ -51,14 +53,18 @@ class GenerationConfig:
                                   param="slots")
             self.slots, self.batch_size = self.batch_size, None
 
-    def slot_count(self, longest: int, n_prompts: int, device: torch.device) -> int:
+    def slot_count(self, longest: int, n_prompts: int, device: torch.device, token_bytes: int) -> int:
         """Slots for prompts of at most `longest` tokens: cfg.slots, else as
-        many rows of (longest + max_new_tokens) as the token budget holds."""
-        if self.slots is None:
-            budget = self.max_batch_tokens or (CUDA_GENERATION_BUDGET if device.type == "cuda"
-                                               else CPU_GENERATION_BUDGET)
-            return max(1, min(n_prompts, budget // (longest + self.max_new_tokens)))
-        return max(1, min(n_prompts, self.slots))
+        many rows of (longest + max_new_tokens) as the token budget holds,
+        their KV cache (token_bytes per position) within the device's share."""
+        if self.slots is not None:
+            return max(1, min(n_prompts, self.slots))
+        budget = self.max_batch_tokens
+        if budget is None:
+            cuda = device.type == "cuda"
+            room = CUDA_CACHE_SHARE * torch.cuda.mem_get_info(device)[0] if cuda else CPU_CACHE_BYTES
+            budget = min(CUDA_GENERATION_BUDGET if cuda else CPU_GENERATION_BUDGET, int(room // token_bytes))
+        return max(1, min(n_prompts, budget // (longest + self.max_new_tokens)))
 
     def batching(self) -> dict:
         """The fields that decide speed and memory only, never an answer."""

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..engine import OnBatch, auto_token_budget
-from .cache import SlotCache, attending_through
+from .cache import SlotCache, attending_through, cache_bytes_per_token
 from .config import GenerationConfig, Steering
 from .head import logits_function
 from .sampling import choose_tokens
@@ -69,7 +69,8 @@ class SlotDecoder:
         self.model, self.requests, self.cfg = model, list(requests), cfg
         longest = max(len(r.ids) for r in self.requests)
         self.length = longest + cfg.max_new_tokens  # positions per slot
-        self.slots = cfg.slot_count(longest, len(self.requests), model.device)
+        token_bytes = cache_bytes_per_token(model.hf_model.config, model.hf_model.dtype)
+        self.slots = cfg.slot_count(longest, len(self.requests), model.device, token_bytes)
         device, s = model.device, self.slots
         self.capturing = bool(capture.layers)
         self.cache = SlotCache(model.n_layers, s, self.length, device)
