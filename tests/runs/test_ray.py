@@ -204,6 +204,26 @@ def test_trait_generation_on_ray_is_token_identical(monkeypatch, capsys, tmp_pat
             assert np.abs(got - values).max() <= 1e-5 * np.abs(values).max(), (pooling, layer)
 
 
+def test_generation_run_on_ray_samples_as_one_process(tmp_path, tiny_model_dir, local_ray):
+    """Sampled answers with a steering file: each row samples by its own
+    counter, so two actors with their own shards answer as one process."""
+    from safetensors.torch import save_file
+
+    import torch
+
+    model = actlab.load_model(str(tiny_model_dir), device="cpu")
+    save_file({"layer_1": torch.ones(64)}, tmp_path / "v.safetensors")
+    cfg = actlab.GenerationRunConfig(layers=[0, 2], steer=f"{tmp_path / 'v.safetensors'}:1:2.0",
+                                     generation=actlab.GenerationConfig(max_new_tokens=6, temperature=0.9, seed=4))
+    texts = [f"Question number {i}?" for i in range(9)]
+    local = actlab.open_run(actlab.generate_run(model, texts, tmp_path / "local", cfg, shard_size=4))
+    on_ray = actlab.open_run(actlab.generate_run(model, texts, tmp_path / "ray", cfg, shard_size=2, runner="ray",
+                                                 ray=local_ray))
+    assert on_ray.answers().column("answer").equals(local.answers().column("answer"))
+    for layer, values in local.activations().items():
+        assert np.abs(on_ray.activations()[layer] - values).max() <= 1e-5 * np.abs(values).max()
+
+
 def test_ray_run_in_object_storage(tmp_path, tiny_model_dir, local_ray, s3_bucket):
     """Actors write their shards straight to s3:// (a local S3-compatible server)."""
     from actlab.storage import read_parquet, run_path
