@@ -228,6 +228,7 @@ def test_bad_input_is_one_line_errors(tiny_models):
         (lambda: generate(model, ["hi", "ho"], steering=[None]), "1 steerings for 2 prompts"),
         (lambda: Steering(0, torch.ones(64), 1.0, where="prompt"), "use 'all' or 'answer'"),
         (lambda: GenerationConfig(slots=0), "slots must be at least 1"),
+        (lambda: generate(model, ["hi", "x " * 600]), r"prompt 1 has \d+ tokens.*context of 512"),
         (lambda: GenerationConfig(slots=2, batch_size=3), "give --slots only"),
     ]
     for call, message in cases:

@@ -82,6 +82,12 @@ def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
     empty = [i for i, ids in enumerate(prompt_ids) if not ids]
     if empty:
         raise ActlabError(f"prompt {empty[0]} has no tokens; drop empty prompts")
+    context = getattr(model.config, "max_position_embeddings", None)
+    longest = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    if context and len(prompt_ids[longest]) + cfg.max_new_tokens > context:
+        raise ActlabError(f"prompt {longest} has {len(prompt_ids[longest])} tokens; with max_new_tokens "
+                          f"{cfg.max_new_tokens} that passes the model's context of {context}; shorten it or lower "
+                          "--max-new-tokens", param="max_new_tokens")
     requests = [Request(ids, within.first_row + i, s) for i, (ids, s) in enumerate(zip(prompt_ids, steerings))]
     capture = Capture(tuple(layers), tuple(poolings))
     decoder = SlotDecoder(model, requests, capture, cfg)
