@@ -136,12 +136,14 @@ def cache_bytes_per_token(config, dtype: torch.dtype) -> int:
 
 
 def slot_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                           attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                           sliding_window: int | None = None, softcap: float | None = None, **kwargs):
+                           attention_mask: torch.Tensor | None, **kwargs):
     """transformers' attention-function signature, reading the active
     SlotCache's mask: query (B, H, q, D), key and value (B, H_kv, k, D) ->
-    ((B, q, H, D), None). Soft-capped attention (Gemma-2) runs eagerly, as
-    transformers' own eager function does; the rest through SDPA."""
+    ((B, q, H, D), None). kwargs carry the module's `scaling`,
+    `sliding_window` and `softcap` (dropout is never on: inference only).
+    Soft-capped attention (Gemma-2) runs eagerly, as transformers' own
+    eager function does; the rest through SDPA."""
+    scaling, sliding_window, softcap = kwargs.get("scaling"), kwargs.get("sliding_window"), kwargs.get("softcap")
     cache = _ACTIVE.get()
     mask = cache.mask(sliding_window, query.shape[2])
     groups = query.shape[1] // key.shape[1]
