@@ -15,6 +15,7 @@ from . import hooks as hook_points
 from .activations import Activations
 from .default_model import DEFAULT_MODEL, default_model_dir
 from .engine import ExtractConfig, Extractor, OnBatch
+from .engine.linears import MATMUL_PATHS, choose
 from .errors import ActlabError
 from .saes.features import FeatureExtractor, Features
 
@@ -44,6 +45,7 @@ class Model:
         self.name = name
         self.dtype = dtype
         self.config = hf_model.config.get_text_config()
+        self.matmul: dict[str, dict] = {}  # weight shape -> matrix path (actlab.engine.linears.choose)
 
     @property
     def device(self) -> torch.device:
@@ -187,6 +189,7 @@ class ModelSpec:
     dtype: str = "float32"
     weights_sha256: str | None = None
     name: str | None = None  # as given, when `id` is that folder made absolute
+    matmul: str = "auto"  # the CPU linear layers' matrix path (load_model); never changes a result past 1e-5
 
     @classmethod
     def of(cls, model: "Model | ModelSpec | str") -> "ModelSpec":
@@ -216,7 +219,7 @@ class ModelSpec:
     def load(self, check: bool = True, device: str = "auto", fix: str = "pass the run's model") -> "Model":
         """The model, named as given; with check, refused in one line when its
         weights are not weights_sha256's (`fix` says what to do instead)."""
-        model = load_model(self.id, device=device, dtype=self.dtype)
+        model = load_model(self.id, device=device, dtype=self.dtype, matmul=self.matmul)
         model.name = self.name or model.name
         if check and self.weights_sha256 and model.weight_hash != self.weights_sha256:
             raise ActlabError(f"'{model.name}' on {socket.gethostname()} has other weights than the run's model "
@@ -233,15 +236,20 @@ def load_run_model(spec: dict, name: str | None = None, device: str = "auto", al
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "float32",
-               attn_implementation: str | None = None) -> Model:
+               attn_implementation: str | None = None, matmul: str = "auto") -> Model:
     """Load a causal LM: a hub id, a local folder, a .gguf file, or the default alias.
 
     dtype is float32, bfloat16, float16, or (CUDA, bitsandbytes) 8bit / 4bit.
+    matmul (CPU, float32): the linear layers' matrix path, "auto" (per weight
+    shape, whichever of torch.mm and oneDNN-prepacked measures faster here),
+    "torch" or "onednn" (actlab.engine.linears); `model.matmul` records it.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES and dtype not in QUANTIZED:
         raise ActlabError(f"unknown dtype '{dtype}'; use {', '.join([*DTYPES, *QUANTIZED])}")
+    if matmul not in MATMUL_PATHS:
+        raise ActlabError(f"unknown matmul path '{matmul}'; use {', '.join(MATMUL_PATHS)}", param="matmul")
     target = pick_device(device)
     source, extra = _locate(name_or_path)
     kwargs: dict = dict(extra)
@@ -262,7 +270,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: s
         raise ActlabError(f"cannot load model '{name_or_path}': {str(exc).splitlines()[0]}") from None
     if dtype not in QUANTIZED:
         hf_model = hf_model.to(target)
-    return Model(hf_model, tokenizer, name_or_path, dtype)
+    model = Model(hf_model, tokenizer, name_or_path, dtype)
+    model.matmul = choose(hf_model, matmul)
+    return model
 
 
 def _locate(name_or_path: str) -> tuple[str, dict]:

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from ..datasets import length_mix
 from ..engine import StopForward, auto_token_budget, padded_batch, plan_batches
+from ..engine.linears import plain_linears
 from ..hooks import block_hook, capture
 from ..models import Model, load_model
 from ..pooling import parse_pooling
@@ -54,8 +55,10 @@ def baseline_loop(model: Model, texts, layers) -> dict[int, torch.Tensor]:
 
 
 def bare_forward(model: Model, texts, layers) -> Callable[[], None]:
-    """The limit: the engine's own batches through the base model, stopped after
-    the deepest block, capturing nothing. Returns a function that runs it."""
+    """HF's bare forward: the engine's own batches through the base model as
+    Hugging Face runs it (every linear layer plain, whatever matrix path the
+    load chose), stopped after the deepest block, capturing nothing. Returns
+    a function that runs it."""
     tok = tokenize(model.tokenizer, texts)
     budget = auto_token_budget(model.device, model.d_model)
     batches = [padded_batch(model, tok, rows, parse_pooling("last"), "right")
@@ -65,7 +68,8 @@ def bare_forward(model: Model, texts, layers) -> Callable[[], None]:
         raise StopForward
 
     def run() -> None:
-        with capture(model.hf_model, {block_hook(max(layers)): stop}), torch.inference_mode():
+        with capture(model.hf_model, {block_hook(max(layers)): stop}), torch.inference_mode(), \
+                plain_linears(model.hf_model):
             for batch in batches:
                 try:
                     model.base_model(**batch.padded.inputs(), use_cache=False)
@@ -183,7 +187,7 @@ def run_extract_benchmark(bench: BenchOptions | None = None, cfg: ExtractBench |
         "n_texts": n_texts, "n_tokens": n_tokens, "hooks": hooks, "pooling": "last",
         "methods": rows, "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "max_rel_error": {k: float(f"{v:.3g}") for k, v in errors.items()},
-        "batch_size_sweep": sweep_rows,
+        "batch_size_sweep": sweep_rows, "matmul": model.matmul,
     }
     for key, value in result["ratios"].items():
         console.print(f"  {key:<32} {value:.2f}x")
@@ -259,6 +263,11 @@ def markdown_table(result: dict) -> str:
                      f"{row['seconds'] / engine_s:.2f}x |")
     lines += ["", "Max relative error vs the baseline loop: " + ", ".join(
         f"{k.replace('_vs_baseline', '')} {v:.1e}" for k, v in result["max_rel_error"].items()) + "."]
+    if result.get("matmul"):
+        lines += ["", "bare_forward runs every linear layer plain, as HF does; the engine runs the matrix path the "
+                  "load chose per weight shape (GFLOP/s torch / oneDNN prepacked at the probe's rows): " + ", ".join(
+                      f"{shape} {row['path']} ({row.get('torch_gflops', '-')} / {row.get('onednn_gflops', '-')})"
+                      for shape, row in result["matmul"].items()) + "."]
     return "\n".join(lines + sweep_table(result["batch_size_sweep"], "Batch-size sweep", "tokens_per_s"))
 
 

@@ -34,17 +34,20 @@ class ModelOptions:
                                                                       "cuda:N, mps."})
     dtype: str = dataclasses.field(default="float32", metadata={"help": "float32, bfloat16, float16; 8bit/4bit on "
                                                                         "CUDA."})
+    matmul: str = dataclasses.field(default="auto", metadata={
+        "help": "CPU float32 linear layers: auto (per shape, whichever of torch and onednn measures faster), torch, "
+                "onednn."})
 
     def load(self):
         from ..models import load_model
 
-        return load_model(self.model, device=self.device, dtype=self.dtype)
+        return load_model(self.model, device=self.device, dtype=self.dtype, matmul=self.matmul)
 
     def for_runner(self, ray):
         """The loaded model, or on Ray only its spec (it is loaded where the weights are)."""
         from ..models import ModelSpec
 
-        return ModelSpec(self.model, self.dtype) if ray.runner == "ray" else self.load()
+        return ModelSpec(self.model, self.dtype, matmul=self.matmul) if ray.runner == "ray" else self.load()
 
 
 @dataclasses.dataclass

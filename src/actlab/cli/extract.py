@@ -174,7 +174,7 @@ class DemoOptions:
 
 
 @app.command()
-@with_options(model=ModelOptions, demo_options=DemoOptions, exclude=("model.dtype",))
+@with_options(model=ModelOptions, demo_options=DemoOptions, exclude=("model.dtype", "model.matmul"))
 def demo(model: ModelOptions, demo_options: DemoOptions) -> None:
     """The main job on the default model: extraction, SAE features and their analyses, the report, a trait."""
     from .demo import run_demo

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..engine.linears import PackedWeight, faster_path
 from ..errors import ActlabError
 from ..registry import Registry
 
@@ -76,6 +77,7 @@ class SAE(nn.Module):
         self.cfg = cfg
         for name in parameter_shapes(cfg.architecture, cfg.d_in, cfg.d_sae):
             self.register_buffer(name, weights[name].float().contiguous())
+        self.packed_encoder = PackedWeight()  # W_enc.T prepacked, used where it is the faster CPU path
 
     @property
     def device(self) -> torch.device:
@@ -89,7 +91,11 @@ class SAE(nn.Module):
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's pre-activation of normalised x (gated: the gate)."""
         bias = getattr(self, SAE_ARCHITECTURES.pick(self.cfg.architecture).pre_bias)
-        return (x - self.b_dec * self.cfg.apply_b_dec_to_input) @ self.W_enc + bias
+        centered = x - self.b_dec * self.cfg.apply_b_dec_to_input  # (.., d_in)
+        encoder = self.W_enc.T  # (d_sae, d_in)
+        if self.packed_encoder.applies(centered, encoder) and faster_path(tuple(encoder.shape))[0] == "onednn":
+            return self.packed_encoder.linear(centered, encoder, bias)
+        return centered @ self.W_enc + bias
 
     def _encode_normalized(self, x: torch.Tensor) -> torch.Tensor:
         return SAE_ARCHITECTURES.pick(self.cfg.architecture).encode(self, x)
