@@ -4,6 +4,7 @@ forward over prompt + answer (capture), a batch of one (steering), and
 itself under other slot counts, sync intervals and admission orders
 (sampling)."""
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -149,10 +150,33 @@ def test_capture_equals_a_separate_forward_pass(tiny_models, arch, monkeypatch):
     firsts = {answer[0] for answer in free.answer_ids}
     stop = next(t for t in free.answer_ids[1][1:] if t not in firsts)
     monkeypatch.setattr(engine_module, "eos_ids", lambda m: {stop})
-    gens = generate(model, prompts, [0, 1, 2], POOLINGS, cfg)
+    d = model.d_model
+    directions = {1: torch.randn(d, generator=torch.Generator().manual_seed(1)),
+                  2: torch.randn(3, d, generator=torch.Generator().manual_seed(2))}
+    gens = generate(model, prompts, [0, 1, 2], POOLINGS, cfg, directions=directions)
     assert gens.finished[1] and stop not in gens.answer_ids[1]
     assert len({len(a) for a in gens.answer_ids}) > 1
     check_capture(model, gens, [0, 1, 2], 1e-4)
+    check_projections(model, gens, directions, 1e-4)
+    alone = generate(model, prompts, cfg=cfg, directions=directions)  # projections without pooled capture
+    assert alone.answer_ids == gens.answer_ids and not alone.pooled
+    for layer in directions:
+        for got, expected in zip(alone.projections[layer], gens.projections[layer]):
+            assert np.allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def check_projections(model, gens, directions, tolerance):
+    """Every answer token's h . v / |v| against one forward over prompt + answer."""
+    for i in range(len(gens)):
+        p, a = len(gens.prompt_ids[i]), len(gens.answer_ids[i])
+        hidden = block_outputs(model, gens.prompt_ids[i] + gens.answer_ids[i], list(directions))
+        for layer, v in directions.items():
+            unit = v / v.norm(dim=-1, keepdim=True)
+            expected = (hidden[layer][p:p + a] @ unit.T).numpy()  # (a,) or (a, k)
+            got = gens.projections[layer][i]
+            assert got.shape == expected.shape, (i, layer)
+            scale = np.abs(expected).max()
+            assert np.abs(got - expected).max() <= tolerance * scale, (i, layer)
 
 
 def test_batched_capture_equals_batch_one(tiny_models):
@@ -230,6 +254,10 @@ def test_bad_input_is_one_line_errors(tiny_models):
         (lambda: GenerationConfig(slots=0), "slots must be at least 1"),
         (lambda: generate(model, ["hi", "x " * 600]), r"prompt 1 has \d+ tokens.*context of 512"),
         (lambda: GenerationConfig(slots=2, batch_size=3), "give --slots only"),
+        (lambda: generate(model, ["hi"], directions={4: torch.ones(64)}), "direction layer 4"),
+        (lambda: generate(model, ["hi"], directions={0: torch.ones(2, 5)}), r"shape \(2, 5\)"),
+        (lambda: generate(model, ["hi"], directions={0: torch.zeros(64)}), "all zeros"),
+        (lambda: generate(model, ["hi"], direction={0: torch.ones(64)}), "no option 'direction'"),
     ]
     for call, message in cases:
         with pytest.raises(ActlabError, match=message) as error:
@@ -242,23 +270,13 @@ def test_bad_input_is_one_line_errors(tiny_models):
 def test_default_model(default_model):
     prompts = [render_prompt(default_model.tokenizer, q, "Answer in one short sentence.") for q in QUESTIONS]
     cfg = GenerationConfig(max_new_tokens=16, slots=3, sync_every=4)
-    gens = generate(default_model, prompts, [3, 15, 29], POOLINGS, cfg)
+    directions = {15: torch.randn(default_model.d_model, generator=torch.Generator().manual_seed(0))}
+    gens = generate(default_model, prompts, [3, 15, 29], POOLINGS, cfg, directions=directions)
     assert all(gens.prompts[i].startswith("<|im_start|>system\nAnswer in one short sentence.") for i in range(4))
     check_capture(default_model, gens, [3, 15, 29], 1e-4)
+    check_projections(default_model, gens, directions, 1e-4)
     assert_matches_reference(default_model, gens, 16)
     assert "Paris" in gens.answers[1]
-
-
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
-def test_packed_head_equals_the_plain_head(tiny_models, arch):
-    """oneDNN's prepacked head (final soft-capping included) against the model's own, float32."""
-    from actlab.generation.head import logits_function
-    from actlab.hooks import lm_logits
-
-    model = tiny_models[arch]
-    hidden = torch.randn(7, 64, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert rel_error(logits_function(model.hf_model, 7)(hidden), lm_logits(model.hf_model, hidden)) < 1e-5
 
 
 def test_default_slots_follow_the_budget_and_the_cache_size():

@@ -77,23 +77,32 @@ def test_cli_end_to_end_with_steering(tiny_models, tiny_model_dir, tmp_path, mon
     code, stdout, stderr = run_cli(monkeypatch, capsys, "generate", "--input", prompts, "--out", tmp_path / "g",
                                    "--model", tiny_model_dir, "--layers", "1", "--pooling", "response_mean",
                                    "--max-new-tokens", "5", "--slots", "2", "--no-chat-template",
-                                   "--steer", f"{tmp_path / 'vectors.safetensors'}:1:3.0", "--device", "cpu")
+                                   "--steer", f"{tmp_path / 'vectors.safetensors'}:1:3.0", "--device", "cpu",
+                                   "--project", f"{tmp_path / 'vectors.safetensors'}:2",
+                                   "--project", f"{tmp_path / 'vectors.safetensors'}:1")
     assert code == 0, stderr
     assert "wrote 5 answers" in stdout
     run = actlab.open_run(tmp_path / "g")
     direct = generate(model, QUESTIONS[:5], [1], ["response_mean"], GenerationConfig(max_new_tokens=5),
-                      Steering(1, v, 3.0))
-    assert run.answers().column("answer").to_pylist() == direct.answers
+                      Steering(1, v, 3.0), directions={1: v, 2: -v})
+    answers = run.answers()
+    assert answers.column("answer").to_pylist() == direct.answers
+    for column, layer in (("projection_vectors_1", 1), ("projection_vectors_2", 2)):
+        for stored, expected in zip(answers.column(column).to_pylist(), direct.projections[layer]):
+            assert len(stored) == len(expected) and rel_error(torch.tensor([stored]), torch.tensor([expected])) < 1e-5
     assert rel_error(torch.tensor(run.activations()[1]), direct.pooled["response_mean"][1]) < 1e-5
     assert run.to_pandas().shape[0] == 5
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--steer", "missing.safetensors:1:2"], "steering file missing.safetensors does not exist"),
+    (["--steer", "missing.safetensors:1:2"], "--steer file missing.safetensors does not exist"),
     (["--steer", "VEC:x:2"], "is not VECTORS.safetensors:LAYER:COEFF"),
     (["--steer", "VEC:0:2"], "has no layer_0 vector"),
     (["--steer", "WIDE:1:2"], "steering vector has width 3"),
     (["--layers", "9"], "layer 9 is outside 0..2"),
+    (["--project", "VEC"], "is not VECTORS.safetensors:LAYER"),
+    (["--project", "VEC:1", "--project", "VEC:1"], "gives column projection_vec_1 twice"),
+    (["--project", "missing.safetensors:1"], "--project file missing.safetensors does not exist"),
     (["--pooling", "response_last"], "unknown pooling"),
     (["--system", "x", "--no-chat-template"], "--system needs the chat template"),
 ])

@@ -1,6 +1,7 @@
 """One engine of `actlab bench generate` in a fresh process, so that each
 runs alone with its own thread count, memory high-water mark and CPU clock.
-Prints one JSON line: answers (token ids), wall and CPU seconds, peak RSS.
+Prints one JSON line: answers (token ids), wall and CPU seconds, peak RSS, and
+with capture each row's response_mean per captured layer.
 
 python -m actlab.bench.generate_worker ENGINE MODEL PROMPTS.json MAX_NEW_TOKENS THREADS [LAYER ...]
 python -m actlab.bench.generate_worker steps MODEL PROMPTS.json SLOTS THREADS
@@ -34,23 +35,25 @@ def main() -> None:
         return
     run = RUNNERS[engine]
     run(model, prompts[:2], 4, [int(x) for x in layers])  # warm-up
-    answers = []
+    found = []
     cpu = time.process_time()
-    seconds, peak = measure(lambda: answers.append(run(model, prompts, int(number), [int(x) for x in layers])))
+    seconds, peak = measure(lambda: found.append(run(model, prompts, int(number), [int(x) for x in layers])))
     print(json.dumps({"engine": engine, "seconds": seconds, "cpu_seconds": time.process_time() - cpu,
-                      "peak_rss_bytes": peak, "answers": answers[0]}))
+                      "peak_rss_bytes": peak, **found[0]}))
 
 
 def _actlab(model, prompts, max_new_tokens, layers):
     from ..generation import GenerationConfig, generate
 
-    return generate(model, prompts, layers, cfg=GenerationConfig(max_new_tokens=max_new_tokens)).answer_ids
+    gens = generate(model, prompts, layers, cfg=GenerationConfig(max_new_tokens=max_new_tokens))
+    pooled = {str(layer): v.tolist() for layer, v in gens.pooled.get("response_mean", {}).items()}
+    return {"answers": gens.answer_ids, "pooled": pooled}
 
 
 def _static_loop(model, prompts, max_new_tokens, layers):
     from .static_loop import static_loop_generate
 
-    return static_loop_generate(model, prompts, max_new_tokens)
+    return {"answers": static_loop_generate(model, prompts, max_new_tokens)}
 
 
 def _hf(batch: int):
@@ -70,7 +73,7 @@ def _hf(batch: int):
                                               do_sample=False, eos_token_id=eos, pad_token_id=model.pad_id)
                 for row in out[:, width:].tolist():
                     answers.append(row[:next((k for k, t in enumerate(row) if t in eos), len(row))])
-        return answers
+        return {"answers": answers}
     return run
 
 
@@ -96,26 +99,18 @@ def decode_step_seconds(model, prompts, slots: int) -> dict:
 
 def matrix_throughput(model, rows: int) -> dict:
     """GFLOP/s of the model's own matrix shapes (its MLP's up projection and
-    its LM head) at `rows` rows: torch.mm and oneDNN with prepacked weights."""
+    its LM head) at `rows` rows through torch.mm and oneDNN prepacked, and the
+    path the model's load chose per weight shape."""
+    from ..engine.linears import matrix_throughput as measure_shape
+
     config = model.config
-    shapes = {"mlp": (config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size)),
-              "lm_head": (config.hidden_size, config.vocab_size)}
+    shapes = {"mlp": (getattr(config, "intermediate_size", 4 * config.hidden_size), config.hidden_size),
+              "lm_head": (config.vocab_size, config.hidden_size)}
     out = {}
-    for name, (k, n) in shapes.items():
-        x, w = torch.randn(rows, k), torch.randn(n, k)
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
-        paths = {"mm": lambda: torch.nn.functional.linear(x, w),
-                 "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")}
-        for path, fn in paths.items():
-            fn()
-            best = float("inf")
-            for _ in range(5):
-                started = time.perf_counter()
-                for _ in range(5):
-                    fn()
-                best = min(best, (time.perf_counter() - started) / 5)
-            out[f"{name}_{path}_gflops"] = round(2 * rows * k * n / best / 1e9, 1)
-    return out
+    for name, shape in shapes.items():
+        for path, gflops in measure_shape(torch.randn(shape), rows).items():
+            out[f"{name}_{path}_gflops"] = round(gflops, 1)
+    return {"gflops": out, "chosen": {shape: row["path"] for shape, row in model.matmul.items()}}
 
 
 if __name__ == "__main__":

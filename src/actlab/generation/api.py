@@ -4,15 +4,16 @@ and steering applied per row, from the continuous-batching engine."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from ..engine import OnBatch
 from ..errors import ActlabError
 from .config import GenerationConfig, Steering
-from .engine import Capture, Request, SlotDecoder
-from .taps import parse_generation_pooling
+from .engine import Request, SlotDecoder
+from .taps import Capture, parse_generation_pooling
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -28,6 +29,7 @@ class Generations:
     answers: list[str]
     finished: list[bool]  # ended at EOS (else at max_new_tokens)
     pooled: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # pooling -> layer -> (n, d)
+    projections: dict[int, list[np.ndarray]] = field(default_factory=dict)  # layer -> per row (answer tokens[, k])
     stats: dict[str, int] = field(default_factory=dict)  # slots, decode_steps, prefill_forwards
 
     def __len__(self) -> int:
@@ -59,19 +61,31 @@ def prompt_token_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     return [tokenizer(p, add_special_tokens=add)["input_ids"] for p in prompts]
 
 
+GENERATE_OPTIONS = ("directions", "within")
+
+
 def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
              poolings: Sequence[str] = ("response_mean",), cfg: GenerationConfig | None = None,
-             steering: Steering | Sequence[Steering | None] | None = None,
-             within: RunSlice | None = None) -> Generations:
+             steering: Steering | Sequence[Steering | None] | None = None, **options) -> Generations:
     """An answer to every prompt, given to the model as it is (see
     render_prompt), with pooled block outputs at `layers` (layer L: block L's
     output). `steering`: one Steering for every prompt, or one per prompt
-    (None: unsteered). Rows come back in input order."""
-    cfg, within = cfg or GenerationConfig(), within or RunSlice()
+    (None: unsteered). Rows come back in input order.
+
+    options: `directions={layer: v}` (v (d,) or (k, d)) also returns, for
+    every answer token, its block output's projection h . v / |v| onto each
+    direction (Generations.projections[layer][row]: (answer tokens,) or
+    (answer tokens, k)); `within=RunSlice(...)` places the call in a run."""
+    unknown = sorted(set(options) - set(GENERATE_OPTIONS))
+    if unknown:
+        raise ActlabError(f"generate() has no option '{unknown[0]}'; its options are "
+                          f"{', '.join(GENERATE_OPTIONS)}", param=unknown[0])
+    cfg, within = cfg or GenerationConfig(), options.get("within") or RunSlice()
+    directions = _directions(options.get("directions") or {}, model)
     if isinstance(prompts, str):
         raise ActlabError("prompts must be a list of strings, not one string; wrap it: [prompt]")
     if not prompts:
-        return Generations([], [], [], [], [], {})
+        return Generations([], [], [], [], [], {}, {layer: [] for layer in directions})
     for layer in layers:
         if not 0 <= layer < model.n_layers:
             raise ActlabError(f"layer {layer} is outside 0..{model.n_layers - 1} for this model", param="layers")
@@ -89,14 +103,35 @@ def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
                           f"{cfg.max_new_tokens} that passes the model's context of {context}; shorten it or lower "
                           "--max-new-tokens", param="max_new_tokens")
     requests = [Request(ids, within.first_row + i, s) for i, (ids, s) in enumerate(zip(prompt_ids, steerings))]
-    capture = Capture(tuple(layers), tuple(poolings))
+    capture = Capture(tuple(layers), tuple(poolings), directions)
     decoder = SlotDecoder(model, requests, capture, cfg)
     answers = decoder.run(within.on_batch)
     pooled = {spec: {layer: torch.stack([a.pooled[spec][layer] for a in answers]) for layer in layers}
               for spec in poolings} if layers else {}
     texts = [model.tokenizer.decode(a.ids, skip_special_tokens=True) for a in answers]
+    single = {layer for layer, v in (options.get("directions") or {}).items() if torch.as_tensor(v).dim() == 1}
+    projections = {layer: [a.projections[layer][:, 0] if layer in single else a.projections[layer] for a in answers]
+                   for layer in directions}
     return Generations(list(prompts), prompt_ids, [a.ids for a in answers], texts, [a.finished for a in answers],
-                       pooled, decoder.stats)
+                       pooled, projections, decoder.stats)
+
+
+def _directions(directions: Mapping[int, torch.Tensor], model: "Model") -> dict[int, torch.Tensor]:
+    """{layer: (k, d)} float32, checked against the model: one-line errors for
+    a layer it lacks, a width not its own, or a zero direction."""
+    out = {}
+    for layer, v in directions.items():
+        v = torch.atleast_2d(torch.as_tensor(np.asarray(v) if not torch.is_tensor(v) else v).detach().float())
+        if not 0 <= layer < model.n_layers:
+            raise ActlabError(f"direction layer {layer} is outside 0..{model.n_layers - 1} for this model",
+                              param="directions")
+        if v.dim() != 2 or v.shape[-1] != model.d_model:
+            raise ActlabError(f"the layer-{layer} directions have shape {tuple(v.shape)}; give (d_model,) or "
+                              f"(k, d_model) with d_model {model.d_model}", param="directions")
+        if bool((v.norm(dim=-1) == 0).any()):
+            raise ActlabError(f"a layer-{layer} direction is all zeros; it has no projection", param="directions")
+        out[int(layer)] = v
+    return out
 
 
 def _per_prompt(steering, n: int, model: "Model") -> list[Steering | None]:

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from ..engine import OnBatch, auto_token_budget
+from ..hooks import lm_logits
 from .cache import SlotCache, attending_through, cache_bytes_per_token
 from .config import GenerationConfig, Steering
-from .head import logits_function
 from .sampling import choose_tokens
-from .taps import Phase, Taps
+from .taps import Capture, Phase, Taps
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -52,14 +52,7 @@ class Answer:
     ids: list[int]  # the answer's token ids, EOS left out
     finished: bool  # ended at its EOS (else at max_new_tokens)
     pooled: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # pooling -> layer -> (d,)
-
-
-@dataclass(frozen=True)
-class Capture:
-    """What is pooled while generating: block outputs at `layers`."""
-
-    layers: tuple[int, ...] = ()
-    poolings: tuple[str, ...] = ("response_mean",)
+    projections: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> (len(ids), k)
 
 
 class SlotDecoder:
@@ -72,10 +65,10 @@ class SlotDecoder:
         token_bytes = cache_bytes_per_token(model.hf_model.config, model.hf_model.dtype)
         self.slots = cfg.slot_count(longest, len(self.requests), model.device, token_bytes)
         device, s = model.device, self.slots
-        self.capturing = bool(capture.layers)
+        self.capturing = bool(capture.layers or capture.directions)  # the last answer token's state is wanted
         self.cache = SlotCache(model.n_layers, s, self.length, device)
         steered = {r.steering.layer for r in self.requests if r.steering is not None}
-        self.taps = Taps(model, capture.layers, capture.poolings, s, sorted(steered))
+        self.taps = Taps(model, capture, s, sorted(steered), cfg.max_new_tokens + 1)
         self.eos = torch.tensor(sorted(eos_ids(model)) or [-1], device=device)
         self.occupant = np.full(s, -1)  # host: the request in each slot, -1 when free
         self.position_host = np.zeros(s, dtype=np.int64)  # host copy of positions (no sync needed)
@@ -90,7 +83,6 @@ class SlotDecoder:
         self.answers: list[Answer | None] = [None] * len(self.requests)
         self.stats = {"slots": s, "decode_steps": 0, "prefill_forwards": 0}
         self._cache_keyword = _cache_keyword(model.base_model)
-        self._logits = logits_function(model.hf_model, s)
 
     def run(self, on_batch: OnBatch | None = None) -> list[Answer]:
         waiting = deque(sorted(range(len(self.requests)), key=lambda i: -len(self.requests[i].ids)))
@@ -144,7 +136,7 @@ class SlotDecoder:
         self.taps.phase = Phase(rows=rows, lengths=lengths_t)
         positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
         hidden = self._forward(ids, positions)  # (n, T, d)
-        logits = self._logits(hidden[torch.arange(len(requests)), lengths_t - 1])  # (n, V)
+        logits = lm_logits(self.model.hf_model, hidden[torch.arange(len(requests)), lengths_t - 1])  # (n, V)
         self.positions[rows] = lengths_t
         self.count[rows] = 0
         self.ended_at_eos[rows] = False
@@ -156,7 +148,7 @@ class SlotDecoder:
         self.cache.plan_decode(self.positions, int(self.position_host.max()) + 1)
         self.taps.phase = Phase(answering=self.live, index=self.count - 1)
         hidden = self._forward(self.last.unsqueeze(-1), self.positions.unsqueeze(-1))  # (S, 1, d)
-        logits = self._logits(hidden[:, 0])  # (S, V)
+        logits = lm_logits(self.model.hf_model, hidden[:, 0])  # (S, V)
         choosing = self.live & (self.count < self.cfg.max_new_tokens)
         self._record(torch.arange(len(self.occupant), device=self.positions.device), logits, choosing)
         self.positions = (self.positions + 1).clamp(max=self.length - 1)
@@ -186,10 +178,12 @@ class SlotDecoder:
             index = torch.as_tensor(ended, device=self.positions.device)
             tokens = self.tokens[index].cpu().numpy()
             pooled = self.taps.pooled(index) if self.capturing else {}
+            projected = self.taps.projected(index)
             for k, slot in enumerate(ended):
                 per_row = {spec: {layer: v[k] for layer, v in by_layer.items()} for spec, by_layer in pooled.items()}
+                values = {layer: v[k, :count[slot]].numpy() for layer, v in projected.items()}
                 self.answers[self.occupant[slot]] = Answer(tokens[k, :count[slot]].tolist(), bool(at_eos[slot]),
-                                                           per_row)
+                                                           per_row, values)
             if on_batch:
                 on_batch(len(ended), int(count[ended].sum()))
             self.occupant[ended] = -1

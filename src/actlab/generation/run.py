@@ -3,7 +3,9 @@
     manifest.json                settings (model, generation, what is captured
                                  and steered, the input), shards, timings
     answers-NNNNN.parquet        row, id / label / category, prompt, answer,
-                                 n_prompt_tokens, n_answer_tokens, finished
+                                 n_prompt_tokens, n_answer_tokens, finished,
+                                 projection_<vectors>_<layer> (with --project:
+                                 one float per answer token)
     acts-NNNNN.parquet           row, pooling, layer, activation (d_model floats)
 
 A shard is done when its answers file exists (written after its acts);
@@ -61,6 +63,9 @@ class GenerationRunConfig:
         "help": "VECTORS.safetensors:LAYER:COEFF: add COEFF x the file's layer_LAYER vector (or its only tensor) "
                 "at block LAYER's output."})
     steer_where: str = field(default="all", metadata={"help": "Steer at all positions, or answer tokens only."})
+    project: list[str] = field(default_factory=list, metadata={
+        "flag": "--project", "help": "VECTORS.safetensors:LAYER: every answer token's projection onto the file's "
+                                     "layer_LAYER vector, in column projection_<file stem>_<LAYER>; repeatable."})
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self):
@@ -75,6 +80,8 @@ class GenerationRunConfig:
             raise ActlabError("--system needs the chat template; drop --no-chat-template or --system", param="system")
         if self.steer is not None:
             self.steering()  # the file exists and holds the vector
+        self.project = list(self.project)
+        self.projections()  # as for --steer
 
     def steering(self) -> Steering | None:
         """The --steer spec read: PATH:LAYER:COEFF."""
@@ -86,7 +93,21 @@ class GenerationRunConfig:
         except (IndexError, ValueError):
             raise ActlabError(f"--steer '{self.steer}' is not VECTORS.safetensors:LAYER:COEFF "
                               "(e.g. runs/t/vectors/mean_diff.safetensors:15:4.0)", param="steer") from None
-        return Steering(layer, _steering_vector(Path(path), layer), coeff, self.steer_where)
+        return Steering(layer, _layer_vector(Path(path), layer, "steer"), coeff, self.steer_where)
+
+    def projections(self) -> dict[str, tuple[int, torch.Tensor]]:
+        """The --project specs read: column name -> (layer, vector)."""
+        out = {}
+        for spec in self.project:
+            path, _, layer = spec.rpartition(":")
+            if not path or not layer.lstrip("-").isdigit():
+                raise ActlabError(f"--project '{spec}' is not VECTORS.safetensors:LAYER "
+                                  "(e.g. runs/t/vectors/mean_diff.safetensors:15)", param="project")
+            name = f"projection_{Path(path).stem}_{int(layer)}"
+            if name in out:
+                raise ActlabError(f"--project gives column {name} twice; drop one", param="project")
+            out[name] = (int(layer), _layer_vector(Path(path), int(layer), "project"))
+        return out
 
     def prompt(self, tokenizer, text: str) -> str:
         return render_prompt(tokenizer, text, self.system) if self.chat_template else text
@@ -95,27 +116,28 @@ class GenerationRunConfig:
         """What the answers depend on (a rerun resumes only with these equal)."""
         return {"generation": self.generation.settings(), "layers": self.layers, "poolings": self.poolings,
                 "system": self.system, "chat_template": self.chat_template, "steer": self.steer,
-                "steer_where": self.steer_where}
+                "steer_where": self.steer_where, "project": self.project}
 
 
-def _steering_vector(path: Path, layer: int) -> torch.Tensor:
+def _layer_vector(path: Path, layer: int, param: str) -> torch.Tensor:
+    """The file's layer_LAYER vector, or its only tensor (--steer, --project)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not path.is_file():
-        raise ActlabError(f"steering file {path} does not exist; give VECTORS.safetensors:LAYER:COEFF "
-                          "(a trait run's vectors/<method>.safetensors)", param="steer")
+        raise ActlabError(f"--{param} file {path} does not exist; give a trait run's "
+                          "vectors/<method>.safetensors", param=param)
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError) as error:
         raise ActlabError(f"{path} is not a safetensors file ({error}); give a trait run's "
-                          "vectors/<method>.safetensors", param="steer") from None
+                          "vectors/<method>.safetensors", param=param) from None
     if f"layer_{layer}" in tensors:
         return tensors[f"layer_{layer}"]
     if len(tensors) == 1:
         return next(iter(tensors.values()))
     raise ActlabError(f"{path} has no layer_{layer} vector (it has {', '.join(sorted(tensors))}); "
-                      "choose one of its layers", param="steer")
+                      "choose one of its layers", param=param)
 
 
 @dataclass
@@ -144,19 +166,28 @@ class GenerateJob(ShardJob):
                 raise ActlabError(f"layer {layer} is outside 0..{model.n_layers - 1} for this model", param="layers")
         if steering is not None:
             steering.check(model.n_layers, model.d_model)
-        return model, steering
+        by_layer: dict[int, list[torch.Tensor]] = {}
+        columns = {}  # column name -> (layer, the vector's row in that layer's directions)
+        for name, (layer, vector) in self.cfg.projections().items():
+            columns[name] = (layer, len(by_layer.setdefault(layer, [])))
+            by_layer[layer].append(vector)
+        return model, steering, {layer: torch.stack(vs) for layer, vs in by_layer.items()}, columns
 
     def shard_writer(self, worker, on_batch: OnBatch | None = None) -> ShardWriter:
-        model, steering = worker
+        model, steering, directions, columns = worker
 
         def process(index: int, lo: int, hi: int) -> ExtractStats:
             started, rows = time.perf_counter(), self.records.slice(lo, hi)
             prompts = [self.cfg.prompt(model.tokenizer, text) for text in rows.texts]
             gens = generate(model, prompts, self.cfg.layers, self.cfg.poolings, self.cfg.generation, steering,
-                            RunSlice(lo, on_batch))
+                            directions=directions, within=RunSlice(lo, on_batch))
             if self.cfg.layers:
                 write_parquet_atomic(self.out / shard_name(index, "acts"), activation_table(gens.pooled, lo))
-            write_parquet_atomic(self.out / shard_name(index, "answers"), answer_table(gens, lo, rows.fields))
+            table = answer_table(gens, lo, rows.fields)
+            for name, (layer, k) in columns.items():
+                values = [v[:, k] for v in gens.projections[layer]]
+                table = table.append_column(name, pa.array(values, pa.list_(pa.float32())))
+            write_parquet_atomic(self.out / shard_name(index, "answers"), table)
             n_tokens = sum(map(len, gens.prompt_ids)) + sum(map(len, gens.answer_ids))
             return ExtractStats(len(prompts), n_tokens, 0, time.perf_counter() - started)
         return process

@@ -10,6 +10,10 @@ outputs per slot, after any steering at that block:
     response_mean    mean over the answer's tokens
     response_first:K mean over the answer's first K tokens
 
+and, for monitoring, projects every answer token's block output onto given
+unit directions (h . v / |v|, actlab.traits.monitor's value), written per
+slot into a buffer of one row per answer token.
+
 An answer token's state is the block output where that token is fed, exactly
 what a separate forward over prompt + answer gives. Layer L is block L's
 output (`blocks.L.hook_resid_post`, HF `hidden_states[L + 1]`).
@@ -17,7 +21,7 @@ output (`blocks.L.hook_resid_post`, HF `hidden_states[L + 1]`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -49,14 +53,33 @@ class Phase:
     index: torch.Tensor | None = None  # decode: (S,) the fed token's place in its answer
 
 
-class Taps:
-    """Per-slot steering deltas and pooled sums at the blocks that need them."""
+@dataclass(frozen=True)
+class Capture:
+    """What is recorded while generating: block outputs at `layers` pooled
+    as `poolings`, and each answer token's projection at a block onto the
+    rows of `directions[layer]` (k, d_model), made unit length here."""
 
-    def __init__(self, model: "Model", layers: Sequence[int], poolings: Sequence[str], slots: int,
-                 steered_layers: Sequence[int]):
+    layers: tuple[int, ...] = ()
+    poolings: tuple[str, ...] = ("response_mean",)
+    directions: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        units = {layer: torch.atleast_2d(torch.as_tensor(v).detach().float()) for layer, v in self.directions.items()}
+        object.__setattr__(self, "directions", {layer: v / v.norm(dim=-1, keepdim=True) for layer, v in units.items()})
+
+
+class Taps:
+    """Per-slot steering deltas, pooled sums and projections at the blocks
+    that need them; `answer_tokens` answer tokens per slot at most."""
+
+    def __init__(self, model: "Model", capture: Capture, slots: int, steered_layers: Sequence[int],
+                 answer_tokens: int):
         d, device, dtype = model.d_model, model.device, model.hf_model.dtype
-        self.layers, self.steered = list(layers), sorted(set(steered_layers))
-        self.specs = [parse_generation_pooling(p) for p in poolings] if layers else []
+        self.layers, self.steered = list(capture.layers), sorted(set(steered_layers))
+        self.specs = [parse_generation_pooling(p) for p in capture.poolings] if self.layers else []
+        self.directions = {layer: v.to(device) for layer, v in capture.directions.items()}  # (k, d) unit rows
+        self.projections = {layer: torch.zeros(slots, answer_tokens, len(v), device=device)
+                            for layer, v in self.directions.items()}  # (S, answer tokens, k)
         self.firsts = sorted({k for kind, k in self.specs if kind == "response_first"})
         zeros = lambda: {layer: torch.zeros(slots, d, device=device) for layer in self.layers}  # noqa: E731
         self.prompt_last, self.prompt_sum, self.response_sum = zeros(), zeros(), zeros()  # (S, d) each
@@ -69,7 +92,7 @@ class Taps:
 
     def hooked(self, model: "Model"):
         """Context manager: the blocks run `tap` while inside."""
-        sites = sorted(set(self.layers) | set(self.steered))
+        sites = sorted(set(self.layers) | set(self.steered) | set(self.directions))
         return replace(model.hf_model, {block_hook(layer): (lambda hidden, layer=layer: self.tap(layer, hidden))
                                         for layer in sites})
 
@@ -100,6 +123,8 @@ class Taps:
                 self._prompt(layer, hidden.float(), phase)
             else:
                 self._answer(layer, hidden[:, 0].float(), phase)
+        if layer in self.directions and phase.rows is None:
+            self._project(layer, hidden[:, 0].float(), phase)
         return hidden
 
     def _prompt(self, layer: int, hidden: torch.Tensor, phase: Phase) -> None:
@@ -117,6 +142,18 @@ class Taps:
             self.first_sums[k][layer] += hidden * (on & (phase.index < k).unsqueeze(-1))
         if layer == self.layers[0]:
             self.response_count += phase.answering
+
+    def _project(self, layer: int, hidden: torch.Tensor, phase: Phase) -> None:
+        """Each answering slot's fed token: its projections at its place in the answer."""
+        slots = torch.arange(hidden.shape[0], device=hidden.device)
+        at = phase.index.clamp(min=0)  # (S,)
+        values = hidden @ self.directions[layer].T  # (S, k)
+        buffer = self.projections[layer]
+        buffer[slots, at] = torch.where(phase.answering.unsqueeze(-1), values, buffer[slots, at])
+
+    def projected(self, slots: torch.Tensor) -> dict[int, torch.Tensor]:
+        """layer -> (m, answer tokens, k) on the host, for these slots."""
+        return {layer: v[slots].cpu() for layer, v in self.projections.items()}
 
     def pooled(self, slots: torch.Tensor) -> dict[str, dict[int, torch.Tensor]]:
         """pooling -> layer -> (m, d) float32 on the host, for these slots."""
@@ -139,7 +176,7 @@ class Taps:
     def keep(self, slots: torch.Tensor) -> None:
         """Keep only these slots, in this order."""
         for buffers in [self.prompt_last, self.prompt_sum, self.response_sum, *self.first_sums.values(),
-                        self.answer_delta, self.prompt_delta]:
+                        self.answer_delta, self.prompt_delta, self.projections]:
             for layer in buffers:
                 buffers[layer] = buffers[layer][slots]
         self.response_count, self.prompt_count = self.response_count[slots], self.prompt_count[slots]
