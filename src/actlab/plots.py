@@ -72,11 +72,13 @@ def firing_frequency_histogram(frequencies: dict[str, np.ndarray], unit: str) ->
 
 
 def steering_sweep(summary: list[dict], title: str) -> bytes:
-    """Mean judge score against the steering coefficient."""
+    """Mean judge score against the steering coefficient, a line per layer."""
     plt = _pyplot()
-    points = [(r["coeff"], r["mean_score"]) for r in summary if r["mean_score"] is not None]
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    ax.plot([c for c, _ in points], [s for _, s in points], marker="o")
+    for layer in dict.fromkeys(r["layer"] for r in summary):
+        points = [(r["coeff"], r["mean_score"]) for r in summary if r["layer"] == layer and r["mean_score"] is not None]
+        ax.plot([c for c, _ in points], [s for _, s in points], marker="o", label=f"block {layer}")
+    ax.legend(fontsize=8)
     ax.set_xlabel("steering coefficient (x the pos-neg mean distance)")
     ax.set_ylabel("mean judge score")
     ax.set_ylim(-2, 102)

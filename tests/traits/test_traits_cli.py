@@ -4,6 +4,8 @@ import json
 
 import pyarrow.parquet as pq
 
+from actlab import GenerationConfig, Steering, generate, render_prompt
+from actlab.traits import TraitRun
 from actlab.traits.definitions import load_trait
 
 from conftest import run_cli
@@ -18,7 +20,7 @@ def small_french(tmp_path):
     return path
 
 
-def test_traits_pipeline(monkeypatch, capsys, tmp_path):
+def test_traits_pipeline(monkeypatch, capsys, tmp_path, default_model):
     run = tmp_path / "run"
     code, out, err = run_cli(monkeypatch, capsys, "traits", "generate", "--trait", small_french(tmp_path),
                              "--out", run, "--layers", "4,10,16,22", "--max-new-tokens", 20, "--temperature", 0)
@@ -30,10 +32,18 @@ def test_traits_pipeline(monkeypatch, capsys, tmp_path):
     evaluation = pq.read_table(run / "evaluation.parquet").to_pylist()
     assert {r["layer"] for r in evaluation} == {4, 10, 16, 22}
     code, out, err = run_cli(monkeypatch, capsys, "traits", "steer", run, "--coeffs", "0,6", "--questions", 2,
-                             "--max-new-tokens", 12)
+                             "--max-new-tokens", 12, "--layers", "10,16")
     assert code == 0, err
     assert (run / "steering.png").read_bytes()[:4] == b"\x89PNG"
-    assert pq.read_table(run / "steering.parquet").num_rows == 4
+    sweep = pq.read_table(run / "steering.parquet").to_pylist()
+    assert [(r["layer"], r["coeff"]) for r in sweep] == [(layer, c) for layer in (10, 16) for c in (0, 6) for _ in "qq"]
+    # one continuous batch: each row as generated alone with its own steering (coefficient 0: unsteered)
+    vectors = TraitRun(run).vectors("mean_diff")
+    for r in sweep:
+        steering = Steering(r["layer"], vectors[r["layer"]], r["coeff"]) if r["coeff"] else None
+        alone = generate(default_model, [render_prompt(default_model.tokenizer, r["question"])],
+                         cfg=GenerationConfig(max_new_tokens=12), steering=steering)
+        assert alone.answers[0] == r["answer"], r
     # the default model as a local judge: too small to put a quarter of its mass on numbers for most
     # answers, which are dropped with that reason; fitting says so in one line
     code, _, err = run_cli(monkeypatch, capsys, "traits", "vectors", run, "--judge", "local")

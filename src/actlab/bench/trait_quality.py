@@ -72,7 +72,8 @@ def markdown_table(result: dict) -> str:
         sweep = " / ".join("—" if r["mean_score"] is None else f"{r['mean_score']:.0f}" for r in t["steering"])
         scored = [r["n_scored"] for r in t["steering"]]
         scored = f"{min(scored)}" if min(scored) == max(scored) else f"{min(scored)}-{max(scored)}"
+        steered = ", ".join(map(str, t["steering_layers"]))
         lines.append(f"| {name} | {t['n_answers']} | {t['kept_pos']} / {t['kept_neg']} | {best['layer']}: "
-                     f"{best['auroc']:.2f} ({best['n_test_pos']}/{best['n_test_neg']}) | {t['steering_layer']} | "
+                     f"{best['auroc']:.2f} ({best['n_test_pos']}/{best['n_test_neg']}) | {steered} | "
                      f"{sweep} | {scored} of {t['steering_questions']} | {t['seconds_total'] / 60:.1f} |")
     return "\n".join(lines)

@@ -77,7 +77,8 @@ def run_trait_step(model: Model, out: Path) -> None:
     best = result["best_mean_diff"]
     console.print(f"{result['kept_pos']} pos / {result['kept_neg']} neg answers kept by the judge; mean_diff vector "
                   f"best at block {best['layer']} (held-out AUROC {best['auroc']:.2f})")
-    console.print(f"steering sweep at block {result['steering_layer']} (coeff x the pos-neg mean distance), judged:")
+    console.print(f"steering sweep at block {result['steering_layers'][0]} (coeff x the pos-neg mean distance), "
+                  "judged:")
     print_table(trait.name, ["coeff", "mean judge score"],
                 [[r["coeff"], "—" if r["mean_score"] is None else f"{r['mean_score']:.0f}"]
                  for r in result["steering"]])

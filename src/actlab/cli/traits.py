@@ -88,11 +88,14 @@ def steer_command(judging: JudgeConfig, cfg: SteerConfig, lm: RunModelOptions, r
 
     loaded = TraitRun(run).model(lm.model, lm.device)
     table = steer_sweep(loaded, run, _judge(judging, run, loaded), cfg)
-    print_table(f"steering at layer {table.column('layer')[0].as_py()} ({cfg.method}, {cfg.where})",
-                ["coeff", "mean score", "scored"],
-                [[r["coeff"], "—" if r["mean_score"] is None else f"{r['mean_score']:.1f}", r["n_scored"]]
-                 for r in sweep_summary(table)])
+    print_sweep(f"steering ({cfg.method}, {cfg.where})", sweep_summary(table))
     out.print(f"answers in {run / 'steering.parquet'}, plot {run / 'steering.png'}")
+
+
+def print_sweep(title: str, summary: list[dict]) -> None:
+    print_table(title, ["block", "coeff", "mean score", "scored"],
+                [[r["layer"], r["coeff"], "—" if r["mean_score"] is None else f"{r['mean_score']:.1f}", r["n_scored"]]
+                 for r in summary])
 
 
 @dataclasses.dataclass
@@ -139,7 +142,8 @@ def report_command(page: TraitReportOptions, lm: RunModelOptions, run: Path = Ru
 
 @app.command("run")
 @with_options(model=ModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig, trait=TraitOptions, judging=JudgeConfig,
-              vectors=VectorsConfig, steer=SteerConfig, exclude=("vectors.seed", "steer.max_new_tokens"))
+              vectors=VectorsConfig, steer=SteerConfig,
+              exclude=("vectors.seed", "steer.max_new_tokens", "steer.layers"))
 def run_command(model: ModelOptions, gen: GenerationConfig, ray: RayConfig, trait: TraitOptions,
                 judging: JudgeConfig, vectors: VectorsConfig, steer: SteerConfig) -> None:
     """All stages: generate (resumable; --ray: on a Ray cluster), judge + vectors, steering sweep at the
@@ -156,7 +160,5 @@ def run_command(model: ModelOptions, gen: GenerationConfig, ray: RayConfig, trai
     best = result["best_mean_diff"]
     out.print(f"{result['kept_pos']} pos / {result['kept_neg']} neg answers kept; mean_diff best at block "
               f"{best['layer']} (held-out AUROC {best['auroc']:.2f})")
-    print_table(f"steering at block {result['steering_layer']}", ["coeff", "mean score", "scored"],
-                [[r["coeff"], "—" if r["mean_score"] is None else f"{r['mean_score']:.1f}", r["n_scored"]]
-                 for r in result["steering"]])
+    print_sweep("steering", result["steering"])
     out.print(f"trait run in {result['run']}")

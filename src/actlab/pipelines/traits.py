@@ -52,11 +52,12 @@ def run_trait(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path,
     steer = cfg.steering()
     loaded = model if isinstance(model, Model) else trait_run.model()
     steered = steer_sweep(loaded, run, judge, steer)
+    steered_layers = sorted(set(steered.column("layer").to_pylist()))
     kept = [p for p, k in zip(trait_run.answers().column("polarity").to_pylist(), scores.column("kept").to_pylist())
             if k]
     return {"trait": trait.name, "run": str(run), "n_answers": scores.num_rows, "kept_pos": kept.count("pos"),
             "kept_neg": kept.count("neg"), "best_mean_diff": best,
-            "steering_layer": steered.column("layer")[0].as_py(), "steering": sweep_summary(steered),
-            "steering_questions": steered.num_rows // len(steer.coeffs),
+            "steering_layers": steered_layers, "steering": sweep_summary(steered),
+            "steering_questions": steered.num_rows // (len(steer.coeffs) * len(steered_layers)),
             "seconds_generate": round(generated - start, 1),
             "seconds_total": round(time.perf_counter() - start, 1)}

@@ -33,7 +33,7 @@ class TraitReportData:
     scores: list[dict]
     judged: dict[bytes, bytes]  # scores.parquet's schema metadata: judge and keep rule
     evaluation: list[dict]
-    sweep: list[dict] | None  # score per steering coefficient, when swept
+    sweep: list[dict] | None  # score per steered block and coefficient, when swept
     monitored: list[MonitoredAnswer]
     figures: dict[str, bytes]
 
@@ -44,10 +44,10 @@ def render_trait_report(data: TraitReportData) -> str:
                 section("separation", "Held-out separation per layer",
                          image(data.figures["separation.png"], "AUROC") + _best_table(data.evaluation))]
     if data.sweep is not None:
-        rows = [[f"{r['coeff']:g}", "—" if r["mean_score"] is None else f"{r['mean_score']:.1f}", str(r["n_scored"])]
-                for r in data.sweep]
+        rows = [[str(r["layer"]), f"{r['coeff']:g}", "—" if r["mean_score"] is None else f"{r['mean_score']:.1f}",
+                 str(r["n_scored"])] for r in data.sweep]
         sections.append(section("steering", "Steering sweep", image(data.figures["steering.png"], "steering sweep") +
-                                table(["coeff", "mean judge score", "scored answers"], rows)))
+                                table(["block", "coeff", "mean judge score", "scored answers"], rows)))
     else:
         sections.append(section("steering", "Steering sweep", '<p class="note">No sweep yet: '
                                  f"actlab traits steer {escape(str(data.run.path))}</p>"))

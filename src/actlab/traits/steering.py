@@ -1,6 +1,6 @@
 """The steering sweep of a trait run: its neutral questions answered with
-coeff * v added at a layer, for each coefficient, every answer judged
-(RUN/steering.parquet, RUN/steering.png)."""
+coeff * v added at a layer, for each layer and coefficient, every answer
+judged (RUN/steering.parquet, RUN/steering.png)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ from .vectors import VECTOR_METHODS
 class SteerConfig:
     """A steering sweep: where, how strongly and on which questions."""
 
-    layer: int | None = field(default=None, metadata={
-        "help": "Block to steer (default: of the layers with held-out AUROC >= 0.9, the one nearest the middle)."})
+    layers: list[int] = field(default_factory=list, metadata={
+        "comma": True, "help": "Blocks to steer, comma-separated; every (layer, coeff, question) goes in one "
+                               "continuous batch (default: of the layers with held-out AUROC >= 0.9, the one nearest "
+                               "the middle)."})
     coeffs: list[float] = field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], metadata={
         "comma": True, "help": "Multiples of the pos-neg mean distance at the layer, comma-separated."})
     method: str = field(default="mean_diff", metadata={"help": "The vector method: mean_diff, probe, pca_diff."})
@@ -34,8 +36,15 @@ class SteerConfig:
     questions: int | None = field(default=None, metadata={"help": "Use the first N questions."})
     max_new_tokens: int = field(default=TRAIT_SAMPLING.max_new_tokens, metadata={
         "help": "New tokens per steered answer (greedy)."})
+    layer: int | None = field(default=None, metadata={"help": "One block to steer (the old form of --layers)."})
 
     def __post_init__(self):
+        self.layers = [int(x) for x in ([self.layers] if isinstance(self.layers, int) else self.layers)]
+        if self.layer is not None:  # the old name: one canonical field
+            if self.layers and self.layers != [self.layer]:
+                raise ActlabError(f"layer {self.layer} and layers {self.layers} disagree; give --layers only",
+                                  param="layers")
+            self.layers, self.layer = [self.layer], None
         self.coeffs = [float(c) for c in self.coeffs]
         if not self.coeffs:
             raise ActlabError("give at least one steering coefficient", param="coeffs")
@@ -51,48 +60,64 @@ class SteerConfig:
 
 def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | None = None) -> pa.Table:
     """The trait's questions with no instruction, answered (greedy) with
-    coeff * v added at the layer, for each coefficient, all in one continuous
-    batch (each row steered by its own coefficient); every answer judged.
-    v is the method's direction scaled to the length of that layer's mean
-    difference, so coeff 1 moves an activation by the distance between the
-    pos and neg means. Written to RUN/steering.parquet (layer, coeff,
-    question, answer, score, reason), with the score-per-coefficient plot in
+    coeff * v added at each layer, for each coefficient, all in one
+    continuous batch (each row steered by its own layer and coefficient;
+    coefficient 0 is generated and judged once per question, whatever the
+    layer); every answer judged. v is the method's direction scaled to the
+    length of that layer's mean difference, so coeff 1 moves an activation
+    by the distance between the pos and neg means. Written to
+    RUN/steering.parquet (layer, coeff, question, answer, score, reason),
+    with the score-per-coefficient plot (a line per layer) in
     RUN/steering.png."""
     cfg = cfg or SteerConfig()
     trait_run = TraitRun(run)
     method = cfg.method
-    layer = steering_layer(run, method) if cfg.layer is None else cfg.layer
+    layers = cfg.layers or [steering_layer(run, method)]
     vectors = trait_run.vectors(method)
-    if layer not in vectors:
-        raise ActlabError(f"no {method} vector for layer {layer}; this run has layers {sorted(vectors)}",
-                          param="layer")
-    scale = trait_run.vectors("mean_diff")[layer].norm() if method != "mean_diff" else vectors[layer].norm()
-    v = vectors[layer] / vectors[layer].norm() * scale
+    missing = [layer for layer in layers if layer not in vectors]
+    if missing:
+        raise ActlabError(f"no {method} vector for layer {missing[0]}; this run has layers {sorted(vectors)}",
+                          param="layers")
+    directions = {layer: _scaled_direction(trait_run, method, layer) for layer in layers}
     questions = trait_run.trait.questions
     if not questions:
         raise ActlabError("steering needs neutral questions; this natural trait gives none (add 'questions')")
     questions = questions[:cfg.questions] if cfg.questions else questions
-    # every (coefficient, question) row in one continuous batch, each row with its own steering
-    grid = [(coeff, question) for coeff in cfg.coeffs for question in questions]
+    grid = [(layer, coeff, question) for layer in layers for coeff in cfg.coeffs for question in questions]
+    unsteered = lambda layer, coeff, q: (None, 0.0, q) if coeff == 0 else (layer, coeff, q)  # noqa: E731
+    distinct = list(dict.fromkeys(unsteered(*row) for row in grid))  # what is generated and judged
     prompts = {q: render_prompt(model.tokenizer, q) for q in questions}
-    gens = generate(model, [prompts[q] for _, q in grid], cfg=GenerationConfig(max_new_tokens=cfg.max_new_tokens),
-                    steering=[Steering(layer, v, coeff, cfg.where) for coeff, _ in grid])
-    judgements = judge.judge([(q, answer) for (_, q), answer in zip(grid, gens.answers)])
-    rows = [{"layer": layer, "coeff": coeff, "question": q, "answer": answer, "score": j.score, "reason": j.reason}
-            for (coeff, q), answer, j in zip(grid, gens.answers, judgements)]
+    steerings = [None if layer is None else Steering(layer, directions[layer], coeff, cfg.where)
+                 for layer, coeff, _ in distinct]
+    gens = generate(model, [prompts[q] for _, _, q in distinct],
+                    cfg=GenerationConfig(max_new_tokens=cfg.max_new_tokens), steering=steerings)
+    judgements = judge.judge([(q, answer) for (_, _, q), answer in zip(distinct, gens.answers)])
+    found = {key: (answer, j) for key, answer, j in zip(distinct, gens.answers, judgements)}
+    rows = []
+    for layer, coeff, q in grid:
+        answer, j = found[unsteered(layer, coeff, q)]
+        rows.append({"layer": layer, "coeff": coeff, "question": q, "answer": answer, "score": j.score,
+                     "reason": j.reason})
     table = pa.Table.from_pylist(rows)
     write_parquet_atomic(trait_run.path / "steering.parquet", table)
-    title = f"{trait_run.path.name}: layer {layer}, {method}"
+    title = f"{trait_run.path.name}: {method}"
     write_bytes_atomic(trait_run.path / "steering.png", plots.steering_sweep(sweep_summary(table), title))
     return table
 
 
+def _scaled_direction(trait_run: TraitRun, method: str, layer: int):
+    """The method's layer vector at the length of that layer's mean difference."""
+    v = trait_run.vectors(method)[layer]
+    return v / v.norm() * trait_run.vectors("mean_diff")[layer].norm()
+
+
 def sweep_summary(table: pa.Table) -> list[dict]:
-    """Mean judge score per coefficient over the scored answers."""
-    out = []
-    for coeff in sorted(set(table.column("coeff").to_pylist())):
-        scores = [s for c, s in zip(table.column("coeff").to_pylist(), table.column("score").to_pylist())
-                  if c == coeff and s is not None]
-        out.append({"coeff": coeff, "mean_score": float(np.mean(scores)) if scores else None,
-                    "n_scored": len(scores)})
-    return out
+    """Mean judge score per (layer, coefficient) over the scored answers."""
+    columns = [table.column(name).to_pylist() for name in ("layer", "coeff", "score")]
+    scores: dict[tuple, list[float]] = {}
+    for layer, coeff, score in zip(*columns):
+        scores.setdefault((layer, coeff), [])
+        if score is not None:
+            scores[layer, coeff].append(score)
+    return [{"layer": layer, "coeff": coeff, "mean_score": float(np.mean(found)) if found else None,
+             "n_scored": len(found)} for (layer, coeff), found in sorted(scores.items())]
