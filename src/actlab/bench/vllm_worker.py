@@ -2,10 +2,13 @@
 the virtual environment the benchmark made for it (never actlab's): it
 imports nothing from actlab. Prints one JSON line like generate_worker.
 
-python vllm_worker.py MODEL_DIR PROMPTS.json MAX_NEW_TOKENS EAGER(0|1)
+python vllm_worker.py MODEL_DIR PROMPTS.json MAX_NEW_TOKENS EAGER(0|1) [LAYER ...]
 
 PROMPTS.json holds the prompts' token ids and the EOS ids, so that vLLM sees
-exactly the tokens actlab's engines see.
+exactly the tokens actlab's engines see. With LAYERs, vllm-lens (on
+PYTHONPATH, a vLLM plugin) captures those blocks' outputs while generating
+(its residual_stream: every fed position), and each row's response_mean
+over the answer tokens vLLM fed is printed too.
 """
 
 import json
@@ -20,7 +23,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in th
 
 
 def main() -> None:
-    model_dir, prompts_file, max_new, eager = sys.argv[1:5]
+    model_dir, prompts_file, max_new, eager, *layers = sys.argv[1:]
+    layers = [int(x) for x in layers]
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -29,7 +33,8 @@ def main() -> None:
     longest = max(map(len, spec["ids"])) + int(max_new)
     llm = LLM(model=model_dir, dtype="float32", enable_prefix_caching=False, enforce_eager=eager == "1",
               max_model_len=longest, seed=0)
-    params = SamplingParams(temperature=0.0, max_tokens=int(max_new), stop_token_ids=sorted(eos))
+    extra = {"extra_args": {"output_residual_stream": layers}} if layers else {}
+    params = SamplingParams(temperature=0.0, max_tokens=int(max_new), stop_token_ids=sorted(eos), **extra)
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in spec["ids"]]
     llm.generate(prompts[:2], params, use_tqdm=False)  # warm-up
     cpu, started = time.process_time(), time.perf_counter()
@@ -39,8 +44,26 @@ def main() -> None:
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"engine": "vllm" + ("_eager" if eager == "1" else ""), "seconds": seconds, "cpu_seconds": cpu,
-                      "peak_rss_bytes": peak, "answers": answers}))
+    name = "vllm_lens" if layers else "vllm" + ("_eager" if eager == "1" else "")
+    result = {"engine": name, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": peak, "answers": answers}
+    if layers:
+        result["pooled"], result["pooled_tokens"] = response_means(outputs, spec["ids"], answers, layers)
+    print(json.dumps(result))
+
+
+def response_means(outputs, prompt_ids, answers, layers):
+    """{layer: per row the mean of the captured states at the answer's fed
+    positions}, and per row how many answer tokens that mean covers (vLLM
+    never feeds a row's last sampled token)."""
+    pooled, counts = {str(layer): [] for layer in layers}, []
+    for out, ids, answer in zip(outputs, prompt_ids, answers):
+        states = out.activations["residual_stream"].float()  # (layers, fed positions, d)
+        p = len(ids)
+        n = max(1, min(len(answer), states.shape[1] - p))
+        counts.append(n)
+        for k, layer in enumerate(layers):
+            pooled[str(layer)].append(states[k, p:p + n].mean(0).tolist())
+    return pooled, counts
 
 
 if __name__ == "__main__":
