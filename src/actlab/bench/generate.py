@@ -252,7 +252,8 @@ def _summary(model: Model, bench: BenchOptions, cfg: GenerateBench, runs: dict, 
             "max_new_tokens": cfg.max_new_tokens, "answer_lengths": {"min": min(lengths), "max": max(lengths),
                                                                      "mean": round(sum(lengths) / len(lengths), 1)},
             "matrix_flops_per_token": flops, "matrix_gflops": matrix["gflops"],
-            "matmul_paths": matrix["chosen"], "engines": engines, "ratios": ratios,
+            "matrix_bf16_gflops": matrix["bf16_gflops"], "matmul_paths": matrix["chosen"], "engines": engines,
+            "ratios": ratios,
             "decode_step_by_slots": steps, "notes": notes}
 
 
@@ -284,8 +285,9 @@ def markdown_table(result: dict) -> str:
                      f"{row['roofline_fraction']:.0%} |")
     matrix = ", ".join(f"{k.replace('_gflops', '')} {v:.0f}" for k, v in result["matrix_gflops"].items())
     paths = ", ".join(f"{shape} {path}" for shape, path in result.get("matmul_paths", {}).items())
+    bf16 = ", ".join(f"{k.replace('_gflops', '')} {v:.0f}" for k, v in result.get("matrix_bf16_gflops", {}).items())
     lines += ["", f"Matrix throughput measured in the same run (GFLOP/s): {matrix}; the paths the model's load "
-              f"chose per weight shape: {paths or 'not recorded'}. "
+              f"chose per weight shape: {paths or 'not recorded'}; bfloat16 through torch: {bf16 or 'not measured'}. "
               f"Ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratios"].items()) + ".", "",
               "| slots | ms per decode step |", "|---:|---:|"]
     lines += [f"| {row['slots']} | {row['seconds_per_step'] * 1000:.1f} |" for row in result["decode_step_by_slots"]]

@@ -100,17 +100,29 @@ def decode_step_seconds(model, prompts, slots: int) -> dict:
 def matrix_throughput(model, rows: int) -> dict:
     """GFLOP/s of the model's own matrix shapes (its MLP's up projection and
     its LM head) at `rows` rows through torch.mm and oneDNN prepacked, and the
-    path the model's load chose per weight shape."""
+    path the model's load chose per weight shape; bfloat16 through torch
+    beside them (the dtype a user may choose on a CPU with native bf16)."""
     from ..engine.linears import matrix_throughput as measure_shape
 
     config = model.config
     shapes = {"mlp": (getattr(config, "intermediate_size", 4 * config.hidden_size), config.hidden_size),
               "lm_head": (config.vocab_size, config.hidden_size)}
-    out = {}
+    out, bf16 = {}, {}
     for name, shape in shapes.items():
-        for path, gflops in measure_shape(torch.randn(shape), rows).items():
+        weight = torch.randn(shape)
+        for path, gflops in measure_shape(weight, rows).items():
             out[f"{name}_{path}_gflops"] = round(gflops, 1)
-    return {"gflops": out, "chosen": {shape: row["path"] for shape, row in model.matmul.items()}}
+        x, w = torch.randn(rows, shape[1], dtype=torch.bfloat16), weight.bfloat16()
+        torch.nn.functional.linear(x, w)  # warm-up
+        best = min(_seconds(lambda: torch.nn.functional.linear(x, w)) for _ in range(3))
+        bf16[f"{name}_torch_bf16_gflops"] = round(2 * rows * weight.numel() / best / 1e9, 1)
+    return {"gflops": out, "bf16_gflops": bf16, "chosen": {shape: row["path"] for shape, row in model.matmul.items()}}
+
+
+def _seconds(run) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":
