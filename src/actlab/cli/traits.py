@@ -30,7 +30,8 @@ class TraitOptions:
     layers: Optional[list[int]] = dataclasses.field(default=None, metadata={
         "comma": True, "help": "Blocks to capture, e.g. 8,12,16 (default: all)."})
     shard_size: int = dataclasses.field(default=TRAIT_SHARD_SIZE, metadata={
-        "help": "Prompts per shard (the unit of resume and of work on Ray)."})
+        "help": "Prompts per shard (the unit of resume and of work on Ray; one generate call, so at most this many "
+                "slots)."})
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "Replace an existing run in --out."})
 
 

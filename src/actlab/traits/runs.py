@@ -46,7 +46,9 @@ from .definitions import Trait
 
 TRAITS_FORMAT = "actlab.traits"
 DEFAULT_POOLINGS = ("response_mean", "response_first:5", "prompt_last", "prompt_mean")
-TRAIT_SHARD_SIZE = 64  # prompts per shard
+# Prompts per shard, one generate call each, so at most this many slots (runs begun with the earlier 64
+# resume with --shard-size 64).
+TRAIT_SHARD_SIZE = 256
 TRAIT_SAMPLING = GenerationConfig(max_new_tokens=48, temperature=0.7, top_p=0.9)  # generate_run's default
 
 
