@@ -7,7 +7,7 @@ import io
 
 import pytest
 import torch
-from conftest import build_tiny, random_sae, rel_error
+from conftest import build_tiny, random_sae, rel_error, run_cli
 from transformers.pytorch_utils import Conv1D
 
 import actlab
@@ -92,9 +92,11 @@ def test_default_model_packed_equals_torch(default_model):
     assert set(default_model.matmul) >= {"576x576", "49152x576"}
 
 
-def test_unknown_matmul_path_is_a_one_line_error():
+def test_unknown_matmul_path_is_a_one_line_error(monkeypatch, capsys):
     with pytest.raises(actlab.ActlabError, match="matmul path 'fast'; use auto, torch, onednn"):
         actlab.load_model(matmul="fast")
+    code, _, stderr = run_cli(monkeypatch, capsys, "models", "--matmul", "fast")
+    assert code == 2 and "use auto, torch, onednn (--matmul)" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_copies_and_saves_of_a_packed_model_work(tokenizer):
