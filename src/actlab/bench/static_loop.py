@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..engine import plan_batches
-from ..generation import eos_ids, prompt_token_ids
+from ..generation import cache_keyword, eos_ids, prompt_token_ids
 from ..models import Model
 from ..tokens import pad
 
@@ -35,9 +35,10 @@ def _batch(model: Model, ids: list[list[int]], max_new_tokens: int) -> list[list
     mask = padded.attention_mask  # (B, T), one column more per step
     answers: list[list[int]] = [[] for _ in ids]
     alive = torch.ones(len(ids), dtype=torch.bool, device=device)
+    keyword = cache_keyword(model.hf_model)
     with torch.inference_mode():
         out = model.hf_model(**padded.inputs(), use_cache=True, logits_to_keep=1)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        cache, logits = getattr(out, keyword), out.logits[:, -1]
         position = padded.position_ids[:, -1]
         for step in range(max_new_tokens):
             token = logits.argmax(dim=-1)
@@ -51,6 +52,6 @@ def _batch(model: Model, ids: list[list[int]], max_new_tokens: int) -> list[list
             mask = torch.cat([mask, alive.long().unsqueeze(-1)], dim=1)
             position = position + 1
             out = model.hf_model(input_ids=token.unsqueeze(-1), attention_mask=mask,
-                                 position_ids=position.unsqueeze(-1), past_key_values=cache, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1]
+                                 position_ids=position.unsqueeze(-1), use_cache=True, **{keyword: cache})
+            cache, logits = getattr(out, keyword), out.logits[:, -1]
     return answers

@@ -82,7 +82,7 @@ class SlotDecoder:
         self.tokens = torch.zeros(s, cfg.max_new_tokens + 1, dtype=torch.long, device=device)  # (S, new + 1)
         self.answers: list[Answer | None] = [None] * len(self.requests)
         self.stats = {"slots": s, "decode_steps": 0, "prefill_forwards": 0}
-        self._cache_keyword = _cache_keyword(model.base_model)
+        self._cache_keyword = cache_keyword(model.base_model)
 
     def run(self, on_batch: OnBatch | None = None) -> list[Answer]:
         waiting = deque(sorted(range(len(self.requests)), key=lambda i: -len(self.requests[i].ids)))
@@ -209,8 +209,8 @@ def eos_ids(model: "Model") -> set[int]:
     return ids
 
 
-def _cache_keyword(base_model: torch.nn.Module) -> str:
-    """The name the model's forward takes its cache under ("cache" in
-    transformers >= 5.2x, "past_key_values" before)."""
+def cache_keyword(base_model: torch.nn.Module) -> str:
+    """The name the model's forward takes its cache under, and its output
+    holds it under ("cache" in transformers >= 5.2x, "past_key_values" before)."""
     parameters = inspect.signature(base_model.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"

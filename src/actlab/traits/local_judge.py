@@ -32,7 +32,7 @@ import torch
 from ..default_model import DEFAULT_MODEL
 from ..engine import plan_batches
 from ..errors import ActlabError
-from ..generation import prompt_token_ids, render_prompt
+from ..generation import cache_keyword, prompt_token_ids, render_prompt
 from ..models import Model, load_model
 from ..tokens import pad
 from .judges import (
@@ -143,9 +143,10 @@ def _search(model: Model, ids: list[list[int]], results: list[dict[str, float]],
             max_paths: int) -> None:
     padded = pad(ids, "left", model.pad_id, model.device)
     mask, positions = padded.attention_mask, padded.position_ids
+    keyword = cache_keyword(model.hf_model)
     with torch.inference_mode():
         out = model.hf_model(**padded.inputs(), use_cache=True, logits_to_keep=1)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        cache, logits = getattr(out, keyword), out.logits[:, -1]
         pieces = number_pieces(model.tokenizer, logits.shape[-1])
         position = positions[:, -1]
         paths = [(row, "", 1.0) for row in range(len(ids))]  # (prompt row, reply so far, its probability)
@@ -169,8 +170,8 @@ def _search(model: Model, ids: list[list[int]], results: list[dict[str, float]],
             position = position[parent] + 1
             tokens = torch.tensor([[g[4]] for g in grown], device=model.device)
             out = model.hf_model(input_ids=tokens, attention_mask=mask, position_ids=position.unsqueeze(-1),
-                                 past_key_values=cache, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1]
+                                 use_cache=True, **{keyword: cache})
+            cache, logits = getattr(out, keyword), out.logits[:, -1]
             paths = [(row, text, p) for _, row, text, p, _ in grown]
 
 
