@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
@@ -77,7 +78,7 @@ class SlotCache(Cache):
         self.rows: torch.Tensor | None = None  # prefill: (n,) the slots being filled
         self.positions: torch.Tensor | None = None  # decode: (S,) the position each slot's token is written at
         self.kv_length = 0  # decode: positions 0..kv_length-1 are read
-        self._masks: dict[int | None, torch.Tensor] = {}
+        self._masks: dict = {}  # window (or ("additive", window)) -> mask
 
     def plan_prefill(self, rows: torch.Tensor) -> None:
         self.rows, self.positions, self._masks = rows, None, {}
@@ -117,13 +118,33 @@ class SlotCache(Cache):
             self._masks[window] = allowed if window is None else allowed & (k > q - window)
         return self._masks[window]
 
-    def keep(self, slots: torch.Tensor) -> None:
-        """Keep only these slots, in this order (the others have finished)."""
+    def additive_mask(self, window: int | None) -> torch.Tensor:
+        """A decode step's mask as 0 / -inf, (S, 1, 1, keys) in float32."""
+        if ("additive", window) not in self._masks:
+            allowed = self.mask(window, 1, explicit=True)
+            bias = torch.zeros(allowed.shape, device=self.device).masked_fill_(~allowed, float("-inf"))
+            self._masks["additive", window] = bias
+        return self._masks["additive", window]
+
+    def keep(self, order: np.ndarray) -> None:
+        """Keep the slots `order` (see keep_rows), in that order."""
         for layer in self.layers:
             if layer.is_initialized:
-                layer.keys, layer.values = layer.keys[slots], layer.values[slots]
-            layer.slots = len(slots)
-        self.slots = len(slots)
+                layer.keys, layer.values = keep_rows(layer.keys, order), keep_rows(layer.values, order)
+            layer.slots = len(order)
+        self.slots = len(order)
+
+
+def keep_rows(rows: torch.Tensor, order: np.ndarray) -> torch.Tensor:
+    """rows[order] for an order whose every entry is its own index or past
+    len(order) (engine.compaction's): the moved rows are copied into place
+    and the rest is a view of the first len(order) rows, so packing costs
+    the rows that move, not the whole cache."""
+    moved = np.flatnonzero(order != np.arange(len(order)))
+    if len(moved):
+        into, source = (torch.as_tensor(i, device=rows.device) for i in (moved, order[moved]))
+        rows[into] = rows[source]
+    return rows[:len(order)]
 
 
 def cache_bytes_per_token(config, dtype: torch.dtype) -> int:
@@ -145,8 +166,10 @@ def slot_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: to
     eager function does; the rest through SDPA."""
     scaling, sliding_window, softcap = kwargs.get("scaling"), kwargs.get("sliding_window"), kwargs.get("softcap")
     cache = _ACTIVE.get()
-    mask = cache.mask(sliding_window, query.shape[2])
     groups = query.shape[1] // key.shape[1]
+    if softcap is None and cache.rows is None:
+        return decode_attention(query, key, value, cache.additive_mask(sliding_window), scaling), None
+    mask = cache.mask(sliding_window, query.shape[2])
     if softcap is None:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None,
                                              scale=scaling, enable_gqa=groups > 1)
@@ -159,6 +182,18 @@ def slot_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: to
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     return (weights @ value).transpose(1, 2).contiguous(), None
+
+
+def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
+                     scaling: float | None) -> torch.Tensor:
+    """One query per slot: query (S, H, 1, D) read as (S, H_kv, groups, D),
+    so each KV head's keys and values (S, H_kv, k, D) are read once for
+    the query heads that share them (no repeat for grouped-query
+    attention); bias (S, 1, 1, k) -> (S, 1, H, D)."""
+    s, heads, _, width = query.shape
+    grouped = query.view(s, key.shape[1], heads // key.shape[1], width)  # (S, H_kv, groups, D)
+    out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=bias, scale=scaling)  # (S, H_kv, groups, D)
+    return out.reshape(s, 1, heads, width)
 
 
 AttentionInterface.register(ATTENTION, slot_attention_forward)

@@ -8,8 +8,9 @@ Between looks nothing waits on the host: the answer tokens, their count, the
 alive mask, EOS and the capture sums live on the device, and a row that has
 ended keeps stepping without effect (its tokens past the end are never read),
 so neither `sync_every` nor the slot count changes an answer. When no prompt
-is waiting and a quarter of the slots are idle, the live ones are packed into
-fewer slots.
+is waiting, the live rows are packed into fewer slots at each look (only the
+rows past the new end move, into the holes below it): a step computes live
+rows only.
 
 Per slot: the token fed next (`last`) sits at `positions`; `count` answer
 tokens are in `tokens[:count]`; `live` says that `last` is an answer token
@@ -29,7 +30,7 @@ import torch
 
 from ..engine import OnBatch, auto_token_budget
 from ..hooks import lm_logits
-from .cache import SlotCache, attending_through, cache_bytes_per_token
+from .cache import SlotCache, attending_through, cache_bytes_per_token, keep_rows
 from .config import GenerationConfig, Steering
 from .sampling import choose_tokens
 from .taps import Capture, Phase, Taps
@@ -95,8 +96,8 @@ class SlotDecoder:
                 free = self._collect(on_batch)
                 if waiting:
                     self._admit(waiting, free)
-                elif (self.occupant >= 0).sum() <= 0.75 * len(self.occupant):
-                    self._keep(np.flatnonzero(self.occupant >= 0))
+                elif len(free):
+                    self._keep(compaction(self.occupant >= 0))
         return self.answers
 
     # -- the forward passes ------------------------------------------------------
@@ -189,15 +190,24 @@ class SlotDecoder:
             self.occupant[ended] = -1
         return np.flatnonzero(self.occupant < 0)
 
-    def _keep(self, slots: np.ndarray) -> None:
-        """Pack the live rows into fewer slots."""
-        index = torch.as_tensor(slots, device=self.positions.device)
-        self.cache.keep(index)
-        self.taps.keep(index)
+    def _keep(self, order: np.ndarray) -> None:
+        """Pack the live rows into the first len(order) slots: slot i takes old slot order[i]."""
+        self.cache.keep(order)
+        self.taps.keep(order)
         for name in ("positions", "last", "live", "count", "ended_at_eos", "sample_rows", "tokens"):
-            setattr(self, name, getattr(self, name)[index])
-        self.occupant, self.position_host = self.occupant[slots], self.position_host[slots]
-        self.steps_left = self.steps_left[slots]
+            setattr(self, name, keep_rows(getattr(self, name), order))
+        self.occupant, self.position_host = self.occupant[order], self.position_host[order]
+        self.steps_left = self.steps_left[order]
+
+
+def compaction(live: np.ndarray) -> np.ndarray:
+    """The old slot of each packed slot, for the live mask (S,) bool: the
+    live rows at or past the packed end fill the holes below it, in order,
+    and every other live row stays where it is (see cache.keep_rows)."""
+    slots = np.flatnonzero(live)
+    order = np.arange(len(slots))
+    order[~live[:len(slots)]] = slots[slots >= len(slots)]
+    return order
 
 
 def eos_ids(model: "Model") -> set[int]:

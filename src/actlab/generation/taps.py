@@ -24,10 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import torch
 
 from ..hooks import block_hook, replace
 from ..pooling import parse_span_pooling
+from .cache import keep_rows
 from .config import Steering
 
 if TYPE_CHECKING:
@@ -173,10 +175,11 @@ class Taps:
             out[kind if k is None else f"{kind}:{k}"] = {layer: v.cpu() for layer, v in values.items()}
         return out
 
-    def keep(self, slots: torch.Tensor) -> None:
-        """Keep only these slots, in this order."""
+    def keep(self, order: np.ndarray) -> None:
+        """Keep the slots `order` (see cache.keep_rows), in that order."""
         for buffers in [self.prompt_last, self.prompt_sum, self.response_sum, *self.first_sums.values(),
                         self.answer_delta, self.prompt_delta, self.projections]:
             for layer in buffers:
-                buffers[layer] = buffers[layer][slots]
-        self.response_count, self.prompt_count = self.response_count[slots], self.prompt_count[slots]
+                buffers[layer] = keep_rows(buffers[layer], order)
+        self.response_count = keep_rows(self.response_count, order)
+        self.prompt_count = keep_rows(self.prompt_count, order)
