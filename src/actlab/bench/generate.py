@@ -14,7 +14,8 @@ traits, greedy, answers ending at their own EOS:
 Every engine runs in its own process with the same compute threads (one by
 default: on a shared machine a second OpenMP thread measures the other jobs),
 alternating, best of `repeats` (the reference once). Reported: new tokens/s,
-CPU-seconds per 1,000 new tokens, peak memory, answers identical to the
+CPU-seconds per 1,000 new tokens (and their ratio to wall seconds: above 1,
+an engine kept more than one core busy), peak memory, answers identical to the
 reference, seconds per decode step by slot count, and the roofline: the
 model's matrix FLOPs per token x tokens/s over the best matrix throughput
 measured in the same run (torch.mm and oneDNN with prepacked weights, at the
@@ -171,8 +172,11 @@ class _Worker:
         command = [str(python), str(script), _model_dir(model), str(self.spec), str(self.cfg.max_new_tokens),
                    "1" if eager else "0", *map(str, layers)]
         name = "vllm_lens" if layers else f"vllm{'_eager' if eager else ''}"
+        env = {"OMP_NUM_THREADS": str(self.cfg.threads)}  # in-process vLLM binds no threads: OpenMP's count rules
+        if layers:
+            env["PYTHONPATH"] = str(python.parent.parent / LENS_DIR)
         try:
-            return self._run(command, {"PYTHONPATH": str(python.parent.parent / LENS_DIR)} if layers else None)
+            return self._run(command, env)
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             notes.append(f"{name} did not run: {error}")
             console.print(f"  [yellow]{notes[-1]}")
@@ -239,6 +243,7 @@ def _summary(model: Model, bench: BenchOptions, cfg: GenerateBench, runs: dict, 
             "seconds": round(run["seconds"], 2), "new_tokens": tokens,
             "new_tokens_per_s": round(tokens / run["seconds"], 1),
             "cpu_seconds_per_1k_tokens": round(run["cpu_seconds"] / tokens * 1000, 2),
+            "cpu_per_wall": round(run["cpu_seconds"] / run["seconds"], 2),  # above 1: more than one core busy
             "peak_rss_mb": round(run["peak_rss_bytes"] / 2 ** 20),
             "answers_identical_to_hf_single": sum(a == b for a, b in zip(run["answers"], reference)),
             "answers_compared": len(reference),
@@ -251,6 +256,8 @@ def _summary(model: Model, bench: BenchOptions, cfg: GenerateBench, runs: dict, 
             if ours in engines and other in engines:
                 ratios[f"{ours}_vs_{other}"] = round(engines[ours]["new_tokens_per_s"]
                                                      / engines[other]["new_tokens_per_s"], 2)
+                ratios[f"{ours}_vs_{other}_cpu_time"] = round(engines[other]["cpu_seconds_per_1k_tokens"]
+                                                              / engines[ours]["cpu_seconds_per_1k_tokens"], 2)
     lengths = [len(a) for a in runs["actlab"]["answers"]]
     return {"benchmark": "generate", "actlab_version": VERSION,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -284,11 +291,12 @@ def markdown_table(result: dict) -> str:
              f"greedy, up to {result['max_new_tokens']} new tokens (answers {lengths['min']}-{lengths['max']}, "
              f"mean {lengths['mean']}); answers compared with HF generate one prompt at a time on the first "
              f"{result['n_reference']}; {result['date'][:10]}.", "",
-             "| engine | new tokens/s | CPU-s / 1k tokens | peak RSS (MiB) | answers = HF one at a time | "
-             "roofline |", "|---|---:|---:|---:|---:|---:|"]
+             "| engine | new tokens/s | CPU-s / 1k tokens | CPU / wall | peak RSS (MiB) | answers = HF one at a time | "
+             "roofline |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in result["engines"].items():
         lines.append(f"| {name} | {row['new_tokens_per_s']:.1f} | {row['cpu_seconds_per_1k_tokens']:.2f} | "
-                     f"{row['peak_rss_mb']} | {row['answers_identical_to_hf_single']}/{row['answers_compared']} | "
+                     f"{row.get('cpu_per_wall', '')} | {row['peak_rss_mb']} | "
+                     f"{row['answers_identical_to_hf_single']}/{row['answers_compared']} | "
                      f"{row['roofline_fraction']:.0%} |")
     matrix = ", ".join(f"{k.replace('_gflops', '')} {v:.0f}" for k, v in result["matrix_gflops"].items())
     paths = ", ".join(f"{shape} {path}" for shape, path in result.get("matmul_paths", {}).items())

@@ -18,8 +18,10 @@ import time
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
 os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "1")  # one compute thread, like every engine of the benchmark
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: its CPU time is ours
+# In this process vLLM binds no OpenMP threads (VLLM_CPU_OMP_THREADS_BIND applies to its worker processes only)
+# and forbids torch.set_num_threads: OMP_NUM_THREADS (set by the benchmark) is its compute thread count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def main() -> None:
@@ -45,7 +47,10 @@ def main() -> None:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     name = "vllm_lens" if layers else "vllm" + ("_eager" if eager == "1" else "")
-    result = {"engine": name, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": peak, "answers": answers}
+    import torch
+
+    result = {"engine": name, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": peak, "answers": answers,
+              "threads": torch.get_num_threads()}
     if layers:
         result["pooled"], result["pooled_tokens"] = response_means(outputs, spec["ids"], answers, layers)
     print(json.dumps(result))
