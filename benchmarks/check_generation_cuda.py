@@ -12,9 +12,11 @@ figures use its architecture with random weights, saved and loaded through
   (float32), captured activations equal to a separate forward (1e-4), a
   row steered in a mixed batch equal to a batch of one;
 - new tokens/s of the default architecture at 256 slots with 3 layers
-  captured, bfloat16 and float32, and of a Gemma-2-2B-shaped model at 64
-  slots in bfloat16; seconds per decode step against one bare eager forward
-  step of the same rows (HF's own static cache), the engine's overhead.
+  captured, bfloat16 and float32, with CUDA graphs and without, and of a
+  Gemma-2-2B-shaped model at 64 slots in bfloat16; milliseconds per decode
+  step (graphs on and off) against one bare forward step of the same rows
+  over HF's own static cache, eager and replayed as a CUDA graph: the
+  engine's overhead.
 """
 
 from __future__ import annotations
@@ -85,8 +87,8 @@ def exactness(model, prompts: list[str]) -> dict:
             "steered_rows_equal_batch_of_one": f"{alone}/{len(steerings)}"}
 
 
-def throughput(model, prompts: list[str], slots: int, max_new: int, layers: list[int]) -> dict:
-    cfg = GenerationConfig(max_new_tokens=max_new, slots=slots)
+def throughput(model, prompts: list[str], slots: int, max_new: int, layers: list[int], graphs: bool = True) -> dict:
+    cfg = GenerationConfig(max_new_tokens=max_new, slots=slots, cuda_graphs=graphs)
     generate(model, prompts[:slots], layers, cfg=GenerationConfig(max_new_tokens=4, slots=slots))  # warm-up
     sync(model.device)
     started = time.perf_counter()
@@ -94,27 +96,60 @@ def throughput(model, prompts: list[str], slots: int, max_new: int, layers: list
     sync(model.device)
     seconds = time.perf_counter() - started
     tokens = sum(map(len, gens.answer_ids))
-    return {"slots": slots, "layers_captured": layers, "prompts": len(prompts), "new_tokens": tokens,
+    return {"slots": slots, "layers_captured": layers, "cuda_graphs": gens.stats.get("cuda_graphs", 0),
+            "prompts": len(prompts), "new_tokens": tokens,
             "seconds": round(seconds, 2), "new_tokens_per_s": round(tokens / seconds, 1),
             "decode_steps": gens.stats["decode_steps"], "ms_per_step_incl_prefill": round(seconds / max(1, gens.stats[
                 "decode_steps"]) * 1000, 2)}
 
 
-def bare_step_ms(model, slots: int, context: int) -> float:
-    """One eager forward of `slots` rows x 1 token over a `context`-long HF static cache."""
-    cache = transformers.StaticCache(config=model.hf_model.config, max_cache_len=context + 8)
+def step_ms(model, prompts: list[str], slots: int, graphs: bool) -> float:
+    """The engine's milliseconds per decode step at `slots` rows: the same
+    prompts to 33 and to 1 new tokens, the difference over the steps between."""
+    chosen = (prompts * (slots // len(prompts) + 1))[:slots]
+    times, steps = [], []
+    for max_new in (1, 33, 1, 33):  # the first pair warms up (and captures the graphs)
+        cfg = GenerationConfig(max_new_tokens=max_new, slots=slots, cuda_graphs=graphs)
+        sync(model.device)
+        started = time.perf_counter()
+        gens = generate(model, chosen, cfg=cfg)
+        sync(model.device)
+        times.append(time.perf_counter() - started)
+        steps.append(gens.stats["decode_steps"])
+    return round((times[3] - times[2]) / max(1, steps[3] - steps[2]) * 1000, 2)
+
+
+def bare_step_ms(model, slots: int, context: int) -> dict:
+    """One forward of `slots` rows x 1 token over a `context`-long HF static
+    cache, eager and (on CUDA) replayed as a CUDA graph."""
+    cache = transformers.StaticCache(config=model.hf_model.config, max_cache_len=context + 64)
     ids = torch.randint(0, 1000, (slots, context), device=model.device)
+    step = torch.randint(0, 1000, (slots, 1), device=model.device)
+    position = torch.tensor([context], device=model.device)
+    forward = lambda: model.hf_model(step, past_key_values=cache, use_cache=True, logits_to_keep=1,  # noqa: E731
+                                     cache_position=position)
+    out = {}
     with torch.inference_mode():
         model.hf_model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        step = torch.randint(0, 1000, (slots, 1), device=model.device)
-        times = []
-        for k in range(6):
-            sync(model.device)
-            started = time.perf_counter()
-            model.hf_model(step, past_key_values=cache, use_cache=True, logits_to_keep=1,
-                           cache_position=torch.tensor([context + k], device=model.device))
-            sync(model.device)
-            times.append(time.perf_counter() - started)
+        out["eager"] = _median_ms(model.device, forward)
+        if model.device.type == "cuda":
+            for _ in range(2):
+                forward()  # warm-up before capture
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                forward()
+            out["cuda_graph"] = _median_ms(model.device, graph.replay)
+    return out
+
+
+def _median_ms(device: torch.device, run) -> float:
+    times = []
+    for _ in range(7):
+        sync(device)
+        started = time.perf_counter()
+        run()
+        sync(device)
+        times.append(time.perf_counter() - started)
     return round(sorted(times)[len(times) // 2] * 1000, 2)
 
 
@@ -144,6 +179,9 @@ def main() -> None:
         bf16 = actlab.load_model(str(default_dir), device=args.device, dtype="bfloat16")
         result["default_bfloat16"] = throughput(bf16, prompts, big_slots, max_new, layers)
         result["default_bfloat16_no_capture"] = throughput(bf16, prompts, big_slots, max_new, [])
+        result["default_bfloat16_no_graphs"] = throughput(bf16, prompts, big_slots, max_new, layers, graphs=False)
+        result["default_bfloat16_step_ms"] = {"cuda_graphs": step_ms(bf16, prompts, big_slots, True),
+                                              "eager": step_ms(bf16, prompts, big_slots, False)}
         result["default_bfloat16_bare_step_ms"] = bare_step_ms(bf16, big_slots, 192)
         del bf16
         shape = dict(GEMMA2_2B, num_hidden_layers=2, vocab_size=49152) if args.small else GEMMA2_2B
@@ -155,6 +193,10 @@ def main() -> None:
         gemma = actlab.load_model(str(gemma_dir), device=args.device, dtype="bfloat16")
         result["gemma2_2b_shaped_bfloat16"] = throughput(gemma, prompts[:max(gemma_slots * 4, 8)], gemma_slots,
                                                          max_new, [gemma.n_layers // 2])
+        result["gemma2_2b_shaped_no_graphs"] = throughput(gemma, prompts[:max(gemma_slots * 4, 8)], gemma_slots,
+                                                          max_new, [gemma.n_layers // 2], graphs=False)
+        result["gemma2_2b_shaped_step_ms"] = {"cuda_graphs": step_ms(gemma, prompts, gemma_slots, True),
+                                              "eager": step_ms(gemma, prompts, gemma_slots, False)}
         result["gemma2_2b_shaped_bare_step_ms"] = bare_step_ms(gemma, gemma_slots, 192)
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=2))

@@ -10,7 +10,8 @@ ended keeps stepping without effect (its tokens past the end are never read),
 so neither `sync_every` nor the slot count changes an answer. When no prompt
 is waiting, the live rows are packed into fewer slots at each look (only the
 rows past the new end move, into the holes below it): a step computes live
-rows only.
+rows only. On CUDA each step is a CUDA graph's replay (graphs.py): the live
+rows are then packed into a slot bucket, and attention reads the whole cache.
 
 Per slot: the token fed next (`last`) sits at `positions`; `count` answer
 tokens are in `tokens[:count]`; `live` says that `last` is an answer token
@@ -32,6 +33,7 @@ from ..engine import OnBatch, auto_token_budget
 from ..hooks import lm_logits
 from .cache import SlotCache, attending_through, cache_bytes_per_token, keep_rows
 from .config import GenerationConfig, Steering
+from .graphs import DecodeGraphs, slot_bucket
 from .sampling import choose_tokens
 from .taps import Capture, Phase, Taps
 
@@ -82,6 +84,7 @@ class SlotDecoder:
         self.sample_rows = torch.zeros(s, dtype=torch.long, device=device)  # (S,)
         self.tokens = torch.zeros(s, cfg.max_new_tokens + 1, dtype=torch.long, device=device)  # (S, new + 1)
         self.answers: list[Answer | None] = [None] * len(self.requests)
+        self.graphs = decode_graphs(device, cfg)
         self.stats = {"slots": s, "decode_steps": 0, "prefill_forwards": 0}
         self._cache_keyword = cache_keyword(model.base_model)
 
@@ -96,8 +99,10 @@ class SlotDecoder:
                 free = self._collect(on_batch)
                 if waiting:
                     self._admit(waiting, free)
-                elif len(free):
-                    self._keep(compaction(self.occupant >= 0))
+                else:
+                    self._pack()
+        if self.graphs is not None:
+            self.stats["cuda_graphs"] = len(self.graphs.graphs)
         return self.answers
 
     # -- the forward passes ------------------------------------------------------
@@ -145,17 +150,25 @@ class SlotDecoder:
         self._record(rows, logits, torch.ones(len(requests), dtype=torch.bool, device=device))
 
     def _step(self) -> None:
-        """One decode step of every slot: feed `last`, choose the next token."""
-        self.cache.plan_decode(self.positions, int(self.position_host.max()) + 1)
+        """One decode step of every slot (a graph's replay where one is kept)."""
+        if self.graphs is None:
+            self._decode(int(self.position_host.max()) + 1)
+        else:
+            self.graphs.step(len(self.occupant), lambda: self._decode(self.length))
+        self.position_host = np.minimum(self.position_host + 1, self.length - 1)
+        self.steps_left -= 1
+        self.stats["decode_steps"] += 1
+
+    def _decode(self, kv_length: int) -> None:
+        """Feed `last`, choose the next token, reading cache positions
+        0..kv_length-1: device work only, on buffers updated in place."""
+        self.cache.plan_decode(self.positions, kv_length)
         self.taps.phase = Phase(answering=self.live, index=self.count - 1)
         hidden = self._forward(self.last.unsqueeze(-1), self.positions.unsqueeze(-1))  # (S, 1, d)
         logits = lm_logits(self.model.hf_model, hidden[:, 0])  # (S, V)
         choosing = self.live & (self.count < self.cfg.max_new_tokens)
         self._record(torch.arange(len(self.occupant), device=self.positions.device), logits, choosing)
-        self.positions = (self.positions + 1).clamp(max=self.length - 1)
-        self.position_host = np.minimum(self.position_host + 1, self.length - 1)
-        self.steps_left -= 1
-        self.stats["decode_steps"] += 1
+        self.positions.add_(1).clamp_(max=self.length - 1)
 
     def _record(self, slots: torch.Tensor, logits: torch.Tensor, choosing: torch.Tensor) -> None:
         """The next token of `slots` (where `choosing`): logits (m, V), choosing (m,) bool."""
@@ -190,6 +203,13 @@ class SlotDecoder:
             self.occupant[ended] = -1
         return np.flatnonzero(self.occupant < 0)
 
+    def _pack(self) -> None:
+        """Pack the live rows into as few slots as they fill (a slot bucket for graphs)."""
+        live = self.occupant >= 0
+        size = int(live.sum()) if self.graphs is None else slot_bucket(int(live.sum()))
+        if size < len(live):
+            self._keep(compaction(live, size))
+
     def _keep(self, order: np.ndarray) -> None:
         """Pack the live rows into the first len(order) slots: slot i takes old slot order[i]."""
         self.cache.keep(order)
@@ -200,14 +220,21 @@ class SlotDecoder:
         self.steps_left = self.steps_left[order]
 
 
-def compaction(live: np.ndarray) -> np.ndarray:
-    """The old slot of each packed slot, for the live mask (S,) bool: the
-    live rows at or past the packed end fill the holes below it, in order,
-    and every other live row stays where it is (see cache.keep_rows)."""
+def compaction(live: np.ndarray, size: int) -> np.ndarray:
+    """The old slot of each of `size` packed slots (at least the live count),
+    for the live mask (S,) bool: the live rows at or past `size` fill the
+    first holes below it, in order, and every other slot stays where it is
+    (see cache.keep_rows)."""
     slots = np.flatnonzero(live)
-    order = np.arange(len(slots))
-    order[~live[:len(slots)]] = slots[slots >= len(slots)]
+    order = np.arange(size)
+    movers = slots[slots >= size]
+    order[np.flatnonzero(~live[:size])[:len(movers)]] = movers
     return order
+
+
+def decode_graphs(device: torch.device, cfg: GenerationConfig) -> DecodeGraphs | None:
+    """CUDA graphs of the decode step on CUDA unless cfg.cuda_graphs is off."""
+    return DecodeGraphs(capture=True) if device.type == "cuda" and cfg.cuda_graphs else None
 
 
 def eos_ids(model: "Model") -> set[int]:

@@ -38,8 +38,8 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
 def counter_keys(seed: int, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """One key per (seed, row, step): rows, steps (S,) int64 -> (S, 1) int32."""
-    seed_key = _hash32(torch.tensor((seed ^ 0x9E3779B9) & 0x7FFFFFFF, dtype=torch.int32, device=rows.device))
-    key = _hash32(rows.to(torch.int32) ^ seed_key)
+    seed_key = int(_hash32(torch.tensor((seed ^ 0x9E3779B9) & 0x7FFFFFFF, dtype=torch.int32)))  # on the host:
+    key = _hash32(rows.to(torch.int32) ^ seed_key)  # no copy to the device inside a CUDA graph's capture
     return _hash32(key ^ steps.to(torch.int32)).unsqueeze(-1)
 
 
