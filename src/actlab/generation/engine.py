@@ -207,7 +207,7 @@ class SlotDecoder:
         """Pack the live rows into as few slots as they fill (a slot bucket for graphs)."""
         live = self.occupant >= 0
         size = int(live.sum()) if self.graphs is None else slot_bucket(int(live.sum()))
-        if size < len(live):
+        if 0 < live.sum() and size < len(live):
             self._keep(compaction(live, size))
 
     def _keep(self, order: np.ndarray) -> None:
