@@ -118,11 +118,11 @@ class SlotCache(Cache):
             self._masks[window] = allowed if window is None else allowed & (k > q - window)
         return self._masks[window]
 
-    def additive_mask(self, window: int | None) -> torch.Tensor:
-        """A decode step's mask as 0 / -inf, (S, 1, 1, keys) in float32."""
+    def additive_mask(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """A decode step's mask as 0 / -inf, (S, 1, 1, keys) in the queries' dtype."""
         if ("additive", window) not in self._masks:
             allowed = self.mask(window, 1, explicit=True)
-            bias = torch.zeros(allowed.shape, device=self.device).masked_fill_(~allowed, float("-inf"))
+            bias = torch.zeros(allowed.shape, device=self.device, dtype=dtype).masked_fill_(~allowed, float("-inf"))
             self._masks["additive", window] = bias
         return self._masks["additive", window]
 
@@ -168,7 +168,7 @@ def slot_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: to
     cache = _ACTIVE.get()
     groups = query.shape[1] // key.shape[1]
     if softcap is None and cache.rows is None:
-        return decode_attention(query, key, value, cache.additive_mask(sliding_window), scaling), None
+        return decode_attention(query, key, value, cache.additive_mask(sliding_window, query.dtype), scaling), None
     mask = cache.mask(sliding_window, query.shape[2])
     if softcap is None:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None,
