@@ -145,7 +145,7 @@ def random_sae(hook, d_in=64, arch="standard", seed=0, **cfg):
                "b_dec": torch.randn(d_in, generator=g) * 0.1,
                "threshold": torch.rand(D_SAE, generator=g) * 0.3}
     config = SAEConfig(d_in=d_in, d_sae=D_SAE, architecture=arch, hook_name=hook,
-                       k=16 if arch == "topk" else None, prepend_bos=False, **cfg)
+                       k=16 if arch == "topk" else None, **{"prepend_bos": False, **cfg})
     return SAE(config, weights)
 
 

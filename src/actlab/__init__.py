@@ -4,7 +4,7 @@
     acts = model.extract(texts, ["blocks.7.hook_resid_post"], pooling="mean")
     feats = model.features(texts)                      # the default SAEs, one pass
     path = actlab.extract_run(model, records, "runs/x", actlab.ExtractConfig(hooks=[...]))
-    run = actlab.open_run(path)                        # ActivationRun, FeatureRun or TraitRun
+    run = actlab.open_run(path)                        # ActivationRun, FeatureRun, TraitRun, LatentsRun, ...
     gens = actlab.generate(model, [actlab.render_prompt(model.tokenizer, "Hi")], layers=[7])
 """
 
@@ -26,6 +26,7 @@ from .generation import (
                          render_prompt,
 )
 from .inputs import Records, read_records
+from .latents import LatentsConfig, LatentsRun, latents_run
 from .models import Model, ModelSpec, load_model
 from .pipelines import TraitPipelineConfig, build_report, contrast, run_trait
 from .runs import ActivationRun, FeatureRun, extract_run, features_run, open_run
@@ -36,7 +37,7 @@ from .version import VERSION as __version__
 
 __all__ = ["ActivationRun", "Activations", "ActlabError", "ContrastConfig", "ContrastRun", "DEFAULT_MODEL",
            "ExtractConfig", "ExtractStats", "FeatureRun", "Features", "GenerationConfig", "GenerationRun",
-           "GenerationRunConfig", "Generations", "Model", "ModelSpec", "Records", "SAE", "Steering",
-           "TraitPipelineConfig", "TraitRun", "__version__", "build_report", "contrast", "extract_run",
-           "features_run", "generate", "generate_run", "load_model", "load_pairs", "load_sae", "load_trait",
-           "open_run", "read_records", "render_prompt", "run_trait"]
+           "GenerationRunConfig", "Generations", "LatentsConfig", "LatentsRun", "Model", "ModelSpec", "Records",
+           "SAE", "Steering", "TraitPipelineConfig", "TraitRun", "__version__", "build_report", "contrast",
+           "extract_run", "features_run", "generate", "generate_run", "latents_run", "load_model", "load_pairs",
+           "load_sae", "load_trait", "open_run", "read_records", "render_prompt", "run_trait"]

@@ -26,10 +26,14 @@ EXCLUDED = {  # command -> fields the command sets itself, and why
     ("bench", "generate"): {"bench.device": "every engine runs on the CPU, in its own process"},
     ("bench", "ray"): {"bench.device": "the ray benchmark's own --device (cpu by default)"},
     ("bench", "capacity"): {"bench.device": "the store is measured on the CPU"},
+    ("latents",): {"fields.id": "windows are named by text and offset", "fields.label": "as id",
+                   "fields.category": "as id"},
 }
 
 
 def commands(group: typer.Typer, prefix=()):
+    if prefix and group.registered_callback and hasattr(group.registered_callback.callback, "__actlab_options__"):
+        yield prefix, group.registered_callback.callback  # a group that is a command too (actlab latents)
     for info in group.registered_commands:
         yield prefix + (info.name or info.callback.__name__.replace("_", "-"),), info.callback
     for sub in group.registered_groups:
@@ -43,7 +47,7 @@ def test_every_command_is_walked():
     assert {("extract",), ("features",), ("contrast",), ("models",), ("analyze",), ("report",), ("explore",),
             ("demo",), ("generate",), ("sae", "quality"), ("sae", "train"), ("traits", "generate"), ("traits", "vectors"),
             ("traits", "steer"), ("traits", "monitor"), ("traits", "report"), ("traits", "run"),
-            ("bench", "extract"), ("bench", "ray"), ("bench", "trait-quality")} <= set(ALL)
+            ("bench", "extract"), ("bench", "ray"), ("bench", "trait-quality"), ("latents",)} <= set(ALL)
 
 
 def problems(path, callback) -> list[str]:

@@ -5,7 +5,7 @@ dataclasses), calls one API function and prints what it returns."""
 import sys
 
 from ..errors import ActlabError
-from . import bench, saes, traits
+from . import bench, latents, saes, traits
 from .common import err, error_line, with_optional_values
 from .contrast import contrast_command
 from .extract import app
@@ -14,6 +14,7 @@ from .generate import generate_command
 app.command("contrast")(contrast_command)
 app.command("generate")(generate_command)
 app.add_typer(bench.app, name="bench")
+app.add_typer(latents.app, name="latents")
 app.add_typer(saes.app, name="sae")
 app.add_typer(traits.app, name="traits")
 

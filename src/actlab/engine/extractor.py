@@ -79,6 +79,12 @@ class Extractor(Generic[R]):
                               "give one position per text", param="pooling")
         started = time.perf_counter()
         tok = tokenize(self.model.tokenizer, texts, self.cfg.prepend_bos, self.max_length)
+        return self.run_tokenized(tok, on_batch, started)
+
+    def run_tokenized(self, tok: Tokenized, on_batch: OnBatch | None = None, started: float | None = None) -> R:
+        """The same over sequences already tokenized (token windows of a
+        corpus, say); `started`: when the call began, for its timing."""
+        started = time.perf_counter() if started is None else started
         lengths = np.array(tok.lengths)
         text_offsets = offsets(lengths) if self.pooling.per_token else None
         n_rows = int(text_offsets[-1]) if text_offsets is not None else len(lengths)
@@ -99,7 +105,7 @@ class Extractor(Generic[R]):
         if self.model.device.type == "cuda":
             torch.cuda.synchronize(self.model.device)
         stats = ExtractStats(
-            n_texts=len(texts), n_tokens=int(lengths.sum()), n_padded_tokens=n_padded,
+            n_texts=len(tok.ids), n_tokens=int(lengths.sum()), n_padded_tokens=n_padded,
             seconds=time.perf_counter() - started, n_truncated=tok.n_truncated, oom_splits=run.oom_splits)
         tokens = token_ids = None
         if self.pooling.per_token:

@@ -261,11 +261,14 @@ class FeatureExtractor(Extractor[Features]):
     def make_sinks(self, n_rows: int) -> dict[str, list[Sink]]:
         pin = self.model.device.type == "cuda"
         sinks: dict[str, list[Sink]] = {hook: [] for hook in self.hook_names}
-        layer_norm = self.model.architecture in LAYER_NORM_MODELS
         for name, sae in self.saes.items():
-            centre = layer_norm and sae.cfg.center_writing_weights
-            sinks[sae.cfg.hook_name].append(FeatureSink(name, sae, n_rows, self.keep_dense, centre, pin))
+            sinks[sae.cfg.hook_name].append(FeatureSink(name, sae, n_rows, self.keep_dense, self.centres(sae), pin))
         return sinks
+
+    def centres(self, sae: SAE) -> bool:
+        """Whether `sae` reads activations centred over d_model (trained on
+        TransformerLens's centred LayerNorm writing weights)."""
+        return self.model.architecture in LAYER_NORM_MODELS and sae.cfg.center_writing_weights
 
     def make_result(self, sinks: dict[str, list[Sink]], **fields) -> Features:
         by_name = {sink.name: sink for group in sinks.values() for sink in group}

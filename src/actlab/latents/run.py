@@ -1,0 +1,283 @@
+"""Latents runs: `latents_run` writes one, `LatentsRun` reads it.
+
+    manifest.json             settings: model, SAEs, LatentsConfig's fields, input, shard size
+    windows-NNNNN.parquet     the shard's windows: window, text_id, start, token_ids, tokens
+    stats|top|sample|hist|minhash-NNNNN.parquet   the shard's partial summary (summary.to_tables)
+    codes-NNNNN.parquet       with keep_tokens: window, position, sae, latent, value of every nonzero code
+    shard-NNNNN.parquet       the shard's texts (text_id, n_tokens, n_windows), written last: the marker
+    latents|top|intervals|histograms|cofiring.parquet   the merged summary (tables.py)
+    logit_effects.parquet, neighbours.parquet          from the SAEs' weights (effects.py)
+
+Shards hold partial summaries that merge exactly, so a killed run resumes
+and a run on Ray ends with the same tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..activations import ExtractStats
+from ..engine import OnBatch
+from ..errors import ActlabError
+from ..inputs import ParquetRecords, Records
+from ..runs import RunControl, read_manifest, register_run_kind
+from ..runs.activations import input_settings, model_settings
+from ..runs.atomic import write_parquet_atomic
+from ..runs.job import ShardJob, ShardWriter
+from ..runs.manifest import Run, RunKind, finish_run
+from ..runs.runner import run_job
+from ..runs.shards import ShardPlan, shard_name
+from ..saes.sae import SAEConfig
+from ..storage import RunPath, StorePath, read_parquet, run_path
+from .config import LatentsConfig
+from .effects import logit_effects, neighbours, unembedding
+from .sink import LatentsExtractor, LatentsPass
+from .summary import LatentSummary, from_tables, merge, to_tables
+from .tables import cofiring_table, histograms_table, intervals_table, latents_table, top_table
+from .windows import WINDOW_BITS, cut_windows
+
+if TYPE_CHECKING:
+    from ..models import Model, ModelSpec
+
+LATENTS_FORMAT = "actlab.latents"
+LATENTS_SHARD_SIZE = 1024
+PARTS = ("stats", "top", "sample", "hist", "minhash")
+TABLES = ("latents", "top", "intervals", "histograms", "cofiring", "logit_effects", "neighbours")
+
+
+@dataclass
+class LatentsJob(ShardJob):
+    """A latents run as a job (actlab.runs.job)."""
+
+    records: Records | ParquetRecords
+    out: RunPath
+    cfg: LatentsConfig
+    shard_size: int
+    saes: object = None
+    FORMAT: ClassVar[str] = LATENTS_FORMAT
+
+    @property
+    def plan(self) -> ShardPlan:
+        return ShardPlan(len(self.records), self.shard_size)
+
+    def worker(self, model: "Model") -> LatentsExtractor:
+        return LatentsExtractor(model, self.saes, self.cfg)
+
+    def settings(self, model: "Model", extractor: LatentsExtractor) -> dict:
+        return {"model": model_settings(model), "latents": self.cfg.settings(),
+                "saes": {name: _describe(sae.cfg) for name, sae in extractor.saes.items()},
+                "has_bos": extractor.prepend_bos, "content": self.cfg.context - extractor.prepend_bos,
+                "shard_size": self.shard_size, "input": input_settings(self.records)}
+
+    def extras(self, model: "Model", extractor: LatentsExtractor) -> dict:
+        """The logit effects and decoder neighbours of every SAE (from weights only)."""
+        unembed = unembedding(model.hf_model)
+
+        def decode(token_id: int) -> str:
+            return model.token_strings([[token_id]])[0]
+        effects = [logit_effects(sae, unembed, self.cfg.logit_tokens, decode, name)
+                   for name, sae in extractor.saes.items()]
+        near = [neighbours(sae, self.cfg.neighbours, name) for name, sae in extractor.saes.items()]
+        return {"logit_effects": pa.concat_tables(effects), "neighbours": pa.concat_tables(near)}
+
+    def shard_writer(self, extractor: LatentsExtractor, on_batch: OnBatch | None = None) -> ShardWriter:
+        def tokens_only(n_windows: int, n_tokens: int) -> None:  # the bar counts texts, per shard
+            if on_batch:
+                on_batch(0, n_tokens)
+
+        def process(index: int, lo: int, hi: int) -> ExtractStats:
+            rows = self.records.slice(lo, hi)
+            windows = cut_windows(extractor.model.tokenizer, rows.texts, lo, self.cfg.context, extractor.prepend_bos)
+            result = extractor.summarize(windows, tokens_only)
+            keys = windows.keys
+            write_parquet_atomic(self.out / shard_name(index, "windows"), pa.table({
+                "window": pa.array(keys, pa.int64()), "text_id": pa.array(windows.text_id, pa.int64()),
+                "start": pa.array(windows.start, pa.int64()),
+                "token_ids": pa.array(windows.ids, pa.list_(pa.int32())),
+                "tokens": pa.ListArray.from_arrays(pa.array(np.cumsum([0] + lengths_of(windows.ids)), pa.int32()),
+                                                   pa.array(extractor.model.token_strings(windows.ids), pa.string()))}))
+            self._write_parts(index, result)
+            lengths = np.array([len(ids) - windows.has_bos for ids in windows.ids], dtype=np.int64)
+            texts = np.arange(lo, hi)
+            per_text = np.searchsorted(texts, windows.text_id)
+            write_parquet_atomic(self.out / shard_name(index), pa.table({
+                "text_id": pa.array(texts, pa.int64()),
+                "n_tokens": np.bincount(per_text, weights=lengths, minlength=hi - lo).astype(np.int64),
+                "n_windows": np.bincount(per_text, minlength=hi - lo).astype(np.int64)}))  # last: the marker
+            if on_batch:
+                on_batch(hi - lo, 0)
+            stats = result.stats
+            stats.n_texts = hi - lo
+            return stats
+        return process
+
+    def _write_parts(self, index: int, result: LatentsPass) -> None:
+        parts = [to_tables(summary, name) for name, summary in result.summaries.items()]
+        for part in PARTS:
+            write_parquet_atomic(self.out / shard_name(index, part), pa.concat_tables([p[part] for p in parts]))
+        if self.cfg.keep_tokens:
+            write_parquet_atomic(self.out / shard_name(index, "codes"), pa.concat_tables([pa.table({
+                "window": pa.array(key, pa.int64()), "position": pa.array(position, pa.int32()),
+                "sae": pa.array([name] * len(key), pa.string()), "latent": pa.array(latent, pa.int32()),
+                "value": pa.array(value, pa.float32())}) for name, (key, position, latent, value)
+                in result.codes.items()]))
+
+    def complete(self, manifest: dict, totals: ExtractStats, session: dict, **extras) -> dict:
+        """Merge every shard's summary, write the run's tables, then the manifest."""
+        settings = manifest["settings"]
+        names = self.plan.names()
+        texts = pa.concat_tables([read_parquet(self.out / name) for name in names])
+        n_tokens = int(pc.sum(texts.column("n_tokens")).as_py() or 0)
+        outputs: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
+        for sae, described in settings["saes"].items():
+            summary = merged_summary(self.out, names, sae, described["d_sae"], self.cfg)
+            content = settings["content"]
+            outputs["latents"].append(latents_table(summary, sae, n_tokens))
+            outputs["top"].append(top_table(summary, sae, content))
+            outputs["intervals"].append(intervals_table(summary, sae, self.cfg.intervals, content))
+            outputs["histograms"].append(histograms_table(summary, sae))
+            outputs["cofiring"].append(cofiring_table(summary, sae, self.cfg.cofiring))
+        outputs["logit_effects"] = [extras["logit_effects"]]
+        outputs["neighbours"] = [extras["neighbours"]]
+        for name, tables in outputs.items():
+            write_parquet_atomic(self.out / f"{name}.parquet", pa.concat_tables(tables))
+        return finish_run(self.out, manifest, names, texts.num_rows, session, n_tokens=n_tokens,
+                          n_windows=int(pc.sum(texts.column("n_windows")).as_py() or 0),
+                          batching={"batch_size": self.cfg.batch_size, "max_batch_tokens": self.cfg.max_batch_tokens})
+
+
+def lengths_of(ids: list[list[int]]) -> list[int]:
+    return [len(x) for x in ids]
+
+
+def merged_summary(out: RunPath, names: list[str], sae: str, d_sae: int, cfg: LatentsConfig) -> LatentSummary:
+    """One SAE's summary over every shard (merged one shard at a time)."""
+    summary = LatentSummary.empty(d_sae)
+    for name in names:
+        suffix = name.split("-", 1)[1]
+        tables = {part: read_parquet(out / f"{part}-{suffix}", filters=[("sae", "=", sae)]) for part in PARTS}
+        summary = merge(summary, from_tables(tables, d_sae), cfg)
+    return summary
+
+
+def _describe(cfg: SAEConfig) -> dict:
+    described = cfg.to_dict()
+    described.pop("metadata")
+    return described
+
+
+def latents_run(model: "Model | ModelSpec | str", records: Records | ParquetRecords | Sequence[str], saes=None,
+                out_dir: str | Path | StorePath = "runs/latents", cfg: LatentsConfig | None = None,
+                **control) -> RunPath:
+    """Summarise every latent of every SAE (None: the model's default SAEs)
+    over a corpus cut into windows, in one pass with the SAEs fused: top
+    windows, interval samples, histograms, frequencies, co-firing, logit
+    effects and decoder neighbours. Open it with actlab.open_run.
+    `control`: RunControl's fields, as for extract_run."""
+    if not isinstance(records, (Records, ParquetRecords)):
+        if isinstance(records, str):
+            raise ActlabError("records must be a list of texts or Records, not one string; wrap it: [text]",
+                              param="records")
+        records = Records.of(list(records))
+    run = RunControl.of(**control)
+    job = LatentsJob(records, run_path(out_dir), cfg or LatentsConfig(), run.shards(LATENTS_SHARD_SIZE), saes)
+    run_job(model, job, run)
+    return job.out
+
+
+@dataclass
+class LatentsRun(Run):
+    """A latents run read back. Every method returns a pyarrow table (call
+    .to_pandas()); `sae` may be left out when the run has one SAE."""
+
+    path: RunPath
+    manifest: dict
+
+    @classmethod
+    def open(cls, path: str | Path | StorePath) -> "LatentsRun":
+        run = run_path(path)
+        return cls(run, read_manifest(run, LATENTS_FORMAT))
+
+    @property
+    def saes(self) -> list[str]:
+        return list(self.settings["saes"])
+
+    def sae_config(self, sae: str | None = None) -> SAEConfig:
+        return SAEConfig(**self.settings["saes"][self.sae_name(sae)])
+
+    def sae_name(self, sae: str | None) -> str:
+        if sae is None and len(self.saes) == 1:
+            return self.saes[0]
+        if sae not in self.settings["saes"]:
+            raise ActlabError(f"{'pick an SAE' if sae is None else f'no SAE {sae!r} in this run'}; "
+                              f"the run has {', '.join(self.saes)}", param="sae")
+        return sae
+
+    def _table(self, name: str, sae: str | None, latent: int | None = None, sort: str = "rank") -> pa.Table:
+        sae = self.sae_name(sae)
+        filters = [("sae", "=", sae)]
+        if latent is not None:
+            d_sae = self.settings["saes"][sae]["d_sae"]
+            if not 0 <= int(latent) < d_sae:
+                raise ActlabError(f"latent {latent} is outside 0..{d_sae - 1} of SAE {sae}", param="latent")
+            filters.append(("latent", "=", int(latent)))
+        table = read_parquet(self.path / f"{name}.parquet", filters=filters)
+        keys = [("latent", "ascending")] + [(c, "ascending") for c in sort.split(",") if c in table.column_names]
+        return table.sort_by(keys)
+
+    def latents(self, sae: str | None = None) -> pa.Table:
+        """One row per latent: count, frequency, mean, max, windows."""
+        return self._table("latents", sae)
+
+    def top(self, sae: str | None = None, latent: int = 0) -> pa.Table:
+        """The latent's top windows, best first: value, window, text_id, start, position, token_ids, tokens."""
+        return self.with_tokens(self._table("top", sae, latent))
+
+    def intervals(self, sae: str | None = None, latent: int = 0) -> pa.Table:
+        """Seeded samples of the latent's active windows per decile (lowest first)."""
+        return self.with_tokens(self._table("intervals", sae, latent, "decile,rank"))
+
+    def histogram(self, sae: str | None = None, latent: int = 0) -> pa.Table:
+        """Active token values per log-spaced bin: bin, lower, upper, count."""
+        return self._table("histograms", sae, latent, "bin")
+
+    def logit_effects(self, sae: str | None = None, latent: int = 0) -> pa.Table:
+        """The most promoted ("top") and suppressed ("bottom") tokens."""
+        return self._table("logit_effects", sae, latent, "side,rank")
+
+    def neighbours(self, sae: str | None = None, latent: int = 0) -> pa.Table:
+        """The latents of largest decoder cosine."""
+        return self._table("neighbours", sae, latent)
+
+    def cofiring(self, sae: str | None = None, latent: int = 0) -> pa.Table:
+        """The latents most often active on the same tokens (MinHash Jaccard)."""
+        return self._table("cofiring", sae, latent)
+
+    def with_tokens(self, table: pa.Table) -> pa.Table:
+        """`table` (a window column) with each window's token_ids and tokens."""
+        keys = table.column("window").to_numpy()
+        shards = np.unique((keys >> WINDOW_BITS) // self.settings["shard_size"])
+        windows = pa.concat_tables([read_parquet(self.path / shard_name(int(i), "windows"),
+                                                 filters=[("window", "in", keys.tolist())]) for i in shards]) \
+            if len(keys) else None
+        if windows is None:
+            return table.append_column("token_ids", pa.array([], pa.list_(pa.int32()))).append_column(
+                "tokens", pa.array([], pa.list_(pa.string())))
+        where = {k: i for i, k in enumerate(windows.column("window").to_numpy().tolist())}
+        rows = pa.array([where[k] for k in keys.tolist()], pa.int64())
+        return table.append_column("token_ids", windows.column("token_ids").take(rows)).append_column(
+            "tokens", windows.column("tokens").take(rows))
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        return Run.summary_rows(self) + [("texts", str(self.manifest["n_rows"])),
+                                         ("tokens", str(self.manifest.get("n_tokens"))),
+                                         ("SAEs", ", ".join(self.saes))]
+
+
+LATENTS = register_run_kind(RunKind(LATENTS_FORMAT, "an actlab run (latents)", "latents", LatentsRun.open))

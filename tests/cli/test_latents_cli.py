@@ -1,0 +1,37 @@
+"""`actlab latents` end to end on the tiny model with an SAELens folder:
+the same tables as actlab.latents_run, and bad input as one line."""
+
+import json
+
+import pyarrow.parquet as pq
+
+import actlab
+from conftest import TEXTS, random_sae, run_cli, save_sae_lens_folder
+
+
+def test_latents_command_equals_the_python_api(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    sae = save_sae_lens_folder(random_sae("blocks.1.hook_resid_post", seed=2), tmp_path / "sae")
+    code, out, err = run_cli(monkeypatch, capsys, "latents", "--model", tiny_model_dir, "--device", "cpu",
+                             "--input", corpus, "--sae", sae, "--out", tmp_path / "cli", "--context", "8", "--top", "3")
+    assert code == 0, err
+    assert "latents of 8 texts" in out and "128" in out
+    run = actlab.open_run(tmp_path / "cli")
+    assert isinstance(run, actlab.LatentsRun) and run.saes == [sae]
+    model = actlab.load_model(str(tiny_model_dir), device="cpu")
+    api = actlab.latents_run(model, TEXTS, {sae: actlab.load_sae(sae)}, tmp_path / "api",
+                             actlab.LatentsConfig(context=8, top=3))
+    for name in ("latents", "top", "histograms"):
+        assert pq.read_table(tmp_path / "cli" / f"{name}.parquet").equals(pq.read_table(api / f"{name}.parquet"))
+
+
+def test_bad_input_is_one_line(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("one two\n")
+    for args, message in ((("--context", "0"), "context must be 1..65536"),
+                          ((), "needs --input CORPUS and --out RUN"),
+                          (("--input", corpus, "--out", tmp_path / "r", "--sae", tmp_path / "missing"), "missing")):
+        code, _, err = run_cli(monkeypatch, capsys, "latents", "--model", tiny_model_dir, "--device", "cpu", *args)
+        assert code == 2 and message in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) <= 2  # one line, folded by the terminal at most once
