@@ -417,3 +417,15 @@ def test_local_starts_its_own_instance_whatever_ray_address_says(tmp_path, tiny_
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["timings"]["session_0"]["runner"] == "ray"
+
+
+def test_latents_on_ray_equal_one_process(tmp_path, tiny_model_dir, local_ray):
+    model = actlab.load_model(str(tiny_model_dir), device="cpu")
+    saes = {"early": random_sae("blocks.0.hook_resid_post", seed=1, prepend_bos=True),
+            "late": random_sae("blocks.2.hook_resid_post", arch="topk", seed=2, prepend_bos=True)}
+    cfg = actlab.LatentsConfig(context=6, batch_size=4)
+    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(24)]
+    local = actlab.latents_run(model, texts, saes, tmp_path / "local", cfg, shard_size=5)
+    on_ray = actlab.latents_run(model, texts, saes, tmp_path / "ray", cfg, shard_size=5, runner="ray", ray=local_ray)
+    same_shards(local, on_ray, [f"{name}.parquet" for name in ("latents", "top", "intervals", "histograms",
+                                                               "cofiring", "logit_effects", "neighbours")])
