@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from actlab.latents.effects import final_norm_scale, logit_effects, neighbours, unembedding
+from actlab.latents.effects import final_norm_scale, logit_effects, neighbours
 from conftest import random_sae
 
 # where each architecture keeps its final norm, and how its weight scales
@@ -37,7 +37,7 @@ def test_logit_effects_against_a_direct_product(tiny_models):
     gamma = 1 + hf.model.norm.weight.double()
     direct = (sae.W_dec.double() / sae.W_dec.double().norm(dim=1, keepdim=True) * gamma) @ W_U  # (d_sae, vocab)
     direct = (direct - direct.mean(dim=1, keepdim=True)).detach().numpy()
-    table = logit_effects(sae, unembedding(hf), 7, lambda i: f"<{i}>", "s").to_pandas()
+    table = logit_effects(sae, hf, 7, lambda i: f"<{i}>", "s").to_pandas()
     for j in (0, 5, 127):
         for side, order in (("top", np.argsort(-direct[j])), ("bottom", np.argsort(direct[j]))):
             rows = table[(table.latent == j) & (table.side == side)].sort_values("rank")

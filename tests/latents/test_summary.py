@@ -7,7 +7,7 @@ import torch
 
 from actlab.latents import LatentsConfig
 from actlab.latents.config import DECILES, HASHES
-from actlab.latents.summary import (EMPTY, HIST_EDGES, LatentSummary, from_tables, merge, summarize, to_tables,
+from actlab.latents.summary import (EMPTY, Codes, HIST_EDGES, LatentSummary, from_tables, merge, summarize, to_tables,
                                     token_hashes, window_priority)
 from actlab.latents.tables import cofiring_table, intervals_table
 
@@ -99,14 +99,14 @@ def assert_matches(summary: LatentSummary, reference: dict) -> None:
 
 def test_summarize_then_merge_equals_brute_force():
     codes, keys = random_codes()
-    summary = merge(LatentSummary.empty(codes.shape[-1]), summarize(codes, keys, CFG.seed), CFG)
+    summary = merge(LatentSummary.empty(codes.shape[-1]), summarize(Codes.of(codes), keys, codes.shape[-1], CFG.seed), CFG)
     assert_matches(summary, brute_force(codes, keys, CFG))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_any_split_and_order_merges_to_the_same_summary(seed):
     codes, keys = random_codes(B=20, seed=seed)
-    whole = merge(LatentSummary.empty(codes.shape[-1]), summarize(codes, keys, CFG.seed), CFG)
+    whole = merge(LatentSummary.empty(codes.shape[-1]), summarize(Codes.of(codes), keys, codes.shape[-1], CFG.seed), CFG)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(20, generator=g)
     cuts = sorted(torch.randperm(19, generator=g)[:4].add(1).tolist())
@@ -116,7 +116,7 @@ def test_any_split_and_order_merges_to_the_same_summary(seed):
     for part in parts:
         state = LatentSummary.empty(codes.shape[-1])
         for batch in part.split(2):
-            state = merge(state, summarize(codes[batch], keys[batch], CFG.seed), CFG)
+            state = merge(state, summarize(Codes.of(codes[batch]), keys[batch], codes.shape[-1], CFG.seed), CFG)
         shards.append(state)
     total = LatentSummary.empty(codes.shape[-1])
     for shard in reversed(shards):
@@ -132,7 +132,7 @@ def test_any_split_and_order_merges_to_the_same_summary(seed):
 def test_interval_deciles_against_brute_force_and_reproducible():
     codes, keys = random_codes(B=300, T=3, D=4, density=0.5)
     cfg = LatentsConfig(intervals=2, seed=3)
-    summary = merge(LatentSummary.empty(4), summarize(codes, keys, cfg.seed), cfg)
+    summary = merge(LatentSummary.empty(4), summarize(Codes.of(codes), keys, 4, cfg.seed), cfg)
     table = intervals_table(summary, "s", cfg.intervals, content=3).to_pandas()
     for j in range(4):
         sample = sorted(zip(summary.sample_value[j].tolist(), summary.sample_key[j].tolist(),
@@ -148,10 +148,10 @@ def test_interval_deciles_against_brute_force_and_reproducible():
         assert list(zip(mine.decile, mine.window)) == expected
         # deciles rise in value
         assert mine.groupby("decile").value.min().is_monotonic_increasing
-    again = merge(LatentSummary.empty(4), summarize(codes, keys, cfg.seed), cfg)
+    again = merge(LatentSummary.empty(4), summarize(Codes.of(codes), keys, 4, cfg.seed), cfg)
     assert intervals_table(again, "s", 2, 3).equals(intervals_table(summary, "s", 2, 3))
     other = LatentsConfig(intervals=2, seed=4)
-    reseeded = merge(LatentSummary.empty(4), summarize(codes, keys, other.seed), other)
+    reseeded = merge(LatentSummary.empty(4), summarize(Codes.of(codes), keys, 4, other.seed), other)
     assert not intervals_table(reseeded, "s", 2, 3).equals(intervals_table(summary, "s", 2, 3))
 
 
@@ -167,7 +167,7 @@ def test_cofiring_against_brute_force_and_true_jaccard():
     on[..., 4] = on[..., 2]  # identical to 2
     codes = on.float() * (1 + torch.rand(40, 16, D, generator=g))
     keys = torch.arange(40) + 1000
-    summary = merge(LatentSummary.empty(D), summarize(codes, keys, 0), LatentsConfig())
+    summary = merge(LatentSummary.empty(D), summarize(Codes.of(codes), keys, D, 0), LatentsConfig())
     table = cofiring_table(summary, "s", k=3).to_pandas()
     sig = summary.minhash.numpy()
     for j in range(5):  # latent 5 never fires: no row

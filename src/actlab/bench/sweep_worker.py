@@ -6,6 +6,7 @@ model's loading instead. Prints one JSON line: seconds and peak RSS in bytes.
 python -m actlab.bench.sweep_worker extract MODEL DEVICE BATCH_SIZE|auto N_TEXTS HOOK [HOOK ...]
 python -m actlab.bench.sweep_worker traits MODEL DEVICE BATCH_SIZE N_PROMPTS MAX_NEW_TOKENS LAYER [LAYER ...]
 python -m actlab.bench.sweep_worker contrast MODEL DEVICE BATCH_SIZE|auto N_PAIRS
+python -m actlab.bench.sweep_worker latents MODEL DEVICE auto N_TEXTS D_SAE K CONTEXT
 """
 
 import json
@@ -23,8 +24,11 @@ from ..contrasts.pairs import load_pairs
 from ..contrasts.run import contrast_run
 from ..datasets import length_mix
 from ..engine import ExtractConfig
+from ..hooks import block_hook
+from ..latents import LatentsConfig, latents_run
 from ..models import load_model
 from ..traits import GenerationConfig, generate
+from .features import random_topk_sae
 from .traits import bench_prompts
 
 
@@ -63,6 +67,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             contrast_run(model, pairs.select(range(4)), None, Path(scratch) / "warm", cfg, batching)  # warm-up
             seconds, peak = measure(lambda: contrast_run(model, pairs, None, Path(scratch) / "run", cfg, batching))
+    elif kind == "latents":
+        n_texts, d_sae, k, context = (int(x) for x in rest)
+        layer = model.n_layers // 2
+        saes = {f"L{layer}": random_topk_sae(block_hook(layer), model.d_model, d_sae, k, seed=layer)}
+        texts, cfg = length_mix(model.tokenizer, n_texts), LatentsConfig(context=context)
+        with tempfile.TemporaryDirectory() as scratch:
+            seconds, peak = measure(lambda: latents_run(model, texts, saes, Path(scratch) / "run", cfg))
     else:
         n_prompts, max_new, *layers = rest
         prompts, cfg = bench_prompts(model, int(n_prompts)), GenerationConfig(int(max_new), batch_size=batch_size)

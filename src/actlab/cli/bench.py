@@ -8,6 +8,7 @@ from ..bench.contrast import ContrastBench
 from ..bench.extract import ExtractBench
 from ..bench.features import FeaturesBench
 from ..bench.generate import GenerateBench
+from ..bench.latents import LatentsBench
 from ..bench.options import BenchOptions
 from ..bench.ray import RayBench
 from ..bench.trait_quality import TraitQualityBench
@@ -52,6 +53,16 @@ def bench_generate(bench: BenchOptions, cfg: GenerateBench) -> None:
     from ..bench.generate import run_generate_benchmark
 
     run_generate_benchmark(bench, cfg)
+
+
+@app.command("latents")
+@with_options(bench=BenchOptions, cfg=LatentsBench)
+def bench_latents(bench: BenchOptions, cfg: LatentsBench) -> None:
+    """The latents pass against the features pass over the same windows, dashboard time per 1k latents,
+    peak memory at 1x / 4x / 16x the corpus."""
+    from ..bench.latents import run_latents_benchmark
+
+    run_latents_benchmark(bench, cfg)
 
 
 @app.command("contrast")

@@ -4,7 +4,7 @@ The logit effect is SAEDashboard's: the latent's unit decoder row through
 TransformerLens's unembedding, i.e. with the final norm's scale folded in
 (fold_ln) and each row's mean over the vocabulary removed (center_unembed):
 
-    effect[j] = (W_dec[j] / |W_dec[j]|) * gamma @ W_U.T - mean over the vocabulary   (vocab,)
+    effect[j] = (W_dec[j] / |W_dec[j]|) * gamma @ W_U.T - its mean over the vocabulary   (vocab,)
 
 Neighbours are the other latents of largest cosine between decoder rows.
 Both run over latents in chunks, so memory stays O(chunk x vocab).
@@ -45,25 +45,27 @@ def final_norm_scale(hf_model: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def unembedding(hf_model: nn.Module) -> torch.Tensor:
-    """(vocab, d_model) W_U.T with the final norm's scale folded in, float32."""
-    return hf_model.get_output_embeddings().weight.float() * final_norm_scale(hf_model).to(
-        hf_model.get_output_embeddings().weight.device)[None, :]
-
-
-@torch.no_grad()
-def logit_effects(sae: SAE, unembed: torch.Tensor, k: int, decode: Callable[[int], str], sae_name: str) -> pa.Table:
+def logit_effects(sae: SAE, hf_model: nn.Module, k: int, decode: Callable[[int], str], sae_name: str) -> pa.Table:
     """The k most promoted ("top") and most suppressed ("bottom") tokens of
-    every latent: sae, latent, side, rank, token_id, token, effect."""
-    unembed = unembed.to(sae.device)
-    directions = unit_rows(sae.W_dec.float())  # (d_sae, d)
+    every latent: sae, latent, side, rank, token_id, token, effect. The
+    product runs through the model's own LM head (its fastest matrix path),
+    on directions with the final norm's scale folded in."""
+    head = hf_model.get_output_embeddings()
+    weight = head.weight  # (vocab, d)
+    scale = final_norm_scale(hf_model).to(weight.device)  # (d,)
+    mean_row = weight.float().mean(dim=0)  # (d,): effect's mean over the vocabulary is direction . mean_row
+    bias = getattr(head, "bias", None)
+    directions = unit_rows(sae.W_dec.float().to(weight.device)) * scale  # (d_sae, d)
     parts = []
     for lo in range(0, len(directions), CHUNK):
-        effect = directions[lo:lo + CHUNK] @ unembed.T  # (c, vocab)
-        effect = effect - effect.mean(dim=1, keepdim=True)
+        chunk = directions[lo:lo + CHUNK]  # (c, d)
+        effect = head(chunk.to(weight.dtype)).float()  # (c, vocab)
+        if bias is not None:
+            effect = effect - bias.float()
+        centre = chunk @ mean_row  # (c,)
         for side, largest in (("top", True), ("bottom", False)):
             values, ids = effect.topk(min(k, effect.shape[1]), dim=1, largest=largest)  # (c, k)
-            parts.append((lo, side, values.cpu().numpy(), ids.cpu().numpy()))
+            parts.append((lo, side, (values - centre[:, None]).cpu().numpy(), ids.cpu().numpy()))
     return _entries(parts, decode, sae_name)
 
 
@@ -76,7 +78,8 @@ def _entries(parts, decode: Callable[[int], str], sae_name: str) -> pa.Table:
             "sae": pa.array([sae_name] * len(latent), pa.string()), "latent": pa.array(latent, pa.int32()),
             "side": pa.array([side] * len(latent), pa.string()), "rank": pa.array(np.tile(np.arange(k), c), pa.int16()),
             "token_id": pa.array(ids.reshape(-1), pa.int32()),
-            "token": pa.array([strings.setdefault(i, decode(i)) for i in ids.reshape(-1).tolist()], pa.string()),
+            "token": pa.array([strings[i] if i in strings else strings.setdefault(i, decode(i))
+                               for i in ids.reshape(-1).tolist()], pa.string()),
             "effect": pa.array(values.reshape(-1), pa.float32())}))
     return pa.concat_tables(tables)
 

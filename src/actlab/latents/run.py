@@ -36,7 +36,7 @@ from ..runs.shards import ShardPlan, shard_name
 from ..saes.sae import SAEConfig
 from ..storage import RunPath, StorePath, read_parquet, run_path
 from .config import LatentsConfig
-from .effects import logit_effects, neighbours, unembedding
+from .effects import logit_effects, neighbours
 from .sink import LatentsExtractor, LatentsPass
 from .summary import LatentSummary, from_tables, merge, to_tables
 from .tables import cofiring_table, histograms_table, intervals_table, latents_table, top_table
@@ -77,11 +77,9 @@ class LatentsJob(ShardJob):
 
     def extras(self, model: "Model", extractor: LatentsExtractor) -> dict:
         """The logit effects and decoder neighbours of every SAE (from weights only)."""
-        unembed = unembedding(model.hf_model)
-
         def decode(token_id: int) -> str:
             return model.token_strings([[token_id]])[0]
-        effects = [logit_effects(sae, unembed, self.cfg.logit_tokens, decode, name)
+        effects = [logit_effects(sae, model.hf_model, self.cfg.logit_tokens, decode, name)
                    for name, sae in extractor.saes.items()]
         near = [neighbours(sae, self.cfg.neighbours, name) for name, sae in extractor.saes.items()]
         return {"logit_effects": pa.concat_tables(effects), "neighbours": pa.concat_tables(near)}

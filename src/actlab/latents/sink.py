@@ -15,7 +15,7 @@ from ..saes.features import FeatureExtractor
 from ..saes.sae import SAE
 from ..tokens import Tokenized
 from .config import LatentsConfig
-from .summary import LatentSummary, merge, summarize
+from .summary import Codes, LatentSummary, merge, summarize
 from .windows import Windows
 
 
@@ -46,13 +46,14 @@ class LatentSink(Sink):
         real = batch.padded.attention_mask.bool()  # (B, T), right padding: column = position in the window
         if self.has_bos:
             real[:, 0] = False
-        codes = self.sae.encode(x) * real[..., None]  # (B, T, d_sae)
-        keys = self.keys[torch.from_numpy(batch.rows)].to(codes.device)  # (B,)
+        codes = Codes.of(self.sae.encode(x))  # nonzeros of (B, T, d_sae)
+        kept = real[codes.window, codes.position]  # padding and BOS codes are dropped
+        codes = Codes(codes.window[kept], codes.position[kept], codes.latent[kept], codes.value[kept])
+        keys = self.keys[torch.from_numpy(batch.rows)].to(x.device)  # (B,)
         nonzero = None
         if self.cfg.keep_tokens:
-            window, position, latent = codes.nonzero(as_tuple=True)
-            nonzero = (keys[window].cpu(), position.cpu(), latent.cpu(), codes[window, position, latent].cpu())
-        self.pending.append((summarize(codes, keys, self.cfg.seed), nonzero))
+            nonzero = tuple(t.cpu() for t in (keys[codes.window], codes.position, codes.latent, codes.value))
+        self.pending.append((summarize(codes, keys, self.sae.cfg.d_sae, self.cfg.seed), nonzero))
 
     def mark(self) -> int:
         return len(self.pending)

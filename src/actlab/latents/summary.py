@@ -97,38 +97,57 @@ class LatentSummary:
         return LatentSummary(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
-def summarize(codes: torch.Tensor, keys: torch.Tensor, seed: int) -> LatentSummary:
-    """The summary of one batch of windows: codes (B, T, d_sae), zero where a
-    token is padding or BOS; keys (B,) the windows' keys. Its top_* and
-    sample_* hold every window (merge keeps the best)."""
-    B, T, D = codes.shape
-    device = codes.device
-    flat = codes.reshape(B * T, D)  # (B*T, D)
-    row, latent = (flat > 0).nonzero(as_tuple=True)  # (N,) each
-    values = flat[row, latent]  # (N,)
+@dataclass
+class Codes:
+    """A batch's nonzero codes as coordinates, (N,) each: the window (row of
+    the batch), position in it, latent and value (> 0)."""
+
+    window: torch.Tensor
+    position: torch.Tensor
+    latent: torch.Tensor
+    value: torch.Tensor
+
+    @classmethod
+    def of(cls, codes: torch.Tensor) -> "Codes":
+        """From dense codes (B, T, d_sae), zero where nothing is kept."""
+        window, position, latent = (codes > 0).nonzero(as_tuple=True)
+        return cls(window, position, latent, codes[window, position, latent])
+
+
+def summarize(codes: Codes, keys: torch.Tensor, d_sae: int, seed: int) -> LatentSummary:
+    """The summary of one batch of windows: codes of windows keys (B,). Its
+    top_* and sample_* hold every window (merge keeps the best). Work is
+    O(nonzeros + d_sae x B): nothing dense over tokens x latents."""
+    B, D, device = len(keys), d_sae, keys.device
+    window, position, latent, values = codes.window, codes.position, codes.latent, codes.value
     edges = torch.from_numpy(HIST_EDGES[1:-1]).to(device)
     bins = torch.bucketize(values, edges, right=True)  # (N,) in 0..N_BINS-1
     hist = torch.zeros(D * N_BINS, dtype=torch.int64, device=device)
     hist.index_add_(0, latent * N_BINS + bins, torch.ones_like(bins))
-    peak, position = codes.max(dim=1)  # (B, D) each: the window's maximum and where
+    cell = window * D + latent  # (N,) the (window, latent) each code belongs to
+    peak = torch.zeros(B * D, device=device).scatter_reduce_(0, cell, values, "amax")  # (B*D,)
+    at_peak = values == peak[cell]
+    first = torch.full((B * D,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
+    first.scatter_reduce_(0, cell[at_peak], position[at_peak], "amin")  # the first position holding the peak
+    peak, first = peak.view(B, D), first.view(B, D)
     active = peak > 0  # (B, D)
     window_keys = keys[:, None].expand(B, D)  # (B, D)
     latents = torch.arange(D, device=device)
     priority = torch.where(active, window_priority(seed, latents[None, :], window_keys), EMPTY)
-    positions = torch.arange(T, device=device).repeat(B)  # (B*T,)
-    token_keys = keys.repeat_interleave(T)  # (B*T,)
     minhash = torch.full((D, HASHES), EMPTY, dtype=torch.int64, device=device)
+    token_keys = keys[window]  # (N,)
     for lo in range(0, HASHES, HASH_CHUNK):
         slots = range(lo, min(lo + HASH_CHUNK, HASHES))
-        hashed = token_hashes(seed, token_keys, positions, slots)[row]  # (N, m)
+        hashed = token_hashes(seed, token_keys, position, slots)  # (N, m)
         minhash[:, lo:slots.stop].scatter_reduce_(0, latent[:, None].expand(-1, len(slots)), hashed, "amin")
     key_or_empty = torch.where(active, window_keys, EMPTY).T  # (D, B)
+    position_or_zero = torch.where(active, first, 0).T  # (D, B)
     return LatentSummary(
-        count=torch.bincount(latent, minlength=D), sum=flat.sum(0, dtype=torch.float64),
-        max=flat.amax(0).clamp_min(0) if B * T else torch.zeros(D, device=device),
-        windows=active.sum(0), hist=hist.view(D, N_BINS),
-        top_value=(peak * active).T.contiguous(), top_key=key_or_empty, top_position=(position * active).T,
-        sample_value=(peak * active).T.contiguous(), sample_key=key_or_empty, sample_position=(position * active).T,
+        count=torch.bincount(latent, minlength=D),
+        sum=torch.zeros(D, dtype=torch.float64, device=device).index_add_(0, latent, values.double()),
+        max=peak.amax(0) if B else torch.zeros(D, device=device), windows=active.sum(0), hist=hist.view(D, N_BINS),
+        top_value=peak.T.contiguous(), top_key=key_or_empty, top_position=position_or_zero,
+        sample_value=peak.T.contiguous(), sample_key=key_or_empty, sample_position=position_or_zero,
         sample_priority=priority.T, minhash=minhash)
 
 

@@ -1,0 +1,150 @@
+"""`actlab bench latents`: the latents pass against the features pass alone
+over the same windows (its floor), the dashboard tables' time per 1,000
+latents, and peak memory against corpus size.
+
+    features_pass   FeatureExtractor, mean pooling: every token encoded, pooled stats kept
+    latents_pass    LatentsExtractor: the same encodes, each latent summarised on the device
+
+Both in this process over the same windows and batches, alternating, best
+of repeats, CPU time beside wall time. Memory: a fresh process per corpus
+size (1x, 4x, 16x texts) runs latents_run end to end; its sampled peak RSS
+includes the model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..datasets import length_mix
+from ..engine import ExtractConfig
+from ..hooks import block_hook
+from ..inputs import Records
+from ..latents import LatentsConfig
+from ..latents.run import LatentsJob
+from ..latents.sink import LatentsExtractor
+from ..latents.windows import cut_windows
+from ..models import load_model
+from ..runs.job import local_run
+from ..saes.features import FeatureExtractor
+from ..tokens import Tokenized
+from ..version import VERSION
+from .extract import console, describe_device, save_result, sweep_point_in_subprocess
+from .features import random_topk_sae
+from .options import BenchOptions
+
+SIZES = (1, 4, 16)
+
+
+@dataclass
+class LatentsBench:
+    n_texts: int = field(default=128, metadata={"help": "Texts of the 1x corpus (length mix, 20-150 tokens)."})
+    d_sae: int = field(default=16384, metadata={"help": "Latents of the SAE (random TopK weights)."})
+    k: int = field(default=64, metadata={"help": "Active latents per token."})
+    context: int = field(default=64, metadata={"help": "Tokens per window."})
+    repeats: int = field(default=2, metadata={"help": "Alternating repeats of the two passes (best kept)."})
+    memory: bool = field(default=True, metadata={"help": "Measure peak memory at 1x, 4x and 16x the corpus."})
+
+
+def _timed(fn) -> tuple[object, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run_latents_benchmark(bench: BenchOptions | None = None, cfg: LatentsBench | None = None) -> dict:
+    bench, cfg = bench or BenchOptions(), cfg or LatentsBench()
+    model = load_model(bench.model, device=bench.device)
+    layer = model.n_layers // 2
+    sae = random_topk_sae(block_hook(layer), model.d_model, cfg.d_sae, cfg.k, seed=layer).to(model.device)
+    saes = {f"L{layer}": sae}
+    texts = length_mix(model.tokenizer, cfg.n_texts)
+    latents_cfg = LatentsConfig(context=cfg.context)
+    latents = LatentsExtractor(model, saes, latents_cfg)
+    features = FeatureExtractor(model, saes, ExtractConfig(pooling="mean", prepend_bos=latents.prepend_bos))
+    windows = cut_windows(model.tokenizer, texts, 0, cfg.context, latents.prepend_bos)
+    tokens = sum(len(ids) for ids in windows.ids)
+    console.print(f"[bold]bench latents[/bold]: {bench.model} on {model.device}, {cfg.n_texts} texts -> "
+                  f"{len(windows)} windows of <= {cfg.context} tokens ({tokens} tokens); one TopK SAE "
+                  f"({cfg.d_sae} latents, k={cfg.k}) at block {layer}")
+    passes = {"features_pass": lambda: features.run_tokenized(Tokenized(windows.ids, windows.has_bos, 0)),
+              "latents_pass": lambda: latents.summarize(windows)}
+    for run in passes.values():  # warm-up
+        run()
+    best = {name: (float("inf"), float("inf")) for name in passes}
+    for _ in range(cfg.repeats):
+        for name, run in passes.items():
+            _, wall, cpu = _timed(run)
+            best[name] = min(best[name], (wall, cpu))
+    methods = {name: {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "tokens_per_s": round(tokens / wall, 1)}
+               for name, (wall, cpu) in best.items()}
+    dashboard = _dashboard_seconds(model, texts, saes, latents_cfg)
+    result = {
+        "benchmark": "latents", "actlab_version": VERSION, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": describe_device(model.device), "model": bench.model, "n_texts": cfg.n_texts,
+        "n_windows": len(windows), "n_tokens": tokens, "context": cfg.context, "d_sae": cfg.d_sae, "k": cfg.k,
+        "layer": layer, "methods": methods,
+        "cost_vs_features_pass": round(best["latents_pass"][0] / best["features_pass"][0], 3),
+        "cpu_cost_vs_features_pass": round(best["latents_pass"][1] / best["features_pass"][1], 3),
+        "dashboard": dashboard,
+        "memory": _memory(bench, cfg) if cfg.memory else None,
+    }
+    console.print(f"  features pass {methods['features_pass']['tokens_per_s']:.0f} tokens/s, latents pass "
+                  f"{methods['latents_pass']['tokens_per_s']:.0f} tokens/s: {result['cost_vs_features_pass']:.2f}x "
+                  f"the floor ({result['cpu_cost_vs_features_pass']:.2f}x in CPU time)")
+    console.print(f"  dashboard tables {dashboard['finish_s']:.1f}s + logit effects and neighbours "
+                  f"{dashboard['effects_s']:.1f}s = {dashboard['seconds_per_1k_latents']:.2f}s per 1k latents")
+    save_result(result, model.device, bench.results_dir, bench.readme, markdown_table(result))
+    return result
+
+
+def _dashboard_seconds(model, texts, saes, cfg: LatentsConfig) -> dict:
+    """An end-to-end run with the time of its two closing steps: merging the
+    shards into the tables, and the weights-only effects."""
+    timings = {}
+    with tempfile.TemporaryDirectory() as folder:
+        job = LatentsJob(Records.of(texts), Path(folder) / "run", cfg, 1024, saes)
+        for step in ("extras", "complete"):
+            original = getattr(job, step)
+
+            def timed_step(*args, _original=original, _step=step, **kwargs):
+                result, wall, _ = _timed(lambda: _original(*args, **kwargs))
+                timings[_step] = wall
+                return result
+            setattr(job, step, timed_step)
+        _, total, _ = _timed(lambda: local_run(model, job))
+    d_sae = sum(sae.cfg.d_sae for sae in saes.values())
+    return {"run_s": round(total, 2), "finish_s": round(timings["complete"], 2),
+            "effects_s": round(timings["extras"], 2),
+            "seconds_per_1k_latents": round((timings["complete"] + timings["extras"]) / d_sae * 1000, 3)}
+
+
+def _memory(bench: BenchOptions, cfg: LatentsBench) -> list[dict]:
+    rows = []
+    for size in SIZES:
+        seconds, peak = sweep_point_in_subprocess("latents", bench.model, bench.device, None, cfg.n_texts * size,
+                                                  cfg.d_sae, cfg.k, cfg.context)
+        rows.append({"corpus": f"{size}x", "n_texts": cfg.n_texts * size, "seconds": round(seconds, 2),
+                     "peak_rss_mb": round(peak / 2 ** 20)})
+        console.print(f"  {size:>2}x corpus ({cfg.n_texts * size} texts): {seconds:.1f}s, peak RSS "
+                      f"{peak / 2 ** 20:.0f} MiB")
+    return rows
+
+
+def markdown_table(result: dict) -> str:
+    lines = [f"Device: {result['device']}; {result['model']}; {result['n_texts']} texts, {result['n_windows']} "
+             f"windows of <= {result['context']} tokens ({result['n_tokens']} tokens); one TopK SAE, "
+             f"{result['d_sae']} latents, k={result['k']}; {result['date'][:10]}.", "",
+             "| pass | seconds | CPU seconds | tokens/s |", "|---|---:|---:|---:|"]
+    for name, row in result["methods"].items():
+        lines.append(f"| {name} | {row['seconds']:.2f} | {row['cpu_seconds']:.2f} | {row['tokens_per_s']:.0f} |")
+    lines += ["", f"Latents pass / features pass: {result['cost_vs_features_pass']:.2f}x wall, "
+              f"{result['cpu_cost_vs_features_pass']:.2f}x CPU. Dashboard tables and effects: "
+              f"{result['dashboard']['seconds_per_1k_latents']:.2f} s per 1,000 latents."]
+    if result.get("memory"):
+        lines += ["", "| corpus | texts | seconds | peak RSS (MiB) |", "|---|---:|---:|---:|"]
+        lines += [f"| {m['corpus']} | {m['n_texts']} | {m['seconds']:.1f} | {m['peak_rss_mb']} |"
+                  for m in result["memory"]]
+    return "\n".join(lines)
