@@ -2,13 +2,28 @@
 a corpus (a thin shell over actlab.latents_run); its subcommands work on
 such a run."""
 
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 from ..errors import ActlabError
 from ..inputs import FieldNames
 from ..latents import LatentsConfig, LatentsRun, latents_run
+from ..report.latents import BrowserConfig
 from ..runs.ray import RayConfig
-from .common import Bar, ModelOptions, RunOptions, SAEOptions, out, print_session, print_table, with_options
+from .common import (
+    Bar,
+    ModelOptions,
+    RunModelOptions,
+    RunOptions,
+    SAEOptions,
+    out,
+    print_session,
+    print_table,
+    with_options,
+)
 
 app = typer.Typer(no_args_is_help=False, help="Latent dashboards: one pass over a corpus, then explain and browse.")
 
@@ -43,3 +58,26 @@ def latents_command(ctx: typer.Context, run: RunOptions, fields: FieldNames, mod
                 ["sae", "latents", "active", "dense (>10%)", "mean frequency"], rows)
     out.print(f"read it with actlab.open_run('{path}'): .latents(), .top(sae, latent), .intervals(...)")
 
+
+
+@dataclasses.dataclass
+class BrowserOptions:
+    """Where the browser goes, and whether the model runs for token-level highlighting."""
+
+    out: Optional[Path] = dataclasses.field(default=None, metadata={
+        "short": "-o", "help": "Folder (default RUN/browser)."})
+    use_model: bool = dataclasses.field(default=True, metadata={
+        "flag": "--model-passes/--no-model", "help": "Run the model over the example windows for token-level "
+                                                     "highlighting (else only each example's maximum is marked)."})
+
+
+@app.command("report")
+@with_options(page=BrowserOptions, lm=RunModelOptions, cfg=BrowserConfig)
+def report(page: BrowserOptions, lm: RunModelOptions, cfg: BrowserConfig,
+           run: Path = typer.Argument(..., help="A latents run (actlab latents).")) -> None:
+    """A self-contained latent browser (open index.html from disk): every latent, searchable and sortable,
+    and per latent its histogram, highlighted examples, logit effects, neighbours and co-firing."""
+    from ..pipelines import build_latent_browser
+
+    path = build_latent_browser(run, page.out, lm.model, cfg, page.use_model, device=lm.device)
+    out.print(f"wrote {path}")

@@ -7,7 +7,9 @@ TransformerLens's unembedding, i.e. with the final norm's scale folded in
     effect[j] = (W_dec[j] / |W_dec[j]|) * gamma @ W_U.T - its mean over the vocabulary   (vocab,)
 
 Neighbours are the other latents of largest cosine between decoder rows.
-Both run over latents in chunks, so memory stays O(chunk x vocab).
+Both run over latents in chunks, so memory stays O(chunk x vocab); their
+cost is d_sae x d_model x (vocab, resp. d_sae) multiply-adds, minutes on a
+CPU for 65k-latent SAEs of a large model (0 tokens or neighbours skips them).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def logit_effects(sae: SAE, hf_model: nn.Module, k: int, decode: Callable[[int],
     every latent: sae, latent, side, rank, token_id, token, effect. The
     product runs through the model's own LM head (its fastest matrix path),
     on directions with the final norm's scale folded in."""
+    if k == 0:
+        return _entries([], decode, sae_name)
     head = hf_model.get_output_embeddings()
     weight = head.weight  # (vocab, d)
     scale = final_norm_scale(hf_model).to(weight.device)  # (d,)
@@ -70,7 +74,10 @@ def logit_effects(sae: SAE, hf_model: nn.Module, k: int, decode: Callable[[int],
 
 
 def _entries(parts, decode: Callable[[int], str], sae_name: str) -> pa.Table:
-    tables, strings = [], {}
+    tables, strings = [pa.table({"sae": pa.array([], pa.string()), "latent": pa.array([], pa.int32()),
+                                 "side": pa.array([], pa.string()), "rank": pa.array([], pa.int16()),
+                                 "token_id": pa.array([], pa.int32()), "token": pa.array([], pa.string()),
+                                 "effect": pa.array([], pa.float32())})], {}
     for lo, side, values, ids in parts:
         c, k = values.shape
         latent = np.repeat(np.arange(lo, lo + c), k)
@@ -90,6 +97,8 @@ def neighbours(sae: SAE, k: int, sae_name: str) -> pa.Table:
     directions = unit_rows(sae.W_dec.float())  # (d_sae, d)
     d_sae = len(directions)
     k = min(k, d_sae - 1)
+    if k <= 0:
+        directions = directions[:0]
     latents, others, cosines = [], [], []
     for lo in range(0, d_sae, CHUNK):
         cosine = directions[lo:lo + CHUNK] @ directions.T  # (c, d_sae)
@@ -101,6 +110,6 @@ def neighbours(sae: SAE, k: int, sae_name: str) -> pa.Table:
         cosines.append(values.cpu().numpy().reshape(-1))
     latent = np.concatenate(latents) if latents else np.zeros(0, np.int64)
     return pa.table({"sae": pa.array([sae_name] * len(latent), pa.string()), "latent": pa.array(latent, pa.int32()),
-                     "rank": pa.array(np.tile(np.arange(k), d_sae), pa.int16()),
+                     "rank": pa.array(np.tile(np.arange(max(k, 0)), len(directions)), pa.int16()),
                      "other": pa.array(np.concatenate(others) if others else [], pa.int32()),
                      "cosine": pa.array(np.concatenate(cosines) if cosines else [], pa.float32())})

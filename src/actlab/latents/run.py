@@ -278,4 +278,5 @@ class LatentsRun(Run):
                                          ("SAEs", ", ".join(self.saes))]
 
 
-LATENTS = register_run_kind(RunKind(LATENTS_FORMAT, "an actlab run (latents)", "latents", LatentsRun.open))
+LATENTS = register_run_kind(RunKind(LATENTS_FORMAT, "an actlab run (latents)", "latents", LatentsRun.open,
+                                    derived=("browser",)))

@@ -24,6 +24,8 @@ from .config import DECILES, HASHES
 from .summary import EMPTY, HIST_EDGES, LatentSummary, to_tables
 from .windows import WINDOW_BITS
 
+COFIRING_CELLS = 1 << 22  # pairs held at once while counting co-firing: chunk x active latents
+
 
 def _names(sae: str, n: int) -> pa.Array:
     return pa.array([sae] * n, pa.string())
@@ -83,27 +85,35 @@ def histograms_table(summary: LatentSummary, sae: str) -> pa.Table:
 
 
 def cofiring_table(summary: LatentSummary, sae: str, k: int) -> pa.Table:
-    """Each latent's k others with the most equal MinHash slots (ties: lower latent first)."""
+    """Each latent's k others with the most equal MinHash slots (ties: lower
+    latent first). Pairs are counted by a sparse product in chunks of latents,
+    so work follows the pairs that share a slot and memory stays O(chunk x d_sae)."""
     minhash = summary.minhash.numpy()
     active = np.flatnonzero(minhash[:, 0] != EMPTY)
-    empty = pa.table({"sae": _names(sae, 0), "latent": pa.array([], pa.int32()), "rank": pa.array([], pa.int16()),
-                      "other": pa.array([], pa.int32()), "jaccard": pa.array([], pa.float32())})
-    if len(active) < 2 or k == 0:
-        return empty
-    slots = minhash[active]  # (n, M)
-    # one column per distinct (slot, hash): latents sharing a column agree on that slot
-    slot_value = np.stack([np.broadcast_to(np.arange(HASHES), slots.shape).reshape(-1), slots.reshape(-1)], 1)
-    _, column = np.unique(slot_value, axis=0, return_inverse=True)
-    rows = np.repeat(np.arange(len(active)), HASHES)
-    incidence = sp.csr_matrix((np.ones(len(rows), np.int32), (rows, column.reshape(-1))))
-    shared = (incidence @ incidence.T).tocoo()  # equal slots of every pair that shares one
-    off = shared.row != shared.col
-    row, col, equal = shared.row[off], shared.col[off], shared.data[off]
-    order = np.lexsort((active[col], -equal, row))
-    row, col, equal = row[order], col[order], equal[order]
-    starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]]) if len(row) else np.zeros(0, np.int64)
-    rank = np.arange(len(row)) - np.repeat(starts, np.diff(np.r_[starts, len(row)]))
-    keep = rank < k
-    return pa.table({"sae": _names(sae, int(keep.sum())), "latent": pa.array(active[row[keep]], pa.int32()),
-                     "rank": pa.array(rank[keep], pa.int16()), "other": pa.array(active[col[keep]], pa.int32()),
-                     "jaccard": pa.array(equal[keep] / HASHES, pa.float32())})
+    columns: dict[str, list[np.ndarray]] = {"latent": [], "rank": [], "other": [], "equal": []}
+    if len(active) >= 2 and k > 0:
+        slots = minhash[active]  # (n, M)
+        # one column per distinct (slot, hash): latents sharing a column agree on that slot
+        slot_value = np.stack([np.broadcast_to(np.arange(HASHES), slots.shape).reshape(-1), slots.reshape(-1)], 1)
+        _, column = np.unique(slot_value, axis=0, return_inverse=True)
+        rows = np.repeat(np.arange(len(active)), HASHES)
+        incidence = sp.csr_matrix((np.ones(len(rows), np.int32), (rows, column.reshape(-1))))
+        transposed = incidence.T.tocsr()
+        chunk = max(16, COFIRING_CELLS // len(active))
+        for lo in range(0, len(active), chunk):
+            shared = (incidence[lo:lo + chunk] @ transposed).tocoo()  # equal slots of each pair sharing one
+            row, col, equal = shared.row + lo, shared.col, shared.data
+            off = row != col
+            row, col, equal = row[off], col[off], equal[off]
+            order = np.lexsort((active[col], -equal, row))
+            row, col, equal = row[order], col[order], equal[order]
+            starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]]) if len(row) else np.zeros(0, np.int64)
+            rank = np.arange(len(row)) - np.repeat(starts, np.diff(np.r_[starts, len(row)]))
+            keep = rank < k
+            for name, values in (("latent", active[row[keep]]), ("rank", rank[keep]), ("other", active[col[keep]]),
+                                 ("equal", equal[keep])):
+                columns[name].append(values)
+    joined = {name: np.concatenate(parts) if parts else np.zeros(0, np.int64) for name, parts in columns.items()}
+    return pa.table({"sae": _names(sae, len(joined["latent"])), "latent": pa.array(joined["latent"], pa.int32()),
+                     "rank": pa.array(joined["rank"], pa.int16()), "other": pa.array(joined["other"], pa.int32()),
+                     "jaccard": pa.array(joined["equal"] / HASHES, pa.float32())})

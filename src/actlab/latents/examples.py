@@ -1,0 +1,155 @@
+"""Token-level activations of the example windows: for every (SAE, latent,
+window) of a latents run's top and interval tables, the latent's nonzero
+values at each position of the window, for highlighting and for
+auto-interpretation. The run keeps only each window's maximum, so the model
+runs once more over the windows those tables name (their union, each window
+once), and the result is kept in the run as examples.parquet:
+
+    sae, latent, window, positions (list<int16>), values (list<float32>)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from ..engine import Sink
+from ..errors import ActlabError
+from ..models import Model
+from ..runs.atomic import write_parquet_atomic
+from ..runs.shards import shard_name
+from ..saes import load_sae
+from ..storage import read_parquet
+from .config import LatentsConfig
+from .sink import LatentsExtractor
+from .summary import Codes
+from .windows import WINDOW_BITS, Windows
+
+EXAMPLES = "examples.parquet"
+
+
+def example_windows(run) -> dict[str, pa.Table]:
+    """Per SAE, its (latent, window) pairs of the top and interval tables."""
+    return {sae: pa.concat_tables([run._table(name, sae).select(["latent", "window"]) for name in ("top", "intervals")])
+            .group_by(["latent", "window"]).aggregate([]) for sae in run.saes}
+
+
+class ExampleSink(Sink):
+    """Keeps, for the (latent, window) pairs asked, the latent's nonzero codes in that window."""
+
+    def __init__(self, name, sae, keys: np.ndarray, wanted: dict[int, list[int]], has_bos: bool, centre: bool):
+        self.name, self.sae, self.keys, self.wanted = name, sae, keys, wanted
+        self.has_bos, self.centre = has_bos, centre
+        self.rows: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+
+    def consume(self, hidden: torch.Tensor, batch) -> None:
+        x = hidden.float()  # (B, T, d)
+        if self.centre:
+            x = x - x.mean(dim=-1, keepdim=True)
+        real = batch.padded.attention_mask.bool()
+        if self.has_bos:
+            real[:, 0] = False
+        codes = Codes.of(self.sae.encode(x) * real[..., None])  # nonzeros of (B, T, d_sae)
+        window, position, latent, value = (t.cpu().numpy() for t in (codes.window, codes.position, codes.latent,
+                                                                     codes.value))
+        for b, row in enumerate(batch.rows):
+            key = int(self.keys[row])
+            mine = window == b
+            for j in self.wanted.get(key, ()):
+                at = mine & (latent == j)
+                self.rows.append((j, key, position[at].astype(np.int16), value[at].astype(np.float32)))
+
+
+class ExamplesExtractor(LatentsExtractor):
+    """The latents pass's engine, its sinks keeping example values instead of summaries."""
+
+    def __init__(self, model: Model, saes, wanted: dict[str, dict[int, list[int]]]):
+        super().__init__(model, saes, LatentsConfig())
+        self.wanted = wanted
+
+    def make_sinks(self, n_rows: int) -> dict[str, list[Sink]]:
+        sinks: dict[str, list[Sink]] = {hook: [] for hook in self.hook_names}
+        for name, sae in self.saes.items():
+            sinks[sae.cfg.hook_name].append(ExampleSink(name, sae, self.windows.keys, self.wanted[name],
+                                                        self.windows.has_bos, self.centres(sae)))
+        return sinks
+
+    def make_result(self, sinks: dict[str, list[Sink]], **fields) -> pa.Table:
+        parts = []
+        for group in sinks.values():
+            for sink in group:
+                latent, key, positions, values = zip(*sink.rows) if sink.rows else ((), (), (), ())
+                parts.append(pa.table({"sae": pa.array([sink.name] * len(latent), pa.string()),
+                                       "latent": pa.array(latent, pa.int32()), "window": pa.array(key, pa.int64()),
+                                       "positions": pa.array(list(positions), pa.list_(pa.int16())),
+                                       "values": pa.array(list(values), pa.list_(pa.float32()))}))
+        return pa.concat_tables(parts).sort_by([("sae", "ascending"), ("latent", "ascending"),
+                                                ("window", "ascending")])
+
+
+def example_activations(run, model: Model, saes: dict | None = None) -> pa.Table:
+    """The run's examples.parquet, computed (and written) on first use with
+    `saes` ({name: SAE}; None: each reloaded from its source), refused when
+    they do not reproduce the run's top values."""
+    path = run.path / EXAMPLES
+    if path.exists():
+        return read_parquet(path)
+    pairs = example_windows(run)
+    wanted: dict[str, dict[int, list[int]]] = {}
+    keys: set[int] = set()
+    for sae, table in pairs.items():
+        by_window = defaultdict(list)
+        for latent, key in zip(table.column("latent").to_pylist(), table.column("window").to_pylist()):
+            by_window[key].append(latent)
+        wanted[sae] = dict(by_window)
+        keys.update(by_window)
+    windows = _read_windows(run, sorted(keys))
+    saes = saes or {name: _reload(run, name) for name in run.saes}
+    table = ExamplesExtractor(model, saes, wanted).summarize(windows)
+    _check(run, table)
+    write_parquet_atomic(path, table)
+    return table
+
+
+def _reload(run, name: str):
+    source = run.sae_config(name).source
+    try:
+        return load_sae(source)
+    except ActlabError as exc:
+        raise ActlabError(f"SAE '{name}' cannot be reloaded from '{source}' ({exc}); make it reachable again, "
+                          "pass the SAEs, or report without the model (--no-model)") from None
+
+
+def _check(run, examples: pa.Table) -> None:
+    """Each top window's recomputed maximum equals the run's (else the SAE or model is not the run's)."""
+    for sae in run.saes:
+        top = run._table("top", sae)
+        top = top.filter(pc.equal(top.column("rank"), 0))
+        mine = examples.filter(pc.equal(examples.column("sae"), sae))
+        peaks = {(j, k): max(v, default=0.0) for j, k, v in zip(mine.column("latent").to_pylist(),
+                                                               mine.column("window").to_pylist(),
+                                                               mine.column("values").to_pylist())}
+        for j, k, value in zip(*(top.column(c).to_pylist() for c in ("latent", "window", "value"))):
+            if abs(peaks.get((j, k), 0.0) - value) > 1e-3 * max(abs(value), 1.0):
+                raise ActlabError(f"SAE '{sae}' or the model gives latent {j} a maximum of "
+                                  f"{peaks.get((j, k), 0.0):.4g} in window {k}, the run recorded {value:.4g}: "
+                                  "they are not the ones this run summarised; pass the run's SAEs and model",
+                                  param="sae")
+
+
+def _read_windows(run, keys: list[int]) -> Windows:
+    shards = sorted({(k >> WINDOW_BITS) // run.settings["shard_size"] for k in keys})
+    tables = [read_parquet(run.path / shard_name(i, "windows"), filters=[("window", "in", keys)]) for i in shards]
+    table = pa.concat_tables(tables) if tables else None
+    if table is None or table.num_rows == 0:
+        return Windows([], np.zeros(0, np.int64), np.zeros(0, np.int64), run.settings["has_bos"],
+                       run.settings["content"])
+    table = table.sort_by("window")
+    return Windows([list(ids) for ids in table.column("token_ids").to_pylist()],
+                   table.column("text_id").to_numpy(), table.column("start").to_numpy(), run.settings["has_bos"],
+                   run.settings["content"])
+
