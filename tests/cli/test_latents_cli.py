@@ -35,3 +35,17 @@ def test_bad_input_is_one_line(monkeypatch, capsys, tmp_path, tiny_model_dir):
         code, _, err = run_cli(monkeypatch, capsys, "latents", "--model", tiny_model_dir, "--device", "cpu", *args)
         assert code == 2 and message in err and "Traceback" not in err
         assert len(err.strip().splitlines()) <= 2  # one line, folded by the terminal at most once
+
+
+def test_explore_reads_a_latents_run(monkeypatch, capsys, tmp_path, tiny_models):
+    model = tiny_models["llama"]
+    run = actlab.open_run(actlab.latents_run(model, TEXTS, {"s": random_sae("blocks.1.hook_resid_post", seed=2)},
+                                             tmp_path / "run", actlab.LatentsConfig(context=8, top=3)))
+    busiest = int(run.latents().to_pandas().sort_values("count").latent.iloc[-1])
+    code, out, err = run_cli(monkeypatch, capsys, "explore", tmp_path / "run", "--latent", busiest, "--top", 2)
+    assert code == 0, err
+    top = run.top("s", busiest).to_pandas()
+    assert f"s latent {busiest}" in out and out.count("(max ") == min(2, len(top))
+    assert f"text {top.text_id[0]} @{top.start[0]} (max {top.value[0]:.2f})" in out
+    code, _, err = run_cli(monkeypatch, capsys, "explore", tmp_path / "run", "--latent", 999)
+    assert code == 2 and "outside 0..127" in err

@@ -237,11 +237,16 @@ def _sweep(model: Model, model_name: str, texts, hooks, n_tokens: int) -> list[d
 def sweep_point_in_subprocess(kind: str, model_name: str, device: str, batch_size: int | None,
                               *args) -> tuple[float, int]:
     """(seconds, peak RSS) of one sweep point run by actlab.bench.sweep_worker."""
+    result = sweep_point(kind, model_name, device, batch_size, *args)
+    return result["seconds"], result["peak_memory_bytes"]
+
+
+def sweep_point(kind: str, model_name: str, device: str, batch_size: int | None, *args) -> dict:
+    """Everything the sweep_worker process reports (its last line, JSON)."""
     command = [sys.executable, "-m", "actlab.bench.sweep_worker", kind, model_name, device,
                str(batch_size or "auto"), *map(str, args)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return result["seconds"], result["peak_memory_bytes"]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def describe_device(device: torch.device) -> str:

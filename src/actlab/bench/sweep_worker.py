@@ -73,7 +73,11 @@ def main() -> None:
         saes = {f"L{layer}": random_topk_sae(block_hook(layer), model.d_model, d_sae, k, seed=layer)}
         texts, cfg = length_mix(model.tokenizer, n_texts), LatentsConfig(context=context)
         with tempfile.TemporaryDirectory() as scratch:
+            latents_run(model, texts[:4], saes, Path(scratch) / "warm", cfg)  # warm-up: effects, allocator
+            baseline = psutil.Process().memory_info().rss
             seconds, peak = measure(lambda: latents_run(model, texts, saes, Path(scratch) / "run", cfg))
+        print(json.dumps({"seconds": seconds, "peak_memory_bytes": peak, "above_warm_bytes": peak - baseline}))
+        return
     else:
         n_prompts, max_new, *layers = rest
         prompts, cfg = bench_prompts(model, int(n_prompts)), GenerationConfig(int(max_new), batch_size=batch_size)

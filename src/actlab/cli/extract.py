@@ -130,13 +130,19 @@ class ExploreOptions:
 @app.command()
 @with_options(explored=ExploreOptions)
 def explore(explored: ExploreOptions,
-            run: Path = typer.Argument(..., help="A per-token features run (actlab features --pooling all).")) -> None:
-    """The texts on which a latent is strongest, tokens highlighted by its value."""
+            run: Path = typer.Argument(..., help="A per-token features run (actlab features --pooling all) or a "
+                                                 "latents run (actlab latents).")) -> None:
+    """The texts (or, in a latents run, windows) on which a latent is strongest, tokens highlighted by its value."""
     from ..analyses import explore_tokens, neuronpedia_link
+    from ..latents import LatentsRun
+    from ..latents.run import LATENTS_FORMAT
     from ..plots import token_shades
-    from ..runs import FeatureRun
+    from ..runs import FeatureRun, read_manifest
 
     latent, sae, top = explored.latent, explored.sae, explored.top
+    if read_manifest(run).get("format") == LATENTS_FORMAT:
+        _explore_latents(LatentsRun.open(run), sae, latent, top)
+        return
     feats = FeatureRun.open(run)
     if feats.offsets is None:
         raise ActlabError(f"{run} is a pooled run; explore needs per-token features: "
@@ -156,6 +162,22 @@ def explore(explored: ExploreOptions,
         tokens = feats.tokens[start:start + len(row["token_values"])]
         out.print(highlighted(f"text {row['text']} (max {row['max']:.2f}): ", tokens,
                               token_shades(row["token_values"], row["max"])))
+
+
+def _explore_latents(run, sae: Optional[str], latent: int, top: int) -> None:
+    """A latents run's top windows of one latent, highlighted."""
+    from ..analyses import neuronpedia_link
+    from ..plots import token_shades
+
+    name = run.sae_name(sae)
+    table = run.top(name, latent).slice(0, top)
+    link = neuronpedia_link(run.sae_config(name).neuronpedia_id, latent)
+    out.print(f"[bold]{name}[/bold] latent {latent}" + (f" ({link})" if link else ""))
+    if table.num_rows == 0:
+        out.print("never active in this run")
+    for row, values in zip(table.to_pylist(), run.token_values(name, latent, table)):
+        out.print(highlighted(f"text {row['text_id']} @{row['start']} (max {row['value']:.2f}): ", row["tokens"],
+                              token_shades(values, row["value"])))
 
 
 def highlighted(head: str, tokens: list[str], shades: list[float]) -> Text:

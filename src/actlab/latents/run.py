@@ -257,6 +257,27 @@ class LatentsRun(Run):
         """The latents most often active on the same tokens (MinHash Jaccard)."""
         return self._table("cofiring", sae, latent)
 
+    def token_values(self, sae: str | None, latent: int, table: pa.Table) -> list[list[float]]:
+        """For each row of a top or intervals table of this latent, the
+        latent's value at every token of its window: from examples.parquet
+        (actlab latents report computes it) where present, else only the
+        window's maximum, at its position."""
+        sae = self.sae_name(sae)
+        known: dict[int, tuple[list, list]] = {}
+        if (self.path / "examples.parquet").exists():
+            examples = read_parquet(self.path / "examples.parquet",
+                                    filters=[("sae", "=", sae), ("latent", "=", int(latent))])
+            known = {k: (p, v) for k, p, v in zip(*(examples.column(c).to_pylist()
+                                                   for c in ("window", "positions", "values")))}
+        rows = []
+        for key, position, value, ids in zip(*(table.column(c).to_pylist()
+                                               for c in ("window", "position", "value", "token_ids"))):
+            values = [0.0] * len(ids)
+            for p, v in zip(*known.get(key, ([position], [value]))):
+                values[p] = v
+            rows.append(values)
+        return rows
+
     def with_tokens(self, table: pa.Table) -> pa.Table:
         """`table` (a window column) with each window's token_ids and tokens."""
         keys = table.column("window").to_numpy()
