@@ -122,3 +122,24 @@ def test_a_features_run_is_refused_in_one_line(monkeypatch, capsys, tmp_path, ti
     path = features_run(tiny_models["llama"], actlab.Records.of(TEXTS), {"s": random_sae(HOOK)}, tmp_path / "f")
     code, _, err = run_cli(monkeypatch, capsys, "latents", "report", path, "--no-model")
     assert code == 2 and "is not a latents run" in err and "Traceback" not in err
+
+
+def test_features_report_links_into_the_browser(tmp_path, tiny_models):
+    from actlab.pipelines import build_report
+    from actlab.report.data import ReportConfig
+
+    model, sae = tiny_models["llama"], random_sae(HOOK, seed=6, prepend_bos=True)
+    features = features_run(model, actlab.Records.of(TEXTS), {"s": sae}, tmp_path / "features")
+    latents = latents_run(model, TEXTS, {"s": sae}, tmp_path / "latents", LatentsConfig(context=8))
+    index = build_latent_browser(latents, use_model=False)
+    page = build_report(features, tmp_path / "out" / "report.html", use_model=False,
+                        cfg=ReportConfig(browser=index.parent, quality_texts=0))
+    html = page.read_text()
+    links = [part.split('"')[0] for part in html.split('href="')[1:] if "#0/" in part.split('"')[0]]
+    assert links and all((page.parent / link.split("#")[0]).resolve() == index.resolve() for link in links)
+    latents_shown = {int(link.rsplit("/", 1)[1]) for link in links}
+    cards = {int(part.split('"')[0].rsplit("-", 1)[1]) for part in html.split('<div class="card" id="')[1:]}
+    assert latents_shown == cards
+    with pytest.raises(ActlabError, match="not a latent browser"):
+        build_report(features, tmp_path / "r2.html", use_model=False,
+                     cfg=ReportConfig(browser=tmp_path, quality_texts=0))

@@ -18,6 +18,7 @@ from ..errors import ActlabError
 from ..models import Model
 from ..report.data import Example, LatentCard, ReportConfig, ReportData
 from ..report.html import render, slug
+from ..report.latents import browser_links
 from ..report.page import write_page
 from ..runs import FeatureRun
 from ..runs.atomic import write_parquet_atomic
@@ -43,7 +44,12 @@ def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg
         except ActlabError as exc:
             raise ActlabError(f"{exc}, or report without it (--no-model)", param=exc.param) from None
     data = collect(run, feats, model, cfg)
-    return write_page(run_path(out) if out is not None else run / "report.html", render(data), data.figures)
+    page = run_path(out) if out is not None else run / "report.html"
+    if cfg.browser is not None:
+        links = browser_links(cfg.browser, page, feats.configs)
+        for card in data.cards:
+            card.browser = f"{links[card.sae]}{card.latent}" if card.sae in links else None
+    return write_page(page, render(data), data.figures)
 
 
 def analyze_run(run: str | Path, cfg: AnalysisConfig | None = None) -> dict[str, list[dict]]:

@@ -20,6 +20,8 @@ class ReportConfig(AnalysisConfig):
     heatmap_latents_per_category: int = field(default=2, metadata={
         "flag": "--heatmap-latents", "help": "Latents per category in the category heatmap."})
     quality_texts: int = field(default=64, metadata={"help": "Texts of the run scored for SAE quality (0: skip)."})
+    browser: Path | None = field(default=None, metadata={
+        "help": "A latent browser (actlab latents report) of the same SAEs: each latent card links into it."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -49,6 +51,7 @@ class LatentCard:
     max: float
     link: str | None
     examples: list[Example] = field(default_factory=list)
+    browser: str | None = None  # the latent's page in a latent browser
 
 
 @dataclass

@@ -133,7 +133,7 @@ def _latents(data: ReportData) -> str:
 
 
 def _card(card: LatentCard) -> str:
-    title = _link(card.link, f"latent {card.latent}")
+    title = _link(card.link, f"latent {card.latent}") + (f' · {_link(card.browser, "browser")}' if card.browser else "")
     examples = "".join(_example(ex) for ex in card.examples) or '<p class="note">never active</p>'
     return (f'<div class="card" id="{escape(slug(card.sae))}-{card.latent}"><b>{title}</b> '
             f'<span class="why">{escape(card.why)}</span><br><span class="meta">fires on {card.count} texts; '

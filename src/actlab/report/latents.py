@@ -15,6 +15,7 @@ loaded when it is first opened, so 65k latents open at once.
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..analyses import neuronpedia_link
+from ..errors import ActlabError
 from ..latents.summary import HIST_EDGES
 from ..runs.atomic import write_text_atomic
 from ..version import VERSION
@@ -139,3 +141,22 @@ def _window_tokens(run, keys: list[int]) -> dict[str, list[str]]:
         return {}
     table = run.with_tokens(pa.table({"window": pa.array(np.asarray(keys, dtype=np.int64))}))
     return {str(k): tokens for k, tokens in zip(table.column("window").to_pylist(), table.column("tokens").to_pylist())}
+
+
+def browser_links(browser: Path, page: Path, saes: dict) -> dict[str, str]:
+    """{SAE name: link prefix} into a latent browser, relative to the page
+    that links (append the latent): SAEs match by name, else by hook and
+    width when one SAE of the browser has them. `saes`: name -> SAEConfig."""
+    meta_file = Path(browser) / "data" / "meta.js"
+    if not meta_file.is_file():
+        raise ActlabError(f"{browser} is not a latent browser (no data/meta.js); write one with actlab latents report",
+                          param="browser")
+    meta = json.loads(meta_file.read_text().split("=", 1)[1].strip().rstrip(";"))
+    index = Path(os.path.relpath(Path(browser).resolve() / "index.html", Path(page).resolve().parent)).as_posix()
+    links = {}
+    for name, cfg in saes.items():
+        same = [i for i, s in enumerate(meta["saes"]) if s["name"] == name] or \
+            [i for i, s in enumerate(meta["saes"]) if (s["hook"], s["d_sae"]) == (cfg.hook_name, cfg.d_sae)]
+        if len(same) == 1:
+            links[name] = f"{index}#{same[0]}/"
+    return links
