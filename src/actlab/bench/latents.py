@@ -123,9 +123,10 @@ def _dashboard_seconds(model, texts, saes, cfg: LatentsConfig) -> dict:
 
 
 def _memory(bench: BenchOptions, cfg: LatentsBench) -> list[dict]:
-    """Per corpus size, a fresh process: its peak resident set (model
-    included), and the peak above what it held after a 4-text warm-up run
-    (model, packed weights, the effects' buffers): the pass's own memory."""
+    """Per corpus size, a fresh process (torch's matmul, so every process
+    holds the same weights): its peak resident set (model included), and the
+    peak above what it held after a 4-text warm-up run (model, the effects'
+    buffers): the pass's own memory."""
     rows = []
     for size in SIZES:
         n_texts = cfg.memory_texts * size

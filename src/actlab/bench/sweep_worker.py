@@ -52,7 +52,9 @@ def measure(fn) -> tuple[float, int]:
 
 def main() -> None:
     kind, model_name, device, batch, *rest = sys.argv[1:]
-    model = load_model(model_name, device=device)
+    # latents: torch's matmul, so that every process holds the same weights (auto may prepack other
+    # layers in each process, by timing) and peak memory compares corpus sizes alone
+    model = load_model(model_name, device=device, matmul="torch" if kind == "latents" else "auto")
     batch_size = None if batch == "auto" else int(batch)
     if kind == "extract":
         n_texts, *hooks = rest
