@@ -7,8 +7,9 @@ latents, and peak memory against corpus size.
 
 Both in this process over the same windows and batches, alternating, best
 of repeats, CPU time beside wall time. Memory: a fresh process per corpus
-size (1x, 4x, 16x texts) runs latents_run end to end; its sampled peak RSS
-includes the model.
+size (1x, 4x, 16x texts) runs latents_run end to end, logit effects and
+neighbours apart (they read only the weights); its sampled peak RSS includes
+the model.
 """
 
 from __future__ import annotations
@@ -124,9 +125,9 @@ def _dashboard_seconds(model, texts, saes, cfg: LatentsConfig) -> dict:
 
 def _memory(bench: BenchOptions, cfg: LatentsBench) -> list[dict]:
     """Per corpus size, a fresh process (torch's matmul, so every process
-    holds the same weights): its peak resident set (model included), and the
-    peak above what it held after a 4-text warm-up run (model, the effects'
-    buffers): the pass's own memory."""
+    holds the same weights; no logit effects or neighbours, which read only
+    the weights): its peak resident set (model included), and the peak above
+    what it held after a 4-text warm-up run: the pass's own memory."""
     rows = []
     for size in SIZES:
         n_texts = cfg.memory_texts * size

@@ -94,10 +94,15 @@ def cofiring_table(summary: LatentSummary, sae: str, k: int) -> pa.Table:
     if len(active) >= 2 and k > 0:
         slots = minhash[active]  # (n, M)
         # one column per distinct (slot, hash): latents sharing a column agree on that slot
-        slot_value = np.stack([np.broadcast_to(np.arange(HASHES), slots.shape).reshape(-1), slots.reshape(-1)], 1)
-        _, column = np.unique(slot_value, axis=0, return_inverse=True)
+        column = np.empty(slots.shape, dtype=np.int64)  # (n, M): the column of each latent's slot value
+        offset = 0
+        for m in range(HASHES):
+            values, column[:, m] = np.unique(slots[:, m], return_inverse=True)
+            column[:, m] += offset
+            offset += len(values)
         rows = np.repeat(np.arange(len(active)), HASHES)
-        incidence = sp.csr_matrix((np.ones(len(rows), np.int32), (rows, column.reshape(-1))))
+        incidence = sp.csr_matrix((np.ones(len(rows), np.int32), (rows, column.reshape(-1))),
+                                  shape=(len(active), offset))
         transposed = incidence.T.tocsr()
         chunk = max(16, COFIRING_CELLS // len(active))
         for lo in range(0, len(active), chunk):
