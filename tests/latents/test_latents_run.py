@@ -189,3 +189,18 @@ def test_bad_input_is_one_line(tmp_path, tiny_models):
         run.latents()
     with pytest.raises(ActlabError, match="one string"):
         latents_run(model, "a text", saes(True), tmp_path / "d")
+
+
+def test_explanations_join_the_latents_table(tmp_path, tiny_models):
+    import pyarrow as pa
+
+    path = latents_run(tiny_models["llama"], corpus(4), saes(False), tmp_path / "run", LatentsConfig(context=8))
+    run = actlab.open_run(path)
+    assert "explanation" not in run.latents("std").column_names
+    pq.write_table(pa.table({"sae": ["std", "std", "topk"], "latent": pa.array([3, 5, 3], pa.int32()),
+                             "explanation": ["dogs", "cats", "other"], "score": [0.9, None, 0.1]}),
+                   path / "explanations.parquet")
+    table = run.latents("std").to_pandas()
+    assert len(table) == 128 and table.latent.tolist() == list(range(128))
+    assert table.explanation[3] == "dogs" and table.explanation[5] == "cats" and table.explanation.isna().sum() == 126
+    assert table.score[3] == 0.9 and np.isnan(table.score[5])

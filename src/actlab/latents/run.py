@@ -49,6 +49,7 @@ LATENTS_FORMAT = "actlab.latents"
 LATENTS_SHARD_SIZE = 1024
 PARTS = ("stats", "top", "sample", "hist", "minhash")
 TABLES = ("latents", "top", "intervals", "histograms", "cofiring", "logit_effects", "neighbours")
+EXPLANATIONS = "explanations.parquet"  # sae, latent, explanation, score (written by explanation steps)
 
 
 @dataclass
@@ -230,8 +231,13 @@ class LatentsRun(Run):
         return table.sort_by(keys)
 
     def latents(self, sae: str | None = None) -> pa.Table:
-        """One row per latent: count, frequency, mean, max, windows."""
-        return self._table("latents", sae)
+        """One row per latent: count, frequency, mean, max, windows, and
+        explanation and score where explanations.parquet holds them."""
+        table = self._table("latents", sae)
+        if not (self.path / EXPLANATIONS).exists():
+            return table
+        notes = self._table("explanations", sae).select(["latent", "explanation", "score"])
+        return table.join(notes, "latent", join_type="left outer").sort_by("latent")
 
     def top(self, sae: str | None = None, latent: int = 0) -> pa.Table:
         """The latent's top windows, best first: value, window, text_id, start, position, token_ids, tokens."""

@@ -27,12 +27,11 @@ import pyarrow.parquet as pq
 
 from ..analyses import neuronpedia_link
 from ..errors import ActlabError
+from ..latents.run import EXPLANATIONS
 from ..latents.summary import HIST_EDGES
 from ..runs.atomic import write_text_atomic
 from ..version import VERSION
 from .latents_page import PAGE
-
-EXPLANATIONS = "explanations.parquet"
 
 
 @dataclass
