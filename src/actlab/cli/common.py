@@ -93,6 +93,17 @@ class SAEOptions:
 
 
 @dataclasses.dataclass
+class PageOptions:
+    """Where a report goes, and whether the model runs for it (token-level highlighting)."""
+
+    out: Optional[Path] = dataclasses.field(default=None, metadata={
+        "short": "-o", "help": "Where it goes (default: RUN/report.html for report, RUN/browser for latents report)."})
+    use_model: bool = dataclasses.field(default=True, metadata={
+        "flag": "--model-passes/--no-model", "help": "Run the model for token-level highlighting (and, for a features "
+                                                     "report, SAE quality)."})
+
+
+@dataclasses.dataclass
 class RunModelOptions:
     """The model of a command on an existing run (by default the run's own, its weights checked)."""
 

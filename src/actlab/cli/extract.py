@@ -18,6 +18,7 @@ from ..runs.ray import RayConfig
 from .common import (
     Bar,
     ModelOptions,
+    PageOptions,
     RunModelOptions,
     RunOptions,
     SAEOptions,
@@ -97,19 +98,9 @@ def analyze(cfg: AnalysisConfig, run: Path = RunArg) -> None:
     out.print(f"wrote {sum(bool(rows) for rows in tables.values())} tables to {run / 'analysis'}")
 
 
-@dataclasses.dataclass
-class ReportOptions:
-    """Where a features run's report goes, and whether the model runs for it."""
-
-    out: Optional[Path] = dataclasses.field(default=None, metadata={
-        "short": "-o", "help": "HTML file (default RUN/report.html)."})
-    use_model: bool = dataclasses.field(default=True, metadata={
-        "flag": "--model-passes/--no-model", "help": "Run the model for token highlighting and SAE quality."})
-
-
 @app.command()
-@with_options(page=ReportOptions, lm=RunModelOptions, cfg=ReportConfig)
-def report(page: ReportOptions, lm: RunModelOptions, cfg: ReportConfig, run: Path = RunArg) -> None:
+@with_options(page=PageOptions, lm=RunModelOptions, cfg=ReportConfig)
+def report(page: PageOptions, lm: RunModelOptions, cfg: ReportConfig, run: Path = RunArg) -> None:
     """One self-contained HTML report of a features run, with its plots as PNG files."""
     from ..pipelines import build_report
 

@@ -2,9 +2,7 @@
 a corpus (a thin shell over actlab.latents_run); its subcommands work on
 such a run."""
 
-import dataclasses
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,6 +14,7 @@ from ..runs.ray import RayConfig
 from .common import (
     Bar,
     ModelOptions,
+    PageOptions,
     RunModelOptions,
     RunOptions,
     SAEOptions,
@@ -60,20 +59,9 @@ def latents_command(ctx: typer.Context, run: RunOptions, fields: FieldNames, mod
 
 
 
-@dataclasses.dataclass
-class BrowserOptions:
-    """Where the browser goes, and whether the model runs for token-level highlighting."""
-
-    out: Optional[Path] = dataclasses.field(default=None, metadata={
-        "short": "-o", "help": "Folder (default RUN/browser)."})
-    use_model: bool = dataclasses.field(default=True, metadata={
-        "flag": "--model-passes/--no-model", "help": "Run the model over the example windows for token-level "
-                                                     "highlighting (else only each example's maximum is marked)."})
-
-
 @app.command("report")
-@with_options(page=BrowserOptions, lm=RunModelOptions, cfg=BrowserConfig)
-def report(page: BrowserOptions, lm: RunModelOptions, cfg: BrowserConfig,
+@with_options(page=PageOptions, lm=RunModelOptions, cfg=BrowserConfig)
+def report(page: PageOptions, lm: RunModelOptions, cfg: BrowserConfig,
            run: Path = typer.Argument(..., help="A latents run (actlab latents).")) -> None:
     """A self-contained latent browser (open index.html from disk): every latent, searchable and sortable,
     and per latent its histogram, highlighted examples, logit effects, neighbours and co-firing."""
