@@ -23,7 +23,7 @@ from actlab.runs.runner import RunControl, run_job
 from actlab.saes.sae import SAE, SAE_ARCHITECTURES, Architecture, SAEConfig, parameter_shapes
 from actlab.storage import run_path
 from actlab.tokens import tokenize
-from actlab.traits.judges import JUDGE_KINDS, JudgeKind, Judgement, make_judge, register_judge_kind
+from actlab.judges import JUDGE_KINDS, JudgeKind, Judgement, make_judge, register_judge_kind
 from conftest import TEXTS
 
 

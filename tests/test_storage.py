@@ -94,7 +94,7 @@ def test_trait_stages_in_s3(tmp_path, tiny_models, s3_bucket):
     """Generate, judge and fit vectors with the run in s3://: the same vectors as a local run."""
     from actlab.traits import GenerationConfig
     from actlab.traits.definitions import parse_trait
-    from actlab.traits.judges import Judgement
+    from actlab.judges import Judgement
     from actlab.traits import TraitRun, VectorsConfig, generate_run, judge_run, vectors_run
 
     class ByPolarity:

@@ -8,7 +8,8 @@ import torch
 from actlab.pipelines import build_trait_report
 from actlab.traits import GenerationConfig
 from actlab.traits.definitions import parse_trait
-from actlab.traits.judges import Judgement, KeywordJudge
+from actlab.judges import Judgement
+from actlab.judges.rules import KeywordJudge
 from actlab.traits import SteerConfig, TraitRun, generate_run, judge_run, steer_sweep, steering_layer, vectors_run
 
 from conftest import chromium_driver

@@ -340,7 +340,7 @@ def test_trait_pipeline_generates_on_ray(tmp_path, tiny_model_dir, local_ray):
     fitted and steered here."""
     from actlab.traits import GenerationConfig
     from actlab.traits.definitions import parse_trait
-    from actlab.traits.judges import Judgement
+    from actlab.judges import Judgement
     from actlab import TraitPipelineConfig, run_trait
     from actlab.traits import SteerConfig, TraitRun, VectorsConfig
 

@@ -9,10 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from actlab.traits import GenerationConfig
-from actlab.traits.definitions import Trait, builtin_traits, load_trait
 from actlab import TraitPipelineConfig, run_trait
-from actlab.traits import SteerConfig, TraitRun, VectorsConfig
+from actlab.traits import GenerationConfig, SteerConfig, TraitRun, VectorsConfig
+from actlab.traits.definitions import Trait, builtin_traits, load_trait
 
 
 def small(trait: Trait) -> Trait:

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TEXTS
 
 from actlab import ActlabError
 from actlab.traits.monitor import monitor
-
-from conftest import TEXTS
 
 
 def test_projections_against_hidden_states(tiny_models):

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from actlab import ActlabError
-from actlab.traits import GenerationConfig
+from actlab.judges import Judgement
+from actlab.traits import GenerationConfig, TraitRun, VectorsConfig, generate_run, judge_run, vectors_run
 from actlab.traits.definitions import parse_trait
-from actlab.traits.judges import Judgement
-from actlab.traits import TraitRun, VectorsConfig, generate_run, judge_run, vectors_run
+from actlab.traits.judges import keep_answers
 from actlab.traits.vectors import split_pairs
 
 TRAIT = parse_trait({"name": "toy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."},
@@ -152,7 +152,7 @@ def test_judging_resumes_and_reuses_saved_judgements(run, tmp_path):
     judge_run(copy, other, chunk_size=5)
     assert len(other._asked) == 24
     # a saved chunk whose answers no longer match is judged again
-    from actlab.traits.judges import judge_fingerprint
+    from actlab.judges import judge_fingerprint
 
     chunk = copy / "judgements" / judge_fingerprint(other) / "chunk-00001.parquet"
     saved = pq.read_table(chunk)
@@ -163,14 +163,15 @@ def test_judging_resumes_and_reuses_saved_judgements(run, tmp_path):
 
 
 def test_judge_fingerprints():
-    from actlab.traits.api_judge import OpenAIJudge
-    from actlab.traits.judges import KeywordJudge, judge_fingerprint
+    from actlab.judges import judge_fingerprint
+    from actlab.judges.openai import OpenAIJudge
+    from actlab.judges.rules import KeywordJudge
 
     prompt = "Q: {question} A: {answer}"
-    assert judge_fingerprint(OpenAIJudge(prompt, "m", "http://h/v1", api_key="sk-1")) == \
-        judge_fingerprint(OpenAIJudge(prompt, "m", "http://h/v1", api_key="sk-2"))  # the key is no setting
-    assert judge_fingerprint(OpenAIJudge(prompt, "m", "http://h/v1")) != judge_fingerprint(
-        OpenAIJudge(prompt + "!", "m", "http://h/v1"))
+    assert judge_fingerprint(OpenAIJudge(prompt, "m", base_url="http://h/v1", api_key="sk-1")) == \
+        judge_fingerprint(OpenAIJudge(prompt, "m", base_url="http://h/v1", api_key="sk-2"))  # the key is no setting
+    assert judge_fingerprint(OpenAIJudge(prompt, "m", base_url="http://h/v1")) != judge_fingerprint(
+        OpenAIJudge(prompt + "!", "m", base_url="http://h/v1"))
     assert judge_fingerprint(KeywordJudge(["a"])) != judge_fingerprint(KeywordJudge(["b"]))
     assert judge_fingerprint(ByPolarity(["pos"])) is None  # not a dataclass: never reused
 
@@ -191,3 +192,11 @@ def test_trait_run_object(run):
     frame = trait_run.to_pandas()
     assert list(frame["row"]) == list(range(24)) and "<b>TraitRun</b>" in trait_run._repr_html_()
     assert trait_run.to_polars().height == 24
+
+
+def test_keep_answers_never_counts_none_as_negative():
+    reasons = keep_answers(["pos", "neg", "neg", "pos", "neg"],
+                           [Judgement(80), Judgement(10), Judgement(None, "timeout"), Judgement(20), Judgement(70)])
+    assert reasons[:2] == ["kept", "kept"]
+    assert reasons[2] == "no score: timeout"
+    assert reasons[3] == "pos score 20 < 50" and reasons[4] == "neg score 70 >= 50"

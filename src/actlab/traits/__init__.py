@@ -4,11 +4,9 @@ activation capture, judges, vectors per layer, steering and monitoring.
 A trait run's stages, each a module: `runs` (the run and its generation),
 `judging`, `fitting` (vectors, layer choice), `steering`, `monitor`;
 actlab.run_trait (actlab.pipelines) runs them all. Importing the package
-registers its judge kinds (keyword, regex, local, openai) and the trait run
-kind."""
+registers the trait run kind; its judges are actlab.judges."""
 
 from ..generation import GenerationConfig, Generations, Steering, generate, render_prompt
-from . import api_judge, local_judge  # noqa: F401  (each registers its judge kind)
 from .definitions import Trait, load_trait
 from .fitting import best_layer, steering_layer, vectors_run
 from .judges import JudgeConfig

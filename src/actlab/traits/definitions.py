@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ActlabError
-from .judges import JUDGE_KINDS, judge_kind_names
+from ..judges import JUDGE_KINDS, judge_kind_names
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "traits"
 KNOWN_KEYS = {"name", "description", "instruction", "questions", "eval_prompt", "judge", "natural"}

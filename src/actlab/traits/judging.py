@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ..judges import Judge, Judgement, describe_judge, judge_fingerprint
 from ..runs.atomic import write_parquet_atomic
 from ..runs.fingerprint import fingerprint
 from ..storage import read_parquet, run_path
-from .judges import Judge, Judgement, describe_judge, judge_fingerprint, keep_answers
+from .judges import keep_answers
 from .runs import TraitRun
 from .vectors import VectorsConfig
 
@@ -23,8 +24,8 @@ def judge_run(run: str | Path, judge: Judge, cfg: VectorsConfig | None = None,
     """Score every answer, record each score or its reason and the keep / drop
     decision. Resumable: judgements are saved chunk by chunk under
     RUN/judgements/<judge fingerprint>/, so a rerun with the same judge
-    scores only what an interruption left (an answer that changed is scored
-    again), and new thresholds call no judge."""
+    scores only what an interruption or an unreachable judge left (an
+    answer that changed is scored again), and new thresholds call no judge."""
     run = run_path(run)
     answers = TraitRun(run).answers()
     items = list(zip(answers.column("question").to_pylist(), answers.column("answer").to_pylist()))
@@ -60,7 +61,7 @@ def _saved_judgements(path: Path | None, chunk: list[tuple[str, str]]) -> list[J
 
 def _judge_chunk(judge: Judge, chunk: list[tuple[str, str]], path: Path | None) -> list[Judgement]:
     judgements = judge.judge(chunk)
-    if path is not None:
+    if path is not None and not any(j.failed for j in judgements):  # a judge not reached is asked again
         path.parent.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(path, pa.table({"answer_sha256": _answer_keys(chunk),
                                              "score": pa.array([j.score for j in judgements], pa.float64()),

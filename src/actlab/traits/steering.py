@@ -13,10 +13,10 @@ import pyarrow as pa
 from .. import plots
 from ..errors import ActlabError
 from ..generation import GenerationConfig, Steering, generate, render_prompt
+from ..judges import Judge
 from ..models import Model
 from ..runs.atomic import write_bytes_atomic, write_parquet_atomic
 from .fitting import steering_layer
-from .judges import Judge
 from .runs import TRAIT_SAMPLING, TraitRun
 from .vectors import VECTOR_METHODS
 

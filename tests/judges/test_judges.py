@@ -1,5 +1,6 @@
-"""Judges: the logprob rule by hand, None handling, keep / drop, and the HTTP
-judge against a local OpenAI-compatible test server."""
+"""Judges: the logprob rule by hand, None handling, rule judges, and the HTTP
+judge against a scripted server (failures on cue; the real server is in
+test_real_server.py)."""
 
 import json
 import math
@@ -10,9 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from actlab import ActlabError
-from actlab.traits.api_judge import OpenAIJudge
-from actlab.traits.judges import (Judgement, KeywordJudge, RegexJudge, keep_answers, logprob_score,
-                                  make_judge)
+from actlab.judges import Judgement, make_judge
+from actlab.judges.base import logprob_score
+from actlab.judges.openai import OpenAIJudge
+from actlab.judges.rules import KeywordJudge, RegexJudge
 
 PROMPT = "Question: {question}\nAnswer: {answer}\nScore 0-100:"
 
@@ -30,14 +32,6 @@ def test_logprob_rule_by_hand():
         pytest.approx((15 + 0) / 0.5)
     low = logprob_score({"90": lp(0.2), "I": lp(0.8)})
     assert low.score is None and "0.20 < 0.25" in low.reason
-
-
-def test_keep_answers_never_counts_none_as_negative():
-    reasons = keep_answers(["pos", "neg", "neg", "pos", "neg"],
-                           [Judgement(80), Judgement(10), Judgement(None, "timeout"), Judgement(20), Judgement(70)])
-    assert reasons[:2] == ["kept", "kept"]
-    assert reasons[2] == "no score: timeout"
-    assert reasons[3] == "pos score 20 < 50" and reasons[4] == "neg score 70 >= 50"
 
 
 def test_rule_judges():
@@ -95,7 +89,9 @@ class Scripted(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["max_tokens"] == 1
+        text_rule = "logprobs" not in body
+        assert text_rule and body["max_tokens"] == 4 or body["logprobs"] is True and body["top_logprobs"] == 20 \
+            and body["max_tokens"] == 1
         answer = body["messages"][0]["content"].split("Answer: ")[1].split("\n")[0]
         with self.lock:
             self.seen[answer] = self.seen.get(answer, 0) + 1
@@ -108,7 +104,11 @@ class Scripted(BaseHTTPRequestHandler):
             time.sleep(1.0)
         if answer == "garbage":
             return self._send(200, b"<html>")
-        if answer == "nologprobs":
+        if answer == "nologprobs" or text_rule:
+            if text_rule and answer != "nologprobs":
+                reply = {"good one": "I'd say 85.", "bad one": "It is a 7/10: 12", "chatty": "no idea"}[answer]
+                return self._send(200, json.dumps({"choices": [{"message": {"content": reply}}],
+                                                   "usage": {"prompt_tokens": 21, "completion_tokens": 4}}).encode())
             return self._send(200, json.dumps({"choices": [{"message": {"content": "7"}}]}).encode())
         top = [{"token": "70" if answer.startswith("good") else "30", "logprob": math.log(0.9)},
                {"token": "!", "logprob": math.log(0.1)}]
@@ -144,6 +144,18 @@ def test_http_judge(server):
     assert results[6].score is None and "HTTP 400" in results[6].reason and Scripted.seen["bad-request"] == 1
     assert results[7].score is None and "HTTP 500 after 3 attempt(s)" in results[7].reason
     assert results[8] == Judgement(None, "empty answer") and "" not in Scripted.seen
+    # a judge not reached is marked failed (asked again on resume); a reply it scores, or not, is no failure
+    assert [r.failed for r in results] == [False, False, False, True, True, True, True, True, False]
+
+
+def test_http_judge_text_rule(server):
+    """A server without logprobs (transformers serve): the first whole number 0-100 of a short reply."""
+    judge = OpenAIJudge(PROMPT, model="judge", base_url=server, logprobs=False, retries=0)
+    results = judge.judge([("q", a) for a in ("good one", "bad one", "chatty", "nologprobs")])
+    assert [r.score for r in results] == [85.0, 7.0, None, 7.0]
+    assert "no number 0-100 in 'no idea'" in results[2].reason and not results[2].failed
+    assert (results[0].prompt_tokens, results[0].completion_tokens) == (21, 4)
+    assert "the number in its reply" in judge.describe()
 
 
 def test_http_judge_concurrency_is_bounded(server, monkeypatch):
@@ -169,8 +181,8 @@ def test_http_judge_concurrency_is_bounded(server, monkeypatch):
 
 
 def test_judges_describe_themselves_without_secrets(tiny_models):
-    from actlab.traits.judges import describe_judge
-    from actlab.traits.local_judge import LocalJudge
+    from actlab.judges import describe_judge
+    from actlab.judges.local import LocalJudge
 
     assert describe_judge(KeywordJudge(["a", "b"], full_at=2)) == "keyword: 2 keywords, 100 at 2"
     assert describe_judge(KeywordJudge(["a"], opposite_keywords=["b", "c"], ignore_question_keywords=True)) == \

@@ -1,4 +1,5 @@
-"""A local Hugging Face model as judge, with persona-vectors' logprob rule.
+"""A local Hugging Face model as judge, with persona-vectors' logprob rule,
+and as explainer, through actlab's own generation.
 
 The rule weighs the integers 0..100 by their probability as the judge's
 reply. An API judge reads them off one token's top-20 logprobs, which works
@@ -32,10 +33,10 @@ import torch
 from ..default_model import DEFAULT_MODEL
 from ..engine import plan_batches
 from ..errors import ActlabError
-from ..generation import cache_keyword, prompt_token_ids, render_prompt
+from ..generation import GenerationConfig, cache_keyword, generate, prompt_token_ids, render_prompt
 from ..models import Model, load_model
 from ..tokens import pad
-from .judges import (
+from .base import (
     MIN_NUMBER_MASS,
     JudgeKind,
     Judgement,
@@ -45,6 +46,7 @@ from .judges import (
     register_judge_kind,
     unscored_if_empty,
 )
+from .explainers import ExplainerKind, Reply, register_explainer_kind
 
 NUMBERS = frozenset(str(n) for n in range(101))
 PREFIXES = frozenset(n[:i] for n in NUMBERS for i in range(1, len(n) + 1))
@@ -73,16 +75,11 @@ class LocalJudge:
         if self.batch_size < 1 or self.max_paths < 1 or not 0 <= self.min_path_prob < 1:
             raise ActlabError("local judge: batch_size >= 1, max_paths >= 1 and 0 <= min_path_prob < 1, please")
 
-    def _model(self):
-        if not isinstance(self.model, str):
-            return self.model
-        if self._loaded is None:
-            self._loaded = load_model(self.model, device=self.device)
-        return self._loaded
+    def _model(self) -> Model:
+        return _loaded_model(self)
 
     def describe(self) -> str:
-        name = self.model if isinstance(self.model, str) else self.model.name
-        return f"local: {name} (logprob rule over whole numbers)"
+        return f"local: {_model_name(self.model)} (logprob rule over whole numbers)"
 
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgement]:
         model = self._model()
@@ -90,9 +87,50 @@ class LocalJudge:
         todo = [i for i, j in enumerate(out) if j is None]
         prompts = [render_prompt(model.tokenizer, fill_prompt(self.eval_prompt, *items[i])) for i in todo]
         numbers = number_probabilities(model, prompts, self.min_path_prob, self.max_paths, self.batch_size)
-        for i, probs in zip(todo, numbers):
+        lengths = map(len, prompt_token_ids(model.tokenizer, prompts))
+        for i, probs, length in zip(todo, numbers, lengths):
             out[i] = logprob_score({n: math.log(p) for n, p in probs.items() if p > 0}, self.min_mass)
+            out[i].prompt_tokens = length
         return out
+
+
+@dataclass
+class LocalExplainer:
+    """Greedy replies of a local causal LM (chat template when it has one)
+    through actlab.generate. `model`: a loaded actlab Model, or a name or
+    path loaded on first use."""
+
+    model: object = DEFAULT_MODEL
+    device: str = "auto"
+    max_new_tokens: int = 120
+    _loaded: object = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ActlabError(f"explainer max_new_tokens must be at least 1, not {self.max_new_tokens}")
+
+    def describe(self) -> str:
+        return f"local: {_model_name(self.model)}"
+
+    def ask(self, prompts: Sequence[str]) -> list[Reply]:
+        model = _loaded_model(self)
+        out = generate(model, [render_prompt(model.tokenizer, p) for p in prompts],
+                       cfg=GenerationConfig(max_new_tokens=self.max_new_tokens))
+        return [Reply(text, "ok", len(prompt), len(answer))
+                for text, prompt, answer in zip(out.answers, out.prompt_ids, out.answer_ids)]
+
+
+def _loaded_model(owner) -> Model:
+    """owner.model itself, or the model it names, loaded once into owner._loaded."""
+    if not isinstance(owner.model, str):
+        return owner.model
+    if owner._loaded is None:
+        owner._loaded = load_model(owner.model, device=owner.device)
+    return owner._loaded
+
+
+def _model_name(model) -> str:
+    return model if isinstance(model, str) else model.name
 
 
 @dataclass(frozen=True)
@@ -183,3 +221,4 @@ def _most_probable_per_row(grown: list[tuple], max_paths: int) -> list[tuple]:
 
 
 register_judge_kind(JudgeKind("local", LocalJudge, model_judge=True))
+register_explainer_kind(ExplainerKind("local", LocalExplainer))

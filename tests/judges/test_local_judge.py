@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from actlab import ActlabError
-from actlab.traits.judges import Judgement, make_judge
-from actlab.traits.local_judge import LocalJudge, number_pieces, number_probabilities
+from actlab.judges import Judgement, make_judge
+from actlab.judges.local import LocalJudge, number_pieces, number_probabilities
 
 PROMPT = "Question: {question}\nAnswer: {answer}\nScore from 0 to 100:"
 
@@ -111,7 +111,7 @@ def test_number_probabilities_on_the_default_model(default_model):
 
 
 def test_local_judge_rule_and_errors(tiny_models, monkeypatch):
-    import actlab.traits.local_judge as local
+    import actlab.judges.local as local
 
     judge = make_judge({"kind": "local", "model": tiny_models["llama"]}, PROMPT)
     seen = []
