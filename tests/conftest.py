@@ -238,3 +238,45 @@ def s3_bucket():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def openai_server(tmp_path_factory):
+    """`transformers serve` (transformers' own OpenAI-compatible server, the
+    test extra transformers[serving]) on 127.0.0.1 serving the default model:
+    (base URL, model name)."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    model = str(default_model_dir())
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", model, "--host", "127.0.0.1",
+               "--port", str(port), "--device", "cpu"]
+    with open(log, "wb") as sink:
+        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ,
+                                                                                      "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(240):
+            if server.poll() is not None:
+                raise RuntimeError(f"transformers serve exited: {log.read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(url + "/models", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError(f"transformers serve did not answer in 120 s: {log.read_text()[-2000:]}")
+        yield url, model
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()

@@ -26,9 +26,9 @@ from .generation import (
                          render_prompt,
 )
 from .inputs import Records, read_records
-from .latents import LatentsConfig, LatentsRun, latents_run
+from .latents import ExplainConfig, LatentsConfig, LatentsRun, latents_run
 from .models import Model, ModelSpec, load_model
-from .pipelines import TraitPipelineConfig, build_report, contrast, run_trait
+from .pipelines import TraitPipelineConfig, build_report, contrast, explain_run, run_trait
 from .runs import ActivationRun, FeatureRun, extract_run, features_run, open_run
 from .saes import SAE, load_sae
 from .saes.features import Features
@@ -36,8 +36,9 @@ from .traits import TraitRun, load_trait
 from .version import VERSION as __version__
 
 __all__ = ["ActivationRun", "Activations", "ActlabError", "ContrastConfig", "ContrastRun", "DEFAULT_MODEL",
-           "ExtractConfig", "ExtractStats", "FeatureRun", "Features", "GenerationConfig", "GenerationRun",
-           "GenerationRunConfig", "Generations", "LatentsConfig", "LatentsRun", "Model", "ModelSpec", "Records",
-           "SAE", "Steering", "TraitPipelineConfig", "TraitRun", "__version__", "build_report", "contrast",
-           "extract_run", "features_run", "generate", "generate_run", "latents_run", "load_model", "load_pairs",
-           "load_sae", "load_trait", "open_run", "read_records", "render_prompt", "run_trait"]
+           "ExplainConfig", "ExtractConfig", "ExtractStats", "FeatureRun", "Features", "GenerationConfig",
+           "GenerationRun", "GenerationRunConfig", "Generations", "LatentsConfig", "LatentsRun", "Model",
+           "ModelSpec", "Records", "SAE", "Steering", "TraitPipelineConfig", "TraitRun", "__version__",
+           "build_report", "contrast", "explain_run", "extract_run", "features_run", "generate", "generate_run",
+           "latents_run", "load_model", "load_pairs", "load_sae", "load_trait", "open_run", "read_records",
+           "render_prompt", "run_trait"]

@@ -1,5 +1,5 @@
 """The measures every analysis shares, one implementation each (numpy, and
-scikit-learn for the logistic probe): AUROC, Cohen's d, the
+scikit-learn for the logistic probe): AUROC, balanced accuracy, Cohen's d, the
 difference-of-means and logistic probes. Trait vectors, paired contrasts and
 detection all use these."""
 
@@ -19,6 +19,15 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
         return float("nan")
     ranks = average_ranks(scores)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """The mean of the recall of label 1 and of label 0 (0.5: chance,
+    whatever the class balance). NaN unless both labels occur."""
+    predicted, labels = np.asarray(predicted, bool), np.asarray(labels) == 1
+    if labels.all() or not labels.any():
+        return float("nan")
+    return float((predicted[labels].mean() + (~predicted[~labels]).mean()) / 2)
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:

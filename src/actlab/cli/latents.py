@@ -9,6 +9,7 @@ import typer
 from ..errors import ActlabError
 from ..inputs import FieldNames
 from ..latents import LatentsConfig, LatentsRun, latents_run
+from ..latents.explain import ExplainConfig
 from ..report.latents import BrowserConfig
 from ..runs.ray import RayConfig
 from .common import (
@@ -69,3 +70,33 @@ def report(page: PageOptions, lm: RunModelOptions, cfg: BrowserConfig,
 
     path = build_latent_browser(run, page.out, lm.model, cfg, page.use_model, device=lm.device)
     out.print(f"wrote {path}")
+
+
+@app.command("explain")
+@with_options(lm=RunModelOptions, cfg=ExplainConfig)
+def explain(lm: RunModelOptions, cfg: ExplainConfig,
+            run: Path = typer.Argument(..., help="A latents run (actlab latents).")) -> None:
+    """Explain latents with a model (delphi's method: top windows with the active tokens marked) and score
+    each explanation and a token-frequency baseline on held-out windows by detection and fuzzing (balanced
+    accuracy, AUROC). Resumable: rerun to continue; RUN/explanations.parquet, read by the browser."""
+    from ..pipelines import explain_run
+
+    result = explain_run(run, lm.model, cfg, device=lm.device, progress=Bar("explain"))
+    table = result.table.to_pandas() if result.table is not None else None
+    if table is not None and len(table):
+        best = table.sort_values("score", ascending=False, na_position="last").head(10)
+        print_table(f"explanations in {run / 'explanations.parquet'} (best 10 by detection AUROC)",
+                    ["sae", "latent", "explanation", "detection AUROC", "fuzzing AUROC", "baseline AUROC"],
+                    [[r.sae, r.latent, r.explanation, f"{r.score:.2f}", f"{r.fuzzing_auroc:.2f}",
+                      f"{r.baseline_score:.2f}"] for r in best.itertuples()])
+        out.print(f"mean over {len(table)} latents: detection AUROC {table['score'].mean():.3f} "
+                  f"(baseline {table['baseline_score'].mean():.3f}), fuzzing AUROC "
+                  f"{table['fuzzing_auroc'].mean():.3f} (baseline {table['baseline_fuzzing_auroc'].mean():.3f}), "
+                  f"detection balanced accuracy {table['detection_accuracy'].mean():.3f} "
+                  f"(baseline {table['baseline_detection_accuracy'].mean():.3f})")
+    out.print(f"explained {result.explained} latents now, {result.done} of {result.wanted} in all "
+              f"(settings {result.key}): {result.calls} calls, {result.prompt_tokens} prompt + "
+              f"{result.completion_tokens} reply tokens, {result.seconds:.1f} s, cost ${result.cost:.4f}")
+    if result.stopped:
+        out.print(f"stopped: {result.stopped}; rerun with a larger --max-calls to continue")
+

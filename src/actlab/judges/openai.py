@@ -22,6 +22,7 @@ from typing import Callable, Sequence, TypeVar
 
 from ..errors import ActlabError
 from .base import (
+    MIN_NUMBER_MASS,
     OPENAI_URL,
     JudgeKind,
     Judgement,
@@ -113,6 +114,7 @@ class OpenAIJudge(OpenAIServer):
     eval_prompt: str
     model: str
     logprobs: bool = True  # the logprob rule; False: the number in the reply's text
+    min_mass: float = MIN_NUMBER_MASS  # the logprob rule's least probability on numbers 0..100
 
     def __post_init__(self):
         check_eval_prompt(self.eval_prompt)
@@ -141,11 +143,10 @@ class OpenAIJudge(OpenAIServer):
         judgement.prompt_tokens, judgement.completion_tokens = _usage(reply)
         return judgement
 
-    @staticmethod
-    def _logprob_rule(reply: dict) -> Judgement:
+    def _logprob_rule(self, reply: dict) -> Judgement:
         try:
             top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-            return logprob_score({entry["token"]: float(entry["logprob"]) for entry in top})
+            return logprob_score({entry["token"]: float(entry["logprob"]) for entry in top}, self.min_mass)
         except (ValueError, KeyError, IndexError, TypeError):
             return Judgement(None, "malformed reply: no choices[0].logprobs.content[0].top_logprobs (a server "
                                    "without logprobs, such as transformers serve, needs --no-judge-logprobs)",

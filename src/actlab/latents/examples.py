@@ -6,6 +6,10 @@ runs once more over the windows those tables name (their union, each window
 once), and the result is kept in the run as examples.parquet:
 
     sae, latent, window, positions (list<int16>), values (list<float32>)
+
+Auto-interpretation also needs windows where a latent is not active: a
+seeded sample of the run's windows, each with the latents active anywhere in
+it, kept as pool.parquet (sae, window, active list<int32>).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from .summary import Codes
 from .windows import WINDOW_BITS, Windows
 
 EXAMPLES = "examples.parquet"
+POOL = "pool.parquet"
+POOL_WINDOWS = 256  # random windows whose active latents are recorded (non-activating examples)
+POOL_SEED = 0
 
 
 def example_windows(run) -> dict[str, pa.Table]:
@@ -89,6 +96,64 @@ class ExamplesExtractor(LatentsExtractor):
                                        "values": pa.array(list(values), pa.list_(pa.float32()))}))
         return pa.concat_tables(parts).sort_by([("sae", "ascending"), ("latent", "ascending"),
                                                 ("window", "ascending")])
+
+
+class PoolSink(Sink):
+    """Keeps, for every window, the latents active at any of its tokens."""
+
+    def __init__(self, name, sae, keys: np.ndarray, has_bos: bool, centre: bool):
+        self.name, self.sae, self.keys, self.has_bos, self.centre = name, sae, keys, has_bos, centre
+        self.rows: list[tuple[int, np.ndarray]] = []
+
+    def consume(self, hidden: torch.Tensor, batch) -> None:
+        x = hidden.float()  # (B, T, d)
+        if self.centre:
+            x = x - x.mean(dim=-1, keepdim=True)
+        real = batch.padded.attention_mask.bool()
+        if self.has_bos:
+            real[:, 0] = False
+        codes = Codes.of(self.sae.encode(x) * real[..., None])
+        window, latent = codes.window.cpu().numpy(), codes.latent.cpu().numpy()
+        for b, row in enumerate(batch.rows):
+            self.rows.append((int(self.keys[row]), np.unique(latent[window == b]).astype(np.int32)))
+
+
+class PoolExtractor(LatentsExtractor):
+    """The latents pass's engine, its sinks keeping each window's active latents."""
+
+    def make_sinks(self, n_rows: int) -> dict[str, list[Sink]]:
+        sinks: dict[str, list[Sink]] = {hook: [] for hook in self.hook_names}
+        for name, sae in self.saes.items():
+            sinks[sae.cfg.hook_name].append(PoolSink(name, sae, self.windows.keys, self.windows.has_bos,
+                                                     self.centres(sae)))
+        return sinks
+
+    def make_result(self, sinks: dict[str, list[Sink]], **fields) -> pa.Table:
+        parts = []
+        for group in sinks.values():
+            for sink in group:
+                keys, active = zip(*sink.rows) if sink.rows else ((), ())
+                parts.append(pa.table({"sae": pa.array([sink.name] * len(keys), pa.string()),
+                                       "window": pa.array(keys, pa.int64()),
+                                       "active": pa.array(list(active), pa.list_(pa.int32()))}))
+        return pa.concat_tables(parts).sort_by([("sae", "ascending"), ("window", "ascending")])
+
+
+def window_pool(run, model: Model, saes: dict | None = None) -> pa.Table:
+    """The run's pool.parquet, computed (and written) on first use: up to
+    POOL_WINDOWS of its windows drawn without replacement (seeded), with the
+    latents active in each."""
+    path = run.path / POOL
+    if path.exists():
+        return read_parquet(path)
+    keys = np.concatenate([read_parquet(part, columns=["window"]).column("window").to_numpy()
+                           for part in sorted(run.path.glob("windows-*.parquet"), key=lambda p: p.name)])
+    rng = np.random.default_rng(POOL_SEED)
+    chosen = np.sort(rng.choice(keys, size=min(POOL_WINDOWS, len(keys)), replace=False))
+    saes = saes or {name: _reload(run, name) for name in run.saes}
+    table = PoolExtractor(model, saes, LatentsConfig()).summarize(_read_windows(run, chosen.tolist()))
+    write_parquet_atomic(path, table)
+    return table
 
 
 def example_activations(run, model: Model, saes: dict | None = None) -> pa.Table:

@@ -5,9 +5,9 @@ one run kind's function."""
 
 from .contrast import contrast
 from .feature_report import analyze_run, build_report
-from .latents_report import build_latent_browser
+from .latents_report import build_latent_browser, explain_run
 from .trait_report import build_trait_report
 from .traits import TraitPipelineConfig, run_trait
 
 __all__ = ["TraitPipelineConfig", "analyze_run", "build_latent_browser", "build_report", "build_trait_report",
-           "contrast", "run_trait"]
+           "contrast", "explain_run", "run_trait"]
