@@ -49,3 +49,28 @@ def test_explore_reads_a_latents_run(monkeypatch, capsys, tmp_path, tiny_models)
     assert f"text {top.text_id[0]} @{top.start[0]} (max {top.value[0]:.2f})" in out
     code, _, err = run_cli(monkeypatch, capsys, "explore", tmp_path / "run", "--latent", 999)
     assert code == 2 and "outside 0..127" in err
+
+
+def test_explain_bad_input_is_one_line(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TEXTS) + "\n")
+    sae = save_sae_lens_folder(random_sae("blocks.1.hook_resid_post", seed=2), tmp_path / "sae")
+    run = tmp_path / "run"
+    assert run_cli(monkeypatch, capsys, "latents", "--model", tiny_model_dir, "--device", "cpu", "--input", corpus,
+                   "--sae", sae, "--out", run, "--context", "8")[0] == 0
+    features = tmp_path / "features"
+    assert run_cli(monkeypatch, capsys, "features", "--model", tiny_model_dir, "--device", "cpu", "--input", corpus,
+                   "--sae", sae, "--pooling", "mean", "--out", features)[0] == 0
+    for args, message in (((features,), "is not a latents run"),
+                          ((run, "--explainer", "oracle"), "unknown explainer kind 'oracle'; use local, openai"),
+                          ((run, "--explainer", "openai"), "--explainer openai needs --explainer-model"),
+                          ((run, "--no-explainer-logprobs"), "--no-explainer-logprobs is for --explainer openai"),
+                          ((run, "--latents", "1", "--max-latents", "2"), "--latents or --max-latents, not both"),
+                          ((run, "--latents", "128"), "latent 128 is outside 0..127"),
+                          ((run, "--sae", "other"), "no SAE 'other' in this run"),
+                          ((run, "--test-examples", "0"), "test_examples must be at least 1"),
+                          ((tmp_path / "missing",), "no manifest.json")):
+        code, _, err = run_cli(monkeypatch, capsys, "latents", "explain", *args, "--model", tiny_model_dir,
+                               "--device", "cpu")
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) <= 2
