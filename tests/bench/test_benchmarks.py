@@ -143,3 +143,19 @@ def test_capture_agreement_compares_rows_vllm_fed_whole():
             "pooled": {"7": [[1.0, 2.2], [9.0, 9.0], [0.0, 0.0]]}}
     # row 1: vLLM fed none of its answer; row 2: another answer
     assert capture_agreement(lens, ours) == {"capture_rows_compared": 1, "capture_max_rel_error_vs_actlab": 0.1}
+
+
+def test_bench_latents_on_tiny_model(tmp_path, tiny_model_dir):
+    from actlab.bench.latents import LatentsBench, run_latents_benchmark
+
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n")
+    result = run_latents_benchmark(BenchOptions(str(tiny_model_dir), "cpu", tmp_path, readme),
+                                   LatentsBench(n_texts=8, d_sae=256, k=8, context=16, repeats=1, memory=False,
+                                                explain_latents=2))
+    assert result["cost_vs_features_pass"] > 0 and result["dashboard"]["seconds_per_1k_latents"] > 0
+    explain = result["explain"]
+    assert explain["latents"] == 2 and explain["latents_per_hour"] > 0 and explain["calls"] <= 2 * 61
+    assert explain["explainer"] == f"local: {tiny_model_dir}"
+    assert json.loads((tmp_path / "latents-cpu.json").read_text())["explain"]["calls"] == explain["calls"]
+    assert "latents per hour" in readme.read_text()

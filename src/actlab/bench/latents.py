@@ -9,7 +9,10 @@ Both in this process over the same windows and batches, alternating, best
 of repeats, CPU time beside wall time. Memory: a fresh process per corpus
 size (1x, 4x, 16x texts) runs latents_run end to end, logit effects and
 neighbours apart (they read only the weights); its sampled peak RSS includes
-the model.
+the model. Explanation: `explain_latents` latents of a latents run over the
+1x corpus explained and scored by the local explainer (the bench model; on
+the default model its SAE at block 15, else the random SAE): latents per
+hour, calls, tokens, and the mean scores beside the baseline's.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..datasets import length_mix
+from ..default_model import DEFAULT_MODEL
 from ..engine import ExtractConfig
 from ..hooks import block_hook
 from ..inputs import Records
-from ..latents import LatentsConfig
+from ..latents import ExplainConfig, LatentsConfig, explain_latents, latents_run
 from ..latents.run import LatentsJob
 from ..latents.sink import LatentsExtractor
 from ..latents.windows import cut_windows
 from ..models import load_model
 from ..runs.job import local_run
+from ..saes.defaults import default_saes
 from ..saes.features import FeatureExtractor
 from ..tokens import Tokenized
 from ..version import VERSION
@@ -48,6 +53,8 @@ class LatentsBench:
     repeats: int = field(default=2, metadata={"help": "Alternating repeats of the two passes (best kept)."})
     memory: bool = field(default=True, metadata={"help": "Measure peak memory at 1x, 4x and 16x the corpus."})
     memory_texts: int = field(default=32, metadata={"help": "Texts of the memory measurement's 1x corpus."})
+    explain_latents: int = field(default=8, metadata={
+        "help": "Latents explained and scored with the local explainer, for latents per hour (0: skip)."})
 
 
 def _timed(fn) -> tuple[object, float, float]:
@@ -92,14 +99,44 @@ def run_latents_benchmark(bench: BenchOptions | None = None, cfg: LatentsBench |
         "cpu_cost_vs_features_pass": round(best["latents_pass"][1] / best["features_pass"][1], 3),
         "dashboard": dashboard,
         "memory": _memory(bench, cfg) if cfg.memory else None,
+        "explain": _explained_per_hour(model, texts, saes, cfg) if cfg.explain_latents else None,
     }
     console.print(f"  features pass {methods['features_pass']['tokens_per_s']:.0f} tokens/s, latents pass "
                   f"{methods['latents_pass']['tokens_per_s']:.0f} tokens/s: {result['cost_vs_features_pass']:.2f}x "
                   f"the floor ({result['cpu_cost_vs_features_pass']:.2f}x in CPU time)")
     console.print(f"  dashboard tables {dashboard['finish_s']:.1f}s + logit effects and neighbours "
                   f"{dashboard['effects_s']:.1f}s = {dashboard['seconds_per_1k_latents']:.2f}s per 1k latents")
+    if result["explain"]:
+        e = result["explain"]
+        console.print(f"  explain: {e['latents']} latents in {e['seconds']:.0f}s = {e['latents_per_hour']:.0f} "
+                      f"latents/hour ({e['calls']} calls); detection AUROC {e['detection_auroc']:.3f} (baseline "
+                      f"{e['baseline_detection_auroc']:.3f}), fuzzing {e['fuzzing_auroc']:.3f} (baseline "
+                      f"{e['baseline_fuzzing_auroc']:.3f})")
     save_result(result, model.device, bench.results_dir, bench.readme, markdown_table(result))
     return result
+
+
+def _explained_per_hour(model, texts, saes, cfg: LatentsBench) -> dict:
+    """A latents run over the corpus (the default SAE at block 15 on the
+    default model), then `explain_latents` of its active latents (seeded)
+    explained and scored by the local explainer, timed end to end (examples
+    and pool included)."""
+    if model.name == DEFAULT_MODEL:
+        saes = {name: sae for name, sae in default_saes(model.name, model.device).items() if name.endswith("-15")}
+    with tempfile.TemporaryDirectory() as folder:
+        run = latents_run(model, texts, saes, Path(folder) / "run", LatentsConfig(context=cfg.context))
+        explain = ExplainConfig(max_latents=cfg.explain_latents, explainer_model=model.name)
+        result, wall, cpu = _timed(lambda: explain_latents(run, model, explain, saes))
+    table = result.table.to_pandas()
+    examples = 2 * (2 * table.n_activating + table.n_non_activating)  # scored per latent: both explanations
+    means = {name: round(float(table[name].mean()), 4) for name in (
+        "detection_auroc", "baseline_detection_auroc", "fuzzing_auroc", "baseline_fuzzing_auroc",
+        "detection_accuracy", "baseline_detection_accuracy", "fuzzing_accuracy", "baseline_fuzzing_accuracy")}
+    return {"sae": next(iter(saes)), "explainer": table.explainer.iloc[0], "latents": result.done,
+            "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+            "latents_per_hour": round(result.done / wall * 3600, 1), "calls": result.calls,
+            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "unscored_fraction": round(float(table.n_unscored.sum() / examples.sum()), 3), **means}
 
 
 def _dashboard_seconds(model, texts, saes, cfg: LatentsConfig) -> dict:
@@ -155,4 +192,11 @@ def markdown_table(result: dict) -> str:
                   "|---|---:|---:|---:|---:|"]
         lines += [f"| {m['corpus']} | {m['n_texts']} | {m['seconds']:.1f} | {m['peak_rss_mb']} | {m['above_warm_mb']} |"
                   for m in result["memory"]]
+    if result.get("explain"):
+        e = result["explain"]
+        lines += ["", f"Explanation ({e['explainer']}, SAE {e['sae']}, {e['latents']} latents, {e['calls']} calls): "
+                  f"{e['latents_per_hour']:.0f} latents per hour ({e['seconds']:.0f} s, {e['cpu_seconds']:.0f} s CPU).",
+                  "", "| score | explanation | token-frequency baseline |", "|---|---:|---:|"]
+        lines += [f"| {task} {measure} | {e[f'{task}_{measure}']:.3f} | {e[f'baseline_{task}_{measure}']:.3f} |"
+                  for task in ("detection", "fuzzing") for measure in ("auroc", "accuracy")]
     return "\n".join(lines)
