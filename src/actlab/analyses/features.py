@@ -1,5 +1,9 @@
 """Feature analyses of SAE-comparison notebooks, on a texts x latents matrix F (numpy, >= 0).
 
+The rankings (strongest, most_frequent, most_selective, comparison_table)
+read only per-latent statistics, so they also take a LatentStats: a latents
+run's summaries over its windows (actlab.latents.analysis).
+
 Each returns a list of row dicts (ready for a table, pandas or Arrow). The
 threshold t marks a latent as clearly on for a text (F > t); 5.0 suits
 for GPT-2 small's SAEs. Fixes against the original notebooks: concept
@@ -9,11 +13,35 @@ specialists are found from precomputed category indices.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Sequence, Union
 
 import numpy as np
 
 NEURONPEDIA = "https://neuronpedia.org"
+
+
+@dataclass(frozen=True)
+class LatentStats:
+    """Per latent, what the rankings read, over some unit (the texts of F, the windows of a latents run)."""
+
+    peak: np.ndarray  # (d_sae,) the largest value
+    where: np.ndarray  # (d_sae,) the unit it is in
+    active: np.ndarray  # (d_sae,) units where the latent is > 0
+    above: np.ndarray  # (d_sae,) units where it exceeds the threshold it was counted at
+    n: int  # units in all
+    unit: str = "text"
+
+    @classmethod
+    def of(cls, F: np.ndarray, threshold: float = 5.0) -> "LatentStats":
+        return cls(F.max(axis=0), F.argmax(axis=0), (F > 0).sum(axis=0), (F > threshold).sum(axis=0), len(F))
+
+
+Latents = Union[np.ndarray, LatentStats]  # F, or its statistics
+
+
+def _stats(F: Latents, threshold: float = 5.0) -> LatentStats:
+    return F if isinstance(F, LatentStats) else LatentStats.of(F, threshold)
 
 
 def neuronpedia_link(neuronpedia_id: str | None, latent: int) -> str | None:
@@ -21,25 +49,25 @@ def neuronpedia_link(neuronpedia_id: str | None, latent: int) -> str | None:
     return f"{NEURONPEDIA}/{neuronpedia_id}/{int(latent)}" if neuronpedia_id else None
 
 
-def strongest(F: np.ndarray, k: int = 5) -> list[dict]:
+def strongest(F: Latents, k: int = 5) -> list[dict]:
     """Latents with the largest activation on any text, and that text."""
-    peak = F.max(axis=0)
-    order = np.argsort(-peak, kind="stable")[:k]
-    return [{"latent": int(j), "max": float(peak[j]), "text": int(F[:, j].argmax())} for j in order]
+    s = _stats(F)
+    order = np.argsort(-s.peak, kind="stable")[:k]
+    return [{"latent": int(j), "max": float(s.peak[j]), s.unit: int(s.where[j])} for j in order]
 
 
-def most_frequent(F: np.ndarray, k: int = 5) -> list[dict]:
+def most_frequent(F: Latents, k: int = 5) -> list[dict]:
     """Latents active (> 0) on the most texts."""
-    count = (F > 0).sum(axis=0)
-    order = np.argsort(-count, kind="stable")[:k]
-    return [{"latent": int(j), "count": int(count[j]), "fraction": float(count[j] / len(F))} for j in order]
+    s = _stats(F)
+    order = np.argsort(-s.active, kind="stable")[:k]
+    return [{"latent": int(j), "count": int(s.active[j]), "fraction": float(s.active[j] / s.n)} for j in order]
 
 
-def most_selective(F: np.ndarray, threshold: float = 5.0, k: int = 5) -> list[dict]:
+def most_selective(F: Latents, threshold: float = 5.0, k: int = 5) -> list[dict]:
     """Latents above the threshold on the fewest texts (at least one); ties go
-    to the larger peak."""
-    count = (F > threshold).sum(axis=0)
-    peak = F.max(axis=0)
+    to the larger peak. (A LatentStats was counted at its own threshold.)"""
+    s = _stats(F, threshold)
+    count, peak = s.above, s.peak
     candidates = np.flatnonzero(count >= 1)
     order = candidates[np.lexsort((-peak[candidates], count[candidates]))][:k]
     return [{"latent": int(j), "count": int(count[j]), "max": float(peak[j])} for j in order]
@@ -118,7 +146,7 @@ def coactivation(F: np.ndarray, latents: Sequence[int] | None = None, k: int = 1
              "jaccard": float(jaccard[o])} for o in order if both[i[o], j[o]] > 0]
 
 
-def comparison_table(features: dict[str, np.ndarray], categories: Sequence[str] | None = None,
+def comparison_table(features: dict[str, Latents], categories: Sequence[str] | None = None,
                      threshold: float = 5.0, k: int = 5) -> dict[str, dict[str, list[int]]]:
     """The SAE comparison table: rows strongest / frequent / selective / specialists,
     one column per SAE, each cell the top-k latent ids (features extracted once)."""

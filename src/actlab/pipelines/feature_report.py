@@ -15,12 +15,14 @@ from .. import plots
 from ..analyses import neuronpedia_link
 from ..analyses.run import AnalysisConfig, analyze_features
 from ..errors import ActlabError
+from ..latents import LatentsRun
+from ..latents.analysis import analyze_latents
 from ..models import Model
 from ..report.data import Example, LatentCard, ReportConfig, ReportData
 from ..report.html import render, slug
 from ..report.latents import browser_links
 from ..report.page import write_page
-from ..runs import FeatureRun
+from ..runs import FeatureRun, open_run
 from ..runs.atomic import write_parquet_atomic
 from ..saes import load_sae
 from ..saes.quality import sae_quality
@@ -53,11 +55,16 @@ def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg
 
 
 def analyze_run(run: str | Path, cfg: AnalysisConfig | None = None) -> dict[str, list[dict]]:
-    """Every feature analysis of a features run, as tables by name, also
-    written to RUN/analysis/<table>.parquet."""
+    """Every feature analysis of a features run, or those a latents run
+    answers from its summaries (per window, with explanations), as tables by
+    name, also written to RUN/analysis/<table>.parquet."""
     cfg = cfg or AnalysisConfig()
     run = run_path(run)
-    tables = analyze_features(FeatureRun.open(run), cfg.threshold, cfg.top)
+    opened = open_run(run)
+    if isinstance(opened, LatentsRun):
+        tables = analyze_latents(opened, cfg.threshold, cfg.top)
+    else:
+        tables = analyze_features(FeatureRun.open(run), cfg.threshold, cfg.top)
     (run / "analysis").mkdir(exist_ok=True)
     for name, rows in tables.items():
         if rows:
