@@ -5,6 +5,7 @@ latent, see its highlighted examples, follow a neighbour), and bad input."""
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -73,6 +74,11 @@ def test_browser_in_headless_chromium_on_65k_latents(tmp_path, tiny_models):
     index = build_latent_browser(path, tmp_path / "browser", model, saes={"wide": sae})
     small = latents_run(model, TEXTS, {"s": random_sae(HOOK, seed=5, prepend_bos=True)}, tmp_path / "small",
                         LatentsConfig(context=8, logit_tokens=5, neighbours=4))
+    small_busiest = int(actlab.open_run(small).latents().to_pandas().sort_values("count").latent.iloc[-1])
+    pq.write_table(pa.table({"sae": ["s"], "latent": pa.array([small_busiest], pa.int32()), "explanation": ["dogs"],
+                             "score": [0.75], "fuzzing_auroc": [float("nan")], "baseline": ['the tokens "a"'],
+                             "baseline_score": [0.5], "baseline_fuzzing_auroc": [0.25]}),
+                   small / "explanations.parquet")
     small_index = build_latent_browser(small, tmp_path / "small_browser", use_model=False)
     title = "return document.querySelector('#detail h2').textContent"
     driver = chromium_driver()
@@ -106,9 +112,12 @@ def test_browser_in_headless_chromium_on_65k_latents(tmp_path, tiny_models):
             time.sleep(0.1)
         assert driver.execute_script(title) == f"wide · latent {other}"
         # a small run with logit effects and neighbours, without the model: the maximum alone is marked
-        small_busiest = int(actlab.open_run(small).latents().to_pandas().sort_values("count").latent.iloc[-1])
         driver.get(small_index.resolve().as_uri() + f"#0/{small_busiest}")
         wait_for(driver, "#examples")
+        assert driver.find_element("css selector", "#detail .expl").text == "dogs"
+        assert driver.find_element("id", "scores").text == ('detection AUROC 0.7500, fuzzing AUROC n/a; baseline '
+                                                           '(the tokens "a"): detection AUROC 0.5000, fuzzing AUROC '
+                                                           '0.2500')
         assert len(driver.find_elements("css selector", "#logits td code")) == 5
         assert len(driver.find_elements("css selector", "#neighbours a.latent")) == 4
         examples = driver.find_elements("css selector", "#examples .example")

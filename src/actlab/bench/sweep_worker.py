@@ -32,6 +32,9 @@ from .features import random_topk_sae
 from .traits import bench_prompts
 
 
+LATENTS_MEMORY_SHARD = 32  # texts per shard of the latents memory points
+
+
 def measure(fn) -> tuple[float, int]:
     """(seconds, peak resident set sampled every 5 ms) of fn()."""
     process, peak, done = psutil.Process(), [0], threading.Event()
@@ -78,7 +81,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             latents_run(model, texts[:4], saes, Path(scratch) / "warm", cfg)  # warm-up: effects, allocator
             baseline = psutil.Process().memory_info().rss
-            seconds, peak = measure(lambda: latents_run(model, texts, saes, Path(scratch) / "run", cfg))
+            # a fixed shard size (the 1x corpus): a shard's windows are held while it runs, whatever the corpus
+            seconds, peak = measure(lambda: latents_run(model, texts, saes, Path(scratch) / "run", cfg,
+                                                        shard_size=LATENTS_MEMORY_SHARD))
         print(json.dumps({"seconds": seconds, "peak_memory_bytes": peak, "above_warm_bytes": peak - baseline}))
         return
     else:

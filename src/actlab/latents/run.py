@@ -7,6 +7,10 @@
     shard-NNNNN.parquet       the shard's texts (text_id, n_tokens, n_windows), written last: the marker
     latents|top|intervals|histograms|cofiring.parquet   the merged summary (tables.py)
     logit_effects.parquet, neighbours.parquet          from the SAEs' weights (effects.py)
+    examples.parquet, pool.parquet                     later: the example windows' token values and a random
+                                                       pool of windows (examples.py, for the browser and explain)
+    judgements/<key>/, explanations.parquet            later: explanations and their scores (explain.py)
+    analysis/, browser/                                later: actlab analyze, actlab latents report
 
 Shards hold partial summaries that merge exactly, so a killed run resumes
 and a run on Ray ends with the same tables.

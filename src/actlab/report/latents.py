@@ -71,8 +71,8 @@ def write_latent_browser(run, out: Path, examples: pa.Table | None, cfg: Browser
         notes = explained.get(sae, {})
         listing = {"count": latents["count"].tolist(), "frequency": _round(latents["frequency"], 6),
                    "mean": _round(latents["mean"]), "max": _round(latents["max"]),
-                   "explanation": [notes.get(j, (None, None))[0] for j in range(config.d_sae)],
-                   "score": [notes.get(j, (None, None))[1] for j in range(config.d_sae)]}
+                   "explanation": [notes.get(j, {}).get("explanation") for j in range(config.d_sae)],
+                   "score": [notes.get(j, {}).get("score") for j in range(config.d_sae)]}
         write_text_atomic(data / str(index) / "list.js", _script("list", index, 0, listing))
         _write_chunks(run, sae, index, examples, data / str(index), cfg, explained.get(sae, {}))
     write_text_atomic(data / "meta.js", f"var ACTLAB_META = {json.dumps(meta)};\n")
@@ -80,15 +80,20 @@ def write_latent_browser(run, out: Path, examples: pa.Table | None, cfg: Browser
     return out / "index.html"
 
 
-def _explanations(run) -> dict[str, dict[int, tuple[str, float | None]]]:
+SCORES = ("score", "fuzzing_auroc", "baseline_score", "baseline_fuzzing_auroc")
+
+
+def _explanations(run) -> dict[str, dict[int, dict]]:
+    """Per SAE and latent: explanation, baseline, and the scores (None: not scored)."""
     path = run.path / EXPLANATIONS
     if not path.exists():
         return {}
-    table = pq.read_table(path).to_pandas()
     out: dict = defaultdict(dict)
-    for row in table.itertuples():
-        score = None if row.score != row.score else round(float(row.score), 3)  # NaN: not scored
-        out[row.sae][int(row.latent)] = (row.explanation, score)
+    for row in pq.read_table(path).to_pylist():
+        scores = {name: None if row.get(name) is None or row[name] != row[name] else round(float(row[name]), 3)
+                  for name in SCORES}  # NaN: not scored
+        out[row["sae"]][int(row["latent"])] = {"explanation": row["explanation"], "baseline": row.get("baseline"),
+                                               **scores}
     return dict(out)
 
 
@@ -129,7 +134,7 @@ def _write_chunks(run, sae: str, index: int, examples: pa.Table | None, folder: 
                 "bottom_tokens": [[r["token"], round(r["effect"], 3)] for r in effects if r["side"] == "bottom"],
                 "neighbours": [[r["other"], round(r["cosine"], 3)] for r in tables["neighbours"].get(j, [])],
                 "cofiring": [[r["other"], round(r["jaccard"], 3)] for r in tables["cofiring"].get(j, [])],
-                "explanation": notes.get(j, (None, None))[0]}
+                "explanation": notes.get(j, {}).get("explanation"), "scores": notes.get(j)}
         windows = _window_tokens(run, sorted(keys))
         write_text_atomic(folder / f"chunk-{lo // cfg.chunk:04d}.js",
                           _script("chunk", index, lo // cfg.chunk, {"latents": chunk_latents, "windows": windows}))

@@ -103,6 +103,13 @@ function links(pairs, label) {
   return `<table><tr><th>latent</th><th>${label}</th></tr>` + pairs.map(([o, v]) =>
     `<tr><td><a class="latent" data-latent="${o}">${o}</a></td><td class="num">${fmt(v)}</td></tr>`).join("") + "</table>";
 }
+function scores(s) {
+  if (!s) return "";
+  const num = v => v === null ? "n/a" : fmt(v);
+  const pair = (a, b) => `detection AUROC ${num(a)}, fuzzing AUROC ${num(b)}`;
+  return `<p class="meta" id="scores">${pair(s.score, s.fuzzing_auroc)}; baseline` +
+    (s.baseline ? ` (${esc(s.baseline)})` : "") + `: ${pair(s.baseline_score, s.baseline_fuzzing_auroc)}</p>`;
+}
 function tokens(pairs) {
   return "<table>" + pairs.map(([t, v]) => `<tr><td><code>${esc(t)}</code></td><td class="num">${fmt(v)}</td></tr>`).join("") + "</table>";
 }
@@ -115,7 +122,7 @@ function openDetail(j) {
     document.getElementById("detail").innerHTML =
       `<h2>${esc(info.name)} \u00b7 latent ${j}</h2><p class="meta">${esc(info.hook)} \u00b7 active on ${fmt(L.frequency[j], true)} of tokens` +
       ` \u00b7 mean ${fmt(L.mean[j])} \u00b7 max ${fmt(L.max[j])}${link}</p>` +
-      (d.explanation ? `<p class="expl">${esc(d.explanation)}${L.score[j] !== null ? ` <span class="meta">(score ${fmt(L.score[j])})</span>` : ""}</p>` : "") +
+      (d.explanation ? `<p class="expl">${esc(d.explanation)}</p>${scores(d.scores)}` : "") +
       `<div class="cols"><div><h3>Activations</h3><div id="histogram">${histogram(d.hist)}</div></div>` +
       `<div id="logits"><h3>Promotes</h3>${tokens(d.top_tokens)}</div><div><h3>Suppresses</h3>${tokens(d.bottom_tokens)}</div>` +
       `<div id="neighbours"><h3>Decoder neighbours</h3>${links(d.neighbours, "cosine")}</div>` +
