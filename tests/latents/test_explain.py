@@ -92,10 +92,12 @@ def test_pool_and_held_out_split(latents, tiny_models):
     silent = {j: sum(j not in set(a) for a in pool.active) for j in range(128)}
     busy = max((j for j in silent if silent[j] >= 2), key=lambda j: run.latents("s").column("count")[j].as_py())
     case = latent_case(data, int(busy), 3, 2, seed=0)
-    shown = run.top("s", int(busy)).column("window").to_pylist()[:3]
+    top = run.top("s", int(busy)).column("window").to_pylist()
+    intervals = run.intervals("s", int(busy)).column("window").to_pylist()
     held_out = [e.window for e in case.detection if e.label == 1]
     negatives = [e.window for e in case.detection if e.label == 0]
-    assert len(held_out) == 2 and not set(held_out) & set(shown) and case.prompt.count("Example ") == 3
+    assert case.shown[:2] == top[:2] and case.shown[2] in intervals and case.prompt.count("Example ") == 3
+    assert len(held_out) == 2 and not set(held_out) & set(case.shown) and set(held_out) <= set(intervals)
     assert all(int(busy) not in set(pool.active[pool.window == w].iloc[0]) for w in negatives)
     assert [e.window for e in case.fuzzing] == held_out and sorted(e.label for e in case.fuzzing) == [0, 1]
     right = next(e for e in case.fuzzing if e.label == 1)

@@ -1,7 +1,8 @@
 """What auto-interpretation shows and asks per latent (delphi's split): the
-explainer sees the latent's top windows with its active tokens marked; the
-explanation is scored on held-out windows - interval samples spread over the
-activation deciles (activating) and pool windows where the latent is not
+explainer sees the latent's top windows and interval samples (half each),
+its active tokens marked; the explanation is scored on held-out windows -
+other interval samples spread over the activation deciles, then top windows
+not shown (activating) - and pool windows where the latent is not
 active anywhere (non-activating) - by detection (plain texts: activating or
 not?) and fuzzing (the held-out activating texts, half with the latent's own
 tokens marked, half with as many other tokens marked: are the marks right?).
@@ -30,6 +31,7 @@ class Example:
 class LatentCase:
     sae: str
     latent: int
+    shown: list[int]  # the windows the explainer sees
     prompt: str  # the explainer's
     baseline: str  # the token-frequency baseline explanation
     detection: list[Example]
@@ -82,9 +84,12 @@ def latent_case(data: SAEExamples, latent: int, shown: int, held_out: int, seed:
     intervals = data.intervals.get(latent, [])
     known = list(dict.fromkeys(top + [w for _, w in intervals]))
     n_test = min(held_out, len(known) // 2)
-    explain = top[:max(min(shown, len(known) - n_test), 0)]
-    test = _spread(intervals, set(explain)) + [w for w in top if w not in explain]
-    test = list(dict.fromkeys(test))[:n_test]
+    n_shown = max(min(shown, len(known) - n_test), 0)
+    explain = top[:(n_shown + 1) // 2]  # half top windows, half interval samples over the deciles
+    spread = _spread(intervals, set(explain))
+    explain += spread[:n_shown - len(explain)]
+    explain += [w for w in top if w not in explain][:n_shown - len(explain)]
+    test = [w for w in dict.fromkeys(spread + top) if w not in explain][:n_test]
 
     def marks(window: int) -> set[int]:
         return data.active.get((latent, window), set())
@@ -107,7 +112,7 @@ def latent_case(data: SAEExamples, latent: int, shown: int, held_out: int, seed:
         if others:
             wrong = rng.choice(others, size=min(max(len(marks(w)), 1), len(others)), replace=False)
             fuzzing.append(Example(w, text(w, set(wrong.tolist())), 0))
-    return LatentCase(data.sae, latent, prompt, baseline, detection, fuzzing)
+    return LatentCase(data.sae, latent, explain, prompt, baseline, detection, fuzzing)
 
 
 def _spread(intervals: list[tuple[int, int]], skip: set[int]) -> list[int]:
