@@ -189,6 +189,7 @@ def _sae_dashboard(model, texts, cfg: LatentsBench) -> dict:
                                                                                 3)}
     result["speedup"] = round(result["peer"]["seconds_per_1k_latents"] / result["actlab"]["seconds_per_1k_latents"],
                               2)
+    result["cpu_speedup"] = round((peer["cpu_seconds"] / len(features)) / (cpu / d_sae), 2)
     result["max_agreement"] = {"active_in_both": int(both.sum()), "active_in_one": int((mine > 0).sum() + (
         theirs > 0).sum() - 2 * both.sum()), "median_relative_difference": round(float(np.median(
             np.abs(mine[both] - theirs[both]) / mine[both])), 4) if both.any() else None}
@@ -288,7 +289,8 @@ def markdown_table(result: dict) -> str:
         lines += [f"| {label} | {d[key]['latents']} | {d[key]['seconds']:.1f} | {d[key]['cpu_seconds']:.1f} | "
                   f"{d[key]['seconds_per_1k_latents']:.2f} |" for key, label in (("actlab", "actlab latents"),
                                                                                 ("peer", "SAEDashboard"))]
-        lines += ["", f"actlab {d['speedup']:.1f}x faster per latent; latent maxima: {agree['active_in_both']} "
+        lines += ["", f"actlab {d['speedup']:.1f}x faster per latent ({d['cpu_speedup']:.1f}x in CPU time); latent "
+                  f"maxima: {agree['active_in_both']} "
                   f"active in both, {agree['active_in_one']} in one only, median relative difference "
                   f"{agree['median_relative_difference']}."]
     elif d:

@@ -31,7 +31,6 @@ from ..traits import GenerationConfig, generate
 from .features import random_topk_sae
 from .traits import bench_prompts
 
-
 LATENTS_MEMORY_SHARD = 32  # texts per shard of the latents memory points
 
 

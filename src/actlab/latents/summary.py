@@ -14,7 +14,8 @@ Every part is a sum, a max, a min or the first entries under a strict total
 order, so merge(a, b) equals the summary of a's and b's windows together,
 whatever the split into batches, shards or runners. A window's maximum
 (value) and its position come with its key in top_* and sample_*; an empty
-entry has value 0 and key EMPTY.
+entry has value 0 and key EMPTY (sample priority EMPTY). After a merge top_*
+and sample_* have their full width, filled or not.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ EMPTY = torch.iinfo(torch.int64).max
 HIST_EDGES = (10.0 ** (np.arange(-32, 33) / 8)).astype(np.float32)  # 1e-4 .. 1e4, 8 bins per decade
 N_BINS = len(HIST_EDGES) - 1  # below 1e-4 counts in bin 0, above 1e4 in the last
 HASH_CHUNK = 16  # MinHash slots computed at once (bounds the (nonzeros, slots) buffer)
+MERGE_ROWS = 2048  # latents merged at once (bounds the sorts' temporaries)
 
 
 def _signed(x: int) -> int:
@@ -152,19 +154,40 @@ def summarize(codes: Codes, keys: torch.Tensor, d_sae: int, seed: int) -> Latent
 
 
 def _first(primary: torch.Tensor, keys: torch.Tensor, width: int, *carried: torch.Tensor) -> list[torch.Tensor]:
-    """Per row, the `width` entries smallest by (primary, key), in that order."""
+    """Per row, the `width` entries smallest by (primary, key), in that order;
+    always `width` columns (empty entries - primary 0 or EMPTY, key EMPTY -
+    sort last), so that the state has its full size from the first merge and
+    memory does not depend on how much of it the data has filled."""
     order = torch.sort(keys, dim=1, stable=True).indices
     order = order.gather(1, torch.sort(primary.gather(1, order), dim=1, stable=True).indices)[:, :width]
-    return [t.gather(1, order) for t in (primary, keys, *carried)]
+    out = [t.gather(1, order) for t in (primary, keys, *carried)]
+    missing = width - order.shape[1]
+    if missing <= 0:
+        return out
+    empty_primary = EMPTY if primary.dtype == torch.int64 else 0  # sample priorities; top: minus the value
+    fills = (empty_primary, EMPTY) + (0,) * len(carried)
+    return [torch.cat([t, torch.full((t.shape[0], missing), fill, dtype=t.dtype, device=t.device)], dim=1)
+            for t, fill in zip(out, fills)]
 
 
 def merge(a: LatentSummary, b: LatentSummary, cfg: LatentsConfig) -> LatentSummary:
-    """The summary of a's and b's windows together (cfg.top and cfg.sample_size kept)."""
-    def cat(name):
-        return torch.cat([getattr(a, name), getattr(b, name)], dim=1)
-    top_value, top_key, top_position = _first(-cat("top_value"), cat("top_key"), cfg.top, cat("top_position"))
-    priority, sample_key, sample_value, sample_position = _first(
-        cat("sample_priority"), cat("sample_key"), cfg.sample_size, cat("sample_value"), cat("sample_position"))
+    """The summary of a's and b's windows together (cfg.top and cfg.sample_size kept),
+    MERGE_ROWS latents at a time (the sorts' temporaries stay small whatever d_sae)."""
+    blocks = [slice(lo, lo + MERGE_ROWS) for lo in range(0, len(a.count), MERGE_ROWS)] or [slice(0, 0)]
+
+    def cat(name, rows):
+        return torch.cat([getattr(a, name)[rows], getattr(b, name)[rows]], dim=1)
+
+    def first(primary: str, keys: str, carried: tuple[str, ...], width: int, negate: bool = False):
+        out = []
+        for rows in blocks:
+            p = cat(primary, rows)
+            out.append(_first(-p if negate else p, cat(keys, rows), width, *(cat(c, rows) for c in carried)))
+        return [torch.cat(columns, dim=0) for columns in zip(*out)]
+
+    top_value, top_key, top_position = first("top_value", "top_key", ("top_position",), cfg.top, negate=True)
+    priority, sample_key, sample_value, sample_position = first(
+        "sample_priority", "sample_key", ("sample_value", "sample_position"), cfg.sample_size)
     return LatentSummary(
         count=a.count + b.count, sum=a.sum + b.sum, max=torch.maximum(a.max, b.max), windows=a.windows + b.windows,
         hist=a.hist + b.hist, top_value=-top_value, top_key=top_key, top_position=top_position,

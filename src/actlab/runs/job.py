@@ -14,8 +14,10 @@ Activation, feature, contrast and trait-generation runs are jobs.
 
 from __future__ import annotations
 
+import ctypes
 import time
 from abc import ABC, abstractmethod
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..activations import ExtractStats
@@ -30,6 +32,33 @@ if TYPE_CHECKING:
     from ..models import Model
 
 ShardWriter = Callable[[int, int, int], ExtractStats]  # process(index, lo, hi) -> the shard's figures
+
+
+@lru_cache(maxsize=1)
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl, Windows): nothing to trim
+        return None
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim).
+    A shard's tensors leave the heap fragmented; without this a long run's
+    resident memory creeps up shard after shard (about 15% from 1 to 16
+    shards of a latents run) although what it holds does not grow."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def trimming(process: ShardWriter) -> ShardWriter:
+    """`process`, the heap trimmed after each shard (every runner wraps its shard writer in it)."""
+    def run(index: int, lo: int, hi: int) -> ExtractStats:
+        stats = process(index, lo, hi)
+        trim_heap()
+        return stats
+    return run
 
 
 class ShardJob(ABC):
@@ -91,7 +120,7 @@ def _local_run(model: "Model", job: ShardJob, overwrite: bool, progress: Progres
     if progress:
         progress.start(job.texts_left(), len(job.plan.todo(job.out)))
     started, totals = time.perf_counter(), ExtractStats(0, 0, 0, 0.0)
-    process = job.shard_writer(worker, progress.advance if progress else None)
+    process = trimming(job.shard_writer(worker, progress.advance if progress else None))
 
     def reported(index: int, lo: int, hi: int) -> ExtractStats:
         stats = process(index, lo, hi)

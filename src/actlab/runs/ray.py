@@ -29,7 +29,7 @@ from ..activations import ExtractStats
 from ..engine import Progress
 from ..errors import ActlabError
 from ..models import ModelSpec, peak_memory_bytes
-from .job import ShardJob, session_record
+from .job import ShardJob, session_record, trimming
 from .lock import run_lock
 from .manifest import MANIFEST, start_run
 
@@ -149,7 +149,7 @@ class ShardActor:
                               "filesystem path or an object-store URI (s3://...)", param="out")
         torch.set_num_threads(threads)
         self.model = spec.load(fix=WORKER_FIX)
-        self.process = job.shard_writer(job.worker(self.model))
+        self.process = trimming(job.shard_writer(job.worker(self.model)))
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict) -> dict:
