@@ -29,8 +29,7 @@ from ..runs.shards import shard_name
 from ..saes import load_sae
 from ..storage import read_parquet
 from .config import LatentsConfig
-from .sink import LatentsExtractor
-from .summary import Codes
+from .sink import LatentsExtractor, window_codes
 from .windows import WINDOW_BITS, Windows
 
 EXAMPLES = "examples.parquet"
@@ -54,13 +53,7 @@ class ExampleSink(Sink):
         self.rows: list[tuple[int, int, np.ndarray, np.ndarray]] = []
 
     def consume(self, hidden: torch.Tensor, batch) -> None:
-        x = hidden.float()  # (B, T, d)
-        if self.centre:
-            x = x - x.mean(dim=-1, keepdim=True)
-        real = batch.padded.attention_mask.bool()
-        if self.has_bos:
-            real[:, 0] = False
-        codes = Codes.of(self.sae.encode(x) * real[..., None])  # nonzeros of (B, T, d_sae)
+        codes = window_codes(self.sae, hidden, batch, self.has_bos, self.centre)
         window, position, latent, value = (t.cpu().numpy() for t in (codes.window, codes.position, codes.latent,
                                                                      codes.value))
         for b, row in enumerate(batch.rows):
@@ -106,13 +99,7 @@ class PoolSink(Sink):
         self.rows: list[tuple[int, np.ndarray]] = []
 
     def consume(self, hidden: torch.Tensor, batch) -> None:
-        x = hidden.float()  # (B, T, d)
-        if self.centre:
-            x = x - x.mean(dim=-1, keepdim=True)
-        real = batch.padded.attention_mask.bool()
-        if self.has_bos:
-            real[:, 0] = False
-        codes = Codes.of(self.sae.encode(x) * real[..., None])
+        codes = window_codes(self.sae, hidden, batch, self.has_bos, self.centre)
         window, latent = codes.window.cpu().numpy(), codes.latent.cpu().numpy()
         for b, row in enumerate(batch.rows):
             self.rows.append((int(self.keys[row]), np.unique(latent[window == b]).astype(np.int32)))

@@ -29,6 +29,21 @@ class LatentsPass:
     stats: ExtractStats
 
 
+def window_codes(sae: SAE, hidden: torch.Tensor, batch, has_bos: bool, centre: bool) -> Codes:
+    """The nonzero codes of a batch of windows' hook activations (B, T, d),
+    padding and BOS dropped; `centre`: the SAE reads activations centred over
+    d_model (TransformerLens's centred writing weights)."""
+    x = hidden.float()  # (B, T, d)
+    if centre:
+        x = x - x.mean(dim=-1, keepdim=True)
+    real = batch.padded.attention_mask.bool()  # (B, T), right padding: column = position in the window
+    if has_bos:
+        real[:, 0] = False
+    codes = Codes.of(sae.encode(x))  # nonzeros of (B, T, d_sae)
+    kept = real[codes.window, codes.position]
+    return Codes(codes.window[kept], codes.position[kept], codes.latent[kept], codes.value[kept])
+
+
 class LatentSink(Sink):
     """Encodes one SAE's hook activations of whole windows (padding and BOS
     zeroed) and folds them into the running summary."""
@@ -40,16 +55,8 @@ class LatentSink(Sink):
         self.parts: list[tuple] = []
 
     def consume(self, hidden: torch.Tensor, batch) -> None:
-        x = hidden.float()  # (B, T, d)
-        if self.centre:  # TransformerLens's centred writing weights remove the mean over d_model
-            x = x - x.mean(dim=-1, keepdim=True)
-        real = batch.padded.attention_mask.bool()  # (B, T), right padding: column = position in the window
-        if self.has_bos:
-            real[:, 0] = False
-        codes = Codes.of(self.sae.encode(x))  # nonzeros of (B, T, d_sae)
-        kept = real[codes.window, codes.position]  # padding and BOS codes are dropped
-        codes = Codes(codes.window[kept], codes.position[kept], codes.latent[kept], codes.value[kept])
-        keys = self.keys[torch.from_numpy(batch.rows)].to(x.device)  # (B,)
+        codes = window_codes(self.sae, hidden, batch, self.has_bos, self.centre)
+        keys = self.keys[torch.from_numpy(batch.rows)].to(hidden.device)  # (B,)
         nonzero = None
         if self.cfg.keep_tokens:
             nonzero = tuple(t.cpu() for t in (keys[codes.window], codes.position, codes.latent, codes.value))
