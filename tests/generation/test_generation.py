@@ -87,6 +87,7 @@ def prompts_for(model, questions=QUESTIONS, repeat=3):
 def test_greedy_matches_hf_generate_per_prompt(tiny_models, arch):
     model = tiny_models[arch]
     gens = generate(model, prompts_for(model), cfg=GenerationConfig(max_new_tokens=12, slots=5, sync_every=3))
+    assert gens.stats["shared_prefix_tokens"] > 0  # the chat template's beginning prefilled once per admission
     assert_matches_reference(model, gens, 12)
 
 
@@ -109,6 +110,7 @@ def test_gemma2_sliding_window_and_soft_capping(tokenizer):
     assert "sliding_attention" in config.layer_types and config.attn_logit_softcapping
     cfg = GenerationConfig(max_new_tokens=10, slots=3, sync_every=2)
     gens = generate(model, prompts_for(model, repeat=2), [0, 1], POOLINGS, cfg)
+    assert gens.stats["shared_prefix_tokens"] > 0  # a shared beginning longer than the window
     assert_matches_reference(model, gens, 10)
     check_capture(model, gens, [0, 1], 1e-4)
     # the window matters: the same weights without it give other states
@@ -213,6 +215,7 @@ def test_steering_per_row_equals_a_batch_of_one(tiny_models):
                  Steering(0, v, 6.0, where="answer"), None, Steering(1, v, -3.0), Steering(0, 2 * v, 1.0)]
     cfg = GenerationConfig(max_new_tokens=8, slots=3, sync_every=2)
     mixed = generate(model, prompts, [0, 1, 2], POOLINGS, cfg, steerings)
+    assert mixed.stats["shared_prefix_tokens"] > 0  # rows steered alike at their prompts share its beginning
     for i, (prompt, steering) in enumerate(zip(prompts, steerings)):
         alone = generate(model, [prompt], [0, 1, 2], POOLINGS, cfg, steering)
         assert mixed.answer_ids[i] == alone.answer_ids[0], i
@@ -221,6 +224,23 @@ def test_steering_per_row_equals_a_batch_of_one(tiny_models):
                 assert rel_error(mixed.pooled[pooling][layer][i:i + 1], alone.pooled[pooling][layer]) < 1e-5
     plain = generate(model, prompts, [0, 1, 2], POOLINGS, cfg)
     assert mixed.answer_ids[0] == plain.answer_ids[0] and mixed.answer_ids[1] != plain.answer_ids[1]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_shared_beginnings_change_nothing(tiny_models, arch):
+    """Prompts sharing a system prompt, prefilled once per admission or
+    each whole: the same answers and captured states (every pooling)."""
+    model = tiny_models[arch]
+    prompts = [render_prompt(model.tokenizer, q, system) for system in ("Be brief.", "Answer like a pirate, always.")
+               for q in QUESTIONS]
+    base = dict(max_new_tokens=6, temperature=0.8, seed=2, slots=5, sync_every=2)
+    shared = generate(model, prompts, [0, 2], POOLINGS, GenerationConfig(**base))
+    whole = generate(model, prompts, [0, 2], POOLINGS, GenerationConfig(**base, share_prefixes=False))
+    assert shared.stats["shared_prefix_tokens"] > 0 and whole.stats["shared_prefix_tokens"] == 0
+    assert shared.answer_ids == whole.answer_ids
+    for pooling in POOLINGS:
+        for layer in (0, 2):
+            assert rel_error(shared.pooled[pooling][layer], whole.pooled[pooling][layer]) < 1e-5, (pooling, layer)
 
 
 def test_steering_semantics(tiny_models):

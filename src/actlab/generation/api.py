@@ -30,7 +30,7 @@ class Generations:
     finished: list[bool]  # ended at EOS (else at max_new_tokens)
     pooled: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # pooling -> layer -> (n, d)
     projections: dict[int, list[np.ndarray]] = field(default_factory=dict)  # layer -> per row (answer tokens[, k])
-    stats: dict[str, int] = field(default_factory=dict)  # slots, decode_steps, prefill_forwards
+    stats: dict[str, int] = field(default_factory=dict)  # slots, decode_steps, prefill_forwards, shared_prefix_tokens
 
     def __len__(self) -> int:
         return len(self.prompts)

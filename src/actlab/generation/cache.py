@@ -12,7 +12,10 @@ one batch. Two kinds of forward use it:
 
     prefill  new prompts, right-padded, into the slots `rows`: keys are
              written at positions 0..T-1 of those slots, and attention is
-             causal over the prompts alone (a pad never precedes a real token)
+             causal over the prompts alone (a pad never precedes a real token);
+             or, where the slots already hold a shared beginning
+             (prefixes.py), the rest of each prompt at positions
+             offset..offset+T-1, attention reading the slot from position 0
     decode   one token per slot at that slot's `positions`; attention reads
              positions 0..position of its own slot, within the window of a
              sliding-window layer
@@ -76,39 +79,60 @@ class SlotCache(Cache):
         super().__init__(layers=[SlotLayer(slots, length) for _ in range(n_layers)])
         self.slots, self.length, self.device = slots, length, device
         self.rows: torch.Tensor | None = None  # prefill: (n,) the slots being filled
+        self.offsets: torch.Tensor | None = None  # prefill on a shared beginning: (n,) its length per row
         self.positions: torch.Tensor | None = None  # decode: (S,) the position each slot's token is written at
-        self.kv_length = 0  # decode: positions 0..kv_length-1 are read
+        self.slot_index: torch.Tensor | None = None  # decode: (S,) 0..S-1
+        self.kv_length = 0  # positions 0..kv_length-1 are read
         self._masks: dict = {}  # window (or ("additive", window)) -> mask
 
-    def plan_prefill(self, rows: torch.Tensor) -> None:
-        self.rows, self.positions, self._masks = rows, None, {}
+    def plan_prefill(self, rows: torch.Tensor, offsets: torch.Tensor | None, tokens: int) -> None:
+        """Fill the slots `rows` with `tokens` positions each from position
+        0, or from `offsets` (n,) on, reading positions 0..kv_length-1."""
+        self.rows, self.offsets, self.positions, self._masks = rows, offsets, None, {}
+        self.kv_length = tokens if offsets is None else min(self.length, int(offsets.max()) + tokens)
 
     def plan_decode(self, positions: torch.Tensor, kv_length: int) -> None:
-        self.rows, self.positions, self.kv_length, self._masks = None, positions, kv_length, {}
+        self.rows, self.offsets, self.positions, self.kv_length, self._masks = None, None, positions, kv_length, {}
+        self.slot_index = torch.arange(len(positions), device=positions.device)  # (S,)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Write this forward's keys and values; return what attention reads."""
         layer = self.layers[layer_idx]
         if not layer.is_initialized:
             layer.lazy_initialization(key_states, value_states)
-        if self.rows is not None:  # prefill: (n, H, T, D) into positions 0..T-1 of the rows' slots
+        if self.rows is not None and self.offsets is None:  # prefill: (n, H, T, D) into positions 0..T-1
             t = key_states.shape[2]
             layer.keys[self.rows, :, :t] = key_states
             layer.values[self.rows, :, :t] = value_states
             return key_states, value_states
-        # decode: (S, H, 1, D), each slot's token at its own position
-        where = self.positions.view(-1, 1, 1, 1).expand(-1, key_states.shape[1], 1, key_states.shape[-1])
-        layer.keys.scatter_(2, where, key_states)
-        layer.values.scatter_(2, where, value_states)
+        if self.rows is not None:  # (n, H, T, D) at offset..offset+T-1 (pads clamped to the last position)
+            where = self.prefill_positions(key_states.shape[2])  # (n, T)
+            rows = self.rows.unsqueeze(-1)  # (n, 1)
+            layer.keys[rows, :, where] = key_states.transpose(1, 2)  # indexed as (n, T, H, D)
+            layer.values[rows, :, where] = value_states.transpose(1, 2)
+            return layer.keys[self.rows, :, :self.kv_length], layer.values[self.rows, :, :self.kv_length]
+        # decode: (S, H, 1, D), each slot's token at its own position (indexing: 2.5x scatter_ on CPU)
+        layer.keys[self.slot_index, :, self.positions] = key_states[:, :, 0]
+        layer.values[self.slot_index, :, self.positions] = value_states[:, :, 0]
         return layer.keys[:, :, :self.kv_length], layer.values[:, :, :self.kv_length]
+
+    def prefill_positions(self, tokens: int) -> torch.Tensor:
+        """Where a prefill on shared beginnings writes its tokens: (n, T), a
+        pad past the slot's end at its last position (never read before a
+        decode step writes it)."""
+        steps = torch.arange(tokens, device=self.device)
+        return (self.offsets.unsqueeze(-1) + steps).clamp(max=self.length - 1)
 
     def mask(self, window: int | None, query_length: int, explicit: bool = False) -> torch.Tensor | None:
         """What each query may read, (S or 1, 1, queries, keys) bool; None for
         a plain causal prefill unless `explicit`."""
-        if window is None and self.rows is not None and not explicit:
+        if window is None and self.rows is not None and self.offsets is None and not explicit:
             return None
         if window not in self._masks:
-            if self.rows is not None:  # prefill: causal within the window
+            if self.offsets is not None:  # prefill on shared beginnings: each row's own positions
+                q = self.prefill_positions(query_length).view(len(self.rows), 1, -1, 1)
+                k = torch.arange(self.kv_length, device=self.device).view(1, 1, 1, -1)
+            elif self.rows is not None:  # prefill: causal within the window
                 q = torch.arange(query_length, device=self.device).view(1, 1, -1, 1)
                 k = torch.arange(query_length, device=self.device).view(1, 1, 1, -1)
             else:
@@ -125,6 +149,12 @@ class SlotCache(Cache):
             bias = torch.zeros(allowed.shape, device=self.device, dtype=dtype).masked_fill_(~allowed, float("-inf"))
             self._masks["additive", window] = bias
         return self._masks["additive", window]
+
+    def copy_prefix(self, source: int, targets: torch.Tensor, length: int) -> None:
+        """Slot `source`'s first `length` positions into the slots `targets`."""
+        for layer in self.layers:
+            layer.keys[targets, :, :length] = layer.keys[source, :, :length].clone()
+            layer.values[targets, :, :length] = layer.values[source, :, :length].clone()
 
     def keep(self, order: np.ndarray) -> None:
         """Keep the slots `order` (see keep_rows), in that order."""

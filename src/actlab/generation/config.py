@@ -36,6 +36,8 @@ class GenerationConfig:
         "help": "Decode steps between looks by the host (to admit prompts into finished rows' slots)."})
     max_batch_tokens: int | None = field(default=None, metadata={
         "help": "(longest prompt + new tokens) x slots, the default slot count's budget."})
+    share_prefixes: bool = field(default=True, metadata={
+        "help": "Prefill a beginning that prompts admitted together share (chat template, system prompt) once."})
     cuda_graphs: bool = field(default=True, metadata={
         "help": "On CUDA, replay each decode step as a CUDA graph (one per slot count)."})
 
@@ -72,7 +74,7 @@ class GenerationConfig:
     def batching(self) -> dict:
         """The fields that decide speed and memory only, never an answer."""
         return {"slots": self.slots, "sync_every": self.sync_every, "max_batch_tokens": self.max_batch_tokens,
-                "cuda_graphs": self.cuda_graphs}
+                "share_prefixes": self.share_prefixes, "cuda_graphs": self.cuda_graphs}
 
     def settings(self) -> dict:
         """The fields the answers depend on (a run resumes only with them equal)."""

@@ -34,6 +34,7 @@ from ..hooks import lm_logits
 from .cache import SlotCache, attending_through, cache_bytes_per_token, keep_rows
 from .config import GenerationConfig, Steering
 from .graphs import DecodeGraphs, slot_bucket
+from .prefixes import prefix_groups, prompt_steering
 from .sampling import choose_tokens
 from .taps import Capture, Phase, Taps
 
@@ -85,7 +86,7 @@ class SlotDecoder:
         self.tokens = torch.zeros(s, cfg.max_new_tokens + 1, dtype=torch.long, device=device)  # (S, new + 1)
         self.answers: list[Answer | None] = [None] * len(self.requests)
         self.graphs = decode_graphs(device, cfg)
-        self.stats = {"slots": s, "decode_steps": 0, "prefill_forwards": 0}
+        self.stats = {"slots": s, "decode_steps": 0, "prefill_forwards": 0, "shared_prefix_tokens": 0}
         self._cache_keyword = cache_keyword(model.base_model)
 
     def run(self, on_batch: OnBatch | None = None) -> list[Answer]:
@@ -114,40 +115,73 @@ class SlotDecoder:
         return out.last_hidden_state
 
     def _admit(self, waiting: deque, free: np.ndarray) -> None:
-        """Prefill the next waiting prompts into the free slots, as many per
-        forward as the extraction engine's token budget holds."""
+        """Prefill the next waiting prompts into the free slots: a beginning
+        that several share once (prefixes.py), then the rest of each."""
         taken = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
-        budget = auto_token_budget(self.model.device, self.model.d_model)
-        start = 0
-        while start < len(taken):  # the waiting queue is longest first: the first prompt is the widest
-            width = len(self.requests[taken[start]].ids)
-            n = max(1, min(len(taken) - start, budget // width))
-            self._prefill(taken[start:start + n], free[start:start + n])
-            start += n
+        if not taken:
+            return
+        slots, requests = free[:len(taken)], [self.requests[i] for i in taken]
+        self._start(taken, slots)
+        offsets = np.zeros(len(taken), dtype=np.int64)
+        groups = prefix_groups([r.ids for r in requests], [prompt_steering(r.steering) for r in requests]) \
+            if self.cfg.share_prefixes else []
+        if groups:
+            leaders = [g.members[0] for g in groups]
+            self._fill([requests[k].ids[:g.length] for k, g in zip(leaders, groups)], slots[leaders],
+                       np.zeros(len(groups), dtype=np.int64), record=False)
+            for g in groups:
+                targets = torch.as_tensor(slots[g.members[1:]], device=self.model.device)
+                self.cache.copy_prefix(int(slots[g.members[0]]), targets, g.length)
+                self.taps.copy_prompt(int(slots[g.members[0]]), targets)
+                offsets[g.members] = g.length
+            self.stats["shared_prefix_tokens"] += sum(g.length * (len(g.members) - 1) for g in groups)
+        self._fill([r.ids[o:] for r, o in zip(requests, offsets)], slots, offsets, record=True)
 
-    def _prefill(self, indices: list[int], slots: np.ndarray) -> None:
+    def _start(self, indices: list[int], slots: np.ndarray) -> None:
+        """Requests `indices` take `slots`: positions, counters, steering, zeroed sums."""
         device, requests = self.model.device, [self.requests[i] for i in indices]
-        lengths = [len(r.ids) for r in requests]
-        ids = torch.full((len(requests), max(lengths)), self.model.pad_id, dtype=torch.long)
-        for k, r in enumerate(requests):
-            ids[k, :len(r.ids)] = torch.tensor(r.ids)
-        ids = ids.to(device)  # (n, T), right-padded
-        rows = torch.as_tensor(slots, device=device)
-        lengths_t = torch.tensor(lengths, device=device)
+        rows, lengths = torch.as_tensor(slots, device=device), [len(r.ids) for r in requests]
         self.occupant[slots], self.position_host[slots] = indices, lengths
         self.steps_left[slots] = self.cfg.max_new_tokens - 1 + self.capturing  # + 1: the last token's state
-        self.stats["prefill_forwards"] += 1
         self.taps.admit(rows, [r.steering for r in requests])
-        self.cache.plan_prefill(rows)
-        self.taps.phase = Phase(rows=rows, lengths=lengths_t)
-        positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
-        hidden = self._forward(ids, positions)  # (n, T, d)
-        logits = lm_logits(self.model.hf_model, hidden[torch.arange(len(requests)), lengths_t - 1])  # (n, V)
-        self.positions[rows] = lengths_t
+        self.positions[rows] = torch.tensor(lengths, device=device)
         self.count[rows] = 0
         self.ended_at_eos[rows] = False
         self.sample_rows[rows] = torch.tensor([r.row for r in requests], device=device)
-        self._record(rows, logits, torch.ones(len(requests), dtype=torch.bool, device=device))
+
+    def _fill(self, parts: list[list[int]], slots: np.ndarray, offsets: np.ndarray, record: bool) -> None:
+        """Prefill token lists `parts` into `slots` from `offsets` on, as many
+        per forward as the extraction engine's token budget holds, widest
+        first; with `record`, each part ends its prompt and its last logits
+        choose the row's first answer token."""
+        budget = auto_token_budget(self.model.device, self.model.d_model)
+        order = sorted(range(len(parts)), key=lambda k: -len(parts[k]))
+        start = 0
+        while start < len(order):
+            n = max(1, min(len(order) - start, budget // len(parts[order[start]])))
+            chunk = order[start:start + n]
+            self._prefill([parts[k] for k in chunk], slots[chunk], offsets[chunk], record)
+            start += n
+
+    def _prefill(self, parts: list[list[int]], slots: np.ndarray, offsets: np.ndarray, record: bool) -> None:
+        device = self.model.device
+        lengths = [len(p) for p in parts]
+        ids = torch.full((len(parts), max(lengths)), self.model.pad_id, dtype=torch.long)
+        for k, part in enumerate(parts):
+            ids[k, :len(part)] = torch.tensor(part)
+        ids = ids.to(device)  # (n, T), right-padded
+        rows, lengths_t = torch.as_tensor(slots, device=device), torch.tensor(lengths, device=device)
+        shifted = torch.as_tensor(offsets, device=device) if offsets.any() else None
+        self.stats["prefill_forwards"] += 1
+        self.cache.plan_prefill(rows, shifted, ids.shape[1])
+        self.taps.phase = Phase(rows=rows, lengths=lengths_t)
+        positions = torch.arange(ids.shape[1], device=device).expand_as(ids)  # (n, T)
+        if shifted is not None:
+            positions = self.cache.prefill_positions(ids.shape[1])
+        hidden = self._forward(ids, positions)  # (n, T, d)
+        if record:
+            logits = lm_logits(self.model.hf_model, hidden[torch.arange(len(parts)), lengths_t - 1])  # (n, V)
+            self._record(rows, logits, torch.ones(len(parts), dtype=torch.bool, device=device))
 
     def _step(self) -> None:
         """One decode step of every slot (a graph's replay where one is kept)."""

@@ -50,7 +50,7 @@ class Phase:
     `index`-th of its answer."""
 
     rows: torch.Tensor | None = None  # prefill: (n,) slots
-    lengths: torch.Tensor | None = None  # prefill: (n,) prompt tokens
+    lengths: torch.Tensor | None = None  # prefill: (n,) prompt tokens fed (after a shared beginning)
     answering: torch.Tensor | None = None  # decode: (S,) bool
     index: torch.Tensor | None = None  # decode: (S,) the fed token's place in its answer
 
@@ -107,10 +107,17 @@ class Taps:
             on_prompt = torch.tensor([s is not None and s.where == "all" for s in steerings]).unsqueeze(-1)
             self.answer_delta[layer].index_copy_(0, rows, delta)
             self.prompt_delta[layer].index_copy_(0, rows, delta * on_prompt.to(delta))
-        for sums in [self.response_sum, *self.first_sums.values()]:
+        for sums in [self.prompt_sum, self.response_sum, *self.first_sums.values()]:
             for values in sums.values():
                 values.index_fill_(0, rows, 0.0)
         self.response_count.index_fill_(0, rows, 0.0)
+        self.prompt_count.index_fill_(0, rows, 0.0)
+
+    def copy_prompt(self, source: int, targets: torch.Tensor) -> None:
+        """Slot `source`'s prompt sums so far (a shared beginning's) into the slots `targets`."""
+        for values in self.prompt_sum.values():
+            values[targets] = values[source].clone()
+        self.prompt_count[targets] = self.prompt_count[source].clone()
 
     def tap(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """Steer, then capture, block `layer`'s output (B, T, d)."""
@@ -130,12 +137,13 @@ class Taps:
         return hidden
 
     def _prompt(self, layer: int, hidden: torch.Tensor, phase: Phase) -> None:
+        """A prefill's real tokens (all of a prompt, or its part after a shared beginning)."""
         n, t = hidden.shape[:2]
         real = torch.arange(t, device=hidden.device) < phase.lengths.unsqueeze(-1)  # (n, T)
         self.prompt_last[layer].index_copy_(0, phase.rows, hidden[torch.arange(n), phase.lengths - 1])
-        self.prompt_sum[layer].index_copy_(0, phase.rows, (hidden * real.unsqueeze(-1)).sum(dim=1))
+        self.prompt_sum[layer].index_add_(0, phase.rows, (hidden * real.unsqueeze(-1)).sum(dim=1))
         if layer == self.layers[0]:
-            self.prompt_count.index_copy_(0, phase.rows, phase.lengths.float())
+            self.prompt_count.index_add_(0, phase.rows, phase.lengths.float())
 
     def _answer(self, layer: int, hidden: torch.Tensor, phase: Phase) -> None:
         on = phase.answering.unsqueeze(-1)  # (S, 1)
