@@ -5,6 +5,7 @@ side by side in one process."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -115,6 +116,9 @@ class ExtractBench:
     n_texts: int = field(default=256, metadata={"help": "Texts in the length mix (20-150 tokens)."})
     peers: bool = field(default=True, metadata={"help": "Include TransformerLens and nnsight if installed."})
     sweep: bool = field(default=True, metadata={"help": "Run the batch-size sweep."})
+    threads: int = field(default=1, metadata={
+        "help": "CPU compute threads of every method and sweep point (on a shared machine, more threads than "
+                "idle cores measure the other jobs too)."})
 
 
 def run_extract_benchmark(bench: BenchOptions | None = None, cfg: ExtractBench | None = None,
@@ -123,6 +127,7 @@ def run_extract_benchmark(bench: BenchOptions | None = None, cfg: ExtractBench |
     bench, cfg = bench or BenchOptions(), cfg or ExtractBench()
     model_name, device, results_dir, readme = bench.model, bench.device, bench.results_dir, bench.readme
     n_texts, peers, sweep = cfg.n_texts, cfg.peers, cfg.sweep
+    torch.set_num_threads(cfg.threads)
     model = load_model(model_name, device=device)
     texts = length_mix(model.tokenizer, n_texts)
     layers = bench_layers(model)
@@ -245,7 +250,8 @@ def sweep_point(kind: str, model_name: str, device: str, batch_size: int | None,
     """Everything the sweep_worker process reports (its last line, JSON)."""
     command = [sys.executable, "-m", "actlab.bench.sweep_worker", kind, model_name, device,
                str(batch_size or "auto"), *map(str, args)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}  # the worker computes with this process's threads
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **threads})
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -253,7 +259,8 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     cpu = platform.processor() or platform.machine()
-    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"cpu: {cpu}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def markdown_table(result: dict) -> str:
