@@ -3,6 +3,8 @@ not asserted here): results JSON, agreement with the baseline, README table."""
 
 import json
 
+import torch
+
 from actlab.bench.extract import ExtractBench, run_extract_benchmark, sweep_point_in_subprocess
 from actlab.bench.options import BenchOptions
 from conftest import random_sae
@@ -11,8 +13,10 @@ from conftest import random_sae
 def test_bench_extract_on_tiny_model(tmp_path, tiny_model_dir):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- bench:extract:cpu -->\nold\n<!-- /bench:extract:cpu -->\ntail\n")
+    threads = torch.get_num_threads()
     result = run_extract_benchmark(BenchOptions(str(tiny_model_dir), "cpu", tmp_path, readme),
-                                   ExtractBench(n_texts=12, peers=True, sweep=False), repeats=1)
+                                   ExtractBench(n_texts=12, peers=True, sweep=False, threads=1), repeats=1)
+    assert torch.get_num_threads() == threads and result["device"].endswith(", 1 thread")
     assert set(result["methods"]) == {"baseline_loop", "engine", "bare_forward", "transformer_lens", "nnsight"}
     # every method reads the same numbers: an independent check of the engine
     assert all(err < 1e-4 for err in result["max_rel_error"].values()), result["max_rel_error"]
@@ -126,7 +130,8 @@ def test_bench_generate_on_tiny_model(tmp_path, tiny_model_dir):
     result = run_generate_benchmark(BenchOptions(str(tiny_model_dir), "cpu", tmp_path),
                                     GenerateBench(n_prompts=5, max_new_tokens=4, repeats=1, vllm=False,
                                                   slot_counts=[1, 2]))
-    assert set(result["engines"]) == {"hf_single", "hf_batched", "static_loop", "actlab_capture", "actlab"}
+    assert set(result["engines"]) == {"hf_single", "hf_batched", "static_loop", "actlab_capture", "actlab",
+                                      "actlab_whole_prompts"}
     for name, row in result["engines"].items():  # random weights: no near-ties in 4 greedy tokens
         assert row["answers_identical_to_hf_single"] == row["answers_compared"] == 5, name
     assert {r["slots"] for r in result["decode_step_by_slots"]} == {1, 2}

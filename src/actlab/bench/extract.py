@@ -123,11 +123,21 @@ class ExtractBench:
 
 def run_extract_benchmark(bench: BenchOptions | None = None, cfg: ExtractBench | None = None,
                           repeats: int = 2) -> dict:
-    """Baseline loop vs engine vs bare stopped forward vs peers (repeats: alternating, best of)."""
+    """Baseline loop vs engine vs bare stopped forward vs peers (repeats:
+    alternating, best of), computing with cfg.threads threads on CPU (the
+    caller's thread count is restored after)."""
     bench, cfg = bench or BenchOptions(), cfg or ExtractBench()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _extract_benchmark(bench, cfg, repeats)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _extract_benchmark(bench: BenchOptions, cfg: ExtractBench, repeats: int) -> dict:
     model_name, device, results_dir, readme = bench.model, bench.device, bench.results_dir, bench.readme
     n_texts, peers, sweep = cfg.n_texts, cfg.peers, cfg.sweep
-    torch.set_num_threads(cfg.threads)
     model = load_model(model_name, device=device)
     texts = length_mix(model.tokenizer, n_texts)
     layers = bench_layers(model)

@@ -7,6 +7,8 @@ traits, greedy, answers ending at their own EOS:
     static_loop     the static-batch loop actlab.generation replaced
     actlab_capture  actlab.generate with response means at three blocks
     actlab          actlab.generate, nothing captured
+    actlab_whole_prompts  actlab.generate, nothing captured, every prompt prefilled whole
+                    (--no-share-prefixes: as vLLM runs here, its prefix caching off)
     vllm, vllm_eager  vLLM's CPU build, in a virtual environment of its own
     vllm_lens       vLLM's CPU build (eager) with the vllm-lens plugin capturing the
                     same three blocks; its response means are compared with actlab's
@@ -97,7 +99,8 @@ def run_generate_benchmark(bench: BenchOptions | None = None, cfg: GenerateBench
                                     "eos": sorted(eos_ids(model))}))
         worker = _Worker(bench.model, spec, cfg)
         engines = {"static_loop": ("static_loop", []), "hf_batched": ("hf_batched", []),
-                   "actlab_capture": ("actlab", layers), "actlab": ("actlab", [])}
+                   "actlab_capture": ("actlab", layers), "actlab": ("actlab", []),
+                   "actlab_whole_prompts": ("actlab_whole_prompts", [])}
         notes = []
         vllm_python = ensure_peer(cfg.peers_dir, notes) if cfg.vllm else None
         runs = {"hf_single": worker.engine("hf_single", [], cfg.reference_prompts)}
@@ -217,7 +220,7 @@ def _summary(model: Model, bench: BenchOptions, cfg: GenerateBench, runs: dict, 
     if "vllm_lens" in runs and "actlab_capture" in runs:
         engines["vllm_lens"].update(capture_agreement(runs["vllm_lens"], runs["actlab_capture"]))
     ratios = {}
-    for ours in ("actlab_capture", "actlab"):
+    for ours in ("actlab_capture", "actlab", "actlab_whole_prompts"):
         for other in ("static_loop", "hf_batched", "hf_single", "vllm", "vllm_eager", "vllm_lens"):
             if ours in engines and other in engines:
                 ratios[f"{ours}_vs_{other}"] = round(engines[ours]["new_tokens_per_s"]

@@ -7,7 +7,7 @@ python -m actlab.bench.generate_worker ENGINE MODEL PROMPTS.json MAX_NEW_TOKENS 
 python -m actlab.bench.generate_worker steps MODEL PROMPTS.json SLOTS THREADS
 python -m actlab.bench.generate_worker matmul MODEL - M THREADS
 
-ENGINE: hf_single, hf_batched, static_loop, actlab (LAYERs: captured).
+ENGINE: hf_single, hf_batched, static_loop, actlab, actlab_whole_prompts (LAYERs: captured).
 """
 
 import json
@@ -42,12 +42,15 @@ def main() -> None:
                       "peak_rss_bytes": peak, **found[0]}))
 
 
-def _actlab(model, prompts, max_new_tokens, layers):
-    from ..generation import GenerationConfig, generate
+def _actlab(share_prefixes: bool):
+    def run(model, prompts, max_new_tokens, layers):
+        from ..generation import GenerationConfig, generate
 
-    gens = generate(model, prompts, layers, cfg=GenerationConfig(max_new_tokens=max_new_tokens))
-    pooled = {str(layer): v.tolist() for layer, v in gens.pooled.get("response_mean", {}).items()}
-    return {"answers": gens.answer_ids, "pooled": pooled}
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, share_prefixes=share_prefixes)
+        gens = generate(model, prompts, layers, cfg=cfg)
+        pooled = {str(layer): v.tolist() for layer, v in gens.pooled.get("response_mean", {}).items()}
+        return {"answers": gens.answer_ids, "pooled": pooled}
+    return run
 
 
 def _static_loop(model, prompts, max_new_tokens, layers):
@@ -77,7 +80,8 @@ def _hf(batch: int):
     return run
 
 
-RUNNERS = {"hf_single": _hf(1), "hf_batched": _hf(HF_BATCH), "static_loop": _static_loop, "actlab": _actlab}
+RUNNERS = {"hf_single": _hf(1), "hf_batched": _hf(HF_BATCH), "static_loop": _static_loop, "actlab": _actlab(True),
+           "actlab_whole_prompts": _actlab(False)}
 
 
 def decode_step_seconds(model, prompts, slots: int) -> dict:
