@@ -3,7 +3,8 @@
 A fixed number of slots decode together, one token per slot per step. Every
 `sync_every` steps the host looks once: rows that have ended (their EOS, or
 max_new_tokens) hand back their answer and pooled activations, and the next
-waiting prompts are prefilled into the freed slots (several in one forward).
+waiting prompts are prefilled into the freed slots (several in one forward;
+a beginning that several share once, prefixes.py).
 Between looks nothing waits on the host: the answer tokens, their count, the
 alive mask, EOS and the capture sums live on the device, and a row that has
 ended keeps stepping without effect (its tokens past the end are never read),
