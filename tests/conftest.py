@@ -22,6 +22,14 @@ from actlab.default_model import default_model_dir
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test`), the workers share the cores: each
+    computes with its share of torch's threads, not all of them each."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
 VOCAB = 49152  # the default model's tokenizer serves every tiny model
 SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
              num_attention_heads=4, max_position_embeddings=512)
