@@ -8,8 +8,9 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.actlab-installed
-# Test workers (pytest-xdist, a file per worker at a time): one per core, at
-# most 4 (each loads its own models); the slowest tests are listed at the end.
+# Test workers (pytest-xdist; a test module runs whole on one worker, the Ray
+# modules together, tests/conftest.py): one per core, at most 4 (each loads
+# its own models); the slowest tests are listed at the end.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: demo test lint bench install browser clean
@@ -28,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/actlab demo
 
 test: lint browser
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src benchmarks tools

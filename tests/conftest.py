@@ -30,6 +30,17 @@ def pytest_configure(config):
     if workers > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
+
+ONE_WORKER = {"test_ray.py": "ray", "test_ray_cluster.py": "ray"}  # Ray instances of their own: never two at once
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(items):
+    """Each test module runs on one worker, as a whole; the Ray modules
+    together on one."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(ONE_WORKER.get(item.path.name, item.path.stem)))
+
 VOCAB = 49152  # the default model's tokenizer serves every tiny model
 SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
              num_attention_heads=4, max_position_embeddings=512)

@@ -137,7 +137,22 @@ def test_bench_generate_on_tiny_model(tmp_path, tiny_model_dir):
     assert {r["slots"] for r in result["decode_step_by_slots"]} == {1, 2}
     assert set(result["matrix_gflops"]) == {f"{shape}_{path}_gflops" for shape in ("mlp", "lm_head")
                                             for path in ("torch", "onednn")}
+    assert result["matrix_samples"] == 2  # before the round of engines, and at the end
     assert json.loads((tmp_path / "generate-cpu.json").read_text())["n_prompts"] == 5
+
+
+def test_best_matrix_keeps_each_figures_best_and_lowest():
+    from actlab.bench.generate import best_matrix
+
+    samples = [{"gflops": {"mlp_torch_gflops": 45.0, "lm_head_onednn_gflops": 60.0}, "bf16_gflops": {"b": 7.0},
+                "chosen": {"576x576": "torch"}},
+               {"gflops": {"mlp_torch_gflops": 71.0, "lm_head_onednn_gflops": 52.0}, "bf16_gflops": {"b": 9.0},
+                "chosen": {"576x576": "onednn"}}]
+    best = best_matrix(samples)
+    assert best["gflops"] == {"mlp_torch_gflops": 71.0, "lm_head_onednn_gflops": 60.0}
+    assert best["gflops_range"] == {"mlp_torch_gflops": [45.0, 71.0], "lm_head_onednn_gflops": [52.0, 60.0]}
+    assert best["bf16_gflops"] == {"b": 9.0}
+    assert best["chosen"] == {"576x576": "onednn"} and len(best["chosen_per_load"]) == 2
 
 
 def test_capture_agreement_compares_rows_vllm_fed_whole():

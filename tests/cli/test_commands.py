@@ -31,7 +31,7 @@ def test_extract_end_to_end(monkeypatch, capsys, tmp_path, tiny_model_dir, texts
 def test_models_lists_hook_names(monkeypatch, capsys, tiny_model_dir):
     code, out, _ = run_cli(monkeypatch, capsys, "models", tiny_model_dir)
     assert code == 0
-    assert "llama, 3 layers, d_model 64" in out
+    assert "llama, 3 layers, d_model 64" in " ".join(out.split())  # rich wraps at the terminal's width
     assert "blocks.2.hook_mlp_out" in out
 
 

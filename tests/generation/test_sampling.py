@@ -80,14 +80,14 @@ def test_draws_follow_the_nucleus(spread, top_p):
 def test_a_last_digit_change_in_the_logits_does_not_change_a_draw():
     """What batch shapes do to logits (relative 1e-6) leaves draws alone,
     even from a flat distribution over the whole vocabulary."""
-    logits = torch.randn(2000, 49152, generator=torch.Generator().manual_seed(2)) * 0.3
+    logits = torch.randn(500, 49152, generator=torch.Generator().manual_seed(2)) * 0.3
     noisy = logits * (1 + 1e-6 * torch.randn(logits.shape, generator=torch.Generator().manual_seed(3)))
-    rows = torch.arange(2000)
+    rows = torch.arange(500)
     for top_p in (0.9, 1.0):
         cfg = GenerationConfig(temperature=1.0, top_p=top_p)
         a = sampling.choose_tokens(logits, cfg, rows, rows)
         b = sampling.choose_tokens(noisy, cfg, rows, rows)
-        assert (a != b).sum() <= 2
+        assert (a != b).sum() <= 1
 
 
 def test_greedy_is_argmax():
