@@ -6,9 +6,11 @@ the driver. The runs equal single-process runs, and both nodes do shards."""
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -50,14 +52,16 @@ def stop_cluster(temp_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory):
+def two_nodes():
     """(address, environment with the cluster's token) of a head plus one worker node."""
     import ray
 
     if ray.is_initialized():  # another module's in-process instance
         ray.shutdown()
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
-    address, temp_dir = f"127.0.0.1:{free_port()}", tmp_path_factory.mktemp("ray")
+    # A short folder: the nodes' Unix sockets live under it, and a path of over 107 characters (pytest's
+    # folders under pytest-xdist, Ray's session name, the second node's socket names) fails the worker node.
+    address, temp_dir = f"127.0.0.1:{free_port()}", Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     try:
         subprocess.run([BIN / "ray", "start", "--head", "--port", address.split(":")[1], "--temp-dir", temp_dir,
                         "--include-dashboard", "false", *NODE], env=env, check=True, capture_output=True)
@@ -66,6 +70,7 @@ def two_nodes(tmp_path_factory):
         yield address, env
     finally:
         stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def cli(env, *args):
