@@ -26,17 +26,23 @@ row's tokens); no query reads them before they are written.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 ATTENTION = "actlab_slots"
+# SDPA's kernels on CUDA, without cuDNN's attention (torch's first choice on
+# Hopper): cuDNN builds an execution plan for each new shape, about 7 ms of
+# host time per layer whenever a prefill's padded length is new (measured on
+# an H200; benchmarks/check_generation_cuda.py times the backends).
+CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 _ACTIVE: ContextVar["SlotCache | None"] = ContextVar("actlab_slot_cache", default=None)
 
 
@@ -231,14 +237,18 @@ AttentionInterface.register(ATTENTION, slot_attention_forward)
 
 @contextmanager
 def attending_through(hf_model: torch.nn.Module, cache: SlotCache) -> Iterator[None]:
-    """Within it, the model's attention is the slot attention over `cache`;
-    the model's own attention implementation is restored on leaving."""
+    """Within it, the model's attention is the slot attention over `cache`
+    (on CUDA through CUDA_SDPA_BACKENDS); the model's own attention
+    implementation is restored on leaving."""
     config = hf_model.config
     previous = config._attn_implementation
     token = _ACTIVE.set(cache)
     config._attn_implementation = ATTENTION
     try:
-        yield
+        with ExitStack() as backends:
+            if cache.device.type == "cuda":
+                backends.enter_context(sdpa_kernel(CUDA_SDPA_BACKENDS))
+            yield
     finally:
         config._attn_implementation = previous
         _ACTIVE.reset(token)
