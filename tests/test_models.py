@@ -40,6 +40,16 @@ def test_local_folder_and_dtypes(tiny_model_dir):
     assert b.dtype == torch.float32 and rel_error(b, a) < 5e-2
 
 
+def test_auto_dtype_is_bfloat16_on_cuda_else_float32(tiny_model_dir):
+    from actlab.models import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == "bfloat16"
+    assert resolve_dtype("auto", torch.device("cpu")) == "float32"
+    assert resolve_dtype("float16", torch.device("cuda", 0)) == "float16"  # a named dtype is kept
+    model = actlab.load_model(str(tiny_model_dir), device="cpu", dtype="auto")
+    assert model.dtype == "float32" and model.hf_model.dtype == torch.float32
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(name_or_path="missing.gguf"), "GGUF file not found"),
     (dict(name_or_path="/nonexistent/folder"), "unknown model"),

@@ -21,6 +21,14 @@ from .saes.features import FeatureExtractor, Features
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZED = ("8bit", "4bit")
+AUTO_DTYPE = "auto"  # bfloat16 on CUDA, float32 elsewhere: the generating commands' default
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """The dtype `dtype` names on `device` ("auto": bfloat16 on CUDA, else float32)."""
+    if dtype != AUTO_DTYPE:
+        return dtype
+    return "bfloat16" if device.type == "cuda" else "float32"
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -239,18 +247,22 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: s
                attn_implementation: str | None = None, matmul: str = "auto") -> Model:
     """Load a causal LM: a hub id, a local folder, a .gguf file, or the default alias.
 
-    dtype is float32, bfloat16, float16, or (CUDA, bitsandbytes) 8bit / 4bit.
+    dtype is float32, bfloat16, float16, auto (bfloat16 on CUDA, else
+    float32; `model.dtype` records the one loaded), or (CUDA, bitsandbytes)
+    8bit / 4bit.
     matmul (CPU, float32): the linear layers' matrix path, "auto" (per weight
     shape, whichever of torch.mm and oneDNN-prepacked measures faster here),
     "torch" or "onednn" (actlab.engine.linears); `model.matmul` records it.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES and dtype not in QUANTIZED:
-        raise ActlabError(f"unknown dtype '{dtype}'; use {', '.join([*DTYPES, *QUANTIZED])}")
+    if dtype not in DTYPES and dtype not in QUANTIZED and dtype != AUTO_DTYPE:
+        raise ActlabError(f"unknown dtype '{dtype}'; use {', '.join([*DTYPES, AUTO_DTYPE, *QUANTIZED])}",
+                          param="dtype")
     if matmul not in MATMUL_PATHS:
         raise ActlabError(f"unknown matmul path '{matmul}'; use {', '.join(MATMUL_PATHS)}", param="matmul")
     target = pick_device(device)
+    dtype = resolve_dtype(dtype, target)
     source, extra = _locate(name_or_path)
     kwargs: dict = dict(extra)
     if attn_implementation:

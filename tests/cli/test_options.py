@@ -140,3 +140,15 @@ def test_a_config_default_is_the_commands_default():
     assert SteerConfig().max_new_tokens == TRAIT_SAMPLING.max_new_tokens
     vectors = ALL[("traits", "vectors")].__actlab_options__
     assert vectors["pos_min"].default == VectorsConfig().pos_min and vectors["held_out"].default == 0.2
+
+
+def test_generating_commands_default_to_auto_dtype():
+    """bfloat16 on CUDA unless told (the generation engine's default there);
+    extraction keeps float32, whose results match the references to 1e-5."""
+    def dtype_default(path):
+        return inspect.signature(ALL[path]).parameters["dtype"].default.default
+
+    for path in [("generate",), ("traits", "generate"), ("traits", "run")]:
+        assert dtype_default(path) == "auto", path
+    for path in [("extract",), ("features",), ("contrast",)]:
+        assert dtype_default(path) == "float32", path

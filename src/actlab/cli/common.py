@@ -51,6 +51,14 @@ class ModelOptions:
 
 
 @dataclasses.dataclass
+class GenerationModelOptions(ModelOptions):
+    """The model of a generating command: bfloat16 on CUDA unless told."""
+
+    dtype: str = dataclasses.field(default="auto", metadata={
+        "help": "auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16; 8bit/4bit on CUDA."})
+
+
+@dataclasses.dataclass
 class RunOptions:
     """Where a run goes and what it reads: the shell's part of a run command."""
 

@@ -8,12 +8,12 @@ from ..generation import GenerationConfig
 from ..generation.run import GenerationRun, GenerationRunConfig, generate_run
 from ..inputs import FieldNames
 from ..runs.ray import RayConfig
-from .common import Bar, ModelOptions, RunOptions, out, print_session, with_options
+from .common import Bar, GenerationModelOptions, RunOptions, out, print_session, with_options
 
 
-@with_options(run=RunOptions, fields=FieldNames, model=ModelOptions, cfg=GenerationRunConfig, gen=GenerationConfig,
-              ray=RayConfig, exclude=("cfg.generation",))
-def generate_command(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: GenerationRunConfig,
+@with_options(run=RunOptions, fields=FieldNames, model=GenerationModelOptions, cfg=GenerationRunConfig,
+              gen=GenerationConfig, ray=RayConfig, exclude=("cfg.generation",))
+def generate_command(run: RunOptions, fields: FieldNames, model: GenerationModelOptions, cfg: GenerationRunConfig,
                      gen: GenerationConfig, ray: RayConfig) -> None:
     """Answer every prompt of a file (continuous batching), with pooled activations at --layers and optional
     --steer, to a resumable Parquet run directory (--ray: on a Ray cluster)."""

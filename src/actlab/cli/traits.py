@@ -13,7 +13,7 @@ from ..traits.judges import JudgeConfig
 from ..traits.runs import TRAIT_SAMPLING, TRAIT_SHARD_SIZE
 from ..traits.steering import SteerConfig
 from ..traits.vectors import VectorsConfig
-from .common import Bar, ModelOptions, RunModelOptions, err, out, print_session, print_table, with_options
+from .common import Bar, GenerationModelOptions, RunModelOptions, err, out, print_session, print_table, with_options
 
 app = typer.Typer(no_args_is_help=True, help="Trait vectors: generate, judge + fit, steer, monitor.")
 
@@ -42,8 +42,8 @@ def _judge(judging: JudgeConfig, run: Path, loaded=None):
 
 
 @app.command("generate")
-@with_options(model=ModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig, trait=TraitOptions)
-def generate_command(model: ModelOptions, gen: GenerationConfig, ray: RayConfig, trait: TraitOptions) -> None:
+@with_options(model=GenerationModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig, trait=TraitOptions)
+def generate_command(model: GenerationModelOptions, gen: GenerationConfig, ray: RayConfig, trait: TraitOptions) -> None:
     """Answers under the pos and neg instructions, with pooled activations captured while generating
     (--ray: on a Ray cluster)."""
     from ..traits import TraitRun, generate_run, load_trait
@@ -142,10 +142,10 @@ def report_command(page: TraitReportOptions, lm: RunModelOptions, run: Path = Ru
 
 
 @app.command("run")
-@with_options(model=ModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig, trait=TraitOptions, judging=JudgeConfig,
+@with_options(model=GenerationModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig, trait=TraitOptions, judging=JudgeConfig,
               vectors=VectorsConfig, steer=SteerConfig,
               exclude=("vectors.seed", "steer.max_new_tokens", "steer.layers"))
-def run_command(model: ModelOptions, gen: GenerationConfig, ray: RayConfig, trait: TraitOptions,
+def run_command(model: GenerationModelOptions, gen: GenerationConfig, ray: RayConfig, trait: TraitOptions,
                 judging: JudgeConfig, vectors: VectorsConfig, steer: SteerConfig) -> None:
     """All stages: generate (resumable; --ray: on a Ray cluster), judge + vectors, steering sweep at the
     steering layer (as many new tokens as generation, greedy)."""
