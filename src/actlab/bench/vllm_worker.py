@@ -49,8 +49,8 @@ def main() -> None:
     name = "vllm_lens" if layers else "vllm" + ("_eager" if eager == "1" else "")
     import torch
 
-    result = {"engine": name, "dtype": spec.get("dtype", "float32"), "seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": peak, "answers": answers,
-              "threads": torch.get_num_threads()}
+    result = {"engine": name, "dtype": spec.get("dtype", "float32"), "seconds": seconds, "cpu_seconds": cpu,
+              "peak_rss_bytes": peak, "answers": answers, "threads": torch.get_num_threads()}
     if layers:
         result["pooled"], result["pooled_tokens"] = response_means(outputs, spec["ids"], answers, layers)
     print(json.dumps(result))
