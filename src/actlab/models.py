@@ -197,7 +197,7 @@ class ModelSpec:
     dtype: str = "float32"
     weights_sha256: str | None = None
     name: str | None = None  # as given, when `id` is that folder made absolute
-    matmul: str = "auto"  # the CPU linear layers' matrix path (load_model); never changes a result past 1e-5
+    matmul: str = "auto"  # the CPU linear layers' matrix path (load_model); float rounding only (engine/linears.py)
 
     @classmethod
     def of(cls, model: "Model | ModelSpec | str") -> "ModelSpec":

@@ -36,7 +36,7 @@ class ModelOptions:
                                                                         "CUDA."})
     matmul: str = dataclasses.field(default="auto", metadata={
         "help": "CPU float32 linear layers: auto (per shape, whichever of torch and onednn measures faster), torch, "
-                "onednn."})
+                "onednn (torch or onednn: the same floats in every process)."})
 
     def load(self):
         from ..models import load_model

@@ -18,6 +18,15 @@ rounding (1e-5 relative). The packed copy costs the weight's size again in
 memory; `matmul="torch"` keeps every layer plain. Copies and pickles of a
 packed model work (the packed copy is made again at their first product).
 
+"auto" decides per process, by timing, so two processes may take different
+paths for a shape where both are close, and the probe's own allocations
+change the process's state: on an AVX-512 Xeon, MKL's float32 products then
+differ between processes (not within one) by up to 4e-5 of the largest
+magnitude at block 20 of the default model, where "torch" or "onednn" alone
+gives the same floats in every process (MKL_CBWR=COMPATIBLE removes it too,
+at a fifth of the speed). Pass matmul="torch" (--matmul torch) where runs in
+different processes must agree bit for bit.
+
 SAE encoders (actlab.saes.SAE.pre_activations) take the same path where
 `faster_path` says so for their W_enc.T: on AVX2, x @ W_enc ran at 40-46
 GFLOP/s and the prepacked product at about 70.
