@@ -19,9 +19,9 @@ memory; `matmul="torch"` keeps every layer plain. Copies and pickles of a
 packed model work (the packed copy is made again at their first product).
 
 "auto" decides per process, by timing, so two processes may take different
-paths for a shape where both are close, and the probe's own allocations
-change the process's state: on an AVX-512 Xeon, MKL's float32 products then
-differ between processes (not within one) by up to 4e-5 of the largest
+paths for a shape where both are close; and on an AVX-512 Xeon, once the
+probe has run, MKL's float32 products differ between processes (not within
+one; cause not fully established) by up to 4e-5 of the largest
 magnitude at block 20 of the default model, where "torch" or "onednn" alone
 gives the same floats in every process (MKL_CBWR=COMPATIBLE removes it too,
 at a fifth of the speed). Pass matmul="torch" (--matmul torch) where runs in
