@@ -19,12 +19,11 @@ memory; `matmul="torch"` keeps every layer plain. Copies and pickles of a
 packed model work (the packed copy is made again at their first product).
 
 "auto" decides per process, by timing, so two processes may take different
-paths for a shape where both are close; and on an AVX-512 Xeon, once the
-probe has run, MKL's float32 products differ between processes (not within
-one; cause not fully established) by up to 4e-5 of the largest
-magnitude at block 20 of the default model, where "torch" or "onednn" alone
-gives the same floats in every process (MKL_CBWR=COMPATIBLE removes it too,
-at a fifth of the speed). Pass matmul="torch" (--matmul torch) where runs in
+paths for a shape where both are close; on an AVX-512 Xeon a mix of paths
+then moved block 20 of the default model by up to 4e-5 of its largest
+magnitude against another (one path against the other alone: 8e-7; why is
+not established, docs/extraction.md). "torch" or "onednn" gives the same
+floats in every process: pass one (--matmul torch) where runs in
 different processes must agree bit for bit.
 
 SAE encoders (actlab.saes.SAE.pre_activations) take the same path where
