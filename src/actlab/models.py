@@ -251,8 +251,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: s
     float32; `model.dtype` records the one loaded), or (CUDA, bitsandbytes)
     8bit / 4bit.
     matmul (CPU, float32): the linear layers' matrix path, "auto" (per weight
-    shape, whichever of torch.mm and oneDNN-prepacked measures faster here),
-    "torch" or "onednn" (actlab.engine.linears); `model.matmul` records it.
+    shape, whichever of torch.mm and oneDNN-prepacked this machine measured
+    faster, the same in every process: engine/machine.py), "torch" or
+    "onednn" (actlab.engine.linears); `model.matmul` records it.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -4,6 +4,7 @@ follows in-place weight edits, and leaves autograd to the plain path."""
 
 import copy
 import io
+import json
 
 import pytest
 import torch
@@ -11,7 +12,9 @@ from conftest import build_tiny, random_sae, rel_error, run_cli
 from transformers.pytorch_utils import Conv1D
 
 import actlab
+from actlab.engine import linears
 from actlab.engine.linears import choose, is_packed, plain_linears
+from actlab.engine.machine import RECORD, machine_key
 from actlab.saes import sae as sae_module
 
 RTOL = 1e-5  # float32: oneDNN and torch.mm sum in other orders
@@ -77,6 +80,33 @@ def test_auto_measures_each_shape_and_takes_the_faster_path():
         faster = "onednn" if row["onednn_gflops"] >= 1.1 * row["torch_gflops"] else "torch"
         assert row["path"] == faster and row["torch_gflops"] > 0
     assert all(is_packed(m) == (chosen[f"{m.out_features}x{m.in_features}"]["path"] == "onednn") for m in layers)
+
+
+def test_auto_takes_the_machines_recorded_path(monkeypatch, tmp_path):
+    """The first load measures each shape (on the model's own weights) and
+    records it; a later load, in this or any process, takes the recorded
+    path even where a new timing would say otherwise."""
+    monkeypatch.setenv("ACTLAB_HOME", str(tmp_path))
+    probes = []
+
+    def timing(weights, rows=None):
+        probes.append((tuple(weights[0].shape), len(weights)))
+        onednn = 100.0 if len(probes) <= 2 else 10.0  # the first two probes find oneDNN faster, later ones not
+        return {"torch": 50.0, "onednn": onednn}
+
+    monkeypatch.setattr(linears, "matrix_throughput", timing)
+
+    def layers():
+        return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Linear(256, 64), torch.nn.Linear(64, 256))
+
+    first = choose(layers(), "auto")
+    assert sorted(probes) == [((64, 256), 1), ((256, 64), 2)]  # each shape timed on its layers' weights
+    linears._DECIDED.clear()  # as a new process: only the record remains
+    again = layers()
+    assert choose(again, "auto") == first and len(probes) == 2
+    assert all(row["path"] == "onednn" for row in first.values()) and all(is_packed(m) for m in again)
+    recorded = json.loads((tmp_path / RECORD).read_text())[machine_key()]["matmul"]
+    assert recorded["256x64"] == {"path": "onednn", "torch": 50.0, "onednn": 100.0}
 
 
 def test_default_model_packed_equals_torch(default_model):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from rich.console import Console
 from ..datasets import length_mix
 from ..engine import StopForward, auto_token_budget, padded_batch, plan_batches
 from ..engine.linears import plain_linears
+from ..engine.machine import describe_cpu
 from ..hooks import block_hook, capture
 from ..models import Model, load_model
 from ..pooling import parse_pooling
@@ -265,7 +265,6 @@ def sweep_point(kind: str, model_name: str, device: str, batch_size: int | None,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-MATRIX_ISA = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")  # the CPU flags that set its matrix throughput
 
 
 def describe_device(device: torch.device) -> str:
@@ -273,21 +272,6 @@ def describe_device(device: torch.device) -> str:
         return f"cuda: {torch.cuda.get_device_name(device)}"
     threads = torch.get_num_threads()
     return f"cpu: {describe_cpu()}, {threads} thread{'s' if threads != 1 else ''}"
-
-
-def describe_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model and which of MATRIX_ISA it has, e.g. "Intel(R) Xeon(R)
-    Processor (avx512_bf16 avx512f avx2)": one project's machine is not
-    always the same CPU, and these decide its float32 and bfloat16 figures."""
-    fields = {}
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    name = (fields.get("model name") or platform.processor() or platform.machine()).replace(",", "")
-    flags = set(fields.get("flags", "").split())
-    isa = [flag for flag in MATRIX_ISA if flag in flags]
-    return f"{name} ({' '.join(isa)})" if isa else name
 
 
 def markdown_table(result: dict) -> str:

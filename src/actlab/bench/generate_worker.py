@@ -115,7 +115,7 @@ def matrix_throughput(model, rows: int) -> dict:
     out, bf16 = {}, {}
     for name, shape in shapes.items():
         weight = torch.randn(shape)
-        for path, gflops in measure_shape(weight, rows).items():
+        for path, gflops in measure_shape([weight], rows).items():
             out[f"{name}_{path}_gflops"] = round(gflops, 1)
         x, w = torch.randn(rows, shape[1], dtype=torch.bfloat16), weight.bfloat16()
         torch.nn.functional.linear(x, w)  # warm-up

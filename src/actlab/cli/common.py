@@ -35,8 +35,8 @@ class ModelOptions:
     dtype: str = dataclasses.field(default="float32", metadata={"help": "float32, bfloat16, float16; 8bit/4bit on "
                                                                         "CUDA."})
     matmul: str = dataclasses.field(default="auto", metadata={
-        "help": "CPU float32 linear layers: auto (per shape, whichever of torch and onednn measures faster), torch, "
-                "onednn (torch or onednn: the same floats in every process)."})
+        "help": "CPU float32 linear layers: auto (per shape, whichever of torch and onednn this machine measured "
+                "faster, recorded in $ACTLAB_HOME/machine.json), torch, onednn (the same floats on every machine)."})
 
     def load(self):
         from ..models import load_model

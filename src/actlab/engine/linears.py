@@ -7,8 +7,8 @@ and oneDNN with the weight reordered once into its blocked layout
 weight's shape: on AVX-512 CPUs oneDNN has measured twice torch.mm's
 throughput for every shape, on AVX2-only CPUs about the same for a
 transformer block's shapes and up to 1.6x for a wide LM head. So `choose`
-times both once per distinct weight shape at load and packs a layer only
-where oneDNN is clearly faster (PACKED_GAIN). `actlab bench extract` and
+times both per distinct weight shape (once per machine, below) and packs a
+layer only where oneDNN is clearly faster (PACKED_GAIN). `actlab bench extract` and
 `actlab bench generate` record the figures.
 
 A packed layer stays exact: it runs the plain linear whenever autograd
@@ -18,13 +18,20 @@ rounding (1e-5 relative). The packed copy costs the weight's size again in
 memory; `matmul="torch"` keeps every layer plain. Copies and pickles of a
 packed model work (the packed copy is made again at their first product).
 
-"auto" decides per process, by timing, so two processes may take different
-paths for a shape where both are close; on an AVX-512 Xeon a mix of paths
-then moved block 20 of the default model by up to 4e-5 of its largest
-magnitude against another (one path against the other alone: 8e-7; why is
-not established, docs/extraction.md). "torch" or "onednn" gives the same
-floats in every process: pass one (--matmul torch) where runs in
-different processes must agree bit for bit.
+"auto" times both paths once per machine, not per process: the figures and
+the choice are recorded in $ACTLAB_HOME/machine.json (engine/machine.py) and
+every later process on the machine takes the same path for the shape. Timed
+in each process, two processes took different paths where both were close,
+and on an AVX-512 Xeon a mix of paths then moved block 20 of the default
+model by up to 4e-5 of its largest magnitude against another (one path
+against the other alone: 8e-7; why is not established, docs/extraction.md),
+so a resumed run did not agree with an uninterrupted one. "torch" or
+"onednn" gives the same floats on every machine.
+
+The probe cycles through the model's own weights of the shape (up to
+PROBE_BYTES of them), as a forward streams them: on an AVX-512 Xeon one hot
+weight measured torch.mm up to 1.2x faster than the same shape cycled
+through, and oneDNN ahead where its weights stream.
 
 SAE encoders (actlab.saes.SAE.pre_activations) take the same path where
 `faster_path` says so for their W_enc.T: on AVX2, x @ W_enc ran at 40-46
@@ -34,19 +41,22 @@ GFLOP/s and the prepacked product at about 70.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..default_model import actlab_home
+from .machine import recorded
+
 MATMUL_PATHS = ("auto", "torch", "onednn")
 PACKED_GAIN = 1.1  # auto packs a shape when oneDNN is at least this much faster
 PROBE_ROWS = 128  # rows of the timing probe: a decode step's slots, a tenth of an extraction batch ...
 PROBE_FLOPS = 2e8  # ... fewer (16 at least) where one product would pass this much work; repeated up to it
+PROBE_BYTES = 64 * 2 ** 20  # the probe cycles through at most this much of the model's weights of a shape
 
 
 def packable(weight: torch.Tensor | None) -> bool:
@@ -56,15 +66,17 @@ def packable(weight: torch.Tensor | None) -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def matrix_throughput(weight: torch.Tensor, rows: int | None = None) -> dict[str, float]:
-    """GFLOP/s of both paths for `rows` inputs times this weight (out, in):
+def matrix_throughput(weights: Sequence[torch.Tensor], rows: int | None = None) -> dict[str, float]:
+    """GFLOP/s of both paths for `rows` inputs times each of `weights` (out,
+    in) in turn, as a forward streams them (up to PROBE_BYTES of them):
     {"torch": ..., "onednn": ...}, best of three timings each, alternating."""
-    rows = rows or min(PROBE_ROWS, max(16, int(PROBE_FLOPS // (2 * weight.numel()))))
-    x = torch.randn(rows, weight.shape[1])  # (rows, in)
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
-    paths = {"torch": lambda: torch.nn.functional.linear(x, weight),
-             "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")}
-    flops = 2.0 * rows * weight.numel()
+    weights = [w.detach() for w in weights[:max(1, PROBE_BYTES // (4 * weights[0].numel()))]]
+    rows = rows or min(PROBE_ROWS, max(16, int(PROBE_FLOPS // (2 * weights[0].numel()))))
+    x = torch.randn(rows, weights[0].shape[1])  # (rows, in)
+    packed = [torch.ops.mkldnn._reorder_linear_weight(w.contiguous()) for w in weights]
+    paths = {"torch": lambda: [torch.nn.functional.linear(x, w) for w in weights],
+             "onednn": lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "") for p in packed]}
+    flops = 2.0 * rows * sum(w.numel() for w in weights)
     repeat = max(1, int(PROBE_FLOPS // flops))
     best = dict.fromkeys(paths, float("inf"))
     with torch.inference_mode():
@@ -79,23 +91,31 @@ def matrix_throughput(weight: torch.Tensor, rows: int | None = None) -> dict[str
     return {name: flops / seconds / 1e9 for name, seconds in best.items()}
 
 
-@functools.lru_cache(maxsize=None)
-def _measured(shape: tuple[int, int], threads: int) -> dict[str, float]:
-    return matrix_throughput(torch.randn(shape))
+_DECIDED: dict[tuple, dict] = {}  # (record file, threads, shape) -> this process's copy of the record
 
 
-def faster_path(shape: tuple[int, int]) -> tuple[str, dict[str, float]]:
+def faster_path(shape: tuple[int, int], weights: Sequence[torch.Tensor] = ()) -> tuple[str, dict[str, float]]:
     """("onednn" or "torch", GFLOP/s of both) for a weight (out, in) of this
-    shape, measured once per shape and thread count in this process."""
-    figures = _measured(tuple(shape), torch.get_num_threads())
-    return ("onednn" if figures["onednn"] >= PACKED_GAIN * figures["torch"] else "torch"), figures
+    shape: this machine's recorded decision, measured the first time (on
+    `weights`, else a random weight of the shape)."""
+    shape = tuple(shape)
+    memo = (str(actlab_home()), torch.get_num_threads(), shape)
+    if memo not in _DECIDED:
+        def measure() -> dict:
+            figures = matrix_throughput(list(weights) or [torch.randn(shape)])
+            path = "onednn" if figures["onednn"] >= PACKED_GAIN * figures["torch"] else "torch"
+            return {"path": path, **{name: round(v, 1) for name, v in figures.items()}}
+        _DECIDED[memo] = recorded("matmul", f"{shape[0]}x{shape[1]}", measure)
+    entry = _DECIDED[memo]
+    return entry["path"], {name: entry[name] for name in ("torch", "onednn")}
 
 
 def choose(hf_model: nn.Module, matmul: str = "auto") -> dict[str, dict]:
     """Pack the model's linear layers (nn.Linear, and transformers' Conv1D
     of GPT-2) as `matmul` says ("auto": per weight shape, whichever path
-    measures faster). Returns per shape "OUTxIN" the path taken, how many
-    layers have it, and (auto) both paths' GFLOP/s."""
+    this machine measured faster, on the model's own weights the first
+    time). Returns per shape "OUTxIN" the path taken, how many layers have
+    it, and (auto) both paths' GFLOP/s."""
     if matmul not in MATMUL_PATHS:
         raise ValueError(f"matmul must be one of {', '.join(MATMUL_PATHS)}, not '{matmul}'")
     by_shape: dict[tuple[int, int], list[nn.Module]] = {}
@@ -105,7 +125,8 @@ def choose(hf_model: nn.Module, matmul: str = "auto") -> dict[str, dict]:
             by_shape.setdefault(tuple(kind.matrix(module).shape), []).append(module)
     chosen = {}
     for shape, modules in by_shape.items():
-        path, figures = faster_path(shape) if matmul == "auto" else (matmul, {})
+        weights = [_kind(m).matrix(m) for m in modules]
+        path, figures = faster_path(shape, weights) if matmul == "auto" else (matmul, {})
         for module in modules:
             (pack if path == "onednn" else unpack)(module)
         chosen[f"{shape[0]}x{shape[1]}"] = {"path": path, "layers": len(modules),
