@@ -94,3 +94,18 @@ def test_greedy_is_argmax():
     logits = torch.randn(5, 100, generator=torch.Generator().manual_seed(1))
     rows = torch.arange(5)
     assert torch.equal(sampling.choose_tokens(logits, GenerationConfig(), rows, rows), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("width", [100, 2048, 3 * sampling.MAX_BLOCK + 17, 49152])
+def test_first_max_is_argmax_on_ties_and_nan(width):
+    """The blocked CPU path against torch.argmax: random rows, a maximum
+    repeated across blocks (the first one wins), one in the last partial
+    block, a NaN (argmax takes it as largest), and -inf rows."""
+    g = torch.Generator().manual_seed(width)
+    scores = torch.randn(8, width, generator=g)
+    scores[1, [width // 3, width - 1]] = 50.0  # a tie across blocks
+    scores[2, width - 1] = 60.0  # the maximum is the last score
+    scores[3, width // 2] = float("nan")
+    scores[4] = float("-inf")
+    scores[5, :] = 7.0  # all equal: the first
+    assert torch.equal(sampling.first_max(scores), scores.argmax(-1))

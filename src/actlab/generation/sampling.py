@@ -76,11 +76,26 @@ def choose_tokens(logits: torch.Tensor, cfg: GenerationConfig, rows: torch.Tenso
     return tokens
 
 
+MAX_BLOCK = 1024  # first_max's block on a CPU
+
+
 def first_max(scores: torch.Tensor) -> torch.Tensor:
-    """argmax over the last dimension (the first maximum, as argmax): (S, V) -> (S,).
-    Through max's indices, which a CPU reduces 2.3x faster over a vocabulary
-    (13 against 31 ms at (256, 49152) float32, one thread)."""
-    return scores.max(dim=-1).indices
+    """argmax over the last dimension (the first maximum, NaN as largest, as
+    argmax): (S, V) -> (S,). On a CPU in two passes: each block of
+    MAX_BLOCK scores' maximum (amax, vectorised), then the indices of max
+    within the first block that holds the row's maximum. At (256, 49152)
+    float32 on one thread: 3 ms, against 13 through max's indices over the
+    whole row and 20-31 through argmax."""
+    rows, width = scores.shape
+    if scores.device.type != "cpu" or width < 2 * MAX_BLOCK:
+        return scores.max(dim=-1).indices
+    whole = width // MAX_BLOCK * MAX_BLOCK
+    blocks = scores[:, :whole].view(rows, -1, MAX_BLOCK).amax(dim=-1)  # (S, n)
+    if whole < width:
+        blocks = torch.cat([blocks, scores[:, whole:].amax(dim=-1, keepdim=True)], dim=-1)  # (S, n + 1)
+    start = blocks.max(dim=-1).indices * MAX_BLOCK  # (S,) the first block holding the maximum
+    window = (start.unsqueeze(-1) + torch.arange(MAX_BLOCK)).clamp_(max=width - 1)  # (S, MAX_BLOCK)
+    return start + scores.gather(-1, window).max(dim=-1).indices  # a clamped repeat of the last score comes after it
 
 
 def _nucleus(scores: torch.Tensor, probs: torch.Tensor, order: torch.Tensor, keys: torch.Tensor,
