@@ -7,8 +7,9 @@ and oneDNN with the weight reordered once into its blocked layout
 weight's shape: on AVX-512 CPUs oneDNN has measured twice torch.mm's
 throughput for every shape, on AVX2-only CPUs about the same for a
 transformer block's shapes and up to 1.6x for a wide LM head. So `choose`
-times both per distinct weight shape (once per machine, below) and packs a
-layer only where oneDNN is clearly faster (PACKED_GAIN). `actlab bench extract` and
+times both per distinct weight shape (once per machine, below) and takes one
+path for all the blocks' layers, oneDNN only where it is clearly faster over
+them together (PACKED_GAIN), and one for the LM head. `actlab bench extract` and
 `actlab bench generate` record the figures.
 
 A packed layer stays exact: it runs the plain linear whenever autograd
@@ -112,26 +113,42 @@ def faster_path(shape: tuple[int, int], weights: Sequence[torch.Tensor] = ()) ->
 
 def choose(hf_model: nn.Module, matmul: str = "auto") -> dict[str, dict]:
     """Pack the model's linear layers (nn.Linear, and transformers' Conv1D
-    of GPT-2) as `matmul` says ("auto": per weight shape, whichever path
-    this machine measured faster, on the model's own weights the first
-    time). Returns per shape "OUTxIN" the path taken, how many layers have
-    it, and (auto) both paths' GFLOP/s."""
+    of GPT-2) as `matmul` says. "auto": one path for every linear layer of
+    the blocks, whichever this machine measured faster over their shapes
+    together (`one_path`), and the LM head's own. Returns per shape
+    "OUTxIN" the path taken, how many layers have it, and (auto) both
+    paths' GFLOP/s for the shape."""
     if matmul not in MATMUL_PATHS:
         raise ValueError(f"matmul must be one of {', '.join(MATMUL_PATHS)}, not '{matmul}'")
-    by_shape: dict[tuple[int, int], list[nn.Module]] = {}
+    head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
+    groups: dict[bool, dict[tuple[int, int], list[nn.Module]]] = {False: {}, True: {}}  # is the LM head -> shapes
     for module in hf_model.modules():
         kind = _kind(module)
         if kind is not None and packable(module.weight):
-            by_shape.setdefault(tuple(kind.matrix(module).shape), []).append(module)
+            groups[module is head].setdefault(tuple(kind.matrix(module).shape), []).append(module)
     chosen = {}
-    for shape, modules in by_shape.items():
-        weights = [_kind(m).matrix(m) for m in modules]
-        path, figures = faster_path(shape, weights) if matmul == "auto" else (matmul, {})
-        for module in modules:
-            (pack if path == "onednn" else unpack)(module)
-        chosen[f"{shape[0]}x{shape[1]}"] = {"path": path, "layers": len(modules),
-                                            **{f"{name}_gflops": round(v, 1) for name, v in figures.items()}}
+    for by_shape in groups.values():
+        figures = {shape: faster_path(shape, [_kind(m).matrix(m) for m in modules])[1]
+                   for shape, modules in by_shape.items()} if matmul == "auto" else {}
+        path = one_path(by_shape, figures) if matmul == "auto" else matmul
+        for shape, modules in by_shape.items():
+            for module in modules:
+                (pack if path == "onednn" else unpack)(module)
+            chosen[f"{shape[0]}x{shape[1]}"] = {"path": path, "layers": len(modules), **{
+                f"{name}_gflops": round(v, 1) for name, v in figures.get(shape, {}).items()}}
     return chosen
+
+
+def one_path(by_shape: dict[tuple[int, int], list[nn.Module]], figures: dict[tuple[int, int], dict]) -> str:
+    """"onednn" where the layers' products together take PACKED_GAIN times
+    longer through torch, else "torch". One path for a model's blocks, not
+    one per shape: with the default model's blocks on an AVX-512 Xeon, a mix
+    (oneDNN for the MLP's gate and up only) put batched extraction 1.2e-5
+    from one text at a time at block 15, against 6e-6 all-torch and 2e-6
+    all-oneDNN, and mixes differed most between processes (docs/extraction.md)."""
+    seconds = {path: sum(len(modules) * shape[0] * shape[1] / figures[shape][path]
+                         for shape, modules in by_shape.items()) for path in ("torch", "onednn")}
+    return "onednn" if seconds["torch"] >= PACKED_GAIN * seconds["onednn"] else "torch"
 
 
 class PackedWeight:
