@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 
 from actlab.bench.extract import save_result
+from actlab.engine.machine import describe_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 BEFORE = "af80490^"  # the commit before actlab.generation replaced the static-batch loop
@@ -106,7 +107,7 @@ def compare(before: Path, after: Path) -> dict:
 def summary(args, best: dict, agreement: dict) -> dict:
     before, after = best["before"], best["after"]
     return {
-        "benchmark": "traits-run", "device": f"cpu: {args.threads} thread(s)",
+        "benchmark": "traits-run", "device": f"cpu: {describe_cpu()}, {args.threads} thread(s)",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "trait": args.trait, "before": args.before, "threads": args.threads, "repeats": args.repeats,
         "greedy": True, "max_new_tokens": args.max_new_tokens,
