@@ -15,7 +15,7 @@ from . import hooks as hook_points
 from .activations import Activations
 from .default_model import DEFAULT_MODEL, default_model_dir
 from .engine import ExtractConfig, Extractor, OnBatch
-from .engine.linears import MATMUL_PATHS, choose
+from .engine.linears import MATMUL_PATHS, choose, take_paths
 from .errors import ActlabError
 from .saes.features import FeatureExtractor, Features
 
@@ -58,6 +58,17 @@ class Model:
     @property
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
+
+    @property
+    def matrix_paths(self) -> dict[str, str]:
+        """The CPU linear layers' matrix path per weight shape ("OUTxIN" -> "torch" | "onednn")."""
+        return {shape: row["path"] for shape, row in self.matmul.items()}
+
+    def take_matrix_paths(self, paths: dict[str, str]) -> None:
+        """Compute with these matrix paths per weight shape (a run's, so that a
+        resumed run agrees with an uninterrupted one); shapes not named keep theirs."""
+        if paths and paths != {shape: self.matrix_paths.get(shape, path) for shape, path in paths.items()}:
+            self.matmul = take_paths(self.hf_model, paths)
 
     @property
     def base_model(self) -> torch.nn.Module:

@@ -118,19 +118,17 @@ def test_other_settings_refuse_to_mix(tmp_path, tiny_models):
 
 
 def test_killed_cli_run_resumes(tmp_path):
-    """SIGKILL the real CLI mid-run on the default model, rerun, compare.
-    One matrix path (--matmul torch): with auto, a fresh-clone run on an
-    AVX-512 Xeon had the resumed run 3.1e-5 of block 20's largest magnitude
-    from a clean one (past the 1e-5 checked here), though every process
-    takes the paths this machine recorded (engine/machine.py) and separate
-    processes with --matmul onednn agreed bit for bit there; the cause is
-    not established (docs/extraction.md)."""
+    """SIGKILL the real CLI mid-run on the default model, rerun, compare,
+    with the default matrix path (auto): the resumed run takes the paths the
+    run recorded when it started. Each session's paths and threads are in
+    the failure message (a fresh-clone run once had a resumed run 3.1e-5 of
+    block 20's largest magnitude from a clean one, docs/extraction.md)."""
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(f"{TEXTS[i % len(TEXTS)]} ({i})" for i in range(48)) + "\n")
 
     def command(out):
         return [sys.executable, "-m", "actlab", "extract", "--input", str(texts), "--out", str(out),
-                "--hook", "blocks.20.hook_resid_post", "--shard-size", "6", "--device", "cpu", "--matmul", "torch"]
+                "--hook", "blocks.20.hook_resid_post", "--shard-size", "6", "--device", "cpu"]
 
     proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -144,9 +142,38 @@ def test_killed_cli_run_resumes(tmp_path):
     assert not (tmp_path / "killed" / "shard-00007.parquet").exists()
     subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
     subprocess.run(command(tmp_path / "clean"), check=True, capture_output=True)
+    runs = {name: json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("killed", "clean")}
+    seen = {name: (m.get("matrix_paths"), m["timings"]) for name, m in runs.items()}
+    assert runs["killed"]["matrix_paths"], seen
     for i in range(8):
         name = shard_name(i)
-        assert_tables_close(pq.read_table(tmp_path / "killed" / name), pq.read_table(tmp_path / "clean" / name))
+        assert_tables_close(pq.read_table(tmp_path / "killed" / name), pq.read_table(tmp_path / "clean" / name),
+                            label=f"{name} {seen}")
+
+
+def test_a_resumed_run_keeps_the_matrix_paths_it_started_with(tmp_path, tokenizer):
+    """The manifest records the CPU matrix paths of the run's first process;
+    a resumed run takes them, whatever its own model chose (here: oneDNN
+    for every layer where the run started all-torch), and its rows agree."""
+    from actlab.engine.linears import choose
+    from conftest import build_tiny
+
+    model = build_tiny("llama", tokenizer)
+    model.matmul = choose(model.hf_model, "torch")
+    cfg = ExtractConfig(HOOKS, "mean")
+    run = extract_run(model, records(), tmp_path / "run", cfg, shard_size=16)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["matrix_paths"] == model.matrix_paths and set(model.matrix_paths.values()) == {"torch"}
+    assert manifest["timings"]["session_0"]["threads"] == torch.get_num_threads()
+    clean = pq.read_table(run / shard_name(1))
+    (run / shard_name(1)).unlink()
+    (run / "manifest.json").write_text(json.dumps(dict(manifest, complete=False)))
+    model.matmul = choose(model.hf_model, "onednn")
+    assert set(model.matrix_paths.values()) == {"onednn"}
+    extract_run(model, records(), run, cfg, shard_size=16)
+    assert model.matrix_paths == manifest["matrix_paths"]
+    assert_tables_close(pq.read_table(run / shard_name(1)), clean)
+    assert json.loads((run / "manifest.json").read_text())["matrix_paths"] == manifest["matrix_paths"]
 
 
 def test_a_run_reports_texts_and_shards(tmp_path, tiny_models):

@@ -332,7 +332,7 @@ def test_an_actor_that_cannot_see_the_run_folder_says_so(tmp_path, tiny_model_di
 
     job = ExtractionJob(records(4), tmp_path / "elsewhere", ExtractConfig(HOOKS, "mean"))
     with pytest.raises(ActlabError, match="cannot see the run folder .*shared filesystem path or an object-store"):
-        ShardActor({"id": str(tiny_model_dir)}, job, 1)
+        ShardActor({"id": str(tiny_model_dir)}, job, 1, {})
 
 
 def test_trait_pipeline_generates_on_ray(tmp_path, tiny_model_dir, local_ray):

@@ -36,8 +36,8 @@ class ModelOptions:
                                                                         "CUDA."})
     matmul: str = dataclasses.field(default="auto", metadata={
         "help": "CPU float32 linear layers: auto (per shape, whichever of torch and onednn this machine measured "
-                "faster, recorded in $ACTLAB_HOME/machine.json), torch, onednn (torch: a resumed run agrees "
-                "within 1e-5)."})
+                "faster, recorded in $ACTLAB_HOME/machine.json), torch, onednn. A run records its paths; resumed, "
+                "it keeps them."})
 
     def load(self):
         from ..models import load_model

@@ -26,9 +26,10 @@ in each process, two processes took different paths where both were close,
 and on an AVX-512 Xeon a mix of paths then moved block 20 of the default
 model by up to 4e-5 of its largest magnitude against another (one path
 against the other alone: 8e-7; why is not established, docs/extraction.md),
-so a resumed run did not agree with an uninterrupted one. With the record a
-resumed run still differed once by 3.1e-5 (cause not established): pass
-"torch" where a resumed run must agree within 1e-5.
+so a resumed run did not agree with an uninterrupted one. A run also
+records the paths its first process took in its manifest, and every later
+process of the run takes them (`take_paths`, runs/job.py), whatever it
+would choose itself: a resumed run, or Ray workers on another CPU.
 
 The probe cycles through the model's own weights of the shape (up to
 PROBE_BYTES of them), as a forward streams them: on an AVX-512 Xeon one hot
@@ -121,14 +122,8 @@ def choose(hf_model: nn.Module, matmul: str = "auto") -> dict[str, dict]:
     paths' GFLOP/s for the shape."""
     if matmul not in MATMUL_PATHS:
         raise ValueError(f"matmul must be one of {', '.join(MATMUL_PATHS)}, not '{matmul}'")
-    head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
-    groups: dict[bool, dict[tuple[int, int], list[nn.Module]]] = {False: {}, True: {}}  # is the LM head -> shapes
-    for module in hf_model.modules():
-        kind = _kind(module)
-        if kind is not None and packable(module.weight):
-            groups[module is head].setdefault(tuple(kind.matrix(module).shape), []).append(module)
     chosen = {}
-    for by_shape in groups.values():
+    for by_shape in _groups(hf_model).values():
         figures = {shape: faster_path(shape, [_kind(m).matrix(m) for m in modules])[1]
                    for shape, modules in by_shape.items()} if matmul == "auto" else {}
         path = one_path(by_shape, figures) if matmul == "auto" else matmul
@@ -138,6 +133,34 @@ def choose(hf_model: nn.Module, matmul: str = "auto") -> dict[str, dict]:
             chosen[f"{shape[0]}x{shape[1]}"] = {"path": path, "layers": len(modules), **{
                 f"{name}_gflops": round(v, 1) for name, v in figures.get(shape, {}).items()}}
     return chosen
+
+
+def take_paths(hf_model: nn.Module, paths: dict[str, str]) -> dict[str, dict]:
+    """Pack the model's linear layers as `paths` says ("OUTxIN" -> "torch"
+    or "onednn", what `choose` returned for a run's first process), so a
+    resumed run or another worker computes with the paths the run started
+    with; shapes it does not name keep theirs. Returns what `choose` does,
+    without figures."""
+    chosen = {}
+    for by_shape in _groups(hf_model).values():
+        for shape, modules in by_shape.items():
+            name = f"{shape[0]}x{shape[1]}"
+            path = paths.get(name) or ("onednn" if is_packed(modules[0]) else "torch")
+            for module in modules:
+                (pack if path == "onednn" else unpack)(module)
+            chosen[name] = {"path": path, "layers": len(modules)}
+    return chosen
+
+
+def _groups(hf_model: nn.Module) -> dict[bool, dict[tuple[int, int], list[nn.Module]]]:
+    """The packable linear layers by shape (out, in): the blocks' (False) and the LM head's (True)."""
+    head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
+    groups: dict[bool, dict[tuple[int, int], list[nn.Module]]] = {False: {}, True: {}}
+    for module in hf_model.modules():
+        kind = _kind(module)
+        if kind is not None and packable(module.weight):
+            groups[module is head].setdefault(tuple(kind.matrix(module).shape), []).append(module)
+    return groups
 
 
 def one_path(by_shape: dict[tuple[int, int], list[nn.Module]], figures: dict[tuple[int, int], dict]) -> str:

@@ -20,12 +20,15 @@ from abc import ABC, abstractmethod
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+import torch
+
 from ..activations import ExtractStats
 from ..engine import OnBatch, Progress
 from ..models import peak_memory_bytes
 from ..storage import RunPath
+from .atomic import write_json_atomic
 from .lock import run_lock
-from .manifest import start_run
+from .manifest import MANIFEST, start_run
 from .shards import ShardPlan, run_shards
 
 if TYPE_CHECKING:
@@ -105,6 +108,19 @@ def session_record(totals: ExtractStats, device, runner: str, **extra) -> dict:
             "peak_memory_bytes": totals.peak_memory_bytes, **extra}
 
 
+def run_matrix_paths(manifest: dict, out: RunPath, paths: dict[str, str]) -> dict[str, str]:
+    """The CPU matrix paths ("OUTxIN" -> "torch" | "onednn") every process
+    of the run computes with: those its manifest recorded when it started,
+    else `paths` (its first process's, `Model.matrix_paths`), recorded now.
+    `--matmul` decides a new run's paths; a resumed run, and each Ray worker,
+    keeps the run's, so that its shards agree with an uninterrupted run's
+    within float32 rounding (engine/linears.py)."""
+    if "matrix_paths" not in manifest and paths:
+        manifest["matrix_paths"] = paths
+        write_json_atomic(out / MANIFEST, manifest)
+    return manifest.get("matrix_paths", {})
+
+
 def local_run(model: "Model", job: ShardJob, overwrite: bool = False, progress: Progress | None = None) -> dict:
     """Run a job shard by shard in this process (resumable), holding the run
     folder's lock (a second driver refuses); returns the complete manifest."""
@@ -117,6 +133,7 @@ def _local_run(model: "Model", job: ShardJob, overwrite: bool, progress: Progres
     manifest = start_run(job.out, job.FORMAT, job.settings(model, worker), overwrite)
     if manifest.get("complete"):
         return manifest
+    model.take_matrix_paths(run_matrix_paths(manifest, job.out, model.matrix_paths))
     if progress:
         progress.start(job.texts_left(), len(job.plan.todo(job.out)))
     started, totals = time.perf_counter(), ExtractStats(0, 0, 0, 0.0)
@@ -132,5 +149,5 @@ def _local_run(model: "Model", job: ShardJob, overwrite: bool, progress: Progres
         totals.add(stats)
     totals.seconds = time.perf_counter() - started
     totals.peak_memory_bytes = peak_memory_bytes(model.device)
-    session = session_record(totals, model.device, "local")
+    session = session_record(totals, model.device, "local", threads=torch.get_num_threads())
     return job.complete(manifest, totals, session, **job.extras(model, worker))

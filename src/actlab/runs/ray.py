@@ -29,7 +29,7 @@ from ..activations import ExtractStats
 from ..engine import Progress
 from ..errors import ActlabError
 from ..models import ModelSpec, peak_memory_bytes
-from .job import ShardJob, session_record, trimming
+from .job import ShardJob, run_matrix_paths, session_record, trimming
 from .lock import run_lock
 from .manifest import MANIFEST, start_run
 
@@ -130,17 +130,18 @@ def wait_for_cluster(address: str, timeout: float) -> None:
 WORKER_FIX = "give every node the same model (a shared $ACTLAB_HOME or the same folder)"
 
 
-def job_settings(spec: ModelSpec, job: ShardJob) -> tuple[dict, dict]:
-    """The run's settings and manifest extras, computed where the weights are (a Ray task)."""
+def job_settings(spec: ModelSpec, job: ShardJob) -> tuple[dict, dict, dict]:
+    """The run's settings, manifest extras and the matrix paths a new run
+    takes, computed where the weights are (a Ray task)."""
     model = spec.load(fix=WORKER_FIX)
     worker = job.worker(model)
-    return job.settings(model, worker), job.extras(model, worker)
+    return job.settings(model, worker), job.extras(model, worker), model.matrix_paths
 
 
 class ShardActor:
     """One model (and SAEs) per actor; each call extracts and writes whole shards."""
 
-    def __init__(self, spec: ModelSpec, job: ShardJob, threads: int):
+    def __init__(self, spec: ModelSpec, job: ShardJob, threads: int, matrix_paths: dict[str, str]):
         import ray
 
         self.name = f"{os.uname().nodename}:{os.getpid()}"
@@ -149,6 +150,7 @@ class ShardActor:
                               "filesystem path or an object-store URI (s3://...)", param="out")
         torch.set_num_threads(threads)
         self.model = spec.load(fix=WORKER_FIX)
+        self.model.take_matrix_paths(matrix_paths)  # the run's, whatever this node would choose
         self.process = trimming(job.shard_writer(job.worker(self.model)))
         self.node = ray.get_runtime_context().get_node_id()
 
@@ -179,11 +181,12 @@ def _ray_run(spec: ModelSpec, job: ShardJob, overwrite: bool, progress: Progress
     ray = connect(cfg)
     gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1 if ray.cluster_resources().get("GPU") else 0)
     task = ray.remote(job_settings).options(num_gpus=gpus, num_cpus=cfg.cpus_per_actor)
-    settings, extras = _get(ray, task.remote(spec, job), cfg, gpus)
+    settings, extras, paths = _get(ray, task.remote(spec, job), cfg, gpus)
     spec = dataclasses.replace(spec, weights_sha256=settings["model"]["weights_sha256"])
     manifest = start_run(job.out, job.FORMAT, settings, overwrite)
     if manifest.get("complete"):
         return manifest
+    paths = run_matrix_paths(manifest, job.out, paths)
     todo = job.plan.todo(job.out)
     if progress:
         progress.start(job.texts_left(), len(todo))
@@ -191,7 +194,7 @@ def _ray_run(spec: ModelSpec, job: ShardJob, overwrite: bool, progress: Progress
     if todo:
         items = [{"index": i, "lo": job.plan.bounds(i)[0], "hi": job.plan.bounds(i)[1]} for i in todo]
         shards = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            ShardActor, fn_constructor_args=(spec, job, cfg.threads or max(1, int(cfg.cpus_per_actor))),
+            ShardActor, fn_constructor_args=(spec, job, cfg.threads or max(1, int(cfg.cpus_per_actor)), paths),
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_gpus=gpus,
             num_cpus=cfg.cpus_per_actor)
         for row in _rows(ray, shards, cfg, gpus):
