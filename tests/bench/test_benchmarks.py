@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
+from conftest import random_sae
 
 from actlab import ActlabError
 from actlab.bench.extract import ExtractBench, run_extract_benchmark, sweep_point_in_subprocess
 from actlab.bench.options import BenchOptions
-from conftest import random_sae
 
 
 def test_bench_extract_on_tiny_model(tmp_path, tiny_model_dir):
