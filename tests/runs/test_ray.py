@@ -335,6 +335,24 @@ def test_an_actor_that_cannot_see_the_run_folder_says_so(tmp_path, tiny_model_di
         ShardActor({"id": str(tiny_model_dir)}, job, 1, {})
 
 
+def test_actors_take_the_matrix_paths_the_run_recorded(tmp_path, tiny_model_dir, local_ray):
+    """The driver records the paths its settings task's model took; an actor
+    whose own load would take others (here all-torch against a run started
+    all-oneDNN) computes with the run's."""
+    from actlab.models import ModelSpec
+    from actlab.runs.activations import ExtractionJob
+    from actlab.runs.ray import ShardActor
+
+    cfg = ExtractConfig(HOOKS, "mean")
+    run = actlab.extract_run(ModelSpec(str(tiny_model_dir), matmul="onednn"), records(8), tmp_path / "run", cfg,
+                             shard_size=4, runner="ray", ray=local_ray)
+    recorded = json.loads((run / "manifest.json").read_text())["matrix_paths"]
+    assert recorded and set(recorded.values()) == {"onednn"}
+    actor = ShardActor(ModelSpec(str(tiny_model_dir), matmul="torch"), ExtractionJob(records(8), run, cfg), 1,
+                       recorded)
+    assert actor.model.matrix_paths == recorded
+
+
 def test_trait_pipeline_generates_on_ray(tmp_path, tiny_model_dir, local_ray):
     """run_trait with runner="ray": the answers as a single-process run's, then judged,
     fitted and steered here."""
