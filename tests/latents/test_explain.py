@@ -203,6 +203,17 @@ def test_an_unreachable_explainer_loses_nothing(latents, tiny_models, monkeypatc
     assert explain_latents(copy, model, cfg, saes).done == 4
 
 
+def test_server_patience_reaches_explainer_and_scorers_and_leaves_the_key():
+    server = dict(explainer="openai", explainer_model="m", explainer_url="http://h/v1", explainer_logprobs=False)
+    patient = explain_module.askers(ExplainConfig(**server, explainer_timeout=300, explainer_concurrency=2))
+    for asker in (patient.explainer, patient.detection, patient.fuzzing):
+        assert (asker.timeout, asker.concurrency) == (300, 2)
+    assert not patient.detection.logprobs and not patient.fuzzing.logprobs
+    hasty = explain_module.askers(ExplainConfig(**server))
+    assert (hasty.explainer.timeout, hasty.detection.concurrency) == (30, 8)
+    assert explain_module.explain_key(patient, ExplainConfig()) == explain_module.explain_key(hasty, ExplainConfig())
+
+
 def test_the_default_model_explains(latents, default_model, tmp_path):
     import shutil
 

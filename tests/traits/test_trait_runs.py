@@ -170,6 +170,8 @@ def test_judge_fingerprints():
     prompt = "Q: {question} A: {answer}"
     assert judge_fingerprint(OpenAIJudge(prompt, "m", base_url="http://h/v1", api_key="sk-1")) == \
         judge_fingerprint(OpenAIJudge(prompt, "m", base_url="http://h/v1", api_key="sk-2"))  # the key is no setting
+    patient = OpenAIJudge(prompt, "m", base_url="http://h/v1", timeout=600, concurrency=1, retries=0, backoff=9)
+    assert judge_fingerprint(patient) == judge_fingerprint(OpenAIJudge(prompt, "m", base_url="http://h/v1"))
     assert judge_fingerprint(OpenAIJudge(prompt, "m", base_url="http://h/v1")) != judge_fingerprint(
         OpenAIJudge(prompt + "!", "m", base_url="http://h/v1"))
     assert judge_fingerprint(KeywordJudge(["a"])) != judge_fingerprint(KeywordJudge(["b"]))
@@ -192,6 +194,27 @@ def test_trait_run_object(run):
     frame = trait_run.to_pandas()
     assert list(frame["row"]) == list(range(24)) and "<b>TraitRun</b>" in trait_run._repr_html_()
     assert trait_run.to_polars().height == 24
+
+
+def test_judge_config_sets_how_patiently_a_server_is_asked():
+    from actlab.judges.openai import OpenAIJudge
+    from actlab.traits import JudgeConfig
+
+    trait = parse_trait({"name": "t", "eval_prompt": "Q: {question} A: {answer}", "instruction": [
+        {"pos": "a", "neg": "b"}], "questions": ["q"], "judge": {"kind": "keyword", "keywords": ["x"]}})
+    judge = JudgeConfig(judge="openai", judge_model="m", judge_url="http://h/v1", judge_timeout=300,
+                        judge_concurrency=2, judge_logprobs=False).make(trait)
+    assert isinstance(judge, OpenAIJudge) and (judge.timeout, judge.concurrency, judge.logprobs) == (300, 2, False)
+    assert JudgeConfig(judge="openai", judge_model="m").make(trait).timeout == OpenAIJudge.timeout == 30
+    for cfg, message in ((JudgeConfig(judge_timeout=60), "--judge-timeout is for --judge openai, not --judge keyword"),
+                         (JudgeConfig(judge_logprobs=False), "--no-judge-logprobs is for --judge openai"),
+                         (JudgeConfig(judge="openai", judge_model="m", judge_concurrency=0),
+                          "--judge-concurrency must be at least 1, not 0"),
+                         (JudgeConfig(judge="openai", judge_model="m", judge_timeout=-1),
+                          "--judge-timeout must be more than 0 seconds")):
+        with pytest.raises(ActlabError, match=message) as caught:
+            cfg.make(trait)
+        assert caught.value.param == message.split()[0][2:].replace("-", "_").removeprefix("no_")
 
 
 def test_keep_answers_never_counts_none_as_negative():

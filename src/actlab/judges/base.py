@@ -32,6 +32,7 @@ from ..errors import ActlabError
 from ..registry import Registry
 from ..runs.fingerprint import step_fingerprint
 
+NOT_FINGERPRINTED = {"fingerprint": False}  # a judge field's metadata: how it asks, not what (a key, a timeout)
 MIN_NUMBER_MASS = 0.25
 JUDGE_FINGERPRINT_VERSION = 2
 
@@ -150,8 +151,9 @@ def describe_judge(judge: Judge) -> str:
 
 def judge_fingerprint(judge: Judge) -> str | None:
     """A short id of a judge's settings, to reuse its saved judgements: its
-    kind and dataclass fields (never the API key; a loaded model by its name
-    and weights hash). None for a judge that is no dataclass: not reused."""
+    kind and dataclass fields (never those marked NOT_FINGERPRINTED: the API
+    key, a server's timeout; a loaded model by its name and weights hash).
+    None for a judge that is no dataclass: not reused."""
     if not dataclasses.is_dataclass(judge):
         return None
 
@@ -160,7 +162,8 @@ def judge_fingerprint(judge: Judge) -> str | None:
             return {"model": value.name, "weights_sha256": value.weight_hash}
         return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
 
-    settings = [f for f in dataclasses.fields(judge) if f.name != "api_key" and not f.name.startswith("_")]
+    settings = [f for f in dataclasses.fields(judge)
+                if f.metadata.get("fingerprint", True) and not f.name.startswith("_")]
     args = {f.name: plain(getattr(judge, f.name)) for f in settings}
     defaults = {f.name: plain(f.default) for f in settings if f.default is not dataclasses.MISSING}
     return step_fingerprint(None, type(judge).__name__, JUDGE_FINGERPRINT_VERSION, args, defaults)

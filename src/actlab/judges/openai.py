@@ -10,6 +10,7 @@ reply's text (`logprobs=False`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -17,12 +18,14 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
 from ..errors import ActlabError
 from .base import (
+    JUDGE_KINDS,
     MIN_NUMBER_MASS,
+    NOT_FINGERPRINTED,
     OPENAI_URL,
     JudgeKind,
     Judgement,
@@ -45,14 +48,15 @@ class Unreachable(Exception):
 
 @dataclass(kw_only=True)
 class OpenAIServer:
-    """Where and how patiently to ask."""
+    """Where and how patiently to ask (how patiently is never in a judge's
+    fingerprint: saved judgements stay valid whatever the timeout)."""
 
     base_url: str = OPENAI_URL
-    api_key: str | None = None
-    concurrency: int = 8
-    timeout: float = 30.0
-    retries: int = 3
-    backoff: float = 1.0
+    api_key: str | None = field(default=None, metadata=NOT_FINGERPRINTED)
+    concurrency: int = field(default=8, metadata=NOT_FINGERPRINTED)  # requests in flight
+    timeout: float = field(default=30.0, metadata=NOT_FINGERPRINTED)  # seconds to wait for one reply
+    retries: int = field(default=3, metadata=NOT_FINGERPRINTED)
+    backoff: float = field(default=1.0, metadata=NOT_FINGERPRINTED)  # seconds before the first retry, then doubled
 
     def __post_init__(self):
         if not self.base_url.startswith(("http://", "https://")):
@@ -191,6 +195,25 @@ class OpenAIExplainer(OpenAIServer):
         except (KeyError, IndexError, TypeError):
             return Reply(None, f"malformed reply from {self.base_url}: no choices[0].message.content", failed=True)
         return Reply(text, "ok", *_usage(reply))
+
+
+def server_options(kind: str, flag: str, **given) -> dict:
+    """The settings among `given` (logprobs, timeout, concurrency: a judge
+    or explainer option's values) that differ from a server's defaults, for
+    a judge of `kind`; an error naming the option (--FLAG-timeout, ...) when
+    a value is out of range or `kind` asks no server."""
+    defaults = {f.name: f.default for f in dataclasses.fields(OpenAIJudge)}
+    chosen = {name: value for name, value in given.items() if value != defaults[name]}
+    takes = {f.name for f in dataclasses.fields(JUDGE_KINDS[kind].factory)} \
+        if dataclasses.is_dataclass(JUDGE_KINDS[kind].factory) else set()
+    for name, value in chosen.items():
+        option = f"--no-{flag}-logprobs" if name == "logprobs" else f"--{flag}-{name}"
+        if name not in takes:
+            raise ActlabError(f"{option} is for --{flag} openai, not --{flag} {kind}", param=f"{flag}_{name}")
+        if name == "timeout" and not value > 0 or name == "concurrency" and value < 1:
+            least = "more than 0 seconds" if name == "timeout" else "at least 1"
+            raise ActlabError(f"{option} must be {least}, not {value}", param=f"{flag}_{name}")
+    return chosen
 
 
 register_judge_kind(JudgeKind("openai", OpenAIJudge, model_judge=True))

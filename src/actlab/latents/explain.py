@@ -24,7 +24,6 @@ Accuracies are balanced (a score >= 50 predicts label 1); AUROC over the
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -34,8 +33,9 @@ import pyarrow as pa
 from ..analyses.measures import auroc, balanced_accuracy
 from ..engine.batches import Progress
 from ..errors import ActlabError
-from ..judges import EXPLAINER_KINDS, JUDGE_KINDS, OPENAI_URL, Judge, describe_judge, judge_fingerprint, make_judge
+from ..judges import EXPLAINER_KINDS, OPENAI_URL, Judge, describe_judge, judge_fingerprint, make_judge
 from ..judges.base import model_settings
+from ..judges.openai import OpenAIServer, server_options
 from ..models import Model
 from ..runs.atomic import write_json_atomic, write_parquet_atomic
 from ..runs.fingerprint import step_fingerprint
@@ -66,6 +66,11 @@ class ExplainConfig:
     explainer_logprobs: bool = field(default=True, metadata={
         "help": "For openai: score by the reply token's top logprobs; --no-explainer-logprobs reads the number "
                 "in the reply's text (servers without logprobs, such as transformers serve)."})
+    explainer_timeout: float = field(default=OpenAIServer.timeout, metadata={
+        "help": "For openai: seconds to wait for one reply before asking again (a busy CPU server may need "
+                "minutes). Not part of the settings' key: saved results stay valid."})
+    explainer_concurrency: int = field(default=OpenAIServer.concurrency, metadata={
+        "help": "For openai: requests in flight at once."})
     min_number_mass: float = field(default=0.05, metadata={
         "help": "A scorer's reply counts when its probability of being a number 0-100 is at least this "
                 "(trait judges use 0.25; a 135M model rarely puts more than 0.15 on numbers)."})
@@ -126,11 +131,10 @@ class Askers:
 def askers(cfg: ExplainConfig, model: Model | None = None) -> Askers:
     """The explainer and the two scorers of `cfg` (a local kind uses `model` where it is the one named)."""
     settings = model_settings(cfg.explainer, cfg.explainer_model, cfg.explainer_url, model, flag="explainer_model")
-    scoring = dict(settings, min_mass=cfg.min_number_mass)
-    if not cfg.explainer_logprobs:
-        if "logprobs" not in {f.name for f in dataclasses.fields(JUDGE_KINDS[cfg.explainer].factory)}:
-            raise ActlabError("--no-explainer-logprobs is for --explainer openai", param="explainer_logprobs")
-        scoring["logprobs"] = False
+    settings |= server_options(cfg.explainer, "explainer", timeout=cfg.explainer_timeout,
+                               concurrency=cfg.explainer_concurrency)
+    scoring = settings | server_options(cfg.explainer, "explainer", logprobs=cfg.explainer_logprobs) | \
+        {"min_mass": cfg.min_number_mass}
     explainer = EXPLAINER_KINDS[cfg.explainer].factory(**settings)
     return Askers(explainer, make_judge({"kind": cfg.explainer, **scoring}, DETECTION_PROMPT),
                   make_judge({"kind": cfg.explainer, **scoring}, FUZZING_PROMPT))

@@ -11,6 +11,7 @@ from typing import Sequence
 from ..errors import ActlabError
 from ..judges import JUDGE_KINDS, OPENAI_URL, Judge, Judgement, make_judge, unknown_judge_kind
 from ..judges.base import model_settings
+from ..judges.openai import OpenAIServer, server_options
 
 
 @dataclass
@@ -29,6 +30,11 @@ class JudgeConfig:
         "help": "For --judge openai: score by the reply token's top logprobs (OpenAI, vLLM, llama.cpp); "
                 "--no-judge-logprobs reads the number in the reply's text (servers without logprobs, such as "
                 "transformers serve)."})
+    judge_timeout: float = dataclasses.field(default=OpenAIServer.timeout, metadata={
+        "help": "For --judge openai: seconds to wait for one reply before asking again (a busy CPU server may "
+                "need minutes). Not part of the judge's key: saved judgements stay valid."})
+    judge_concurrency: int = dataclasses.field(default=OpenAIServer.concurrency, metadata={
+        "help": "For --judge openai: requests in flight at once."})
 
     def __post_init__(self):
         if self.judge is not None and self.judge not in JUDGE_KINDS:
@@ -36,11 +42,9 @@ class JudgeConfig:
 
     def make(self, trait, loaded=None) -> Judge:
         judge = judge_for(trait, self.judge, self.judge_model, self.judge_url, loaded)
-        if not self.judge_logprobs:
-            if not hasattr(judge, "logprobs"):
-                raise ActlabError("--no-judge-logprobs is for --judge openai", param="judge_logprobs")
-            judge.logprobs = False
-        return judge
+        options = server_options(self.judge or trait.judge["kind"], "judge", logprobs=self.judge_logprobs,
+                                 timeout=self.judge_timeout, concurrency=self.judge_concurrency)
+        return dataclasses.replace(judge, **options) if options else judge
 
 
 def judge_for(trait, kind: str | None = None, model: str | None = None, base_url: str = OPENAI_URL,
