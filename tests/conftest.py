@@ -299,3 +299,59 @@ def openai_server(tmp_path_factory):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+class DigitSplitting:
+    """An OpenAI-compatible /chat/completions handler whose tokenizer writes
+    numbers digit by digit (SmolLM2, Llama-2, Gemma, Qwen): every reply is
+    "85", tokens "8", "5" (with logprobs: the first token's top logprobs put
+    0.6 on "8" and 0.4 on "7", the second token's 0.7 on "5" and 0.3 on "0");
+    a reply of more than REPLY_TOKENS tokens (an explainer's) reads
+    "Explanation: numbers". `asked` counts the requests."""
+
+    asked = 0
+
+    @classmethod
+    def handler(cls):
+        from http.server import BaseHTTPRequestHandler
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                import json
+                import math
+
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                cls.asked += 1
+                text = "85" if body["max_tokens"] <= 4 else "Explanation: numbers"
+                reply = {"choices": [{"message": {"role": "assistant", "content": text}}],
+                         "usage": {"prompt_tokens": 20, "completion_tokens": 2}}
+                if body.get("logprobs"):
+                    top = [[("8", 0.6), ("7", 0.4)], [("5", 0.7), ("0", 0.3)]]
+                    reply["choices"][0]["logprobs"] = {"content": [
+                        {"token": token, "logprob": math.log(dict(options)[token]),
+                         "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in options]}
+                        for token, options in zip("85", top)]}
+                payload = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        return Handler
+
+
+@pytest.fixture
+def digit_server():
+    """A scripted OpenAI-compatible server on 127.0.0.1 that splits numbers into digits (DigitSplitting): its URL."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    DigitSplitting.asked = 0
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), DigitSplitting.handler())
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()

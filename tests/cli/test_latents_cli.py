@@ -51,7 +51,7 @@ def test_explore_reads_a_latents_run(monkeypatch, capsys, tmp_path, tiny_models)
     assert code == 2 and "outside 0..127" in err
 
 
-def test_explain_bad_input_is_one_line(monkeypatch, capsys, tmp_path, tiny_model_dir):
+def test_explain_bad_input_is_one_line(monkeypatch, capsys, tmp_path, tiny_model_dir, digit_server):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(TEXTS) + "\n")
     sae = save_sae_lens_folder(random_sae("blocks.1.hook_resid_post", seed=2), tmp_path / "sae")
@@ -68,6 +68,9 @@ def test_explain_bad_input_is_one_line(monkeypatch, capsys, tmp_path, tiny_model
                           ((run, "--explainer-timeout", "300"), "--explainer-timeout is for --explainer openai"),
                           ((run, "--explainer", "openai", "--explainer-model", "m", "--explainer-concurrency", "0"),
                            "--explainer-concurrency must be at least 1, not 0"),
+                          ((run, "--explainer", "openai", "--explainer-model", "m", "--explainer-url", digit_server),
+                           "writes numbers across tokens ('8' then '5'), and one token's logprobs read only the "
+                           "first digit; pass --no-explainer-logprobs"),
                           ((run, "--latents", "1", "--max-latents", "2"), "--latents or --max-latents, not both"),
                           ((run, "--latents", "128"), "latent 128 is outside 0..127"),
                           ((run, "--sae", "other"), "no SAE 'other' in this run"),

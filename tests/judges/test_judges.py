@@ -4,6 +4,7 @@ test_real_server.py)."""
 
 import json
 import math
+from dataclasses import dataclass
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -76,6 +77,14 @@ def test_bad_judge_configurations():
         make_judge({"kind": "keyword", "keywords": ["a"], "colour": "red"})
 
 
+TOKENS = {  # reply tokens, each with its top logprobs
+    "whole 85": [("85", {"85": 0.6, "80": 0.4}), (".", {".": 0.99, "0": 0.001})],  # Llama-3, OpenAI
+    "digits 85": [("8", {"8": 0.6, "7": 0.4}), ("5", {"5": 0.7, "0": 0.3})],  # SmolLM2, Gemma, Qwen
+    "digit 7 or more": [("7", {"7": 0.8, "9": 0.2}), (".", {".": 0.6, "5": 0.4})],  # 7 now, 75 likely
+    "blank then digits": [(" ", {" ": 0.9, "8": 0.1}), ("8", {"8": 1.0}), ("5", {"5": 1.0})],
+}
+
+
 class Scripted(BaseHTTPRequestHandler):
     """Replies by the answer text: 'fail-once' 500s on its first request,
     'slow' sleeps past the timeout, 'garbage' is not JSON, 'nologprobs' lacks them,
@@ -91,7 +100,7 @@ class Scripted(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text_rule = "logprobs" not in body
         assert text_rule and body["max_tokens"] == 4 or body["logprobs"] is True and body["top_logprobs"] == 20 \
-            and body["max_tokens"] == 1
+            and body["max_tokens"] == 3
         answer = body["messages"][0]["content"].split("Answer: ")[1].split("\n")[0]
         with self.lock:
             self.seen[answer] = self.seen.get(answer, 0) + 1
@@ -110,9 +119,15 @@ class Scripted(BaseHTTPRequestHandler):
                 return self._send(200, json.dumps({"choices": [{"message": {"content": reply}}],
                                                    "usage": {"prompt_tokens": 21, "completion_tokens": 4}}).encode())
             return self._send(200, json.dumps({"choices": [{"message": {"content": "7"}}]}).encode())
-        top = [{"token": "70" if answer.startswith("good") else "30", "logprob": math.log(0.9)},
-               {"token": "!", "logprob": math.log(0.1)}]
-        self._send(200, json.dumps({"choices": [{"logprobs": {"content": [{"token": "x", "top_logprobs": top}]}}]}).encode())
+        if answer in TOKENS:  # whole-number tokens or digits, as a tokenizer writes them
+            content = [{"token": token, "logprob": 0.0, "top_logprobs": [{"token": t, "logprob": math.log(p)}
+                                                                       for t, p in top.items()]}
+                       for token, top in TOKENS[answer]]
+        else:
+            number = "70" if answer.startswith("good") else "30"
+            top = [{"token": number, "logprob": math.log(0.9)}, {"token": "!", "logprob": math.log(0.1)}]
+            content = [{"token": number, "top_logprobs": top}]
+        self._send(200, json.dumps({"choices": [{"logprobs": {"content": content}}]}).encode())
 
     def _send(self, code, payload):
         try:
@@ -196,3 +211,70 @@ def test_judges_describe_themselves_without_secrets(tiny_models):
         describe_judge(api)
     assert describe_judge(LocalJudge(PROMPT, tiny_models["llama"])).startswith("local: tiny-llama")
     assert describe_judge(LocalJudge(PROMPT, "some/model")).startswith("local: some/model")
+
+
+def test_http_judge_reads_whole_number_tokens_and_refuses_split_digits(server):
+    """A tokenizer whose numbers are single tokens: the logprob rule over the first token; one that
+    writes them digit by digit: a one-line refusal naming the option that reads the reply's text, also
+    where the greedy reply is one digit that the next token would likely continue."""
+    judge = OpenAIJudge(PROMPT, model="judge", base_url=server, retries=0)
+    whole = judge.judge([("q", "whole 85")])[0]
+    assert whole.score == pytest.approx(0.6 * 85 + 0.4 * 80) and not whole.failed
+    for answer, shown in (("digits 85", "'8' then '5'"), ("digit 7 or more", "'7' then a digit with probability 0.40"),
+                          ("blank then digits", "'8' then '5'")):
+        with pytest.raises(ActlabError, match="--no-judge-logprobs") as caught:
+            judge.judge([("q", "good one"), ("q", answer)])
+        message = str(caught.value)
+        assert f"judge at {server} writes numbers across tokens ({shown})" in message and "\n" not in message
+        assert caught.value.param == "judge_logprobs"
+
+
+def test_digit_splitting_server(digit_server):
+    """The scripted digit-splitting server (tests/conftest.py): the one-token rule would read 0.6 * 8 +
+    0.4 * 7 = 7.6 for a reply of 85. The judge refuses; without logprobs it reads 85 from the text."""
+    with pytest.raises(ActlabError, match=r"writes numbers across tokens \('8' then '5'\).*--no-judge-logprobs"):
+        OpenAIJudge(PROMPT, model="m", base_url=digit_server).judge([("q", "a")])
+    assert OpenAIJudge(PROMPT, model="m", base_url=digit_server, logprobs=False).judge([("q", "a")])[0].score == 85
+    scorer = OpenAIJudge(PROMPT, model="m", base_url=digit_server, logprobs_param="explainer_logprobs")
+    with pytest.raises(ActlabError, match="--no-explainer-logprobs") as caught:
+        scorer.judge([("q", "a")])
+    assert caught.value.param == "explainer_logprobs"
+
+
+def test_number_across_tokens_by_hand():
+    from actlab.judges.openai import number_across_tokens
+
+    def reply(*tokens):
+        return [{"token": t, "top_logprobs": [{"token": a, "logprob": math.log(p)} for a, p in top.items()]}
+                for t, top in tokens]
+
+    assert number_across_tokens(reply(("85", {}), (".", {".": 0.97, "0": 0.03}))) is None  # below 0.05
+    assert number_across_tokens(reply(("85", {}))) is None  # nothing after it: no evidence
+    assert number_across_tokens(reply(("I", {}), ("8", {}))) is None  # not a number first
+    assert number_across_tokens(reply(("1", {}), ("00", {}))) == "'1' then '00'"
+    assert number_across_tokens(reply(("\n", {}), (" 4", {}), ("2", {}))) == "'4' then '2'"
+    assert number_across_tokens(reply(("4", {}), (" 2", {" 2": 0.9}))) is None  # another number, not a digit of it
+    assert number_across_tokens(reply(("4", {}), (".", {"0": 0.03, "5": 0.03}))) == \
+        "'4' then a digit with probability 0.06"
+
+
+def test_openai_judgements_saved_before_the_split_digit_fix_are_asked_again():
+    from actlab.judges import judge_fingerprint
+    from actlab.judges.base import JUDGE_FINGERPRINT_VERSION
+    from actlab.runs.fingerprint import step_fingerprint
+
+    api = OpenAIJudge(PROMPT, model="m", base_url="http://h/v1")
+    args = {"base_url": "http://h/v1", "eval_prompt": PROMPT, "model": "m", "logprobs": True, "min_mass": 0.25}
+    defaults = {"base_url": "https://api.openai.com/v1", "logprobs": True, "min_mass": 0.25}
+    assert judge_fingerprint(api) == step_fingerprint(None, "OpenAIJudge", 3, args, defaults)
+    assert judge_fingerprint(api) != step_fingerprint(None, "OpenAIJudge", 2, args, defaults)
+    assert JUDGE_FINGERPRINT_VERSION == 2  # other kinds keep their keys: their rule did not change
+    assert judge_fingerprint(Halving(2.0)) == step_fingerprint(None, "Halving", 2, {"by": 2.0}, {"by": 1.0})
+
+
+@dataclass
+class Halving:
+    by: float = 1.0
+
+    def judge(self, items):
+        return [Judgement(50 / self.by) for _ in items]

@@ -20,7 +20,7 @@ def small_french(tmp_path):
     return path
 
 
-def test_traits_pipeline(monkeypatch, capsys, tmp_path, default_model):
+def test_traits_pipeline(monkeypatch, capsys, tmp_path, default_model, digit_server):
     run = tmp_path / "run"
     code, out, err = run_cli(monkeypatch, capsys, "traits", "generate", "--trait", small_french(tmp_path),
                              "--out", run, "--layers", "4,10,16,22", "--max-new-tokens", 20, "--temperature", 0)
@@ -64,6 +64,15 @@ def test_traits_pipeline(monkeypatch, capsys, tmp_path, default_model):
     assert len(loads) == 1 and pq.read_table(run / "steering.parquet").num_rows == 2
     code, _, err = run_cli(monkeypatch, capsys, "traits", "vectors", run, "--judge", "oracle")
     assert code == 2 and "use keyword, regex, local or openai" in err
+    # a server whose tokenizer writes numbers digit by digit: refused in one line, or read from the text
+    code, _, err = run_cli(monkeypatch, capsys, "traits", "vectors", run, "--judge", "openai", "--judge-model", "m",
+                           "--judge-url", digit_server)
+    assert code == 2 and "writes numbers across tokens ('8' then '5')" in err and "--no-judge-logprobs" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, _, err = run_cli(monkeypatch, capsys, "traits", "vectors", run, "--judge", "openai", "--judge-model", "m",
+                           "--judge-url", digit_server, "--no-judge-logprobs")
+    assert code == 2 and "the judge kept no neg answers" in err  # every answer read as 85
+    assert set(pq.read_table(run / "scores.parquet").column("score").to_pylist()) == {85.0}
     code, out, err = run_cli(monkeypatch, capsys, "traits", "monitor", run, "--row", 0)
     assert code == 0, err
     assert any(p.name.startswith("monitor-layer") for p in run.iterdir())

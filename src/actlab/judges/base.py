@@ -3,15 +3,17 @@ negative: an unscored answer is dropped, with its reason recorded. Trait
 runs judge answers with them (actlab.traits), latents runs score
 explanations with them (actlab.latents.explain).
 
-    logprob_score   persona-vectors' rule on one completion token's top logprobs:
-                    sum p(n) n / sum p(n) over tokens that are integers 0..100,
-                    None when that mass is below 0.25
+    logprob_score   persona-vectors' rule over the probabilities of the numbers
+                    0..100: sum p(n) n / sum p(n), None when their mass is below
+                    0.25 (one token's top logprobs give them only where every
+                    number is one token: .openai refuses a server where not)
     KeywordJudge    keyword occurrences (or the fraction of words in a list)   .rules
     RegexJudge      regex matches                                              .rules
     LocalJudge      a local Hugging Face model with the logprob rule over      .local
                     whole numbers
     OpenAIJudge     an OpenAI-compatible /chat/completions endpoint (top       .openai
-                    logprobs, or the reply's number where a server gives none),
+                    logprobs of a tokenizer whose numbers are single tokens,
+                    or the reply's number where a server gives none),
                     bounded concurrency, timeouts, retries with backoff
 
 Judge kinds are a registry (`register_judge_kind`): a trait file's or the
@@ -166,4 +168,5 @@ def judge_fingerprint(judge: Judge) -> str | None:
                 if f.metadata.get("fingerprint", True) and not f.name.startswith("_")]
     args = {f.name: plain(getattr(judge, f.name)) for f in settings}
     defaults = {f.name: plain(f.default) for f in settings if f.default is not dataclasses.MISSING}
-    return step_fingerprint(None, type(judge).__name__, JUDGE_FINGERPRINT_VERSION, args, defaults)
+    version = getattr(judge, "FINGERPRINT_VERSION", JUDGE_FINGERPRINT_VERSION)  # a kind's own, when its rule changed
+    return step_fingerprint(None, type(judge).__name__, version, args, defaults)

@@ -3,15 +3,29 @@ serve`, ...) as judge and as explainer: /chat/completions with bounded
 concurrency, timeouts and retries with backoff; the key from
 OPENAI_API_KEY unless given.
 
-The judge scores by persona-vectors' logprob rule on one completion token's
-top-20 logprobs, or, for a server that gives no logprobs (`transformers
-serve` ignores the field), by the first whole number 0..100 in a short
-reply's text (`logprobs=False`)."""
+The judge scores by persona-vectors' logprob rule on the first reply
+token's top-20 logprobs, or, for a server that gives no logprobs
+(`transformers serve` ignores the field), by the first whole number 0..100
+in a short reply's text (`logprobs=False`).
+
+The logprob rule is right only where every number 0..100 is one token
+(OpenAI's and Llama-3's tokenizers). SmolLM2, Llama-2, Gemma and Qwen write
+"85" as "8", "5", and one token's logprobs then read 8; the other first
+digits' continuations are not in the reply, so no reading of one reply
+recovers the number's probability. The judge therefore asks for
+REPLY_TOKENS tokens with their logprobs and refuses, in one line naming
+`--no-judge-logprobs` (`--no-explainer-logprobs` for a latent scorer),
+when the reply shows its number going on in a second token: the next token
+is a digit, or has probability SPLIT_NUMBER_MASS or more of being one
+(after a whole-number token of a single-token tokenizer it has next to
+none). The local judge (actlab.judges.local) reads numbers across tokens
+exactly, through its own forward passes."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import time
@@ -19,7 +33,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, ClassVar, Sequence, TypeVar
 
 from ..errors import ActlabError
 from .base import (
@@ -39,6 +53,8 @@ from .explainers import ExplainerKind, Reply, register_explainer_kind
 
 T = TypeVar("T")
 TEXT_RULE_TOKENS = 4  # reply tokens a judge without logprobs reads its number from
+REPLY_TOKENS = 3  # reply tokens the logprob rule asks for: the number and the token after it (a blank first)
+SPLIT_NUMBER_MASS = 0.05  # a digit this likely after the reply's number token: numbers span tokens
 _NUMBER = re.compile(r"(?<![\d.])(100|[1-9]?\d)(?!\d|\.\d)")
 
 
@@ -119,6 +135,10 @@ class OpenAIJudge(OpenAIServer):
     model: str
     logprobs: bool = True  # the logprob rule; False: the number in the reply's text
     min_mass: float = MIN_NUMBER_MASS  # the logprob rule's least probability on numbers 0..100
+    logprobs_param: str = field(default="judge_logprobs", metadata=NOT_FINGERPRINTED)  # the config field
+    # that turns `logprobs` off, named by the refusal (explainer_logprobs for a latent scorer)
+    FINGERPRINT_VERSION: ClassVar[int] = 3  # 3: refuses numbers split across tokens, which 2 read as
+    # their first digit, so judgements saved under 2 are asked again
 
     def __post_init__(self):
         check_eval_prompt(self.eval_prompt)
@@ -137,7 +157,7 @@ class OpenAIJudge(OpenAIServer):
             return empty
         message = {"role": "user", "content": fill_prompt(self.eval_prompt, question, answer)}
         body = {"model": self.model, "temperature": 0, "messages": [message]}
-        body |= {"max_tokens": 1, "logprobs": True, "top_logprobs": 20} if self.logprobs else \
+        body |= {"max_tokens": REPLY_TOKENS, "logprobs": True, "top_logprobs": 20} if self.logprobs else \
             {"max_tokens": TEXT_RULE_TOKENS}
         try:
             reply = self._post(body)
@@ -149,12 +169,22 @@ class OpenAIJudge(OpenAIServer):
 
     def _logprob_rule(self, reply: dict) -> Judgement:
         try:
-            top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-            return logprob_score({entry["token"]: float(entry["logprob"]) for entry in top}, self.min_mass)
-        except (ValueError, KeyError, IndexError, TypeError):
+            content = reply["choices"][0]["logprobs"]["content"]
+            top = {entry["token"]: float(entry["logprob"]) for entry in content[0]["top_logprobs"]}
+            split = number_across_tokens(content)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             return Judgement(None, "malformed reply: no choices[0].logprobs.content[0].top_logprobs (a server "
-                                   "without logprobs, such as transformers serve, needs --no-judge-logprobs)",
+                                   f"without logprobs, such as transformers serve, needs {self._text_option()})",
                              failed=True)
+        if split:
+            raise ActlabError(f"{self.model} at {self.base_url} writes numbers across tokens ({split}), and one "
+                              "token's logprobs read only the first digit; pass "
+                              f"{self._text_option()} to score by the number in the reply's text",
+                              param=self.logprobs_param)
+        return logprob_score(top, self.min_mass)
+
+    def _text_option(self) -> str:
+        return "--no-" + self.logprobs_param.replace("_", "-")
 
     @staticmethod
     def _text_rule(reply: dict) -> Judgement:
@@ -164,6 +194,23 @@ class OpenAIJudge(OpenAIServer):
             return Judgement(None, "malformed reply: no choices[0].message.content", failed=True)
         number = _NUMBER.search(text)
         return Judgement(float(number.group(1))) if number else Judgement(None, f"no number 0-100 in {text!r}")
+
+
+def number_across_tokens(content: Sequence[dict]) -> str | None:
+    """What shows, in a reply's per-token logprobs (`choices[0].logprobs.content`),
+    that its number goes on past its first token, or None: the first token
+    that is not blank is all digits and the next one is a digit too, or has
+    probability SPLIT_NUMBER_MASS or more of being one."""
+    tokens = [entry["token"] for entry in content]
+    first = next((i for i, token in enumerate(tokens) if token.strip()), None)
+    if first is None or not tokens[first].strip().isdigit() or first + 1 == len(tokens):
+        return None
+    number, after = tokens[first].strip(), content[first + 1]
+    if after["token"][:1].isdigit():
+        return f"{number!r} then {after['token']!r}"
+    digit = sum(math.exp(float(entry["logprob"])) for entry in after.get("top_logprobs") or []
+                if entry["token"][:1].isdigit())
+    return f"{number!r} then a digit with probability {digit:.2f}" if digit >= SPLIT_NUMBER_MASS else None
 
 
 @dataclass
@@ -201,11 +248,15 @@ def server_options(kind: str, flag: str, **given) -> dict:
     """The settings among `given` (logprobs, timeout, concurrency: a judge
     or explainer option's values) that differ from a server's defaults, for
     a judge of `kind`; an error naming the option (--FLAG-timeout, ...) when
-    a value is out of range or `kind` asks no server."""
+    a value is out of range or `kind` asks no server. Where `given` has
+    logprobs and `kind` takes them, the judge learns the option's name for
+    its refusal of numbers split across tokens (FLAG_logprobs)."""
     defaults = {f.name: f.default for f in dataclasses.fields(OpenAIJudge)}
     chosen = {name: value for name, value in given.items() if value != defaults[name]}
     takes = {f.name for f in dataclasses.fields(JUDGE_KINDS[kind].factory)} \
         if dataclasses.is_dataclass(JUDGE_KINDS[kind].factory) else set()
+    named = {"logprobs_param": f"{flag}_logprobs"} if "logprobs" in given and "logprobs_param" in takes \
+        and f"{flag}_logprobs" != defaults["logprobs_param"] else {}
     for name, value in chosen.items():
         option = f"--no-{flag}-logprobs" if name == "logprobs" else f"--{flag}-{name}"
         if name not in takes:
@@ -213,7 +264,7 @@ def server_options(kind: str, flag: str, **given) -> dict:
         if name == "timeout" and not value > 0 or name == "concurrency" and value < 1:
             least = "more than 0 seconds" if name == "timeout" else "at least 1"
             raise ActlabError(f"{option} must be {least}, not {value}", param=f"{flag}_{name}")
-    return chosen
+    return chosen | named
 
 
 register_judge_kind(JudgeKind("openai", OpenAIJudge, model_judge=True))

@@ -64,8 +64,9 @@ class ExplainConfig:
                 "model name."})
     explainer_url: str = field(default=OPENAI_URL, metadata={"help": "OpenAI-compatible base URL for openai."})
     explainer_logprobs: bool = field(default=True, metadata={
-        "help": "For openai: score by the reply token's top logprobs; --no-explainer-logprobs reads the number "
-                "in the reply's text (servers without logprobs, such as transformers serve)."})
+        "help": "For openai: score by the reply token's top logprobs (a model whose tokenizer splits numbers "
+                "into digits is refused); --no-explainer-logprobs reads the number in the reply's text (such "
+                "models, and servers without logprobs such as transformers serve)."})
     explainer_timeout: float = field(default=OpenAIServer.timeout, metadata={
         "help": "For openai: seconds to wait for one reply before asking again (a busy CPU server may need "
                 "minutes). Not part of the settings' key: saved results stay valid."})

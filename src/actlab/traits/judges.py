@@ -27,9 +27,9 @@ class JudgeConfig:
     judge_url: str = dataclasses.field(default=OPENAI_URL, metadata={
         "help": "OpenAI-compatible base URL for --judge openai."})
     judge_logprobs: bool = dataclasses.field(default=True, metadata={
-        "help": "For --judge openai: score by the reply token's top logprobs (OpenAI, vLLM, llama.cpp); "
-                "--no-judge-logprobs reads the number in the reply's text (servers without logprobs, such as "
-                "transformers serve)."})
+        "help": "For --judge openai: score by the reply token's top logprobs (OpenAI, vLLM, llama.cpp; a model "
+                "whose tokenizer splits numbers into digits is refused); --no-judge-logprobs reads the number in "
+                "the reply's text (such models, and servers without logprobs such as transformers serve)."})
     judge_timeout: float = dataclasses.field(default=OpenAIServer.timeout, metadata={
         "help": "For --judge openai: seconds to wait for one reply before asking again (a busy CPU server may "
                 "need minutes). Not part of the judge's key: saved judgements stay valid."})
