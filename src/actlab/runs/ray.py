@@ -34,6 +34,7 @@ from .lock import run_lock
 from .manifest import MANIFEST, start_run
 
 LOCAL = "local"
+REFUSED_GRACE = 2.0  # seconds a refusing address is asked again before the run fails
 
 
 @dataclass
@@ -51,8 +52,9 @@ class RayConfig:
     threads: int | None = field(default=None, metadata={
         "flag": "--ray-threads", "help": "torch threads per actor (Ray sets one; default: CPUs per actor)."})
     start_timeout: float = field(default=600.0, metadata={
-        "flag": "--ray-start-timeout", "help": "Seconds to wait for the cluster's address to answer, then for it to "
-                                               "start every actor (each loads its model), before failing."})
+        "flag": "--ray-start-timeout", "help": "Seconds to wait for the cluster's address to answer (one that refuses "
+                                               "the connection fails at once), then for it to start every actor "
+                                               "(each loads its model), before failing."})
 
     @property
     def runner(self) -> str:
@@ -79,7 +81,8 @@ def connect(cfg: RayConfig):
     local instance whatever RAY_ADDRESS says; `auto` is RAY_ADDRESS or the
     cluster last started on this machine; any other address is that cluster.
     A cluster address must answer within start_timeout, or the run fails in
-    one line. A process that already called ray.init keeps its instance."""
+    one line; at once where the connection is refused (wait_for_cluster).
+    A process that already called ray.init keeps its instance."""
     ray = ray_module()
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # the CLI draws its own bar (Ray Data warns of that)
     context = ray.data.DataContext.get_current()
@@ -108,23 +111,31 @@ def cluster_address(address: str | None) -> str:
 
 
 def wait_for_cluster(address: str, timeout: float) -> None:
-    """Return once the cluster's port accepts a connection; fail in one line
-    after `timeout` seconds (Ray itself would retry for minutes)."""
+    """Return once the cluster's port accepts a connection. A refused
+    connection means nothing listens there: fail in one line within
+    REFUSED_GRACE seconds (a head that is just starting opens its port in
+    that time). Anything else (no reply yet, a host still coming up) is
+    waited for up to `timeout` seconds, then fails in one line (Ray itself
+    would retry for minutes)."""
     host, _, port = address.split("://")[-1].rpartition(":")
     if not host or not port.isdigit():
         raise ActlabError(f"--ray '{address}' is not an address; give HOST:PORT (e.g. 10.0.0.5:6379), "
                           "ray://HOST:PORT, auto or local", param="address")
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
     while True:
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, timeout)).close()
             return
+        except ConnectionRefusedError as exc:
+            if time.monotonic() - started >= min(REFUSED_GRACE, timeout):
+                raise ActlabError(f"nothing listens at {address} ({exc.strerror or exc}): no Ray cluster is there; "
+                                  "start one (ray start --head) or fix --ray", param="address") from None
         except OSError as exc:
-            if time.monotonic() >= deadline:
+            if time.monotonic() - started >= timeout:
                 raise ActlabError(f"no Ray cluster answers at {address} ({exc.strerror or exc}) within {timeout:g} "
                                   "s; start it (ray start --head), fix --ray, or raise --ray-start-timeout",
                                   param="address") from None
-            time.sleep(0.25)
+        time.sleep(0.25)
 
 
 WORKER_FIX = "give every node the same model (a shared $ACTLAB_HOME or the same folder)"
