@@ -116,3 +116,47 @@ def test_parquet_by_row_range_errors(tmp_path):
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
     with pytest.raises(ActlabError, match="field 'text' is not a string"):
         read_records(tmp_path / "ints.parquet", by_row_range=True)
+
+
+USER_ROWS = [{"id": "a", "text": "The cat sat.", "label": 1, "category": "x"},
+        {"id": "b", "text": "Dogs bark loudly.", "label": 0, "category": "y"}]
+
+
+def test_what_a_user_passes_equals_the_file_read(tmp_path):
+    """Texts, dicts, pandas, polars, pyarrow and a HF Dataset give the records read_records gives for
+    the same rows in a file; anything else is one line naming what it got."""
+    import datasets
+    import pandas as pd
+    import polars as pl
+
+    from actlab.inputs import Records, as_records
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in USER_ROWS))
+    expected = read_records(path)
+    for given in (USER_ROWS, pd.DataFrame(USER_ROWS), pl.DataFrame(USER_ROWS), pa.Table.from_pylist(USER_ROWS),
+                  datasets.Dataset.from_list(USER_ROWS), iter(USER_ROWS)):
+        records = as_records(given)
+        assert (records.texts, records.fields, records.lines) == (expected.texts, expected.fields, expected.lines), \
+            type(given)
+    texts = as_records(["one", "two"])
+    assert texts.texts == ["one", "two"] and texts.fields == {} and texts.lines == [1, 2]
+    assert as_records(pd.DataFrame({"body": ["t"]}), FieldNames(text="body")).texts == ["t"]
+    mixed = as_records(["one", {"text": "two", "id": "b"}])  # texts among dicts; an id only where every row has one
+    assert mixed.texts == ["one", "two"] and mixed.fields == {}
+    same = Records.of(["x"])
+    assert as_records(same) is same
+    for given, message in (("one text", "not a str; wrap one text as \\[text\\]"),
+                           (tmp_path / "rows.jsonl", "not a PosixPath; .* actlab.read_records\\(path\\)"),
+                           (42, "not an int"), ({"text": "t"}, "not a dict"),
+                           ([{"body": "t"}], "records: row 1 has no field 'text' \\(fields: body\\); pick one with "
+                                             "FieldNames\\(text=...\\)"),
+                           (["fine", 3], "records: row 2 \\(an int\\) is not an object with a 'text' field nor a text"),
+                           ([{"text": "t"}, 7], "records: row 2 \\(an int\\) is not an object"),
+                           ([{"text": 5}], "records: row 1: field 'text' is not a string"),
+                           (pd.DataFrame({"texts": ["t"]}), "row 1 has no field 'text' \\(fields: texts\\)")):
+        with pytest.raises(ActlabError, match=message) as caught:
+            as_records(given)
+        assert "\n" not in str(caught.value) and caught.value.param == "records"
+    with pytest.raises(ActlabError, match="row 2 has no field 'tag' \\(named by FieldNames\\(label=...\\)\\)"):
+        as_records([{"text": "a", "tag": 1}, {"text": "b"}], FieldNames(label="tag"))

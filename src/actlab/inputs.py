@@ -7,12 +7,13 @@ import io
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import ActlabError
 from .storage import RunPath, StorePath, parquet_file, read_parquet, run_path
 
 FORMATS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+RecordsLike = Any  # what as_records takes: Records, ParquetRecords, texts, dicts, a pandas / polars / pyarrow table
 OPTIONAL_FIELDS = ("id", "label", "category")
 
 
@@ -131,7 +132,7 @@ def read_records(path: str | Path | StorePath, names: FieldNames = FieldNames(),
     if by_row_range and path.suffix.lower() == ".parquet" and not skip_empty:
         return parquet_records(path, names)
     rows, lines = read_rows(path)
-    records = _to_records(rows, lines, names, path)
+    records = _to_records(rows, lines, names, path.name, "row" if path.suffix in (".parquet", ".json") else "line")
     records.source, records.text_field = str(path), names.text
     return _drop_empty(records, path, skip_empty)
 
@@ -234,28 +235,78 @@ def _read_parquet(path: RunPath):
     return rows, list(range(1, len(rows) + 1))
 
 
-def _to_records(rows: list, lines: list[int], names: FieldNames, path: RunPath) -> Records:
-    what = "row" if path.suffix in (".parquet", ".json") else "line"
+def as_records(data, names: FieldNames = FieldNames()) -> Records | ParquetRecords:
+    """Records from what a user naturally passes: Records or ParquetRecords
+    as they are; a list of texts; a list of dicts with the fields
+    read_records reads (text, and id / label / category when every row has
+    them; `names` renames them); a pandas, polars or pyarrow table (or a HF
+    `datasets.Dataset`) with a text column. Anything else is a one-line
+    error naming what it got. Rows count from 1 in messages."""
+    if isinstance(data, (Records, ParquetRecords)):
+        return data
+    rows = _table_rows(data)
+    if rows is None:
+        if isinstance(data, (str, bytes, Path)) or not hasattr(data, "__iter__") or isinstance(data, dict):
+            raise ActlabError(f"records must be a list of texts or of dicts, Records, or a pandas / polars / pyarrow "
+                              f"table with a '{names.text}' column, not {_what(data)}; wrap one text as [text], "
+                              "read a file with actlab.read_records(path)", param="records")
+        rows = list(data)
+    if all(isinstance(row, str) for row in rows):
+        return Records.of(rows)
+    rows = [{names.text: row} if isinstance(row, str) else row for row in rows]  # texts among dicts
+    records = _to_records(rows, list(range(1, len(rows) + 1)), names, "records", "row", table=True)
+    records.text_field = names.text
+    return records
+
+
+def _table_rows(data) -> list[dict] | None:
+    """The rows of a pandas / polars / pyarrow table as dicts, or None for anything else."""
+    module = type(data).__module__.split(".")[0]
+    if module == "pandas" and hasattr(data, "to_dict") and hasattr(data, "columns"):
+        return data.to_dict("records")
+    if module == "polars" and hasattr(data, "to_dicts"):
+        return data.to_dicts()
+    if module == "pyarrow" and hasattr(data, "to_pylist") and hasattr(data, "schema"):
+        return data.to_pylist()
+    return None
+
+
+def _what(value) -> str:
+    """'a str', 'an int', 'a DataFrame' ..."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _to_records(rows: list, lines: list[int], names: FieldNames, name: str, what: str,
+                table: bool = False) -> Records:
+    """Records of rows (texts, or dicts holding names.text); messages say `name`: `what` LINE.
+    table: the rows came from Python or a table, so the fix names the `names` fields, not the flags."""
     if rows and all(isinstance(r, str) for r in rows):
         rows = [{"text": r} for r in rows]
+    pick = "FieldNames(text=...)" if table else "--text-field"
     texts = []
     for row, line in zip(rows, lines):
         if not isinstance(row, dict):
-            raise ActlabError(f"{path.name}: {what} {line} is not an object with a '{names.text}' field")
+            shown = f" ({_what(row)})" if table else ""
+            raise ActlabError(f"{name}: {what} {line}{shown} is not an object with a '{names.text}' field"
+                              + (" nor a text" if table else ""), param="records" if table else None)
         if names.text not in row:
-            raise ActlabError(f"{path.name}: {what} {line} has no field '{names.text}' "
-                              f"(fields: {', '.join(map(str, row))}); pick one with --text-field")
+            raise ActlabError(f"{name}: {what} {line} has no field '{names.text}' "
+                              f"(fields: {', '.join(map(str, row))}); pick one with {pick}",
+                              param="records" if table else None)
         value = row[names.text]
         if not isinstance(value, str):
-            raise ActlabError(f"{path.name}: {what} {line}: field '{names.text}' is not a string")
+            raise ActlabError(f"{name}: {what} {line}: field '{names.text}' is not a string",
+                              param="records" if table else None)
         texts.append(value)
     fields = {}
     for role, (column, explicit) in names.optional().items():
         present = [column in row for row in rows]
         if explicit and not all(present):
             line = lines[present.index(False)]
-            raise ActlabError(f"{path.name}: {what} {line} has no field '{column}' "
-                              f"(named by --{role}-field)")
+            named = f"FieldNames({role}=...)" if table else f"--{role}-field"
+            raise ActlabError(f"{name}: {what} {line} has no field '{column}' (named by {named})",
+                              param="records" if table else None)
         if rows and all(present):
             fields[role] = [row[column] for row in rows]
     return Records(texts, fields, lines)

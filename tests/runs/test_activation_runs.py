@@ -186,3 +186,32 @@ def test_a_run_reports_texts_and_shards(tmp_path, tiny_models):
     progress = Recorder()
     extract_run(tiny_models["llama"], records(), run, cfg, shard_size=16, progress=progress)
     assert progress.started == (16, 1) and progress.texts == 16 and progress.shards == 1
+
+
+def test_runs_take_what_a_user_naturally_passes(tmp_path, tiny_models):
+    """extract_run, features_run, latents_run and generate_run take a list of dicts (the issue's
+    AttributeError and transformers ValueError) and a pandas table, with the result of Records."""
+    import pandas as pd
+
+    from conftest import random_sae
+
+    model = tiny_models["llama"]
+    rows = [{"id": f"t{i}", "text": text, "category": i % 2} for i, text in enumerate(TEXTS[:5])]
+    expected = Records([r["text"] for r in rows], {"id": [r["id"] for r in rows],
+                                                   "category": [r["category"] for r in rows]}, list(range(1, 6)))
+    cfg = ExtractConfig(HOOKS, "mean")
+    reference = actlab.open_run(extract_run(model, expected, tmp_path / "records", cfg))
+    for name, given in (("dicts", rows), ("pandas", pd.DataFrame(rows))):
+        run = actlab.open_run(extract_run(model, given, tmp_path / name, cfg))
+        assert run.fields == reference.fields == {"id": expected.fields["id"], "category": [0, 1, 0, 1, 0]}
+        assert all(rel_error(run[hook], reference[hook]) < 1e-6 for hook in HOOKS)
+    sae = {"s": random_sae(HOOKS[0], seed=1)}
+    features = actlab.open_run(actlab.features_run(model, rows, sae, tmp_path / "features", ExtractConfig(pooling="mean")))
+    assert features.fields["id"] == expected.fields["id"]
+    latents = actlab.open_run(actlab.latents_run(model, rows, sae, tmp_path / "latents", actlab.LatentsConfig(context=8)))
+    assert latents.manifest["settings"]["input"]["n_texts"] == 5
+    answers = actlab.open_run(actlab.generate_run(model, rows[:2], tmp_path / "gen", actlab.GenerationConfig(
+        max_new_tokens=2)))
+    assert answers.manifest["n_rows"] == 2
+    with pytest.raises(ActlabError, match="records must be a list of texts or of dicts.*not a str"):
+        extract_run(model, "one text", tmp_path / "bad", cfg)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +27,7 @@ import torch
 from ..activations import ExtractStats, column_matrix, summary_html, vector_column
 from ..engine import OnBatch
 from ..errors import ActlabError
-from ..inputs import ParquetRecords, Records
+from ..inputs import ParquetRecords, Records, RecordsLike, as_records
 from ..runs.activations import input_settings, model_settings
 from ..runs.atomic import write_parquet_atomic
 from ..runs.job import ShardJob, ShardWriter
@@ -274,7 +274,7 @@ class GenerationRun(Run):
 register_run_kind(RunKind(FORMAT, "a generation run", "generate", GenerationRun.open))
 
 
-def generate_run(model: "Model | ModelSpec | str", records: Records | ParquetRecords | Sequence[str],
+def generate_run(model: "Model | ModelSpec | str", records: RecordsLike,
                  out_dir: str | Path | StorePath, cfg: GenerationRunConfig | GenerationConfig | None = None,
                  **control) -> Path:
     """An answer to every record's text (rendered with the chat template
@@ -284,8 +284,7 @@ def generate_run(model: "Model | ModelSpec | str", records: Records | ParquetRec
     runner="ray" with ray=RayConfig(...) for a cluster)."""
     if isinstance(cfg, GenerationConfig):
         cfg = GenerationRunConfig(generation=cfg)
-    if not isinstance(records, (Records, ParquetRecords)):
-        records = Records.of(list(records))
+    records = as_records(records)
     run = RunControl.of(**control)
     job = GenerateJob(records, run_path(out_dir), cfg or GenerationRunConfig(), run.shards(GENERATION_SHARD_SIZE))
     run_job(model, job, run)

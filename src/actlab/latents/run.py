@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from ..activations import ExtractStats
 from ..engine import OnBatch
 from ..errors import ActlabError
-from ..inputs import ParquetRecords, Records
+from ..inputs import ParquetRecords, Records, RecordsLike, as_records
 from ..runs import RunControl, read_manifest, register_run_kind
 from ..runs.activations import input_settings, model_settings
 from ..runs.atomic import write_parquet_atomic
@@ -175,7 +175,7 @@ def _describe(cfg: SAEConfig) -> dict:
     return described
 
 
-def latents_run(model: "Model | ModelSpec | str", records: Records | ParquetRecords | Sequence[str], saes=None,
+def latents_run(model: "Model | ModelSpec | str", records: RecordsLike, saes=None,
                 out_dir: str | Path | StorePath = "runs/latents", cfg: LatentsConfig | None = None,
                 **control) -> RunPath:
     """Summarise every latent of every SAE (None: the model's default SAEs)
@@ -183,11 +183,7 @@ def latents_run(model: "Model | ModelSpec | str", records: Records | ParquetReco
     windows, interval samples, histograms, frequencies, co-firing, logit
     effects and decoder neighbours. Open it with actlab.open_run.
     `control`: RunControl's fields, as for extract_run."""
-    if not isinstance(records, (Records, ParquetRecords)):
-        if isinstance(records, str):
-            raise ActlabError("records must be a list of texts or Records, not one string; wrap it: [text]",
-                              param="records")
-        records = Records.of(list(records))
+    records = as_records(records)
     run = RunControl.of(**control)
     job = LatentsJob(records, run_path(out_dir), cfg or LatentsConfig(), run.shards(LATENTS_SHARD_SIZE), saes)
     run_job(model, job, run)

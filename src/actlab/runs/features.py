@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import torch
 
 from ..engine import ExtractConfig
-from ..inputs import ParquetRecords, Records
+from ..inputs import Records, RecordsLike, as_records
 from ..models import Model, ModelSpec
 from ..saes.features import FeatureExtractor, Features, LatentStats, SparseFeatures
 from ..saes.sae import SAEConfig
@@ -112,14 +112,15 @@ class FeaturesJob(ExtractionJob):
         write_parquet_atomic(self.out / "latent_stats.parquet", merge_stats(stats))
 
 
-def features_run(model: Model | ModelSpec | str, records: Records | ParquetRecords, saes=None,
+def features_run(model: Model | ModelSpec | str, records: RecordsLike, saes=None,
                  out_dir: str | Path | StorePath = "runs/features", cfg: ExtractConfig | None = None,
                  **control) -> RunPath:
     """SAE features of every record, one forward pass per batch for all SAEs
     (None: the default SAEs); open the run with actlab.open_run. `control`:
     RunControl's fields, as for extract_run."""
     run = RunControl.of(**control)
-    job = FeaturesJob(records, run_path(out_dir), cfg or ExtractConfig(), run.shards(DEFAULT_SHARD_SIZE), saes)
+    job = FeaturesJob(as_records(records), run_path(out_dir), cfg or ExtractConfig(), run.shards(DEFAULT_SHARD_SIZE),
+                      saes)
     run_job(model, job, run)
     return job.out
 

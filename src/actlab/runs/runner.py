@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..engine import ExtractConfig, Progress
 from ..errors import ActlabError
-from ..inputs import ParquetRecords, Records
+from ..inputs import RecordsLike, as_records
 from ..models import Model, ModelSpec
 from ..storage import RunPath, StorePath, run_path
 from .activations import DEFAULT_SHARD_SIZE, ExtractionJob
@@ -49,14 +49,14 @@ class RunControl:
         return self.shard_size if self.shard_size is not None else default
 
 
-def extract_run(model: "Model | ModelSpec | str", records: Records | ParquetRecords,
+def extract_run(model: "Model | ModelSpec | str", records: RecordsLike,
                 out_dir: str | Path | StorePath, cfg: ExtractConfig, **control) -> RunPath:
     """Extract cfg.hooks for every record into a resumable run directory
     (open it with actlab.open_run). `control`: RunControl's fields
     (shard_size, overwrite, progress, runner="ray" with ray=RayConfig(...):
     the shards on a Ray cluster, the model reloaded there by its spec)."""
     run = RunControl.of(**control)
-    job = ExtractionJob(records, run_path(out_dir), cfg, run.shards(DEFAULT_SHARD_SIZE))
+    job = ExtractionJob(as_records(records), run_path(out_dir), cfg, run.shards(DEFAULT_SHARD_SIZE))
     run_job(model, job, run)
     return job.out
 
