@@ -95,7 +95,7 @@ def test_trait_stages_in_s3(tmp_path, tiny_models, s3_bucket):
     from actlab.traits import GenerationConfig
     from actlab.traits.definitions import parse_trait
     from actlab.judges import Judgement
-    from actlab.traits import TraitRun, VectorsConfig, generate_run, judge_run, vectors_run
+    from actlab.traits import TraitRun, VectorsConfig, generate_trait_run, judge_run, vectors_run
 
     class ByPolarity:
         """pos answers score 80, neg 20 (answers are judged in run order, in one chunk here)."""
@@ -110,7 +110,7 @@ def test_trait_stages_in_s3(tmp_path, tiny_models, s3_bucket):
                          "questions": [f"Question number {i}?" for i in range(6)]})
     runs = {}
     for name, where in (("local", tmp_path / "trait"), ("s3", f"{s3_bucket}/trait")):
-        path = generate_run(tiny_models["llama"], trait, where, layers=[0, 2], cfg=GenerationConfig(max_new_tokens=4),
+        path = generate_trait_run(tiny_models["llama"], trait, where, layers=[0, 2], cfg=GenerationConfig(max_new_tokens=4),
                             shard_size=5)
         judge_run(path, ByPolarity(TraitRun(path).answers().column("polarity").to_pylist()))
         vectors_run(path, VectorsConfig(held_out=0.34))

@@ -126,7 +126,7 @@ def test_a_config_default_is_the_commands_default():
     from actlab.cli.traits import TraitOptions
     from actlab.runs.activations import DEFAULT_SHARD_SIZE
     from actlab.traits import TRAIT_SAMPLING, SteerConfig, VectorsConfig
-    from actlab.traits.runs import TRAIT_SHARD_SIZE, GenerationJob
+    from actlab.traits.runs import TRAIT_SHARD_SIZE
 
     from actlab.generation.run import GENERATION_SHARD_SIZE, GenerateJob
 
@@ -135,8 +135,7 @@ def test_a_config_default_is_the_commands_default():
     assert f"{DEFAULT_SHARD_SIZE} for extract" in shard_size.metadata["help"]
     assert f"{GENERATION_SHARD_SIZE} for generate" in shard_size.metadata["help"]
     assert GenerateJob.__dataclass_fields__["shard_size"].default == GENERATION_SHARD_SIZE
-    assert TraitOptions.__dataclass_fields__["shard_size"].default == TRAIT_SHARD_SIZE == \
-        GenerationJob.__dataclass_fields__["shard_size"].default
+    assert TraitOptions.__dataclass_fields__["shard_size"].default == TRAIT_SHARD_SIZE
     assert SteerConfig().max_new_tokens == TRAIT_SAMPLING.max_new_tokens
     vectors = ALL[("traits", "vectors")].__actlab_options__
     assert vectors["pos_min"].default == VectorsConfig().pos_min and vectors["held_out"].default == 0.2

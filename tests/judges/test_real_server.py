@@ -15,7 +15,7 @@ import pytest
 
 import actlab
 from actlab.judges.openai import OpenAIJudge
-from actlab.traits import GenerationConfig, TraitRun, generate_run, judge_run
+from actlab.traits import GenerationConfig, TraitRun, generate_trait_run, judge_run
 from actlab.traits.definitions import parse_trait
 from conftest import TEXTS, random_sae, run_cli, save_sae_lens_folder
 
@@ -79,7 +79,7 @@ def test_trait_answers_judged_by_the_server(openai_server, proxy, tiny_models, t
     _, model = openai_server
     trait = parse_trait({"name": "happy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."}],
                          "questions": [f"How is day {i}?" for i in range(6)]})
-    run = generate_run(tiny_models["llama"], trait, tmp_path / "run", layers=[1],
+    run = generate_trait_run(tiny_models["llama"], trait, tmp_path / "run", layers=[1],
                        cfg=GenerationConfig(max_new_tokens=4), progress=False)
     answered = (TraitRun(run).answers().to_pandas().answer.str.strip() != "").to_numpy()
     judge = OpenAIJudge(PROMPT, model, base_url=proxy.url, logprobs=False, retries=1, backoff=0.05, timeout=300)

@@ -10,7 +10,7 @@ from actlab.traits import GenerationConfig
 from actlab.traits.definitions import parse_trait
 from actlab.judges import Judgement
 from actlab.judges.rules import KeywordJudge
-from actlab.traits import SteerConfig, TraitRun, generate_run, judge_run, steer_sweep, steering_layer, vectors_run
+from actlab.traits import SteerConfig, TraitRun, generate_trait_run, judge_run, steer_sweep, steering_layer, vectors_run
 
 from conftest import chromium_driver
 
@@ -30,8 +30,8 @@ def trait_run(tmp_path_factory, tiny_models):
     model = tiny_models["llama"]
     trait = parse_trait({"name": "toy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."}],
                          "questions": [f"Question {i}?" for i in range(10)]})
-    run = generate_run(model, trait, tmp_path_factory.mktemp("t") / "run", layers=[0, 1, 2],
-                       cfg=GenerationConfig(max_new_tokens=6, temperature=0.8, seed=1), progress=False)
+    run = generate_trait_run(model, trait, tmp_path_factory.mktemp("t") / "run", layers=[0, 1, 2],
+                             cfg=GenerationConfig(max_new_tokens=6, temperature=0.8, seed=1), progress=False)
     judge_run(run, ByPolarity(TraitRun(run).answers().column("polarity").to_pylist()))
     vectors_run(run)
     steer_sweep(model, run, KeywordJudge(["the"]),
@@ -75,3 +75,28 @@ def test_trait_report_renders_in_headless_chromium(trait_run, tiny_models, tmp_p
         assert len(driver.find_elements("css selector", "#monitoring .example")) == 6
     finally:
         driver.quit()
+
+
+def test_the_trait_stages_compute_and_the_pipeline_draws(trait_run, tiny_models, monkeypatch):
+    """steer_sweep and monitor_run leave no figure; draw_steering and draw_monitor draw what they left.
+    The sweep reads each vectors file once."""
+    from actlab.pipelines import draw_monitor, draw_steering
+    from actlab.traits import monitor_run
+
+    model = tiny_models["llama"]
+    assert not list(trait_run.glob("*.png"))
+    png = draw_steering(trait_run)
+    assert png == trait_run / "steering.png" and png.read_bytes()[:4] == b"\x89PNG"
+    assert TraitRun(trait_run).steering().schema.metadata[b"actlab.method"] == b"mean_diff"
+    monitored = monitor_run(model, trait_run, "I am happy today.", layer=1)
+    assert len(monitored.tokens) == len(monitored.values) and (monitored.layer, monitored.method) == (1, "mean_diff")
+    assert not (trait_run / "monitor-layer1.png").exists()
+    assert draw_monitor(trait_run, monitored).read_bytes()[:4] == b"\x89PNG"
+    reads = []
+    real = TraitRun.vectors
+    monkeypatch.setattr(TraitRun, "vectors", lambda self, method="mean_diff": reads.append(method) or real(self, method))
+    for method, expected in (("mean_diff", ["mean_diff"]), ("probe", ["probe", "mean_diff"])):
+        reads.clear()
+        steer_sweep(model, trait_run, KeywordJudge(["the"]), SteerConfig([0, 1, 2], [1], method, questions=1,
+                                                                         max_new_tokens=2))
+        assert reads == expected

@@ -180,14 +180,14 @@ def test_contrast_on_ray_equals_one_process(tmp_path, tiny_model_dir, local_ray)
 def test_trait_generation_on_ray_is_token_identical(monkeypatch, capsys, tmp_path, tiny_model_dir, local_ray):
     from actlab.traits import GenerationConfig
     from actlab.traits.definitions import parse_trait
-    from actlab.traits import TraitRun, generate_run
+    from actlab.traits import TraitRun, generate_trait_run
     from conftest import run_cli
 
     spec = {"name": "toy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."}],
             "questions": [f"Question number {i}?" for i in range(5)]}
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     greedy = GenerationConfig(max_new_tokens=6)
-    local = TraitRun(generate_run(model, parse_trait(spec), tmp_path / "local", [0, 2], cfg=greedy, shard_size=3))
+    local = TraitRun(generate_trait_run(model, parse_trait(spec), tmp_path / "local", [0, 2], cfg=greedy, shard_size=3))
     (tmp_path / "toy.json").write_text(json.dumps(spec))
     code, out, err = run_cli(monkeypatch, capsys, "traits", "generate", "--model", tiny_model_dir, "--trait",
                              tmp_path / "toy.json", "--out", tmp_path / "ray", "--layers", "0,2",

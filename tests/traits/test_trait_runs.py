@@ -11,7 +11,7 @@ import pytest
 
 from actlab import ActlabError
 from actlab.judges import Judgement
-from actlab.traits import GenerationConfig, TraitRun, VectorsConfig, generate_run, judge_run, vectors_run
+from actlab.traits import GenerationConfig, TraitRun, VectorsConfig, generate_trait_run, judge_run, vectors_run
 from actlab.traits.definitions import parse_trait
 from actlab.traits.judges import keep_answers
 from actlab.traits.vectors import split_pairs
@@ -37,7 +37,7 @@ class ByPolarity:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_models):
     out = tmp_path_factory.mktemp("trait") / "run"
-    return generate_run(tiny_models["llama"], TRAIT, out, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
+    return generate_trait_run(tiny_models["llama"], TRAIT, out, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
 
 
 def test_generation_resumes_to_the_same_run(run, tiny_models, tmp_path):
@@ -55,17 +55,41 @@ def test_generation_resumes_to_the_same_run(run, tiny_models, tmp_path):
     assert np.allclose(np.array([r[1] for r in rows], dtype=np.float32), acts[2])
     # interrupt: drop the last two shards, resume
     copy = tmp_path / "copy"
-    generate_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
+    generate_trait_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
     for name in ("answers-00003.parquet", "answers-00004.parquet", "acts-00004.parquet"):
         (copy / name).unlink()
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["complete"] = False
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    generate_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
+    generate_trait_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
     assert TraitRun(copy).answers().column("answer").to_pylist() == answers.column("answer").to_pylist()
     assert np.array_equal(TraitRun(copy).activations("prompt_last")[2], TraitRun(run).activations("prompt_last")[2])
     with pytest.raises(ActlabError, match="other settings"):
-        generate_run(tiny_models["llama"], TRAIT, copy, layers=[1], cfg=CFG, shard_size=5, progress=False)
+        generate_trait_run(tiny_models["llama"], TRAIT, copy, layers=[1], cfg=CFG, shard_size=5, progress=False)
+
+
+def test_trait_generation_is_a_generation_run_of_its_prompts(run, tiny_models):
+    """The trait's prompts, each with its own instruction as the system message, answered by one
+    actlab.generate call equal the run's shards of 5; the manifest records the model as every kind does."""
+    from actlab import generate, render_prompt
+    from actlab.runs.activations import model_settings
+
+    model = tiny_models["llama"]
+    prompts = TRAIT.prompts()
+    alone = generate(model, [render_prompt(model.tokenizer, p.user, p.system) for p in prompts], cfg=CFG)
+    answers = TraitRun(run).answers()
+    assert answers.column("answer").to_pylist() == alone.answers
+    assert answers.column("system").to_pylist() == [p.system for p in prompts]
+    assert answers.column_names[:5] == ["row", "polarity", "pair", "system", "question"]
+    settings = TraitRun(run).settings
+    assert settings["model"] == model_settings(model) and settings["trait"]["name"] == TRAIT.name
+    assert settings["layers"] == [0, 2] and settings["input"] == {"n_texts": 24,
+                                                                  "fields": ["pair", "polarity", "question", "system"]}
+
+
+def test_trait_generation_captures_every_block_by_default(tiny_models, tmp_path):
+    run = TraitRun(generate_trait_run(tiny_models["llama"], TRAIT, tmp_path / "run", cfg=CFG, progress=False))
+    assert run.settings["layers"] == [0, 1, 2] and set(run.activations("prompt_mean")) == {0, 1, 2}
 
 
 def test_judge_and_vectors(run):

@@ -46,10 +46,10 @@ def _judge(judging: JudgeConfig, run: Path, loaded=None):
 def generate_command(model: GenerationModelOptions, gen: GenerationConfig, ray: RayConfig, trait: TraitOptions) -> None:
     """Answers under the pos and neg instructions, with pooled activations captured while generating
     (--ray: on a Ray cluster)."""
-    from ..traits import TraitRun, generate_run, load_trait
+    from ..traits import TraitRun, generate_trait_run, load_trait
 
     with Bar("generate") as bar:
-        path = generate_run(model.for_runner(ray), load_trait(trait.trait), trait.out, trait.layers, cfg=gen,
+        path = generate_trait_run(model.for_runner(ray), load_trait(trait.trait), trait.out, trait.layers, cfg=gen,
                             shard_size=trait.shard_size, overwrite=trait.overwrite, progress=bar,
                             runner=ray.runner, ray=ray)
     run = TraitRun(path)
@@ -85,12 +85,13 @@ def vectors_command(judging: JudgeConfig, cfg: VectorsConfig, run: Path = RunArg
 @with_options(judging=JudgeConfig, cfg=SteerConfig, lm=RunModelOptions)
 def steer_command(judging: JudgeConfig, cfg: SteerConfig, lm: RunModelOptions, run: Path = RunArg) -> None:
     """Generate with coeff * v added at a layer (v: the pos-neg mean distance), judge, plot score vs coeff."""
+    from ..pipelines import draw_steering
     from ..traits import TraitRun, steer_sweep, sweep_summary
 
     loaded = TraitRun(run).model(lm.model, lm.device)
     table = steer_sweep(loaded, run, _judge(judging, run, loaded), cfg)
     print_sweep(f"steering ({cfg.method}, {cfg.where})", sweep_summary(table))
-    out.print(f"answers in {run / 'steering.parquet'}, plot {run / 'steering.png'}")
+    out.print(f"answers in {run / 'steering.parquet'}, plot {draw_steering(run)}")
 
 
 def print_sweep(title: str, summary: list[dict]) -> None:
@@ -111,15 +112,16 @@ class MonitorOptions:
 @with_options(what=MonitorOptions, lm=RunModelOptions)
 def monitor_command(what: MonitorOptions, lm: RunModelOptions, run: Path = RunArg) -> None:
     """Per-token projection of a text onto the trait vector, printed and plotted."""
+    from ..pipelines import draw_monitor
     from ..plots import token_shades
     from ..traits import TraitRun, monitor_run, monitored_text
     from .extract import highlighted
 
     text = monitored_text(run, what.text, what.row)  # before loading the model
-    tokens, values, png = monitor_run(TraitRun(run).model(lm.model, lm.device), run, text, layer=what.layer,
-                                      method=what.method)
-    out.print(highlighted("", tokens, token_shades(values)))
-    out.print(f"red: towards the trait, blue: away; plot {png}")
+    monitored = monitor_run(TraitRun(run).model(lm.model, lm.device), run, text, layer=what.layer,
+                            method=what.method)
+    out.print(highlighted("", monitored.tokens, token_shades(monitored.values)))
+    out.print(f"red: towards the trait, blue: away; plot {draw_monitor(run, monitored)}")
 
 
 @dataclasses.dataclass

@@ -156,12 +156,20 @@ class GenerateJob(ShardJob):
         return ShardPlan(len(self.records), self.shard_size, marker="answers")
 
     def settings(self, model: "Model", worker) -> dict:
-        return {"model": model_settings(model), **self.cfg.settings(), "shard_size": self.shard_size,
-                "input": input_settings(self.records)}
+        return {"model": model_settings(model), **self.cfg.settings(), "layers": self.layers(model),
+                "shard_size": self.shard_size, "input": input_settings(self.records)}
+
+    def layers(self, model: "Model") -> list[int]:
+        """The blocks whose outputs are pooled (the config's)."""
+        return self.cfg.layers
+
+    def prompts(self, tokenizer, rows: Records) -> list[str]:
+        """The rendered prompts of a shard's rows (the config's chat template and system message)."""
+        return [self.cfg.prompt(tokenizer, text) for text in rows.texts]
 
     def worker(self, model: "Model"):
         steering = self.cfg.steering()
-        for layer in self.cfg.layers:
+        for layer in self.layers(model):
             if not 0 <= layer < model.n_layers:
                 raise ActlabError(f"layer {layer} is outside 0..{model.n_layers - 1} for this model", param="layers")
         if steering is not None:
@@ -175,13 +183,14 @@ class GenerateJob(ShardJob):
 
     def shard_writer(self, worker, on_batch: OnBatch | None = None) -> ShardWriter:
         model, steering, directions, columns = worker
+        layers = self.layers(model)
 
         def process(index: int, lo: int, hi: int) -> ExtractStats:
             started, rows = time.perf_counter(), self.records.slice(lo, hi)
-            prompts = [self.cfg.prompt(model.tokenizer, text) for text in rows.texts]
-            gens = generate(model, prompts, self.cfg.layers, self.cfg.poolings, self.cfg.generation, steering,
+            prompts = self.prompts(model.tokenizer, rows)
+            gens = generate(model, prompts, layers, self.cfg.poolings, self.cfg.generation, steering,
                             directions=directions, within=RunSlice(lo, on_batch))
-            if self.cfg.layers:
+            if layers:
                 write_parquet_atomic(self.out / shard_name(index, "acts"), activation_table(gens.pooled, lo))
             table = answer_table(gens, lo, rows.fields)
             for name, (layer, k) in columns.items():

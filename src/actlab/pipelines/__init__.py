@@ -7,7 +7,7 @@ from .contrast import contrast
 from .feature_report import analyze_run, build_report
 from .latents_report import build_latent_browser, explain_run
 from .trait_report import build_trait_report
-from .traits import TraitPipelineConfig, run_trait
+from .traits import TraitPipelineConfig, draw_monitor, draw_steering, run_trait
 
 __all__ = ["TraitPipelineConfig", "analyze_run", "build_latent_browser", "build_report", "build_trait_report",
-           "contrast", "explain_run", "run_trait"]
+           "contrast", "draw_monitor", "draw_steering", "explain_run", "run_trait"]

@@ -11,7 +11,7 @@ from ..errors import ActlabError
 from ..models import Model
 from ..report.page import write_page
 from ..report.traits import MonitoredAnswer, TraitReportData, render_trait_report
-from ..storage import read_parquet, run_path
+from ..storage import run_path
 from ..traits.fitting import steering_layer
 from ..traits.monitor import monitor
 from ..traits.runs import TraitRun
@@ -41,7 +41,7 @@ def collect_trait_report(trait_run: TraitRun, model: Model, method: str, n_examp
     figures = {"separation.png": plots.separation_by_layer(evaluation, f"{name}: held-out AUROC per layer")}
     sweep = None
     if (trait_run.path / "steering.parquet").exists():
-        sweep = sweep_summary(read_parquet(trait_run.path / "steering.parquet"))
+        sweep = sweep_summary(trait_run.steering())
         figures["steering.png"] = plots.steering_sweep(sweep, f"{name}: steering")
     examples = _examples(answers, scores, n_examples)
     monitored = []

@@ -1,5 +1,6 @@
 """A trait end to end (actlab.run_trait): generate with capture, judge, fit
-vectors, sweep steering at the chosen layer."""
+vectors, sweep steering at the chosen layer; and the figures the trait
+stages leave in a run (draw_steering, draw_monitor)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import plots
 from ..generation import GenerationConfig
 from ..models import Model, ModelSpec
+from ..runs.atomic import write_bytes_atomic
+from ..storage import RunPath
 from ..traits.definitions import Trait
 from ..traits.fitting import vectors_run
 from ..traits.judges import Judge, judge_for
 from ..traits.judging import judge_run
-from ..traits.runs import TRAIT_SAMPLING, TRAIT_SHARD_SIZE, TraitRun, generate_run
+from ..traits.monitor import MonitoredText
+from ..traits.runs import TRAIT_SAMPLING, TRAIT_SHARD_SIZE, TraitRun, generate_trait_run
 from ..traits.steering import SteerConfig, steer_sweep, sweep_summary
 from ..traits.vectors import VectorsConfig, best_layers
 
@@ -44,7 +49,8 @@ def run_trait(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path,
     cfg = cfg or TraitPipelineConfig()
     judge = judge or judge_for(trait)
     start = time.perf_counter()
-    run = generate_run(model, trait, out_dir, cfg.layers, cfg=cfg.generation, shard_size=cfg.shard_size, **control)
+    run = generate_trait_run(model, trait, out_dir, cfg.layers, cfg=cfg.generation, shard_size=cfg.shard_size,
+                             **control)
     generated = time.perf_counter()
     trait_run = TraitRun(run)
     scores = judge_run(run, judge, cfg.vectors)
@@ -52,6 +58,7 @@ def run_trait(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path,
     steer = cfg.steering()
     loaded = model if isinstance(model, Model) else trait_run.model()
     steered = steer_sweep(loaded, run, judge, steer)
+    draw_steering(run)
     steered_layers = sorted(set(steered.column("layer").to_pylist()))
     kept = [p for p, k in zip(trait_run.answers().column("polarity").to_pylist(), scores.column("kept").to_pylist())
             if k]
@@ -61,3 +68,22 @@ def run_trait(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path,
             "steering_questions": steered.num_rows // (len(steer.coeffs) * len(steered_layers)),
             "seconds_generate": round(generated - start, 1),
             "seconds_total": round(time.perf_counter() - start, 1)}
+
+
+def draw_steering(run: str | Path) -> RunPath:
+    """RUN/steering.png from the run's steering sweep: the mean judge score per
+    coefficient, a line per layer."""
+    trait_run = TraitRun(run)
+    table = trait_run.steering()
+    method = (table.schema.metadata or {}).get(b"actlab.method", b"").decode() or "steering"
+    png = trait_run.path / "steering.png"
+    write_bytes_atomic(png, plots.steering_sweep(sweep_summary(table), f"{trait_run.path.name}: {method}"))
+    return png
+
+
+def draw_monitor(run: str | Path, monitored: MonitoredText) -> RunPath:
+    """RUN/monitor-layer<L>.png: a text's per-token projection (monitor_run's) as bars."""
+    png = TraitRun(run).path / f"monitor-layer{monitored.layer}.png"
+    title = f"projection on the layer-{monitored.layer} {monitored.method} vector"
+    write_bytes_atomic(png, plots.token_projections(monitored.tokens, monitored.values, title))
+    return png

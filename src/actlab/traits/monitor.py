@@ -1,6 +1,7 @@
 """Per-token monitoring: the projection h . v / |v| of every token's block
 output onto trait vectors, for any text (a prompt + answer, a document), and
-of a trait run's text onto the run's vector (plotted into the run)."""
+of a trait run's text onto the run's vector (actlab.pipelines.draw_monitor
+draws it into the run)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,21 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .. import plots
 from ..errors import ActlabError
 from ..hooks import block_hook
 from ..models import Model
-from ..runs.atomic import write_bytes_atomic
 from .fitting import best_layer
 from .runs import TraitRun
+
+
+@dataclass
+class MonitoredText:
+    """One text's per-token projection onto a trait run's vector."""
+
+    tokens: list[str]
+    values: np.ndarray  # (n_tokens,)
+    layer: int
+    method: str
 
 
 @dataclass
@@ -62,10 +71,9 @@ def monitored_text(run: str | Path, text: str | None = None, row: int | None = N
 
 
 def monitor_run(model: Model, run: str | Path, text: str | None = None, row: int | None = None,
-                layer: int | None = None, method: str = "mean_diff") -> tuple[list[str], np.ndarray, Path]:
+                layer: int | None = None, method: str = "mean_diff") -> MonitoredText:
     """Per-token projection of a text (or of row `row`'s prompt + answer) onto
-    the run's vector at `layer` (default: the best layer of `method`); the plot
-    goes to RUN/monitor-layer<L>.png. Returns (tokens, values, plot path)."""
+    the run's vector at `layer` (default: the best layer of `method`)."""
     trait_run = TraitRun(run)
     text = monitored_text(run, text, row)
     layer = best_layer(run, method) if layer is None else layer
@@ -74,7 +82,4 @@ def monitor_run(model: Model, run: str | Path, text: str | None = None, row: int
         raise ActlabError(f"no {method} vector for layer {layer}; this run has layers {sorted(vectors)}",
                           param="layer")
     result = monitor(model, [text], {layer: vectors[layer]}, prepend_bos=False)
-    tokens, values = result.tokens[0], result.values[layer][0]
-    png = trait_run.path / f"monitor-layer{layer}.png"
-    write_bytes_atomic(png, plots.token_projections(tokens, values, f"projection on the layer-{layer} {method} vector"))
-    return tokens, values, png
+    return MonitoredText(result.tokens[0], result.values[layer][0], layer, method)

@@ -20,8 +20,7 @@ Layer L is block L's output (blocks.L.hook_resid_post = HF hidden_states[L + 1])
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -30,17 +29,15 @@ import pyarrow as pa
 import torch
 from safetensors.torch import load
 
-from ..activations import ExtractStats, summary_html
-from ..engine import OnBatch
+from ..activations import summary_html
 from ..errors import ActlabError
-from ..generation import GenerationConfig, RunSlice, generate, render_prompt
-from ..generation.run import activation_table, read_activations
+from ..generation import GenerationConfig, GenerationRunConfig, render_prompt
+from ..generation.run import GenerateJob, read_activations
+from ..inputs import Records
 from ..models import Model, ModelSpec
-from ..runs.atomic import write_parquet_atomic
-from ..runs.job import ShardJob, ShardWriter
-from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind
+from ..runs.manifest import Run, RunKind, read_manifest, register_run_kind
 from ..runs.runner import RunControl, run_job
-from ..runs.shards import ShardPlan, read_shards, shard_name
+from ..runs.shards import read_shards
 from ..storage import read_parquet, run_path
 from .definitions import Trait
 
@@ -49,7 +46,7 @@ DEFAULT_POOLINGS = ("response_mean", "response_first:5", "prompt_last", "prompt_
 # Prompts per shard, one generate call each, so at most this many slots (runs begun with the earlier 64
 # resume with --shard-size 64).
 TRAIT_SHARD_SIZE = 256
-TRAIT_SAMPLING = GenerationConfig(max_new_tokens=48, temperature=0.7, top_p=0.9)  # generate_run's default
+TRAIT_SAMPLING = GenerationConfig(max_new_tokens=48, temperature=0.7, top_p=0.9)  # generate_trait_run's default
 
 
 class TraitRun(Run):
@@ -79,6 +76,11 @@ class TraitRun(Run):
     def evaluation(self) -> pa.Table:
         """layer, method, accuracy, auroc, cohens_d, held-out counts (after vectors_run)."""
         return self._table("evaluation.parquet", "run `actlab traits vectors` first")
+
+    def steering(self) -> pa.Table:
+        """layer, coeff, question, answer, score, reason (after steer_sweep; its method and where in the
+        schema metadata)."""
+        return self._table("steering.parquet", "run `actlab traits steer` first")
 
     def vectors(self, method: str = "mean_diff") -> dict[int, torch.Tensor]:
         """{block: (d_model,) vector} of one method (after vectors_run)."""
@@ -120,63 +122,46 @@ register_run_kind(RunKind(TRAITS_FORMAT, "a trait run", "traits generate", Trait
                           derived=("vectors", "judgements", "figures", "analysis")))
 
 
-@dataclass
-class GenerationJob(ShardJob):
-    """Trait generation as a job (actlab.runs.job): shards of the trait's
-    prompts, each answered with pooled activations captured while generating.
-    Sampling seeds row i by (seed, i), so any shard split samples the same."""
+def trait_records(trait: Trait) -> Records:
+    """The trait's pos and neg prompts as records: the user turn as the text,
+    polarity, pair, system (the instruction) and question as fields."""
+    prompts = trait.prompts()
+    fields = {name: [getattr(p, name) for p in prompts] for name in ("polarity", "pair", "system", "question")}
+    return Records.of([p.user for p in prompts], **fields)
 
-    trait: Trait
-    out: Path
-    layers: Sequence[int] | None = None  # None: every block
-    poolings: Sequence[str] = DEFAULT_POOLINGS
-    cfg: GenerationConfig = field(default_factory=lambda: TRAIT_SAMPLING)
-    shard_size: int = TRAIT_SHARD_SIZE
+
+@dataclass
+class TraitGenerateJob(GenerateJob):
+    """Trait generation: a generation run (actlab.generation.run.GenerateJob)
+    of the trait's records, each prompt rendered with its own system message
+    (the pos or neg instruction), written as a trait run whose settings
+    also name the trait. Sampling seeds row i by (seed, i), so any shard
+    split samples the same."""
+
+    trait: Trait | None = None
+    every_block: bool = False  # capture every block's output (the model decides how many)
     FORMAT: ClassVar[str] = TRAITS_FORMAT
 
-    @property
-    def plan(self) -> ShardPlan:
-        return ShardPlan(len(self.trait.prompts()), self.shard_size, marker="answers")
+    def layers(self, model: Model) -> list[int]:
+        return list(range(model.n_layers)) if self.every_block else self.cfg.layers
 
-    def blocks(self, model: Model) -> list[int]:
-        return list(range(model.n_layers)) if self.layers is None else list(self.layers)
+    def prompts(self, tokenizer, rows: Records) -> list[str]:
+        return [render_prompt(tokenizer, text, system) for text, system in zip(rows.texts, rows.fields["system"])]
 
-    def settings(self, model: Model, worker: Model) -> dict:
-        return {"trait": asdict(self.trait), "model": {"id": model.name, "weights_sha256": model.weight_hash},
-                "generation": self.cfg.settings(), "layers": self.blocks(model), "poolings": list(self.poolings),
-                "shard_size": self.shard_size}
-
-    def shard_writer(self, model: Model, on_batch: OnBatch | None = None) -> ShardWriter:
-        prompts, layers, out = self.trait.prompts(), self.blocks(model), self.out
-
-        def process(index: int, lo: int, hi: int) -> ExtractStats:
-            started, chunk = time.perf_counter(), prompts[lo:hi]
-            rendered = [render_prompt(model.tokenizer, p.user, p.system) for p in chunk]
-            gens = generate(model, rendered, layers, self.poolings, self.cfg, within=RunSlice(lo, on_batch))
-            write_parquet_atomic(out / shard_name(index, "acts"), activation_table(gens.pooled, lo))
-            table = pa.table({
-                "row": np.arange(lo, hi), "polarity": [p.polarity for p in chunk], "pair": [p.pair for p in chunk],
-                "system": [p.system for p in chunk], "question": [p.question for p in chunk], "prompt": rendered,
-                "answer": gens.answers, "n_prompt_tokens": [len(x) for x in gens.prompt_ids],
-                "n_answer_tokens": [len(x) for x in gens.answer_ids], "finished": gens.finished})
-            write_parquet_atomic(out / shard_name(index, "answers"), table)  # last: marks the shard done
-            n_tokens = sum(map(len, gens.prompt_ids)) + sum(map(len, gens.answer_ids))
-            return ExtractStats(len(chunk), n_tokens, 0, time.perf_counter() - started)
-        return process
-
-    def complete(self, manifest: dict, totals: ExtractStats, session: dict, **extras) -> dict:
-        return finish_run(self.out, manifest, self.plan.names(), self.plan.n_rows, session, **extras)
+    def settings(self, model: Model, worker) -> dict:
+        return {"trait": asdict(self.trait), **super().settings(model, worker)}
 
 
-def generate_run(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path,
-                 layers: Sequence[int] | None = None, poolings: Sequence[str] = DEFAULT_POOLINGS,
-                 cfg: GenerationConfig | None = None, **control) -> Path:
+def generate_trait_run(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path,
+                       layers: Sequence[int] | None = None, poolings: Sequence[str] = DEFAULT_POOLINGS,
+                       cfg: GenerationConfig | None = None, **control) -> Path:
     """Answers to every pos / neg prompt with pooled activations at `layers`
     (default: every block), written shard by shard; a rerun resumes.
     `control`: RunControl's fields (shard_size: prompts per shard, default
     TRAIT_SHARD_SIZE; runner="ray" with ray=RayConfig(...) for a cluster)."""
     run = RunControl.of(**control)
-    job = GenerationJob(trait, run_path(out_dir), layers, tuple(poolings), cfg or TRAIT_SAMPLING,
-                        run.shards(TRAIT_SHARD_SIZE))
+    capture = GenerationRunConfig(layers=list(layers or []), poolings=list(poolings), generation=cfg or TRAIT_SAMPLING)
+    job = TraitGenerateJob(trait_records(trait), run_path(out_dir), capture, run.shards(TRAIT_SHARD_SIZE), trait,
+                           every_block=layers is None)
     run_job(model, job, run)
     return job.out

@@ -1,6 +1,6 @@
 """The steering sweep of a trait run: its neutral questions answered with
 coeff * v added at a layer, for each layer and coefficient, every answer
-judged (RUN/steering.parquet, RUN/steering.png)."""
+judged (RUN/steering.parquet; actlab.pipelines.draw_steering draws it)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .. import plots
 from ..errors import ActlabError
 from ..generation import GenerationConfig, Steering, generate, render_prompt
 from ..judges import Judge
 from ..models import Model
-from ..runs.atomic import write_bytes_atomic, write_parquet_atomic
+from ..runs.atomic import write_parquet_atomic
 from .fitting import steering_layer
 from .runs import TRAIT_SAMPLING, TraitRun
 from .vectors import VECTOR_METHODS
@@ -66,9 +65,8 @@ def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | 
     layer); every answer judged. v is the method's direction scaled to the
     length of that layer's mean difference, so coeff 1 moves an activation
     by the distance between the pos and neg means. Written to
-    RUN/steering.parquet (layer, coeff, question, answer, score, reason),
-    with the score-per-coefficient plot (a line per layer) in
-    RUN/steering.png."""
+    RUN/steering.parquet (layer, coeff, question, answer, score, reason; the
+    method and where in its schema metadata, actlab.method and actlab.where)."""
     cfg = cfg or SteerConfig()
     trait_run = TraitRun(run)
     method = cfg.method
@@ -78,7 +76,9 @@ def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | 
     if missing:
         raise ActlabError(f"no {method} vector for layer {missing[0]}; this run has layers {sorted(vectors)}",
                           param="layers")
-    directions = {layer: _scaled_direction(trait_run, method, layer) for layer in layers}
+    lengths = vectors if method == "mean_diff" else trait_run.vectors("mean_diff")
+    # each layer's direction at the length of that layer's mean difference
+    directions = {layer: vectors[layer] / vectors[layer].norm() * lengths[layer].norm() for layer in layers}
     questions = trait_run.trait.questions
     if not questions:
         raise ActlabError("steering needs neutral questions; this natural trait gives none (add 'questions')")
@@ -98,17 +98,9 @@ def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | 
         answer, j = found[unsteered(layer, coeff, q)]
         rows.append({"layer": layer, "coeff": coeff, "question": q, "answer": answer, "score": j.score,
                      "reason": j.reason})
-    table = pa.Table.from_pylist(rows)
+    table = pa.Table.from_pylist(rows).replace_schema_metadata({"actlab.method": method, "actlab.where": cfg.where})
     write_parquet_atomic(trait_run.path / "steering.parquet", table)
-    title = f"{trait_run.path.name}: {method}"
-    write_bytes_atomic(trait_run.path / "steering.png", plots.steering_sweep(sweep_summary(table), title))
     return table
-
-
-def _scaled_direction(trait_run: TraitRun, method: str, layer: int):
-    """The method's layer vector at the length of that layer's mean difference."""
-    v = trait_run.vectors(method)[layer]
-    return v / v.norm() * trait_run.vectors("mean_diff")[layer].norm()
 
 
 def sweep_summary(table: pa.Table) -> list[dict]:
