@@ -14,14 +14,14 @@ import torch
 
 import actlab
 from actlab.activations import ExtractStats
-from actlab.runs import RUN_KINDS, Run, RunKind, ShardPlan, read_manifest, register_run_kind, shard_name
+from actlab.runs import RUN_KINDS, Run, RunKind, ShardPlan, register_run_kind, shard_name
 from actlab.runs.activations import model_settings
 from actlab.runs.atomic import write_parquet_atomic
 from actlab.runs.job import ShardJob
 from actlab.runs.manifest import finish_run
+from actlab.runs.shards import read_shards
 from actlab.runs.runner import RunControl, run_job
 from actlab.saes.sae import SAE, SAE_ARCHITECTURES, Architecture, SAEConfig, parameter_shapes
-from actlab.storage import run_path
 from actlab.tokens import tokenize
 from actlab.judges import JUDGE_KINDS, JudgeKind, Judgement, make_judge, register_judge_kind
 from conftest import TEXTS
@@ -52,8 +52,10 @@ class LengthsJob(ShardJob):
 
 
 class LengthsRun(Run):
-    def __init__(self, path):
-        self.path, self.manifest = run_path(path), read_manifest(path, "example.lengths")
+    FORMAT: ClassVar[str] = "example.lengths"
+
+    def to_arrow(self):
+        return read_shards(self.path, self.manifest["shards"])
 
 
 def test_a_new_run_kind(tmp_path, tiny_models):
@@ -66,6 +68,8 @@ def test_a_new_run_kind(tmp_path, tiny_models):
         assert isinstance(run, LengthsRun) and run.manifest["n_rows"] == len(TEXTS)
         got = pa.concat_tables(pq.read_table(out / name) for name in run.manifest["shards"])
         assert got.column("n_tokens").to_pylist() == [len(model.tokenizer(t)["input_ids"]) for t in TEXTS]
+        assert LengthsRun.open(out).to_pandas().n_tokens.tolist() == got.column("n_tokens").to_pylist()
+        assert run.to_polars().height == len(TEXTS)
         (out / shard_name(1)).unlink()  # resumes like every kind
         written = json.loads((out / "manifest.json").read_text())
         (out / "manifest.json").write_text(json.dumps({**written, "complete": False}))

@@ -46,3 +46,22 @@ def test_no_public_function_with_more_than_7_parameters():
                 if len(params) > MAX_PARAMETERS:
                     crowded[key] = len(params)
     assert not crowded, f"pass a config instead: {crowded}"
+
+
+def test_no_two_public_classes_or_functions_share_a_name():
+    """One name, one meaning: a public class or function defined in one module
+    of actlab has no namesake defined in another (LatentStats, Example,
+    model_settings and generate_run each meant two things). The benchmark
+    modules, leaving the package (issue 30, item 5), are not counted yet."""
+    import ast
+
+    root = Path(actlab.__file__).parent
+    defined: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        if "bench" in path.relative_to(root).parts:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                defined.setdefault(node.name, []).append(str(path.relative_to(root)))
+    shared = {name: where for name, where in defined.items() if len(where) > 1}
+    assert not shared, f"give each its own name: {shared}"

@@ -112,9 +112,9 @@ def test_trait_stages_in_s3(tmp_path, tiny_models, s3_bucket):
     for name, where in (("local", tmp_path / "trait"), ("s3", f"{s3_bucket}/trait")):
         path = generate_trait_run(tiny_models["llama"], trait, where, layers=[0, 2], cfg=GenerationConfig(max_new_tokens=4),
                             shard_size=5)
-        judge_run(path, ByPolarity(TraitRun(path).answers().column("polarity").to_pylist()))
+        judge_run(path, ByPolarity(TraitRun.open(path).answers().column("polarity").to_pylist()))
         vectors_run(path, VectorsConfig(held_out=0.34))
-        runs[name] = TraitRun(path)
+        runs[name] = TraitRun.open(path)
     assert runs["s3"].answers().equals(runs["local"].answers())
     for layer, vector in runs["local"].vectors().items():
         assert torch.equal(runs["s3"].vectors()[layer], vector)

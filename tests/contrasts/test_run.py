@@ -29,7 +29,7 @@ def saes():
 
 
 def table(path, columns=("pair_index", "condition", "layer", *METRICS)):
-    return ContrastRun(path).texts().select(list(columns)).to_pandas().sort_values(["pair_index", "condition", "layer"])
+    return ContrastRun.open(path).texts().select(list(columns)).to_pandas().sort_values(["pair_index", "condition", "layer"])
 
 
 @pytest.mark.parametrize("position", ["last", "continuation"])
@@ -43,7 +43,7 @@ def test_batched_equals_one_at_a_time(tmp_path, tiny_models, position):
         a, b = table(single), table(batched)
         for metric in METRICS:
             assert np.allclose(a[metric], b[metric], rtol=1e-4, atol=1e-5, equal_nan=True), (side, metric)
-        assert np.allclose(ContrastRun(single).vectors()[1], ContrastRun(batched).vectors()[1], rtol=1e-4, atol=1e-5)
+        assert np.allclose(ContrastRun.open(single).vectors()[1], ContrastRun.open(batched).vectors()[1], rtol=1e-4, atol=1e-5)
 
 
 def test_continuation_span_and_metrics_against_a_naive_pass(tmp_path, tiny_models):
@@ -51,7 +51,7 @@ def test_continuation_span_and_metrics_against_a_naive_pass(tmp_path, tiny_model
     cfg = ContrastConfig(position="continuation", draws=3)
     named = saes()
     path = contrast_run(model, PAIRS, named, tmp_path / "run", cfg, ExtractConfig(padding_side="left"))
-    run = ContrastRun(path)
+    run = ContrastRun.open(path)
     keys, residual = run.vectors()
     keys = keys.to_pandas()
     texts = run.texts().to_pandas()
@@ -105,8 +105,8 @@ def test_scores_against_teacher_forced_log_probabilities(tmp_path, tiny_models, 
     named = {"early": random_sae("blocks.0.hook_resid_post", arch="topk", seed=1)}
     path = contrast_run(model, PAIRS, named, tmp_path / "run", ContrastConfig(score=True),
                         ExtractConfig(max_batch_tokens=48, padding_side="left"))
-    texts = ContrastRun(path).texts().to_pandas()
-    pairs = ContrastRun(path).pairs().to_pandas()
+    texts = ContrastRun.open(path).texts().to_pandas()
+    pairs = ContrastRun.open(path).pairs().to_pandas()
     for i in range(len(PAIRS)):
         prompt_ids = model.tokenizer(PAIRS.prompts[i])["input_ids"]
         expected = {}
@@ -134,5 +134,5 @@ def test_contrast_takes_a_pairs_file(tmp_path, tiny_models):
     (tmp_path / "facts.json").write_text(json.dumps(rows))
     result = actlab.contrast(tiny_models["llama"], tmp_path / "facts.json", saes(), tmp_path / "run",
                              ContrastConfig(folds=2, report=False))
-    assert ContrastRun(result["run"]).settings["pairs"]["n_pairs"] == 4
+    assert ContrastRun.open(result["run"]).settings["pairs"]["n_pairs"] == 4
     assert callable(actlab.contrast) and actlab.contrasts.metrics.text_metrics is text_metrics

@@ -81,7 +81,7 @@ def test_trait_answers_judged_by_the_server(openai_server, proxy, tiny_models, t
                          "questions": [f"How is day {i}?" for i in range(6)]})
     run = generate_trait_run(tiny_models["llama"], trait, tmp_path / "run", layers=[1],
                        cfg=GenerationConfig(max_new_tokens=4), progress=False)
-    answered = (TraitRun(run).answers().to_pandas().answer.str.strip() != "").to_numpy()
+    answered = (TraitRun.open(run).answers().to_pandas().answer.str.strip() != "").to_numpy()
     judge = OpenAIJudge(PROMPT, model, base_url=proxy.url, logprobs=False, retries=1, backoff=0.05, timeout=300)
     proxy.budget = int(answered[:4].sum())  # the server goes away after the first chunk's answers
     scores = judge_run(run, judge, chunk_size=4).to_pandas()

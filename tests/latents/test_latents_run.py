@@ -187,7 +187,7 @@ def test_bad_input_is_one_line(tmp_path, tiny_models):
         run.latents("nope")
     with pytest.raises(ActlabError, match="pick an SAE"):
         run.latents()
-    with pytest.raises(ActlabError, match="one string"):
+    with pytest.raises(ActlabError, match="not a str; wrap one text as \\[text\\]"):
         latents_run(model, "a text", saes(True), tmp_path / "d")
 
 

@@ -32,7 +32,7 @@ def trait_run(tmp_path_factory, tiny_models):
                          "questions": [f"Question {i}?" for i in range(10)]})
     run = generate_trait_run(model, trait, tmp_path_factory.mktemp("t") / "run", layers=[0, 1, 2],
                              cfg=GenerationConfig(max_new_tokens=6, temperature=0.8, seed=1), progress=False)
-    judge_run(run, ByPolarity(TraitRun(run).answers().column("polarity").to_pylist()))
+    judge_run(run, ByPolarity(TraitRun.open(run).answers().column("polarity").to_pylist()))
     vectors_run(run)
     steer_sweep(model, run, KeywordJudge(["the"]),
                 SteerConfig(steering_layer(run), [0, 1], questions=2, max_new_tokens=4))
@@ -49,8 +49,8 @@ def test_monitoring_values_against_a_forward_pass(trait_run, tiny_models, tmp_pa
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["monitor.png", "separation.png", "steering.png"]
     # the first monitored answer: its token spans carry h . v / |v| at the steering layer
     layer = steering_layer(trait_run)
-    v = TraitRun(trait_run).vectors()[layer]
-    row = TraitRun(trait_run).answers().to_pylist()[0]
+    v = TraitRun.open(trait_run).vectors()[layer]
+    row = TraitRun.open(trait_run).answers().to_pylist()[0]
     ids = model.tokenizer(row["prompt"] + row["answer"], add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
         hidden = model.hf_model(**ids, output_hidden_states=True).hidden_states[layer + 1][0]
@@ -87,7 +87,7 @@ def test_the_trait_stages_compute_and_the_pipeline_draws(trait_run, tiny_models,
     assert not list(trait_run.glob("*.png"))
     png = draw_steering(trait_run)
     assert png == trait_run / "steering.png" and png.read_bytes()[:4] == b"\x89PNG"
-    assert TraitRun(trait_run).steering().schema.metadata[b"actlab.method"] == b"mean_diff"
+    assert TraitRun.open(trait_run).steering().schema.metadata[b"actlab.method"] == b"mean_diff"
     monitored = monitor_run(model, trait_run, "I am happy today.", layer=1)
     assert len(monitored.tokens) == len(monitored.values) and (monitored.layer, monitored.method) == (1, "mean_diff")
     assert not (trait_run / "monitor-layer1.png").exists()

@@ -16,7 +16,28 @@ from conftest import TEXTS
 def test_every_kind_is_registered_once():
     assert set(RUN_KINDS) >= {"actlab.activations", "actlab.features", "actlab.traits"}
     with pytest.raises(ValueError, match="already registered"):
-        register_run_kind(RunKind("actlab.traits", "a trait run", "traits generate", lambda path: None))
+        register_run_kind(RunKind("actlab.traits", "a trait run", "traits generate", actlab.TraitRun))
+    with pytest.raises(ValueError, match="TraitRun.FORMAT is 'actlab.traits', not the kind's 'other'"):
+        register_run_kind(RunKind("other", "another run", "other", actlab.TraitRun))
+
+
+def test_every_kind_opens_one_way_and_gives_its_table(tmp_path, tiny_models):
+    """Kind.open(path) and actlab.open_run(path), never Kind(path) (one line saying so); each kind's
+    reader names its format; to_pandas / to_polars are its to_arrow table's."""
+    for name, kind in RUN_KINDS.items():
+        assert issubclass(kind.reader, actlab.runs.Run) and kind.reader.FORMAT == name, name
+        with pytest.raises(TypeError) as caught:
+            kind.reader(tmp_path)
+        if kind.reader.__init__ is actlab.runs.Run.__init__:  # not a result dataclass (ActivationRun, FeatureRun)
+            assert str(caught.value) == f"open a run with {kind.reader.__name__}.open(path) or actlab.open_run(path)"
+    model = tiny_models["llama"]
+    path = actlab.generate_run(model, TEXTS[:3], tmp_path / "g", actlab.GenerationConfig(max_new_tokens=2))
+    run = actlab.GenerationRun.open(path)
+    assert type(actlab.open_run(path)) is actlab.GenerationRun and run.to_arrow().equals(run.answers())
+    assert run.to_pandas().answer.tolist() == run.to_polars()["answer"].to_list() == \
+        run.answers().column("answer").to_pylist()
+    with pytest.raises(ActlabError, match="is a generation run, not a trait run"):
+        actlab.TraitRun.open(path)
 
 
 def test_open_run_dispatches_on_the_manifest(tmp_path, tiny_models):
@@ -111,7 +132,10 @@ def test_an_older_run_resumes_after_a_setting_is_added(tmp_path):
     recorded), is refused otherwise, and keeps its fingerprint."""
     from actlab.runs.manifest import settings_fingerprint, start_run
 
-    kind = register_run_kind(RunKind("test.grown", "a grown run", "grow", lambda path: None,
+    class GrownRun(actlab.runs.Run):
+        FORMAT = "test.grown"
+
+    kind = register_run_kind(RunKind("test.grown", "a grown run", "grow", GrownRun,
                                      added_settings={"new": 3, "engine": {"fast": False}}))
     old = {"hooks": ["h"], "engine": {"batch": 4}}
     out = tmp_path / "run"

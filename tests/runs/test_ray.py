@@ -187,7 +187,7 @@ def test_trait_generation_on_ray_is_token_identical(monkeypatch, capsys, tmp_pat
             "questions": [f"Question number {i}?" for i in range(5)]}
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     greedy = GenerationConfig(max_new_tokens=6)
-    local = TraitRun(generate_trait_run(model, parse_trait(spec), tmp_path / "local", [0, 2], cfg=greedy, shard_size=3))
+    local = TraitRun.open(generate_trait_run(model, parse_trait(spec), tmp_path / "local", [0, 2], cfg=greedy, shard_size=3))
     (tmp_path / "toy.json").write_text(json.dumps(spec))
     code, out, err = run_cli(monkeypatch, capsys, "traits", "generate", "--model", tiny_model_dir, "--trait",
                              tmp_path / "toy.json", "--out", tmp_path / "ray", "--layers", "0,2",
@@ -195,7 +195,7 @@ def test_trait_generation_on_ray_is_token_identical(monkeypatch, capsys, tmp_pat
                              "--ray", "--ray-actors", 2)
     assert code == 0, err
     assert "wrote 10 answers" in out and "actor" in err
-    on_ray = TraitRun(tmp_path / "ray")
+    on_ray = TraitRun.open(tmp_path / "ray")
     assert on_ray.settings == local.settings
     assert on_ray.answers().equals(local.answers())  # the same tokens, the same text
     for pooling in local.settings["poolings"]:
@@ -376,7 +376,7 @@ def test_trait_pipeline_generates_on_ray(tmp_path, tiny_model_dir, local_ray):
     results = {runner: run_trait(model, trait, tmp_path / runner, Alternating(), cfg, runner=runner, ray=local_ray)
                for runner in ("local", "ray")}
     assert results["ray"]["kept_pos"] == results["local"]["kept_pos"] == 6
-    local, on_ray = TraitRun(tmp_path / "local"), TraitRun(tmp_path / "ray")
+    local, on_ray = TraitRun.open(tmp_path / "local"), TraitRun.open(tmp_path / "ray")
     assert on_ray.answers().equals(local.answers())
     assert on_ray.manifest["timings"]["session_0"]["runner"] == "ray"
 

@@ -28,7 +28,7 @@ def test_builtin_trait_is_expressed_separated_and_steerable(default_model, tmp_p
     cfg = TraitPipelineConfig(GenerationConfig(max_new_tokens=32), vectors=VectorsConfig(held_out=0.25),
                               steer=SteerConfig(coeffs=[-1, 0, 1, 2], max_new_tokens=32))
     result = run_trait(default_model, trait, tmp_path / name, cfg=cfg)
-    assert result["n_answers"] == 48 and TraitRun(result["run"]).answers().num_rows == 48
+    assert result["n_answers"] == 48 and TraitRun.open(result["run"]).answers().num_rows == 48
     assert result["kept_pos"] >= 5 and result["kept_neg"] >= 5, result
     best = result["best_mean_diff"]
     assert best["auroc"] >= 0.9 and min(best["n_test_pos"], best["n_test_neg"]) >= 1, result

@@ -41,10 +41,10 @@ def run(tmp_path_factory, tiny_models):
 
 
 def test_generation_resumes_to_the_same_run(run, tiny_models, tmp_path):
-    answers = TraitRun(run).answers()
+    answers = TraitRun.open(run).answers()
     assert answers.num_rows == 24 and answers.column("row").to_pylist() == list(range(24))
     assert answers.column("polarity").to_pylist()[:2] == ["pos", "neg"]
-    acts = TraitRun(run).activations("response_mean")
+    acts = TraitRun.open(run).activations("response_mean")
     assert set(acts) == {0, 2} and acts[0].shape == (24, 64)
     # the shards open in DuckDB: one row per answer, pooling and layer
     import duckdb
@@ -62,8 +62,8 @@ def test_generation_resumes_to_the_same_run(run, tiny_models, tmp_path):
     manifest["complete"] = False
     (copy / "manifest.json").write_text(json.dumps(manifest))
     generate_trait_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
-    assert TraitRun(copy).answers().column("answer").to_pylist() == answers.column("answer").to_pylist()
-    assert np.array_equal(TraitRun(copy).activations("prompt_last")[2], TraitRun(run).activations("prompt_last")[2])
+    assert TraitRun.open(copy).answers().column("answer").to_pylist() == answers.column("answer").to_pylist()
+    assert np.array_equal(TraitRun.open(copy).activations("prompt_last")[2], TraitRun.open(run).activations("prompt_last")[2])
     with pytest.raises(ActlabError, match="other settings"):
         generate_trait_run(tiny_models["llama"], TRAIT, copy, layers=[1], cfg=CFG, shard_size=5, progress=False)
 
@@ -77,23 +77,23 @@ def test_trait_generation_is_a_generation_run_of_its_prompts(run, tiny_models):
     model = tiny_models["llama"]
     prompts = TRAIT.prompts()
     alone = generate(model, [render_prompt(model.tokenizer, p.user, p.system) for p in prompts], cfg=CFG)
-    answers = TraitRun(run).answers()
+    answers = TraitRun.open(run).answers()
     assert answers.column("answer").to_pylist() == alone.answers
     assert answers.column("system").to_pylist() == [p.system for p in prompts]
     assert answers.column_names[:5] == ["row", "polarity", "pair", "system", "question"]
-    settings = TraitRun(run).settings
+    settings = TraitRun.open(run).settings
     assert settings["model"] == model_settings(model) and settings["trait"]["name"] == TRAIT.name
     assert settings["layers"] == [0, 2] and settings["input"] == {"n_texts": 24,
                                                                   "fields": ["pair", "polarity", "question", "system"]}
 
 
 def test_trait_generation_captures_every_block_by_default(tiny_models, tmp_path):
-    run = TraitRun(generate_trait_run(tiny_models["llama"], TRAIT, tmp_path / "run", cfg=CFG, progress=False))
+    run = TraitRun.open(generate_trait_run(tiny_models["llama"], TRAIT, tmp_path / "run", cfg=CFG, progress=False))
     assert run.settings["layers"] == [0, 1, 2] and set(run.activations("prompt_mean")) == {0, 1, 2}
 
 
 def test_judge_and_vectors(run):
-    polarity = TraitRun(run).answers().column("polarity").to_pylist()
+    polarity = TraitRun.open(run).answers().column("polarity").to_pylist()
     scores = judge_run(run, ByPolarity(polarity))
     assert scores.column("kept").to_pylist().count(False) == 1
     assert scores.column("decision").to_pylist()[1] == "no score: judge timed out"
@@ -103,20 +103,20 @@ def test_judge_and_vectors(run):
     assert {(r["layer"], r["method"]) for r in evaluation} == {(l, m) for l in (0, 2)
                                                                for m in ("mean_diff", "probe", "pca_diff")}
     # mean_diff against numpy on the stored activations, kept rows, train pairs
-    answers = TraitRun(run).answers()
+    answers = TraitRun.open(run).answers()
     keep = pq.read_table(run / "scores.parquet").column("kept").to_numpy(zero_copy_only=False)
-    x = TraitRun(run).activations("response_mean")[2][keep]
+    x = TraitRun.open(run).activations("response_mean")[2][keep]
     pol = np.asarray(polarity)[keep]
     train, _ = split_pairs(answers.column("pair").to_numpy()[keep], 0.2, 1)
     expected = x[train & (pol == "pos")].mean(0) - x[train & (pol == "neg")].mean(0)
-    assert np.allclose(TraitRun(run).vectors()[2].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert np.allclose(TraitRun.open(run).vectors()[2].numpy(), expected, rtol=1e-5, atol=1e-6)
     meta = json.loads((run / "vectors" / "metadata.json").read_text())
     assert meta["n_kept_pos"] == 12 and meta["n_kept_neg"] == 11 and "hidden_states[L + 1]" in meta["layers"]
 
 
 def test_not_a_trait_run(tmp_path):
     with pytest.raises(ActlabError, match="not a trait run"):
-        TraitRun(tmp_path).answers()
+        TraitRun.open(tmp_path).answers()
 
 
 def test_steering_layer_prefers_the_middle_of_the_separating_layers(run, tmp_path):

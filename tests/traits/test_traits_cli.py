@@ -38,7 +38,7 @@ def test_traits_pipeline(monkeypatch, capsys, tmp_path, default_model, digit_ser
     sweep = pq.read_table(run / "steering.parquet").to_pylist()
     assert [(r["layer"], r["coeff"]) for r in sweep] == [(layer, c) for layer in (10, 16) for c in (0, 6) for _ in "qq"]
     # one continuous batch: each row as generated alone with its own steering (coefficient 0: unsteered)
-    vectors = TraitRun(run).vectors("mean_diff")
+    vectors = TraitRun.open(run).vectors("mean_diff")
     for r in sweep:
         steering = Steering(r["layer"], vectors[r["layer"]], r["coeff"]) if r["coeff"] else None
         alone = generate(default_model, [render_prompt(default_model.tokenizer, r["question"])],

@@ -1,7 +1,7 @@
 """Feature analyses of SAE-comparison notebooks, on a texts x latents matrix F (numpy, >= 0).
 
 The rankings (strongest, most_frequent, most_selective, comparison_table)
-read only per-latent statistics, so they also take a LatentStats: a latents
+read only per-latent statistics, so they also take a RankingStats: a latents
 run's summaries over its windows (actlab.latents.analysis).
 
 Each returns a list of row dicts (ready for a table, pandas or Arrow). The
@@ -22,7 +22,7 @@ NEURONPEDIA = "https://neuronpedia.org"
 
 
 @dataclass(frozen=True)
-class LatentStats:
+class RankingStats:
     """Per latent, what the rankings read, over some unit (the texts of F, the windows of a latents run)."""
 
     peak: np.ndarray  # (d_sae,) the largest value
@@ -33,15 +33,15 @@ class LatentStats:
     unit: str = "text"
 
     @classmethod
-    def of(cls, F: np.ndarray, threshold: float = 5.0) -> "LatentStats":
+    def of(cls, F: np.ndarray, threshold: float = 5.0) -> "RankingStats":
         return cls(F.max(axis=0), F.argmax(axis=0), (F > 0).sum(axis=0), (F > threshold).sum(axis=0), len(F))
 
 
-Latents = Union[np.ndarray, LatentStats]  # F, or its statistics
+Latents = Union[np.ndarray, RankingStats]  # F, or its statistics
 
 
-def _stats(F: Latents, threshold: float = 5.0) -> LatentStats:
-    return F if isinstance(F, LatentStats) else LatentStats.of(F, threshold)
+def _stats(F: Latents, threshold: float = 5.0) -> RankingStats:
+    return F if isinstance(F, RankingStats) else RankingStats.of(F, threshold)
 
 
 def neuronpedia_link(neuronpedia_id: str | None, latent: int) -> str | None:
@@ -65,7 +65,7 @@ def most_frequent(F: Latents, k: int = 5) -> list[dict]:
 
 def most_selective(F: Latents, threshold: float = 5.0, k: int = 5) -> list[dict]:
     """Latents above the threshold on the fewest texts (at least one); ties go
-    to the larger peak. (A LatentStats was counted at its own threshold.)"""
+    to the larger peak. (A RankingStats was counted at its own threshold.)"""
     s = _stats(F, threshold)
     count, peak = s.above, s.peak
     candidates = np.flatnonzero(count >= 1)

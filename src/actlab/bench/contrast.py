@@ -154,7 +154,7 @@ def run_contrast_benchmark(bench: BenchOptions | None = None, cfg: ContrastBench
             if model.device.type == "cuda":
                 rows[name]["peak_memory_mb"] = round(peak / 2**20, 1)
             console.print(f"  {name:<11} {seconds:8.2f}s")
-        batched = ContrastRun(outputs["batched"]).texts().to_pandas()
+        batched = ContrastRun.open(outputs["batched"]).texts().to_pandas()
     errors = max_differences(batched, outputs["separate"], list(saes), len(pairs.conditions))
     base = rows["separate"]["seconds"]
     ratios = {"batched_vs_separate": round(base / rows["batched"]["seconds"], 2),

@@ -98,9 +98,9 @@ def analyze(cfg: AnalysisConfig, run: Path = RunArg) -> None:
     out.print(f"wrote {sum(bool(rows) for rows in tables.values())} tables to {run / 'analysis'}")
 
 
-@app.command()
+@app.command("report")
 @with_options(page=PageOptions, lm=RunModelOptions, cfg=ReportConfig)
-def report(page: PageOptions, lm: RunModelOptions, cfg: ReportConfig, run: Path = RunArg) -> None:
+def report_command(page: PageOptions, lm: RunModelOptions, cfg: ReportConfig, run: Path = RunArg) -> None:
     """One self-contained HTML report of a features run, with its plots as PNG files."""
     from ..pipelines import build_report
 
@@ -118,9 +118,9 @@ class ExploreOptions:
     top: int = dataclasses.field(default=5, metadata={"help": "Texts to show."})
 
 
-@app.command()
+@app.command("explore")
 @with_options(explored=ExploreOptions)
-def explore(explored: ExploreOptions,
+def explore_command(explored: ExploreOptions,
             run: Path = typer.Argument(..., help="A per-token features run (actlab features --pooling all) or a "
                                                  "latents run (actlab latents).")) -> None:
     """The texts (or, in a latents run, windows) on which a latent is strongest, tokens highlighted by its value."""

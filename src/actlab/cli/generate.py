@@ -21,7 +21,7 @@ def generate_command(run: RunOptions, fields: FieldNames, model: GenerationModel
     with Bar("generate") as bar:
         path = generate_run(model.for_runner(ray), records, run.out, dataclasses.replace(cfg, generation=gen),
                             **run.control(bar, ray))
-    result = GenerationRun(path)
+    result = GenerationRun.open(path)
     print_session(result.manifest)
     finished = sum(result.answers().column("finished").to_pylist())
     out.print(f"wrote {result.manifest['n_rows']} answers ({finished} ended at EOS) to {path}")

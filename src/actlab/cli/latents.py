@@ -63,7 +63,7 @@ def latents_command(ctx: typer.Context, run: RunOptions, fields: FieldNames, mod
 
 @app.command("report")
 @with_options(page=PageOptions, lm=RunModelOptions, cfg=BrowserConfig)
-def report(page: PageOptions, lm: RunModelOptions, cfg: BrowserConfig,
+def latents_report_command(page: PageOptions, lm: RunModelOptions, cfg: BrowserConfig,
            run: Path = typer.Argument(..., help="A latents run (actlab latents).")) -> None:
     """A self-contained latent browser (open index.html from disk): every latent, searchable and sortable,
     and per latent its histogram, highlighted examples, logit effects, neighbours and co-firing."""

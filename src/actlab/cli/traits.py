@@ -38,12 +38,13 @@ class TraitOptions:
 def _judge(judging: JudgeConfig, run: Path, loaded=None):
     from ..traits import TraitRun
 
-    return judging.make(TraitRun(run).trait, loaded)
+    return judging.make(TraitRun.open(run).trait, loaded)
 
 
 @app.command("generate")
 @with_options(model=GenerationModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig, trait=TraitOptions)
-def generate_command(model: GenerationModelOptions, gen: GenerationConfig, ray: RayConfig, trait: TraitOptions) -> None:
+def trait_generate_command(model: GenerationModelOptions, gen: GenerationConfig, ray: RayConfig,
+                           trait: TraitOptions) -> None:
     """Answers under the pos and neg instructions, with pooled activations captured while generating
     (--ray: on a Ray cluster)."""
     from ..traits import TraitRun, generate_trait_run, load_trait
@@ -52,7 +53,7 @@ def generate_command(model: GenerationModelOptions, gen: GenerationConfig, ray: 
         path = generate_trait_run(model.for_runner(ray), load_trait(trait.trait), trait.out, trait.layers, cfg=gen,
                             shard_size=trait.shard_size, overwrite=trait.overwrite, progress=bar,
                             runner=ray.runner, ray=ray)
-    run = TraitRun(path)
+    run = TraitRun.open(path)
     print_session(run.manifest)
     out.print(f"wrote {run.answers().num_rows} answers with activations to {run.path}")
 
@@ -88,7 +89,7 @@ def steer_command(judging: JudgeConfig, cfg: SteerConfig, lm: RunModelOptions, r
     from ..pipelines import draw_steering
     from ..traits import TraitRun, steer_sweep, sweep_summary
 
-    loaded = TraitRun(run).model(lm.model, lm.device)
+    loaded = TraitRun.open(run).model(lm.model, lm.device)
     table = steer_sweep(loaded, run, _judge(judging, run, loaded), cfg)
     print_sweep(f"steering ({cfg.method}, {cfg.where})", sweep_summary(table))
     out.print(f"answers in {run / 'steering.parquet'}, plot {draw_steering(run)}")
@@ -118,7 +119,7 @@ def monitor_command(what: MonitorOptions, lm: RunModelOptions, run: Path = RunAr
     from .extract import highlighted
 
     text = monitored_text(run, what.text, what.row)  # before loading the model
-    monitored = monitor_run(TraitRun(run).model(lm.model, lm.device), run, text, layer=what.layer,
+    monitored = monitor_run(TraitRun.open(run).model(lm.model, lm.device), run, text, layer=what.layer,
                             method=what.method)
     out.print(highlighted("", monitored.tokens, token_shades(monitored.values)))
     out.print(f"red: towards the trait, blue: away; plot {draw_monitor(run, monitored)}")
@@ -135,7 +136,7 @@ class TraitReportOptions:
 
 @app.command("report")
 @with_options(page=TraitReportOptions, lm=RunModelOptions)
-def report_command(page: TraitReportOptions, lm: RunModelOptions, run: Path = RunArg) -> None:
+def trait_report_command(page: TraitReportOptions, lm: RunModelOptions, run: Path = RunArg) -> None:
     """One self-contained HTML page: judge decisions, separation per layer, steering, per-token monitoring."""
     from ..pipelines import build_trait_report
 

@@ -105,7 +105,7 @@ def contrast_detection(run: ContrastRun, folds: int = 5, seed: int = 0) -> pa.Ta
 
 def analyze_contrast(path: str | Path, folds: int = 5, seed: int = 0) -> tuple[pa.Table, pa.Table]:
     """stats.parquet and detection.parquet of a contrast run."""
-    run = ContrastRun(path)
+    run = ContrastRun.open(path)
     stats, detection = contrast_statistics(run, seed), contrast_detection(run, folds, seed)
     write_parquet_atomic(run.path / "stats.parquet", stats)
     write_parquet_atomic(run.path / "detection.parquet", detection)

@@ -32,7 +32,7 @@ from ..pooling import Pooling
 from ..runs.activations import model_settings
 from ..runs.atomic import write_parquet_atomic
 from ..runs.job import ShardJob, ShardWriter
-from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind
+from ..runs.manifest import Run, RunKind, finish_run, register_run_kind
 from ..runs.runner import RunControl, run_job
 from ..runs.shards import ShardPlan, read_shards, shard_name
 from ..saes import SAE, default_saes
@@ -147,11 +147,10 @@ def contrast_run(model: Model | ModelSpec | str, pairs: Pairs, saes=None, out_di
 
 class ContrastRun(Run):
     """A contrast run read back: the per-text and per-pair tables, and the
-    vectors (residual per text and layer) for probes."""
+    vectors (residual per text and layer) for probes. Its main table
+    (to_arrow): the per-text table."""
 
-    def __init__(self, path: str | Path):
-        self.path = run_path(path)
-        self.manifest = read_manifest(self.path, CONTRAST_FORMAT)
+    FORMAT: ClassVar[str] = CONTRAST_FORMAT
 
     def texts(self) -> pa.Table:
         return read_parquet(self.path / "texts.parquet")
@@ -164,8 +163,8 @@ class ContrastRun(Run):
         table = read_shards(self.path, self.manifest["shards"], columns=[*columns, name])
         return table.select(list(columns)), column_matrix(table.column(name))
 
-    def to_pandas(self):
-        return self.texts().to_pandas()
+    def to_arrow(self) -> pa.Table:
+        return self.texts()
 
     def _repr_html_(self) -> str:
         pairs = self.settings["pairs"]

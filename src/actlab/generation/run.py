@@ -31,7 +31,7 @@ from ..inputs import ParquetRecords, Records, RecordsLike, as_records
 from ..runs.activations import input_settings, model_settings
 from ..runs.atomic import write_parquet_atomic
 from ..runs.job import ShardJob, ShardWriter
-from ..runs.manifest import Run, RunKind, finish_run, read_manifest, register_run_kind
+from ..runs.manifest import Run, RunKind, finish_run, register_run_kind
 from ..runs.runner import RunControl, run_job
 from ..runs.shards import ShardPlan, read_shards, shard_name
 from ..storage import RunPath, StorePath, run_path
@@ -243,15 +243,9 @@ def read_activations(run: Run, pooling: str) -> dict[int, np.ndarray]:
 
 
 class GenerationRun(Run):
-    """A generation run read back: its answers and pooled activations."""
+    """A generation run read back: its answers (the main table) and pooled activations."""
 
-    def __init__(self, path: str | Path | StorePath):
-        self.path = run_path(path)
-        self.manifest = read_manifest(self.path, FORMAT)
-
-    @classmethod
-    def open(cls, path: str | Path | StorePath) -> "GenerationRun":
-        return cls(path)
+    FORMAT: ClassVar[str] = FORMAT
 
     def answers(self) -> pa.Table:
         """row, the input's fields, prompt, answer, n_prompt_tokens, n_answer_tokens, finished."""
@@ -266,21 +260,13 @@ class GenerationRun(Run):
     def to_arrow(self) -> pa.Table:
         return self.answers()
 
-    def to_pandas(self):
-        return self.to_arrow().to_pandas()
-
-    def to_polars(self):
-        import polars as pl
-
-        return pl.from_arrow(self.to_arrow())
-
     def _repr_html_(self) -> str:
         return summary_html("GenerationRun", self.summary_rows() + [
             ("answers", str(self.manifest["n_rows"])), ("layers", str(self.settings["layers"])),
             ("poolings", ", ".join(self.settings["poolings"]))])
 
 
-register_run_kind(RunKind(FORMAT, "a generation run", "generate", GenerationRun.open))
+register_run_kind(RunKind(FORMAT, "a generation run", "generate", GenerationRun))
 
 
 def generate_run(model: "Model | ModelSpec | str", records: RecordsLike,

@@ -130,7 +130,7 @@ def make_judge(spec: Mapping, eval_prompt: str | None = None) -> Judge:
 OPENAI_URL = "https://api.openai.com/v1"
 
 
-def model_settings(kind: str, model: str | None = None, base_url: str = OPENAI_URL, loaded=None,
+def asked_model(kind: str, model: str | None = None, base_url: str = OPENAI_URL, loaded=None,
                    flag: str = "judge_model") -> dict:
     """The model a model kind asks: for local, `model` (default: the default
     model), or the `loaded` Model when it has that name, rather than loading

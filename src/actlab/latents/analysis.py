@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..analyses.features import (
-    LatentStats,
+    RankingStats,
     comparison_table,
     most_frequent,
     most_selective,
@@ -30,15 +30,15 @@ from ..analyses.features import (
 from .run import LatentsRun
 
 
-def latent_stats(run: LatentsRun, sae: str, threshold: float) -> LatentStats:
+def latent_stats(run: LatentsRun, sae: str, threshold: float) -> RankingStats:
     latents = run.latents(sae)
     d_sae = latents.num_rows
-    top = run._table("top", sae)
+    top = run.table("top", sae)
     latent, value = top.column("latent").to_numpy(), top.column("value").to_numpy()
     where = np.full(d_sae, -1, np.int64)
     first = top.column("rank").to_numpy() == 0
     where[latent[first]] = top.column("window").to_numpy()[first]
-    return LatentStats(latents.column("max").to_numpy(), where, latents.column("windows").to_numpy(),
+    return RankingStats(latents.column("max").to_numpy(), where, latents.column("windows").to_numpy(),
                        np.bincount(latent[value > threshold], minlength=d_sae), int(run.manifest["n_windows"]),
                        unit="window")
 
@@ -83,7 +83,7 @@ def concept_latents(run: LatentsRun, concept: str, sae: str | None = None, k: in
 def _concept_rows(run: LatentsRun, sae: str, words: set[str]) -> pa.Table:
     latents = run.latents(sae)
     d_sae = latents.num_rows
-    top = run.with_tokens(run._table("top", sae))
+    top = run.with_tokens(run.table("top", sae))
     tokens = top.column("tokens").combine_chunks()
     peak = pc.list_flatten(tokens).take(pa.array(tokens.offsets.to_numpy()[:-1] + top.column("position").to_numpy()))
     hit = np.array([t.strip().lower() in words for t in peak.to_pylist()], bool)

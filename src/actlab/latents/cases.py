@@ -21,7 +21,7 @@ from .prompts import baseline_explanation, explainer_prompt, marked_text
 
 
 @dataclass
-class Example:
+class ScoredExample:
     window: int
     text: str
     label: int  # 1: activating (detection) or rightly marked (fuzzing)
@@ -34,8 +34,8 @@ class LatentCase:
     shown: list[int]  # the windows the explainer sees
     prompt: str  # the explainer's
     baseline: str  # the token-frequency baseline explanation
-    detection: list[Example]
-    fuzzing: list[Example]
+    detection: list[ScoredExample]
+    fuzzing: list[ScoredExample]
 
     @property
     def calls(self) -> int:
@@ -57,8 +57,8 @@ class SAEExamples:
 
 
 def sae_examples(run, sae: str, examples: pa.Table, pool: pa.Table) -> SAEExamples:
-    top = run._table("top", sae)
-    intervals = run._table("intervals", sae, sort="decile,rank")
+    top = run.table("top", sae)
+    intervals = run.table("intervals", sae, sort="decile,rank")
     mine = examples.filter(pc.equal(examples.column("sae"), sae))
     pooled = pool.filter(pc.equal(pool.column("sae"), sae))
     windows = pa.concat_tables([top.select(["window"]), intervals.select(["window"]), pooled.select(["window"])])
@@ -101,17 +101,18 @@ def latent_case(data: SAEExamples, latent: int, shown: int, held_out: int, seed:
     baseline = baseline_explanation([data.tokens[w] for w in explain], [marks(w) for w in explain])
     silent = [w for w, active in data.pool if latent not in active]
     negatives = sorted(rng.choice(silent, size=min(len(test), len(silent)), replace=False).tolist()) if silent else []
-    detection = [Example(w, text(w, set()), 1) for w in test] + [Example(w, text(w, set()), 0) for w in negatives]
+    detection = [ScoredExample(w, text(w, set()), 1) for w in test] + \
+        [ScoredExample(w, text(w, set()), 0) for w in negatives]
     right = set(rng.permutation(len(test))[:(len(test) + 1) // 2].tolist())
     fuzzing = []
     for i, w in enumerate(test):
         if i in right:
-            fuzzing.append(Example(w, text(w, marks(w)), 1))
+            fuzzing.append(ScoredExample(w, text(w, marks(w)), 1))
             continue
         others = [p for p in range(data.first, len(data.tokens[w])) if p not in marks(w)]
         if others:
             wrong = rng.choice(others, size=min(max(len(marks(w)), 1), len(others)), replace=False)
-            fuzzing.append(Example(w, text(w, set(wrong.tolist())), 0))
+            fuzzing.append(ScoredExample(w, text(w, set(wrong.tolist())), 0))
     return LatentCase(data.sae, latent, explain, prompt, baseline, detection, fuzzing)
 
 

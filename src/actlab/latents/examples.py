@@ -40,7 +40,7 @@ POOL_SEED = 0
 
 def example_windows(run) -> dict[str, pa.Table]:
     """Per SAE, its (latent, window) pairs of the top and interval tables."""
-    return {sae: pa.concat_tables([run._table(name, sae).select(["latent", "window"]) for name in ("top", "intervals")])
+    return {sae: pa.concat_tables([run.table(name, sae).select(["latent", "window"]) for name in ("top", "intervals")])
             .group_by(["latent", "window"]).aggregate([]) for sae in run.saes}
 
 
@@ -179,7 +179,7 @@ def _reload(run, name: str):
 def _check(run, examples: pa.Table) -> None:
     """Each top window's recomputed maximum equals the run's (else the SAE or model is not the run's)."""
     for sae in run.saes:
-        top = run._table("top", sae)
+        top = run.table("top", sae)
         top = top.filter(pc.equal(top.column("rank"), 0))
         mine = examples.filter(pc.equal(examples.column("sae"), sae))
         peaks = {(j, k): max(v, default=0.0) for j, k, v in zip(mine.column("latent").to_pylist(),

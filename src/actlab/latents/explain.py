@@ -34,7 +34,7 @@ from ..analyses.measures import auroc, balanced_accuracy
 from ..engine.batches import Progress
 from ..errors import ActlabError
 from ..judges import EXPLAINER_KINDS, OPENAI_URL, Judge, describe_judge, judge_fingerprint, make_judge
-from ..judges.base import model_settings
+from ..judges.base import asked_model
 from ..judges.openai import OpenAIServer, server_options
 from ..models import Model
 from ..runs.atomic import write_json_atomic, write_parquet_atomic
@@ -131,7 +131,7 @@ class Askers:
 
 def askers(cfg: ExplainConfig, model: Model | None = None) -> Askers:
     """The explainer and the two scorers of `cfg` (a local kind uses `model` where it is the one named)."""
-    settings = model_settings(cfg.explainer, cfg.explainer_model, cfg.explainer_url, model, flag="explainer_model")
+    settings = asked_model(cfg.explainer, cfg.explainer_model, cfg.explainer_url, model, flag="explainer_model")
     settings |= server_options(cfg.explainer, "explainer", timeout=cfg.explainer_timeout,
                                concurrency=cfg.explainer_concurrency)
     scoring = settings | server_options(cfg.explainer, "explainer", logprobs=cfg.explainer_logprobs) | \

@@ -30,7 +30,7 @@ from ..activations import ExtractStats
 from ..engine import OnBatch
 from ..errors import ActlabError
 from ..inputs import ParquetRecords, Records, RecordsLike, as_records
-from ..runs import RunControl, read_manifest, register_run_kind
+from ..runs import RunControl, register_run_kind
 from ..runs.activations import input_settings, model_settings
 from ..runs.atomic import write_parquet_atomic
 from ..runs.job import ShardJob, ShardWriter
@@ -76,7 +76,7 @@ class LatentsJob(ShardJob):
 
     def settings(self, model: "Model", extractor: LatentsExtractor) -> dict:
         return {"model": model_settings(model), "latents": self.cfg.settings(),
-                "saes": {name: _describe(sae.cfg) for name, sae in extractor.saes.items()},
+                "saes": {name: sae.cfg.settings() for name, sae in extractor.saes.items()},
                 "has_bos": extractor.prepend_bos, "content": self.cfg.context - extractor.prepend_bos,
                 "shard_size": self.shard_size, "input": input_settings(self.records)}
 
@@ -169,11 +169,6 @@ def merged_summary(out: RunPath, names: list[str], sae: str, d_sae: int, cfg: La
     return summary
 
 
-def _describe(cfg: SAEConfig) -> dict:
-    described = cfg.to_dict()
-    described.pop("metadata")
-    return described
-
 
 def latents_run(model: "Model | ModelSpec | str", records: RecordsLike, saes=None,
                 out_dir: str | Path | StorePath = "runs/latents", cfg: LatentsConfig | None = None,
@@ -190,18 +185,15 @@ def latents_run(model: "Model | ModelSpec | str", records: RecordsLike, saes=Non
     return job.out
 
 
-@dataclass
 class LatentsRun(Run):
     """A latents run read back. Every method returns a pyarrow table (call
-    .to_pandas()); `sae` may be left out when the run has one SAE."""
+    .to_pandas()); `sae` may be left out when the run has one SAE. Its main
+    table (to_arrow) is every SAE's latents.parquet rows."""
 
-    path: RunPath
-    manifest: dict
+    FORMAT: ClassVar[str] = LATENTS_FORMAT
 
-    @classmethod
-    def open(cls, path: str | Path | StorePath) -> "LatentsRun":
-        run = run_path(path)
-        return cls(run, read_manifest(run, LATENTS_FORMAT))
+    def to_arrow(self) -> pa.Table:
+        return read_parquet(self.path / "latents.parquet").sort_by([("sae", "ascending"), ("latent", "ascending")])
 
     @property
     def saes(self) -> list[str]:
@@ -218,7 +210,9 @@ class LatentsRun(Run):
                               f"the run has {', '.join(self.saes)}", param="sae")
         return sae
 
-    def _table(self, name: str, sae: str | None, latent: int | None = None, sort: str = "rank") -> pa.Table:
+    def table(self, name: str, sae: str | None = None, latent: int | None = None, sort: str = "rank") -> pa.Table:
+        """Rows of one SAE (and one latent, when given) of RUN/<name>.parquet, by latent, then `sort`'s
+        columns (comma-separated): the one reader of the run's per-latent tables."""
         sae = self.sae_name(sae)
         filters = [("sae", "=", sae)]
         if latent is not None:
@@ -233,35 +227,35 @@ class LatentsRun(Run):
     def latents(self, sae: str | None = None) -> pa.Table:
         """One row per latent: count, frequency, mean, max, windows, and
         explanation and score where explanations.parquet holds them."""
-        table = self._table("latents", sae)
+        table = self.table("latents", sae)
         if not (self.path / EXPLANATIONS).exists():
             return table
-        notes = self._table("explanations", sae).select(["latent", "explanation", "score"])
+        notes = self.table("explanations", sae).select(["latent", "explanation", "score"])
         return table.join(notes, "latent", join_type="left outer").sort_by("latent")
 
     def top(self, sae: str | None = None, latent: int = 0) -> pa.Table:
         """The latent's top windows, best first: value, window, text_id, start, position, token_ids, tokens."""
-        return self.with_tokens(self._table("top", sae, latent))
+        return self.with_tokens(self.table("top", sae, latent))
 
     def intervals(self, sae: str | None = None, latent: int = 0) -> pa.Table:
         """Seeded samples of the latent's active windows per decile (lowest first)."""
-        return self.with_tokens(self._table("intervals", sae, latent, "decile,rank"))
+        return self.with_tokens(self.table("intervals", sae, latent, "decile,rank"))
 
     def histogram(self, sae: str | None = None, latent: int = 0) -> pa.Table:
         """Active token values per log-spaced bin: bin, lower, upper, count."""
-        return self._table("histograms", sae, latent, "bin")
+        return self.table("histograms", sae, latent, "bin")
 
     def logit_effects(self, sae: str | None = None, latent: int = 0) -> pa.Table:
         """The most promoted ("top") and suppressed ("bottom") tokens."""
-        return self._table("logit_effects", sae, latent, "side,rank")
+        return self.table("logit_effects", sae, latent, "side,rank")
 
     def neighbours(self, sae: str | None = None, latent: int = 0) -> pa.Table:
         """The latents of largest decoder cosine."""
-        return self._table("neighbours", sae, latent)
+        return self.table("neighbours", sae, latent)
 
     def cofiring(self, sae: str | None = None, latent: int = 0) -> pa.Table:
         """The latents most often active on the same tokens (MinHash Jaccard)."""
-        return self._table("cofiring", sae, latent)
+        return self.table("cofiring", sae, latent)
 
     def token_values(self, sae: str | None, latent: int, table: pa.Table) -> list[list[float]]:
         """For each row of a top or intervals table of this latent, the
@@ -305,5 +299,5 @@ class LatentsRun(Run):
                                          ("SAEs", ", ".join(self.saes))]
 
 
-LATENTS = register_run_kind(RunKind(LATENTS_FORMAT, "an actlab run (latents)", "latents", LatentsRun.open,
+LATENTS = register_run_kind(RunKind(LATENTS_FORMAT, "an actlab run (latents)", "latents", LatentsRun,
                                     derived=("browser",)))

@@ -27,7 +27,7 @@ def contrast(model: Model | ModelSpec | str, pairs: "Pairs | str | Path | list",
         pairs = load_pairs(pairs)
     path = contrast_run(model, pairs, saes, out_dir, cfg, extract, **control)
     stats, detection = analyze_contrast(path, cfg.folds, cfg.seed)
-    findings = contrast_findings(ContrastRun(path), stats, detection)
+    findings = contrast_findings(ContrastRun.open(path), stats, detection)
     if cfg.report:
         build_contrast_report(path)
     return {"run": str(path), "summary": findings, "stats": stats, "detection": detection}

@@ -18,7 +18,7 @@ from ..errors import ActlabError
 from ..latents import LatentsRun
 from ..latents.analysis import analyze_latents
 from ..models import Model
-from ..report.data import Example, LatentCard, ReportConfig, ReportData
+from ..report.data import ExampleText, LatentCard, ReportConfig, ReportData
 from ..report.html import render, slug
 from ..report.latents import browser_links
 from ..report.page import write_page
@@ -134,10 +134,10 @@ def _cards(name: str, F: np.ndarray, tables: dict, feats: FeatureRun, cfg: Repor
             for j, why in list(chosen.items())[:cfg.latents_per_sae]]
 
 
-def _examples(column: np.ndarray, fields: dict, k: int) -> list[Example]:
+def _examples(column: np.ndarray, fields: dict, k: int) -> list[ExampleText]:
     order = np.argsort(-column, kind="stable")[:k]
     categories = fields.get("category")
-    return [Example(int(i), float(column[i]), categories[i] if categories else None, fields["text"][i])
+    return [ExampleText(int(i), float(column[i]), categories[i] if categories else None, fields["text"][i])
             for i in order if column[i] > 0]
 
 

@@ -22,7 +22,7 @@ def build_trait_report(run: str | Path, out: str | Path | None = None, model=Non
                        method: str = "mean_diff", n_examples: int = 3) -> Path:
     """Write RUN/report.html and its figures; `model` (a Model, a name, or the
     run's own by default) monitors the example answers."""
-    trait_run = TraitRun(run)
+    trait_run = TraitRun.open(run)
     if not (trait_run.path / "evaluation.parquet").exists():
         raise ActlabError(f"{trait_run.path} has no vectors yet; run `actlab traits vectors {trait_run.path}` first")
     model = model if isinstance(model, Model) else trait_run.model(model, device)

@@ -52,7 +52,7 @@ def run_trait(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path,
     run = generate_trait_run(model, trait, out_dir, cfg.layers, cfg=cfg.generation, shard_size=cfg.shard_size,
                              **control)
     generated = time.perf_counter()
-    trait_run = TraitRun(run)
+    trait_run = TraitRun.open(run)
     scores = judge_run(run, judge, cfg.vectors)
     best = best_layers(vectors_run(run, cfg.vectors).to_pylist())["mean_diff"]
     steer = cfg.steering()
@@ -73,7 +73,7 @@ def run_trait(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path,
 def draw_steering(run: str | Path) -> RunPath:
     """RUN/steering.png from the run's steering sweep: the mean judge score per
     coefficient, a line per layer."""
-    trait_run = TraitRun(run)
+    trait_run = TraitRun.open(run)
     table = trait_run.steering()
     method = (table.schema.metadata or {}).get(b"actlab.method", b"").decode() or "steering"
     png = trait_run.path / "steering.png"
@@ -83,7 +83,7 @@ def draw_steering(run: str | Path) -> RunPath:
 
 def draw_monitor(run: str | Path, monitored: MonitoredText) -> RunPath:
     """RUN/monitor-layer<L>.png: a text's per-token projection (monitor_run's) as bars."""
-    png = TraitRun(run).path / f"monitor-layer{monitored.layer}.png"
+    png = TraitRun.open(run).path / f"monitor-layer{monitored.layer}.png"
     title = f"projection on the layer-{monitored.layer} {monitored.method} vector"
     write_bytes_atomic(png, plots.token_projections(monitored.tokens, monitored.values, title))
     return png

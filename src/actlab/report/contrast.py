@@ -102,7 +102,7 @@ def render_contrast_report(data: ContrastReportData) -> str:
 def build_contrast_report(path: str | Path, out: str | Path | None = None) -> Path:
     """report.html of a contrast run whose statistics are written
     (actlab.contrasts.analysis.analyze_contrast, which `actlab contrast` runs)."""
-    run = ContrastRun(path)
+    run = ContrastRun.open(path)
     if not ((run.path / "stats.parquet").exists() and (run.path / "detection.parquet").exists()):
         raise ActlabError(f"{run.path} has no stats.parquet / detection.parquet yet; rerun the same `actlab "
                           "contrast` command (or call actlab.contrasts.analysis.analyze_contrast) first")

@@ -33,7 +33,7 @@ class ReportConfig(AnalysisConfig):
 
 
 @dataclass
-class Example:
+class ExampleText:
     text_id: int
     value: float  # the latent on this text, as pooled in the run
     category: str | None
@@ -50,7 +50,7 @@ class LatentCard:
     count: int  # texts on which it fires
     max: float
     link: str | None
-    examples: list[Example] = field(default_factory=list)
+    examples: list[ExampleText] = field(default_factory=list)
     browser: str | None = None  # the latent's page in a latent browser
 
 

@@ -11,7 +11,7 @@ from typing import Iterable
 from ..analyses import neuronpedia_link
 from ..plots import token_shades
 from ..version import VERSION
-from .data import Example, LatentCard, ReportData
+from .data import ExampleText, LatentCard, ReportData
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
@@ -140,7 +140,7 @@ def _card(card: LatentCard) -> str:
             f'max {card.max:.3g}</span>{examples}</div>')
 
 
-def _example(ex: Example) -> str:
+def _example(ex: ExampleText) -> str:
     head = f"text {ex.text_id}" + (f" · {ex.category}" if ex.category else "") + f" · {ex.value:.3g}"
     if ex.tokens is None:
         body = escape(ex.text)

@@ -115,6 +115,7 @@ class ActivationRun(Activations, Run):
 
     path: RunPath = None
     manifest: dict = None
+    FORMAT: ClassVar[str] = FORMAT
 
     @classmethod
     def open(cls, path: str | Path | StorePath) -> "ActivationRun":
@@ -144,5 +145,5 @@ class ActivationRun(Activations, Run):
         return Run.summary_rows(self) + Activations.summary_rows(self)
 
 
-ACTIVATIONS = register_run_kind(RunKind(FORMAT, "an actlab run (activations)", "extract", ActivationRun.open,
+ACTIVATIONS = register_run_kind(RunKind(FORMAT, "an actlab run (activations)", "extract", ActivationRun,
                                         derived=("analysis", "figures")))

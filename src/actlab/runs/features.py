@@ -99,7 +99,7 @@ class FeaturesJob(ExtractionJob):
 
     def settings(self, model: Model, extractor: FeatureExtractor) -> dict:
         settings = engine_settings(model, extractor, self.records, self.shard_size)
-        settings["saes"] = {name: _describe(sae.cfg) for name, sae in extractor.saes.items()}
+        settings["saes"] = {name: sae.cfg.settings() for name, sae in extractor.saes.items()}
         return settings
 
     def write_shard(self, index: int, feats: Features, rows: Records, lo: int) -> None:
@@ -125,11 +125,6 @@ def features_run(model: Model | ModelSpec | str, records: RecordsLike, saes=None
     return job.out
 
 
-def _describe(cfg: SAEConfig) -> dict:
-    described = cfg.to_dict()
-    described.pop("metadata")
-    return described
-
 
 @dataclass
 class FeatureRun(Features, Run):
@@ -140,6 +135,7 @@ class FeatureRun(Features, Run):
 
     path: RunPath = None
     manifest: dict = None
+    FORMAT: ClassVar[str] = FEATURES_FORMAT
 
     @classmethod
     def open(cls, path: str | Path | StorePath) -> "FeatureRun":
@@ -184,5 +180,5 @@ class FeatureRun(Features, Run):
         return Run.summary_rows(self) + Features.summary_rows(self)
 
 
-FEATURES = register_run_kind(RunKind(FEATURES_FORMAT, "an actlab run (features)", "features", FeatureRun.open,
+FEATURES = register_run_kind(RunKind(FEATURES_FORMAT, "an actlab run (features)", "features", FeatureRun,
                                      derived=("analysis", "figures")))

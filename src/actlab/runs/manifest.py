@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from ..errors import ActlabError
 from ..models import load_run_model
@@ -25,6 +25,8 @@ from .fingerprint import fingerprint
 from .lock import LOCK
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from ..models import Model
 
 MANIFEST = "manifest.json"
@@ -33,11 +35,28 @@ OUTPUT_PATTERNS = ("*.parquet", "*.safetensors", "*.png", "report.html")  # what
 
 
 class Run:
-    """A complete run on disk. Subclasses (ActivationRun, FeatureRun,
-    TraitRun) add what their kind holds."""
+    """A complete run on disk, of one kind (a subclass: ActivationRun,
+    FeatureRun, TraitRun, ...). One way to open any of them:
+    `Kind.open(path)`, or `actlab.open_run(path)`, which picks the kind from
+    the manifest. A kind names the manifest format it reads (FORMAT) and its
+    main table (`to_arrow`); `to_pandas` and `to_polars` come with it. A
+    kind that loads more than its manifest at opening overrides `open`."""
 
+    FORMAT: ClassVar[str] = ""  # the manifest's "format" this kind reads
     path: RunPath
     manifest: dict
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError(f"open a run with {type(self).__name__}.open(path) or actlab.open_run(path)")
+
+    @classmethod
+    def open(cls, path: str | Path | StorePath) -> "Run":
+        """The complete run at `path` (a folder or an object-store URI), or a
+        one-line error naming what is wrong and the command that resumes it."""
+        run = object.__new__(cls)
+        run.path = run_path(path)
+        run.manifest = read_manifest(run.path, cls.FORMAT or None)
+        return run
 
     @property
     def settings(self) -> dict:
@@ -51,13 +70,29 @@ class Run:
         """The run's model (or `name`), refused when its weights differ from the run's."""
         return load_run_model(self.settings["model"], name, device)
 
+    def to_arrow(self) -> "pa.Table":
+        """The run's main table (each kind says which)."""
+        raise ActlabError(f"{type(self).__name__} has no main table; read its files with pyarrow")
+
+    def to_pandas(self):
+        """`to_arrow()` as a pandas DataFrame."""
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self):
+        """`to_arrow()` as a polars DataFrame."""
+        try:
+            import polars as pl
+        except ImportError:
+            raise ActlabError("to_polars needs polars: pip install polars") from None
+        return pl.from_arrow(self.to_arrow())
+
 
 @dataclass(frozen=True)
 class RunKind:
     format: str  # the manifest's "format"
     what: str  # "an activations run", for messages
     command: str  # the actlab command that starts or resumes one
-    reader: Callable[[RunPath], Run]  # opens a complete run
+    reader: type[Run]  # the kind's Run subclass: reader.open(path) opens a complete run
     derived: tuple[str, ...] = ()  # folders later stages write into the run
     # Settings added after a kind's first runs, with the value those runs had
     # implicitly (nested like the settings): an older run missing one resumes
@@ -69,6 +104,8 @@ RUN_KINDS: Registry[RunKind] = Registry("run kind")
 
 
 def register_run_kind(kind: RunKind) -> RunKind:
+    if kind.reader.FORMAT != kind.format:
+        raise ValueError(f"{kind.reader.__name__}.FORMAT is '{kind.reader.FORMAT}', not the kind's '{kind.format}'")
     return RUN_KINDS.register(kind.format, kind)
 
 
@@ -205,4 +242,4 @@ def read_manifest(path: str | Path | StorePath, format: str | None = None) -> di
 def open_run(path: str | Path | StorePath) -> Run:
     """Any complete run (a folder or an object-store URI), as its kind's typed run object."""
     manifest = read_manifest(path)
-    return _kind(manifest.get("format")).reader(run_path(path))
+    return _kind(manifest.get("format")).reader.open(path)

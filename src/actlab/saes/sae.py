@@ -63,6 +63,12 @@ class SAEConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def settings(self) -> dict:
+        """The config as a run's manifest records it: every field but metadata."""
+        described = self.to_dict()
+        described.pop("metadata")
+        return described
+
 
 class SAE(nn.Module):
     """`encode(x) -> f`, `decode(f) -> x_hat`, `reconstruct(x) -> (f, x_hat)`.

@@ -27,7 +27,7 @@ STEERING_MIN_AUROC = 0.9
 def vectors_run(run: str | Path, cfg: VectorsConfig | None = None, methods: Sequence[str] = METHODS) -> pa.Table:
     """Vectors per layer and method from the kept answers, evaluated on held-out pairs."""
     cfg = cfg or VectorsConfig()
-    trait_run = TraitRun(run)
+    trait_run = TraitRun.open(run)
     run = trait_run.path
     answers, scores = trait_run.answers(), trait_run.scores()
     kept = scores.column("kept").to_numpy(zero_copy_only=False)
@@ -88,7 +88,7 @@ def steering_layer(run: str | Path, method: str = "mean_diff", min_auroc: float 
     range; middle layers steered the default model far better than the
     detection-best last layers (measured: French score 0 -> 92 at block 15,
     0 -> 27 at block 29, coeff 1). Falls back to best_layer."""
-    trait_run = TraitRun(run)
+    trait_run = TraitRun.open(run)
     rows = [r for r in trait_run.evaluation().to_pylist() if r["method"] == method and r["auroc"] >= min_auroc]
     if not rows:
         return best_layer(run, method)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from ..errors import ActlabError
 from ..judges import JUDGE_KINDS, OPENAI_URL, Judge, Judgement, make_judge, unknown_judge_kind
-from ..judges.base import model_settings
+from ..judges.base import asked_model
 from ..judges.openai import OpenAIServer, server_options
 
 
@@ -69,7 +69,7 @@ def judge_for(trait, kind: str | None = None, model: str | None = None, base_url
     if not trait.eval_prompt:
         raise ActlabError(f"trait '{trait.name}' has no eval_prompt for a model judge; add one with {{question}} "
                           "and {answer}", param="judge")
-    return make_judge({"kind": kind, **model_settings(kind, model, base_url, loaded)}, trait.eval_prompt)
+    return make_judge({"kind": kind, **asked_model(kind, model, base_url, loaded)}, trait.eval_prompt)
 
 
 def keep_answers(polarity: Sequence[str], judgements: Sequence[Judgement], pos_min: float = 50.0,

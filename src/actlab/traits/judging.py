@@ -27,7 +27,7 @@ def judge_run(run: str | Path, judge: Judge, cfg: VectorsConfig | None = None,
     scores only what an interruption or an unreachable judge left (an
     answer that changed is scored again), and new thresholds call no judge."""
     run = run_path(run)
-    answers = TraitRun(run).answers()
+    answers = TraitRun.open(run).answers()
     items = list(zip(answers.column("question").to_pylist(), answers.column("answer").to_pylist()))
     key = judge_fingerprint(judge)
     judgements: list[Judgement] = []

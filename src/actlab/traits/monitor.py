@@ -64,7 +64,7 @@ def monitored_text(run: str | Path, text: str | None = None, row: int | None = N
         raise ActlabError("give exactly one of --text or --row", param="text")
     if text is not None:
         return text
-    answers = TraitRun(run).answers()
+    answers = TraitRun.open(run).answers()
     if not 0 <= row < answers.num_rows:
         raise ActlabError(f"--row {row} is outside 0..{answers.num_rows - 1}", param="row")
     return answers.column("prompt")[row].as_py() + answers.column("answer")[row].as_py()
@@ -74,7 +74,7 @@ def monitor_run(model: Model, run: str | Path, text: str | None = None, row: int
                 layer: int | None = None, method: str = "mean_diff") -> MonitoredText:
     """Per-token projection of a text (or of row `row`'s prompt + answer) onto
     the run's vector at `layer` (default: the best layer of `method`)."""
-    trait_run = TraitRun(run)
+    trait_run = TraitRun.open(run)
     text = monitored_text(run, text, row)
     layer = best_layer(run, method) if layer is None else layer
     vectors = trait_run.vectors(method)

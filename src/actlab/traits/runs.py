@@ -35,7 +35,7 @@ from ..generation import GenerationConfig, GenerationRunConfig, render_prompt
 from ..generation.run import GenerateJob, read_activations
 from ..inputs import Records
 from ..models import Model, ModelSpec
-from ..runs.manifest import Run, RunKind, read_manifest, register_run_kind
+from ..runs.manifest import Run, RunKind, register_run_kind
 from ..runs.runner import RunControl, run_job
 from ..runs.shards import read_shards
 from ..storage import read_parquet, run_path
@@ -51,11 +51,10 @@ TRAIT_SAMPLING = GenerationConfig(max_new_tokens=48, temperature=0.7, top_p=0.9)
 
 class TraitRun(Run):
     """A trait run read back: answers, pooled activations, judge scores,
-    vectors and their evaluation, as far as the stages have run."""
+    vectors and their evaluation, as far as the stages have run. Its main
+    table (to_arrow): the answers with their judge scores when judged."""
 
-    def __init__(self, path: str | Path):
-        self.path = run_path(path)
-        self.manifest = read_manifest(self.path, TRAITS_FORMAT)
+    FORMAT: ClassVar[str] = TRAITS_FORMAT
 
     @property
     def trait(self) -> Trait:
@@ -101,14 +100,6 @@ class TraitRun(Run):
         if (self.path / "scores.parquet").exists():
             table = table.join(self.scores(), "row")
         return table.sort_by("row")
-
-    def to_pandas(self):
-        return self.to_arrow().to_pandas()
-
-    def to_polars(self):
-        import polars as pl
-
-        return pl.from_arrow(self.to_arrow())
 
     def _repr_html_(self) -> str:
         stages = [name for name in ("scores.parquet", "vectors", "evaluation.parquet", "steering.parquet")

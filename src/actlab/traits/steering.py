@@ -68,7 +68,7 @@ def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | 
     RUN/steering.parquet (layer, coeff, question, answer, score, reason; the
     method and where in its schema metadata, actlab.method and actlab.where)."""
     cfg = cfg or SteerConfig()
-    trait_run = TraitRun(run)
+    trait_run = TraitRun.open(run)
     method = cfg.method
     layers = cfg.layers or [steering_layer(run, method)]
     vectors = trait_run.vectors(method)
