@@ -37,8 +37,8 @@ def test_example_values_equal_a_one_window_forward(tmp_path, tiny_models):
     examples = example_activations(run, model, {"s": sae}).to_pandas()
     windows = pq.read_table(tmp_path / "run" / "windows-00000.parquet").to_pandas().set_index("window")
     expected_pairs = {(j, k) for name in ("top", "intervals") for j, k in
-                      zip(run._table(name, "s").column("latent").to_pylist(),
-                          run._table(name, "s").column("window").to_pylist())}
+                      zip(run.table(name, "s").column("latent").to_pylist(),
+                          run.table(name, "s").column("window").to_pylist())}
     assert set(zip(examples.latent, examples.window)) == expected_pairs
     for row in examples.sample(60, random_state=0).itertuples():
         ids = list(windows.loc[row.window, "token_ids"])

@@ -107,7 +107,7 @@ def _by_latent(table: pa.Table) -> dict[int, list[dict]]:
 def _write_chunks(run, sae: str, index: int, examples: pa.Table | None, folder: Path, cfg: BrowserConfig,
                   notes: dict) -> None:
     d_sae = run.sae_config(sae).d_sae
-    tables = {name: _by_latent(run._table(name, sae)) for name in
+    tables = {name: _by_latent(run.table(name, sae)) for name in
               ("top", "intervals", "histograms", "logit_effects", "neighbours", "cofiring")}
     values: dict[tuple[int, int], tuple[list, list]] = {}
     if examples is not None:
