@@ -20,7 +20,7 @@ EXCLUDED = {  # command -> fields the command sets itself, and why
     ("sae", "quality"): {"fields.id": "quality reads only texts", "fields.label": "as id",
                          "fields.category": "as id"},
     ("traits", "run"): {"vectors.seed": "--seed is generation's; the split keeps its default seed",
-                        "steer.max_new_tokens": "steering answers as long as generation's (--max-new-tokens)",
+                        "steer.max_new_tokens": "steering answers as long as the run's generation (its default)",
                         "steer.layers": "--layers are the captured blocks; --layer picks the steered one"},
     ("generate",): {"cfg.generation": "GenerationConfig's fields are the command's own options (--max-new-tokens ...)"},
     ("bench", "generate"): {"bench.device": "every engine runs on the CPU, in its own process"},
@@ -125,7 +125,7 @@ def test_a_config_default_is_the_commands_default():
     from actlab.cli.common import RunOptions
     from actlab.cli.traits import TraitOptions
     from actlab.runs.activations import DEFAULT_SHARD_SIZE
-    from actlab.traits import TRAIT_SAMPLING, SteerConfig, VectorsConfig
+    from actlab.traits import SteerConfig, VectorsConfig
     from actlab.traits.runs import TRAIT_SHARD_SIZE
 
     from actlab.generation.run import GENERATION_SHARD_SIZE, GenerateJob
@@ -136,7 +136,7 @@ def test_a_config_default_is_the_commands_default():
     assert f"{GENERATION_SHARD_SIZE} for generate" in shard_size.metadata["help"]
     assert GenerateJob.__dataclass_fields__["shard_size"].default == GENERATION_SHARD_SIZE
     assert TraitOptions.__dataclass_fields__["shard_size"].default == TRAIT_SHARD_SIZE
-    assert SteerConfig().max_new_tokens == TRAIT_SAMPLING.max_new_tokens
+    assert SteerConfig().max_new_tokens is None  # the run's generation length, read by steer_sweep
     vectors = ALL[("traits", "vectors")].__actlab_options__
     assert vectors["pos_min"].default == VectorsConfig().pos_min and vectors["held_out"].default == 0.2
 

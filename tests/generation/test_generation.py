@@ -273,7 +273,6 @@ def test_bad_input_is_one_line_errors(tiny_models):
         (lambda: Steering(0, torch.ones(64), 1.0, where="prompt"), "use 'all' or 'answer'"),
         (lambda: GenerationConfig(slots=0), "slots must be at least 1"),
         (lambda: generate(model, ["hi", "x " * 600]), r"prompt 1 has \d+ tokens.*context of 512"),
-        (lambda: GenerationConfig(slots=2, batch_size=3), "give --slots only"),
         (lambda: generate(model, ["hi"], directions={4: torch.ones(64)}), "direction layer 4"),
         (lambda: generate(model, ["hi"], directions={0: torch.ones(2, 5)}), r"shape \(2, 5\)"),
         (lambda: generate(model, ["hi"], directions={0: torch.zeros(64)}), "all zeros"),
@@ -283,7 +282,10 @@ def test_bad_input_is_one_line_errors(tiny_models):
         with pytest.raises(ActlabError, match=message) as error:
             call()
         assert "\n" not in str(error.value)
-    assert GenerationConfig(batch_size=3).slots == 3  # the old name still works
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a shared default (TRAIT_SAMPLING) cannot be changed
+        GenerationConfig().max_new_tokens = 3
     assert generate(model, []).answers == []
 
 

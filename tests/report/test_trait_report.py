@@ -100,3 +100,6 @@ def test_the_trait_stages_compute_and_the_pipeline_draws(trait_run, tiny_models,
         steer_sweep(model, trait_run, KeywordJudge(["the"]), SteerConfig([0, 1, 2], [1], method, questions=1,
                                                                          max_new_tokens=2))
         assert reads == expected
+    # as many new tokens as the run's generation (6) unless the sweep says
+    steered = steer_sweep(model, trait_run, KeywordJudge(["the"]), SteerConfig([1], [1], questions=1))
+    assert steered.schema.metadata[b"actlab.max_new_tokens"] == b"6"

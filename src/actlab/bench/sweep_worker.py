@@ -67,7 +67,7 @@ def main() -> None:
         n_pairs = int(rest[0])
         pairs = load_pairs("builtin")
         pairs = pairs.select(np.linspace(0, len(pairs) - 1, min(n_pairs, len(pairs))).astype(int).tolist())
-        cfg, batching = ContrastConfig(shard_size=len(pairs)), ExtractConfig(batch_size=batch_size)
+        cfg, batching = ContrastConfig(shard_size=len(pairs)), ExtractConfig(slots=batch_size)
         with tempfile.TemporaryDirectory() as scratch:
             contrast_run(model, pairs.select(range(4)), None, Path(scratch) / "warm", cfg, batching)  # warm-up
             seconds, peak = measure(lambda: contrast_run(model, pairs, None, Path(scratch) / "run", cfg, batching))
@@ -87,7 +87,7 @@ def main() -> None:
         return
     else:
         n_prompts, max_new, *layers = rest
-        prompts, cfg = bench_prompts(model, int(n_prompts)), GenerationConfig(int(max_new), batch_size=batch_size)
+        prompts, cfg = bench_prompts(model, int(n_prompts)), GenerationConfig(int(max_new), slots=batch_size)
         layers = [int(x) for x in layers]
         generate(model, prompts[:2], layers, cfg=cfg)  # warm-up
         seconds, peak = measure(lambda: generate(model, prompts, layers, cfg=cfg))

@@ -75,8 +75,8 @@ def run_traits_benchmark(bench: BenchOptions | None = None, cfg: TraitsBench | N
     layers = bench_layers(model)
     console.print(f"[bold]bench traits[/bold]: {model_name} on {model.device}, {len(prompts)} prompts, "
                   f"{max_new_tokens} new tokens (greedy), response mean at layers {layers}")
-    serial_cfg = GenerationConfig(max_new_tokens, batch_size=1)
-    batched_cfg = GenerationConfig(max_new_tokens, batch_size=batch_size)
+    serial_cfg = GenerationConfig(max_new_tokens, slots=1)
+    batched_cfg = GenerationConfig(max_new_tokens, slots=batch_size)
     generate(model, prompts[:2], layers, cfg=batched_cfg)  # warm-up
     rows, outputs = {}, {}
     pipelines = {
@@ -118,7 +118,7 @@ def _sweep(model: Model, model_name: str, n_prompts: int, max_new_tokens: int, l
     for batch_size in SWEEP:
         if model.device.type == "cuda":
             prompts = bench_prompts(model, n_prompts)
-            cfg = GenerationConfig(max_new_tokens, batch_size=batch_size)
+            cfg = GenerationConfig(max_new_tokens, slots=batch_size)
             _, seconds, peak = timed(lambda: generate(model, prompts, layers, cfg=cfg), model.device)
             memory = "cuda allocator peak above the loaded model"
         else:

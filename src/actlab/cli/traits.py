@@ -156,7 +156,6 @@ def run_command(model: GenerationModelOptions, gen: GenerationConfig, ray: RayCo
     from ..traits import load_trait
 
     definition, lm = load_trait(trait.trait), model.load()
-    steer = dataclasses.replace(steer, max_new_tokens=gen.max_new_tokens)
     cfg = TraitPipelineConfig(gen, trait.layers, vectors, steer, trait.shard_size)
     with Bar("generate") as bar:
         result = run_trait(lm, definition, trait.out, judging.make(definition, lm), cfg, overwrite=trait.overwrite,

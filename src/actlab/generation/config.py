@@ -19,11 +19,11 @@ CUDA_CACHE_SHARE = 0.4  # ... or this share of the free memory on a GPU
 STEERING_PLACES = ("all", "answer")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationConfig:
     """How answers are generated. Row i of a call samples from a counter of
     (seed, i, step) alone, so slots, sync_every and admission order never
-    change an answer."""
+    change an answer. Frozen: a default (TRAIT_SAMPLING) is shared safely."""
 
     max_new_tokens: int = field(default=64, metadata={"help": "New tokens per answer at most."})
     temperature: float = field(default=0.0, metadata={"help": "0: greedy."})
@@ -31,7 +31,6 @@ class GenerationConfig:
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
     slots: int | None = field(default=None, metadata={
         "help": "Rows decoded together; a finished row's slot takes the next prompt (default: token budget)."})
-    batch_size: int | None = field(default=None, metadata={"help": "Old name of --slots."})
     sync_every: int = field(default=8, metadata={
         "help": "Decode steps between looks by the host (to admit prompts into finished rows' slots)."})
     max_batch_tokens: int | None = field(default=None, metadata={
@@ -48,15 +47,10 @@ class GenerationConfig:
             raise ActlabError(f"temperature must be >= 0 (0: greedy), not {self.temperature}", param="temperature")
         if not 0 < self.top_p <= 1:
             raise ActlabError(f"top_p must be in (0, 1], not {self.top_p}", param="top_p")
-        for name in ("slots", "batch_size", "sync_every", "max_batch_tokens"):
+        for name in ("slots", "sync_every", "max_batch_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ActlabError(f"{name} must be at least 1, not {value}", param=name)
-        if self.batch_size is not None:  # the alias: one canonical field
-            if self.slots is not None and self.slots != self.batch_size:
-                raise ActlabError(f"batch_size {self.batch_size} and slots {self.slots} disagree; give --slots only",
-                                  param="slots")
-            self.slots, self.batch_size = self.batch_size, None
 
     def slot_count(self, longest: int, n_prompts: int, device: torch.device, token_bytes: int) -> int:
         """Slots for prompts of at most `longest` tokens: cfg.slots, else as

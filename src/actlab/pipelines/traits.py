@@ -27,17 +27,14 @@ from ..traits.vectors import VectorsConfig, best_layers
 class TraitPipelineConfig:
     """Every stage's settings for run_trait: generation (sampled, TRAIT_SAMPLING
     by default) with capture at `layers` (None: every block), the keep rule
-    and vector fitting, and the steering sweep (greedy; None: the default
-    sweep with as many new tokens as generation)."""
+    and vector fitting, and the steering sweep (greedy, as many new tokens as
+    generation unless `steer` says)."""
 
-    generation: GenerationConfig = field(default_factory=lambda: TRAIT_SAMPLING)
+    generation: GenerationConfig = TRAIT_SAMPLING  # frozen: shared safely
     layers: list[int] | None = None
     vectors: VectorsConfig = field(default_factory=VectorsConfig)
-    steer: SteerConfig | None = None
+    steer: SteerConfig = field(default_factory=SteerConfig)
     shard_size: int = TRAIT_SHARD_SIZE
-
-    def steering(self) -> SteerConfig:
-        return self.steer or SteerConfig(max_new_tokens=self.generation.max_new_tokens)
 
 
 def run_trait(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path, judge: Judge | None = None,
@@ -55,9 +52,8 @@ def run_trait(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path,
     trait_run = TraitRun.open(run)
     scores = judge_run(run, judge, cfg.vectors)
     best = best_layers(vectors_run(run, cfg.vectors).to_pylist())["mean_diff"]
-    steer = cfg.steering()
     loaded = model if isinstance(model, Model) else trait_run.model()
-    steered = steer_sweep(loaded, run, judge, steer)
+    steered = steer_sweep(loaded, run, judge, cfg.steer)
     draw_steering(run)
     steered_layers = sorted(set(steered.column("layer").to_pylist()))
     kept = [p for p, k in zip(trait_run.answers().column("polarity").to_pylist(), scores.column("kept").to_pylist())
@@ -65,7 +61,7 @@ def run_trait(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path,
     return {"trait": trait.name, "run": str(run), "n_answers": scores.num_rows, "kept_pos": kept.count("pos"),
             "kept_neg": kept.count("neg"), "best_mean_diff": best,
             "steering_layers": steered_layers, "steering": sweep_summary(steered),
-            "steering_questions": steered.num_rows // (len(steer.coeffs) * len(steered_layers)),
+            "steering_questions": steered.num_rows // (len(cfg.steer.coeffs) * len(steered_layers)),
             "seconds_generate": round(generated - start, 1),
             "seconds_total": round(time.perf_counter() - start, 1)}
 

@@ -16,7 +16,7 @@ from ..judges import Judge
 from ..models import Model
 from ..runs.atomic import write_parquet_atomic
 from .fitting import steering_layer
-from .runs import TRAIT_SAMPLING, TraitRun
+from .runs import TraitRun
 from .vectors import VECTOR_METHODS
 
 
@@ -33,8 +33,8 @@ class SteerConfig:
     method: str = field(default="mean_diff", metadata={"help": "The vector method: mean_diff, probe, pca_diff."})
     where: str = field(default="all", metadata={"help": "all positions, or answer tokens only."})
     questions: int | None = field(default=None, metadata={"help": "Use the first N questions."})
-    max_new_tokens: int = field(default=TRAIT_SAMPLING.max_new_tokens, metadata={
-        "help": "New tokens per steered answer (greedy)."})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "New tokens per steered answer (greedy; default: as many as the run's generation)."})
     layer: int | None = field(default=None, metadata={"help": "One block to steer (the old form of --layers)."})
 
     def __post_init__(self):
@@ -54,7 +54,8 @@ class SteerConfig:
                               param="method")
         if self.questions is not None and self.questions < 1:
             raise ActlabError(f"questions must be at least 1, not {self.questions}", param="questions")
-        GenerationConfig(max_new_tokens=self.max_new_tokens)  # validates it
+        if self.max_new_tokens is not None:
+            GenerationConfig(max_new_tokens=self.max_new_tokens)  # validates it
 
 
 def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | None = None) -> pa.Table:
@@ -66,7 +67,9 @@ def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | 
     length of that layer's mean difference, so coeff 1 moves an activation
     by the distance between the pos and neg means. Written to
     RUN/steering.parquet (layer, coeff, question, answer, score, reason; the
-    method and where in its schema metadata, actlab.method and actlab.where)."""
+    method, where and new tokens per answer in its schema metadata,
+    actlab.method, actlab.where and actlab.max_new_tokens). Answers are as
+    long as the run's generation unless cfg.max_new_tokens says."""
     cfg = cfg or SteerConfig()
     trait_run = TraitRun.open(run)
     method = cfg.method
@@ -89,8 +92,9 @@ def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | 
     prompts = {q: render_prompt(model.tokenizer, q) for q in questions}
     steerings = [None if layer is None else Steering(layer, directions[layer], coeff, cfg.where)
                  for layer, coeff, _ in distinct]
+    max_new_tokens = cfg.max_new_tokens or trait_run.settings["generation"]["max_new_tokens"]
     gens = generate(model, [prompts[q] for _, _, q in distinct],
-                    cfg=GenerationConfig(max_new_tokens=cfg.max_new_tokens), steering=steerings)
+                    cfg=GenerationConfig(max_new_tokens=max_new_tokens), steering=steerings)
     judgements = judge.judge([(q, answer) for (_, _, q), answer in zip(distinct, gens.answers)])
     found = {key: (answer, j) for key, answer, j in zip(distinct, gens.answers, judgements)}
     rows = []
@@ -98,7 +102,8 @@ def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | 
         answer, j = found[unsteered(layer, coeff, q)]
         rows.append({"layer": layer, "coeff": coeff, "question": q, "answer": answer, "score": j.score,
                      "reason": j.reason})
-    table = pa.Table.from_pylist(rows).replace_schema_metadata({"actlab.method": method, "actlab.where": cfg.where})
+    table = pa.Table.from_pylist(rows).replace_schema_metadata({"actlab.method": method, "actlab.where": cfg.where,
+                                                                "actlab.max_new_tokens": str(max_new_tokens)})
     write_parquet_atomic(trait_run.path / "steering.parquet", table)
     return table
 
