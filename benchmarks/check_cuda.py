@@ -1,6 +1,6 @@
 """Checks of the CUDA paths that CI (CPU only) cannot run:
 
-    python benchmarks/check_cuda.py MODEL_DIR [--out benchmarks/results/cuda-check.json]
+    python -m benchmarks.check_cuda MODEL_DIR   (from the repository root) [--out benchmarks/results/cuda-check.json]
 
 MODEL_DIR is a model folder. When it holds a config and a tokenizer but no
 weights, a copy with random weights is saved first and loaded through
@@ -30,9 +30,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import actlab
 import actlab.engine
-from actlab.bench.extract import describe_device
-from actlab.bench.features import random_topk_sae
 from actlab.datasets import length_mix
+from benchmarks.extract import describe_device
+from benchmarks.features import random_topk_sae
 
 POOLINGS = ["last", "mean", "first:3", "last:2", "all"]
 

@@ -1,8 +1,8 @@
 """Checks and figures of the generation engine on a GPU, which CI (CPU only)
 cannot run; one script, at most 10 minutes on an H100/H200:
 
-    python benchmarks/check_generation_cuda.py MODEL_DIR [--out benchmarks/results/generation-cuda.json]
-    python benchmarks/check_generation_cuda.py MODEL_DIR --device cpu --small   # a dry run of the script
+    python -m benchmarks.check_generation_cuda MODEL_DIR [--out benchmarks/results/generation-cuda.json]
+    python -m benchmarks.check_generation_cuda MODEL_DIR --device cpu --small   # a dry run of the script
 
 MODEL_DIR is the default model's folder (config and tokenizer suffice: the
 figures use its architecture with random weights, saved and loaded through
@@ -42,9 +42,9 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import actlab
-from actlab.bench.extract import describe_device
-from actlab.bench.generate import generation_prompts
 from actlab.generation import GenerationConfig, Steering, eos_ids, generate
+from benchmarks.extract import describe_device
+from benchmarks.generate import generation_prompts
 
 GEMMA2_2B = dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
                  num_key_value_heads=4, head_dim=256, vocab_size=256000, sliding_window=4096,

@@ -1,6 +1,6 @@
 """`actlab traits run` end to end, today's code against the code before the
 generation engine (the static-batch loop it replaced), on the same built-in
-trait: python benchmarks/traits_run_before_after.py [--trait french]
+trait: python -m benchmarks.traits_run_before_after [--trait french]
 [--before REV] [--repeats 2] [--threads 1] [--max-new-tokens N]
 
 Each run is a fresh process with one compute thread (OMP_NUM_THREADS), the
@@ -29,8 +29,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from actlab.bench.extract import save_result
 from actlab.engine.machine import describe_cpu
+from benchmarks.extract import save_result
 
 ROOT = Path(__file__).resolve().parent.parent
 BEFORE = "af80490^"  # the commit before actlab.generation replaced the static-batch loop

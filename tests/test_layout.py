@@ -1,5 +1,5 @@
 """The house rules the import linter cannot check: modules of one job (no
-module over 400 lines outside the benchmarks), functions with few arguments
+module over 400 lines), functions with few arguments
 (no public function or method with more than 7 parameters; a config is one).
 Dataclass constructors are their fields, and CLI commands are generated from
 configs (tests/cli/test_options.py), so neither counts."""
@@ -23,8 +23,7 @@ def modules():
 
 def test_no_module_over_400_lines():
     root = Path(actlab.__file__).parent
-    long = {str(p.relative_to(root)): n for p in root.rglob("*.py") if "bench" not in p.parts
-            and (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {str(p.relative_to(root)): n for p in root.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"split these by job: {long}"
 
 
@@ -51,17 +50,37 @@ def test_no_public_function_with_more_than_7_parameters():
 def test_no_two_public_classes_or_functions_share_a_name():
     """One name, one meaning: a public class or function defined in one module
     of actlab has no namesake defined in another (LatentStats, Example,
-    model_settings and generate_run each meant two things). The benchmark
-    modules, leaving the package (issue 30, item 5), are not counted yet."""
+    model_settings and generate_run each meant two things)."""
     import ast
 
     root = Path(actlab.__file__).parent
     defined: dict[str, list[str]] = {}
     for path in sorted(root.rglob("*.py")):
-        if "bench" in path.relative_to(root).parts:
-            continue
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
                 defined.setdefault(node.name, []).append(str(path.relative_to(root)))
     shared = {name: where for name, where in defined.items() if len(where) > 1}
     assert not shared, f"give each its own name: {shared}"
+
+
+def test_src_actlab_holds_no_benchmark():
+    """Benchmarks live in the repository's benchmarks/ package, out of the
+    wheel: no module of actlab is named for them, imports a peer it is
+    measured against, or writes benchmarks/results (actlab.cli.bench only
+    finds the repository's)."""
+    import ast
+
+    root = Path(actlab.__file__).parent
+    peers = {"transformer_lens", "nnsight", "vllm", "vllm_lens", "sae_dashboard", "benchmarks"}  # measured against
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        name = str(path.relative_to(root))
+        if "bench" in path.stem and name != "cli/bench.py" or "bench" in path.relative_to(root).parts[:-1]:
+            found.append(f"{name}: a benchmark module")
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{name}: imports {m}" for m in modules if m.split(".")[0] in peers]
+        if "benchmarks/results" in path.read_text():
+            found.append(f"{name}: writes benchmark results")
+    assert not found, found

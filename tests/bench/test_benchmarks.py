@@ -8,8 +8,9 @@ import torch
 from conftest import random_sae
 
 from actlab import ActlabError
-from actlab.bench.extract import ExtractBench, run_extract_benchmark, sweep_point_in_subprocess
-from actlab.bench.options import BenchOptions
+from benchmarks.extract import ExtractBench, run_extract_benchmark, sweep_point_in_subprocess
+from benchmarks import worker_env
+from benchmarks.options import BenchOptions
 
 
 def test_bench_extract_on_tiny_model(tmp_path, tiny_model_dir):
@@ -36,7 +37,7 @@ def test_sweep_points_run_in_fresh_processes(tiny_model_dir):
 
 
 def test_bench_traits_on_tiny_model(tmp_path, tiny_model_dir):
-    from actlab.bench.traits import TraitsBench, run_traits_benchmark
+    from benchmarks.traits import TraitsBench, run_traits_benchmark
 
     result = run_traits_benchmark(BenchOptions(str(tiny_model_dir), "cpu", tmp_path),
                                   TraitsBench(n_prompts=6, max_new_tokens=5, batch_size=4, sweep=False))
@@ -47,7 +48,7 @@ def test_bench_traits_on_tiny_model(tmp_path, tiny_model_dir):
 
 
 def test_bench_features_on_tiny_model(tmp_path, tiny_model_dir):
-    from actlab.bench.features import FeaturesBench, run_features_benchmark
+    from benchmarks.features import FeaturesBench, run_features_benchmark
 
     readme = tmp_path / "README.md"
     readme.write_text("x\n")
@@ -59,7 +60,7 @@ def test_bench_features_on_tiny_model(tmp_path, tiny_model_dir):
 
 
 def test_trait_quality_targets_and_table():
-    from actlab.bench.trait_quality import markdown_table, targets_met
+    from benchmarks.trait_quality import markdown_table, targets_met
 
     best = {"layer": 20, "auroc": 0.95, "n_test_pos": 6, "n_test_neg": 9}
     trait = {"n_answers": 120, "kept_pos": 30, "kept_neg": 50, "best_mean_diff": best, "steering_layers": [14],
@@ -87,7 +88,7 @@ def test_trait_quality_targets_and_table():
 def test_bench_contrast_on_tiny_model(tmp_path, tiny_model_dir):
     """The seed's baselines (separate programs, one pass per text, dense
     eigendecompositions) agree with the batched run on every metric."""
-    from actlab.bench.contrast import ContrastBench, run_contrast_benchmark
+    from benchmarks.contrast import ContrastBench, run_contrast_benchmark
 
     saes = {"early": random_sae("blocks.0.hook_resid_post", arch="topk", seed=1),
             "mid": random_sae("blocks.1.hook_resid_post", arch="jumprelu", seed=2)}
@@ -104,7 +105,7 @@ def test_bench_capacity_store_and_plan(tmp_path):
     hand computation from a GPU result."""
     import pyarrow.parquet as pq
 
-    from actlab.bench.capacity import SAES, SCALING, CapacityBench, measure_store, run_capacity_benchmark
+    from benchmarks.capacity import SAES, SCALING, CapacityBench, measure_store, run_capacity_benchmark
 
     (tmp_path / "extract-cuda.json").write_text(json.dumps({
         "device": "cuda: test", "dtype": "float32", "methods": {"engine": {"tokens_per_s": 100000.0}}}))
@@ -127,7 +128,7 @@ def test_bench_capacity_store_and_plan(tmp_path):
 
 
 def test_bench_generate_on_tiny_model(tmp_path, tiny_model_dir):
-    from actlab.bench.generate import GenerateBench, run_generate_benchmark
+    from benchmarks.generate import GenerateBench, run_generate_benchmark
 
     result = run_generate_benchmark(BenchOptions(str(tiny_model_dir), "cpu", tmp_path),
                                     GenerateBench(n_prompts=5, max_new_tokens=4, repeats=1, vllm=False,
@@ -150,15 +151,15 @@ def test_bench_generate_bfloat16_reaches_every_engine(tmp_path, tiny_model_dir):
     import subprocess
     import sys
 
-    from actlab.bench.extract import save_result
-    from actlab.bench.generate import GenerateBench
+    from benchmarks.extract import save_result
+    from benchmarks.generate import GenerateBench
 
     spec = tmp_path / "prompts.json"
     spec.write_text(json.dumps({"prompts": ["Hello there", "Name a colour"], "ids": [[1, 2], [3, 4]], "eos": [0],
                                 "dtype": "bfloat16"}))
     for engine in ("actlab", "hf_batched"):
-        done = subprocess.run([sys.executable, "-m", "actlab.bench.generate_worker", engine, str(tiny_model_dir),
-                               str(spec), "3", "1"], capture_output=True, text=True, check=True)
+        done = subprocess.run([sys.executable, "-m", "benchmarks.generate_worker", engine, str(tiny_model_dir),
+                               str(spec), "3", "1"], capture_output=True, text=True, check=True, env=worker_env())
         line = json.loads(done.stdout.strip().splitlines()[-1])
         assert line["dtype"] == "bfloat16" and len(line["answers"]) == 2, engine
     readme = tmp_path / "README.md"
@@ -172,14 +173,14 @@ def test_bench_generate_bfloat16_reaches_every_engine(tmp_path, tiny_model_dir):
 
 
 def test_describe_device_names_the_cpu_and_threads():
-    from actlab.bench.extract import describe_device
+    from benchmarks.extract import describe_device
     from actlab.engine.machine import describe_cpu
 
     assert describe_device(torch.device("cpu")).startswith(f"cpu: {describe_cpu()}, ")
 
 
 def test_best_matrix_keeps_each_figures_best_and_lowest():
-    from actlab.bench.generate import best_matrix
+    from benchmarks.generate import best_matrix
 
     samples = [{"gflops": {"mlp_torch_gflops": 45.0, "lm_head_onednn_gflops": 60.0}, "bf16_gflops": {"b": 7.0},
                 "chosen": {"576x576": "torch"}},
@@ -193,7 +194,7 @@ def test_best_matrix_keeps_each_figures_best_and_lowest():
 
 
 def test_capture_agreement_compares_rows_vllm_fed_whole():
-    from actlab.bench.generate import capture_agreement
+    from benchmarks.generate import capture_agreement
 
     ours = {"answers": [[1, 2], [3], [4, 5]], "pooled": {"7": [[1.0, 2.0], [1.0, 1.0], [2.0, 2.0]]}}
     lens = {"answers": [[1, 2], [3], [4, 6]], "pooled_tokens": [2, 0, 2],
@@ -203,7 +204,7 @@ def test_capture_agreement_compares_rows_vllm_fed_whole():
 
 
 def test_bench_latents_on_tiny_model(tmp_path, tiny_model_dir):
-    from actlab.bench.latents import LatentsBench, run_latents_benchmark
+    from benchmarks.latents import LatentsBench, run_latents_benchmark
 
     readme = tmp_path / "README.md"
     readme.write_text("x\n")

@@ -172,3 +172,25 @@ def test_extract_options_come_from_the_config(monkeypatch, capsys):
     for field in dataclasses.fields(ExtractConfig):
         flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
         assert flag[:12] in out, flag
+
+
+def test_bench_without_the_repository_is_one_line(monkeypatch):
+    """An actlab installed without its repository: `actlab bench ...`, whatever follows, says in one line
+    what to do and exits 2; an editable checkout finds its benchmarks/ (tests/bench runs them)."""
+    from pathlib import Path
+
+    import typer
+    from typer.testing import CliRunner
+
+    import actlab.cli.bench as bench
+
+    assert bench.repository() == Path(actlab.__file__).resolve().parents[2]  # this editable checkout
+    assert bench.benchmarks_module("cli").app.registered_commands
+    monkeypatch.setattr(bench, "repository", lambda: None)
+    assert bench.benchmarks_module("cli") is None
+    app = typer.Typer()
+    app.command("models")(lambda: None)
+    bench.add_bench(app)
+    for args in ([], ["extract"], ["generate", "--threads", "2"], ["--help"]):
+        result = CliRunner().invoke(app, ["bench", *args])
+        assert result.exit_code == 2 and result.output.strip() == f"error: {bench.GET_THE_REPOSITORY}", args

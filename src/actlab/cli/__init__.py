@@ -13,10 +13,10 @@ from .generate import generate_command
 
 app.command("contrast")(contrast_command)
 app.command("generate")(generate_command)
-app.add_typer(bench.app, name="bench")
 app.add_typer(latents.app, name="latents")
 app.add_typer(saes.app, name="sae")
 app.add_typer(traits.app, name="traits")
+bench.add_bench(app)
 
 
 def main() -> None:

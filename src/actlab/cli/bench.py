@@ -1,103 +1,51 @@
-"""`actlab bench ...`: the benchmarks (results go to benchmarks/results/).
-Every option is a field of BenchOptions or of the benchmark's own config."""
+"""`actlab bench ...`: the benchmarks of the actlab repository (benchmarks/,
+not part of the wheel). From a checkout (an editable install, or the
+current directory or one above it holding the repository), the commands are
+the repository's `benchmarks.cli.app`; elsewhere `actlab bench` says in one
+line what to do."""
+
+import importlib
+import sys
+from pathlib import Path
 
 import typer
 
-from ..bench.capacity import CapacityBench
-from ..bench.contrast import ContrastBench
-from ..bench.extract import ExtractBench
-from ..bench.features import FeaturesBench
-from ..bench.generate import GenerateBench
-from ..bench.latents import LatentsBench
-from ..bench.options import BenchOptions
-from ..bench.ray import RayBench
-from ..bench.trait_quality import TraitQualityBench
-from ..bench.traits import TraitsBench
-from .common import with_options
-
-app = typer.Typer(no_args_is_help=True, help="Benchmarks (results go to benchmarks/results/).")
+GET_THE_REPOSITORY = ("actlab bench runs the benchmarks of the actlab repository, which this installation lacks: "
+                      "clone the repository, `pip install -e '.[bench]'` there and run actlab bench from it")
 
 
-@app.command("extract")
-@with_options(bench=BenchOptions, cfg=ExtractBench)
-def bench_extract(bench: BenchOptions, cfg: ExtractBench) -> None:
-    """Baseline loop vs engine vs bare stopped forward vs peers."""
-    from ..bench.extract import run_extract_benchmark
-
-    run_extract_benchmark(bench, cfg)
-
-
-@app.command("features")
-@with_options(bench=BenchOptions, cfg=FeaturesBench)
-def bench_features(bench: BenchOptions, cfg: FeaturesBench) -> None:
-    """Four SAEs at four depths in one pass vs one SAE at the deepest; sparse store size."""
-    from ..bench.features import run_features_benchmark
-
-    run_features_benchmark(bench, cfg)
+def repository() -> Path | None:
+    """The actlab checkout whose benchmarks/ to run: the one this package is
+    installed from (editable), else the current directory or one above it."""
+    installed_from = Path(__file__).resolve().parents[3]  # src/actlab/cli/bench.py -> the checkout, if editable
+    for place in (installed_from, Path.cwd(), *Path.cwd().parents):
+        if (place / "benchmarks" / "cli.py").is_file() and (place / "src" / "actlab").is_dir():
+            return place
+    return None
 
 
-@app.command("traits")
-@with_options(bench=BenchOptions, cfg=TraitsBench)
-def bench_traits(bench: BenchOptions, cfg: TraitsBench) -> None:
-    """Trait generation: two-stage serial vs combined serial vs batched generation with capture."""
-    from ..bench.traits import run_traits_benchmark
-
-    run_traits_benchmark(bench, cfg)
-
-
-@app.command("generate")
-@with_options(bench=BenchOptions, cfg=GenerateBench, exclude=("bench.device",))
-def bench_generate(bench: BenchOptions, cfg: GenerateBench) -> None:
-    """Generation: HF generate one at a time and batched, the old static loop, actlab.generate with and without
-    capture, vLLM's CPU build; each in its own process, one thread by default (CPU)."""
-    from ..bench.generate import run_generate_benchmark
-
-    run_generate_benchmark(bench, cfg)
+def benchmarks_module(name: str):
+    """benchmarks.<name> of the repository, or None where there is none."""
+    root = repository()
+    if root is None:
+        return None
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module(f"benchmarks.{name}")
 
 
-@app.command("latents")
-@with_options(bench=BenchOptions, cfg=LatentsBench)
-def bench_latents(bench: BenchOptions, cfg: LatentsBench) -> None:
-    """The latents pass against the features pass over the same windows, dashboard time per 1k latents,
-    peak memory at 1x / 4x / 16x the corpus."""
-    from ..bench.latents import run_latents_benchmark
-
-    run_latents_benchmark(bench, cfg)
-
-
-@app.command("contrast")
-@with_options(bench=BenchOptions, cfg=ContrastBench)
-def bench_contrast(bench: BenchOptions, cfg: ContrastBench) -> None:
-    """The paired-contrast analysis: separate programs vs one pass per text vs batched vs the features pass."""
-    from ..bench.contrast import run_contrast_benchmark
-
-    run_contrast_benchmark(bench, cfg)
+def add_bench(app: typer.Typer) -> None:
+    """`actlab bench`: the repository's benchmark commands, or one command
+    that answers anything with GET_THE_REPOSITORY and exit status 2."""
+    cli = benchmarks_module("cli")
+    if cli is not None:
+        app.add_typer(cli.app, name="bench")
+    else:
+        app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                               "help_option_names": []})(missing_benchmarks)
 
 
-@app.command("ray")
-@with_options(bench=BenchOptions, cfg=RayBench, exclude=("bench.device",))
-def bench_ray(bench: BenchOptions, cfg: RayBench) -> None:
-    """One extraction in this process vs on a local Ray instance with 1 and 2 actors (Ray's overhead;
-    on a GPU, an actor's tokens/s vs the engine's alone)."""
-    from ..bench.ray import run_ray_benchmark
-
-    run_ray_benchmark(bench, cfg)
-
-
-@app.command("capacity")
-@with_options(bench=BenchOptions, cfg=CapacityBench, exclude=("bench.device",))
-def bench_capacity(bench: BenchOptions, cfg: CapacityBench) -> None:
-    """The capacity plan: the sparse store's bytes per token (measured here) and a 1B-token feature run's
-    GPU-hours and storage on 1, 8 and 64 GPUs (from the GPU benchmark results)."""
-    from ..bench.capacity import run_capacity_benchmark
-
-    run_capacity_benchmark(bench, cfg)
-
-
-@app.command("trait-quality")
-@with_options(bench=BenchOptions, cfg=TraitQualityBench)
-def bench_trait_quality(bench: BenchOptions, cfg: TraitQualityBench) -> None:
-    """Every built-in trait end to end: kept answers, held-out AUROC per layer, steering sweep."""
-    from ..bench.trait_quality import run_trait_quality
-
-    run_trait_quality(bench, cfg)
+def missing_benchmarks(ctx: typer.Context) -> None:
+    """Benchmarks: the actlab repository's benchmarks/ (not in this installation)."""
+    typer.echo(f"error: {GET_THE_REPOSITORY}", err=True)
+    raise typer.Exit(2)

@@ -7,8 +7,6 @@ from pathlib import Path
 from .. import datasets
 from ..analyses.probes import nearest_centroid_accuracy
 from ..analyses.run import AnalysisConfig
-from ..bench.extract import ExtractBench, markdown_table, run_extract_benchmark
-from ..bench.options import BenchOptions
 from ..contrasts.config import ContrastConfig
 from ..contrasts.pairs import load_pairs
 from ..engine import ExtractConfig
@@ -19,6 +17,7 @@ from ..report import ReportConfig
 from ..runs import extract_run, features_run, open_run
 from ..saes import default_saes
 from ..traits import load_trait
+from .bench import GET_THE_REPOSITORY, benchmarks_module
 from .common import Bar, print_table
 from .common import err as console
 
@@ -61,9 +60,13 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
     run_contrast_step(model, out_dir / "contrast")
 
     console.print("[bold]5. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
-    result = run_extract_benchmark(BenchOptions(model_name, device, results_dir=None),
-                                   ExtractBench(n_texts=64, peers=False, sweep=False), repeats=2)
-    console.print(markdown_table(result), highlight=False)
+    bench, options = benchmarks_module("extract"), benchmarks_module("options")
+    if bench is None:
+        console.print(f"skipped: {GET_THE_REPOSITORY}")
+        return
+    result = bench.run_extract_benchmark(options.BenchOptions(model_name, device, results_dir=None),
+                                         bench.ExtractBench(n_texts=64, peers=False, sweep=False), repeats=2)
+    console.print(bench.markdown_table(result), highlight=False)
 
 
 def run_trait_step(model: Model, out: Path) -> None:

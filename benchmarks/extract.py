@@ -5,7 +5,6 @@ side by side in one process."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -16,17 +15,18 @@ from typing import Callable
 import torch
 from rich.console import Console
 
-from ..datasets import length_mix
-from ..engine import StopForward, auto_token_budget, padded_batch, plan_batches
-from ..engine.linears import plain_linears
-from ..engine.machine import describe_cpu
-from ..hooks import block_hook, capture
-from ..models import Model, load_model
-from ..pooling import parse_pooling
-from ..runs.atomic import write_text_atomic
-from ..tokens import tokenize
-from ..version import VERSION
-from . import peers
+from actlab.datasets import length_mix
+from actlab.engine import StopForward, auto_token_budget, padded_batch, plan_batches
+from actlab.engine.linears import plain_linears
+from actlab.engine.machine import describe_cpu
+from actlab.hooks import block_hook, capture
+from actlab.models import Model, load_model
+from actlab.pooling import parse_pooling
+from actlab.runs.atomic import write_text_atomic
+from actlab.tokens import tokenize
+from actlab.version import VERSION
+
+from . import peers, worker_env
 from .options import BenchOptions
 
 console = Console(stderr=True)  # benchmarks report as they go
@@ -251,17 +251,17 @@ def _sweep(model: Model, model_name: str, texts, hooks, n_tokens: int) -> list[d
 
 def sweep_point_in_subprocess(kind: str, model_name: str, device: str, batch_size: int | None,
                               *args) -> tuple[float, int]:
-    """(seconds, peak RSS) of one sweep point run by actlab.bench.sweep_worker."""
+    """(seconds, peak RSS) of one sweep point run by benchmarks.sweep_worker."""
     result = sweep_point(kind, model_name, device, batch_size, *args)
     return result["seconds"], result["peak_memory_bytes"]
 
 
 def sweep_point(kind: str, model_name: str, device: str, batch_size: int | None, *args) -> dict:
     """Everything the sweep_worker process reports (its last line, JSON)."""
-    command = [sys.executable, "-m", "actlab.bench.sweep_worker", kind, model_name, device,
+    command = [sys.executable, "-m", "benchmarks.sweep_worker", kind, model_name, device,
                str(batch_size or "auto"), *map(str, args)]
     threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}  # the worker computes with this process's threads
-    done = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **threads})
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=worker_env(**threads))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

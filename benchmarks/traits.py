@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models import Model, load_model
-from ..traits import GenerationConfig, generate, render_prompt
-from ..traits.definitions import load_trait
-from ..version import VERSION
+from actlab.models import Model, load_model
+from actlab.traits import GenerationConfig, generate, render_prompt
+from actlab.traits.definitions import load_trait
+from actlab.version import VERSION
+
 from .extract import (
     bench_layers,
     console,

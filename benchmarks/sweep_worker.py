@@ -3,10 +3,10 @@ that configuration alone. The peak is the largest resident set sampled during
 the work (model included); the process high-water mark would report the
 model's loading instead. Prints one JSON line: seconds and peak RSS in bytes.
 
-python -m actlab.bench.sweep_worker extract MODEL DEVICE BATCH_SIZE|auto N_TEXTS HOOK [HOOK ...]
-python -m actlab.bench.sweep_worker traits MODEL DEVICE BATCH_SIZE N_PROMPTS MAX_NEW_TOKENS LAYER [LAYER ...]
-python -m actlab.bench.sweep_worker contrast MODEL DEVICE BATCH_SIZE|auto N_PAIRS
-python -m actlab.bench.sweep_worker latents MODEL DEVICE auto N_TEXTS D_SAE K CONTEXT
+python -m benchmarks.sweep_worker extract MODEL DEVICE BATCH_SIZE|auto N_TEXTS HOOK [HOOK ...]
+python -m benchmarks.sweep_worker traits MODEL DEVICE BATCH_SIZE N_PROMPTS MAX_NEW_TOKENS LAYER [LAYER ...]
+python -m benchmarks.sweep_worker contrast MODEL DEVICE BATCH_SIZE|auto N_PAIRS
+python -m benchmarks.sweep_worker latents MODEL DEVICE auto N_TEXTS D_SAE K CONTEXT
 """
 
 import json
@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from ..contrasts.config import ContrastConfig
-from ..contrasts.pairs import load_pairs
-from ..contrasts.run import contrast_run
-from ..datasets import length_mix
-from ..engine import ExtractConfig
-from ..hooks import block_hook
-from ..latents import LatentsConfig, latents_run
-from ..models import load_model
-from ..traits import GenerationConfig, generate
+from actlab.contrasts.config import ContrastConfig
+from actlab.contrasts.pairs import load_pairs
+from actlab.contrasts.run import contrast_run
+from actlab.datasets import length_mix
+from actlab.engine import ExtractConfig
+from actlab.hooks import block_hook
+from actlab.latents import LatentsConfig, latents_run
+from actlab.models import load_model
+from actlab.traits import GenerationConfig, generate
+
 from .features import random_topk_sae
 from .traits import bench_prompts
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..engine import plan_batches
-from ..generation import cache_keyword, eos_ids, prompt_token_ids
-from ..models import Model
-from ..tokens import pad
+from actlab.engine import plan_batches
+from actlab.generation import cache_keyword, eos_ids, prompt_token_ids
+from actlab.models import Model
+from actlab.tokens import pad
 
 STATIC_BUDGET = 4096  # its CPU default: (prompt + new tokens) x rows per batch
 

@@ -25,16 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contrasts.config import ContrastConfig
-from ..contrasts.metrics import active_set, gini, jaccard, noise, top_entropy, top_indices
-from ..contrasts.pairs import load_pairs
-from ..contrasts.passes import METRICS, text_rows
-from ..contrasts.run import ContrastRun, contrast_run
-from ..engine import ExtractConfig
-from ..models import Model, load_model
-from ..saes import SAE, default_saes
-from ..tokens import tokenize
-from ..version import VERSION
+from actlab.contrasts.config import ContrastConfig
+from actlab.contrasts.metrics import active_set, gini, jaccard, noise, top_entropy, top_indices
+from actlab.contrasts.pairs import load_pairs
+from actlab.contrasts.passes import METRICS, text_rows
+from actlab.contrasts.run import ContrastRun, contrast_run
+from actlab.engine import ExtractConfig
+from actlab.models import Model, load_model
+from actlab.saes import SAE, default_saes
+from actlab.tokens import tokenize
+from actlab.version import VERSION
+
 from .extract import console, describe_device, save_result, sweep_point_in_subprocess, sweep_table, timed
 from .options import BenchOptions
 

@@ -28,7 +28,6 @@ the best counts and the lowest is recorded beside it).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -39,11 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ActlabError
-from ..generation import eos_ids, prompt_token_ids, render_prompt
-from ..models import Model, load_model
-from ..traits.definitions import builtin_traits, load_trait
-from ..version import VERSION
+from actlab.errors import ActlabError
+from actlab.generation import eos_ids, prompt_token_ids, render_prompt
+from actlab.models import Model, load_model
+from actlab.traits.definitions import builtin_traits, load_trait
+from actlab.version import VERSION
+
+from . import worker_env
 from .extract import bench_layers, console, describe_device, save_result
 from .options import BenchOptions
 from .peer_envs import PEERS_DIR, install_steps, model_dir, peer_python
@@ -172,14 +173,14 @@ class _Worker:
     cfg: GenerateBench
 
     def _run(self, command: list[str], env: dict | None = None) -> dict:
-        environment = {**os.environ, **env} if env else None
+        environment = worker_env(**(env or {}))
         done = subprocess.run(command, capture_output=True, text=True, timeout=7200, env=environment)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command[:4])} failed: {done.stderr.strip().splitlines()[-1:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     def _actlab(self, *args) -> dict:
-        return self._run([sys.executable, "-m", "actlab.bench.generate_worker", *map(str, args)])
+        return self._run([sys.executable, "-m", "benchmarks.generate_worker", *map(str, args)])
 
     def engine(self, engine: str, layers: list[int], first: int | None = None) -> dict:
         spec = self.spec

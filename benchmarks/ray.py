@@ -14,15 +14,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import datasets
-from ..engine import ExtractConfig
-from ..hooks import block_hook
-from ..inputs import Records
-from ..models import load_model
-from ..runs.manifest import read_manifest
-from ..runs.ray import RayConfig, ray_module
-from ..runs.runner import extract_run
-from ..version import VERSION
+from actlab import datasets
+from actlab.engine import ExtractConfig
+from actlab.hooks import block_hook
+from actlab.inputs import Records
+from actlab.models import load_model
+from actlab.runs.manifest import read_manifest
+from actlab.runs.ray import RayConfig, ray_module
+from actlab.runs.runner import extract_run
+from actlab.version import VERSION
+
 from .extract import console, describe_device, save_result
 from .options import BenchOptions
 

@@ -27,23 +27,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import length_mix
-from ..default_model import DEFAULT_MODEL
-from ..engine import ExtractConfig
-from ..hooks import block_hook
-from ..inputs import Records
-from ..latents import ExplainConfig, LatentsConfig, explain_latents, latents_run
-from ..latents.effects import logit_effects, neighbours
-from ..latents.run import LatentsJob
-from ..latents.sink import LatentsExtractor
-from ..latents.tables import cofiring_table, histograms_table, intervals_table, latents_table, top_table
-from ..latents.windows import Windows, cut_windows
-from ..models import load_model
-from ..runs.job import local_run
-from ..saes.defaults import default_saes
-from ..saes.features import FeatureExtractor
-from ..tokens import Tokenized
-from ..version import VERSION
+from actlab.datasets import length_mix
+from actlab.default_model import DEFAULT_MODEL
+from actlab.engine import ExtractConfig
+from actlab.hooks import block_hook
+from actlab.inputs import Records
+from actlab.latents import ExplainConfig, LatentsConfig, explain_latents, latents_run
+from actlab.latents.effects import logit_effects, neighbours
+from actlab.latents.run import LatentsJob
+from actlab.latents.sink import LatentsExtractor
+from actlab.latents.tables import cofiring_table, histograms_table, intervals_table, latents_table, top_table
+from actlab.latents.windows import Windows, cut_windows
+from actlab.models import load_model
+from actlab.runs.job import local_run
+from actlab.saes.defaults import default_saes
+from actlab.saes.features import FeatureExtractor
+from actlab.tokens import Tokenized
+from actlab.version import VERSION
+
 from .extract import console, describe_device, save_result, sweep_point
 from .features import random_topk_sae
 from .options import BenchOptions

@@ -10,11 +10,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..models import load_model
-from ..pipelines import TraitPipelineConfig, run_trait
-from ..traits.definitions import builtin_traits, load_trait
-from ..traits.steering import SteerConfig
-from ..version import VERSION
+from actlab.models import load_model
+from actlab.pipelines import TraitPipelineConfig, run_trait
+from actlab.traits.definitions import builtin_traits, load_trait
+from actlab.traits.steering import SteerConfig
+from actlab.version import VERSION
+
 from .extract import console, describe_device, save_result
 from .options import BenchOptions
 

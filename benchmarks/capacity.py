@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-from .. import datasets
-from ..engine import ExtractConfig
-from ..models import load_model
-from ..runs.features import features_run
-from ..runs.manifest import read_manifest
-from ..saes import default_saes
-from ..version import VERSION
+from actlab import datasets
+from actlab.engine import ExtractConfig
+from actlab.models import load_model
+from actlab.runs.features import features_run
+from actlab.runs.manifest import read_manifest
+from actlab.saes import default_saes
+from actlab.version import VERSION
+
 from .extract import console, describe_device, save_result
 from .options import BenchOptions
 

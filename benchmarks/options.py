@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..default_model import DEFAULT_MODEL
+from actlab.default_model import DEFAULT_MODEL
 
 
 @dataclass

@@ -4,9 +4,9 @@ Prints one JSON line: answers (token ids), wall and CPU seconds, peak RSS, and
 with capture each row's response_mean per captured layer. PROMPTS.json holds
 the prompts and the dtype every engine loads the model in.
 
-python -m actlab.bench.generate_worker ENGINE MODEL PROMPTS.json MAX_NEW_TOKENS THREADS [LAYER ...]
-python -m actlab.bench.generate_worker steps MODEL PROMPTS.json SLOTS THREADS
-python -m actlab.bench.generate_worker matmul MODEL - M THREADS
+python -m benchmarks.generate_worker ENGINE MODEL PROMPTS.json MAX_NEW_TOKENS THREADS [LAYER ...]
+python -m benchmarks.generate_worker steps MODEL PROMPTS.json SLOTS THREADS
+python -m benchmarks.generate_worker matmul MODEL - M THREADS
 
 ENGINE: hf_single, hf_batched, static_loop, actlab, actlab_whole_prompts (LAYERs: captured).
 """
@@ -23,7 +23,8 @@ HF_BATCH = 64  # HF generate batched: rows per call, input order, left padding
 def main() -> None:
     engine, model_name, prompts_file, number, threads, *layers = sys.argv[1:]
     torch.set_num_threads(int(threads))
-    from ..models import load_model
+    from actlab.models import load_model
+
     from .sweep_worker import measure
 
     if engine == "matmul":  # float32 and bfloat16 figures, at the float32 model's own shapes and paths
@@ -45,7 +46,7 @@ def main() -> None:
 
 def _actlab(share_prefixes: bool):
     def run(model, prompts, max_new_tokens, layers):
-        from ..generation import GenerationConfig, generate
+        from actlab.generation import GenerationConfig, generate
 
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, share_prefixes=share_prefixes)
         gens = generate(model, prompts, layers, cfg=cfg)
@@ -62,7 +63,7 @@ def _static_loop(model, prompts, max_new_tokens, layers):
 
 def _hf(batch: int):
     def run(model, prompts, max_new_tokens, layers):
-        from ..generation import eos_ids, prompt_token_ids
+        from actlab.generation import eos_ids, prompt_token_ids
 
         eos, ids = sorted(eos_ids(model)), prompt_token_ids(model.tokenizer, prompts)
         answers = []
@@ -88,7 +89,7 @@ RUNNERS = {"hf_single": _hf(1), "hf_batched": _hf(HF_BATCH), "static_loop": _sta
 def decode_step_seconds(model, prompts, slots: int) -> dict:
     """Seconds per decode step with `slots` rows: the same prompts generated
     to 33 and to 1 new tokens, their difference over the steps between."""
-    from ..generation import GenerationConfig, generate
+    from actlab.generation import GenerationConfig, generate
 
     chosen = (prompts * (slots // len(prompts) + 1))[:slots]
     generate(model, chosen[:2], cfg=GenerationConfig(max_new_tokens=2))  # warm-up
@@ -107,7 +108,7 @@ def matrix_throughput(model, rows: int) -> dict:
     its LM head) at `rows` rows through torch.mm and oneDNN prepacked, and the
     path the model's load chose per weight shape; bfloat16 through torch
     beside them (the dtype a user may choose on a CPU with native bf16)."""
-    from ..engine.linears import matrix_throughput as measure_shape
+    from actlab.engine.linears import matrix_throughput as measure_shape
 
     config = model.config
     shapes = {"mlp": (getattr(config, "intermediate_size", 4 * config.hidden_size), config.hidden_size),

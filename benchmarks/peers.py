@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..hooks import block_hook, layout_for
-from ..models import Model
-from ..tokens import pad
+from actlab.hooks import block_hook, layout_for
+from actlab.models import Model
+from actlab.tokens import pad
 
 _TL_CONVERTERS = {"llama": "convert_llama_weights", "gpt2": "convert_gpt2_weights",
                   "gpt_neox": "convert_neox_weights", "gemma2": "convert_gemma_weights",

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
-from ..datasets import length_mix
-from ..hooks import block_hook
-from ..inputs import Records
-from ..models import load_model
-from ..runs import features_run
-from ..saes import SAE, SAEConfig
-from ..version import VERSION
+from actlab.datasets import length_mix
+from actlab.hooks import block_hook
+from actlab.inputs import Records
+from actlab.models import load_model
+from actlab.runs import features_run
+from actlab.saes import SAE, SAEConfig
+from actlab.version import VERSION
+
 from .extract import console, describe_device, save_result, timed
 from .options import BenchOptions
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .extract import console
 
 if TYPE_CHECKING:
-    from ..models import Model
+    from actlab.models import Model
 
 PEER_TORCH = "torch==2.13.0"  # the CPU wheel; a peer's own CUDA extras would pull gigabytes
 PEER_INSTALL_SECONDS = 1800
@@ -52,7 +52,7 @@ def peer_python(venv: Path, packages: list[str], skipped: str, notes: list[str])
 
 def model_dir(model: "Model") -> str:
     """The model's local folder, for a peer that loads it itself."""
-    from ..default_model import DEFAULT_MODEL, default_model_dir
+    from actlab.default_model import DEFAULT_MODEL, default_model_dir
 
     if Path(model.name).is_dir():
         return model.name

@@ -1,1 +1,0 @@
-"""Benchmarks: side-by-side timings written to benchmarks/results/*.json."""
