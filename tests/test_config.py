@@ -45,7 +45,7 @@ def test_model_extract_takes_a_config(tiny_models):
 
 @pytest.mark.parametrize("fields, param", [
     (dict(max_new_tokens=0), "max_new_tokens"), (dict(temperature=-1), "temperature"), (dict(top_p=0), "top_p"),
-    (dict(batch_size=0), "batch_size"),
+    (dict(slots=0), "slots"), (dict(sync_every=0), "sync_every"),
 ])
 def test_bad_generation_fields(fields, param):
     with pytest.raises(ActlabError) as info:

@@ -115,7 +115,7 @@ def test_equals_transformer_lens_plus_sae_lens_on_gpt2(tiny_models, tmp_path):
     """GPT-2 with an SAE trained on TransformerLens defaults (centred writing
     weights): actlab features == HookedTransformer.run_with_cache + SAELens encode."""
     sae_lens = pytest.importorskip("sae_lens")
-    from actlab.bench.peers import hooked_transformer
+    from benchmarks.peers import hooked_transformer
     from actlab.saes import load_sae
 
     model = tiny_models["gpt2"]
