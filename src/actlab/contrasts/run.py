@@ -12,7 +12,7 @@ resumable, on one process or Ray.
                            cross-layer cosine, and each metric's difference (second - first)
 
 Statistics and detection (stats.parquet, detection.parquet) are
-actlab.contrasts.analysis's; the report is actlab.report.contrast's.
+actlab.contrasts.analysis's; the report is actlab.pipelines.build_contrast_report's.
 """
 
 from __future__ import annotations
@@ -162,6 +162,20 @@ class ContrastRun(Run):
         """(table of `columns`, (rows, d_model) matrix of one vector column)."""
         table = read_shards(self.path, self.manifest["shards"], columns=[*columns, name])
         return table.select(list(columns)), column_matrix(table.column(name))
+
+    def stats(self) -> pa.Table:
+        """The paired statistics (after analyze_contrast): one row per metric x layer x domain."""
+        return self._analysis("stats.parquet")
+
+    def detection(self) -> pa.Table:
+        """Held-out detection (after analyze_contrast): one row per layer x domain x detector."""
+        return self._analysis("detection.parquet")
+
+    def _analysis(self, name: str) -> pa.Table:
+        if not (self.path / name).exists():
+            raise ActlabError(f"{self.path} has no {name} yet; rerun the same `actlab contrast` command (or call "
+                              "actlab.contrasts.analysis.analyze_contrast) first")
+        return read_parquet(self.path / name)
 
     def to_arrow(self) -> pa.Table:
         return self.texts()

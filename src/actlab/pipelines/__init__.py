@@ -3,11 +3,12 @@ analyses, its report), between the run kinds and the command line. Each is a
 thin sequence of calls into the layers below; the CLI calls one of these or
 one run kind's function."""
 
-from .contrast import contrast
+from .contrast import build_contrast_report, contrast
 from .feature_report import analyze_run, build_report
 from .latents_report import build_latent_browser, explain_run
 from .trait_report import build_trait_report
 from .traits import TraitPipelineConfig, draw_monitor, draw_steering, run_trait
 
-__all__ = ["TraitPipelineConfig", "analyze_run", "build_latent_browser", "build_report", "build_trait_report",
+__all__ = ["TraitPipelineConfig", "analyze_run", "build_contrast_report", "build_latent_browser", "build_report",
+           "build_trait_report",
            "contrast", "draw_monitor", "draw_steering", "explain_run", "run_trait"]

@@ -1,21 +1,21 @@
 """A trait run's report (`actlab traits report`): the data gathered here (the
-run's tables, plots, and a monitoring pass of the model over kept answers),
-then rendered by actlab.report.traits."""
+run's tables and a monitoring pass of the model over kept answers), then
+drawn and rendered by actlab.report.traits."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .. import plots
 from ..errors import ActlabError
 from ..models import Model
 from ..report.page import write_page
-from ..report.traits import MonitoredAnswer, TraitReportData, render_trait_report
+from ..report.traits import MonitoredAnswer, TraitReportData, render_trait_report, trait_figures
 from ..storage import run_path
 from ..traits.fitting import steering_layer
 from ..traits.monitor import monitor
 from ..traits.runs import TraitRun
 from ..traits.steering import sweep_summary
+from ..traits.vectors import best_layers
 
 
 def build_trait_report(run: str | Path, out: str | Path | None = None, model=None, device: str = "auto",
@@ -27,8 +27,9 @@ def build_trait_report(run: str | Path, out: str | Path | None = None, model=Non
         raise ActlabError(f"{trait_run.path} has no vectors yet; run `actlab traits vectors {trait_run.path}` first")
     model = model if isinstance(model, Model) else trait_run.model(model, device)
     data = collect_trait_report(trait_run, model, method, n_examples)
+    figures = trait_figures(data)
     return write_page(run_path(out) if out is not None else trait_run.path / "report.html",
-                      render_trait_report(data), data.figures)
+                      render_trait_report(data, figures), figures)
 
 
 def collect_trait_report(trait_run: TraitRun, model: Model, method: str, n_examples: int) -> TraitReportData:
@@ -37,12 +38,7 @@ def collect_trait_report(trait_run: TraitRun, model: Model, method: str, n_examp
     scores = scores_table.to_pylist()
     evaluation = trait_run.evaluation().to_pylist()
     layer = steering_layer(trait_run.path, method)
-    name = trait_run.trait.name
-    figures = {"separation.png": plots.separation_by_layer(evaluation, f"{name}: held-out AUROC per layer")}
-    sweep = None
-    if (trait_run.path / "steering.parquet").exists():
-        sweep = sweep_summary(trait_run.steering())
-        figures["steering.png"] = plots.steering_sweep(sweep, f"{name}: steering")
+    sweep = sweep_summary(trait_run.steering()) if (trait_run.path / "steering.parquet").exists() else None
     examples = _examples(answers, scores, n_examples)
     monitored = []
     if examples:
@@ -52,11 +48,8 @@ def collect_trait_report(trait_run: TraitRun, model: Model, method: str, n_examp
             n_prompt = len(model.tokenizer(answer["prompt"], add_special_tokens=False)["input_ids"])
             monitored.append(MonitoredAnswer(answer, projections.tokens[i][n_prompt:],
                                              projections.values[layer][i][n_prompt:]))
-        first = monitored[0]
-        figures["monitor.png"] = plots.token_projections(
-            first.tokens, first.values, f"row {first.answer['row']}: projection on the block-{layer} {method} vector")
-    return TraitReportData(trait_run, method, layer, answers, scores, scores_table.schema.metadata or {}, evaluation,
-                           sweep, monitored, figures)
+    return TraitReportData(trait_run.trait, str(trait_run.path), method, layer, answers, scores,
+                           scores_table.schema.metadata or {}, evaluation, best_layers(evaluation), sweep, monitored)
 
 
 def _examples(answers: list[dict], scores: list[dict], n: int) -> list[dict]:
