@@ -75,8 +75,25 @@ def summary_html(title: str, rows: list[tuple[str, str]]) -> str:
     return f"<b>{escape(title)}</b><table>{body}</table>"
 
 
+class Tabular:
+    """Anything with a main table, `to_arrow()` (results, runs): the same rows
+    in pandas and polars."""
+
+    def to_pandas(self):
+        """`to_arrow()` as a pandas DataFrame."""
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self):
+        """`to_arrow()` as a polars DataFrame."""
+        try:
+            import polars as pl
+        except ImportError:
+            raise ActlabError("to_polars needs polars: pip install polars") from None
+        return pl.from_arrow(self.to_arrow())
+
+
 @dataclass(kw_only=True)
-class Result:
+class Result(Tabular):
     """Rows in input order. Pooled: one row per text. Per-token ('all'): text i
     owns rows offsets[i]:offsets[i + 1], whose token strings are
     tokens[offsets[i]:offsets[i + 1]]."""
@@ -111,17 +128,6 @@ class Result:
         if self.tokens is not None:
             columns["token"] = pa.array(self.tokens, pa.string())
         return columns
-
-    def to_pandas(self):
-        """The rows as a pandas DataFrame (each result kind's `to_arrow` schema)."""
-        return self.to_arrow().to_pandas()
-
-    def to_polars(self):
-        try:
-            import polars as pl
-        except ImportError:
-            raise ActlabError("to_polars needs polars: pip install polars") from None
-        return pl.from_arrow(self.to_arrow())
 
     def summary_rows(self) -> list[tuple[str, str]]:
         rows = [("texts", str(len(self))), ("pooling", self.pooling),

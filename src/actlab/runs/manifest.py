@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
+from ..activations import Tabular
 from ..errors import ActlabError
 from ..models import load_run_model
 from ..registry import Registry
@@ -34,7 +35,7 @@ FORMAT_VERSION = 1
 OUTPUT_PATTERNS = ("*.parquet", "*.safetensors", "*.png", "report.html")  # what actlab writes in a run folder
 
 
-class Run:
+class Run(Tabular):
     """A complete run on disk, of one kind (a subclass: ActivationRun,
     FeatureRun, TraitRun, ...). One way to open any of them:
     `Kind.open(path)`, or `actlab.open_run(path)`, which picks the kind from
@@ -73,18 +74,6 @@ class Run:
     def to_arrow(self) -> "pa.Table":
         """The run's main table (each kind says which)."""
         raise ActlabError(f"{type(self).__name__} has no main table; read its files with pyarrow")
-
-    def to_pandas(self):
-        """`to_arrow()` as a pandas DataFrame."""
-        return self.to_arrow().to_pandas()
-
-    def to_polars(self):
-        """`to_arrow()` as a polars DataFrame."""
-        try:
-            import polars as pl
-        except ImportError:
-            raise ActlabError("to_polars needs polars: pip install polars") from None
-        return pl.from_arrow(self.to_arrow())
 
 
 @dataclass(frozen=True)
