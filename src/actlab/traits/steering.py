@@ -49,9 +49,7 @@ class SteerConfig:
             raise ActlabError("give at least one steering coefficient", param="coeffs")
         if self.where not in ("all", "answer"):
             raise ActlabError(f"where must be all or answer, not '{self.where}'", param="where")
-        if self.method not in VECTOR_METHODS:
-            raise ActlabError(f"unknown vector method '{self.method}'; use {', '.join(VECTOR_METHODS)}",
-                              param="method")
+        VECTOR_METHODS.pick(self.method, param="method")
         if self.questions is not None and self.questions < 1:
             raise ActlabError(f"questions must be at least 1, not {self.questions}", param="questions")
         if self.max_new_tokens is not None:
