@@ -25,12 +25,11 @@ from ..engine import Sink
 from ..errors import ActlabError
 from ..models import Model
 from ..runs.atomic import write_parquet_atomic
-from ..runs.shards import shard_name
 from ..saes import load_sae
 from ..storage import read_parquet
 from .config import LatentsConfig
 from .sink import LatentsExtractor, window_codes
-from .windows import WINDOW_BITS, Windows
+from .windows import Windows
 
 EXAMPLES = "examples.parquet"
 POOL = "pool.parquet"
@@ -194,13 +193,10 @@ def _check(run, examples: pa.Table) -> None:
 
 
 def _read_windows(run, keys: list[int]) -> Windows:
-    shards = sorted({(k >> WINDOW_BITS) // run.settings["shard_size"] for k in keys})
-    tables = [read_parquet(run.path / shard_name(i, "windows"), filters=[("window", "in", keys)]) for i in shards]
-    table = pa.concat_tables(tables) if tables else None
+    table = run.windows(keys)
     if table is None or table.num_rows == 0:
         return Windows([], np.zeros(0, np.int64), np.zeros(0, np.int64), run.settings["has_bos"],
                        run.settings["content"])
-    table = table.sort_by("window")
     return Windows([list(ids) for ids in table.column("token_ids").to_pylist()],
                    table.column("text_id").to_numpy(), table.column("start").to_numpy(), run.settings["has_bos"],
                    run.settings["content"])

@@ -278,13 +278,21 @@ class LatentsRun(Run):
             rows.append(values)
         return rows
 
+    def windows(self, keys) -> pa.Table | None:
+        """The windows shards' rows (window, text_id, start, token_ids, tokens) of these window keys,
+        read from the shards that hold them, sorted by key; None for no keys: the one window reader."""
+        keys = np.unique(np.asarray(keys, dtype=np.int64))
+        if not len(keys):
+            return None
+        shards = np.unique((keys >> WINDOW_BITS) // self.settings["shard_size"])
+        return pa.concat_tables([read_parquet(self.path / shard_name(int(i), "windows"),
+                                              filters=[("window", "in", keys.tolist())])
+                                 for i in shards]).sort_by("window")
+
     def with_tokens(self, table: pa.Table) -> pa.Table:
         """`table` (a window column) with each window's token_ids and tokens."""
         keys = table.column("window").to_numpy()
-        shards = np.unique((keys >> WINDOW_BITS) // self.settings["shard_size"])
-        windows = pa.concat_tables([read_parquet(self.path / shard_name(int(i), "windows"),
-                                                 filters=[("window", "in", keys.tolist())]) for i in shards]) \
-            if len(keys) else None
+        windows = self.windows(keys)
         if windows is None:
             return table.append_column("token_ids", pa.array([], pa.list_(pa.int32()))).append_column(
                 "tokens", pa.array([], pa.list_(pa.string())))
