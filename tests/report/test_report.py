@@ -72,7 +72,9 @@ def test_report_numbers(pooled_run, tiny_models):
         got = next(iter(data.quality[name].values()))
         assert got["explained_variance"] == pytest.approx(expected["explained_variance"])
         assert got["l0"] == pytest.approx(expected["l0"])
-    assert {"heatmap-early.png", "heatmap-late.png", "firing-frequency.png"} <= set(data.figures)
+    from actlab.report.html import feature_figures
+
+    assert {"heatmap-early.png", "heatmap-late.png", "firing-frequency.png"} <= set(feature_figures(data))
 
 
 def test_report_files(pooled_run, tiny_models, tmp_path):

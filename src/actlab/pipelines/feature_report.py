@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .. import plots
 from ..analyses import neuronpedia_link
 from ..analyses.run import AnalysisConfig, analyze_features
 from ..errors import ActlabError
@@ -19,7 +18,7 @@ from ..latents import LatentsRun
 from ..latents.analysis import analyze_latents
 from ..models import Model
 from ..report.data import ExampleText, LatentCard, ReportConfig, ReportData
-from ..report.html import render, slug
+from ..report.html import feature_figures, render
 from ..report.latents import browser_links
 from ..report.page import write_page
 from ..runs import FeatureRun, open_run
@@ -51,7 +50,8 @@ def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg
         links = browser_links(cfg.browser, page, feats.configs)
         for card in data.cards:
             card.browser = f"{links[card.sae]}{card.latent}" if card.sae in links else None
-    return write_page(page, render(data), data.figures)
+    figures = feature_figures(data)
+    return write_page(page, render(data, figures), figures)
 
 
 def analyze_run(run: str | Path, cfg: AnalysisConfig | None = None) -> dict[str, list[dict]]:
@@ -82,23 +82,18 @@ def collect(run: Path, feats: FeatureRun, model: Model | None, cfg: ReportConfig
     for card in cards:
         card.examples = _examples(matrices[card.sae][:, card.latent], fields, cfg.texts_per_latent)
     highlighted = _highlight(cards, feats, model)
-    figures = {}
-    if categories is not None:
-        for name, F in matrices.items():
-            labels, latents, means = category_means(F, categories, cfg.heatmap_latents_per_category)
-            figures[f"heatmap-{slug(name)}.png"] = plots.category_heatmap(
-                means, labels, latents, f"{name}: mean activation per category")
+    heatmaps = {name: category_means(F, categories, cfg.heatmap_latents_per_category)
+                for name, F in matrices.items()} if categories is not None else {}
     unit = "texts" if feats.offsets is None else "tokens"
     n_rows = len(feats) if feats.offsets is None else int(feats.offsets[-1])
-    figures["firing-frequency.png"] = plots.firing_frequency_histogram(
-        {name: feats.latent_stats[name].count.numpy() / n_rows for name in feats.names}, unit)
+    frequencies = {name: feats.latent_stats[name].count.numpy() / n_rows for name in feats.names}
     quality = _quality(feats, model, fields["text"][:cfg.quality_texts]) if model is not None else {}
     for name, cfg_ in feats.configs.items():
         held_out = _training_quality(cfg_.source)
         if held_out:
             quality.setdefault(name, {})["held-out text (training report)"] = held_out
     return ReportData(run, feats.manifest, len(feats), feats.names, feats.configs, tables, quality,
-                      cards, figures, highlighted)
+                      cards, heatmaps, frequencies, unit, highlighted)
 
 
 def category_means(F: np.ndarray, categories, per_category: int) -> tuple[list[str], list[int], np.ndarray]:

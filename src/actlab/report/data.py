@@ -64,5 +64,8 @@ class ReportData:
     tables: dict[str, list[dict]]
     quality: dict[str, dict]  # sae -> {"this run": metrics, "held-out (training)": metrics}
     cards: list[LatentCard]
-    figures: dict[str, bytes]  # file name -> PNG
+    heatmaps: dict[str, tuple[list[str], list[int], object]]  # sae -> (categories, latents, (categories, latents)
+    # mean activations), when the input has categories
+    frequencies: dict[str, object]  # sae -> (d_sae,) share of rows each latent fires on
+    unit: str  # what a row is: texts or tokens
     highlighted: bool

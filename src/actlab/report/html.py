@@ -8,6 +8,7 @@ import base64
 from html import escape
 from typing import Iterable
 
+from .. import plots
 from ..analyses import neuronpedia_link
 from ..plots import token_shades
 from ..version import VERSION
@@ -33,16 +34,26 @@ QUALITY_COLUMNS = [("l0", "L0", "{:.1f}"), ("dead_fraction", "dead", "{:.1%}"), 
                    ("ce_zero_ablation", "CE zero-abl.", "{:.3f}"), ("ce_loss_score", "CE score", "{:.3f}")]
 
 
-def render(data: ReportData) -> str:
+def feature_figures(data: ReportData) -> dict[str, bytes]:
+    """The page's figures: a category heatmap per SAE (when the input has categories) and the firing
+    frequency histogram, file name -> PNG."""
+    figures = {f"heatmap-{slug(name)}.png": plots.category_heatmap(means, labels, latents,
+                                                                   f"{name}: mean activation per category")
+               for name, (labels, latents, means) in data.heatmaps.items()}
+    figures["firing-frequency.png"] = plots.firing_frequency_histogram(data.frequencies, data.unit)
+    return figures
+
+
+def render(data: ReportData, figures: dict[str, bytes]) -> str:
     settings = data.manifest["settings"]
     body = [f"<h1>actlab report: {escape(data.run.name)}</h1>",
             section("summary", "Run", _summary(data, settings)),
             section("quality", "SAE quality", _quality(data)),
             section("comparison", "SAE comparison", _comparison(data)),
-            section("heatmaps", "Category × latent heatmaps", _heatmaps(data)),
+            section("heatmaps", "Category × latent heatmaps", _heatmaps(data, figures)),
             section("latents", "Latents and their top texts", _latents(data)),
             section("tables", "Analysis tables", _tables(data)),
-            section("frequency", "Firing frequency", image(data.figures["firing-frequency.png"],
+            section("frequency", "Firing frequency", image(figures["firing-frequency.png"],
                                                               "histogram of latent firing frequencies"))]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>actlab report: {escape(data.run.name)}</title><style>{STYLE}</style></head>"
@@ -113,8 +124,8 @@ def _comparison(data: ReportData) -> str:
             "(in-category minus out-of-category texts above the threshold; shown only when > 0).</p>")
 
 
-def _heatmaps(data: ReportData) -> str:
-    maps = [(name, data.figures.get(f"heatmap-{slug(name)}.png")) for name in data.names]
+def _heatmaps(data: ReportData, figures: dict[str, bytes]) -> str:
+    maps = [(name, figures.get(f"heatmap-{slug(name)}.png")) for name in data.names]
     if not any(png for _, png in maps):
         return '<p class="note">No heatmaps: the run\'s input has no category field.</p>'
     return "".join(f"<h3>{escape(name)}</h3>{image(png, f'{name} category heatmap')}" for name, png in maps if png)
