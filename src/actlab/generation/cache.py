@@ -63,8 +63,27 @@ class SlotLayer(CacheLayerMixin):
                                   dtype=value_states.dtype, device=device)
         self.is_initialized = True
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        raise NotImplementedError("SlotCache.update writes the layers")
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, plan: "SlotCache", *args,
+               **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this forward's keys and values where `plan` (the SlotCache's
+        prefill or decode plan) says; return what attention reads."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if plan.rows is not None and plan.offsets is None:  # prefill: (n, H, T, D) into positions 0..T-1
+            t = key_states.shape[2]
+            self.keys[plan.rows, :, :t] = key_states
+            self.values[plan.rows, :, :t] = value_states
+            return key_states, value_states
+        if plan.rows is not None:  # (n, H, T, D) at offset..offset+T-1 (pads clamped to the last position)
+            where = plan.prefill_positions(key_states.shape[2])  # (n, T)
+            rows = plan.rows.unsqueeze(-1)  # (n, 1)
+            self.keys[rows, :, where] = key_states.transpose(1, 2)  # indexed as (n, T, H, D)
+            self.values[rows, :, where] = value_states.transpose(1, 2)
+            return self.keys[plan.rows, :, :plan.kv_length], self.values[plan.rows, :, :plan.kv_length]
+        # decode: (S, H, 1, D), each slot's token at its own position (indexing: 2.5x scatter_ on CPU)
+        self.keys[plan.slot_index, :, plan.positions] = key_states[:, :, 0]
+        self.values[plan.slot_index, :, plan.positions] = value_states[:, :, 0]
+        return self.keys[:, :, :plan.kv_length], self.values[:, :, :plan.kv_length]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.length, 0
@@ -102,25 +121,8 @@ class SlotCache(Cache):
         self.slot_index = torch.arange(len(positions), device=positions.device)  # (S,)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        """Write this forward's keys and values; return what attention reads."""
-        layer = self.layers[layer_idx]
-        if not layer.is_initialized:
-            layer.lazy_initialization(key_states, value_states)
-        if self.rows is not None and self.offsets is None:  # prefill: (n, H, T, D) into positions 0..T-1
-            t = key_states.shape[2]
-            layer.keys[self.rows, :, :t] = key_states
-            layer.values[self.rows, :, :t] = value_states
-            return key_states, value_states
-        if self.rows is not None:  # (n, H, T, D) at offset..offset+T-1 (pads clamped to the last position)
-            where = self.prefill_positions(key_states.shape[2])  # (n, T)
-            rows = self.rows.unsqueeze(-1)  # (n, 1)
-            layer.keys[rows, :, where] = key_states.transpose(1, 2)  # indexed as (n, T, H, D)
-            layer.values[rows, :, where] = value_states.transpose(1, 2)
-            return layer.keys[self.rows, :, :self.kv_length], layer.values[self.rows, :, :self.kv_length]
-        # decode: (S, H, 1, D), each slot's token at its own position (indexing: 2.5x scatter_ on CPU)
-        layer.keys[self.slot_index, :, self.positions] = key_states[:, :, 0]
-        layer.values[self.slot_index, :, self.positions] = value_states[:, :, 0]
-        return layer.keys[:, :, :self.kv_length], layer.values[:, :, :self.kv_length]
+        """Write this forward's keys and values into layer `layer_idx` as planned; return what attention reads."""
+        return self.layers[layer_idx].update(key_states, value_states, self)
 
     def prefill_positions(self, tokens: int) -> torch.Tensor:
         """Where a prefill on shared beginnings writes its tokens: (n, T), a
