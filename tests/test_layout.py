@@ -84,3 +84,36 @@ def test_src_actlab_holds_no_benchmark():
         if "benchmarks/results" in path.read_text():
             found.append(f"{name}: writes benchmark results")
     assert not found, found
+
+
+def imported(path: Path, package: str) -> list[tuple[str, list[str]]]:
+    """(absolute module, names) of each import in the file at `path` of `package`."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found.append((module, [a.name for a in node.names]))
+    return found
+
+
+def test_report_reads_no_run_and_computes_no_statistics():
+    """report/ draws and writes what pipelines gathered: it imports no table
+    reader (pyarrow, pandas, polars, duckdb, actlab.storage's readers), no run
+    kind or run opener, and no statistics (actlab.analyses, scipy, sklearn)."""
+    root = Path(actlab.__file__).parent
+    libraries = {"pyarrow", "pandas", "polars", "duckdb", "scipy", "sklearn", "safetensors"}
+    found = []
+    for path in sorted((root / "report").glob("*.py")):
+        for module, names in imported(path, "actlab.report"):
+            parts = module.split(".")
+            if parts[0] in libraries or module.startswith("actlab.analyses"):
+                found.append(f"{path.name}: {module}")
+            elif parts[-1] in ("run", "runs", "manifest", "activations", "features") or \
+                    [n for n in names if n.endswith("Run") or n.startswith(("read_", "open_"))]:
+                found.append(f"{path.name}: {module} {names}")
+    assert not found, f"gather these in actlab.pipelines: {found}"

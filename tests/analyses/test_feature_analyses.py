@@ -5,9 +5,17 @@ import math
 import numpy as np
 import pytest
 
-from actlab.analyses import (category_specialists, coactivation, comparison_table, concept_features,
-                             explore, explore_tokens, most_frequent, most_selective, neuronpedia_link,
-                             strongest)
+from actlab.analyses import (
+    category_specialists,
+    coactivation,
+    comparison_table,
+    concept_features,
+    explore,
+    explore_tokens,
+    most_frequent,
+    most_selective,
+    strongest,
+)
 
 T = 1.0
 
@@ -90,13 +98,11 @@ def test_coactivation(F):
     assert rows[0]["both"] == best_pair[0]
 
 
-def test_comparison_table_and_links(F):
+def test_comparison_table(F):
     table = comparison_table({"a": F, "b": F[:, ::-1].copy()}, CATEGORIES, threshold=T)
     assert set(table) == {"strongest", "frequent", "selective", "specialists"}
     assert table["strongest"]["a"][0] == 7 and table["strongest"]["b"][0] == 29 - 7
     assert 3 in table["specialists"]["a"]
-    assert neuronpedia_link("gpt2-small/8-res-jb", 123) == "https://neuronpedia.org/gpt2-small/8-res-jb/123"
-    assert neuronpedia_link(None, 1) is None
 
 
 def test_explore_tokens():

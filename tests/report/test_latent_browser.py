@@ -133,7 +133,7 @@ def test_a_features_run_is_refused_in_one_line(monkeypatch, capsys, tmp_path, ti
 
 def test_features_report_links_into_the_browser(tmp_path, tiny_models):
     from actlab.pipelines import build_report
-    from actlab.report.data import ReportConfig
+    from actlab.pipelines import ReportConfig
 
     model, sae = tiny_models["llama"], random_sae(HOOK, seed=6, prepend_bos=True)
     features = features_run(model, actlab.Records.of(TEXTS), {"s": sae}, tmp_path / "features")

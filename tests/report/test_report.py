@@ -9,7 +9,7 @@ from actlab import ActlabError
 from actlab.datasets import categories
 from actlab.pipelines import build_report
 from actlab.pipelines.feature_report import category_means, collect
-from actlab.report import ReportConfig
+from actlab.pipelines import ReportConfig
 from actlab.saes import load_sae
 from actlab.saes.quality import sae_quality
 from actlab import ExtractConfig

@@ -75,7 +75,7 @@ def test_cli_features_and_quality_default_to_them(monkeypatch, capsys, tmp_path)
 def test_report_of_the_default_saes_shows_texts_without_bos(default_model, tmp_path):
     """The default SAEs prepend BOS; the highlighted tokens are the text's own."""
     from actlab.pipelines.feature_report import collect
-    from actlab.report import ReportConfig
+    from actlab.pipelines import ReportConfig
     from actlab import ExtractConfig
     from actlab.runs import FeatureRun, features_run
 

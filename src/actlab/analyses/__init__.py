@@ -10,11 +10,10 @@ from .features import (
                        explore_tokens,
                        most_frequent,
                        most_selective,
-                       neuronpedia_link,
                        strongest,
 )
 from .probes import nearest_centroid_accuracy
 
 __all__ = ["category_specialists", "coactivation", "comparison_table", "concept_features", "explore",
-           "explore_tokens", "most_frequent", "most_selective", "nearest_centroid_accuracy", "neuronpedia_link",
+           "explore_tokens", "most_frequent", "most_selective", "nearest_centroid_accuracy",
            "strongest"]

@@ -18,8 +18,6 @@ from typing import Sequence, Union
 
 import numpy as np
 
-NEURONPEDIA = "https://neuronpedia.org"
-
 
 @dataclass(frozen=True)
 class RankingStats:
@@ -42,11 +40,6 @@ Latents = Union[np.ndarray, RankingStats]  # F, or its statistics
 
 def _stats(F: Latents, threshold: float = 5.0) -> RankingStats:
     return F if isinstance(F, RankingStats) else RankingStats.of(F, threshold)
-
-
-def neuronpedia_link(neuronpedia_id: str | None, latent: int) -> str | None:
-    """Dashboard link, e.g. https://neuronpedia.org/gpt2-small/8-res-jb/123."""
-    return f"{NEURONPEDIA}/{neuronpedia_id}/{int(latent)}" if neuronpedia_id else None
 
 
 def strongest(F: Latents, k: int = 5) -> list[dict]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ActlabError
+from ..links import neuronpedia_link
 from .features import (
     category_specialists,
     coactivation,
     comparison_table,
     most_frequent,
     most_selective,
-    neuronpedia_link,
     strongest,
 )
 

@@ -12,8 +12,7 @@ from ..contrasts.pairs import load_pairs
 from ..engine import ExtractConfig
 from ..hooks import block_hook
 from ..models import Model, load_model
-from ..pipelines import analyze_run, build_report, contrast, run_trait
-from ..report import ReportConfig
+from ..pipelines import ReportConfig, analyze_run, build_report, contrast, run_trait
 from ..runs import extract_run, features_run, open_run
 from ..saes import default_saes
 from ..traits import load_trait

@@ -13,7 +13,7 @@ from ..default_model import DEFAULT_MODEL
 from ..engine import ExtractConfig
 from ..errors import ActlabError
 from ..inputs import FieldNames
-from ..report.data import ReportConfig
+from ..pipelines import ReportConfig
 from ..runs.ray import RayConfig
 from .common import (
     Bar,
@@ -124,9 +124,10 @@ def explore_command(explored: ExploreOptions,
             run: Path = typer.Argument(..., help="A per-token features run (actlab features --pooling all) or a "
                                                  "latents run (actlab latents).")) -> None:
     """The texts (or, in a latents run, windows) on which a latent is strongest, tokens highlighted by its value."""
-    from ..analyses import explore_tokens, neuronpedia_link
+    from ..analyses import explore_tokens
     from ..latents import LatentsRun
     from ..latents.run import LATENTS_FORMAT
+    from ..links import neuronpedia_link
     from ..plots import token_shades
     from ..runs import FeatureRun, read_manifest
 
@@ -157,7 +158,7 @@ def explore_command(explored: ExploreOptions,
 
 def _explore_latents(run, sae: Optional[str], latent: int, top: int) -> None:
     """A latents run's top windows of one latent, highlighted."""
-    from ..analyses import neuronpedia_link
+    from ..links import neuronpedia_link
     from ..plots import token_shades
 
     name = run.sae_name(sae)

@@ -11,7 +11,7 @@ from ..errors import ActlabError
 from ..inputs import FieldNames
 from ..latents import LatentsConfig, LatentsRun, latents_run
 from ..latents.explain import ExplainConfig
-from ..report.latents import BrowserConfig
+from ..pipelines import BrowserConfig
 from ..runs.ray import RayConfig
 from .common import (
     Bar,

@@ -24,9 +24,9 @@ from ..analyses.features import (
     comparison_table,
     most_frequent,
     most_selective,
-    neuronpedia_link,
     strongest,
 )
+from ..links import neuronpedia_link
 from .run import LatentsRun
 
 

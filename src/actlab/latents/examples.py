@@ -28,10 +28,10 @@ from ..runs.atomic import write_parquet_atomic
 from ..saes import load_sae
 from ..storage import read_parquet
 from .config import LatentsConfig
+from .run import EXAMPLES
 from .sink import LatentsExtractor, window_codes
 from .windows import Windows
 
-EXAMPLES = "examples.parquet"
 POOL = "pool.parquet"
 POOL_WINDOWS = 256  # random windows whose active latents are recorded (non-activating examples)
 POOL_SEED = 0

@@ -54,6 +54,7 @@ LATENTS_SHARD_SIZE = 1024
 PARTS = ("stats", "top", "sample", "hist", "minhash")
 TABLES = ("latents", "top", "intervals", "histograms", "cofiring", "logit_effects", "neighbours")
 EXPLANATIONS = "explanations.parquet"  # sae, latent, explanation, score (written by explanation steps)
+EXAMPLES = "examples.parquet"  # sae, latent, window, positions, values (written by examples.example_activations)
 
 
 @dataclass
@@ -257,23 +258,32 @@ class LatentsRun(Run):
         """The latents most often active on the same tokens (MinHash Jaccard)."""
         return self.table("cofiring", sae, latent)
 
+    def explanations(self) -> pa.Table | None:
+        """explanations.parquet (every SAE's explained latents and their scores), None before one is written."""
+        path = self.path / EXPLANATIONS
+        return read_parquet(path) if path.exists() else None
+
+    def example_values(self, sae: str | None, latent: int | None = None) -> dict[tuple[int, int], tuple[list, list]]:
+        """{(latent, window): (positions, values)}: every token the latent is
+        active on in its example windows, from examples.parquet (actlab latents
+        report computes it), empty before that: the one reader of exact values."""
+        if not (self.path / EXAMPLES).exists():
+            return {}
+        filters = [("sae", "=", self.sae_name(sae))] + ([("latent", "=", int(latent))] if latent is not None else [])
+        examples = read_parquet(self.path / EXAMPLES, filters=filters)
+        return {(j, k): (p, v) for j, k, p, v in zip(*(examples.column(c).to_pylist()
+                                                     for c in ("latent", "window", "positions", "values")))}
+
     def token_values(self, sae: str | None, latent: int, table: pa.Table) -> list[list[float]]:
         """For each row of a top or intervals table of this latent, the
-        latent's value at every token of its window: from examples.parquet
-        (actlab latents report computes it) where present, else only the
-        window's maximum, at its position."""
-        sae = self.sae_name(sae)
-        known: dict[int, tuple[list, list]] = {}
-        if (self.path / "examples.parquet").exists():
-            examples = read_parquet(self.path / "examples.parquet",
-                                    filters=[("sae", "=", sae), ("latent", "=", int(latent))])
-            known = {k: (p, v) for k, p, v in zip(*(examples.column(c).to_pylist()
-                                                   for c in ("window", "positions", "values")))}
+        latent's value at every token of its window: the exact values where
+        example_values has them, else only the window's maximum, at its position."""
+        known = self.example_values(sae, latent)
         rows = []
         for key, position, value, ids in zip(*(table.column(c).to_pylist()
                                                for c in ("window", "position", "value", "token_ids"))):
             values = [0.0] * len(ids)
-            for p, v in zip(*known.get(key, ([position], [value]))):
+            for p, v in zip(*known.get((int(latent), key), ([position], [value]))):
                 values[p] = v
             rows.append(values)
         return rows

@@ -4,11 +4,11 @@ thin sequence of calls into the layers below; the CLI calls one of these or
 one run kind's function."""
 
 from .contrast import build_contrast_report, contrast
-from .feature_report import analyze_run, build_report
-from .latents_report import build_latent_browser, explain_run
+from .feature_report import ReportConfig, analyze_run, build_report
+from .latents_report import BrowserConfig, build_latent_browser, collect_latent_browser, explain_run
 from .trait_report import build_trait_report
 from .traits import TraitPipelineConfig, draw_monitor, draw_steering, run_trait
 
-__all__ = ["TraitPipelineConfig", "analyze_run", "build_contrast_report", "build_latent_browser", "build_report",
-           "build_trait_report",
-           "contrast", "draw_monitor", "draw_steering", "explain_run", "run_trait"]
+__all__ = ["BrowserConfig", "ReportConfig", "TraitPipelineConfig", "analyze_run", "build_contrast_report",
+           "build_latent_browser", "build_report", "build_trait_report", "collect_latent_browser", "contrast",
+           "draw_monitor", "draw_steering", "explain_run", "run_trait"]

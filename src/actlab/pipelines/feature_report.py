@@ -6,18 +6,19 @@ then actlab.report renders it."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from ..analyses import neuronpedia_link
 from ..analyses.run import AnalysisConfig, analyze_features
 from ..errors import ActlabError
 from ..latents import LatentsRun
 from ..latents.analysis import analyze_latents
+from ..links import neuronpedia_link
 from ..models import Model
-from ..report.data import ExampleText, LatentCard, ReportConfig, ReportData
+from ..report.data import ExampleText, LatentCard, ReportData
 from ..report.html import feature_figures, render
 from ..report.latents import browser_links
 from ..report.page import write_page
@@ -26,6 +27,29 @@ from ..runs.atomic import write_parquet_atomic
 from ..saes import load_sae
 from ..saes.quality import sae_quality
 from ..storage import run_path
+
+
+@dataclass
+class ReportConfig(AnalysisConfig):
+    """What a features run's report shows (the analyses' threshold and top, and more)."""
+
+    latents_per_sae: int = field(default=8, metadata={"flag": "--latents",
+                                                      "help": "Latents shown with their top texts, per SAE."})
+    texts_per_latent: int = field(default=5, metadata={"flag": "--texts", "help": "Top texts per latent."})
+    heatmap_latents_per_category: int = field(default=2, metadata={
+        "flag": "--heatmap-latents", "help": "Latents per category in the category heatmap."})
+    quality_texts: int = field(default=64, metadata={"help": "Texts of the run scored for SAE quality (0: skip)."})
+    browser: Path | None = field(default=None, metadata={
+        "help": "A latent browser (actlab latents report) of the same SAEs: each latent card links into it."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("latents_per_sae", "texts_per_latent", "heatmap_latents_per_category"):
+            if getattr(self, name) < 1:
+                raise ActlabError(f"{name} must be at least 1, not {getattr(self, name)}", param=name)
+        if self.quality_texts < 0:
+            raise ActlabError(f"quality_texts must be 0 or more, not {self.quality_texts}", param="quality_texts")
+
 
 
 def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg: ReportConfig | None = None,

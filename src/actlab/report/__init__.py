@@ -5,7 +5,6 @@ a features run (`html.render` of `data.ReportData`), of a trait run
 the pages show is gathered by actlab.pipelines (`build_report`,
 `analyze_run`, `build_trait_report`, `build_contrast_report`)."""
 
-from .data import ReportConfig
 from .page import write_page
 
-__all__ = ["ReportConfig", "write_page"]
+__all__ = ["write_page"]

@@ -1,35 +1,10 @@
-"""What a features report shows (ReportConfig), and the data collected for it
-(by actlab.pipelines) before it is rendered."""
+"""The data a report shows, gathered by actlab.pipelines before report/ draws and renders it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from ..analyses.run import AnalysisConfig
-from ..errors import ActlabError
-
-
-@dataclass
-class ReportConfig(AnalysisConfig):
-    """What a features run's report shows (the analyses' threshold and top, and more)."""
-
-    latents_per_sae: int = field(default=8, metadata={"flag": "--latents",
-                                                      "help": "Latents shown with their top texts, per SAE."})
-    texts_per_latent: int = field(default=5, metadata={"flag": "--texts", "help": "Top texts per latent."})
-    heatmap_latents_per_category: int = field(default=2, metadata={
-        "flag": "--heatmap-latents", "help": "Latents per category in the category heatmap."})
-    quality_texts: int = field(default=64, metadata={"help": "Texts of the run scored for SAE quality (0: skip)."})
-    browser: Path | None = field(default=None, metadata={
-        "help": "A latent browser (actlab latents report) of the same SAEs: each latent card links into it."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("latents_per_sae", "texts_per_latent", "heatmap_latents_per_category"):
-            if getattr(self, name) < 1:
-                raise ActlabError(f"{name} must be at least 1, not {getattr(self, name)}", param=name)
-        if self.quality_texts < 0:
-            raise ActlabError(f"quality_texts must be 0 or more, not {self.quality_texts}", param="quality_texts")
 
 
 @dataclass
@@ -69,3 +44,17 @@ class ReportData:
     frequencies: dict[str, object]  # sae -> (d_sae,) share of rows each latent fires on
     unit: str  # what a row is: texts or tokens
     highlighted: bool
+
+
+@dataclass
+class LatentBrowserData:
+    """A latents run's browser, gathered (pipelines.latents_report) for
+    report.latents to write: `meta` (the run, its SAEs, the histogram's bin
+    edges), per SAE its latent list (count, frequency, mean, max,
+    explanation, score: one list each), and its chunks, produced one at a
+    time so 65k latents never sit in memory at once: (SAE index, chunk index,
+    {"latents": {latent: card}, "windows": {window: tokens}})."""
+
+    meta: dict
+    lists: list[dict]
+    chunks: Iterator[tuple[int, int, dict]]

@@ -9,7 +9,7 @@ from html import escape
 from typing import Iterable
 
 from .. import plots
-from ..analyses import neuronpedia_link
+from ..links import neuronpedia_link
 from ..plots import token_shades
 from ..version import VERSION
 from .data import ExampleText, LatentCard, ReportData
