@@ -7,7 +7,8 @@ wrongly marked tokens (fuzzing), and does the same for a token-frequency
 baseline explanation, so that a score can be compared with what naming the
 commonest tokens achieves (actlab.latents.cases says what is shown).
 
-Resumable and keyed like judging: every chunk of latents is saved under
+Resumable and keyed like judging: every chunk of latents is saved in a
+judges.cache.JudgementCache (explained- and scores- parts) under
 RUN/judgements/<key>/ (key: the explainer's and scorers' settings and this
 config's), so a rerun with the same settings asks only for latents not yet
 done, and a server that drops out loses nothing. RUN/explanations.parquet
@@ -35,11 +36,11 @@ from ..engine.batches import Progress
 from ..errors import ActlabError
 from ..judges import EXPLAINER_KINDS, OPENAI_URL, Judge, describe_judge, judge_fingerprint, make_judge
 from ..judges.base import asked_model
+from ..judges.cache import JudgementCache
 from ..judges.openai import OpenAIServer, server_options
 from ..models import Model
-from ..runs.atomic import write_json_atomic, write_parquet_atomic
+from ..runs.atomic import write_parquet_atomic
 from ..runs.fingerprint import step_fingerprint
-from ..storage import read_parquet
 from .cases import LatentCase, latent_case, sae_examples
 from .examples import example_activations, window_pool
 from .prompts import DETECTION_PROMPT, FUZZING_PROMPT, parse_explanation
@@ -47,7 +48,7 @@ from .run import EXPLANATIONS, LatentsRun
 
 EXPLAIN_VERSION = 1
 EXPLAIN_CHUNK = 16  # latents asked together between saves
-JUDGEMENTS = "judgements"
+EXPLAINED, SCORES = "explained", "scores"  # the cache's parts: one row per latent (the marker), per scored example
 KINDS = ("explained", "baseline")
 TASKS = ("detection", "fuzzing")
 
@@ -153,23 +154,23 @@ def explain_latents(run, model: Model, cfg: ExplainConfig | None = None, saes: d
     cfg = cfg or ExplainConfig()
     ask = askers(cfg, model)
     key = explain_key(ask, cfg)
-    folder = run.path / JUDGEMENTS / key
+    cache = JudgementCache.of(run.path, key, EXPLAINED)
     wanted = [(sae, latent) for sae in ([run.sae_name(cfg.sae)] if cfg.sae else run.saes)
               for latent in chosen_latents(run, sae, cfg)]
-    done = saved_latents(folder)
+    done = saved_latents(cache)
     todo = [pair for pair in wanted if pair not in done]
     result = ExplainResult(key, len(wanted), len(wanted) - len(todo), 0)
     try:
         if todo:
             if progress:
                 progress.start(len(todo), -(-len(todo) // EXPLAIN_CHUNK))
-            _save_settings(folder, ask, cfg)
+            cache.record_settings(_settings(ask, cfg))
             examples, pool = example_activations(run, model, saes), window_pool(run, model, saes)
             data = {sae: sae_examples(run, sae, examples, pool) for sae in {sae for sae, _ in todo}}
             cases = (latent_case(data[sae], j, cfg.examples, cfg.test_examples, cfg.seed) for sae, j in todo)
-            _explain(cases, ask, folder, cfg, result, progress)
+            _explain(cases, ask, cache, cfg, result, progress)
     finally:  # what is saved is readable, also when a server went away
-        result.table = write_explanations(run, folder, describe_judge(ask.explainer))
+        result.table = write_explanations(run, cache, describe_judge(ask.explainer))
     return result
 
 
@@ -197,27 +198,19 @@ def chosen_latents(run: LatentsRun, sae: str, cfg: ExplainConfig) -> list[int]:
     return active[order[:cfg.max_latents]].tolist()
 
 
-def saved_latents(folder) -> set[tuple[str, int]]:
-    return {(sae, latent) for part in _parts(folder, "explained")
-            for sae, latent in zip(*(read_parquet(part, columns=["sae", "latent"]).column(c).to_pylist()
-                                     for c in ("sae", "latent")))}
+def saved_latents(cache: JudgementCache) -> set[tuple[str, int]]:
+    saved = cache.read(EXPLAINED, columns=["sae", "latent"])
+    return set() if saved is None else set(zip(saved.column("sae").to_pylist(), saved.column("latent").to_pylist()))
 
 
-def _parts(folder, name: str) -> list:
-    return sorted(folder.glob(f"{name}-*.parquet"), key=lambda p: p.name) if folder.is_dir() else []
-
-
-def _save_settings(folder, ask: Askers, cfg: ExplainConfig) -> None:
-    if not (folder / "settings.json").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / "settings.json", {
-            "explainer": describe_judge(ask.explainer), "detection": describe_judge(ask.detection),
+def _settings(ask: Askers, cfg: ExplainConfig) -> dict:
+    return {"explainer": describe_judge(ask.explainer), "detection": describe_judge(ask.detection),
             "fuzzing": describe_judge(ask.fuzzing), "examples": cfg.examples, "test_examples": cfg.test_examples,
-            "seed": cfg.seed})
+            "seed": cfg.seed}
 
 
-def _explain(cases, ask: Askers, folder, cfg: ExplainConfig, result: ExplainResult, progress) -> None:
-    index = len(_parts(folder, "explained"))
+def _explain(cases, ask: Askers, cache: JudgementCache, cfg: ExplainConfig, result: ExplainResult,
+             progress) -> None:
     chunk: list[LatentCase] = []
     budget = cfg.max_calls
     for case in cases:
@@ -226,14 +219,14 @@ def _explain(cases, ask: Askers, folder, cfg: ExplainConfig, result: ExplainResu
             break
         chunk.append(case)
         if len(chunk) == EXPLAIN_CHUNK:
-            index = _ask_chunk(chunk, ask, folder, index, cfg, result, progress)
+            _ask_chunk(chunk, ask, cache, cfg, result, progress)
             chunk = []
     if chunk:
-        _ask_chunk(chunk, ask, folder, index, cfg, result, progress)
+        _ask_chunk(chunk, ask, cache, cfg, result, progress)
 
 
-def _ask_chunk(chunk: list[LatentCase], ask: Askers, folder, index: int, cfg: ExplainConfig,
-               result: ExplainResult, progress) -> int:
+def _ask_chunk(chunk: list[LatentCase], ask: Askers, cache: JudgementCache, cfg: ExplainConfig,
+               result: ExplainResult, progress) -> None:
     started = time.perf_counter()
     replies = ask.explainer.ask([case.prompt for case in chunk])
     explanations = [parse_explanation(r.text) if r.text else "" for r in replies]
@@ -257,20 +250,20 @@ def _ask_chunk(chunk: list[LatentCase], ask: Askers, folder, index: int, cfg: Ex
     if keep:
         rows = [(asked[task][n], task, judged[task][n]) for task in TASKS for n in range(len(asked[task]))
                 if asked[task][n][0] in keep]
-        write_parquet_atomic(folder / f"scores-{index:05d}.parquet", pa.table({
+        cache.save({SCORES: pa.table({
             "sae": [chunk[a[0]].sae for a, _, _ in rows], "latent": pa.array([chunk[a[0]].latent for a, _, _ in rows],
                                                                                pa.int32()),
             "kind": [a[1] for a, _, _ in rows], "task": [task for _, task, _ in rows],
             "window": pa.array([a[3].window for a, _, _ in rows], pa.int64()),
             "label": pa.array([a[3].label for a, _, _ in rows], pa.int8()),
-            "score": pa.array([j.score for _, _, j in rows], pa.float64()), "reason": [j.reason for _, _, j in rows]}))
-        write_parquet_atomic(folder / f"explained-{index:05d}.parquet", pa.table({  # last: the marker
-            "sae": [chunk[i].sae for i in keep], "latent": pa.array([chunk[i].latent for i in keep], pa.int32()),
-            "explanation": [explanations[i] for i in keep], "baseline": [chunk[i].baseline for i in keep],
-            "reply": [replies[i].text for i in keep],
-            "n_activating": pa.array([sum(e.label for e in chunk[i].detection) for i in keep], pa.int32()),
-            "n_non_activating": pa.array([sum(1 - e.label for e in chunk[i].detection) for i in keep], pa.int32())}))
-        index += 1
+            "score": pa.array([j.score for _, _, j in rows], pa.float64()), "reason": [j.reason for _, _, j in rows]}),
+            EXPLAINED: pa.table({  # the marker
+                "sae": [chunk[i].sae for i in keep], "latent": pa.array([chunk[i].latent for i in keep], pa.int32()),
+                "explanation": [explanations[i] for i in keep], "baseline": [chunk[i].baseline for i in keep],
+                "reply": [replies[i].text for i in keep],
+                "n_activating": pa.array([sum(e.label for e in chunk[i].detection) for i in keep], pa.int32()),
+                "n_non_activating": pa.array([sum(1 - e.label for e in chunk[i].detection) for i in keep],
+                                             pa.int32())})})
     result.explained += len(keep)
     result.done += len(keep)
     result.seconds += time.perf_counter() - started
@@ -281,17 +274,15 @@ def _ask_chunk(chunk: list[LatentCase], ask: Askers, folder, index: int, cfg: Ex
         reasons = [r.reason for r in replies if r.failed] + [j.reason for t in TASKS for j in judged[t] if j.failed]
         raise ActlabError(f"the explainer or scorer could not be asked ({reasons[0]}); the {result.done} latents "
                           "explained so far are saved, rerun to continue", param="explainer_url")
-    return index
 
 
-def write_explanations(run: LatentsRun, folder, explainer: str) -> pa.Table | None:
+def write_explanations(run: LatentsRun, cache: JudgementCache, explainer: str) -> pa.Table | None:
     """RUN/explanations.parquet from the saved chunks of one setting (None when there are none)."""
-    explained, scores = _parts(folder, "explained"), _parts(folder, "scores")
-    if not explained:
+    notes = cache.read(EXPLAINED)
+    if notes is None:
         return None
-    notes = pa.concat_tables([read_parquet(p) for p in explained])
     table = pa.table({**{c: notes.column(c) for c in ("sae", "latent", "explanation")},
-                      **explanation_scores(pa.concat_tables([read_parquet(p) for p in scores]), notes),
+                      **explanation_scores(cache.read(SCORES), notes),
                       "baseline": notes.column("baseline"), "n_activating": notes.column("n_activating"),
                       "n_non_activating": notes.column("n_non_activating"),
                       "explainer": pa.array([explainer] * notes.num_rows, pa.string())})
