@@ -3,7 +3,7 @@ over the same windows (its floor), the dashboard tables' time per 1,000
 latents, and peak memory against corpus size.
 
     features_pass   FeatureExtractor, mean pooling: every token encoded, pooled stats kept
-    latents_pass    LatentsExtractor: the same encodes, each latent summarised on the device
+    latents_pass    latents_extractor: the same encodes, each latent summarised on the device
 
 Both in this process over the same windows and batches, alternating, best
 of repeats, CPU time beside wall time. Memory: a fresh process per corpus
@@ -35,7 +35,7 @@ from actlab.inputs import Records
 from actlab.latents import ExplainConfig, LatentsConfig, explain_latents, latents_run
 from actlab.latents.effects import logit_effects, neighbours
 from actlab.latents.run import LatentsJob
-from actlab.latents.sink import LatentsExtractor
+from actlab.latents.sink import latents_extractor
 from actlab.latents.tables import cofiring_table, histograms_table, intervals_table, latents_table, top_table
 from actlab.latents.windows import Windows, cut_windows
 from actlab.models import load_model
@@ -86,7 +86,7 @@ def run_latents_benchmark(bench: BenchOptions | None = None, cfg: LatentsBench |
     saes = {f"L{layer}": sae}
     texts = length_mix(model.tokenizer, cfg.n_texts)
     latents_cfg = LatentsConfig(context=cfg.context)
-    latents = LatentsExtractor(model, saes, latents_cfg)
+    latents = latents_extractor(model, saes, latents_cfg)
     features = FeatureExtractor(model, saes, ExtractConfig(pooling="mean", prepend_bos=latents.prepend_bos))
     windows = cut_windows(model.tokenizer, texts, 0, cfg.context, latents.prepend_bos)
     tokens = sum(len(ids) for ids in windows.ids)
@@ -94,7 +94,7 @@ def run_latents_benchmark(bench: BenchOptions | None = None, cfg: LatentsBench |
                   f"{len(windows)} windows of <= {cfg.context} tokens ({tokens} tokens); one TopK SAE "
                   f"({cfg.d_sae} latents, k={cfg.k}) at block {layer}")
     passes = {"features_pass": lambda: features.run_tokenized(Tokenized(windows.ids, windows.has_bos, 0)),
-              "latents_pass": lambda: latents.summarize(windows)}
+              "latents_pass": lambda: latents.run_windows(windows)}
     for run in passes.values():  # warm-up
         run()
     best = {name: (float("inf"), float("inf")) for name in passes}
@@ -149,10 +149,10 @@ def _sae_dashboard(model, texts, cfg: LatentsBench) -> dict:
     full = [i for i, ids in enumerate(cut.ids) if len(ids) == cfg.context]
     windows = Windows([cut.ids[i] for i in full], cut.text_id[full], cut.start[full], True, cut.content)
     latents_cfg = LatentsConfig(context=cfg.context)
-    extractor = LatentsExtractor(model, {name: sae}, latents_cfg)
+    extractor = latents_extractor(model, {name: sae}, latents_cfg)
 
     def ours():
-        summary = extractor.summarize(windows).summaries[name]
+        summary = extractor.run_windows(windows).summaries[name]
         n_tokens = len(windows) * windows.content
         tables = [latents_table(summary, name, n_tokens), top_table(summary, name, windows.content),
                   intervals_table(summary, name, latents_cfg.intervals, windows.content),

@@ -15,6 +15,7 @@ it, kept as pool.parquet (sae, window, active list<int32>).
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -27,9 +28,8 @@ from ..models import Model
 from ..runs.atomic import write_parquet_atomic
 from ..saes import load_sae
 from ..storage import read_parquet
-from .config import LatentsConfig
 from .run import EXAMPLES
-from .sink import LatentsExtractor, window_codes
+from .sink import WindowExtractor, window_codes
 from .windows import Windows
 
 POOL = "pool.parquet"
@@ -46,8 +46,8 @@ def example_windows(run) -> dict[str, pa.Table]:
 class ExampleSink(Sink):
     """Keeps, for the (latent, window) pairs asked, the latent's nonzero codes in that window."""
 
-    def __init__(self, name, sae, keys: np.ndarray, wanted: dict[int, list[int]], has_bos: bool, centre: bool):
-        self.name, self.sae, self.keys, self.wanted = name, sae, keys, wanted
+    def __init__(self, sae, keys: np.ndarray, wanted: dict[int, list[int]], has_bos: bool, centre: bool):
+        self.sae, self.keys, self.wanted = sae, keys, wanted
         self.has_bos, self.centre = has_bos, centre
         self.rows: list[tuple[int, int, np.ndarray, np.ndarray]] = []
 
@@ -63,29 +63,23 @@ class ExampleSink(Sink):
                 self.rows.append((j, key, position[at].astype(np.int16), value[at].astype(np.float32)))
 
 
-class ExamplesExtractor(LatentsExtractor):
-    """The latents pass's engine, its sinks keeping example values instead of summaries."""
+@dataclass
+class ExampleSinks:
+    """WindowSinks keeping, per SAE, the example values of the (latent, window) pairs `wanted`."""
 
-    def __init__(self, model: Model, saes, wanted: dict[str, dict[int, list[int]]]):
-        super().__init__(model, saes, LatentsConfig())
-        self.wanted = wanted
+    wanted: dict[str, dict[int, list[int]]]  # SAE -> window key -> latents
 
-    def make_sinks(self, n_rows: int) -> dict[str, list[Sink]]:
-        sinks: dict[str, list[Sink]] = {hook: [] for hook in self.hook_names}
-        for name, sae in self.saes.items():
-            sinks[sae.cfg.hook_name].append(ExampleSink(name, sae, self.windows.keys, self.wanted[name],
-                                                        self.windows.has_bos, self.centres(sae)))
-        return sinks
+    def sink(self, name: str, sae, windows: Windows, centre: bool) -> ExampleSink:
+        return ExampleSink(sae, windows.keys, self.wanted[name], windows.has_bos, centre)
 
-    def make_result(self, sinks: dict[str, list[Sink]], **fields) -> pa.Table:
+    def result(self, sinks: dict[str, ExampleSink], stats) -> pa.Table:
         parts = []
-        for group in sinks.values():
-            for sink in group:
-                latent, key, positions, values = zip(*sink.rows) if sink.rows else ((), (), (), ())
-                parts.append(pa.table({"sae": pa.array([sink.name] * len(latent), pa.string()),
-                                       "latent": pa.array(latent, pa.int32()), "window": pa.array(key, pa.int64()),
-                                       "positions": pa.array(list(positions), pa.list_(pa.int16())),
-                                       "values": pa.array(list(values), pa.list_(pa.float32()))}))
+        for name, sink in sinks.items():
+            latent, key, positions, values = zip(*sink.rows) if sink.rows else ((), (), (), ())
+            parts.append(pa.table({"sae": pa.array([name] * len(latent), pa.string()),
+                                   "latent": pa.array(latent, pa.int32()), "window": pa.array(key, pa.int64()),
+                                   "positions": pa.array(list(positions), pa.list_(pa.int16())),
+                                   "values": pa.array(list(values), pa.list_(pa.float32()))}))
         return pa.concat_tables(parts).sort_by([("sae", "ascending"), ("latent", "ascending"),
                                                 ("window", "ascending")])
 
@@ -93,8 +87,8 @@ class ExamplesExtractor(LatentsExtractor):
 class PoolSink(Sink):
     """Keeps, for every window, the latents active at any of its tokens."""
 
-    def __init__(self, name, sae, keys: np.ndarray, has_bos: bool, centre: bool):
-        self.name, self.sae, self.keys, self.has_bos, self.centre = name, sae, keys, has_bos, centre
+    def __init__(self, sae, keys: np.ndarray, has_bos: bool, centre: bool):
+        self.sae, self.keys, self.has_bos, self.centre = sae, keys, has_bos, centre
         self.rows: list[tuple[int, np.ndarray]] = []
 
     def consume(self, hidden: torch.Tensor, batch) -> None:
@@ -104,24 +98,19 @@ class PoolSink(Sink):
             self.rows.append((int(self.keys[row]), np.unique(latent[window == b]).astype(np.int32)))
 
 
-class PoolExtractor(LatentsExtractor):
-    """The latents pass's engine, its sinks keeping each window's active latents."""
+class PoolSinks:
+    """WindowSinks keeping each window's active latents, per SAE."""
 
-    def make_sinks(self, n_rows: int) -> dict[str, list[Sink]]:
-        sinks: dict[str, list[Sink]] = {hook: [] for hook in self.hook_names}
-        for name, sae in self.saes.items():
-            sinks[sae.cfg.hook_name].append(PoolSink(name, sae, self.windows.keys, self.windows.has_bos,
-                                                     self.centres(sae)))
-        return sinks
+    def sink(self, name: str, sae, windows: Windows, centre: bool) -> PoolSink:
+        return PoolSink(sae, windows.keys, windows.has_bos, centre)
 
-    def make_result(self, sinks: dict[str, list[Sink]], **fields) -> pa.Table:
+    def result(self, sinks: dict[str, PoolSink], stats) -> pa.Table:
         parts = []
-        for group in sinks.values():
-            for sink in group:
-                keys, active = zip(*sink.rows) if sink.rows else ((), ())
-                parts.append(pa.table({"sae": pa.array([sink.name] * len(keys), pa.string()),
-                                       "window": pa.array(keys, pa.int64()),
-                                       "active": pa.array(list(active), pa.list_(pa.int32()))}))
+        for name, sink in sinks.items():
+            keys, active = zip(*sink.rows) if sink.rows else ((), ())
+            parts.append(pa.table({"sae": pa.array([name] * len(keys), pa.string()),
+                                   "window": pa.array(keys, pa.int64()),
+                                   "active": pa.array(list(active), pa.list_(pa.int32()))}))
         return pa.concat_tables(parts).sort_by([("sae", "ascending"), ("window", "ascending")])
 
 
@@ -137,7 +126,7 @@ def window_pool(run, model: Model, saes: dict | None = None) -> pa.Table:
     rng = np.random.default_rng(POOL_SEED)
     chosen = np.sort(rng.choice(keys, size=min(POOL_WINDOWS, len(keys)), replace=False))
     saes = saes or {name: _reload(run, name) for name in run.saes}
-    table = PoolExtractor(model, saes, LatentsConfig()).summarize(_read_windows(run, chosen.tolist()))
+    table = WindowExtractor(model, saes, PoolSinks()).run_windows(_read_windows(run, chosen.tolist()))
     write_parquet_atomic(path, table)
     return table
 
@@ -160,7 +149,7 @@ def example_activations(run, model: Model, saes: dict | None = None) -> pa.Table
         keys.update(by_window)
     windows = _read_windows(run, sorted(keys))
     saes = saes or {name: _reload(run, name) for name in run.saes}
-    table = ExamplesExtractor(model, saes, wanted).summarize(windows)
+    table = WindowExtractor(model, saes, ExampleSinks(wanted)).run_windows(windows)
     _check(run, table)
     write_parquet_atomic(path, table)
     return table

@@ -41,7 +41,7 @@ from ..saes.sae import SAEConfig
 from ..storage import RunPath, StorePath, read_parquet, run_path
 from .config import LatentsConfig
 from .effects import logit_effects, neighbours
-from .sink import LatentsExtractor, LatentsPass
+from .sink import LatentsPass, WindowExtractor, latents_extractor
 from .summary import LatentSummary, from_tables, merge, to_tables
 from .tables import cofiring_table, histograms_table, intervals_table, latents_table, top_table
 from .windows import WINDOW_BITS, cut_windows
@@ -72,16 +72,16 @@ class LatentsJob(ShardJob):
     def plan(self) -> ShardPlan:
         return ShardPlan(len(self.records), self.shard_size)
 
-    def worker(self, model: "Model") -> LatentsExtractor:
-        return LatentsExtractor(model, self.saes, self.cfg)
+    def worker(self, model: "Model") -> WindowExtractor[LatentsPass]:
+        return latents_extractor(model, self.saes, self.cfg)
 
-    def settings(self, model: "Model", extractor: LatentsExtractor) -> dict:
+    def settings(self, model: "Model", extractor: WindowExtractor[LatentsPass]) -> dict:
         return {"model": model_settings(model), "latents": self.cfg.settings(),
                 "saes": {name: sae.cfg.settings() for name, sae in extractor.saes.items()},
                 "has_bos": extractor.prepend_bos, "content": self.cfg.context - extractor.prepend_bos,
                 "shard_size": self.shard_size, "input": input_settings(self.records)}
 
-    def extras(self, model: "Model", extractor: LatentsExtractor) -> dict:
+    def extras(self, model: "Model", extractor: WindowExtractor[LatentsPass]) -> dict:
         """The logit effects and decoder neighbours of every SAE (from weights only)."""
         def decode(token_id: int) -> str:
             return model.token_strings([[token_id]])[0]
@@ -90,7 +90,7 @@ class LatentsJob(ShardJob):
         near = [neighbours(sae, self.cfg.neighbours, name) for name, sae in extractor.saes.items()]
         return {"logit_effects": pa.concat_tables(effects), "neighbours": pa.concat_tables(near)}
 
-    def shard_writer(self, extractor: LatentsExtractor, on_batch: OnBatch | None = None) -> ShardWriter:
+    def shard_writer(self, extractor: WindowExtractor[LatentsPass], on_batch: OnBatch | None = None) -> ShardWriter:
         def tokens_only(n_windows: int, n_tokens: int) -> None:  # the bar counts texts, per shard
             if on_batch:
                 on_batch(0, n_tokens)
@@ -98,7 +98,7 @@ class LatentsJob(ShardJob):
         def process(index: int, lo: int, hi: int) -> ExtractStats:
             rows = self.records.slice(lo, hi)
             windows = cut_windows(extractor.model.tokenizer, rows.texts, lo, self.cfg.context, extractor.prepend_bos)
-            result = extractor.summarize(windows, tokens_only)
+            result = extractor.run_windows(windows, tokens_only)
             keys = windows.keys
             write_parquet_atomic(self.out / shard_name(index, "windows"), pa.table({
                 "window": pa.array(keys, pa.int64()), "text_id": pa.array(windows.text_id, pa.int64()),

@@ -1,22 +1,26 @@
-"""The latents pass: windows through the engine with every SAE fused, each
-SAE's codes reduced on the device into a LatentSummary as its hook fires."""
+"""Passes over token windows: the windows through the engine with every SAE
+fused (WindowExtractor), each SAE's codes given to a sink a WindowSinks
+factory makes. The latents pass (latents_extractor) reduces them on the
+device into a LatentSummary as its hook fires."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from ..activations import ExtractStats
 from ..engine import EngineModel, ExtractConfig, Sink
-from ..saes.features import FeatureExtractor
+from ..saes.features import SAEExtractor
 from ..saes.sae import SAE
 from ..tokens import Tokenized
 from .config import LatentsConfig
 from .summary import Codes, LatentSummary, merge, summarize
 from .windows import Windows
+
+R = TypeVar("R")  # what a pass over windows returns
 
 
 @dataclass
@@ -48,8 +52,8 @@ class LatentSink(Sink):
     """Encodes one SAE's hook activations of whole windows (padding and BOS
     zeroed) and folds them into the running summary."""
 
-    def __init__(self, name: str, sae: SAE, keys: torch.Tensor, has_bos: bool, cfg: LatentsConfig, centre: bool):
-        self.name, self.sae, self.keys, self.has_bos, self.cfg, self.centre = name, sae, keys, has_bos, cfg, centre
+    def __init__(self, sae: SAE, keys: torch.Tensor, has_bos: bool, cfg: LatentsConfig, centre: bool):
+        self.sae, self.keys, self.has_bos, self.cfg, self.centre = sae, keys, has_bos, cfg, centre
         self.state = LatentSummary.empty(sae.cfg.d_sae, sae.device)
         self.pending: list[tuple[LatentSummary, tuple | None]] = []
         self.parts: list[tuple] = []
@@ -84,34 +88,58 @@ class LatentSink(Sink):
         return key[order], position[order], latent[order], value[order]
 
 
-class LatentsExtractor(FeatureExtractor):
-    """A FeatureExtractor over token windows whose sinks summarise latents."""
+class WindowSinks(Protocol[R]):
+    """What a pass over token windows keeps: the sink of each SAE, and the
+    pass's result from those sinks (SummarySinks: the latents summary;
+    examples.ExampleSinks, examples.PoolSinks: example values, active latents)."""
 
-    def __init__(self, model: EngineModel, saes: Sequence | Mapping | None, cfg: LatentsConfig):
-        engine = ExtractConfig(pooling="last", padding_side="right", batch_size=cfg.batch_size,
-                               max_batch_tokens=cfg.max_batch_tokens)
-        super().__init__(model, saes, engine)
-        self.latents_cfg = cfg
+    def sink(self, name: str, sae: SAE, windows: Windows, centre: bool) -> Sink:
+        """The sink SAE `name` feeds over `windows` (`centre`: see window_codes)."""
+
+    def result(self, sinks: dict[str, Sink], stats: ExtractStats) -> R:
+        """The pass's result from its finished sinks, by SAE name."""
+
+
+class WindowExtractor(SAEExtractor[R]):
+    """SAE codes over token windows (right padded, each window's own BOS):
+    one forward pass for every SAE, each SAE's codes given to the sink
+    `factory` makes for it, the result `factory` builds from them."""
+
+    def __init__(self, model: EngineModel, saes: Sequence | Mapping | None, factory: WindowSinks[R],
+                 cfg: LatentsConfig | None = None):
+        cfg = cfg or LatentsConfig()
+        super().__init__(model, saes, ExtractConfig(pooling="last", padding_side="right", batch_size=cfg.batch_size,
+                                                    max_batch_tokens=cfg.max_batch_tokens))
+        self.factory = factory
         self.windows: Windows | None = None
 
-    @property
-    def prepend_bos(self) -> bool:
-        return bool(self.cfg.prepend_bos)
-
-    def summarize(self, windows: Windows, on_batch=None) -> LatentsPass:
+    def run_windows(self, windows: Windows, on_batch=None) -> R:
         self.windows = windows
         return self.run_tokenized(Tokenized(windows.ids, windows.has_bos, 0), on_batch)
 
-    def make_sinks(self, n_rows: int) -> dict[str, list[Sink]]:
-        keys = torch.from_numpy(self.windows.keys)
-        sinks: dict[str, list[Sink]] = {hook: [] for hook in self.hook_names}
-        for name, sae in self.saes.items():
-            sinks[sae.cfg.hook_name].append(LatentSink(name, sae, keys, self.windows.has_bos, self.latents_cfg,
-                                                       self.centres(sae)))
-        return sinks
+    def make_sink(self, name: str, sae: SAE, n_rows: int) -> Sink:
+        return self.factory.sink(name, sae, self.windows, self.centres(sae))
 
-    def make_result(self, sinks: dict[str, list[Sink]], **fields) -> LatentsPass:
-        by_name = {sink.name: sink for group in sinks.values() for sink in group}
-        return LatentsPass({name: by_name[name].state for name in self.saes},
-                           {name: by_name[name].codes() for name in self.saes} if self.latents_cfg.keep_tokens
-                           else {}, fields["stats"])
+    def make_result(self, sinks: dict[str, list[Sink]], **fields) -> R:
+        return self.factory.result(self.sinks_by_sae(sinks), fields["stats"])
+
+
+@dataclass
+class SummarySinks:
+    """WindowSinks of the latents pass: each SAE's LatentSummary (and with keep_tokens its nonzero codes)."""
+
+    cfg: LatentsConfig
+
+    def sink(self, name: str, sae: SAE, windows: Windows, centre: bool) -> LatentSink:
+        return LatentSink(sae, torch.from_numpy(windows.keys), windows.has_bos, self.cfg, centre)
+
+    def result(self, sinks: dict[str, LatentSink], stats: ExtractStats) -> LatentsPass:
+        return LatentsPass({name: sink.state for name, sink in sinks.items()},
+                           {name: sink.codes() for name, sink in sinks.items()} if self.cfg.keep_tokens else {},
+                           stats)
+
+
+def latents_extractor(model: EngineModel, saes: Sequence | Mapping | None,
+                      cfg: LatentsConfig) -> WindowExtractor[LatentsPass]:
+    """The latents pass: windows in, every SAE's summary out."""
+    return WindowExtractor(model, saes, SummarySinks(cfg), cfg)

@@ -6,7 +6,7 @@ per-latent statistics leave the device unless dense features are asked for."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,7 @@ from .loading import load_sae
 from .sae import SAE, SAEConfig
 
 LAYER_NORM_MODELS = ("gpt2", "gpt_neox")
+R = TypeVar("R")  # what an SAE extractor returns
 
 
 @dataclass
@@ -59,8 +60,7 @@ class SparseFeatures:
 class FeatureSink(Sink):
     """Encodes one SAE's hook activations, pools them, keeps nonzeros and stats."""
 
-    def __init__(self, name: str, sae: SAE, n_rows: int, keep_dense: bool, centre: bool, pin: bool):
-        self.name = name
+    def __init__(self, sae: SAE, n_rows: int, keep_dense: bool, centre: bool, pin: bool):
         self.sae = sae
         self.n_rows = n_rows
         self.centre = centre
@@ -242,11 +242,13 @@ def features_config(saes: Mapping[str, SAE], cfg: ExtractConfig | None) -> Extra
     return ExtractConfig.of(cfg, hooks=hooks, prepend_bos=prepend_bos)
 
 
-class FeatureExtractor(Extractor[Features]):
-    """Extractor whose hooks feed SAEs: one forward pass for any number of SAEs."""
+class SAEExtractor(Extractor[R]):
+    """Extractor whose hooks feed SAEs: one forward pass for any number of
+    SAEs, one sink per SAE (`make_sink`), the result built from the sinks by
+    SAE name (`make_result`). FeatureExtractor keeps features; the latents
+    pass keeps what its WindowSinks say."""
 
-    def __init__(self, model: EngineModel, saes: Sequence | Mapping | None = None, cfg: ExtractConfig | None = None,
-                 keep_dense: bool = False):
+    def __init__(self, model: EngineModel, saes: Sequence | Mapping | None = None, cfg: ExtractConfig | None = None):
         """saes: SAE objects, SAE folders / release ids, or a {name: SAE}
         mapping; None: the SAEs actlab ships for this model."""
         self.saes = name_saes(default_saes(model.name) if saes is None else saes, model.device)
@@ -256,25 +258,46 @@ class FeatureExtractor(Extractor[Features]):
             if sae.cfg.d_in != width:
                 raise ActlabError(f"SAE '{name}' takes d_in={sae.cfg.d_in} but {sae.cfg.hook_name} "
                                   f"of this model has width {width}; use an SAE trained on this model")
-        self.keep_dense = keep_dense
+
+    @property
+    def prepend_bos(self) -> bool:
+        return bool(self.cfg.prepend_bos)
 
     def make_sinks(self, n_rows: int) -> dict[str, list[Sink]]:
-        pin = self.model.device.type == "cuda"
         sinks: dict[str, list[Sink]] = {hook: [] for hook in self.hook_names}
         for name, sae in self.saes.items():
-            sinks[sae.cfg.hook_name].append(FeatureSink(name, sae, n_rows, self.keep_dense, self.centres(sae), pin))
+            sinks[sae.cfg.hook_name].append(self.make_sink(name, sae, n_rows))
         return sinks
+
+    def make_sink(self, name: str, sae: SAE, n_rows: int) -> Sink:
+        """The sink SAE `name` feeds (n_rows: pooled rows of the call)."""
+        raise NotImplementedError
 
     def centres(self, sae: SAE) -> bool:
         """Whether `sae` reads activations centred over d_model (trained on
         TransformerLens's centred LayerNorm writing weights)."""
         return self.model.architecture in LAYER_NORM_MODELS and sae.cfg.center_writing_weights
 
+    def sinks_by_sae(self, sinks: dict[str, list[Sink]]) -> dict[str, Sink]:
+        """{SAE name: its sink}, in the SAEs' order (make_sinks appends each hook's in that order)."""
+        hooks = {hook: iter(group) for hook, group in sinks.items()}
+        return {name: next(hooks[sae.cfg.hook_name]) for name, sae in self.saes.items()}
+
+
+class FeatureExtractor(SAEExtractor[Features]):
+    """Extractor whose hooks feed SAEs into features: per text (pooled) or per token."""
+
+    def __init__(self, model: EngineModel, saes: Sequence | Mapping | None = None, cfg: ExtractConfig | None = None,
+                 keep_dense: bool = False):
+        super().__init__(model, saes, cfg)
+        self.keep_dense = keep_dense
+
+    def make_sink(self, name: str, sae: SAE, n_rows: int) -> Sink:
+        return FeatureSink(sae, n_rows, self.keep_dense, self.centres(sae), self.model.device.type == "cuda")
+
     def make_result(self, sinks: dict[str, list[Sink]], **fields) -> Features:
-        by_name = {sink.name: sink for group in sinks.values() for sink in group}
-        named = {name: by_name[name] for name in self.saes}
+        named = self.sinks_by_sae(sinks)
         return Features(
             configs={n: sae.cfg for n, sae in self.saes.items()}, sparse={n: s.sparse() for n, s in named.items()},
             latent_stats={n: s.latent_stats() for n, s in named.items()},
             dense_values={n: s.dense for n, s in named.items() if s.dense is not None}, **fields)
-
