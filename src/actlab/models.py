@@ -17,6 +17,7 @@ from .default_model import DEFAULT_MODEL, default_model_dir
 from .engine import ExtractConfig, Extractor, OnBatch
 from .engine.linears import MATMUL_PATHS, choose, take_paths
 from .errors import ActlabError
+from .registry import one_of
 from .saes.features import FeatureExtractor, Features
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -268,11 +269,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: s
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES and dtype not in QUANTIZED and dtype != AUTO_DTYPE:
-        raise ActlabError(f"unknown dtype '{dtype}'; use {', '.join([*DTYPES, AUTO_DTYPE, *QUANTIZED])}",
-                          param="dtype")
-    if matmul not in MATMUL_PATHS:
-        raise ActlabError(f"unknown matmul path '{matmul}'; use {', '.join(MATMUL_PATHS)}", param="matmul")
+    one_of("dtype", dtype, [*DTYPES, AUTO_DTYPE, *QUANTIZED], param="dtype")
+    one_of("matmul path", matmul, list(MATMUL_PATHS), param="matmul")
     target = pick_device(device)
     dtype = resolve_dtype(dtype, target)
     source, extra = _locate(name_or_path)

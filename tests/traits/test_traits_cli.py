@@ -63,7 +63,7 @@ def test_traits_pipeline(monkeypatch, capsys, tmp_path, default_model, digit_ser
     assert code == 0, err
     assert len(loads) == 1 and pq.read_table(run / "steering.parquet").num_rows == 2
     code, _, err = run_cli(monkeypatch, capsys, "traits", "vectors", run, "--judge", "oracle")
-    assert code == 2 and "use keyword, regex, local or openai" in err
+    assert code == 2 and "unknown judge kind 'oracle'; use keyword, regex, local, openai" in err
     # a server whose tokenizer writes numbers digit by digit: refused in one line, or read from the text
     code, _, err = run_cli(monkeypatch, capsys, "traits", "vectors", run, "--judge", "openai", "--judge-model", "m",
                            "--judge-url", digit_server)

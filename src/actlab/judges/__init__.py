@@ -12,13 +12,11 @@ from .base import (
     Judgement,
     describe_judge,
     judge_fingerprint,
-    judge_kind_names,
     make_judge,
     register_judge_kind,
-    unknown_judge_kind,
 )
 from .explainers import EXPLAINER_KINDS, Explainer, ExplainerKind, Reply, register_explainer_kind
 
 __all__ = ["EXPLAINER_KINDS", "Explainer", "ExplainerKind", "JUDGE_KINDS", "Judge", "JudgeKind", "Judgement",
-           "OPENAI_URL", "Reply", "describe_judge", "judge_fingerprint", "judge_kind_names", "make_judge",
-           "register_explainer_kind", "register_judge_kind", "unknown_judge_kind"]
+           "OPENAI_URL", "Reply", "describe_judge", "judge_fingerprint", "make_judge",
+           "register_explainer_kind", "register_judge_kind"]

@@ -46,21 +46,12 @@ class JudgeKind:
     model_judge: bool = False  # takes the trait's eval_prompt as its first argument
 
 
-JUDGE_KINDS: Registry[JudgeKind] = Registry("judge kind")
+JUDGE_KINDS: Registry[JudgeKind] = Registry("judge kind", order=lambda name, kind: (kind.model_judge, name))
+# rule judges, then model judges, each alphabetical
 
 
 def register_judge_kind(kind: JudgeKind) -> JudgeKind:
     return JUDGE_KINDS.register(kind.name, kind)
-
-
-def judge_kind_names() -> list[str]:
-    """The registered kinds: rule judges, then model judges, each alphabetical."""
-    return sorted(JUDGE_KINDS, key=lambda name: (JUDGE_KINDS[name].model_judge, name))
-
-
-def unknown_judge_kind(kind) -> ActlabError:
-    names = judge_kind_names()
-    return ActlabError(f"unknown judge kind '{kind}'; use {', '.join(names[:-1])} or {names[-1]}", param="judge")
 
 
 @dataclass
@@ -113,9 +104,7 @@ def make_judge(spec: Mapping, eval_prompt: str | None = None) -> Judge:
     block gives one."""
     spec = dict(spec)
     name = spec.pop("kind", None)
-    if name not in JUDGE_KINDS:
-        raise unknown_judge_kind(name)
-    kind = JUDGE_KINDS[name]
+    kind = JUDGE_KINDS.pick(name, param="judge")
     try:
         if not kind.model_judge:
             return kind.factory(**spec)

@@ -89,7 +89,7 @@ class RunKind:
     added_settings: Mapping[str, Any] = field(default_factory=dict)
 
 
-RUN_KINDS: Registry[RunKind] = Registry("run kind")
+RUN_KINDS: Registry[RunKind] = Registry("run kind", hint=" (import the package that defines it, e.g. `import actlab`)")
 
 
 def register_run_kind(kind: RunKind) -> RunKind:
@@ -98,18 +98,11 @@ def register_run_kind(kind: RunKind) -> RunKind:
     return RUN_KINDS.register(kind.format, kind)
 
 
-def _kind(format: str) -> RunKind:
-    if format not in RUN_KINDS:
-        raise ActlabError(f"unknown run kind '{format}'; known: {', '.join(sorted(RUN_KINDS))} "
-                          "(import the package that defines it, e.g. `import actlab`)")
-    return RUN_KINDS[format]
-
-
 def start_run(out: RunPath, format: str, settings: dict, overwrite: bool = False) -> dict:
     """The manifest of a new run in `out`, or of the run already there when
     its settings are the same (resuming); other settings are refused unless
     overwrite, which also removes what later stages derived from the old run."""
-    kind = _kind(format)
+    kind = RUN_KINDS.pick(format)
     path = out / MANIFEST
     settings = json.loads(json.dumps(settings))  # as it reads back from disk
     if path.exists() and not overwrite:
@@ -231,4 +224,4 @@ def read_manifest(path: str | Path | StorePath, format: str | None = None) -> di
 def open_run(path: str | Path | StorePath) -> Run:
     """Any complete run (a folder or an object-store URI), as its kind's typed run object."""
     manifest = read_manifest(path)
-    return _kind(manifest.get("format")).reader.open(path)
+    return RUN_KINDS.pick(manifest.get("format")).reader.open(path)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ActlabError
-from ..judges import JUDGE_KINDS, judge_kind_names
+from ..judges import JUDGE_KINDS
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "traits"
 KNOWN_KEYS = {"name", "description", "instruction", "questions", "eval_prompt", "judge", "natural"}
@@ -141,7 +141,7 @@ def parse_trait(raw: dict, source: Path | str = "trait") -> Trait:
         if missing:
             fail(f"eval_prompt lacks {' and '.join(missing)}; the judge fills both")
     if trait.judge is not None and not (isinstance(trait.judge, dict) and trait.judge.get("kind") in JUDGE_KINDS):
-        fail(f"'judge' must be a mapping with a 'kind' ({', '.join(judge_kind_names())})")
+        fail(f"'judge' must be a mapping with a 'kind' ({', '.join(JUDGE_KINDS.names())})")
     if trait.judge and JUDGE_KINDS[trait.judge["kind"]].model_judge and not (trait.eval_prompt or
                                                                             trait.judge.get("eval_prompt")):
         fail(f"a {trait.judge['kind']} judge needs an 'eval_prompt' with {{question}} and {{answer}}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import ActlabError
-from ..judges import JUDGE_KINDS, OPENAI_URL, Judge, Judgement, make_judge, unknown_judge_kind
+from ..judges import JUDGE_KINDS, OPENAI_URL, Judge, Judgement, make_judge
 from ..judges.base import asked_model
 from ..judges.openai import OpenAIServer, server_options
 
@@ -37,8 +37,8 @@ class JudgeConfig:
         "help": "For --judge openai: requests in flight at once."})
 
     def __post_init__(self):
-        if self.judge is not None and self.judge not in JUDGE_KINDS:
-            raise unknown_judge_kind(self.judge)
+        if self.judge is not None:
+            JUDGE_KINDS.pick(self.judge, param="judge")
 
     def make(self, trait, loaded=None) -> Judge:
         judge = judge_for(trait, self.judge, self.judge_model, self.judge_url, loaded)
@@ -59,9 +59,7 @@ def judge_for(trait, kind: str | None = None, model: str | None = None, base_url
             raise ActlabError(f"trait '{trait.name}' has no judge of its own; pass --judge local (or --judge openai "
                               "--judge-model M)", param="judge")
         return make_judge(trait.judge, trait.eval_prompt)
-    if kind not in JUDGE_KINDS:
-        raise unknown_judge_kind(kind)
-    if not JUDGE_KINDS[kind].model_judge:
+    if not JUDGE_KINDS.pick(kind, param="judge").model_judge:
         if not trait.judge or trait.judge.get("kind") != kind:
             raise ActlabError(f"trait '{trait.name}' has no {kind} judge; pass --judge local or --judge openai",
                               param="judge")
