@@ -24,6 +24,7 @@ import torch
 from actlab import datasets
 from actlab.engine import ExtractConfig
 from actlab.models import load_model
+from actlab.runs import RunControl
 from actlab.runs.features import features_run
 from actlab.runs.manifest import read_manifest
 from actlab.saes import default_saes
@@ -52,7 +53,8 @@ def measure_store(model_name: str, n_texts: int, scratch: Path) -> dict:
     records = texts.select(list(range(min(n_texts, len(texts)))))
     rows = {}
     for pooling in ("all", "mean"):
-        path = features_run(model, records, saes, scratch / pooling, ExtractConfig(pooling=pooling), shard_size=64)
+        path = features_run(model, records, saes, scratch / pooling, ExtractConfig(pooling=pooling),
+                            control=RunControl(shard_size=64))
         manifest, sizes = read_manifest(path), store_bytes(path)
         tokens = manifest["timings"]["session_0"]["tokens"]
         nonzeros = manifest["n_rows"]

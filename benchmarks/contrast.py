@@ -32,6 +32,7 @@ from actlab.contrasts.passes import METRICS, text_rows
 from actlab.contrasts.run import ContrastRun, contrast_run
 from actlab.engine import ExtractConfig
 from actlab.models import Model, load_model
+from actlab.runs import RunControl
 from actlab.saes import SAE, default_saes
 from actlab.tokens import tokenize
 from actlab.version import VERSION
@@ -141,7 +142,8 @@ def run_contrast_benchmark(bench: BenchOptions | None = None, cfg: ContrastBench
         methods = {
             "separate": lambda: baseline(model, texts, saes, contrast_cfg, separate=True),
             "sequential": lambda: baseline(model, texts, saes, contrast_cfg, separate=False),
-            "batched": lambda: contrast_run(model, pairs, saes, Path(scratch) / "run", contrast_cfg, overwrite=True),
+            "batched": lambda: contrast_run(model, pairs, saes, Path(scratch) / "run", contrast_cfg,
+                                            control=RunControl(overwrite=True)),
             "features": lambda: model.features(texts, saes, cfg=ExtractConfig(pooling="last")),
         }
         best = {}

@@ -19,6 +19,7 @@ from actlab.engine import ExtractConfig
 from actlab.hooks import block_hook
 from actlab.inputs import Records
 from actlab.models import load_model
+from actlab.runs import RunControl
 from actlab.runs.manifest import read_manifest
 from actlab.runs.ray import RayConfig, ray_module
 from actlab.runs.runner import extract_run
@@ -59,7 +60,8 @@ def run_ray_benchmark(bench: BenchOptions | None = None, cfg: RayBench | None = 
     rows = {}
     with tempfile.TemporaryDirectory() as scratch:
         start = time.perf_counter()
-        path = extract_run(model, records, Path(scratch) / "local", extract_cfg, shard_size=shard_size)
+        path = extract_run(model, records, Path(scratch) / "local", extract_cfg,
+                           control=RunControl(shard_size=shard_size))
         rows["single_process"] = {"seconds": round(time.perf_counter() - start, 2),
                                   "tokens_per_s": read_manifest(path)["timings"]["session_0"]["tokens_per_s"]}
         start = time.perf_counter()
@@ -69,9 +71,9 @@ def run_ray_benchmark(bench: BenchOptions | None = None, cfg: RayBench | None = 
             for actors in (1, 2):
                 start = time.perf_counter()
                 path = extract_run(model_name, records, Path(scratch) / f"ray{actors}", extract_cfg,
-                                   shard_size=shard_size,
-                                   runner="ray", ray=RayConfig(actors=actors, cpus_per_actor=2 / actors,
-                                                               gpus_per_actor=gpus / actors))
+                                   control=RunControl(shard_size=shard_size, runner="ray",
+                                                      ray=RayConfig(actors=actors, cpus_per_actor=2 / actors,
+                                                                    gpus_per_actor=gpus / actors)))
                 total = time.perf_counter() - start
                 session = read_manifest(path)["timings"]["session_0"]
                 work = max(actor["seconds"] for actor in session["actors"].values())

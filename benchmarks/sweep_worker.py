@@ -27,6 +27,7 @@ from actlab.engine import ExtractConfig
 from actlab.hooks import block_hook
 from actlab.latents import LatentsConfig, latents_run
 from actlab.models import load_model
+from actlab.runs import RunControl
 from actlab.traits import GenerationConfig, generate
 
 from .features import random_topk_sae
@@ -83,7 +84,7 @@ def main() -> None:
             baseline = psutil.Process().memory_info().rss
             # a fixed shard size (the 1x corpus): a shard's windows are held while it runs, whatever the corpus
             seconds, peak = measure(lambda: latents_run(model, texts, saes, Path(scratch) / "run", cfg,
-                                                        shard_size=LATENTS_MEMORY_SHARD))
+                                                        control=RunControl(shard_size=LATENTS_MEMORY_SHARD)))
         print(json.dumps({"seconds": seconds, "peak_memory_bytes": peak, "above_warm_bytes": peak - baseline}))
         return
     else:

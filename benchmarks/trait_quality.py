@@ -12,6 +12,7 @@ from pathlib import Path
 
 from actlab.models import load_model
 from actlab.pipelines import TraitPipelineConfig, run_trait
+from actlab.runs import RunControl
 from actlab.traits.definitions import builtin_traits, load_trait
 from actlab.traits.steering import SteerConfig
 from actlab.version import VERSION
@@ -38,7 +39,8 @@ def run_trait_quality(bench: BenchOptions | None = None, cfg: TraitQualityBench 
     for name in builtin_traits():
         console.print(f"[bold]{name}[/bold]")
         pipeline = TraitPipelineConfig(steer=SteerConfig(coeffs=list(COEFFS)))
-        traits[name] = run_trait(model, load_trait(name), out_dir / name, cfg=pipeline, overwrite=True)
+        traits[name] = run_trait(model, load_trait(name), out_dir / name, cfg=pipeline,
+                                 control=RunControl(overwrite=True))
         traits[name]["targets_met"] = targets_met(traits[name])
         console.print(f"  {traits[name]}")
     result = {"benchmark": "trait-quality", "actlab_version": VERSION,

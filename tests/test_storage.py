@@ -16,6 +16,7 @@ from actlab.runs import features_run, shard_name
 from actlab.runs.atomic import atomic_path, write_json_atomic
 from actlab.storage import StorePath, read_parquet, run_path
 from conftest import TEXTS, random_sae, run_cli
+from actlab.runs import RunControl
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
 
@@ -46,8 +47,8 @@ def test_upload_is_atomic(s3_bucket):
 
 def test_extraction_run_in_s3_equals_local_and_resumes(tmp_path, tiny_models, s3_bucket):
     model, cfg, uri = tiny_models["llama"], ExtractConfig(HOOKS, "mean"), f"{s3_bucket}/extract"
-    local = actlab.open_run(actlab.extract_run(model, records(), tmp_path / "local", cfg, shard_size=8))
-    remote_path = actlab.extract_run(model, records(), uri, cfg, shard_size=8)
+    local = actlab.open_run(actlab.extract_run(model, records(), tmp_path / "local", cfg, control=RunControl(shard_size=8)))
+    remote_path = actlab.extract_run(model, records(), uri, cfg, control=RunControl(shard_size=8))
     assert remote_path == StorePath(uri)
     remote = actlab.open_run(uri)
     assert remote.settings == local.settings
@@ -59,7 +60,7 @@ def test_extraction_run_in_s3_equals_local_and_resumes(tmp_path, tiny_models, s3
     (remote_path / shard_name(1)).unlink()
     manifest = json.loads((remote_path / "manifest.json").read_text())
     write_json_atomic(remote_path / "manifest.json", dict(manifest, complete=False))
-    actlab.extract_run(model, records(), uri, cfg, shard_size=8)
+    actlab.extract_run(model, records(), uri, cfg, control=RunControl(shard_size=8))
     for name, table in before.items():
         assert read_parquet(remote_path / name).equals(table), name
     assert len(json.loads((remote_path / "manifest.json").read_text())["timings"]) == 2
@@ -74,8 +75,8 @@ def test_extraction_run_in_s3_equals_local_and_resumes(tmp_path, tiny_models, s3
 def test_features_run_and_report_in_s3(tmp_path, tiny_models, s3_bucket):
     model, uri = tiny_models["llama"], f"{s3_bucket}/features"
     saes = {"late": random_sae("blocks.2.hook_resid_post", seed=3)}
-    local = features_run(model, records(), saes, tmp_path / "local", shard_size=8)
-    features_run(model, records(), saes, uri, shard_size=8)
+    local = features_run(model, records(), saes, tmp_path / "local", control=RunControl(shard_size=8))
+    features_run(model, records(), saes, uri, control=RunControl(shard_size=8))
     remote = actlab.open_run(uri)
     for name in ("latent_stats.parquet", *(f"{p}-00002.parquet" for p in ("shard", "texts", "stats"))):
         assert read_parquet(StorePath(f"{uri}/{name}")).equals(read_parquet(local / name)), name
@@ -110,8 +111,7 @@ def test_trait_stages_in_s3(tmp_path, tiny_models, s3_bucket):
                          "questions": [f"Question number {i}?" for i in range(6)]})
     runs = {}
     for name, where in (("local", tmp_path / "trait"), ("s3", f"{s3_bucket}/trait")):
-        path = generate_trait_run(tiny_models["llama"], trait, where, layers=[0, 2], cfg=GenerationConfig(max_new_tokens=4),
-                            shard_size=5)
+        path = generate_trait_run(tiny_models["llama"], trait, where, layers=[0, 2], cfg=GenerationConfig(max_new_tokens=4), control=RunControl(shard_size=5))
         judge_run(path, ByPolarity(TraitRun.open(path).answers().column("polarity").to_pylist()))
         vectors_run(path, VectorsConfig(held_out=0.34))
         runs[name] = TraitRun.open(path)
@@ -162,8 +162,8 @@ def test_inputs_in_s3(tmp_path, tiny_models, s3_bucket):
     assert isinstance(by_range, ParquetRecords) and by_range.location == f"{s3_bucket}/inputs/in.parquet"
     assert by_range.slice(4, 13).texts == table.column("text").to_pylist()[4:13]
     cfg = ExtractConfig(HOOKS, "mean")
-    a = actlab.extract_run(tiny_models["llama"], by_range, tmp_path / "from-s3", cfg, shard_size=8)
-    b = actlab.extract_run(tiny_models["llama"], read_records(pq_local), tmp_path / "local", cfg, shard_size=8)
+    a = actlab.extract_run(tiny_models["llama"], by_range, tmp_path / "from-s3", cfg, control=RunControl(shard_size=8))
+    b = actlab.extract_run(tiny_models["llama"], read_records(pq_local), tmp_path / "local", cfg, control=RunControl(shard_size=8))
     for i in range(3):
         assert pq.read_table(a / shard_name(i)).equals(pq.read_table(b / shard_name(i)))
     settings = (actlab.open_run(a).settings["input"], actlab.open_run(b).settings["input"])

@@ -29,7 +29,7 @@ from .inputs import Records, read_records
 from .latents import ExplainConfig, LatentsConfig, LatentsRun, latents_run
 from .models import Model, ModelSpec, load_model
 from .pipelines import TraitPipelineConfig, build_report, contrast, explain_run, run_trait
-from .runs import ActivationRun, FeatureRun, extract_run, features_run, open_run
+from .runs import ActivationRun, FeatureRun, RunControl, extract_run, features_run, open_run
 from .saes import SAE, load_sae
 from .saes.features import Features
 from .traits import TraitRun, load_trait
@@ -38,7 +38,7 @@ from .version import VERSION as __version__
 __all__ = ["ActivationRun", "Activations", "ActlabError", "ContrastConfig", "ContrastRun", "DEFAULT_MODEL",
            "ExplainConfig", "ExtractConfig", "ExtractStats", "FeatureRun", "Features", "GenerationConfig",
            "GenerationRun", "GenerationRunConfig", "Generations", "LatentsConfig", "LatentsRun", "Model",
-           "ModelSpec", "Records", "SAE", "Steering", "TraitPipelineConfig", "TraitRun", "__version__",
+           "ModelSpec", "Records", "RunControl", "SAE", "Steering", "TraitPipelineConfig", "TraitRun", "__version__",
            "build_report", "contrast", "explain_run", "extract_run", "features_run", "generate", "generate_run",
            "latents_run", "load_model", "load_pairs", "load_sae", "load_trait", "open_run", "read_records",
            "render_prompt", "run_trait"]

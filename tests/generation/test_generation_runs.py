@@ -15,6 +15,7 @@ from actlab.generation import run as generation_runs
 from actlab.inputs import Records
 
 from conftest import rel_error, run_cli
+from actlab.runs import RunControl
 
 QUESTIONS = [f"Question number {i}: what is {i} + {i}?" for i in range(10)]
 GEN = GenerationConfig(max_new_tokens=6, temperature=0.8, seed=2, slots=3)
@@ -28,7 +29,7 @@ def test_run_equals_generate_and_resumes_after_a_kill(tiny_models, tmp_path, mon
     model = tiny_models["llama"]
     cfg = GenerationRunConfig(layers=[0, 2], poolings=["response_mean", "prompt_last"], system="Be brief.",
                               generation=GEN)
-    clean = generate_run(model, records(), tmp_path / "clean", cfg, shard_size=4)
+    clean = generate_run(model, records(), tmp_path / "clean", cfg, control=RunControl(shard_size=4))
     run = actlab.open_run(clean)
     assert isinstance(run, actlab.GenerationRun)
     answers = run.answers()
@@ -52,20 +53,19 @@ def test_run_equals_generate_and_resumes_after_a_kill(tiny_models, tmp_path, mon
 
     monkeypatch.setattr(generation_runs, "write_parquet_atomic", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        generate_run(model, records(), tmp_path / "resumed", cfg, shard_size=4)
+        generate_run(model, records(), tmp_path / "resumed", cfg, control=RunControl(shard_size=4))
     with pytest.raises(ActlabError, match="incomplete"):
         actlab.open_run(tmp_path / "resumed")
     monkeypatch.setattr(generation_runs, "write_parquet_atomic", real_write)
-    resumed = generate_run(model, records(), tmp_path / "resumed", cfg, shard_size=4)
+    resumed = generate_run(model, records(), tmp_path / "resumed", cfg, control=RunControl(shard_size=4))
     for name in ("answers-00000.parquet", "answers-00001.parquet", "answers-00002.parquet"):
         assert pq.read_table(resumed / name).equals(pq.read_table(clean / name))
     with pytest.raises(ActlabError, match="other settings"):
-        generate_run(model, records(), tmp_path / "resumed", GenerationRunConfig(layers=[1], generation=GEN),
-                     shard_size=4)
+        generate_run(model, records(), tmp_path / "resumed", GenerationRunConfig(layers=[1], generation=GEN), control=RunControl(shard_size=4))
     # batching is not a setting: another slot count resumes the same run
     other = GenerationRunConfig(layers=[0, 2], poolings=["response_mean", "prompt_last"], system="Be brief.",
                                 generation=GenerationConfig(max_new_tokens=6, temperature=0.8, seed=2, slots=1))
-    generate_run(model, records(), tmp_path / "resumed", other, shard_size=4)
+    generate_run(model, records(), tmp_path / "resumed", other, control=RunControl(shard_size=4))
 
 
 def test_cli_end_to_end_with_steering(tiny_models, tiny_model_dir, tmp_path, monkeypatch, capsys):

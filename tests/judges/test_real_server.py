@@ -18,6 +18,7 @@ from actlab.judges.openai import OpenAIJudge
 from actlab.traits import GenerationConfig, TraitRun, generate_trait_run, judge_run
 from actlab.traits.definitions import parse_trait
 from conftest import TEXTS, random_sae, run_cli, save_sae_lens_folder
+from actlab.runs import RunControl
 
 PROMPT = ("Rate from 0 to 100 how happy this answer is.\nQuestion: {question}\nAnswer: {answer}\n"
           "Reply with a number only.")
@@ -80,7 +81,7 @@ def test_trait_answers_judged_by_the_server(openai_server, proxy, tiny_models, t
     trait = parse_trait({"name": "happy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."}],
                          "questions": [f"How is day {i}?" for i in range(6)]})
     run = generate_trait_run(tiny_models["llama"], trait, tmp_path / "run", layers=[1],
-                       cfg=GenerationConfig(max_new_tokens=4), progress=False)
+                       cfg=GenerationConfig(max_new_tokens=4), control=RunControl(progress=False))
     answered = (TraitRun.open(run).answers().to_pandas().answer.str.strip() != "").to_numpy()
     judge = OpenAIJudge(PROMPT, model, base_url=proxy.url, logprobs=False, retries=1, backoff=0.05, timeout=300)
     proxy.budget = int(answered[:4].sum())  # the server goes away after the first chunk's answers

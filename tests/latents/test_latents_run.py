@@ -13,6 +13,7 @@ from actlab import ActlabError, LatentsConfig, latents_run
 from actlab.latents import run as latents_runs
 from actlab.latents.summary import HIST_EDGES
 from conftest import TEXTS, assert_tables_close, random_sae
+from actlab.runs import RunControl
 
 HOOK, LAYER = "blocks.1.hook_resid_post", 1
 TIE = 1e-5  # windows whose values differ by less than this may swap places between batch shapes
@@ -62,7 +63,7 @@ def check_top(mine, reference):
 @pytest.mark.parametrize("bos", [True, False])
 def test_run_equals_brute_force(tmp_path, tiny_models, bos):
     model, texts, cfg = tiny_models["llama"], corpus(), LatentsConfig(context=6, top=5, batch_size=3)
-    path = latents_run(model, texts, saes(bos), tmp_path / "run", cfg, shard_size=4)
+    path = latents_run(model, texts, saes(bos), tmp_path / "run", cfg, control=RunControl(shard_size=4))
     run = actlab.open_run(path)
     windows = brute_windows(model.tokenizer, texts, 6, bos)
     n_tokens = sum(len(ids) - bos for *_, ids in windows)
@@ -109,9 +110,8 @@ def test_shard_size_and_batch_size_change_nothing(tmp_path, tiny_models):
     windows identical except where float noise from the batch shape reorders
     windows whose values tie within TIE (equal prefixes give equal values)."""
     model, texts = tiny_models["llama"], random_corpus()
-    a = latents_run(model, texts, saes(True), tmp_path / "a", LatentsConfig(context=7, batch_size=1), shard_size=3)
-    b = latents_run(model, texts, saes(True), tmp_path / "b", LatentsConfig(context=7, max_batch_tokens=300),
-                    shard_size=100)
+    a = latents_run(model, texts, saes(True), tmp_path / "a", LatentsConfig(context=7, batch_size=1), control=RunControl(shard_size=3))
+    b = latents_run(model, texts, saes(True), tmp_path / "b", LatentsConfig(context=7, max_batch_tokens=300), control=RunControl(shard_size=100))
     for name in ("latents", "histograms", "cofiring", "logit_effects", "neighbours"):
         assert_tables_close(pq.read_table(a / f"{name}.parquet"), pq.read_table(b / f"{name}.parquet"), label=name)
     ta, tb = (pq.read_table(p / "top.parquet").to_pandas() for p in (a, b))
@@ -137,7 +137,7 @@ def test_shard_size_and_batch_size_change_nothing(tmp_path, tiny_models):
 
 def test_killed_run_resumes_to_the_same_tables(tmp_path, tiny_models, monkeypatch):
     model, texts, cfg = tiny_models["llama"], corpus(), LatentsConfig(context=6)
-    clean = latents_run(model, texts, saes(True), tmp_path / "clean", cfg, shard_size=4)
+    clean = latents_run(model, texts, saes(True), tmp_path / "clean", cfg, control=RunControl(shard_size=4))
     real_write, written = latents_runs.write_parquet_atomic, []
 
     def dying_write(path, table):
@@ -148,11 +148,11 @@ def test_killed_run_resumes_to_the_same_tables(tmp_path, tiny_models, monkeypatc
 
     monkeypatch.setattr(latents_runs, "write_parquet_atomic", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        latents_run(model, texts, saes(True), tmp_path / "resumed", cfg, shard_size=4)
+        latents_run(model, texts, saes(True), tmp_path / "resumed", cfg, control=RunControl(shard_size=4))
     with pytest.raises(ActlabError, match="incomplete"):
         actlab.open_run(tmp_path / "resumed")
     monkeypatch.setattr(latents_runs, "write_parquet_atomic", real_write)
-    resumed = latents_run(model, texts, saes(True), tmp_path / "resumed", cfg, shard_size=4)
+    resumed = latents_run(model, texts, saes(True), tmp_path / "resumed", cfg, control=RunControl(shard_size=4))
     for name in latents_runs.TABLES:
         assert pq.read_table(resumed / f"{name}.parquet").equals(pq.read_table(clean / f"{name}.parquet")), name
 

@@ -13,6 +13,7 @@ from actlab.judges.rules import KeywordJudge
 from actlab.traits import SteerConfig, TraitRun, generate_trait_run, judge_run, steer_sweep, steering_layer, vectors_run
 
 from conftest import chromium_driver
+from actlab.runs import RunControl
 
 SECTIONS = ["summary", "separation", "steering", "monitoring"]
 
@@ -31,7 +32,7 @@ def trait_run(tmp_path_factory, tiny_models):
     trait = parse_trait({"name": "toy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."}],
                          "questions": [f"Question {i}?" for i in range(10)]})
     run = generate_trait_run(model, trait, tmp_path_factory.mktemp("t") / "run", layers=[0, 1, 2],
-                             cfg=GenerationConfig(max_new_tokens=6, temperature=0.8, seed=1), progress=False)
+                             cfg=GenerationConfig(max_new_tokens=6, temperature=0.8, seed=1), control=RunControl(progress=False))
     judge_run(run, ByPolarity(TraitRun.open(run).answers().column("polarity").to_pylist()))
     vectors_run(run)
     steer_sweep(model, run, KeywordJudge(["the"]),

@@ -20,6 +20,7 @@ from actlab.runs import extract_run, shard_name
 from actlab.inputs import Records
 
 from conftest import TEXTS, Recorder, assert_tables_close, rel_error
+from actlab.runs import RunControl
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
 
@@ -33,7 +34,7 @@ def records(n=40):
 def test_pooled_run_round_trip(tmp_path, tiny_models):
     model = tiny_models["llama"]
     recs = records()
-    run = extract_run(model, recs, tmp_path / "run", ExtractConfig(HOOKS, "mean"), shard_size=16)
+    run = extract_run(model, recs, tmp_path / "run", ExtractConfig(HOOKS, "mean"), control=RunControl(shard_size=16))
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["complete"] and manifest["shards"] == [f"shard-0000{i}.parquet" for i in range(3)]
     assert manifest["settings"]["model"]["weights_sha256"] == model.weight_hash
@@ -50,7 +51,7 @@ def test_shards_open_in_dataframe_libraries(tmp_path, tiny_models):
     import pandas as pd
     import polars as pl
 
-    run = extract_run(tiny_models["llama"], records(), tmp_path / "run", ExtractConfig(HOOKS), shard_size=16)
+    run = extract_run(tiny_models["llama"], records(), tmp_path / "run", ExtractConfig(HOOKS), control=RunControl(shard_size=16))
     acts = actlab.open_run(run)
     pattern = str(run / "*.parquet")
     frame = pl.read_parquet(pattern)
@@ -67,7 +68,7 @@ def test_shards_open_in_dataframe_libraries(tmp_path, tiny_models):
 def test_per_token_run(tmp_path, tiny_models):
     model = tiny_models["gpt2"]
     recs = records(10)
-    run = extract_run(model, recs, tmp_path / "run", ExtractConfig(HOOKS, "all"), shard_size=4)
+    run = extract_run(model, recs, tmp_path / "run", ExtractConfig(HOOKS, "all"), control=RunControl(shard_size=4))
     table = pq.read_table(run / "shard-00000.parquet")
     assert table.column_names[:4] == ["text_id", "position", "token_id", "token"]
     acts = actlab.open_run(run)
@@ -79,7 +80,7 @@ def test_per_token_run(tmp_path, tiny_models):
 def test_interrupted_run_resumes_to_identical_result(tmp_path, tiny_models, monkeypatch):
     model = tiny_models["llama"]
     recs = records()
-    clean = extract_run(model, recs, tmp_path / "clean", ExtractConfig(HOOKS), shard_size=8)
+    clean = extract_run(model, recs, tmp_path / "clean", ExtractConfig(HOOKS), control=RunControl(shard_size=8))
     real_write = activation_runs.write_parquet_atomic
     written = []
 
@@ -91,11 +92,11 @@ def test_interrupted_run_resumes_to_identical_result(tmp_path, tiny_models, monk
 
     monkeypatch.setattr(activation_runs, "write_parquet_atomic", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        extract_run(model, recs, tmp_path / "resumed", ExtractConfig(HOOKS), shard_size=8)
+        extract_run(model, recs, tmp_path / "resumed", ExtractConfig(HOOKS), control=RunControl(shard_size=8))
     with pytest.raises(ActlabError, match="incomplete"):
         actlab.open_run(tmp_path / "resumed")
     monkeypatch.setattr(activation_runs, "write_parquet_atomic", real_write)
-    resumed = extract_run(model, recs, tmp_path / "resumed", ExtractConfig(HOOKS), shard_size=8)
+    resumed = extract_run(model, recs, tmp_path / "resumed", ExtractConfig(HOOKS), control=RunControl(shard_size=8))
     for i in range(5):
         name = shard_name(i)
         assert pq.read_table(resumed / name).equals(pq.read_table(clean / name))
@@ -112,7 +113,7 @@ def test_other_settings_refuse_to_mix(tmp_path, tiny_models):
         (tmp_path / "run" / folder / "old.parquet").write_bytes(b"x")
     (tmp_path / "run" / "report.html").write_text("old")
     (tmp_path / "run" / "notes.txt").write_text("mine")
-    extract_run(model, records(8), tmp_path / "run", ExtractConfig(HOOKS, "mean"), overwrite=True)
+    extract_run(model, records(8), tmp_path / "run", ExtractConfig(HOOKS, "mean"), control=RunControl(overwrite=True))
     assert actlab.open_run(tmp_path / "run").pooling == "mean"
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["manifest.json", "notes.txt", "shard-00000.parquet"]
 
@@ -161,7 +162,7 @@ def test_a_resumed_run_keeps_the_matrix_paths_it_started_with(tmp_path, tokenize
     model = build_tiny("llama", tokenizer)
     model.matmul = choose(model.hf_model, "torch")
     cfg = ExtractConfig(HOOKS, "mean")
-    run = extract_run(model, records(), tmp_path / "run", cfg, shard_size=16)
+    run = extract_run(model, records(), tmp_path / "run", cfg, control=RunControl(shard_size=16))
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["matrix_paths"] == model.matrix_paths and set(model.matrix_paths.values()) == {"torch"}
     assert manifest["timings"]["session_0"]["threads"] == torch.get_num_threads()
@@ -170,7 +171,7 @@ def test_a_resumed_run_keeps_the_matrix_paths_it_started_with(tmp_path, tokenize
     (run / "manifest.json").write_text(json.dumps(dict(manifest, complete=False)))
     model.matmul = choose(model.hf_model, "onednn")
     assert set(model.matrix_paths.values()) == {"onednn"}
-    extract_run(model, records(), run, cfg, shard_size=16)
+    extract_run(model, records(), run, cfg, control=RunControl(shard_size=16))
     assert model.matrix_paths == manifest["matrix_paths"]
     assert_tables_close(pq.read_table(run / shard_name(1)), clean)
     assert json.loads((run / "manifest.json").read_text())["matrix_paths"] == manifest["matrix_paths"]
@@ -179,12 +180,12 @@ def test_a_resumed_run_keeps_the_matrix_paths_it_started_with(tmp_path, tokenize
 def test_a_run_reports_texts_and_shards(tmp_path, tiny_models):
     """A resumed run reports only what is left: its texts and its shards."""
     cfg = ExtractConfig(HOOKS, "mean")
-    run = extract_run(tiny_models["llama"], records(), tmp_path / "run", cfg, shard_size=16)
+    run = extract_run(tiny_models["llama"], records(), tmp_path / "run", cfg, control=RunControl(shard_size=16))
     (run / shard_name(1)).unlink()
     manifest = json.loads((run / "manifest.json").read_text())
     (run / "manifest.json").write_text(json.dumps(dict(manifest, complete=False)))
     progress = Recorder()
-    extract_run(tiny_models["llama"], records(), run, cfg, shard_size=16, progress=progress)
+    extract_run(tiny_models["llama"], records(), run, cfg, control=RunControl(shard_size=16, progress=progress))
     assert progress.started == (16, 1) and progress.texts == 16 and progress.shards == 1
 
 

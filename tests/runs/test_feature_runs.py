@@ -12,6 +12,7 @@ from actlab.runs import FeatureRun, features_run, shard_name
 from actlab.runs import features as runs
 
 from conftest import TEXTS, random_sae, rel_error
+from actlab.runs import RunControl
 
 
 def records(n=30):
@@ -28,7 +29,7 @@ def saes():
 def test_round_trip_equals_in_memory(tmp_path, tiny_models, pooling):
     model = tiny_models["llama"]
     recs = records()
-    run = features_run(model, recs, saes(), tmp_path / "run", ExtractConfig(pooling=pooling), shard_size=8)
+    run = features_run(model, recs, saes(), tmp_path / "run", ExtractConfig(pooling=pooling), control=RunControl(shard_size=8))
     on_disk = FeatureRun.open(run)
     in_memory = model.features(recs.texts, saes(), pooling=pooling, max_batch_tokens=10**6)
     assert on_disk.names == ["early", "late"]
@@ -49,7 +50,7 @@ def test_round_trip_equals_in_memory(tmp_path, tiny_models, pooling):
 
 
 def test_sparse_store_is_queryable(tmp_path, tiny_models):
-    run = features_run(tiny_models["llama"], records(), saes(), tmp_path / "run", shard_size=8)
+    run = features_run(tiny_models["llama"], records(), saes(), tmp_path / "run", control=RunControl(shard_size=8))
     feats = FeatureRun.open(run)
     counts = duckdb.sql(f"select sae, latent, count(*) as n from '{run}/shard-*.parquet' "
                         "group by all order by sae, latent").fetchall()
@@ -64,7 +65,7 @@ def test_sparse_store_is_queryable(tmp_path, tiny_models):
 def test_interrupted_features_run_resumes(tmp_path, tiny_models, monkeypatch):
     model = tiny_models["llama"]
     recs = records()
-    clean = features_run(model, recs, saes(), tmp_path / "clean", shard_size=8)
+    clean = features_run(model, recs, saes(), tmp_path / "clean", control=RunControl(shard_size=8))
     real_write = runs.write_parquet_atomic
     calls = []
 
@@ -76,17 +77,17 @@ def test_interrupted_features_run_resumes(tmp_path, tiny_models, monkeypatch):
 
     monkeypatch.setattr(runs, "write_parquet_atomic", dying)
     with pytest.raises(KeyboardInterrupt):
-        features_run(model, recs, saes(), tmp_path / "resumed", shard_size=8)
+        features_run(model, recs, saes(), tmp_path / "resumed", control=RunControl(shard_size=8))
     monkeypatch.setattr(runs, "write_parquet_atomic", real_write)
     with pytest.raises(ActlabError, match="incomplete"):
         FeatureRun.open(tmp_path / "resumed")
-    resumed = features_run(model, recs, saes(), tmp_path / "resumed", shard_size=8)
+    resumed = features_run(model, recs, saes(), tmp_path / "resumed", control=RunControl(shard_size=8))
     for name in ["latent_stats.parquet"] + [shard_name(i) for i in range(4)]:
         assert pq.read_table(resumed / name).equals(pq.read_table(clean / name)), name
 
 
 def test_sparse_is_small(tmp_path, tiny_models):
-    run = features_run(tiny_models["llama"], records(), saes(), tmp_path / "run", shard_size=64)
+    run = features_run(tiny_models["llama"], records(), saes(), tmp_path / "run", control=RunControl(shard_size=64))
     feats = FeatureRun.open(run)
     nnz = sum(len(s.values) for s in feats.sparse.values())
     assert nnz < 0.5 * 2 * 30 * 128  # far fewer coordinates than dense entries

@@ -45,8 +45,8 @@ def same_shards(a, b, names):
 def test_extraction_on_ray_equals_one_process(tmp_path, tiny_model_dir, local_ray):
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     cfg = ExtractConfig(HOOKS, "mean")
-    local = actlab.extract_run(model, records(), tmp_path / "local", cfg, shard_size=8)
-    on_ray = actlab.extract_run(model, records(), tmp_path / "ray", cfg, shard_size=8, runner="ray", ray=local_ray)
+    local = actlab.extract_run(model, records(), tmp_path / "local", cfg, control=RunControl(shard_size=8))
+    on_ray = actlab.extract_run(model, records(), tmp_path / "ray", cfg, control=RunControl(shard_size=8, runner="ray", ray=local_ray))
     same_shards(local, on_ray, [shard_name(i) for i in range(5)])
     a, b = (json.loads((p / "manifest.json").read_text()) for p in (local, on_ray))
     assert a["settings"] == b["settings"] and a["n_rows"] == b["n_rows"]
@@ -55,13 +55,13 @@ def test_extraction_on_ray_equals_one_process(tmp_path, tiny_model_dir, local_ra
     # a run started on Ray is finished by one process, and vice versa
     for first, second, name in (("ray", "local", "mixed1"), ("local", "ray", "mixed2")):
         path = tmp_path / name
-        actlab.extract_run(model, records(), path, cfg, shard_size=8, runner=first, ray=local_ray)
+        actlab.extract_run(model, records(), path, cfg, control=RunControl(shard_size=8, runner=first, ray=local_ray))
         for i in (1, 3):
             (path / shard_name(i)).unlink()
         manifest = json.loads((path / "manifest.json").read_text())
         manifest["complete"] = False
         (path / "manifest.json").write_text(json.dumps(manifest))
-        actlab.extract_run(model, records(), path, cfg, shard_size=8, runner=second, ray=local_ray)
+        actlab.extract_run(model, records(), path, cfg, control=RunControl(shard_size=8, runner=second, ray=local_ray))
         same_shards(local, path, [shard_name(i) for i in range(5)])
         assert len(json.loads((path / "manifest.json").read_text())["timings"]) == 2
 
@@ -70,8 +70,8 @@ def test_features_on_ray_merge_statistics_exactly(tmp_path, tiny_model_dir, loca
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     saes = {"early": random_sae("blocks.0.hook_resid_post", seed=1),
             "late": random_sae("blocks.2.hook_resid_post", arch="topk", seed=2)}
-    local = features_run(model, records(), saes, tmp_path / "local", shard_size=8)
-    on_ray = features_run(model, records(), saes, tmp_path / "ray", shard_size=8, runner="ray", ray=local_ray)
+    local = features_run(model, records(), saes, tmp_path / "local", control=RunControl(shard_size=8))
+    on_ray = features_run(model, records(), saes, tmp_path / "ray", control=RunControl(shard_size=8, runner="ray", ray=local_ray))
     same_shards(local, on_ray, ["latent_stats.parquet"] + [f"{p}-{i:05d}.parquet" for p in ("shard", "texts", "stats")
                                                            for i in range(5)])
 
@@ -79,8 +79,7 @@ def test_features_on_ray_merge_statistics_exactly(tmp_path, tiny_model_dir, loca
 def test_bad_input_fails_with_its_own_message(tmp_path, tiny_model_dir, local_ray):
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     with pytest.raises(ActlabError, match="outside text"):
-        actlab.extract_run(model, records(8), tmp_path / "bad", ExtractConfig(HOOKS, "pos:400"), shard_size=4,
-                           runner="ray", ray=local_ray)
+        actlab.extract_run(model, records(8), tmp_path / "bad", ExtractConfig(HOOKS, "pos:400"), control=RunControl(shard_size=4, runner="ray", ray=local_ray))
 
 
 def test_cli_with_ray(monkeypatch, capsys, tmp_path, tiny_model_dir, local_ray):
@@ -135,7 +134,7 @@ def test_killed_actor_is_retried_with_nothing_lost(tmp_path, tiny_model_dir, loc
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     cfg = ExtractConfig(HOOKS, "mean")
     many = records(160)
-    clean = actlab.extract_run(model, many, tmp_path / "clean", cfg, shard_size=4)
+    clean = actlab.extract_run(model, many, tmp_path / "clean", cfg, control=RunControl(shard_size=4))
     killed = []
 
     def kill_an_actor():
@@ -151,7 +150,7 @@ def test_killed_actor_is_retried_with_nothing_lost(tmp_path, tiny_model_dir, loc
 
     killer = threading.Thread(target=kill_an_actor)
     killer.start()
-    on_ray = actlab.extract_run(model, many, tmp_path / "ray", cfg, shard_size=4, runner="ray", ray=local_ray)
+    on_ray = actlab.extract_run(model, many, tmp_path / "ray", cfg, control=RunControl(shard_size=4, runner="ray", ray=local_ray))
     killer.join()
     assert killed, "no actor was killed"
     same_shards(clean, on_ray, [shard_name(i) for i in range(40)])
@@ -170,7 +169,7 @@ def test_contrast_on_ray_equals_one_process(tmp_path, tiny_model_dir, local_ray)
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     cfg = ContrastConfig(position="continuation", draws=2, shard_size=2)
     local = contrast_run(model, pairs, saes, tmp_path / "local", cfg)
-    on_ray = contrast_run(model, pairs, saes, tmp_path / "ray", cfg, runner="ray", ray=local_ray)
+    on_ray = contrast_run(model, pairs, saes, tmp_path / "ray", cfg, control=RunControl(runner="ray", ray=local_ray))
     same_shards(local, on_ray, [shard_name(i) for i in range(3)] + ["texts.parquet"])
     same_shards(local, on_ray, ["pairs.parquet"])  # NaN where no layer before, in the same places
     a, b = (json.loads((p / "manifest.json").read_text()) for p in (local, on_ray))
@@ -187,7 +186,7 @@ def test_trait_generation_on_ray_is_token_identical(monkeypatch, capsys, tmp_pat
             "questions": [f"Question number {i}?" for i in range(5)]}
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     greedy = GenerationConfig(max_new_tokens=6)
-    local = TraitRun.open(generate_trait_run(model, parse_trait(spec), tmp_path / "local", [0, 2], cfg=greedy, shard_size=3))
+    local = TraitRun.open(generate_trait_run(model, parse_trait(spec), tmp_path / "local", [0, 2], cfg=greedy, control=RunControl(shard_size=3)))
     (tmp_path / "toy.json").write_text(json.dumps(spec))
     code, out, err = run_cli(monkeypatch, capsys, "traits", "generate", "--model", tiny_model_dir, "--trait",
                              tmp_path / "toy.json", "--out", tmp_path / "ray", "--layers", "0,2",
@@ -216,9 +215,8 @@ def test_generation_run_on_ray_samples_as_one_process(tmp_path, tiny_model_dir, 
     cfg = actlab.GenerationRunConfig(layers=[0, 2], steer=f"{tmp_path / 'v.safetensors'}:1:2.0",
                                      generation=actlab.GenerationConfig(max_new_tokens=6, temperature=0.9, seed=4))
     texts = [f"Question number {i}?" for i in range(9)]
-    local = actlab.open_run(actlab.generate_run(model, texts, tmp_path / "local", cfg, shard_size=4))
-    on_ray = actlab.open_run(actlab.generate_run(model, texts, tmp_path / "ray", cfg, shard_size=2, runner="ray",
-                                                 ray=local_ray))
+    local = actlab.open_run(actlab.generate_run(model, texts, tmp_path / "local", cfg, control=RunControl(shard_size=4)))
+    on_ray = actlab.open_run(actlab.generate_run(model, texts, tmp_path / "ray", cfg, control=RunControl(shard_size=2, runner="ray", ray=local_ray)))
     assert on_ray.answers().column("answer").equals(local.answers().column("answer"))
     for layer, values in local.activations().items():
         assert np.abs(on_ray.activations()[layer] - values).max() <= 1e-5 * np.abs(values).max()
@@ -230,9 +228,8 @@ def test_ray_run_in_object_storage(tmp_path, tiny_model_dir, local_ray, s3_bucke
 
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     cfg = ExtractConfig(HOOKS, "mean")
-    local = actlab.extract_run(model, records(), tmp_path / "local", cfg, shard_size=8)
-    remote = actlab.extract_run(model, records(), f"{s3_bucket}/ray-run", cfg, shard_size=8, runner="ray",
-                                ray=local_ray)
+    local = actlab.extract_run(model, records(), tmp_path / "local", cfg, control=RunControl(shard_size=8))
+    remote = actlab.extract_run(model, records(), f"{s3_bucket}/ray-run", cfg, control=RunControl(shard_size=8, runner="ray", ray=local_ray))
     assert remote == run_path(f"{s3_bucket}/ray-run")
     for i in range(5):
         assert_tables_close(read_parquet(remote / shard_name(i)), pq.read_table(local / shard_name(i)))
@@ -244,6 +241,7 @@ import os, signal, sys
 import actlab
 from actlab import ExtractConfig
 from actlab.runs.ray import RayConfig
+from actlab.runs import RunControl
 
 class KillAfter:
     "A progress sink that SIGKILLs its own process once 8 texts are done (on Ray: two shards)."
@@ -277,7 +275,7 @@ def test_killed_driver_resumes_from_finished_shards(tmp_path, tiny_model_dir, lo
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     cfg = ExtractConfig(["blocks.2.hook_resid_post"], "mean")
-    clean = actlab.extract_run(model, actlab.Records.of(texts), tmp_path / "clean", cfg, shard_size=4)
+    clean = actlab.extract_run(model, actlab.Records.of(texts), tmp_path / "clean", cfg, control=RunControl(shard_size=4))
     out = tmp_path / "run"
     address = ray.get_runtime_context().gcs_address
     killed = subprocess.run([sys.executable, "-c", KILLED_DRIVER, str(tiny_model_dir), first,
@@ -286,7 +284,7 @@ def test_killed_driver_resumes_from_finished_shards(tmp_path, tiny_model_dir, lo
     done = sorted(p.name for p in out.glob("shard-*.parquet"))
     assert 1 <= len(done) < 12 and not json.loads((out / "manifest.json").read_text())["complete"]
     before = {name: (out / name).stat().st_mtime_ns for name in done}
-    actlab.extract_run(model, actlab.Records.of(texts), out, cfg, shard_size=4, runner=second, ray=local_ray)
+    actlab.extract_run(model, actlab.Records.of(texts), out, cfg, control=RunControl(shard_size=4, runner=second, ray=local_ray))
     same_shards(clean, out, [shard_name(i) for i in range(12)])
     assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in before.items())  # not redone
     manifest = json.loads((out / "manifest.json").read_text())
@@ -305,8 +303,8 @@ def test_actors_read_their_rows_from_s3(tmp_path, tiny_model_dir, local_ray, s3_
     by_range = read_records(f"{s3_bucket}/inputs/ray.parquet", by_row_range=True)
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     cfg = ExtractConfig(HOOKS, "mean")
-    on_ray = actlab.extract_run(model, by_range, tmp_path / "ray", cfg, shard_size=8, runner="ray", ray=local_ray)
-    local = actlab.extract_run(model, actlab.Records.of(records(20).texts), tmp_path / "local", cfg, shard_size=8)
+    on_ray = actlab.extract_run(model, by_range, tmp_path / "ray", cfg, control=RunControl(shard_size=8, runner="ray", ray=local_ray))
+    local = actlab.extract_run(model, actlab.Records.of(records(20).texts), tmp_path / "local", cfg, control=RunControl(shard_size=8))
     same_shards(local, on_ray, [shard_name(i) for i in range(3)])
 
 
@@ -318,8 +316,8 @@ def test_relative_paths_mean_the_drivers(monkeypatch, tmp_path, tiny_model_dir, 
     shutil.copytree(tiny_model_dir, tmp_path / "model")
     monkeypatch.chdir(tmp_path)
     cfg = ExtractConfig(HOOKS, "mean")
-    on_ray = actlab.extract_run("model", records(16), "rel/ray", cfg, shard_size=8, runner="ray", ray=local_ray)
-    local = actlab.extract_run(actlab.load_model("model", device="cpu"), records(16), "rel/local", cfg, shard_size=8)
+    on_ray = actlab.extract_run("model", records(16), "rel/ray", cfg, control=RunControl(shard_size=8, runner="ray", ray=local_ray))
+    local = actlab.extract_run(actlab.load_model("model", device="cpu"), records(16), "rel/local", cfg, control=RunControl(shard_size=8))
     assert (tmp_path / "rel" / "ray" / shard_name(1)).exists()
     same_shards(local, tmp_path / on_ray, [shard_name(i) for i in range(2)])
     a, b = (json.loads((tmp_path / "rel" / p / "manifest.json").read_text()) for p in ("local", "ray"))
@@ -344,8 +342,7 @@ def test_actors_take_the_matrix_paths_the_run_recorded(tmp_path, tiny_model_dir,
     from actlab.runs.ray import ShardActor
 
     cfg = ExtractConfig(HOOKS, "mean")
-    run = actlab.extract_run(ModelSpec(str(tiny_model_dir), matmul="onednn"), records(8), tmp_path / "run", cfg,
-                             shard_size=4, runner="ray", ray=local_ray)
+    run = actlab.extract_run(ModelSpec(str(tiny_model_dir), matmul="onednn"), records(8), tmp_path / "run", cfg, control=RunControl(shard_size=4, runner="ray", ray=local_ray))
     recorded = json.loads((run / "manifest.json").read_text())["matrix_paths"]
     assert recorded and set(recorded.values()) == {"onednn"}
     actor = ShardActor(ModelSpec(str(tiny_model_dir), matmul="torch"), ExtractionJob(records(8), run, cfg), 1,
@@ -373,7 +370,7 @@ def test_trait_pipeline_generates_on_ray(tmp_path, tiny_model_dir, local_ray):
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     greedy = GenerationConfig(max_new_tokens=5)
     cfg = TraitPipelineConfig(greedy, [0, 2], VectorsConfig(held_out=0.34), SteerConfig(coeffs=[0, 1], max_new_tokens=5))
-    results = {runner: run_trait(model, trait, tmp_path / runner, Alternating(), cfg, runner=runner, ray=local_ray)
+    results = {runner: run_trait(model, trait, tmp_path / runner, Alternating(), cfg, control=RunControl(runner=runner, ray=local_ray))
                for runner in ("local", "ray")}
     assert results["ray"]["kept_pos"] == results["local"]["kept_pos"] == 6
     local, on_ray = TraitRun.open(tmp_path / "local"), TraitRun.open(tmp_path / "ray")
@@ -385,16 +382,14 @@ def test_ray_run_reports_texts_and_shards(tmp_path, tiny_model_dir, local_ray):
     from conftest import Recorder
 
     progress = Recorder()
-    actlab.extract_run(str(tiny_model_dir), records(20), tmp_path / "run", ExtractConfig(HOOKS, "mean"),
-                       shard_size=8, progress=progress, runner="ray", ray=local_ray)
+    actlab.extract_run(str(tiny_model_dir), records(20), tmp_path / "run", ExtractConfig(HOOKS, "mean"), control=RunControl(shard_size=8, progress=progress, runner="ray", ray=local_ray))
     assert progress.started == (20, 3) and progress.texts == 20 and progress.shards == 3
 
 
 def test_a_cluster_without_room_is_one_line(tmp_path, tiny_model_dir, local_ray):
     """Three one-CPU actors on a two-CPU instance never all start: a clear error, not a hang."""
     with pytest.raises(ActlabError, match="did not start 3 actor.*lower --ray-actors"):
-        actlab.extract_run(str(tiny_model_dir), records(8), tmp_path / "crowded", ExtractConfig(HOOKS, "mean"),
-                           shard_size=4, runner="ray", ray=RayConfig(actors=3, cpus_per_actor=1, start_timeout=5))
+        actlab.extract_run(str(tiny_model_dir), records(8), tmp_path / "crowded", ExtractConfig(HOOKS, "mean"), control=RunControl(shard_size=4, runner="ray", ray=RayConfig(actors=3, cpus_per_actor=1, start_timeout=5)))
 
 
 def test_an_address_that_does_not_answer_is_one_line(monkeypatch, capsys, tmp_path, tiny_model_dir):
@@ -481,7 +476,7 @@ def test_latents_on_ray_equal_one_process(tmp_path, tiny_model_dir, local_ray):
             "late": random_sae("blocks.2.hook_resid_post", arch="topk", seed=2, prepend_bos=True)}
     cfg = actlab.LatentsConfig(context=6, batch_size=4)
     texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(24)]
-    local = actlab.latents_run(model, texts, saes, tmp_path / "local", cfg, shard_size=5)
-    on_ray = actlab.latents_run(model, texts, saes, tmp_path / "ray", cfg, shard_size=5, runner="ray", ray=local_ray)
+    local = actlab.latents_run(model, texts, saes, tmp_path / "local", cfg, control=RunControl(shard_size=5))
+    on_ray = actlab.latents_run(model, texts, saes, tmp_path / "ray", cfg, control=RunControl(shard_size=5, runner="ray", ray=local_ray))
     same_shards(local, on_ray, [f"{name}.parquet" for name in ("latents", "top", "intervals", "histograms",
                                                                "cofiring", "logit_effects", "neighbours")])

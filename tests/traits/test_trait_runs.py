@@ -15,6 +15,7 @@ from actlab.traits import GenerationConfig, TraitRun, VectorsConfig, generate_tr
 from actlab.traits.definitions import parse_trait
 from actlab.traits.judges import keep_answers
 from actlab.traits.vectors import split_pairs
+from actlab.runs import RunControl
 
 TRAIT = parse_trait({"name": "toy", "instruction": [{"pos": "Be happy.", "neg": "Be sad."},
                                                      {"pos": "Smile a lot.", "neg": "Frown a lot."}],
@@ -37,7 +38,7 @@ class ByPolarity:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_models):
     out = tmp_path_factory.mktemp("trait") / "run"
-    return generate_trait_run(tiny_models["llama"], TRAIT, out, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
+    return generate_trait_run(tiny_models["llama"], TRAIT, out, layers=[0, 2], cfg=CFG, control=RunControl(shard_size=5, progress=False))
 
 
 def test_generation_resumes_to_the_same_run(run, tiny_models, tmp_path):
@@ -55,17 +56,17 @@ def test_generation_resumes_to_the_same_run(run, tiny_models, tmp_path):
     assert np.allclose(np.array([r[1] for r in rows], dtype=np.float32), acts[2])
     # interrupt: drop the last two shards, resume
     copy = tmp_path / "copy"
-    generate_trait_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
+    generate_trait_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, control=RunControl(shard_size=5, progress=False))
     for name in ("answers-00003.parquet", "answers-00004.parquet", "acts-00004.parquet"):
         (copy / name).unlink()
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["complete"] = False
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    generate_trait_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, shard_size=5, progress=False)
+    generate_trait_run(tiny_models["llama"], TRAIT, copy, layers=[0, 2], cfg=CFG, control=RunControl(shard_size=5, progress=False))
     assert TraitRun.open(copy).answers().column("answer").to_pylist() == answers.column("answer").to_pylist()
     assert np.array_equal(TraitRun.open(copy).activations("prompt_last")[2], TraitRun.open(run).activations("prompt_last")[2])
     with pytest.raises(ActlabError, match="other settings"):
-        generate_trait_run(tiny_models["llama"], TRAIT, copy, layers=[1], cfg=CFG, shard_size=5, progress=False)
+        generate_trait_run(tiny_models["llama"], TRAIT, copy, layers=[1], cfg=CFG, control=RunControl(shard_size=5, progress=False))
 
 
 def test_trait_generation_is_a_generation_run_of_its_prompts(run, tiny_models):
@@ -88,7 +89,7 @@ def test_trait_generation_is_a_generation_run_of_its_prompts(run, tiny_models):
 
 
 def test_trait_generation_captures_every_block_by_default(tiny_models, tmp_path):
-    run = TraitRun.open(generate_trait_run(tiny_models["llama"], TRAIT, tmp_path / "run", cfg=CFG, progress=False))
+    run = TraitRun.open(generate_trait_run(tiny_models["llama"], TRAIT, tmp_path / "run", cfg=CFG, control=RunControl(progress=False)))
     assert run.settings["layers"] == [0, 1, 2] and set(run.activations("prompt_mean")) == {0, 1, 2}
 
 

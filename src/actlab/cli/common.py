@@ -19,6 +19,7 @@ from ..default_model import DEFAULT_MODEL
 from ..errors import ActlabError
 from ..generation.run import GENERATION_SHARD_SIZE
 from ..inputs import FieldNames, ParquetRecords, Records, read_records
+from ..runs import RunControl
 from ..runs.activations import DEFAULT_SHARD_SIZE
 
 out = Console()
@@ -73,10 +74,9 @@ class RunOptions:
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "Replace an existing run in --out."})
     skip_empty: bool = dataclasses.field(default=False, metadata={"help": "Skip empty texts instead of failing."})
 
-    def control(self, progress, ray) -> dict:
-        """The run functions' keyword arguments (actlab.runs.runner.RunControl) of these options."""
-        return {"shard_size": self.shard_size, "overwrite": self.overwrite, "progress": progress,
-                "runner": ray.runner, "ray": ray}
+    def control(self, progress, ray) -> RunControl:
+        """How the run goes (the run functions' `control`) by these options."""
+        return RunControl(self.shard_size, self.overwrite, progress, ray.runner, ray)
 
     def read(self, names: FieldNames, by_row_range: bool = False) -> Records | ParquetRecords:
         """The input; by_row_range: a Parquet input read by the workers, a row range per shard."""

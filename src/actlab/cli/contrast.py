@@ -6,6 +6,7 @@ from pathlib import Path
 from ..contrasts.config import ContrastConfig
 from ..contrasts.pairs import PairFields
 from ..engine import ExtractConfig
+from ..runs import RunControl
 from ..runs.ray import RayConfig
 from .common import Bar, ModelOptions, SAEOptions, out, print_session, print_table, with_options
 
@@ -42,7 +43,7 @@ def contrast_command(files: ContrastOptions, fields: PairFields, model: ModelOpt
             out.print(f"  and {len(loaded.duplicates) - 10} more")
     with Bar("contrast") as bar:
         result = contrast(model.for_runner(ray), loaded, saes.load(), files.out, cfg, batching,
-                          overwrite=files.overwrite, progress=bar, runner=ray.runner, ray=ray)
+                          control=RunControl(overwrite=files.overwrite, progress=bar, runner=ray.runner, ray=ray))
     print_session(read_manifest(result["run"]))
     for line in result["summary"]:
         out.print(line)

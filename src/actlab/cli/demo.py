@@ -13,7 +13,7 @@ from ..engine import ExtractConfig
 from ..hooks import block_hook
 from ..models import Model, load_model
 from ..pipelines import ReportConfig, analyze_run, build_report, contrast, run_trait
-from ..runs import extract_run, features_run, open_run
+from ..runs import RunControl, extract_run, features_run, open_run
 from ..saes import default_saes
 from ..traits import load_trait
 from .bench import GET_THE_REPOSITORY, benchmarks_module
@@ -33,7 +33,7 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
                   f"{len(set(records.fields['category']))} categories, hooks {hooks}, mean pooling")
     with Bar("extract") as bar:
         run = extract_run(model, records, out_dir / "activations", ExtractConfig(hooks, pooling="mean"),
-                          overwrite=True, progress=bar)
+                          control=RunControl(overwrite=True, progress=bar))
     acts = open_run(run)
     categories = acts.fields["category"]
     print_table("category structure (leave-one-out nearest-centroid accuracy, chance "
@@ -46,7 +46,7 @@ def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
     console.print(f"[bold]2. SAE features[/bold]: the default SAEs {list(saes)} in one pass, mean pooling")
     with Bar("features") as bar:
         features = features_run(model, records, saes, out_dir / "features", ExtractConfig(pooling="mean"),
-                                overwrite=True, progress=bar)
+                                control=RunControl(overwrite=True, progress=bar))
     tables = analyze_run(features, AnalysisConfig(threshold=DEMO_THRESHOLD))
     print_table(f"SAE comparison (latent ids; specialists: in- minus out-of-category texts above "
                 f"{DEMO_THRESHOLD:g}, > 0)", ["latents that are...", *saes],
@@ -75,7 +75,7 @@ def run_trait_step(model: Model, out: Path) -> None:
     console.print(f"[bold]3. trait vectors[/bold]: '{trait.name}' ({len(trait.prompts())} answers, every layer "
                   "captured while generating)")
     with Bar("generate") as bar:
-        result = run_trait(model, trait, out, overwrite=True, progress=bar)
+        result = run_trait(model, trait, out, control=RunControl(overwrite=True, progress=bar))
     best = result["best_mean_diff"]
     console.print(f"{result['kept_pos']} pos / {result['kept_neg']} neg answers kept by the judge; mean_diff vector "
                   f"best at block {best['layer']} (held-out AUROC {best['auroc']:.2f})")
@@ -94,7 +94,8 @@ def run_contrast_step(model: Model, out: Path) -> None:
                   "every prompt and continuation in one pass, the model's own log-probabilities, paired statistics, "
                   "held-out detection")
     with Bar("contrast") as bar:
-        result = contrast(model, pairs, None, out, ContrastConfig(score=True), overwrite=True, progress=bar)
+        result = contrast(model, pairs, None, out, ContrastConfig(score=True),
+                          control=RunControl(overwrite=True, progress=bar))
     for line in result["summary"]:
         console.print(line)
     console.print(f"report: {(out / 'report.html').resolve()}")

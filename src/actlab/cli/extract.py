@@ -54,7 +54,7 @@ def extract(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: Extra
 
     records = run.read(fields, by_row_range=ray.runner == "ray")
     with Bar("extract") as bar:
-        path = extract_run(model.for_runner(ray), records, run.out, cfg, **run.control(bar, ray))
+        path = extract_run(model.for_runner(ray), records, run.out, cfg, control=run.control(bar, ray))
     manifest = read_manifest(path)
     print_session(manifest)
     if manifest.get("n_truncated"):
@@ -72,7 +72,7 @@ def features(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: Extr
 
     records = run.read(fields, by_row_range=ray.runner == "ray")
     with Bar("features") as bar:
-        path = features_run(model.for_runner(ray), records, saes.load(), run.out, cfg, **run.control(bar, ray))
+        path = features_run(model.for_runner(ray), records, saes.load(), run.out, cfg, control=run.control(bar, ray))
     feats = FeatureRun.open(path)
     print_session(feats.manifest)
     print_table(f"features of {len(feats)} texts ({feats.pooling} pooling) in {path}",

@@ -20,7 +20,7 @@ def generate_command(run: RunOptions, fields: FieldNames, model: GenerationModel
     records = run.read(fields, by_row_range=ray.runner == "ray")
     with Bar("generate") as bar:
         path = generate_run(model.for_runner(ray), records, run.out, dataclasses.replace(cfg, generation=gen),
-                            **run.control(bar, ray))
+                            control=run.control(bar, ray))
     result = GenerationRun.open(path)
     print_session(result.manifest)
     finished = sum(result.answers().column("finished").to_pylist())

@@ -46,7 +46,7 @@ def latents_command(ctx: typer.Context, run: RunOptions, fields: FieldNames, mod
                           param="input")
     records = run.read(fields, by_row_range=ray.runner == "ray")
     with Bar("latents") as bar:
-        path = latents_run(model.for_runner(ray), records, saes.load(), run.out, cfg, **run.control(bar, ray))
+        path = latents_run(model.for_runner(ray), records, saes.load(), run.out, cfg, control=run.control(bar, ray))
     result = LatentsRun.open(path)
     print_session(result.manifest)
     rows = []

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..generation import GenerationConfig
+from ..runs import RunControl
 from ..runs.ray import RayConfig
 from ..traits.judges import JudgeConfig
 from ..traits.runs import TRAIT_SAMPLING, TRAIT_SHARD_SIZE
@@ -51,8 +52,8 @@ def trait_generate_command(model: GenerationModelOptions, gen: GenerationConfig,
 
     with Bar("generate") as bar:
         path = generate_trait_run(model.for_runner(ray), load_trait(trait.trait), trait.out, trait.layers, cfg=gen,
-                            shard_size=trait.shard_size, overwrite=trait.overwrite, progress=bar,
-                            runner=ray.runner, ray=ray)
+                                  control=RunControl(shard_size=trait.shard_size, overwrite=trait.overwrite,
+                                                     progress=bar, runner=ray.runner, ray=ray))
     run = TraitRun.open(path)
     print_session(run.manifest)
     out.print(f"wrote {run.answers().num_rows} answers with activations to {run.path}")
@@ -158,8 +159,8 @@ def run_command(model: GenerationModelOptions, gen: GenerationConfig, ray: RayCo
     definition, lm = load_trait(trait.trait), model.load()
     cfg = TraitPipelineConfig(gen, trait.layers, vectors, steer, trait.shard_size)
     with Bar("generate") as bar:
-        result = run_trait(lm, definition, trait.out, judging.make(definition, lm), cfg, overwrite=trait.overwrite,
-                           progress=bar, runner=ray.runner, ray=ray)
+        result = run_trait(lm, definition, trait.out, judging.make(definition, lm), cfg,
+                           control=RunControl(overwrite=trait.overwrite, progress=bar, runner=ray.runner, ray=ray))
     best = result["best_mean_diff"]
     out.print(f"{result['kept_pos']} pos / {result['kept_neg']} neg answers kept; mean_diff best at block "
               f"{best['layer']} (held-out AUROC {best['auroc']:.2f})")

@@ -131,12 +131,13 @@ class ContrastJob(ShardJob):
 
 
 def contrast_run(model: Model | ModelSpec | str, pairs: Pairs, saes=None, out_dir: str | Path = "runs/contrast",
-                 cfg: ContrastConfig | None = None, extract: ExtractConfig | None = None, **control) -> Path:
+                 cfg: ContrastConfig | None = None, extract: ExtractConfig | None = None,
+                 control: RunControl | None = None) -> Path:
     """The pass over every pair (resumable, in shards of cfg.shard_size
-    pairs), then texts.parquet and pairs.parquet. `control`: RunControl's
-    fields but shard_size (runner="ray" with ray=RayConfig(...): the shards on
+    pairs), then texts.parquet and pairs.parquet. `control`: a RunControl
+    without shard_size (runner="ray" with ray=RayConfig(...): the shards on
     a Ray cluster, the model reloaded there by its spec)."""
-    run = RunControl.of(**control)
+    run = control or RunControl()
     if run.shard_size is not None:
         raise ActlabError("a contrast run's shard size is ContrastConfig(shard_size=...) (--shard-size)",
                           param="shard_size")

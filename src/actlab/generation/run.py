@@ -271,16 +271,16 @@ register_run_kind(RunKind(FORMAT, "a generation run", "generate", GenerationRun)
 
 def generate_run(model: "Model | ModelSpec | str", records: RecordsLike,
                  out_dir: str | Path | StorePath, cfg: GenerationRunConfig | GenerationConfig | None = None,
-                 **control) -> Path:
+                 control: RunControl | None = None) -> Path:
     """An answer to every record's text (rendered with the chat template
     unless cfg.chat_template is False), with pooled activations at
-    cfg.layers, written shard by shard; a rerun resumes. `control`:
-    RunControl's fields (shard_size, default GENERATION_SHARD_SIZE;
+    cfg.layers, written shard by shard; a rerun resumes. `control`: a
+    RunControl (shard_size, default GENERATION_SHARD_SIZE;
     runner="ray" with ray=RayConfig(...) for a cluster)."""
     if isinstance(cfg, GenerationConfig):
         cfg = GenerationRunConfig(generation=cfg)
     records = as_records(records)
-    run = RunControl.of(**control)
+    run = control or RunControl()
     job = GenerateJob(records, run_path(out_dir), cfg or GenerationRunConfig(), run.shards(GENERATION_SHARD_SIZE))
     run_job(model, job, run)
     return job.out

@@ -173,14 +173,14 @@ def merged_summary(out: RunPath, names: list[str], sae: str, d_sae: int, cfg: La
 
 def latents_run(model: "Model | ModelSpec | str", records: RecordsLike, saes=None,
                 out_dir: str | Path | StorePath = "runs/latents", cfg: LatentsConfig | None = None,
-                **control) -> RunPath:
+                control: RunControl | None = None) -> RunPath:
     """Summarise every latent of every SAE (None: the model's default SAEs)
     over a corpus cut into windows, in one pass with the SAEs fused: top
     windows, interval samples, histograms, frequencies, co-firing, logit
     effects and decoder neighbours. Open it with actlab.open_run.
-    `control`: RunControl's fields, as for extract_run."""
+    `control`: a RunControl, as for extract_run."""
     records = as_records(records)
-    run = RunControl.of(**control)
+    run = control or RunControl()
     job = LatentsJob(records, run_path(out_dir), cfg or LatentsConfig(), run.shards(LATENTS_SHARD_SIZE), saes)
     run_job(model, job, run)
     return job.out

@@ -16,6 +16,7 @@ from ..engine import ExtractConfig
 from ..models import Model, ModelSpec
 from ..report.contrast import ContrastReportData, contrast_figures, render_contrast_report
 from ..report.page import write_page
+from ..runs import RunControl
 from ..storage import run_path
 
 DETECTORS_SHOWN = ("sae_metrics_logistic", "residual_linear_probe", "residual_mean_diff_probe")
@@ -23,16 +24,16 @@ DETECTORS_SHOWN = ("sae_metrics_logistic", "residual_linear_probe", "residual_me
 
 def contrast(model: Model | ModelSpec | str, pairs: "Pairs | str | Path | list", saes=None,
              out_dir: str | Path = "runs/contrast", cfg: ContrastConfig | None = None,
-             extract: ExtractConfig | None = None, **control) -> dict:
-    """Everything: the one-pass run (resumable; `control`: RunControl's
-    fields, runner="ray" for its shards on a Ray cluster), statistics,
+             extract: ExtractConfig | None = None, control: RunControl | None = None) -> dict:
+    """Everything: the one-pass run (resumable; `control`: a RunControl,
+    runner="ray" for its shards on a Ray cluster), statistics,
     detection (cfg.folds) and, with cfg.report, RUN/report.html. pairs: Pairs,
     or pairs file(s) / "builtin" read with the default field names. Returns
     the headline findings."""
     cfg = cfg or ContrastConfig()
     if not isinstance(pairs, Pairs):
         pairs = load_pairs(pairs)
-    path = contrast_run(model, pairs, saes, out_dir, cfg, extract, **control)
+    path = contrast_run(model, pairs, saes, out_dir, cfg, extract, control)
     stats, detection = analyze_contrast(path, cfg.folds, cfg.seed)
     findings = contrast_findings(ContrastRun.open(path), stats, detection)
     if cfg.report:

@@ -5,12 +5,13 @@ stages leave in a run (draw_steering, draw_monitor)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import plots
 from ..generation import GenerationConfig
 from ..models import Model, ModelSpec
+from ..runs import RunControl
 from ..runs.atomic import write_bytes_atomic
 from ..storage import RunPath
 from ..traits.definitions import Trait
@@ -38,16 +39,17 @@ class TraitPipelineConfig:
 
 
 def run_trait(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path, judge: Judge | None = None,
-              cfg: TraitPipelineConfig | None = None, **control) -> dict:
-    """Every stage on one trait: generate with capture (resumable; `control`:
-    overwrite, progress, runner="ray" with ray=RayConfig(...) for a Ray
-    cluster), judge (the trait's own judge by default), vectors per layer, a
+              cfg: TraitPipelineConfig | None = None, control: RunControl | None = None) -> dict:
+    """Every stage on one trait: generate with capture (resumable; `control`: a
+    RunControl: overwrite, progress, runner="ray" with ray=RayConfig(...)
+    for a Ray cluster; shard_size None: cfg.shard_size), judge (the trait's own judge by default), vectors per layer, a
     steering sweep at the steering layer. Returns what each stage found."""
     cfg = cfg or TraitPipelineConfig()
     judge = judge or judge_for(trait)
     start = time.perf_counter()
-    run = generate_trait_run(model, trait, out_dir, cfg.layers, cfg=cfg.generation, shard_size=cfg.shard_size,
-                             **control)
+    control = control or RunControl()
+    control = replace(control, shard_size=control.shard_size or cfg.shard_size)
+    run = generate_trait_run(model, trait, out_dir, cfg.layers, cfg=cfg.generation, control=control)
     generated = time.perf_counter()
     trait_run = TraitRun.open(run)
     scores = judge_run(run, judge, cfg.vectors)

@@ -114,11 +114,11 @@ class FeaturesJob(ExtractionJob):
 
 def features_run(model: Model | ModelSpec | str, records: RecordsLike, saes=None,
                  out_dir: str | Path | StorePath = "runs/features", cfg: ExtractConfig | None = None,
-                 **control) -> RunPath:
+                 control: RunControl | None = None) -> RunPath:
     """SAE features of every record, one forward pass per batch for all SAEs
     (None: the default SAEs); open the run with actlab.open_run. `control`:
-    RunControl's fields, as for extract_run."""
-    run = RunControl.of(**control)
+    a RunControl, as for extract_run."""
+    run = control or RunControl()
     job = FeaturesJob(as_records(records), run_path(out_dir), cfg or ExtractConfig(), run.shards(DEFAULT_SHARD_SIZE),
                       saes)
     run_job(model, job, run)

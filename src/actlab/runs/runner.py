@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine import ExtractConfig, Progress
@@ -20,8 +20,8 @@ RUNNERS = ("local", "ray")
 @dataclass
 class RunControl:
     """How a run executes, never what its rows are: every run function takes
-    these as keyword arguments (`extract_run(..., overwrite=True,
-    runner="ray", ray=RayConfig(actors=4))`)."""
+    one as `control` (`extract_run(..., control=RunControl(overwrite=True,
+    runner="ray", ray=RayConfig(actors=4)))`; None: RunControl())."""
 
     shard_size: int | None = None  # inputs per shard, the unit of resume and of work on Ray (None: the kind's)
     overwrite: bool = False  # replace a run of other settings (and what later stages derived from it)
@@ -35,27 +35,17 @@ class RunControl:
         if self.shard_size is not None and self.shard_size < 1:
             raise ActlabError(f"shard_size must be at least 1, not {self.shard_size}", param="shard_size")
 
-    @classmethod
-    def of(cls, **control) -> "RunControl":
-        """A RunControl from keyword arguments; an unknown one is an error naming the known ones."""
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(control) - set(known))
-        if unknown:
-            raise ActlabError(f"unknown run option(s) {', '.join(unknown)}; a run takes {', '.join(known)}",
-                              param=unknown[0])
-        return cls(**control)
-
     def shards(self, default: int) -> int:
         return self.shard_size if self.shard_size is not None else default
 
 
 def extract_run(model: "Model | ModelSpec | str", records: RecordsLike,
-                out_dir: str | Path | StorePath, cfg: ExtractConfig, **control) -> RunPath:
+                out_dir: str | Path | StorePath, cfg: ExtractConfig, control: RunControl | None = None) -> RunPath:
     """Extract cfg.hooks for every record into a resumable run directory
-    (open it with actlab.open_run). `control`: RunControl's fields
-    (shard_size, overwrite, progress, runner="ray" with ray=RayConfig(...):
+    (open it with actlab.open_run). `control`: how it runs (RunControl:
+    shard_size, overwrite, progress, runner="ray" with ray=RayConfig(...):
     the shards on a Ray cluster, the model reloaded there by its spec)."""
-    run = RunControl.of(**control)
+    run = control or RunControl()
     job = ExtractionJob(as_records(records), run_path(out_dir), cfg, run.shards(DEFAULT_SHARD_SIZE))
     run_job(model, job, run)
     return job.out

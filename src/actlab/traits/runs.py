@@ -145,12 +145,12 @@ class TraitGenerateJob(GenerateJob):
 
 def generate_trait_run(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path,
                        layers: Sequence[int] | None = None, poolings: Sequence[str] = DEFAULT_POOLINGS,
-                       cfg: GenerationConfig | None = None, **control) -> Path:
+                       cfg: GenerationConfig | None = None, control: RunControl | None = None) -> Path:
     """Answers to every pos / neg prompt with pooled activations at `layers`
     (default: every block), written shard by shard; a rerun resumes.
-    `control`: RunControl's fields (shard_size: prompts per shard, default
+    `control`: a RunControl (shard_size: prompts per shard, default
     TRAIT_SHARD_SIZE; runner="ray" with ray=RayConfig(...) for a cluster)."""
-    run = RunControl.of(**control)
+    run = control or RunControl()
     capture = GenerationRunConfig(layers=list(layers or []), poolings=list(poolings), generation=cfg or TRAIT_SAMPLING)
     job = TraitGenerateJob(trait_records(trait), run_path(out_dir), capture, run.shards(TRAIT_SHARD_SIZE), trait,
                            every_block=layers is None)
