@@ -23,9 +23,9 @@ import torch
 
 from actlab import datasets
 from actlab.engine import ExtractConfig
+from actlab.features.run import features_run
 from actlab.models import load_model
 from actlab.runs import RunControl
-from actlab.runs.features import features_run
 from actlab.runs.manifest import read_manifest
 from actlab.saes import default_saes
 from actlab.version import VERSION

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from actlab.datasets import length_mix
+from actlab.features import features_run
 from actlab.hooks import block_hook
 from actlab.inputs import Records
 from actlab.models import load_model
-from actlab.runs import features_run
 from actlab.saes import SAE, SAEConfig
 from actlab.version import VERSION
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actlab import datasets
+from actlab.activations import extract_run
 from actlab.engine import ExtractConfig
 from actlab.hooks import block_hook
 from actlab.inputs import Records
@@ -22,7 +23,6 @@ from actlab.models import load_model
 from actlab.runs import RunControl
 from actlab.runs.manifest import read_manifest
 from actlab.runs.ray import RayConfig, ray_module
-from actlab.runs.runner import extract_run
 from actlab.version import VERSION
 
 from .extract import console, describe_device, save_result

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import torch
 
 import actlab
-from actlab.activations import ExtractStats
+from actlab.results import ExtractStats
 from actlab.runs import RUN_KINDS, Run, RunKind, ShardPlan, register_run_kind, shard_name
-from actlab.runs.activations import model_settings
+from actlab.runs.manifest import model_settings
 from actlab.runs.atomic import write_parquet_atomic
 from actlab.runs.job import ShardJob
 from actlab.runs.manifest import finish_run

@@ -117,3 +117,14 @@ def test_report_reads_no_run_and_computes_no_statistics():
                     [n for n in names if n.endswith("Run") or n.startswith(("read_", "open_"))]:
                 found.append(f"{path.name}: {module} {names}")
     assert not found, f"gather these in actlab.pipelines: {found}"
+
+
+def test_every_run_kind_lives_at_its_package_run_module():
+    """One way to be a run kind: its reader (and job) at actlab.<kind>/run.py."""
+    from actlab.runs import RUN_KINDS
+
+    where = {name: kind.reader.__module__ for name, kind in RUN_KINDS.items()}
+    assert len(where) >= 6
+    misplaced = {name: module for name, module in where.items()
+                 if not (module.startswith("actlab.") and module.count(".") == 2 and module.endswith(".run"))}
+    assert not misplaced, f"move these to <kind>/run.py: {misplaced}"

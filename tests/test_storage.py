@@ -12,7 +12,8 @@ import torch
 
 import actlab
 from actlab import ExtractConfig
-from actlab.runs import features_run, shard_name
+from actlab.features import features_run
+from actlab.runs import shard_name
 from actlab.runs.atomic import atomic_path, write_json_atomic
 from actlab.storage import StorePath, read_parquet, run_path
 from conftest import TEXTS, random_sae, run_cli

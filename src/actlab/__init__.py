@@ -8,13 +8,14 @@
     gens = actlab.generate(model, [actlab.render_prompt(model.tokenizer, "Hi")], layers=[7])
 """
 
-from .activations import Activations, ExtractStats
+from .activations import ActivationRun, extract_run
 from .contrasts.config import ContrastConfig
 from .contrasts.pairs import load_pairs
 from .contrasts.run import ContrastRun
 from .default_model import DEFAULT_MODEL
 from .engine import ExtractConfig
 from .errors import ActlabError
+from .features import FeatureRun, features_run
 from .generation import (
                          GenerationConfig,
                          GenerationRun,
@@ -29,7 +30,8 @@ from .inputs import Records, read_records
 from .latents import ExplainConfig, LatentsConfig, LatentsRun, latents_run
 from .models import Model, ModelSpec, load_model
 from .pipelines import TraitPipelineConfig, build_report, contrast, explain_run, run_trait
-from .runs import ActivationRun, FeatureRun, RunControl, extract_run, features_run, open_run
+from .results import Activations, ExtractStats
+from .runs import RunControl, open_run
 from .saes import SAE, load_sae
 from .saes.features import Features
 from .traits import TraitRun, load_trait

@@ -12,12 +12,12 @@ from typing import Sequence
 import torch
 
 from . import hooks as hook_points
-from .activations import Activations
 from .default_model import DEFAULT_MODEL, default_model_dir
 from .engine import ExtractConfig, Extractor, OnBatch
 from .engine.linears import MATMUL_PATHS, choose, take_paths
 from .errors import ActlabError
 from .registry import one_of
+from .results import Activations
 from .saes.features import FeatureExtractor, Features
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

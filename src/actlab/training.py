@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from .activations import extract_run
 from .engine import ExtractConfig
 from .errors import ActlabError
 from .hooks import block_hook
 from .inputs import Records
-from .runs import extract_run, open_run
+from .runs import open_run
 from .runs.atomic import atomic_path, write_json_atomic
 from .saes import load_sae
 from .saes.quality import sae_quality

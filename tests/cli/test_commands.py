@@ -79,7 +79,7 @@ def test_usage_error_exits_2_without_traceback(monkeypatch, capsys, tmp_path):
 
 
 def test_features_end_to_end(monkeypatch, capsys, tmp_path, tiny_model_dir, texts_file, tiny_models):
-    from actlab.runs import FeatureRun
+    from actlab.features import FeatureRun
 
     import sae_lens
 
@@ -103,7 +103,7 @@ def test_analyze_end_to_end(monkeypatch, capsys, tmp_path, tiny_models):
 
     from actlab.analyses import strongest
     from actlab.inputs import Records
-    from actlab.runs import FeatureRun, features_run
+    from actlab.features import FeatureRun, features_run
 
     texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(12)]
     records = Records(texts, {"category": [f"c{i % 3}" for i in range(12)]}, list(range(1, 13)))
@@ -135,7 +135,7 @@ def test_sae_quality_command(monkeypatch, capsys, tmp_path, tiny_model_dir, text
 def test_explore_highlights_tokens(monkeypatch, capsys, tmp_path, tiny_models):
     from actlab.inputs import Records
     from actlab import ExtractConfig
-    from actlab.runs import FeatureRun, features_run
+    from actlab.features import FeatureRun, features_run
 
     records = Records(TEXTS, {}, list(range(1, len(TEXTS) + 1)))
     run = features_run(tiny_models["llama"], records, {"mid": random_sae("blocks.1.hook_resid_post")},

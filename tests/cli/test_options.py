@@ -124,9 +124,9 @@ def test_a_config_default_is_the_commands_default():
     judge's keep thresholds and the steering length come from the library."""
     from actlab.cli.common import RunOptions
     from actlab.cli.traits import TraitOptions
-    from actlab.runs.activations import DEFAULT_SHARD_SIZE
+    from actlab.activations.run import DEFAULT_SHARD_SIZE
     from actlab.traits import SteerConfig, VectorsConfig
-    from actlab.traits.runs import TRAIT_SHARD_SIZE
+    from actlab.traits.run import TRAIT_SHARD_SIZE
 
     from actlab.generation.run import GENERATION_SHARD_SIZE, GenerateJob
 

@@ -14,7 +14,7 @@ import actlab
 from actlab import ActlabError, LatentsConfig, latents_run
 from actlab.latents.examples import example_activations
 from actlab.pipelines import build_latent_browser
-from actlab.runs import features_run
+from actlab.features import features_run
 from actlab.saes import SAE, SAEConfig
 from conftest import TEXTS, chromium_driver, random_sae, run_cli
 

@@ -13,7 +13,7 @@ from actlab.pipelines import ReportConfig
 from actlab.saes import load_sae
 from actlab.saes.quality import sae_quality
 from actlab import ExtractConfig
-from actlab.runs import FeatureRun, features_run
+from actlab.features import FeatureRun, features_run
 
 from conftest import chromium_driver, random_sae, rel_error, run_cli, save_sae_lens_folder
 

@@ -13,7 +13,8 @@ import pytest
 
 import actlab
 from actlab import ActlabError, ExtractConfig
-from actlab.runs import features_run, shard_name
+from actlab.features import features_run
+from actlab.runs import shard_name
 from actlab.runs.ray import RayConfig
 from conftest import TEXTS, assert_tables_close, random_sae
 
@@ -325,7 +326,7 @@ def test_relative_paths_mean_the_drivers(monkeypatch, tmp_path, tiny_model_dir, 
 
 
 def test_an_actor_that_cannot_see_the_run_folder_says_so(tmp_path, tiny_model_dir):
-    from actlab.runs.activations import ExtractionJob
+    from actlab.activations.run import ExtractionJob
     from actlab.runs.ray import ShardActor
 
     job = ExtractionJob(records(4), tmp_path / "elsewhere", ExtractConfig(HOOKS, "mean"))
@@ -338,7 +339,7 @@ def test_actors_take_the_matrix_paths_the_run_recorded(tmp_path, tiny_model_dir,
     whose own load would take others (here all-torch against a run started
     all-oneDNN) computes with the run's."""
     from actlab.models import ModelSpec
-    from actlab.runs.activations import ExtractionJob
+    from actlab.activations.run import ExtractionJob
     from actlab.runs.ray import ShardActor
 
     cfg = ExtractConfig(HOOKS, "mean")

@@ -77,7 +77,7 @@ def test_report_of_the_default_saes_shows_texts_without_bos(default_model, tmp_p
     from actlab.pipelines.feature_report import collect
     from actlab.pipelines import ReportConfig
     from actlab import ExtractConfig
-    from actlab.runs import FeatureRun, features_run
+    from actlab.features import FeatureRun, features_run
 
     records = categories().select(list(range(0, 210, 10)))
     run = features_run(default_model, records, default_saes(), tmp_path / "run", ExtractConfig(pooling="mean"))

@@ -73,7 +73,7 @@ def test_trait_generation_is_a_generation_run_of_its_prompts(run, tiny_models):
     """The trait's prompts, each with its own instruction as the system message, answered by one
     actlab.generate call equal the run's shards of 5; the manifest records the model as every kind does."""
     from actlab import generate, render_prompt
-    from actlab.runs.activations import model_settings
+    from actlab.runs.manifest import model_settings
 
     model = tiny_models["llama"]
     prompts = TRAIT.prompts()

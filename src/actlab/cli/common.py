@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..activations import DEFAULT_SHARD_SIZE
 from ..default_model import DEFAULT_MODEL
 from ..errors import ActlabError
 from ..generation.run import GENERATION_SHARD_SIZE
 from ..inputs import FieldNames, ParquetRecords, Records, read_records
 from ..runs import RunControl
-from ..runs.activations import DEFAULT_SHARD_SIZE
 
 out = Console()
 err = Console(stderr=True)

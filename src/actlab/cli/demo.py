@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import datasets
+from ..activations import extract_run
 from ..analyses.probes import nearest_centroid_accuracy
 from ..analyses.run import AnalysisConfig
 from ..contrasts.config import ContrastConfig
 from ..contrasts.pairs import load_pairs
 from ..engine import ExtractConfig
+from ..features import features_run
 from ..hooks import block_hook
 from ..models import Model, load_model
 from ..pipelines import ReportConfig, analyze_run, build_report, contrast, run_trait
-from ..runs import RunControl, extract_run, features_run, open_run
+from ..runs import RunControl, open_run
 from ..saes import default_saes
 from ..traits import load_trait
 from .bench import GET_THE_REPOSITORY, benchmarks_module

@@ -50,7 +50,8 @@ def models(model: ModelOptions, name: str = typer.Argument(DEFAULT_MODEL, help="
               required=("hooks",))
 def extract(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: ExtractConfig, ray: RayConfig) -> None:
     """Extract activations to a resumable Parquet run directory (--ray: on a Ray cluster)."""
-    from ..runs import extract_run, read_manifest
+    from ..activations import extract_run
+    from ..runs import read_manifest
 
     records = run.read(fields, by_row_range=ray.runner == "ray")
     with Bar("extract") as bar:
@@ -68,7 +69,7 @@ def extract(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: Extra
 def features(run: RunOptions, fields: FieldNames, model: ModelOptions, cfg: ExtractConfig, ray: RayConfig,
              saes: SAEOptions) -> None:
     """SAE features of every text, one forward pass for all SAEs, stored sparse (--ray: on a Ray cluster)."""
-    from ..runs import FeatureRun, features_run
+    from ..features import FeatureRun, features_run
 
     records = run.read(fields, by_row_range=ray.runner == "ray")
     with Bar("features") as bar:
@@ -125,11 +126,12 @@ def explore_command(explored: ExploreOptions,
                                                  "latents run (actlab latents).")) -> None:
     """The texts (or, in a latents run, windows) on which a latent is strongest, tokens highlighted by its value."""
     from ..analyses import explore_tokens
+    from ..features import FeatureRun
     from ..latents import LatentsRun
     from ..latents.run import LATENTS_FORMAT
     from ..links import neuronpedia_link
     from ..plots import token_shades
-    from ..runs import FeatureRun, read_manifest
+    from ..runs import read_manifest
 
     latent, sae, top = explored.latent, explored.sae, explored.top
     if read_manifest(run).get("format") == LATENTS_FORMAT:

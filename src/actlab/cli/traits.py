@@ -11,7 +11,7 @@ from ..generation import GenerationConfig
 from ..runs import RunControl
 from ..runs.ray import RayConfig
 from ..traits.judges import JudgeConfig
-from ..traits.runs import TRAIT_SAMPLING, TRAIT_SHARD_SIZE
+from ..traits.run import TRAIT_SAMPLING, TRAIT_SHARD_SIZE
 from ..traits.steering import SteerConfig
 from ..traits.vectors import VectorsConfig
 from .common import Bar, GenerationModelOptions, RunModelOptions, err, out, print_session, print_table, with_options

@@ -12,10 +12,10 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..activations import ExtractStats
 from ..engine import EngineModel, ExtractConfig, Extractor, Sink
 from ..errors import ActlabError
 from ..hooks import FINAL_NORM, lm_logits
+from ..results import ExtractStats
 from ..saes import SAE
 from ..tokens import tokenize
 from .config import ContrastConfig

@@ -24,15 +24,14 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from ..activations import ExtractStats, column_matrix, summary_html
 from ..engine import ExtractConfig, OnBatch
 from ..errors import ActlabError
 from ..models import Model, ModelSpec
 from ..pooling import Pooling
-from ..runs.activations import model_settings
+from ..results import ExtractStats, column_matrix, summary_html
 from ..runs.atomic import write_parquet_atomic
 from ..runs.job import ShardJob, ShardWriter
-from ..runs.manifest import Run, RunKind, finish_run, register_run_kind
+from ..runs.manifest import Run, RunKind, finish_run, model_settings, register_run_kind
 from ..runs.runner import RunControl, run_job
 from ..runs.shards import ShardPlan, read_shards, shard_name
 from ..saes import SAE, default_saes

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..activations import column_matrix, vector_column
+from ..results import column_matrix, vector_column
 from .metrics import angle_deg, shape_class
 from .pairs import PROMPT, Pairs
 from .passes import METRICS, VECTORS, ContrastResult

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from .. import hooks as hook_points
-from ..activations import Activations, ExtractStats
 from ..errors import ActlabError
 from ..pooling import Pooling
+from ..results import Activations, ExtractStats
 from ..tokens import Tokenized, offsets, tokenize
 from .batches import Batch, EngineModel, OnBatch, StopForward, auto_token_budget, padded_batch, plan_batches
 from .config import ExtractConfig

@@ -24,14 +24,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..activations import ExtractStats, column_matrix, summary_html, vector_column
 from ..engine import OnBatch
 from ..errors import ActlabError
 from ..inputs import ParquetRecords, Records, RecordsLike, as_records
-from ..runs.activations import input_settings, model_settings
+from ..results import ExtractStats, column_matrix, summary_html, vector_column
 from ..runs.atomic import write_parquet_atomic
 from ..runs.job import ShardJob, ShardWriter
-from ..runs.manifest import Run, RunKind, finish_run, register_run_kind
+from ..runs.manifest import Run, RunKind, finish_run, input_settings, model_settings, register_run_kind
 from ..runs.runner import RunControl, run_job
 from ..runs.shards import ShardPlan, read_shards, shard_name
 from ..storage import RunPath, StorePath, run_path

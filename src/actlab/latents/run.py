@@ -26,15 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..activations import ExtractStats
 from ..engine import OnBatch
 from ..errors import ActlabError
 from ..inputs import ParquetRecords, Records, RecordsLike, as_records
+from ..results import ExtractStats
 from ..runs import RunControl, register_run_kind
-from ..runs.activations import input_settings, model_settings
 from ..runs.atomic import write_parquet_atomic
 from ..runs.job import ShardJob, ShardWriter
-from ..runs.manifest import Run, RunKind, finish_run
+from ..runs.manifest import Run, RunKind, finish_run, input_settings, model_settings
 from ..runs.runner import run_job
 from ..runs.shards import ShardPlan, shard_name
 from ..saes.sae import SAEConfig

@@ -11,8 +11,8 @@ from typing import Mapping, Protocol, Sequence, TypeVar
 import numpy as np
 import torch
 
-from ..activations import ExtractStats
 from ..engine import EngineModel, ExtractConfig, Sink
+from ..results import ExtractStats
 from ..saes.features import SAEExtractor
 from ..saes.sae import SAE
 from ..tokens import Tokenized

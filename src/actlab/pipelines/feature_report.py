@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ..analyses.run import AnalysisConfig, analyze_features
 from ..errors import ActlabError
+from ..features import FeatureRun
 from ..latents import LatentsRun
 from ..latents.analysis import analyze_latents
 from ..links import neuronpedia_link
@@ -22,7 +23,7 @@ from ..report.data import ExampleText, LatentCard, ReportData
 from ..report.html import feature_figures, render
 from ..report.latents import browser_links
 from ..report.page import write_page
-from ..runs import FeatureRun, open_run
+from ..runs import open_run
 from ..runs.atomic import write_parquet_atomic
 from ..saes import load_sae
 from ..saes.quality import sae_quality

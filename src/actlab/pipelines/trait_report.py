@@ -13,7 +13,7 @@ from ..report.traits import MonitoredAnswer, TraitReportData, render_trait_repor
 from ..storage import run_path
 from ..traits.fitting import steering_layer
 from ..traits.monitor import monitor
-from ..traits.runs import TraitRun
+from ..traits.run import TraitRun
 from ..traits.steering import sweep_summary
 from ..traits.vectors import best_layers
 

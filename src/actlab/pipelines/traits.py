@@ -19,7 +19,7 @@ from ..traits.fitting import vectors_run
 from ..traits.judges import Judge, judge_for
 from ..traits.judging import judge_run
 from ..traits.monitor import MonitoredText
-from ..traits.runs import TRAIT_SAMPLING, TRAIT_SHARD_SIZE, TraitRun, generate_trait_run
+from ..traits.run import TRAIT_SAMPLING, TRAIT_SHARD_SIZE, TraitRun, generate_trait_run
 from ..traits.steering import SteerConfig, steer_sweep, sweep_summary
 from ..traits.vectors import VectorsConfig, best_layers
 

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 
-from ..activations import ExtractStats
 from ..engine import OnBatch, Progress
 from ..models import peak_memory_bytes
+from ..results import ExtractStats
 from ..storage import RunPath
 from .atomic import write_json_atomic
 from .lock import run_lock

@@ -15,24 +15,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from ..activations import Tabular
 from ..errors import ActlabError
 from ..models import load_run_model
 from ..registry import Registry
+from ..results import Tabular
 from ..storage import RunPath, StorePath, remove_tree, run_path
 from ..version import VERSION
 from .atomic import write_json_atomic
-from .fingerprint import fingerprint
+from .fingerprint import file_sha256, fingerprint
 from .lock import LOCK
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from ..inputs import ParquetRecords, Records
     from ..models import Model
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 OUTPUT_PATTERNS = ("*.parquet", "*.safetensors", "*.png", "report.html")  # what actlab writes in a run folder
+
+
+def input_settings(records: Records | ParquetRecords) -> dict:
+    """The input as a manifest records it: its source (and the file's sha256
+    and text field), its size and its optional fields."""
+    info: dict = {}
+    if records.source is not None:
+        info["path"] = records.source
+        if run_path(records.source).is_file():
+            info["sha256"] = file_sha256(records.source)
+            info["text_field"] = records.text_field
+    return dict(info, n_texts=len(records), fields=records.field_names)
+
+
+def model_settings(model: "Model") -> dict:
+    return {"id": model.name, "weights_sha256": model.weight_hash, "architecture": model.architecture,
+            "n_layers": model.n_layers, "d_model": model.d_model, "dtype": model.dtype}
 
 
 class Run(Tabular):

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from ..activations import ExtractStats
 from ..engine import Progress
 from ..errors import ActlabError
 from ..models import ModelSpec, peak_memory_bytes
+from ..results import ExtractStats
 from .job import ShardJob, run_matrix_paths, session_record, trimming
 from .lock import run_lock
 from .manifest import MANIFEST, start_run

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..engine import ExtractConfig, Progress
+from ..engine import Progress
 from ..errors import ActlabError
-from ..inputs import RecordsLike, as_records
 from ..models import Model, ModelSpec
-from ..storage import RunPath, StorePath, run_path
-from .activations import DEFAULT_SHARD_SIZE, ExtractionJob
 from .job import ShardJob, local_run
 from .ray import RayConfig, ray_run
 
@@ -37,18 +33,6 @@ class RunControl:
 
     def shards(self, default: int) -> int:
         return self.shard_size if self.shard_size is not None else default
-
-
-def extract_run(model: "Model | ModelSpec | str", records: RecordsLike,
-                out_dir: str | Path | StorePath, cfg: ExtractConfig, control: RunControl | None = None) -> RunPath:
-    """Extract cfg.hooks for every record into a resumable run directory
-    (open it with actlab.open_run). `control`: how it runs (RunControl:
-    shard_size, overwrite, progress, runner="ray" with ray=RayConfig(...):
-    the shards on a Ray cluster, the model reloaded there by its spec)."""
-    run = control or RunControl()
-    job = ExtractionJob(as_records(records), run_path(out_dir), cfg, run.shards(DEFAULT_SHARD_SIZE))
-    run_job(model, job, run)
-    return job.out
 
 
 def run_job(model: "Model | ModelSpec | str", job: ShardJob, control: RunControl) -> dict:

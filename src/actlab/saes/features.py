@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..activations import Result
 from ..engine import EngineModel, ExtractConfig, Extractor, HostCopies, Sink
 from ..errors import ActlabError
+from ..results import Result
 from .defaults import default_saes
 from .loading import load_sae
 from .sae import SAE, SAEConfig

@@ -12,7 +12,7 @@ from .fitting import best_layer, steering_layer, vectors_run
 from .judges import JudgeConfig
 from .judging import judge_run
 from .monitor import MonitoredText, monitor_run, monitored_text
-from .runs import TRAIT_SAMPLING, TraitRun, generate_trait_run
+from .run import TRAIT_SAMPLING, TraitRun, generate_trait_run
 from .steering import SteerConfig, steer_sweep, sweep_summary
 from .vectors import VectorsConfig
 

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from ..errors import ActlabError
 from ..runs.atomic import atomic_path, write_json_atomic, write_parquet_atomic
 from ..storage import run_path
-from .runs import TraitRun
+from .run import TraitRun
 from .vectors import METHODS, VectorsConfig, best_layers, fit_vectors
 
 STEERING_MIN_AUROC = 0.9

@@ -15,7 +15,7 @@ from ..runs.atomic import write_parquet_atomic
 from ..runs.fingerprint import fingerprint
 from ..storage import run_path
 from .judges import keep_answers
-from .runs import TraitRun
+from .run import TraitRun
 from .vectors import VectorsConfig
 
 JUDGE_CHUNK = 64  # answers judged between saves

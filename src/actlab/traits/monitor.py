@@ -16,7 +16,7 @@ from ..errors import ActlabError
 from ..hooks import block_hook
 from ..models import Model
 from .fitting import best_layer
-from .runs import TraitRun
+from .run import TraitRun
 
 
 @dataclass

@@ -16,7 +16,7 @@ from ..judges import Judge
 from ..models import Model
 from ..runs.atomic import write_parquet_atomic
 from .fitting import steering_layer
-from .runs import TraitRun
+from .run import TraitRun
 from .vectors import VECTOR_METHODS
 
 

@@ -8,8 +8,9 @@ import torch
 from actlab import ActlabError
 from actlab.inputs import Records
 from actlab import ExtractConfig
-from actlab.runs import FeatureRun, features_run, shard_name
-from actlab.runs import features as runs
+from actlab.features import FeatureRun, features_run
+from actlab.runs import shard_name
+from actlab.features import run as runs
 
 from conftest import TEXTS, random_sae, rel_error
 from actlab.runs import RunControl

@@ -1,4 +1,4 @@
-"""Activation runs: `extract_run` writes one, `ActivationRun` reads it.
+"""Activation runs (`actlab extract`): `extract_run` writes one, `ActivationRun` reads it.
 
     manifest.json          settings (model and its weights hash, the extraction
                            settings, the input and its sha256), shards, timings
@@ -18,39 +18,22 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
-from ..activations import Activations, ExtractStats, column_matrix
 from ..engine import ExtractConfig, Extractor, OnBatch
-from ..inputs import ParquetRecords, Records
+from ..inputs import ParquetRecords, Records, RecordsLike, as_records
+from ..results import Activations, ExtractStats, column_matrix
+from ..runs.atomic import write_parquet_atomic
+from ..runs.job import ShardJob, ShardWriter
+from ..runs.manifest import Run, RunKind, finish_run, input_settings, model_settings, read_manifest, register_run_kind
+from ..runs.runner import RunControl, run_job
+from ..runs.shards import ShardPlan, read_shards, shard_name
 from ..storage import RunPath, StorePath, parquet_rows, run_path
 from ..tokens import offsets, tokenizer_adds_bos
-from .atomic import write_parquet_atomic
-from .fingerprint import file_sha256
-from .job import ShardJob, ShardWriter
-from .manifest import Run, RunKind, finish_run, read_manifest, register_run_kind
-from .shards import ShardPlan, read_shards, shard_name
 
 if TYPE_CHECKING:
-    from ..models import Model
+    from ..models import Model, ModelSpec
 
 FORMAT = "actlab.activations"
 DEFAULT_SHARD_SIZE = 2048
-
-
-def input_settings(records: Records | ParquetRecords) -> dict:
-    """The input as a manifest records it: its source (and the file's sha256
-    and text field), its size and its optional fields."""
-    info: dict = {}
-    if records.source is not None:
-        info["path"] = records.source
-        if run_path(records.source).is_file():
-            info["sha256"] = file_sha256(records.source)
-            info["text_field"] = records.text_field
-    return dict(info, n_texts=len(records), fields=records.field_names)
-
-
-def model_settings(model: "Model") -> dict:
-    return {"id": model.name, "weights_sha256": model.weight_hash, "architecture": model.architecture,
-            "n_layers": model.n_layers, "d_model": model.d_model, "dtype": model.dtype}
 
 
 def engine_settings(model: "Model", extractor: Extractor, records: Records | ParquetRecords, shard_size: int) -> dict:
@@ -147,3 +130,15 @@ class ActivationRun(Activations, Run):
 
 ACTIVATIONS = register_run_kind(RunKind(FORMAT, "an actlab run (activations)", "extract", ActivationRun,
                                         derived=("analysis", "figures")))
+
+
+def extract_run(model: "Model | ModelSpec | str", records: RecordsLike,
+                out_dir: str | Path | StorePath, cfg: ExtractConfig, control: RunControl | None = None) -> RunPath:
+    """Extract cfg.hooks for every record into a resumable run directory
+    (open it with actlab.open_run). `control`: how it runs (RunControl:
+    shard_size, overwrite, progress, runner="ray" with ray=RayConfig(...):
+    the shards on a Ray cluster, the model reloaded there by its spec)."""
+    run = control or RunControl()
+    job = ExtractionJob(as_records(records), run_path(out_dir), cfg, run.shards(DEFAULT_SHARD_SIZE))
+    run_job(model, job, run)
+    return job.out

@@ -24,18 +24,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from ..activations.run import DEFAULT_SHARD_SIZE, ActivationRun, ExtractionJob, engine_settings
 from ..engine import ExtractConfig
 from ..inputs import Records, RecordsLike, as_records
 from ..models import Model, ModelSpec
+from ..runs.atomic import write_parquet_atomic
+from ..runs.manifest import Run, RunKind, read_manifest, register_run_kind
+from ..runs.runner import RunControl, run_job
+from ..runs.shards import read_shards, shard_name
 from ..saes.features import FeatureExtractor, Features, LatentStats, SparseFeatures
 from ..saes.sae import SAEConfig
 from ..storage import RunPath, StorePath, read_parquet, run_path
 from ..tokens import offsets
-from .activations import DEFAULT_SHARD_SIZE, ActivationRun, ExtractionJob, engine_settings
-from .atomic import write_parquet_atomic
-from .manifest import Run, RunKind, read_manifest, register_run_kind
-from .runner import RunControl, run_job
-from .shards import read_shards, shard_name
 
 FEATURES_FORMAT = "actlab.features"
 

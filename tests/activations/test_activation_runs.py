@@ -15,8 +15,9 @@ import torch
 
 import actlab
 from actlab import ActlabError, ExtractConfig
-from actlab.runs import activations as activation_runs
-from actlab.runs import extract_run, shard_name
+from actlab.activations import run as activation_runs
+from actlab.activations import extract_run
+from actlab.runs import shard_name
 from actlab.inputs import Records
 
 from conftest import TEXTS, Recorder, assert_tables_close, rel_error

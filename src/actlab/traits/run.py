@@ -29,12 +29,12 @@ import pyarrow as pa
 import torch
 from safetensors.torch import load
 
-from ..activations import summary_html
 from ..errors import ActlabError
 from ..generation import GenerationConfig, GenerationRunConfig, render_prompt
 from ..generation.run import GenerateJob, read_activations
 from ..inputs import Records
 from ..models import Model, ModelSpec
+from ..results import summary_html
 from ..runs.manifest import Run, RunKind, register_run_kind
 from ..runs.runner import RunControl, run_job
 from ..runs.shards import read_shards
