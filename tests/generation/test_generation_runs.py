@@ -95,16 +95,16 @@ def test_cli_end_to_end_with_steering(tiny_models, tiny_model_dir, tmp_path, mon
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--steer", "missing.safetensors:1:2"], "--steer file missing.safetensors does not exist"),
+    (["--steer", "missing.safetensors:1:2"], "vectors file missing.safetensors does not exist; give a trait run's vectors/<method>.safetensors (--steer)"),
     (["--steer", "VEC:x:2"], "is not VECTORS.safetensors:LAYER:COEFF"),
     (["--steer", "VEC:0:2"], "has no layer_0 vector"),
     (["--steer", "WIDE:1:2"], "steering vector has width 3"),
     (["--layers", "9"], "layer 9 is outside 0..2"),
     (["--project", "VEC"], "is not VECTORS.safetensors:LAYER"),
     (["--project", "VEC:1", "--project", "VEC:1"], "gives column projection_vec_1 twice"),
-    (["--project", "missing.safetensors:1"], "--project file missing.safetensors does not exist"),
+    (["--project", "missing.safetensors:1"], "vectors file missing.safetensors does not exist; give a trait run's vectors/<method>.safetensors (--project)"),
     (["--pooling", "response_last"], "unknown pooling"),
-    (["--system", "x", "--no-chat-template"], "--system needs the chat template"),
+    (["--system", "x", "--no-chat-template"], "a system message needs the chat template; keep the template or drop the system message (--system)"),
 ])
 def test_cli_bad_input_is_one_line(args, message, tiny_model_dir, tmp_path, monkeypatch, capsys):
     prompts = tmp_path / "prompts.txt"

@@ -211,9 +211,11 @@ def test_generation_run_on_ray_samples_as_one_process(tmp_path, tiny_model_dir, 
 
     import torch
 
+    from actlab.generation import FileVector
+
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     save_file({"layer_1": torch.ones(64)}, tmp_path / "v.safetensors")
-    cfg = actlab.GenerationRunConfig(layers=[0, 2], steer=f"{tmp_path / 'v.safetensors'}:1:2.0",
+    cfg = actlab.GenerationRunConfig(layers=[0, 2], steer=FileVector(tmp_path / "v.safetensors", 1, 2.0),
                                      generation=actlab.GenerationConfig(max_new_tokens=6, temperature=0.9, seed=4))
     texts = [f"Question number {i}?" for i in range(9)]
     local = actlab.open_run(actlab.generate_run(model, texts, tmp_path / "local", cfg, control=RunControl(shard_size=4)))

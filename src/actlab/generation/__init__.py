@@ -16,9 +16,9 @@ from .api import Generations, RunSlice, generate, prompt_token_ids, render_promp
 from .cache import SlotCache
 from .config import GenerationConfig, Steering
 from .engine import cache_keyword, eos_ids
-from .run import GENERATION_SHARD_SIZE, GenerationRun, GenerationRunConfig, generate_run
+from .run import GENERATION_SHARD_SIZE, FileVector, GenerationRun, GenerationRunConfig, generate_run
 from .taps import parse_generation_pooling
 
-__all__ = ["GENERATION_SHARD_SIZE", "GenerationConfig", "GenerationRun", "GenerationRunConfig", "Generations",
-           "RunSlice", "SlotCache", "Steering", "cache_keyword", "eos_ids", "generate", "generate_run",
+__all__ = ["FileVector", "GENERATION_SHARD_SIZE", "GenerationConfig", "GenerationRun", "GenerationRunConfig",
+           "Generations", "RunSlice", "SlotCache", "Steering", "cache_keyword", "eos_ids", "generate", "generate_run",
            "parse_generation_pooling", "prompt_token_ids", "render_prompt"]

@@ -4,7 +4,7 @@
                                  and steered, the input), shards, timings
     answers-NNNNN.parquet        row, id / label / category, prompt, answer,
                                  n_prompt_tokens, n_answer_tokens, finished,
-                                 projection_<vectors>_<layer> (with --project:
+                                 projection_<vectors>_<layer> (with projections:
                                  one float per answer token)
     acts-NNNNN.parquet           row, pooling, layer, activation (d_model floats)
 
@@ -45,6 +45,42 @@ FORMAT = "actlab.generations"
 GENERATION_SHARD_SIZE = 256
 
 
+@dataclass(frozen=True)
+class FileVector:
+    """One layer's vector in a vectors file (a trait run's
+    vectors/<method>.safetensors): its layer_LAYER tensor, or its only one;
+    `coeff` scales it where it steers."""
+
+    path: Path
+    layer: int
+    coeff: float = 1.0
+
+    def load(self, param: str) -> torch.Tensor:
+        """The vector (`param`: the option it came from, for errors)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        if not Path(self.path).is_file():
+            raise ActlabError(f"vectors file {self.path} does not exist; give a trait run's "
+                              "vectors/<method>.safetensors", param=param)
+        try:
+            tensors = load_file(self.path)
+        except (SafetensorError, OSError) as error:
+            raise ActlabError(f"{self.path} is not a safetensors file ({error}); give a trait run's "
+                              "vectors/<method>.safetensors", param=param) from None
+        if f"layer_{self.layer}" in tensors:
+            return tensors[f"layer_{self.layer}"]
+        if len(tensors) == 1:
+            return next(iter(tensors.values()))
+        raise ActlabError(f"{self.path} has no layer_{self.layer} vector (it has {', '.join(sorted(tensors))}); "
+                          "choose one of its layers", param=param)
+
+    @property
+    def column(self) -> str:
+        """Its projection's column in a generation run: projection_<file stem>_<layer>."""
+        return f"projection_{Path(self.path).stem}_{self.layer}"
+
+
 @dataclass
 class GenerationRunConfig:
     """What a generation run asks, captures and steers; with `generation`
@@ -58,54 +94,41 @@ class GenerationRunConfig:
     chat_template: bool = field(default=True, metadata={
         "flag": "--chat-template/--no-chat-template",
         "help": "Render each text as a user message with the tokenizer's chat template (else the text is the prompt)."})
-    steer: str | None = field(default=None, metadata={
-        "help": "VECTORS.safetensors:LAYER:COEFF: add COEFF x the file's layer_LAYER vector (or its only tensor) "
-                "at block LAYER's output."})
+    steer: FileVector | None = field(default=None, metadata={
+        "help": "Add coeff x the file's layer vector at that block's output (None: no steering)."})
     steer_where: str = field(default="all", metadata={"help": "Steer at all positions, or answer tokens only."})
-    project: list[str] = field(default_factory=list, metadata={
-        "flag": "--project", "help": "VECTORS.safetensors:LAYER: every answer token's projection onto the file's "
-                                     "layer_LAYER vector, in column projection_<file stem>_<LAYER>; repeatable."})
+    project: list[FileVector] = field(default_factory=list, metadata={
+        "help": "Every answer token's projection onto each vector, in column FileVector.column."})
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self):
         self.layers, self.poolings = [int(x) for x in self.layers], list(self.poolings)
         if not self.poolings:
-            raise ActlabError("give at least one --pooling", param="poolings")
+            raise ActlabError("give at least one pooling", param="poolings")
         for spec in self.poolings:
             parse_generation_pooling(spec)
         if self.steer_where not in STEERING_PLACES:
             raise ActlabError(f"steer_where must be all or answer, not '{self.steer_where}'", param="steer_where")
         if self.system is not None and not self.chat_template:
-            raise ActlabError("--system needs the chat template; drop --no-chat-template or --system", param="system")
-        if self.steer is not None:
-            self.steering()  # the file exists and holds the vector
+            raise ActlabError("a system message needs the chat template; keep the template or drop the system "
+                              "message", param="system")
         self.project = list(self.project)
-        self.projections()  # as for --steer
+        self.steering()  # the files exist and hold the vectors
+        self.projections()
 
     def steering(self) -> Steering | None:
-        """The --steer spec read: PATH:LAYER:COEFF."""
         if self.steer is None:
             return None
-        parts = self.steer.rsplit(":", 2)
-        try:
-            path, layer, coeff = parts[0], int(parts[1]), float(parts[2])
-        except (IndexError, ValueError):
-            raise ActlabError(f"--steer '{self.steer}' is not VECTORS.safetensors:LAYER:COEFF "
-                              "(e.g. runs/t/vectors/mean_diff.safetensors:15:4.0)", param="steer") from None
-        return Steering(layer, _layer_vector(Path(path), layer, "steer"), coeff, self.steer_where)
+        return Steering(self.steer.layer, self.steer.load("steer"), self.steer.coeff, self.steer_where)
 
     def projections(self) -> dict[str, tuple[int, torch.Tensor]]:
-        """The --project specs read: column name -> (layer, vector)."""
+        """Column name -> (layer, vector), of each projection."""
         out = {}
-        for spec in self.project:
-            path, _, layer = spec.rpartition(":")
-            if not path or not layer.lstrip("-").isdigit():
-                raise ActlabError(f"--project '{spec}' is not VECTORS.safetensors:LAYER "
-                                  "(e.g. runs/t/vectors/mean_diff.safetensors:15)", param="project")
-            name = f"projection_{Path(path).stem}_{int(layer)}"
-            if name in out:
-                raise ActlabError(f"--project gives column {name} twice; drop one", param="project")
-            out[name] = (int(layer), _layer_vector(Path(path), int(layer), "project"))
+        for vector in self.project:
+            if vector.column in out:
+                raise ActlabError(f"the projection list gives column {vector.column} twice; drop one",
+                                  param="project")
+            out[vector.column] = (vector.layer, vector.load("project"))
         return out
 
     def prompt(self, tokenizer, text: str) -> str:
@@ -113,30 +136,10 @@ class GenerationRunConfig:
 
     def settings(self) -> dict:
         """What the answers depend on (a rerun resumes only with these equal)."""
+        steer = f"{self.steer.path}:{self.steer.layer}:{self.steer.coeff:g}" if self.steer else None
         return {"generation": self.generation.settings(), "layers": self.layers, "poolings": self.poolings,
-                "system": self.system, "chat_template": self.chat_template, "steer": self.steer,
-                "steer_where": self.steer_where, "project": self.project}
-
-
-def _layer_vector(path: Path, layer: int, param: str) -> torch.Tensor:
-    """The file's layer_LAYER vector, or its only tensor (--steer, --project)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise ActlabError(f"--{param} file {path} does not exist; give a trait run's "
-                          "vectors/<method>.safetensors", param=param)
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError) as error:
-        raise ActlabError(f"{path} is not a safetensors file ({error}); give a trait run's "
-                          "vectors/<method>.safetensors", param=param) from None
-    if f"layer_{layer}" in tensors:
-        return tensors[f"layer_{layer}"]
-    if len(tensors) == 1:
-        return next(iter(tensors.values()))
-    raise ActlabError(f"{path} has no layer_{layer} vector (it has {', '.join(sorted(tensors))}); "
-                      "choose one of its layers", param=param)
+                "system": self.system, "chat_template": self.chat_template, "steer": steer,
+                "steer_where": self.steer_where, "project": [f"{v.path}:{v.layer}" for v in self.project]}
 
 
 @dataclass
