@@ -36,7 +36,7 @@ def trait_run(tmp_path_factory, tiny_models):
     judge_run(run, ByPolarity(TraitRun.open(run).answers().column("polarity").to_pylist()))
     vectors_run(run)
     steer_sweep(model, run, KeywordJudge(["the"]),
-                SteerConfig(steering_layer(run), [0, 1], questions=2, max_new_tokens=4))
+                SteerConfig([steering_layer(run)], [0, 1], questions=2, max_new_tokens=4))
     return run
 
 

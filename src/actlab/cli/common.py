@@ -171,14 +171,17 @@ def _default(config, f: dataclasses.Field):
     return dataclasses.MISSING
 
 
-def with_options(exclude: tuple[str, ...] = (), required: tuple[str, ...] = (), **configs):
+def with_options(exclude: tuple[str, ...] = (), required: tuple[str, ...] = (), flags: dict[str, str] | None = None,
+                 **configs):
     """Add the fields of each config dataclass (configs: parameter name ->
     class, or an instance whose values are the defaults) to a typer command
     as options, and call the command with one config per name. Flags, help
     and defaults come from the dataclass, so the command line cannot drift
     from the Python API. exclude / required name fields ("field", or
     "config.field" for one config's); a field whose metadata has "comma"
-    is one comma-separated option (--layers 7,15). The command's
+    is one comma-separated option (--layers 7,15); `flags` gives a field
+    ("config.field") this command's own flag where two configs name a
+    field alike (traits run: --layers captured, --steer-layers steered). The command's
     `__actlab_options__` maps each generated option to its field (the CLI
     test walks every command with it)."""
     def decorate(command):
@@ -192,7 +195,8 @@ def with_options(exclude: tuple[str, ...] = (), required: tuple[str, ...] = (), 
                 if f.name in exclude or f"{config_name}.{f.name}" in exclude:
                     continue
                 param = f.name if f.name not in owners else f"{config_name}_{f.name}"
-                flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+                flag = (flags or {}).get(f"{config_name}.{f.name}") or \
+                    f.metadata.get("flag", "--" + f.name.replace("_", "-"))
                 FLAGS.setdefault(f.name, flag.split("/")[0])
                 comma = _comma_kind(hints[f.name]) if f.metadata.get("comma") else None
                 default = _default(config, f)

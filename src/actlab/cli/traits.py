@@ -148,7 +148,7 @@ def trait_report_command(page: TraitReportOptions, lm: RunModelOptions, run: Pat
 @app.command("run")
 @with_options(model=GenerationModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig, trait=TraitOptions, judging=JudgeConfig,
               vectors=VectorsConfig, steer=SteerConfig,
-              exclude=("vectors.seed", "steer.max_new_tokens", "steer.layers"))
+              exclude=("vectors.seed", "steer.max_new_tokens"), flags={"steer.layers": "--steer-layers"})
 def run_command(model: GenerationModelOptions, gen: GenerationConfig, ray: RayConfig, trait: TraitOptions,
                 judging: JudgeConfig, vectors: VectorsConfig, steer: SteerConfig) -> None:
     """All stages: generate (resumable; --ray: on a Ray cluster), judge + vectors, steering sweep at the

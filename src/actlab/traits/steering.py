@@ -35,15 +35,9 @@ class SteerConfig:
     questions: int | None = field(default=None, metadata={"help": "Use the first N questions."})
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "New tokens per steered answer (greedy; default: as many as the run's generation)."})
-    layer: int | None = field(default=None, metadata={"help": "One block to steer (the old form of --layers)."})
 
     def __post_init__(self):
-        self.layers = [int(x) for x in ([self.layers] if isinstance(self.layers, int) else self.layers)]
-        if self.layer is not None:  # the old name: one canonical field
-            if self.layers and self.layers != [self.layer]:
-                raise ActlabError(f"layer {self.layer} and layers {self.layers} disagree; give --layers only",
-                                  param="layers")
-            self.layers, self.layer = [self.layer], None
+        self.layers = [int(x) for x in self.layers]
         self.coeffs = [float(c) for c in self.coeffs]
         if not self.coeffs:
             raise ActlabError("give at least one steering coefficient", param="coeffs")
