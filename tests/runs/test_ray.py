@@ -14,7 +14,7 @@ import pytest
 import actlab
 from actlab import ActlabError, ExtractConfig
 from actlab.features import features_run
-from actlab.runs import shard_name
+from actlab.runs import RunControl, shard_name
 from actlab.runs.ray import RayConfig
 from conftest import TEXTS, assert_tables_close, random_sae
 
