@@ -128,3 +128,31 @@ def test_every_run_kind_lives_at_its_package_run_module():
     misplaced = {name: module for name, module in where.items()
                  if not (module.startswith("actlab.") and module.count(".") == 2 and module.endswith(".run"))}
     assert not misplaced, f"move these to <kind>/run.py: {misplaced}"
+
+
+def test_no_library_dataclass_is_the_command_lines_alone():
+    """Library configs are the library's: a dataclass defined outside cli/ is
+    used by the library itself (a function takes it, a pipeline builds it),
+    not only by a command. One the shell alone uses belongs in cli/."""
+    import ast
+
+    root = Path(actlab.__file__).parent
+    defined, used = {}, {}
+    for path in sorted(root.rglob("*.py")):
+        name = str(path.relative_to(root))
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and any("dataclass" in ast.unparse(d) for d in node.decorator_list):
+                defined[node.name] = name
+        if name.startswith("cli/"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name in defined and defined[node.name] == name:
+                continue  # the definition itself is no use
+            word = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+            if word:
+                used.setdefault(word, set()).add(name)
+    # a use is a mention outside the defining module's class body, or in another library module
+    alone = sorted(f"{module}: {cls}" for cls, module in defined.items()
+                   if not module.startswith("cli/") and not (used.get(cls, set()) - set()))
+    assert not alone, f"move these to cli/ or give the library a use of them: {alone}"

@@ -23,6 +23,9 @@ from .saes.features import FeatureExtractor, Features
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZED = ("8bit", "4bit")
 AUTO_DTYPE = "auto"  # bfloat16 on CUDA, float32 elsewhere: the generating commands' default
+DEFAULT_DTYPE = "float32"  # extraction's: its results match the references to 1e-5
+DEFAULT_DEVICE = "auto"  # cuda, then mps, then cpu
+DEFAULT_MATMUL = "auto"  # per weight shape, the faster CPU matrix path (engine/linears.py)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> str:
@@ -32,7 +35,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
     return "bfloat16" if device.type == "cuda" else "float32"
 
 
-def pick_device(device: str = "auto") -> torch.device:
+def pick_device(device: str = DEFAULT_DEVICE) -> torch.device:
     if device != "auto":
         try:
             return torch.device(device)
@@ -206,10 +209,10 @@ class ModelSpec:
     where the id is a folder made absolute for other processes."""
 
     id: str
-    dtype: str = "float32"
+    dtype: str = DEFAULT_DTYPE
     weights_sha256: str | None = None
     name: str | None = None  # as given, when `id` is that folder made absolute
-    matmul: str = "auto"  # the CPU linear layers' matrix path (load_model); float rounding only (engine/linears.py)
+    matmul: str = DEFAULT_MATMUL  # the CPU linear layers' matrix path (load_model): float rounding only
 
     @classmethod
     def of(cls, model: "Model | ModelSpec | str") -> "ModelSpec":
@@ -236,7 +239,7 @@ class ModelSpec:
             return self
         return replace(self, id=str(local.absolute()), name=self.name or self.id)
 
-    def load(self, check: bool = True, device: str = "auto", fix: str = "pass the run's model") -> "Model":
+    def load(self, check: bool = True, device: str = DEFAULT_DEVICE, fix: str = "pass the run's model") -> "Model":
         """The model, named as given; with check, refused in one line when its
         weights are not weights_sha256's (`fix` says what to do instead)."""
         model = load_model(self.id, device=device, dtype=self.dtype, matmul=self.matmul)
@@ -247,7 +250,7 @@ class ModelSpec:
         return model
 
 
-def load_run_model(spec: dict, name: str | None = None, device: str = "auto", alternative: str = "") -> Model:
+def load_run_model(spec: dict, name: str | None = None, device: str = DEFAULT_DEVICE, alternative: str = "") -> Model:
     """The model a run recorded ({"id", "weights_sha256"} from its manifest),
     or `name`; refused when the weights differ from the run's."""
     recorded = ModelSpec.from_settings(spec)
@@ -255,8 +258,8 @@ def load_run_model(spec: dict, name: str | None = None, device: str = "auto", al
     return wanted.load(device=device, fix=f"pass the run's model{', ' + alternative if alternative else ''}")
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "float32",
-               attn_implementation: str | None = None, matmul: str = "auto") -> Model:
+def load_model(name_or_path: str = DEFAULT_MODEL, device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE,
+               attn_implementation: str | None = None, matmul: str = DEFAULT_MATMUL) -> Model:
     """Load a causal LM: a hub id, a local folder, a .gguf file, or the default alias.
 
     dtype is float32, bfloat16, float16, auto (bfloat16 on CUDA, else

@@ -152,3 +152,39 @@ def test_generating_commands_default_to_auto_dtype():
         assert dtype_default(path) == "auto", path
     for path in [("extract",), ("features",), ("contrast",)]:
         assert dtype_default(path) == "float32", path
+
+
+def test_no_default_is_written_twice():
+    """A value default lives in the library: a dataclass of actlab/cli/
+    holds only what the shell alone has (where files go, flag strings it
+    parses, switches), so each of its fields defaults to nothing, None, a
+    bool, an empty list, or a named constant (the library's, or the one
+    place the command's own default is written). A literal such as
+    top=10 or method="mean_diff" beside the library's own default would
+    drift from it: give the library a config and generate the options from it."""
+    import ast
+    from pathlib import Path
+
+    import actlab.cli
+
+    written, checked = [], 0
+    for path in sorted(Path(actlab.cli.__file__).parent.glob("*.py")):
+        for cls in ast.parse(path.read_text()).body:
+            if not isinstance(cls, ast.ClassDef) or not any("dataclass" in ast.unparse(d) for d in cls.decorator_list):
+                continue
+            for node in cls.body:
+                if not isinstance(node, ast.AnnAssign) or node.value is None:
+                    continue
+                value = node.value
+                defaults = [value]
+                if isinstance(value, ast.Call) and ast.unparse(value.func).endswith("field"):
+                    defaults = [k.value for k in value.keywords if k.arg == "default"]
+                    defaults += [k.value for k in value.keywords if k.arg == "default_factory"
+                                 and ast.unparse(k.value) != "list"]
+                for default in defaults:
+                    checked += 1
+                    named = isinstance(default, (ast.Name, ast.Attribute))
+                    empty = isinstance(default, ast.Constant) and (default.value is None or isinstance(default.value, bool))
+                    if not (named or empty):
+                        written.append(f"{path.name} {cls.name}.{node.target.id} = {ast.unparse(default)}")
+    assert checked > 20 and not written, f"defaults written in cli/ beside the library's: {written}"

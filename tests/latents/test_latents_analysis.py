@@ -11,7 +11,7 @@ import pytest
 import actlab
 from actlab import LatentsConfig
 from actlab.analyses.features import comparison_table, most_frequent, most_selective, strongest
-from actlab.latents.analysis import analyze_latents, concept_latents
+from actlab.latents.analysis import SearchConfig, analyze_latents, concept_latents
 from conftest import TEXTS, random_sae, run_cli
 
 HOOK = "blocks.1.hook_resid_post"
@@ -74,7 +74,7 @@ def a_word(run, sae) -> str:
 
 def test_concept_search_equals_a_loop(run):
     concept = "zzz " + a_word(run, "a")
-    found = concept_latents(run, concept, k=1000).to_pandas()
+    found = concept_latents(run, concept, SearchConfig(top=1000)).to_pandas()
     words = {w.strip().lower() for w in concept.split()}
     expected = []
     for sae in run.saes:

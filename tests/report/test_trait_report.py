@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from actlab.pipelines import build_trait_report
+from actlab.pipelines import TraitReportConfig, build_trait_report
+from actlab.traits.monitor import MonitorConfig
 from actlab.traits import GenerationConfig
 from actlab.traits.definitions import parse_trait
 from actlab.judges import Judgement
@@ -42,7 +43,7 @@ def trait_run(tmp_path_factory, tiny_models):
 
 def test_monitoring_values_against_a_forward_pass(trait_run, tiny_models, tmp_path):
     model = tiny_models["llama"]
-    out = build_trait_report(trait_run, tmp_path / "r.html", model=model, n_examples=1)
+    out = build_trait_report(trait_run, tmp_path / "r.html", model=model, cfg=TraitReportConfig(examples=1))
     html = out.read_text()
     for section in SECTIONS:
         assert f'<section id="{section}">' in html
@@ -89,7 +90,7 @@ def test_the_trait_stages_compute_and_the_pipeline_draws(trait_run, tiny_models,
     png = draw_steering(trait_run)
     assert png == trait_run / "steering.png" and png.read_bytes()[:4] == b"\x89PNG"
     assert TraitRun.open(trait_run).steering().schema.metadata[b"actlab.method"] == b"mean_diff"
-    monitored = monitor_run(model, trait_run, "I am happy today.", layer=1)
+    monitored = monitor_run(model, trait_run, "I am happy today.", cfg=MonitorConfig(layer=1))
     assert len(monitored.tokens) == len(monitored.values) and (monitored.layer, monitored.method) == (1, "mean_diff")
     assert not (trait_run / "monitor-layer1.png").exists()
     assert draw_monitor(trait_run, monitored).read_bytes()[:4] == b"\x89PNG"

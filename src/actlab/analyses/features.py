@@ -36,6 +36,7 @@ class RankingStats:
 
 
 Latents = Union[np.ndarray, RankingStats]  # F, or its statistics
+EXPLORED_TEXTS = 5  # texts explore_tokens (and `actlab explore`) shows
 
 
 def _stats(F: Latents, threshold: float = 5.0) -> RankingStats:
@@ -94,7 +95,7 @@ def explore(F: np.ndarray, latent: int, k: int = 10) -> list[dict]:
     return [{"text": int(i), "value": float(column[i])} for i in order if column[i] > 0]
 
 
-def explore_tokens(values: np.ndarray, offsets: Sequence[int], k: int = 5) -> list[dict]:
+def explore_tokens(values: np.ndarray, offsets: Sequence[int], k: int = EXPLORED_TEXTS) -> list[dict]:
     """Per-token mode: one latent's values for every token row (n_tokens,) and
     each text's row range; the k texts with the largest token value, with the
     value of each of their tokens (for highlighting)."""

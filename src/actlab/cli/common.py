@@ -20,6 +20,7 @@ from ..default_model import DEFAULT_MODEL
 from ..errors import ActlabError
 from ..generation.run import GENERATION_SHARD_SIZE
 from ..inputs import FieldNames, ParquetRecords, Records, read_records
+from ..models import AUTO_DTYPE, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MATMUL
 from ..runs import RunControl
 
 out = Console()
@@ -31,11 +32,11 @@ FLAGS: dict[str, str] = {}  # Python parameter -> its flag, for error messages
 class ModelOptions:
     model: str = dataclasses.field(default=DEFAULT_MODEL, metadata={
         "help": "Hub id, local folder, .gguf file or alias.", "flag": "--model", "short": "-m"})
-    device: str = dataclasses.field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, "
-                                                                      "cuda:N, mps."})
-    dtype: str = dataclasses.field(default="float32", metadata={"help": "float32, bfloat16, float16; 8bit/4bit on "
+    device: str = dataclasses.field(default=DEFAULT_DEVICE, metadata={
+        "help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps."})
+    dtype: str = dataclasses.field(default=DEFAULT_DTYPE, metadata={"help": "float32, bfloat16, float16; 8bit/4bit on "
                                                                         "CUDA."})
-    matmul: str = dataclasses.field(default="auto", metadata={
+    matmul: str = dataclasses.field(default=DEFAULT_MATMUL, metadata={
         "help": "CPU float32 linear layers: auto (per shape, whichever of torch and onednn this machine measured "
                 "faster, recorded in $ACTLAB_HOME/machine.json), torch, onednn. A run records its paths; resumed, "
                 "it keeps them."})
@@ -56,7 +57,7 @@ class ModelOptions:
 class GenerationModelOptions(ModelOptions):
     """The model of a generating command: bfloat16 on CUDA unless told."""
 
-    dtype: str = dataclasses.field(default="auto", metadata={
+    dtype: str = dataclasses.field(default=AUTO_DTYPE, metadata={
         "help": "auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16; 8bit/4bit on CUDA."})
 
 
@@ -118,7 +119,7 @@ class RunModelOptions:
 
     model: str | None = dataclasses.field(default=None, metadata={
         "short": "-m", "help": "Default: the run's model (its weights are checked against the run's)."})
-    device: str = dataclasses.field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N, mps."})
+    device: str = dataclasses.field(default=DEFAULT_DEVICE, metadata={"help": "auto, cpu, cuda, cuda:N, mps."})
 
 
 def _option_type(annotation, comma: bool):

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.text import Text
 
+from ..analyses.features import EXPLORED_TEXTS
 from ..analyses.run import AnalysisConfig
 from ..default_model import DEFAULT_MODEL
 from ..engine import ExtractConfig
@@ -116,7 +117,7 @@ class ExploreOptions:
     latent: int = dataclasses.field(metadata={"help": "Latent to explore."})
     sae: Optional[str] = dataclasses.field(default=None, metadata={
         "help": "SAE name in the run (default: its only SAE)."})
-    top: int = dataclasses.field(default=5, metadata={"help": "Texts to show."})
+    top: int = dataclasses.field(default=EXPLORED_TEXTS, metadata={"help": "Texts to show."})
 
 
 @app.command("explore")
@@ -184,9 +185,12 @@ def highlighted(head: str, tokens: list[str], shades: list[float]) -> Text:
     return line
 
 
+DEMO_OUT = Path("runs/demo")  # where `actlab demo` (make demo) writes
+
+
 @dataclasses.dataclass
 class DemoOptions:
-    out: Path = dataclasses.field(default=Path("runs/demo"), metadata={"help": "Where the demo's runs go."})
+    out: Path = dataclasses.field(default=DEMO_OUT, metadata={"help": "Where the demo's runs go."})
 
 
 @app.command()

@@ -2,7 +2,6 @@
 a corpus (a thin shell over actlab.latents_run); its subcommands work on
 such a run."""
 
-import dataclasses
 from pathlib import Path
 
 import typer
@@ -10,6 +9,7 @@ import typer
 from ..errors import ActlabError
 from ..inputs import FieldNames
 from ..latents import LatentsConfig, LatentsRun, latents_run
+from ..latents.analysis import SearchConfig, concept_latents
 from ..latents.explain import ExplainConfig
 from ..pipelines import BrowserConfig
 from ..runs.ray import RayConfig
@@ -102,27 +102,13 @@ def explain(lm: RunModelOptions, cfg: ExplainConfig,
         out.print(f"stopped: {result.stopped}; rerun with a larger --max-calls to continue")
 
 
-@dataclasses.dataclass
-class SearchOptions:
-    """Where to look for a concept, and how many latents to list."""
-
-    sae: str | None = dataclasses.field(default=None, metadata={"help": "The run's SAE (default: each)."})
-    top: int = dataclasses.field(default=10, metadata={"help": "Latents listed."})
-
-    def __post_init__(self):
-        if self.top < 1:
-            raise ActlabError(f"top must be at least 1, not {self.top}", param="top")
-
-
 @app.command("search")
-@with_options(where=SearchOptions)
-def search(where: SearchOptions, run: Path = typer.Argument(..., help="A latents run (actlab latents)."),
+@with_options(where=SearchConfig)
+def search(where: SearchConfig, run: Path = typer.Argument(..., help="A latents run (actlab latents)."),
            concept: str = typer.Argument(..., help="Words of the concept, e.g. 'Paris France'.")) -> None:
     """Latents about a concept: those whose top windows peak on its words (the share of them), or whose
     explanation names one."""
-    from ..latents.analysis import concept_latents
-
-    table = concept_latents(LatentsRun.open(run), concept, where.sae, where.top).to_pandas()
+    table = concept_latents(LatentsRun.open(run), concept, where).to_pandas()
     if table.empty:
         out.print(f"no latent of {run} peaks on or is explained by: {concept}")
         return

@@ -7,10 +7,13 @@ from typing import Optional
 
 import typer
 
+from ..errors import ActlabError
 from ..generation import GenerationConfig
+from ..pipelines import TraitReportConfig
 from ..runs import RunControl
 from ..runs.ray import RayConfig
 from ..traits.judges import JudgeConfig
+from ..traits.monitor import MonitorConfig
 from ..traits.run import TRAIT_SAMPLING, TRAIT_SHARD_SIZE
 from ..traits.steering import SteerConfig
 from ..traits.vectors import VectorsConfig
@@ -104,15 +107,19 @@ def print_sweep(title: str, summary: list[dict]) -> None:
 
 @dataclasses.dataclass
 class MonitorOptions:
+    """What text `traits monitor` projects: one of --text and --row."""
+
     text: Optional[str] = dataclasses.field(default=None, metadata={"help": "Any text to monitor."})
     row: Optional[int] = dataclasses.field(default=None, metadata={"help": "A row of the run: its prompt + answer."})
-    layer: Optional[int] = dataclasses.field(default=None, metadata={"help": "Default: the best layer of --method."})
-    method: str = dataclasses.field(default="mean_diff", metadata={"help": "The vector method."})
+
+    def __post_init__(self):
+        if (self.text is None) == (self.row is None):
+            raise ActlabError("give exactly one of --text or --row", param="text")
 
 
 @app.command("monitor")
-@with_options(what=MonitorOptions, lm=RunModelOptions)
-def monitor_command(what: MonitorOptions, lm: RunModelOptions, run: Path = RunArg) -> None:
+@with_options(what=MonitorOptions, cfg=MonitorConfig, lm=RunModelOptions)
+def monitor_command(what: MonitorOptions, cfg: MonitorConfig, lm: RunModelOptions, run: Path = RunArg) -> None:
     """Per-token projection of a text onto the trait vector, printed and plotted."""
     from ..pipelines import draw_monitor
     from ..plots import token_shades
@@ -120,28 +127,27 @@ def monitor_command(what: MonitorOptions, lm: RunModelOptions, run: Path = RunAr
     from .extract import highlighted
 
     text = monitored_text(run, what.text, what.row)  # before loading the model
-    monitored = monitor_run(TraitRun.open(run).model(lm.model, lm.device), run, text, layer=what.layer,
-                            method=what.method)
+    monitored = monitor_run(TraitRun.open(run).model(lm.model, lm.device), run, text, cfg=cfg)
     out.print(highlighted("", monitored.tokens, token_shades(monitored.values)))
     out.print(f"red: towards the trait, blue: away; plot {draw_monitor(run, monitored)}")
 
 
 @dataclasses.dataclass
 class TraitReportOptions:
+    """Where `traits report` writes its page."""
+
     out: Optional[Path] = dataclasses.field(default=None, metadata={
         "short": "-o", "help": "HTML file (default RUN/report.html)."})
-    method: str = dataclasses.field(default="mean_diff", metadata={"help": "The vector method shown."})
-    examples: int = dataclasses.field(default=3, metadata={
-        "help": "Kept answers per polarity monitored token by token."})
 
 
 @app.command("report")
-@with_options(page=TraitReportOptions, lm=RunModelOptions)
-def trait_report_command(page: TraitReportOptions, lm: RunModelOptions, run: Path = RunArg) -> None:
+@with_options(page=TraitReportOptions, cfg=TraitReportConfig, lm=RunModelOptions)
+def trait_report_command(page: TraitReportOptions, cfg: TraitReportConfig, lm: RunModelOptions,
+                         run: Path = RunArg) -> None:
     """One self-contained HTML page: judge decisions, separation per layer, steering, per-token monitoring."""
     from ..pipelines import build_trait_report
 
-    path = build_trait_report(run, page.out, lm.model, lm.device, page.method, page.examples)
+    path = build_trait_report(run, page.out, lm.model, lm.device, cfg)
     out.print(f"wrote {path} (plots in {path.parent / 'figures'})")
 
 
@@ -157,10 +163,10 @@ def run_command(model: GenerationModelOptions, gen: GenerationConfig, ray: RayCo
     from ..traits import load_trait
 
     definition, lm = load_trait(trait.trait), model.load()
-    cfg = TraitPipelineConfig(gen, trait.layers, vectors, steer, trait.shard_size)
+    cfg = TraitPipelineConfig(gen, trait.layers, vectors, steer, judging)
     with Bar("generate") as bar:
-        result = run_trait(lm, definition, trait.out, judging.make(definition, lm), cfg,
-                           control=RunControl(overwrite=trait.overwrite, progress=bar, runner=ray.runner, ray=ray))
+        result = run_trait(lm, definition, trait.out, None, cfg,
+                           control=RunControl(trait.shard_size, trait.overwrite, bar, ray.runner, ray))
     best = result["best_mean_diff"]
     out.print(f"{result['kept_pos']} pos / {result['kept_neg']} neg answers kept; mean_diff best at block "
               f"{best['layer']} (held-out AUROC {best['auroc']:.2f})")

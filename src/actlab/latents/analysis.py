@@ -14,6 +14,7 @@ and explanations. Units are windows:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,7 @@ from ..analyses.features import (
     most_selective,
     strongest,
 )
+from ..errors import ActlabError
 from ..links import neuronpedia_link
 from .run import LatentsRun
 
@@ -66,18 +68,32 @@ def analyze_latents(run: LatentsRun, threshold: float = 5.0, k: int = 5) -> dict
     return tables
 
 
-def concept_latents(run: LatentsRun, concept: str, sae: str | None = None, k: int = 10) -> pa.Table:
+@dataclass
+class SearchConfig:
+    """Where concept_latents looks for a concept, and how many latents it lists."""
+
+    sae: str | None = field(default=None, metadata={"help": "The run's SAE (default: each)."})
+    top: int = field(default=10, metadata={"help": "Latents listed."})
+
+    def __post_init__(self):
+        if self.top < 1:
+            raise ActlabError(f"top must be at least 1, not {self.top}", param="top")
+
+
+def concept_latents(run: LatentsRun, concept: str, cfg: SearchConfig | None = None) -> pa.Table:
     """The latents about a concept (its words, case-insensitive): ranked by
     the share of their top windows that peak on one of those words, then by
-    whether their explanation names one, then by their maximum. One row per
-    latent with hits or a naming explanation: sae, latent, hits,
-    top_windows, share, max, frequency, explanation, explained."""
+    whether their explanation names one, then by their maximum; the first
+    cfg.top of them. One row per latent with hits or a naming explanation:
+    sae, latent, hits, top_windows, share, max, frequency, explanation,
+    explained."""
+    cfg = cfg or SearchConfig()
     words = {w.lower() for w in re.findall(r"\w+", concept)}
-    parts = [_concept_rows(run, name, words) for name in ([run.sae_name(sae)] if sae else run.saes)]
+    parts = [_concept_rows(run, name, words) for name in ([run.sae_name(cfg.sae)] if cfg.sae else run.saes)]
     table = pa.concat_tables(parts)
     named = table.column("explained").to_numpy(zero_copy_only=False)
     order = np.lexsort((-table.column("max").to_numpy(), ~named, -table.column("share").to_numpy()))
-    return table.take(pa.array(order[:k], pa.int64()))
+    return table.take(pa.array(order[:cfg.top], pa.int64()))
 
 
 def _concept_rows(run: LatentsRun, sae: str, words: set[str]) -> pa.Table:

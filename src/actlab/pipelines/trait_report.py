@@ -4,10 +4,11 @@ drawn and rendered by actlab.report.traits."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ActlabError
-from ..models import Model
+from ..models import DEFAULT_DEVICE, Model
 from ..report.page import write_page
 from ..report.traits import MonitoredAnswer, TraitReportData, render_trait_report, trait_figures
 from ..storage import run_path
@@ -15,18 +16,32 @@ from ..traits.fitting import steering_layer
 from ..traits.monitor import monitor
 from ..traits.run import TraitRun
 from ..traits.steering import sweep_summary
-from ..traits.vectors import best_layers
+from ..traits.vectors import VECTOR_METHODS, best_layers
 
 
-def build_trait_report(run: str | Path, out: str | Path | None = None, model=None, device: str = "auto",
-                       method: str = "mean_diff", n_examples: int = 3) -> Path:
+@dataclass
+class TraitReportConfig:
+    """What a trait run's report shows."""
+
+    method: str = field(default="mean_diff", metadata={"help": "The vector method shown."})
+    examples: int = field(default=3, metadata={"help": "Kept answers per polarity monitored token by token."})
+
+    def __post_init__(self):
+        VECTOR_METHODS.pick(self.method, param="method")
+        if self.examples < 0:
+            raise ActlabError(f"examples must be 0 or more, not {self.examples}", param="examples")
+
+
+def build_trait_report(run: str | Path, out: str | Path | None = None, model=None, device: str = DEFAULT_DEVICE,
+                       cfg: TraitReportConfig | None = None) -> Path:
     """Write RUN/report.html and its figures; `model` (a Model, a name, or the
     run's own by default) monitors the example answers."""
+    cfg = cfg or TraitReportConfig()
     trait_run = TraitRun.open(run)
     if not (trait_run.path / "evaluation.parquet").exists():
         raise ActlabError(f"{trait_run.path} has no vectors yet; run `actlab traits vectors {trait_run.path}` first")
     model = model if isinstance(model, Model) else trait_run.model(model, device)
-    data = collect_trait_report(trait_run, model, method, n_examples)
+    data = collect_trait_report(trait_run, model, cfg.method, cfg.examples)
     figures = trait_figures(data)
     return write_page(run_path(out) if out is not None else trait_run.path / "report.html",
                       render_trait_report(data, figures), figures)

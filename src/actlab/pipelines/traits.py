@@ -5,7 +5,7 @@ stages leave in a run (draw_steering, draw_monitor)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import plots
@@ -16,10 +16,10 @@ from ..runs.atomic import write_bytes_atomic
 from ..storage import RunPath
 from ..traits.definitions import Trait
 from ..traits.fitting import vectors_run
-from ..traits.judges import Judge, judge_for
+from ..traits.judges import Judge, JudgeConfig
 from ..traits.judging import judge_run
 from ..traits.monitor import MonitoredText
-from ..traits.run import TRAIT_SAMPLING, TRAIT_SHARD_SIZE, TraitRun, generate_trait_run
+from ..traits.run import TRAIT_SAMPLING, TraitRun, generate_trait_run
 from ..traits.steering import SteerConfig, steer_sweep, sweep_summary
 from ..traits.vectors import VectorsConfig, best_layers
 
@@ -27,28 +27,28 @@ from ..traits.vectors import VectorsConfig, best_layers
 @dataclass
 class TraitPipelineConfig:
     """Every stage's settings for run_trait: generation (sampled, TRAIT_SAMPLING
-    by default) with capture at `layers` (None: every block), the keep rule
-    and vector fitting, and the steering sweep (greedy, as many new tokens as
-    generation unless `steer` says)."""
+    by default) with capture at `layers` (None: every block), the judge (the
+    trait's own by default), the keep rule and vector fitting, and the
+    steering sweep (greedy, as many new tokens as generation unless `steer`
+    says)."""
 
     generation: GenerationConfig = TRAIT_SAMPLING  # frozen: shared safely
     layers: list[int] | None = None
     vectors: VectorsConfig = field(default_factory=VectorsConfig)
     steer: SteerConfig = field(default_factory=SteerConfig)
-    shard_size: int = TRAIT_SHARD_SIZE
+    judging: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 def run_trait(model: Model | ModelSpec | str, trait: Trait, out_dir: str | Path, judge: Judge | None = None,
               cfg: TraitPipelineConfig | None = None, control: RunControl | None = None) -> dict:
     """Every stage on one trait: generate with capture (resumable; `control`: a
-    RunControl: overwrite, progress, runner="ray" with ray=RayConfig(...)
-    for a Ray cluster; shard_size None: cfg.shard_size), judge (the trait's own judge by default), vectors per layer, a
-    steering sweep at the steering layer. Returns what each stage found."""
+    RunControl: shard_size (default TRAIT_SHARD_SIZE), overwrite, progress,
+    runner="ray" with ray=RayConfig(...) for a Ray cluster), judge (`judge`,
+    else cfg.judging's), vectors per layer, a steering sweep at the steering
+    layer. Returns what each stage found."""
     cfg = cfg or TraitPipelineConfig()
-    judge = judge or judge_for(trait)
+    judge = judge or cfg.judging.make(trait, model if isinstance(model, Model) else None)
     start = time.perf_counter()
-    control = control or RunControl()
-    control = replace(control, shard_size=control.shard_size or cfg.shard_size)
     run = generate_trait_run(model, trait, out_dir, cfg.layers, cfg=cfg.generation, control=control)
     generated = time.perf_counter()
     trait_run = TraitRun.open(run)

@@ -5,7 +5,7 @@ draws it into the run)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -17,6 +17,7 @@ from ..hooks import block_hook
 from ..models import Model
 from .fitting import best_layer
 from .run import TraitRun
+from .vectors import VECTOR_METHODS
 
 
 @dataclass
@@ -61,22 +62,35 @@ def monitor(model: Model, texts: Sequence[str], vectors: Mapping[int, torch.Tens
 def monitored_text(run: str | Path, text: str | None = None, row: int | None = None) -> str:
     """`text`, or row `row`'s prompt + answer; exactly one of them."""
     if (text is None) == (row is None):
-        raise ActlabError("give exactly one of --text or --row", param="text")
+        raise ActlabError("give exactly one of a text and a row of the run", param="text")
     if text is not None:
         return text
     answers = TraitRun.open(run).answers()
     if not 0 <= row < answers.num_rows:
-        raise ActlabError(f"--row {row} is outside 0..{answers.num_rows - 1}", param="row")
+        raise ActlabError(f"row {row} is outside 0..{answers.num_rows - 1}", param="row")
     return answers.column("prompt")[row].as_py() + answers.column("answer")[row].as_py()
 
 
+@dataclass
+class MonitorConfig:
+    """Which trait vector a text is projected on."""
+
+    layer: int | None = field(default=None, metadata={"help": "Default: the best layer of --method."})
+    method: str = field(default="mean_diff", metadata={"help": "The vector method."})
+
+    def __post_init__(self):
+        VECTOR_METHODS.pick(self.method, param="method")
+
+
 def monitor_run(model: Model, run: str | Path, text: str | None = None, row: int | None = None,
-                layer: int | None = None, method: str = "mean_diff") -> MonitoredText:
+                cfg: MonitorConfig | None = None) -> MonitoredText:
     """Per-token projection of a text (or of row `row`'s prompt + answer) onto
-    the run's vector at `layer` (default: the best layer of `method`)."""
+    the run's cfg.method vector at cfg.layer (default: the method's best layer)."""
+    cfg = cfg or MonitorConfig()
+    method = cfg.method
     trait_run = TraitRun.open(run)
     text = monitored_text(run, text, row)
-    layer = best_layer(run, method) if layer is None else layer
+    layer = best_layer(run, method) if cfg.layer is None else cfg.layer
     vectors = trait_run.vectors(method)
     if layer not in vectors:
         raise ActlabError(f"no {method} vector for layer {layer}; this run has layers {sorted(vectors)}",
