@@ -259,11 +259,10 @@ def s3_bucket():
             os.environ[key] = value
 
 
-@pytest.fixture(scope="session")
-def openai_server(tmp_path_factory):
+def transformers_serve(model: str, log):
     """`transformers serve` (transformers' own OpenAI-compatible server, the
-    test extra transformers[serving]) on 127.0.0.1 serving the default model:
-    (base URL, model name)."""
+    test extra transformers[serving]) on 127.0.0.1 serving `model` (a folder):
+    yields (base URL, model name) once it answers."""
     import socket
     import subprocess
     import time
@@ -273,8 +272,6 @@ def openai_server(tmp_path_factory):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    model = str(default_model_dir())
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
     command = [str(Path(sys.executable).parent / "transformers"), "serve", model, "--host", "127.0.0.1",
                "--port", str(port), "--device", "cpu"]
     with open(log, "wb") as sink:
@@ -299,6 +296,19 @@ def openai_server(tmp_path_factory):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.fixture(scope="session")
+def openai_server(tmp_path_factory):
+    """`transformers serve` serving the default model: (base URL, model name)."""
+    yield from transformers_serve(str(default_model_dir()), tmp_path_factory.mktemp("serve") / "serve.log")
+
+
+@pytest.fixture(scope="session")
+def tiny_openai_server(tmp_path_factory, tiny_model_dir):
+    """`transformers serve` serving the tiny Llama (random weights, the default
+    model's tokenizer): for tests of the server path, not of what is said."""
+    yield from transformers_serve(str(tiny_model_dir), tmp_path_factory.mktemp("serve-tiny") / "serve.log")
 
 
 class DigitSplitting:

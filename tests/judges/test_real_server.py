@@ -1,6 +1,7 @@
 """The API judge and the API explainer against a real OpenAI-compatible
-server: `transformers serve` on 127.0.0.1 serving the default model (the
-openai_server fixture), reached through a forwarding proxy that counts the
+server: `transformers serve` on 127.0.0.1 serving the default model for the
+judge (its numbers are read) and the tiny model for the explainer (the
+openai_server and tiny_openai_server fixtures), reached through a forwarding proxy that counts the
 requests and, on cue, drops connections or answers junk. A trait run's
 answers judged and resumed; `actlab latents explain --explainer openai` end
 to end, a server that goes away mid-run losing nothing."""
@@ -68,12 +69,20 @@ class Proxy:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
 
+def proxied(server):
+    proxy = Proxy(server[0].removesuffix("/v1"))
+    yield proxy
+    proxy.httpd.shutdown()
+
+
 @pytest.fixture
 def proxy(openai_server):
-    url, _ = openai_server
-    proxied = Proxy(url.removesuffix("/v1"))
-    yield proxied
-    proxied.httpd.shutdown()
+    yield from proxied(openai_server)
+
+
+@pytest.fixture
+def tiny_proxy(tiny_openai_server):
+    yield from proxied(tiny_openai_server)
 
 
 def test_trait_answers_judged_by_the_server(openai_server, proxy, tiny_models, tmp_path):
@@ -102,8 +111,11 @@ def test_trait_answers_judged_by_the_server(openai_server, proxy, tiny_models, t
     assert judgement.failed and "needs --no-judge-logprobs" in judgement.reason
 
 
-def test_explain_against_the_server(openai_server, proxy, monkeypatch, capsys, tmp_path, tiny_model_dir):
-    _, model = openai_server
+def test_explain_against_the_server(tiny_openai_server, tiny_proxy, monkeypatch, capsys, tmp_path, tiny_model_dir):
+    """The tiny model serves: what is tested is the path (requests, saves, a server that goes away), which
+    the default model would only make slower."""
+    _, model = tiny_openai_server
+    proxy = tiny_proxy
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": " ".join(TEXTS[i:] + TEXTS[:i])}) + "\n" for i in range(8)))
     sae = save_sae_lens_folder(random_sae("blocks.1.hook_resid_post", seed=2), tmp_path / "sae")
