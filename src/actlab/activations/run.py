@@ -22,10 +22,10 @@ from ..engine import ExtractConfig, Extractor, OnBatch
 from ..inputs import ParquetRecords, Records, RecordsLike, as_records
 from ..results import Activations, ExtractStats, column_matrix
 from ..runs.atomic import write_parquet_atomic
-from ..runs.job import ShardJob, ShardWriter
-from ..runs.manifest import Run, RunKind, finish_run, input_settings, model_settings, read_manifest, register_run_kind
+from ..runs.job import RecordsJob, ShardWriter
+from ..runs.manifest import Run, RunKind, finish_run, input_settings, model_settings, register_run_kind
 from ..runs.runner import RunControl, run_job
-from ..runs.shards import ShardPlan, read_shards, shard_name
+from ..runs.shards import read_shards, shard_name
 from ..storage import RunPath, StorePath, parquet_rows, run_path
 from ..tokens import offsets, tokenizer_adds_bos
 
@@ -46,19 +46,13 @@ def engine_settings(model: "Model", extractor: Extractor, records: Records | Par
 
 
 @dataclass
-class ExtractionJob(ShardJob):
+class ExtractionJob(RecordsJob):
     """An activation run as a job (actlab.runs.job): the records, the config,
     the run folder. FeaturesJob adds the SAEs."""
 
-    records: Records | ParquetRecords
-    out: RunPath
     cfg: ExtractConfig
     shard_size: int = DEFAULT_SHARD_SIZE
     FORMAT: ClassVar[str] = FORMAT
-
-    @property
-    def plan(self) -> ShardPlan:
-        return ShardPlan(len(self.records), self.shard_size)
 
     def worker(self, model: "Model") -> Extractor:
         return Extractor(model, self.cfg)
@@ -102,8 +96,7 @@ class ActivationRun(Activations, Run):
 
     @classmethod
     def open(cls, path: str | Path | StorePath) -> "ActivationRun":
-        run = run_path(path)
-        manifest = read_manifest(run, FORMAT)
+        run, manifest = cls.located(path)
         settings = manifest["settings"]
         table = read_shards(run, manifest["shards"])
         values = {hook: torch.from_numpy(column_matrix(table.column(hook)).copy()) for hook in settings["hooks"]}

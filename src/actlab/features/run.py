@@ -29,7 +29,7 @@ from ..engine import ExtractConfig
 from ..inputs import Records, RecordsLike, as_records
 from ..models import Model, ModelSpec
 from ..runs.atomic import write_parquet_atomic
-from ..runs.manifest import Run, RunKind, read_manifest, register_run_kind
+from ..runs.manifest import Run, RunKind, register_run_kind
 from ..runs.runner import RunControl, run_job
 from ..runs.shards import read_shards, shard_name
 from ..saes.features import FeatureExtractor, Features, LatentStats, SparseFeatures
@@ -139,8 +139,7 @@ class FeatureRun(Features, Run):
 
     @classmethod
     def open(cls, path: str | Path | StorePath) -> "FeatureRun":
-        run = run_path(path)
-        manifest = read_manifest(run, FEATURES_FORMAT)
+        run, manifest = cls.located(path)
         settings = manifest["settings"]
         table = read_shards(run, manifest["shards"]).combine_chunks()
         texts = read_shards(run, manifest["shards"], "texts")

@@ -26,14 +26,14 @@ import torch
 
 from ..engine import OnBatch
 from ..errors import ActlabError
-from ..inputs import ParquetRecords, Records, RecordsLike, as_records
+from ..inputs import Records, RecordsLike, as_records
 from ..results import ExtractStats, column_matrix, summary_html, vector_column
 from ..runs.atomic import write_parquet_atomic
-from ..runs.job import ShardJob, ShardWriter
+from ..runs.job import RecordsJob, ShardWriter
 from ..runs.manifest import Run, RunKind, finish_run, input_settings, model_settings, register_run_kind
 from ..runs.runner import RunControl, run_job
-from ..runs.shards import ShardPlan, read_shards, shard_name
-from ..storage import RunPath, StorePath, run_path
+from ..runs.shards import read_shards, shard_name
+from ..storage import StorePath, run_path
 from .api import Generations, RunSlice, generate, render_prompt
 from .config import STEERING_PLACES, GenerationConfig, Steering
 from .taps import parse_generation_pooling
@@ -143,19 +143,14 @@ class GenerationRunConfig:
 
 
 @dataclass
-class GenerateJob(ShardJob):
+class GenerateJob(RecordsJob):
     """A generation run as a job (actlab.runs.job): shards of the records,
     each answered with pooled activations captured while generating."""
 
-    records: Records | ParquetRecords
-    out: RunPath
     cfg: GenerationRunConfig
     shard_size: int = GENERATION_SHARD_SIZE
     FORMAT: ClassVar[str] = FORMAT
-
-    @property
-    def plan(self) -> ShardPlan:
-        return ShardPlan(len(self.records), self.shard_size, marker="answers")
+    MARKER: ClassVar[str] = "answers"
 
     def settings(self, model: "Model", worker) -> dict:
         return {"model": model_settings(model), **self.cfg.settings(), "layers": self.layers(model),

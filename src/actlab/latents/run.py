@@ -28,14 +28,14 @@ import pyarrow.compute as pc
 
 from ..engine import OnBatch
 from ..errors import ActlabError
-from ..inputs import ParquetRecords, Records, RecordsLike, as_records
+from ..inputs import RecordsLike, as_records
 from ..results import ExtractStats
 from ..runs import RunControl, register_run_kind
 from ..runs.atomic import write_parquet_atomic
-from ..runs.job import ShardJob, ShardWriter
+from ..runs.job import RecordsJob, ShardWriter
 from ..runs.manifest import Run, RunKind, finish_run, input_settings, model_settings
 from ..runs.runner import run_job
-from ..runs.shards import ShardPlan, shard_name
+from ..runs.shards import shard_name
 from ..saes.sae import SAEConfig
 from ..storage import RunPath, StorePath, read_parquet, run_path
 from .config import LatentsConfig
@@ -57,19 +57,13 @@ EXAMPLES = "examples.parquet"  # sae, latent, window, positions, values (written
 
 
 @dataclass
-class LatentsJob(ShardJob):
+class LatentsJob(RecordsJob):
     """A latents run as a job (actlab.runs.job)."""
 
-    records: Records | ParquetRecords
-    out: RunPath
     cfg: LatentsConfig
     shard_size: int
     saes: object = None
     FORMAT: ClassVar[str] = LATENTS_FORMAT
-
-    @property
-    def plan(self) -> ShardPlan:
-        return ShardPlan(len(self.records), self.shard_size)
 
     def worker(self, model: "Model") -> WindowExtractor[LatentsPass]:
         return latents_extractor(model, self.saes, self.cfg)

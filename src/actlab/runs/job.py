@@ -17,12 +17,14 @@ from __future__ import annotations
 import ctypes
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 
 from ..engine import OnBatch, Progress
+from ..inputs import ParquetRecords, Records
 from ..models import peak_memory_bytes
 from ..results import ExtractStats
 from ..storage import RunPath
@@ -98,6 +100,21 @@ class ShardJob(ABC):
     @abstractmethod
     def complete(self, manifest: dict, totals: ExtractStats, session: dict, **extras) -> dict:
         """What a kind writes once every shard is done, then the manifest, last; returns the manifest."""
+
+
+@dataclass
+class RecordsJob(ShardJob):
+    """A job over records (texts and their fields) in shards of
+    `shard_size` rows (a field each kind declares with its own default):
+    activation, feature, generation and latents runs."""
+
+    records: Records | ParquetRecords
+    out: RunPath
+    MARKER: ClassVar[str] = "shard"  # shard i is done when MARKER-0000i.parquet exists
+
+    @property
+    def plan(self) -> ShardPlan:
+        return ShardPlan(len(self.records), self.shard_size, marker=self.MARKER)
 
 
 def session_record(totals: ExtractStats, device, runner: str, **extra) -> dict:

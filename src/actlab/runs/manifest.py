@@ -73,9 +73,15 @@ class Run(Tabular):
         """The complete run at `path` (a folder or an object-store URI), or a
         one-line error naming what is wrong and the command that resumes it."""
         run = object.__new__(cls)
-        run.path = run_path(path)
-        run.manifest = read_manifest(run.path, cls.FORMAT or None)
+        run.path, run.manifest = cls.located(path)
         return run
+
+    @classmethod
+    def located(cls, path: str | Path | StorePath) -> tuple[RunPath, dict]:
+        """The folder at `path` and its manifest, checked to be a complete run
+        of this kind (for a kind whose `open` loads more)."""
+        folder = run_path(path)
+        return folder, read_manifest(folder, cls.FORMAT or None)
 
     @property
     def settings(self) -> dict:
