@@ -5,6 +5,7 @@ per-latent statistics leave the device unless dense features are asked for."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence, TypeVar
 
@@ -242,7 +243,7 @@ def features_config(saes: Mapping[str, SAE], cfg: ExtractConfig | None) -> Extra
     return ExtractConfig.of(cfg, hooks=hooks, prepend_bos=prepend_bos)
 
 
-class SAEExtractor(Extractor[R]):
+class SAEExtractor(Extractor[R], ABC):
     """Extractor whose hooks feed SAEs: one forward pass for any number of
     SAEs, one sink per SAE (`make_sink`), the result built from the sinks by
     SAE name (`make_result`). FeatureExtractor keeps features; the latents
@@ -269,9 +270,9 @@ class SAEExtractor(Extractor[R]):
             sinks[sae.cfg.hook_name].append(self.make_sink(name, sae, n_rows))
         return sinks
 
+    @abstractmethod
     def make_sink(self, name: str, sae: SAE, n_rows: int) -> Sink:
         """The sink SAE `name` feeds (n_rows: pooled rows of the call)."""
-        raise NotImplementedError
 
     def centres(self, sae: SAE) -> bool:
         """Whether `sae` reads activations centred over d_model (trained on
