@@ -263,7 +263,7 @@ texts = [line.rstrip("\\n") for line in open(sys.argv[3])]
 runner, address = sys.argv[2], sys.argv[4]
 model = sys.argv[1] if runner == "ray" else actlab.load_model(sys.argv[1], device="cpu")
 actlab.extract_run(model, actlab.Records.of(texts), sys.argv[5], ExtractConfig(["blocks.2.hook_resid_post"], "mean"),
-                   control=RunControl(4, progress=KillAfter(), runner=runner,
+                   control=RunControl(shard_size=4, progress=KillAfter(), runner=runner,
                                       ray=RayConfig(address=address, actors=1)))
 """
 

@@ -77,7 +77,8 @@ class RunOptions:
 
     def control(self, progress, ray) -> RunControl:
         """How the run goes (the run functions' `control`) by these options."""
-        return RunControl(self.shard_size, self.overwrite, progress, ray.runner, ray)
+        return RunControl(shard_size=self.shard_size, overwrite=self.overwrite, progress=progress,
+                          runner=ray.runner, ray=ray)
 
     def read(self, names: FieldNames, by_row_range: bool = False) -> Records | ParquetRecords:
         """The input; by_row_range: a Parquet input read by the workers, a row range per shard."""

@@ -13,7 +13,7 @@ from ..contrasts.pairs import load_pairs
 from ..engine import ExtractConfig
 from ..features import features_run
 from ..hooks import block_hook
-from ..models import Model, load_model
+from ..models import DEFAULT_DEVICE, Model, load_model
 from ..pipelines import ReportConfig, analyze_run, build_report, contrast, run_trait
 from ..runs import RunControl, open_run
 from ..saes import default_saes
@@ -25,7 +25,7 @@ from .common import err as console
 DEMO_THRESHOLD = 2.0  # mean-pooled default-SAE values: about the top 10-15% of nonzero ones
 
 
-def run_demo(model_name: str, out_dir: Path, device: str = "auto") -> None:
+def run_demo(model_name: str, out_dir: Path, device: str = DEFAULT_DEVICE) -> None:
     model = load_model(model_name, device=device)
     console.print(f"[bold]model[/bold] {model}")
     records = datasets.categories()

@@ -166,7 +166,8 @@ def run_command(model: GenerationModelOptions, gen: GenerationConfig, ray: RayCo
     cfg = TraitPipelineConfig(gen, trait.layers, vectors, steer, judging)
     with Bar("generate") as bar:
         result = run_trait(lm, definition, trait.out, None, cfg,
-                           control=RunControl(trait.shard_size, trait.overwrite, bar, ray.runner, ray))
+                           control=RunControl(shard_size=trait.shard_size, overwrite=trait.overwrite,
+                                              progress=bar, runner=ray.runner, ray=ray))
     best = result["best_mean_diff"]
     out.print(f"{result['kept_pos']} pos / {result['kept_neg']} neg answers kept; mean_diff best at block "
               f"{best['layer']} (held-out AUROC {best['auroc']:.2f})")

@@ -34,7 +34,7 @@ from ..default_model import DEFAULT_MODEL
 from ..engine import plan_batches
 from ..errors import ActlabError
 from ..generation import GenerationConfig, cache_keyword, generate, prompt_token_ids, render_prompt
-from ..models import Model, load_model
+from ..models import DEFAULT_DEVICE, Model, load_model
 from ..tokens import pad
 from .base import (
     MIN_NUMBER_MASS,
@@ -63,7 +63,7 @@ class LocalJudge:
 
     eval_prompt: str
     model: object = DEFAULT_MODEL
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     batch_size: int = 8
     min_path_prob: float = 1e-4
     max_paths: int = 32
@@ -101,7 +101,7 @@ class LocalExplainer:
     path loaded on first use."""
 
     model: object = DEFAULT_MODEL
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     max_new_tokens: int = 120
     _loaded: object = field(default=None, init=False, repr=False)
 

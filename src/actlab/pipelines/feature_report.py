@@ -18,7 +18,7 @@ from ..features import FeatureRun
 from ..latents import LatentsRun
 from ..latents.analysis import analyze_latents
 from ..links import neuronpedia_link
-from ..models import Model
+from ..models import DEFAULT_DEVICE, Model
 from ..report.data import ExampleText, LatentCard, ReportData
 from ..report.html import feature_figures, render
 from ..report.latents import browser_links
@@ -54,7 +54,7 @@ class ReportConfig(AnalysisConfig):
 
 
 def build_report(run: str | Path, out: str | Path | None = None, model=None, cfg: ReportConfig | None = None,
-                 use_model: bool = True, device: str = "auto") -> Path:
+                 use_model: bool = True, device: str = DEFAULT_DEVICE) -> Path:
     """Write RUN/report.html (self-contained) and its plots as figures/*.png
     beside it. The model (a Model, a name, or by default the run's own; its
     weights must be the run's) highlights tokens of pooled runs and scores SAE

@@ -18,7 +18,7 @@ from ..latents.examples import example_activations
 from ..latents.explain import ExplainConfig, ExplainResult, explain_latents
 from ..latents.summary import HIST_EDGES
 from ..links import neuronpedia_link
-from ..models import Model
+from ..models import DEFAULT_DEVICE, Model
 from ..report.data import LatentBrowserData
 from ..report.latents import write_latent_browser
 from ..runs import open_run
@@ -38,7 +38,7 @@ class BrowserConfig:
 
 
 def build_latent_browser(run: str | Path, out: str | Path | None = None, model=None, cfg: BrowserConfig | None = None,
-                         use_model: bool = True, saes: dict | None = None, device: str = "auto") -> Path:
+                         use_model: bool = True, saes: dict | None = None, device: str = DEFAULT_DEVICE) -> Path:
     """Write the latent browser of a latents run into `out` (default
     RUN/browser) and return its index.html. The model (a Model, a name, or
     by default the run's own) and the SAEs (default: reloaded from their
@@ -141,7 +141,7 @@ def _window_tokens(run: LatentsRun, keys: list[int]) -> dict[str, list[str]]:
 
 
 def explain_run(run: str | Path, model=None, cfg: ExplainConfig | None = None, saes: dict | None = None,
-                device: str = "auto", progress: Progress | None = None) -> ExplainResult:
+                device: str = DEFAULT_DEVICE, progress: Progress | None = None) -> ExplainResult:
     """actlab.latents.explain.explain_latents on a run folder, with its model
     (a Model, a name, or by default the run's own, its weights checked)."""
     opened = latents_run_at(run_path(run), "explain reads latents runs")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from ..errors import ActlabError
-from ..models import load_run_model
+from ..models import DEFAULT_DEVICE, load_run_model
 from ..registry import Registry
 from ..results import Tabular
 from ..storage import RunPath, StorePath, remove_tree, run_path
@@ -91,7 +91,7 @@ class Run(Tabular):
         """What a notebook shows of the run before its kind's own rows."""
         return [("run", str(self.path)), ("model", self.settings["model"]["id"])]
 
-    def model(self, name: str | None = None, device: str = "auto") -> "Model":
+    def model(self, name: str | None = None, device: str = DEFAULT_DEVICE) -> "Model":
         """The run's model (or `name`), refused when its weights differ from the run's."""
         return load_run_model(self.settings["model"], name, device)
 
