@@ -27,6 +27,7 @@ from .generation import (
                          render_prompt,
 )
 from .inputs import Records, read_records
+from .interventions import Ablate, Add, Cap, EditLatents, Intervention, ProjectOut, Set
 from .latents import ExplainConfig, LatentsConfig, LatentsRun, latents_run
 from .models import Model, ModelSpec, load_model
 from .pipelines import TraitPipelineConfig, build_report, contrast, explain_run, run_trait
@@ -37,10 +38,10 @@ from .saes.features import Features
 from .traits import TraitRun, load_trait
 from .version import VERSION as __version__
 
-__all__ = ["ActivationRun", "Activations", "ActlabError", "ContrastConfig", "ContrastRun", "DEFAULT_MODEL",
-           "ExplainConfig", "ExtractConfig", "ExtractStats", "FeatureRun", "Features", "GenerationConfig",
-           "GenerationRun", "GenerationRunConfig", "Generations", "LatentsConfig", "LatentsRun", "Model",
-           "ModelSpec", "Records", "RunControl", "SAE", "Steering", "TraitPipelineConfig", "TraitRun", "__version__",
-           "build_report", "contrast", "explain_run", "extract_run", "features_run", "generate", "generate_run",
-           "latents_run", "load_model", "load_pairs", "load_sae", "load_trait", "open_run", "read_records",
-           "render_prompt", "run_trait"]
+__all__ = ["Ablate", "ActivationRun", "Activations", "ActlabError", "Add", "Cap", "ContrastConfig", "ContrastRun",
+           "DEFAULT_MODEL", "EditLatents", "ExplainConfig", "ExtractConfig", "ExtractStats", "FeatureRun", "Features",
+           "GenerationConfig", "GenerationRun", "GenerationRunConfig", "Generations", "Intervention", "LatentsConfig",
+           "LatentsRun", "Model", "ModelSpec", "ProjectOut", "Records", "RunControl", "SAE", "Set", "Steering",
+           "TraitPipelineConfig", "TraitRun", "__version__", "build_report", "contrast", "explain_run", "extract_run",
+           "features_run", "generate", "generate_run", "latents_run", "load_model", "load_pairs", "load_sae",
+           "load_trait", "open_run", "read_records", "render_prompt", "run_trait"]

@@ -37,6 +37,7 @@ class Layout:
     mlp_out: tuple[str, bool]
     resid_mid: tuple[str, bool] | None
     final_norm: str = "norm"  # the norm in front of the LM head
+    attn_z: tuple[str, bool] = ("self_attn.o_proj", True)  # the heads' outputs, before W_O (hook_z)
 
 
 _LLAMA = Layout("embed_tokens", "layers", ("self_attn", False), ("mlp", False),
@@ -45,9 +46,9 @@ _LLAMA = Layout("embed_tokens", "layers", ("self_attn", False), ("mlp", False),
 # ln1_post/ln2_post sit before hook_attn_out/hook_mlp_out).
 _GEMMA2 = Layout("embed_tokens", "layers", ("post_attention_layernorm", False),
                  ("post_feedforward_layernorm", False), ("pre_feedforward_layernorm", True))
-_GPT2 = Layout("wte", "h", ("attn", False), ("mlp", False), ("ln_2", True), "ln_f")
+_GPT2 = Layout("wte", "h", ("attn", False), ("mlp", False), ("ln_2", True), "ln_f", ("attn.c_proj", True))
 _NEOX = Layout("embed_in", "layers", ("attention", False), ("mlp", False),
-               ("post_attention_layernorm", True), "final_layer_norm")
+               ("post_attention_layernorm", True), "final_layer_norm", ("attention.dense", True))
 
 LAYOUTS: dict[str, Layout] = {
     "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA,
@@ -56,7 +57,9 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post"
-                         r"|hook_attn_out|hook_mlp_out)$")
+                         r"|hook_attn_out|hook_mlp_out|attn\.hook_z)$")
+
+HOOK_Z = "attn.hook_z"  # blocks.L.attn.hook_z: every head's output before W_O, (batch, tokens, heads x d_head)
 
 
 FINAL_NORM = "ln_final.hook_normalized"  # the final norm's output, what the LM head reads
@@ -77,7 +80,8 @@ def layout_for(config) -> Layout:
     layout = LAYOUTS[model_type]
     if model_type == "gpt_neox" and config.use_parallel_residual:
         # Parallel attention and MLP both read resid_pre: there is no resid_mid.
-        layout = Layout(layout.embed, layout.layers, layout.attn_out, layout.mlp_out, None, layout.final_norm)
+        layout = Layout(layout.embed, layout.layers, layout.attn_out, layout.mlp_out, None, layout.final_norm,
+                        layout.attn_z)
     return layout
 
 
@@ -86,7 +90,7 @@ def hook_names(hf_model: nn.Module) -> list[str]:
     config = hf_model.config.get_text_config()
     layout = layout_for(config)
     kinds = ["hook_resid_pre"] + (["hook_resid_mid"] if layout.resid_mid else [])
-    kinds += ["hook_resid_post", "hook_attn_out", "hook_mlp_out"]
+    kinds += ["hook_resid_post", "hook_attn_out", "hook_mlp_out", HOOK_Z]
     names = ["hook_embed"]
     for layer in range(config.num_hidden_layers):
         names += [f"blocks.{layer}.{kind}" for kind in kinds]
@@ -111,7 +115,7 @@ def resolve(hf_model: nn.Module, name: str) -> HookSite:
         if kind in ("hook_resid_pre", "hook_resid_post"):
             return HookSite(name, block, kind == "hook_resid_pre")
         part = {"hook_attn_out": layout.attn_out, "hook_mlp_out": layout.mlp_out,
-                "hook_resid_mid": layout.resid_mid}[kind]
+                "hook_resid_mid": layout.resid_mid, HOOK_Z: layout.attn_z}[kind]
         if part is None:
             raise ActlabError(f"hook '{name}' does not exist in this architecture "
                               "(parallel attention and MLP); use hook_resid_pre or hook_resid_post")
@@ -129,6 +133,20 @@ def resolve(hf_model: nn.Module, name: str) -> HookSite:
     raise ActlabError(f"unknown hook '{name}'; valid names: {', '.join(shown)} "
                       "(all of them: `actlab models MODEL`), or a module path such as "
                       f"'{hf_model.base_model_prefix}.{layout_for(hf_model.config.get_text_config()).layers}.0'")
+
+
+def head_dim(config) -> int:
+    """The width of one attention head (hook_z is heads x this wide)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def hook_width(config, name: str) -> int | None:
+    """The width of a TransformerLens-style hook's activation (None: a module path)."""
+    if name.endswith(HOOK_Z) and _BLOCK_HOOK.match(name):
+        return config.num_attention_heads * head_dim(config)
+    if name in ("hook_embed", FINAL_NORM) or _BLOCK_HOOK.match(name):
+        return config.hidden_size
+    return None
 
 
 def final_norm_site(hf_model: nn.Module) -> HookSite:

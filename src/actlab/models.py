@@ -104,8 +104,8 @@ class Model:
 
     def hook_widths(self, names: Sequence[str]) -> dict[str, int]:
         """Width of each hook's activation; raw module paths are probed once."""
-        return {name: self.d_model if name in self._standard_names else self._probe_width(name)
-                for name in names}
+        return {name: hook_points.hook_width(self.config, name) if name in self._standard_names
+                else self._probe_width(name) for name in names}
 
     @cached_property
     def _standard_names(self) -> set[str]:
@@ -160,31 +160,36 @@ class Model:
 
     def extract(self, texts: Sequence[str], hooks: Sequence[str] | str | None = None,
                 pooling: str | int | list[int] | None = None,
-                progress: OnBatch | None = None, cfg: ExtractConfig | None = None, **options) -> Activations:
+                progress: OnBatch | None = None, cfg: ExtractConfig | None = None, interventions=None,
+                **options) -> Activations:
         """Activations at `hooks` for every text, in input order; hooks and
         pooling ("last" by default) may come from `cfg` instead. `options` are
         ExtractConfig fields (batch_size, max_batch_tokens, padding_side,
         max_length, prepend_bos, include_bos); `progress(n_texts, n_tokens)`
-        is called after each batch."""
+        is called after each batch. `interventions` (actlab.Add, Set, Ablate,
+        ProjectOut, Cap, EditLatents): one or a list for every text, or one
+        list (or None) per text; captured activations at or after an edited
+        hook see the edit."""
         cfg = ExtractConfig.of(cfg, hooks=[hooks] if isinstance(hooks, str) else hooks, pooling=pooling, **options)
-        return self.run_extractor(Extractor(self, cfg), texts, progress)
+        return self.run_extractor(Extractor(self, cfg), texts, progress, interventions)
 
     def features(self, texts: Sequence[str], saes=None, pooling: str | int | list[int] | None = None,
-                 keep_dense: bool = False,
-                 progress: OnBatch | None = None, cfg: ExtractConfig | None = None, **options) -> Features:
+                 keep_dense: bool = False, progress: OnBatch | None = None, cfg: ExtractConfig | None = None,
+                 interventions=None, **options) -> Features:
         """SAE features of every text in one forward pass for any number of SAEs.
 
         saes: SAE objects, SAE folders / release ids, or a {name: SAE} mapping;
         None: the SAEs actlab ships for this model (the default model's).
         Pooling happens in feature space over the same real tokens as `extract`;
-        prepend_bos defaults to the SAEs' own. `options` as for `extract`.
+        prepend_bos defaults to the SAEs' own. `options` and `interventions` as for `extract`.
         """
         cfg = ExtractConfig.of(cfg, pooling=pooling, **options)
-        return self.run_extractor(FeatureExtractor(self, saes, cfg, keep_dense), texts, progress)
+        return self.run_extractor(FeatureExtractor(self, saes, cfg, keep_dense), texts, progress, interventions)
 
-    def run_extractor(self, extractor: Extractor, texts: Sequence[str], progress: OnBatch | None = None):
+    def run_extractor(self, extractor: Extractor, texts: Sequence[str], progress: OnBatch | None = None,
+                      interventions=None):
         """Call an extractor and record the peak memory in its statistics."""
-        result = extractor(texts, on_batch=progress or None)
+        result = extractor(texts, on_batch=progress or None, interventions=interventions)
         result.stats.peak_memory_bytes = peak_memory_bytes(self.device)
         return result
 

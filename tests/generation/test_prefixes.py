@@ -8,8 +8,11 @@ from functools import lru_cache
 
 import torch
 
+import actlab
+
 from actlab.generation import Steering
-from actlab.generation.prefixes import MIN_SHARED, common_length, prefix_groups, prompt_steering
+from actlab.generation.edits import prompt_key
+from actlab.generation.prefixes import MIN_SHARED, common_length, prefix_groups
 
 
 def check_groups(prompts, keys, groups):
@@ -71,9 +74,16 @@ def test_prompts_steered_differently_do_not_share():
     v = torch.ones(4)
     steerings = [None, Steering(0, v, 1.0, where="answer"), Steering(0, v, 1.0), Steering(0, v, 1.0),
                  Steering(0, v, 2.0), Steering(1, v, 1.0)]
-    keys = [prompt_steering(s) for s in steerings]
-    assert keys[0] is None and keys[1] is None and keys[2] == keys[3] and len({keys[3], keys[4], keys[5]}) == 3
+    keys = [prompt_key(() if s is None else (s,), 21) for s in steerings]
+    assert keys[0] == keys[1] == () and keys[2] == keys[3] and len({keys[3], keys[4], keys[5]}) == 3
     prompts = [list(range(20)) + [k] for k in range(len(steerings))]
     groups = prefix_groups(prompts, keys)
     check_groups(prompts, keys, groups)
     assert sorted(sorted(g.members) for g in groups) == [[0, 1], [2, 3]]
+
+
+def test_an_edit_counted_from_the_prompts_end_shares_only_between_prompts_of_one_length():
+    edit = actlab.Add("blocks.0.hook_resid_post", torch.ones(4), positions=[-2])
+    assert prompt_key((edit,), 21) == prompt_key((edit,), 21) != prompt_key((edit,), 22)
+    ahead = actlab.Add("blocks.0.hook_resid_post", torch.ones(4), positions=[2])
+    assert prompt_key((ahead,), 21) == prompt_key((ahead,), 22)

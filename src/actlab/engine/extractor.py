@@ -12,6 +12,7 @@ import torch
 
 from .. import hooks as hook_points
 from ..errors import ActlabError
+from ..interventions import BatchEdits, per_row
 from ..pooling import Pooling
 from ..results import Activations, ExtractStats
 from ..tokens import Tokenized, offsets, tokenize
@@ -71,21 +72,28 @@ class Extractor(Generic[R]):
         self.max_length = cfg.max_length or getattr(model.config, "max_position_embeddings", None)
         self.widths = model.hook_widths(self.hook_names)
 
-    def __call__(self, texts: Sequence[str], on_batch: OnBatch | None = None) -> R:
+    def __call__(self, texts: Sequence[str], on_batch: OnBatch | None = None, interventions=None) -> R:
+        """interventions: None, Interventions for every text, or one list (or
+        None) per text (actlab.interventions.per_row), applied in the forward."""
         if isinstance(texts, str):
             raise ActlabError("texts must be a list of strings, not one string; wrap it: [text]", param="texts")
         if len(self.pooling.positions) > 1 and len(self.pooling.positions) != len(texts):
             raise ActlabError(f"{len(self.pooling.positions)} positions given for {len(texts)} texts; "
                               "give one position per text", param="pooling")
         started = time.perf_counter()
+        edits = BatchEdits(self.model, per_row(interventions, len(texts)))
         tok = tokenize(self.model.tokenizer, texts, self.cfg.prepend_bos, self.max_length)
-        return self.run_tokenized(tok, on_batch, started)
+        return self.run_tokenized(tok, on_batch, started, edits)
 
-    def run_tokenized(self, tok: Tokenized, on_batch: OnBatch | None = None, started: float | None = None) -> R:
+    def run_tokenized(self, tok: Tokenized, on_batch: OnBatch | None = None, started: float | None = None,
+                      edits: BatchEdits | None = None) -> R:
         """The same over sequences already tokenized (token windows of a
-        corpus, say); `started`: when the call began, for its timing."""
+        corpus, say); `started`: when the call began, for its timing;
+        `edits`: the call's interventions per row."""
         started = time.perf_counter() if started is None else started
         lengths = np.array(tok.lengths)
+        edits = edits or BatchEdits(self.model, [()] * len(lengths))
+        edits.check_lengths(lengths)
         text_offsets = offsets(lengths) if self.pooling.per_token else None
         n_rows = int(text_offsets[-1]) if text_offsets is not None else len(lengths)
         sinks = self.make_sinks(n_rows)
@@ -93,9 +101,9 @@ class Extractor(Generic[R]):
         run = Pass(sinks, len(sites))
         n_padded = 0
         feeds = {site: (lambda hidden, names=names: run.feed(names, hidden)) for site, names in sites.items()}
-        with hook_points.capture(self.model.hf_model, feeds), torch.inference_mode():
+        with edits.hooked(), hook_points.capture(self.model.hf_model, feeds), torch.inference_mode():
             for rows in plan_batches(lengths, self.cfg.batch_size, self.max_batch_tokens):
-                n_padded += self._run_rows(run, rows, tok, text_offsets)
+                n_padded += self._run_rows(run, rows, tok, text_offsets, edits)
                 for sink in run.all_sinks:
                     sink.end_batch()
                 if on_batch:
@@ -139,9 +147,12 @@ class Extractor(Generic[R]):
 
     # -- one batch -----------------------------------------------------------
 
-    def _run_rows(self, run: Pass, rows: np.ndarray, tok: Tokenized, text_offsets: torch.Tensor | None) -> int:
+    def _run_rows(self, run: Pass, rows: np.ndarray, tok: Tokenized, text_offsets: torch.Tensor | None,
+                  edits: BatchEdits) -> int:
         """Forward one batch; on CUDA out-of-memory split it in two and go on."""
         run.batch = padded_batch(self.model, tok, rows, self.pooling, self.cfg.padding_side, text_offsets)
+        if edits:
+            edits.plan(rows, run.batch.padded)
         marks = [sink.mark() for sink in run.all_sinks]
         try:
             self._forward(run)
@@ -159,8 +170,8 @@ class Extractor(Generic[R]):
         torch.cuda.empty_cache()
         run.oom_splits += 1
         half = len(rows) // 2
-        return self._run_rows(run, rows[:half], tok, text_offsets) + \
-            self._run_rows(run, rows[half:], tok, text_offsets)
+        return self._run_rows(run, rows[:half], tok, text_offsets, edits) + \
+            self._run_rows(run, rows[half:], tok, text_offsets, edits)
 
     def _forward(self, run: Pass) -> None:
         run.fired = 0

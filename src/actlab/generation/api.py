@@ -11,6 +11,7 @@ import torch
 
 from ..engine import OnBatch
 from ..errors import ActlabError
+from ..interventions import per_row
 from .config import GenerationConfig, Steering
 from .engine import Request, SlotDecoder
 from .taps import Capture, parse_generation_pooling
@@ -66,11 +67,17 @@ GENERATE_OPTIONS = ("directions", "within")
 
 def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
              poolings: Sequence[str] = ("response_mean",), cfg: GenerationConfig | None = None,
-             steering: Steering | Sequence[Steering | None] | None = None, **options) -> Generations:
+             steering: Steering | Sequence[Steering | None] | None = None, interventions=None,
+             **options) -> Generations:
     """An answer to every prompt, given to the model as it is (see
     render_prompt), with pooled block outputs at `layers` (layer L: block L's
     output). `steering`: one Steering for every prompt, or one per prompt
-    (None: unsteered). Rows come back in input order.
+    (None: unsteered). `interventions` (actlab.Add, Set, Ablate, ProjectOut,
+    Cap, EditLatents at any hook): one or a list for every prompt, or one
+    list (or None) per prompt, applied after the row's steering; positions
+    "all", "prompt", "answer", "last" (the prompt's last token) or prompt
+    token indices. Each row decodes with its own edits inside the one
+    continuous batch. Rows come back in input order.
 
     options: `directions={layer: v}` (v (d,) or (k, d)) also returns, for
     every answer token, its block output's projection h . v / |v| onto each
@@ -92,6 +99,7 @@ def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
     for spec in poolings:
         parse_generation_pooling(spec)
     steerings = _per_prompt(steering, len(prompts), model)
+    edits = [((s,) if s is not None else ()) + row for s, row in zip(steerings, per_row(interventions, len(prompts)))]
     prompt_ids = prompt_token_ids(model.tokenizer, prompts)
     empty = [i for i, ids in enumerate(prompt_ids) if not ids]
     if empty:
@@ -102,7 +110,7 @@ def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
         raise ActlabError(f"prompt {longest} has {len(prompt_ids[longest])} tokens; with max_new_tokens "
                           f"{cfg.max_new_tokens} that passes the model's context of {context}; shorten it or lower "
                           "--max-new-tokens", param="max_new_tokens")
-    requests = [Request(ids, within.first_row + i, s) for i, (ids, s) in enumerate(zip(prompt_ids, steerings))]
+    requests = [Request(ids, within.first_row + i, row) for i, (ids, row) in enumerate(zip(prompt_ids, edits))]
     capture = Capture(tuple(layers), tuple(poolings), directions)
     decoder = SlotDecoder(model, requests, capture, cfg)
     answers = decoder.run(within.on_batch)
@@ -144,5 +152,5 @@ def _per_prompt(steering, n: int, model: "Model") -> list[Steering | None]:
             raise ActlabError(f"{len(steerings)} steerings for {n} prompts; give one per prompt (None: unsteered)",
                               param="steering")
     for s in {id(s): s for s in steerings if s is not None}.values():
-        s.check(model.n_layers, model.d_model)
+        s.check_model(model.n_layers, model.d_model)
     return steerings

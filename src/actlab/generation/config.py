@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ActlabError
+from ..hooks import block_hook
+from ..interventions import Add
 
 # (longest prompt + new tokens) x slots by default. On CPU a decode step streams every weight from memory,
 # so more rows per step pay: the default model measured 80 / 107 / 130 / 139 new tokens/s at 32 / 64 / 128 / 256 slots,
@@ -76,27 +78,27 @@ class GenerationConfig:
                 "seed": self.seed}
 
 
-@dataclass
-class Steering:
+class Steering(Add):
     """Add coeff * vector to block `layer`'s output (blocks.L.hook_resid_post)
     at every position ("all", the prompt included) or at the answer's
-    positions only ("answer"). Captured activations at or after that block
-    include the addition."""
+    positions only ("answer"): the intervention actlab.Add at that hook.
+    Captured activations at or after that block include the addition."""
 
-    layer: int
-    vector: torch.Tensor
-    coeff: float
-    where: str = "all"
-
-    def __post_init__(self):
-        if self.where not in STEERING_PLACES:
-            raise ActlabError(f"steering where='{self.where}': use 'all' or 'answer'", param="where")
-        self.vector = torch.as_tensor(self.vector).detach()
-        if self.vector.dim() != 1:
-            raise ActlabError(f"a steering vector is one direction (d_model,), not shape {tuple(self.vector.shape)}",
+    def __init__(self, layer: int, vector, coeff: float, where: str = "all"):
+        if where not in STEERING_PLACES:
+            raise ActlabError(f"steering where='{where}': use 'all' or 'answer'", param="where")
+        vector = torch.as_tensor(vector).detach()
+        if vector.dim() != 1:
+            raise ActlabError(f"a steering vector is one direction (d_model,), not shape {tuple(vector.shape)}",
                               param="vector")
+        super().__init__(block_hook(layer), vector, coeff, positions=where)
+        object.__setattr__(self, "layer", int(layer))
 
-    def check(self, n_layers: int, d_model: int) -> None:
+    @property
+    def where(self) -> str:
+        return self.positions
+
+    def check_model(self, n_layers: int, d_model: int) -> None:
         """One-line errors for a layer the model lacks or a vector of another width."""
         if not 0 <= self.layer < n_layers:
             raise ActlabError(f"steering layer {self.layer} is outside 0..{n_layers - 1} for this model",
@@ -109,3 +111,6 @@ class Steering:
     def delta(self) -> torch.Tensor:
         """What is added: coeff * vector, (d_model,) float32."""
         return self.coeff * self.vector.float()
+
+    def __repr__(self) -> str:
+        return f"Steering(layer={self.layer}, coeff={self.coeff:g}, where={self.where!r})"

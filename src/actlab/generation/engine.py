@@ -32,10 +32,12 @@ import torch
 
 from ..engine import OnBatch, auto_token_budget
 from ..hooks import lm_logits
+from ..interventions import Intervention
 from .cache import SlotCache, attending_through, cache_bytes_per_token, keep_rows
-from .config import GenerationConfig, Steering
+from .config import GenerationConfig
+from .edits import Prefill, SlotEdits, prompt_key
 from .graphs import DecodeGraphs, slot_bucket
-from .prefixes import prefix_groups, prompt_steering
+from .prefixes import prefix_groups
 from .sampling import choose_tokens
 from .taps import Capture, Phase, Taps
 
@@ -45,11 +47,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class Request:
-    """One prompt to answer: its token ids, its sampling row, its steering."""
+    """One prompt to answer: its token ids, its sampling row, its
+    interventions (actlab.interventions; a Steering is one)."""
 
     ids: list[int]
     row: int
-    steering: Steering | None = None
+    interventions: tuple[Intervention, ...] = ()
 
 
 @dataclass
@@ -72,8 +75,9 @@ class SlotDecoder:
         device, s = model.device, self.slots
         self.capturing = bool(capture.layers or capture.directions)  # the last answer token's state is wanted
         self.cache = SlotCache(model.n_layers, s, self.length, device)
-        steered = {r.steering.layer for r in self.requests if r.steering is not None}
-        self.taps = Taps(model, capture, s, sorted(steered), cfg.max_new_tokens + 1)
+        self.edits = SlotEdits(model, [r.interventions for r in self.requests],
+                               [len(r.ids) for r in self.requests], s)
+        self.taps = Taps(model, capture, s, cfg.max_new_tokens + 1)
         self.eos = torch.tensor(sorted(eos_ids(model)) or [-1], device=device)
         self.occupant = np.full(s, -1)  # host: the request in each slot, -1 when free
         self.position_host = np.zeros(s, dtype=np.int64)  # host copy of positions (no sync needed)
@@ -93,7 +97,7 @@ class SlotDecoder:
     def run(self, on_batch: OnBatch | None = None) -> list[Answer]:
         waiting = deque(sorted(range(len(self.requests)), key=lambda i: -len(self.requests[i].ids)))
         with torch.inference_mode(), attending_through(self.model.hf_model, self.cache), \
-                self.taps.hooked(self.model):
+                self.edits.hooked(), self.taps.hooked(self.model):
             self._admit(waiting, np.arange(self.slots))
             while (self.occupant >= 0).any():
                 for _ in range(min(self.cfg.sync_every, int(self.steps_left[self.occupant >= 0].max()))):
@@ -124,7 +128,7 @@ class SlotDecoder:
         slots, requests = free[:len(taken)], [self.requests[i] for i in taken]
         self._start(taken, slots)
         offsets = np.zeros(len(taken), dtype=np.int64)
-        groups = prefix_groups([r.ids for r in requests], [prompt_steering(r.steering) for r in requests]) \
+        groups = prefix_groups([r.ids for r in requests], [prompt_key(r.interventions, len(r.ids)) for r in requests]) \
             if self.cfg.share_prefixes else []
         if groups:
             leaders = [g.members[0] for g in groups]
@@ -139,12 +143,13 @@ class SlotDecoder:
         self._fill([r.ids[o:] for r, o in zip(requests, offsets)], slots, offsets, record=True)
 
     def _start(self, indices: list[int], slots: np.ndarray) -> None:
-        """Requests `indices` take `slots`: positions, counters, steering, zeroed sums."""
+        """Requests `indices` take `slots`: positions, counters, interventions, zeroed sums."""
         device, requests = self.model.device, [self.requests[i] for i in indices]
         rows, lengths = torch.as_tensor(slots, device=device), [len(r.ids) for r in requests]
         self.occupant[slots], self.position_host[slots] = indices, lengths
         self.steps_left[slots] = self.cfg.max_new_tokens - 1 + self.capturing  # + 1: the last token's state
-        self.taps.admit(rows, [r.steering for r in requests])
+        self.edits.admit(rows, [r.interventions for r in requests], lengths)
+        self.taps.admit(rows)
         self.positions[rows] = torch.tensor(lengths, device=device)
         self.count[rows] = 0
         self.ended_at_eos[rows] = False
@@ -176,6 +181,7 @@ class SlotDecoder:
         self.stats["prefill_forwards"] += 1
         self.cache.plan_prefill(rows, shifted, ids.shape[1])
         self.taps.phase = Phase(rows=rows, lengths=lengths_t)
+        self.edits.prefill = Prefill(rows, offsets, np.array(lengths))
         positions = torch.arange(ids.shape[1], device=device).expand_as(ids)  # (n, T)
         if shifted is not None:
             positions = self.cache.prefill_positions(ids.shape[1])
@@ -199,6 +205,7 @@ class SlotDecoder:
         0..kv_length-1: device work only, on buffers updated in place."""
         self.cache.plan_decode(self.positions, kv_length)
         self.taps.phase = Phase(answering=self.live, index=self.count - 1)
+        self.edits.prefill = None
         hidden = self._forward(self.last.unsqueeze(-1), self.positions.unsqueeze(-1))  # (S, 1, d)
         logits = lm_logits(self.model.hf_model, hidden[:, 0])  # (S, V)
         choosing = self.live & (self.count < self.cfg.max_new_tokens)
@@ -248,6 +255,7 @@ class SlotDecoder:
     def _keep(self, order: np.ndarray) -> None:
         """Pack the live rows into the first len(order) slots: slot i takes old slot order[i]."""
         self.cache.keep(order)
+        self.edits.keep(order)
         self.taps.keep(order)
         for name in ("positions", "last", "live", "count", "ended_at_eos", "sample_rows", "tokens"):
             setattr(self, name, keep_rows(getattr(self, name), order))

@@ -9,8 +9,9 @@ members' slots, and prefills each member's remaining tokens on top: every
 query reads the same keys as in a whole-prompt prefill, and
 (members - 1) x prefix fewer tokens go through the model.
 
-Prompts share only where their prompt-side steering is the same: a row
-steered at every position ("all") has other keys and values in its prompt.
+Prompts share only where their prompt-side edits are the same (a key per
+prompt, generation.edits.prompt_key): a row steered at every position
+("all") has other keys and values in its prompt.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Hashable, Sequence
-
-from .config import Steering
 
 MIN_SHARED = 8  # tokens: a shorter shared beginning does not pay for its copies and its extra forward
 
@@ -63,11 +62,3 @@ def prefix_groups(prompts: Sequence[Sequence[int]], keys: Sequence[Hashable]) ->
 def common_length(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading tokens a and b share."""
     return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
-def prompt_steering(steering: Steering | None) -> Hashable:
-    """What of a row's steering changes its prompt's states: None unless it
-    steers every position ("all"); then its layer and its added vector."""
-    if steering is None or steering.where == "answer":
-        return None
-    return steering.layer, steering.delta.numpy().tobytes()

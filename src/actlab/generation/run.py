@@ -170,7 +170,7 @@ class GenerateJob(RecordsJob):
             if not 0 <= layer < model.n_layers:
                 raise ActlabError(f"layer {layer} is outside 0..{model.n_layers - 1} for this model", param="layers")
         if steering is not None:
-            steering.check(model.n_layers, model.d_model)
+            steering.check_model(model.n_layers, model.d_model)
         by_layer: dict[int, list[torch.Tensor]] = {}
         columns = {}  # column name -> (layer, the vector's row in that layer's directions)
         for name, (layer, vector) in self.cfg.projections().items():

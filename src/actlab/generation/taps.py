@@ -1,9 +1,7 @@
-"""Steering and capture per slot at block outputs, as tensor operations on
-buffers allocated once per call: no host loop, no host sync.
-
-Steering adds each slot's own coeff * vector (or nothing) at a block's
-output; where="answer" rows add it at decode steps only. Capture pools block
-outputs per slot, after any steering at that block:
+"""Capture per slot at block outputs, as tensor operations on buffers
+allocated once per call: no host loop, no host sync (interventions, steering
+among them, are generation/edits.py's, and run first at a block). Capture
+pools block outputs per slot, after any edit at that block:
 
     prompt_last      the last prompt token
     prompt_mean      mean over the prompt's tokens
@@ -22,15 +20,15 @@ output (`blocks.L.hook_resid_post`, HF `hidden_states[L + 1]`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..hooks import block_hook, replace
+from ..hooks import block_hook
+from ..hooks import capture as capture_at
 from ..pooling import parse_span_pooling
 from .cache import keep_rows
-from .config import Steering
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -71,13 +69,12 @@ class Capture:
 
 
 class Taps:
-    """Per-slot steering deltas, pooled sums and projections at the blocks
-    that need them; `answer_tokens` answer tokens per slot at most."""
+    """Per-slot pooled sums and projections at the blocks that need them;
+    `answer_tokens` answer tokens per slot at most."""
 
-    def __init__(self, model: "Model", capture: Capture, slots: int, steered_layers: Sequence[int],
-                 answer_tokens: int):
-        d, device, dtype = model.d_model, model.device, model.hf_model.dtype
-        self.layers, self.steered = list(capture.layers), sorted(set(steered_layers))
+    def __init__(self, model: "Model", capture: Capture, slots: int, answer_tokens: int):
+        d, device = model.d_model, model.device
+        self.layers = list(capture.layers)
         self.specs = [parse_generation_pooling(p) for p in capture.poolings] if self.layers else []
         self.directions = {layer: v.to(device) for layer, v in capture.directions.items()}  # (k, d) unit rows
         self.projections = {layer: torch.zeros(slots, answer_tokens, len(v), device=device)
@@ -88,25 +85,16 @@ class Taps:
         self.first_sums = {k: zeros() for k in self.firsts}
         self.response_count = torch.zeros(slots, device=device)  # (S,)
         self.prompt_count = torch.zeros(slots, device=device)  # (S,)
-        self.answer_delta = {layer: torch.zeros(slots, d, device=device, dtype=dtype) for layer in self.steered}
-        self.prompt_delta = {layer: torch.zeros(slots, d, device=device, dtype=dtype) for layer in self.steered}
         self.phase = Phase()
 
     def hooked(self, model: "Model"):
         """Context manager: the blocks run `tap` while inside."""
-        sites = sorted(set(self.layers) | set(self.steered) | set(self.directions))
-        return replace(model.hf_model, {block_hook(layer): (lambda hidden, layer=layer: self.tap(layer, hidden))
-                                        for layer in sites})
+        sites = sorted(set(self.layers) | set(self.directions))
+        return capture_at(model.hf_model, {block_hook(layer): (lambda hidden, layer=layer: self.tap(layer, hidden))
+                                           for layer in sites})
 
-    def admit(self, rows: torch.Tensor, steerings: Sequence[Steering | None]) -> None:
-        """New prompts take the slots `rows`: their steering, zeroed sums."""
-        for layer in self.steered:
-            width = self.answer_delta[layer].shape[-1]
-            delta = torch.stack([s.delta if s is not None and s.layer == layer else torch.zeros(width)
-                                 for s in steerings]).to(self.answer_delta[layer])  # (n, d)
-            on_prompt = torch.tensor([s is not None and s.where == "all" for s in steerings]).unsqueeze(-1)
-            self.answer_delta[layer].index_copy_(0, rows, delta)
-            self.prompt_delta[layer].index_copy_(0, rows, delta * on_prompt.to(delta))
+    def admit(self, rows: torch.Tensor) -> None:
+        """New prompts take the slots `rows`: zeroed sums."""
         for sums in [self.prompt_sum, self.response_sum, *self.first_sums.values()]:
             for values in sums.values():
                 values.index_fill_(0, rows, 0.0)
@@ -119,14 +107,9 @@ class Taps:
             values[targets] = values[source].clone()
         self.prompt_count[targets] = self.prompt_count[source].clone()
 
-    def tap(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Steer, then capture, block `layer`'s output (B, T, d)."""
+    def tap(self, layer: int, hidden: torch.Tensor) -> None:
+        """Capture block `layer`'s output (B, T, d)."""
         phase = self.phase
-        if layer in self.answer_delta:
-            if phase.rows is not None:
-                hidden = hidden + self.prompt_delta[layer][phase.rows].unsqueeze(1)  # (n, T, d)
-            else:
-                hidden = hidden + self.answer_delta[layer].unsqueeze(1)  # (S, 1, d)
         if layer in self.prompt_sum:
             if phase.rows is not None:
                 self._prompt(layer, hidden.float(), phase)
@@ -134,7 +117,6 @@ class Taps:
                 self._answer(layer, hidden[:, 0].float(), phase)
         if layer in self.directions and phase.rows is None:
             self._project(layer, hidden[:, 0].float(), phase)
-        return hidden
 
     def _prompt(self, layer: int, hidden: torch.Tensor, phase: Phase) -> None:
         """A prefill's real tokens (all of a prompt, or its part after a shared beginning)."""
@@ -186,7 +168,7 @@ class Taps:
     def keep(self, order: np.ndarray) -> None:
         """Keep the slots `order` (see cache.keep_rows), in that order."""
         for buffers in [self.prompt_last, self.prompt_sum, self.response_sum, *self.first_sums.values(),
-                        self.answer_delta, self.prompt_delta, self.projections]:
+                        self.projections]:
             for layer in buffers:
                 buffers[layer] = keep_rows(buffers[layer], order)
         self.response_count = keep_rows(self.response_count, order)

@@ -122,6 +122,18 @@ class SAE(nn.Module):
         x_hat = self.decode(f)
         return f, undo(x_hat) if undo is not None else x_hat
 
+    def latent_change(self, x: torch.Tensor, latents: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """How the reconstruction of x (.., d_in) moves when its latents
+        `latents` (K,) change by delta (.., K): delta @ W_dec[latents], through
+        the decoder-norm rescaling and the undoing of x's normalisation.
+        Latents (B, K) pick each row's own: x (B, T, d_in), delta (B, T, K)."""
+        rows = self.W_dec[latents]  # (K, d_in)
+        if self.cfg.rescale_acts_by_decoder_norm:
+            rows = rows / self.W_dec.norm(dim=-1)[latents].unsqueeze(-1)
+        change = delta.to(rows.dtype) @ rows  # (.., d_in)
+        _, undo = self._normalize(x.to(self.W_enc.dtype))
+        return change if undo is None else undo(change) - undo(torch.zeros_like(change))
+
     @torch.no_grad()
     def fold_decoder_norms(self) -> "SAE":
         """Scale decoder rows to unit norm and the encoder to match, so latent
