@@ -173,17 +173,17 @@ class Model:
         cfg = ExtractConfig.of(cfg, hooks=[hooks] if isinstance(hooks, str) else hooks, pooling=pooling, **options)
         return self.run_extractor(Extractor(self, cfg), texts, progress, interventions)
 
-    def features(self, texts: Sequence[str], saes=None, pooling: str | int | list[int] | None = None,
-                 keep_dense: bool = False, progress: OnBatch | None = None, cfg: ExtractConfig | None = None,
-                 interventions=None, **options) -> Features:
+    def features(self, texts: Sequence[str], saes=None, keep_dense: bool = False, progress: OnBatch | None = None,
+                 cfg: ExtractConfig | None = None, interventions=None, **options) -> Features:
         """SAE features of every text in one forward pass for any number of SAEs.
 
         saes: SAE objects, SAE folders / release ids, or a {name: SAE} mapping;
         None: the SAEs actlab ships for this model (the default model's).
-        Pooling happens in feature space over the same real tokens as `extract`;
-        prepend_bos defaults to the SAEs' own. `options` and `interventions` as for `extract`.
+        Pooling (an option, "last" by default) happens in feature space over
+        the same real tokens as `extract`; prepend_bos defaults to the SAEs'
+        own. `options` (pooling among them) and `interventions` as for `extract`.
         """
-        cfg = ExtractConfig.of(cfg, pooling=pooling, **options)
+        cfg = ExtractConfig.of(cfg, **options)
         return self.run_extractor(FeatureExtractor(self, saes, cfg, keep_dense), texts, progress, interventions)
 
     def run_extractor(self, extractor: Extractor, texts: Sequence[str], progress: OnBatch | None = None,

@@ -3,6 +3,7 @@ killed run resumes to the same answers, the CLI end to end with steering
 from a vectors file, bad input as one-line errors."""
 
 import json
+import math
 
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +15,7 @@ from actlab import ActlabError, GenerationConfig, GenerationRunConfig, Steering,
 from actlab.generation import run as generation_runs
 from actlab.inputs import Records
 
-from conftest import rel_error, run_cli
+from conftest import random_sae, rel_error, run_cli, save_sae_lens_folder
 from actlab.runs import RunControl
 
 QUESTIONS = [f"Question number {i}: what is {i} + {i}?" for i in range(10)]
@@ -94,7 +95,44 @@ def test_cli_end_to_end_with_steering(tiny_models, tiny_model_dir, tmp_path, mon
     assert run.to_pandas().shape[0] == 5
 
 
+def test_cli_ablate_cap_and_clamp_equal_the_library(tiny_models, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    model = tiny_models["llama"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(q + "\n" for q in QUESTIONS[:4]))
+    v = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    save_file({"layer_1": v, "layer_2": -v}, tmp_path / "vectors.safetensors")
+    sae = random_sae("blocks.1.hook_resid_post", seed=3)
+    folder = save_sae_lens_folder(sae, tmp_path / "sae")
+    vectors = tmp_path / "vectors.safetensors"
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "generate", "--input", prompts, "--out", tmp_path / "g",
+                                   "--model", tiny_model_dir, "--layers", "2", "--max-new-tokens", "5",
+                                   "--no-chat-template", "--device", "cpu", "--ablate", f"{vectors}:2",
+                                   "--cap", f"{vectors}:1:-inf:0.5", "--clamp", f"{folder}:7:2.5")
+    assert code == 0, stderr
+    run = actlab.open_run(tmp_path / "g")
+    assert run.settings["edits"] == {"ablate": [f"{vectors}:2"], "cap": [f"{vectors}:1:-inf:0.5"],
+                                     "clamp": [f"{folder}:7:2.5"]}
+    edits = [actlab.ProjectOut("blocks.2.hook_resid_post", -v), actlab.Cap("blocks.1.hook_resid_post", v, -math.inf, 0.5),
+             actlab.EditLatents(actlab.load_sae(folder), [7], "clamp", 2.5)]
+    direct = generate(model, QUESTIONS[:4], [2], ["response_mean"], GenerationConfig(max_new_tokens=5),
+                      interventions=edits)
+    plain = generate(model, QUESTIONS[:4], [2], ["response_mean"], GenerationConfig(max_new_tokens=5))
+    assert run.answers().column("answer").to_pylist() == direct.answers != plain.answers
+    assert rel_error(torch.tensor(run.activations()[2]), direct.pooled["response_mean"][2]) < 1e-5
+    # a rerun with other edits is refused, not mixed into the same run
+    code, _, stderr = run_cli(monkeypatch, capsys, "generate", "--input", prompts, "--out", tmp_path / "g",
+                              "--model", tiny_model_dir, "--layers", "2", "--max-new-tokens", "5",
+                              "--no-chat-template", "--device", "cpu", "--ablate", f"{vectors}:1")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--ablate", "VEC"], "is not VECTORS.safetensors:LAYER (e.g."),
+    (["--ablate", "missing.safetensors:1"], "vectors file missing.safetensors does not exist"),
+    (["--cap", "VEC:1:2"], "is not VECTORS.safetensors:LAYER:LO:HI"),
+    (["--cap", "VEC:1:2:1"], "cap range [2, 1] is empty; give LO <= HI (--cap)"),
+    (["--cap", "WIDE:1:0:1"], "has width 3, the hook's is 64"),
+    (["--clamp", "sae:x:1"], "is not SAE:LATENT:VALUE"),
     (["--steer", "missing.safetensors:1:2"], "vectors file missing.safetensors does not exist; give a trait run's vectors/<method>.safetensors (--steer)"),
     (["--steer", "VEC:x:2"], "is not VECTORS.safetensors:LAYER:COEFF"),
     (["--steer", "VEC:0:2"], "has no layer_0 vector"),

@@ -4,7 +4,7 @@ import json
 
 import pyarrow.parquet as pq
 
-from actlab import GenerationConfig, Steering, generate, render_prompt
+from actlab import Cap, GenerationConfig, Steering, generate, render_prompt
 from actlab.traits import TraitRun
 from actlab.traits.definitions import load_trait
 
@@ -44,6 +44,18 @@ def test_traits_pipeline(monkeypatch, capsys, tmp_path, default_model, digit_ser
         alone = generate(default_model, [render_prompt(default_model.tokenizer, r["question"])],
                          cfg=GenerationConfig(max_new_tokens=12), steering=steering)
         assert alone.answers[0] == r["answer"], r
+    # the sweep with the trait direction capped at another block on every row: each row as generated alone
+    mean_diff = run / "vectors" / "mean_diff.safetensors"
+    code, _, err = run_cli(monkeypatch, capsys, "traits", "steer", run, "--coeffs", "6", "--questions", 1,
+                           "--max-new-tokens", 12, "--layers", "10", "--cap", f"{mean_diff}:16:-2:2")
+    assert code == 0, err
+    capped = pq.read_table(run / "steering.parquet")
+    assert json.loads(capped.schema.metadata[b"actlab.edits"])["cap"] == [f"{mean_diff}:16:-2:2"]
+    row = capped.to_pylist()[0]
+    alone = generate(default_model, [render_prompt(default_model.tokenizer, row["question"])],
+                     cfg=GenerationConfig(max_new_tokens=12), steering=Steering(10, vectors[10], 6.0),
+                     interventions=Cap("blocks.16.hook_resid_post", vectors[16], -2.0, 2.0))
+    assert alone.answers[0] == row["answer"]
     # the default model as a local judge: too small to put a quarter of its mass on numbers for most
     # answers, which are dropped with that reason; fitting says so in one line
     code, _, err = run_cli(monkeypatch, capsys, "traits", "vectors", run, "--judge", "local")

@@ -18,6 +18,7 @@ from rich.table import Table
 from ..activations import DEFAULT_SHARD_SIZE
 from ..default_model import DEFAULT_MODEL
 from ..errors import ActlabError
+from ..generation import EditConfig, FileCap, FileVector, LatentClamp
 from ..generation.run import GENERATION_SHARD_SIZE
 from ..inputs import FieldNames, ParquetRecords, Records, read_records
 from ..models import AUTO_DTYPE, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MATMUL
@@ -112,6 +113,52 @@ class PageOptions:
     use_model: bool = dataclasses.field(default=True, metadata={
         "flag": "--model-passes/--no-model", "help": "Run the model for token-level highlighting (and, for a features "
                                                      "report, SAE quality)."})
+
+
+@dataclasses.dataclass
+class EditOptions:
+    """--ablate, --cap and --clamp as typed: strings parsed here into an EditConfig."""
+
+    ablate: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "VECTORS.safetensors:LAYER: project the file's layer_LAYER vector (or its only tensor) out of block "
+                "LAYER's output at every position (directional ablation); repeatable."})
+    cap: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "VECTORS.safetensors:LAYER:LO:HI: hold the projection onto that vector within [LO, HI] at block "
+                "LAYER's output (activation capping; inf and -inf allowed); repeatable."})
+    clamp: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "SAE:LATENT:VALUE: clamp the SAE's latent to VALUE at its hook, keeping its error term (0: ablate); "
+                "SAE is a folder or release/sae_id; repeatable."})
+
+    def config(self) -> EditConfig:
+        return EditConfig([self._vector(spec, "ablate", "VECTORS.safetensors:LAYER") for spec in self.ablate],
+                          [self._cap(spec) for spec in self.cap], [self._clamp(spec) for spec in self.clamp])
+
+    @staticmethod
+    def _vector(spec: str, param: str, form: str) -> FileVector:
+        path, _, layer = spec.rpartition(":")
+        if not path or not layer.lstrip("-").isdigit():
+            raise ActlabError(f"--{param} '{spec}' is not {form} (e.g. runs/t/vectors/mean_diff.safetensors:15)",
+                              param=param)
+        return FileVector(Path(path), int(layer))
+
+    def _cap(self, spec: str) -> FileCap:
+        head, _, hi = spec.rpartition(":")
+        head, _, lo = head.rpartition(":")
+        try:
+            return FileCap(self._vector(head, "cap", "VECTORS.safetensors:LAYER:LO:HI"), float(lo), float(hi))
+        except (ValueError, ActlabError):
+            raise ActlabError(f"--cap '{spec}' is not VECTORS.safetensors:LAYER:LO:HI "
+                              "(e.g. runs/t/vectors/mean_diff.safetensors:15:-inf:2.5)", param="cap") from None
+
+    @staticmethod
+    def _clamp(spec: str) -> LatentClamp:
+        parts = spec.rsplit(":", 2)
+        try:
+            return LatentClamp(parts[0], int(parts[1]), float(parts[2]))
+        except (ValueError, IndexError):
+            raise ActlabError(f"--clamp '{spec}' is not SAE:LATENT:VALUE (e.g. runs/sae:1234:0 or "
+                              "gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical:1234:8)",
+                              param="clamp") from None
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ from ..generation import GenerationConfig
 from ..generation.run import FileVector, GenerationRun, GenerationRunConfig, generate_run
 from ..inputs import FieldNames
 from ..runs.ray import RayConfig
-from .common import Bar, GenerationModelOptions, RunOptions, out, print_session, with_options
+from .common import Bar, EditOptions, GenerationModelOptions, RunOptions, out, print_session, with_options
 
 
 @dataclasses.dataclass
@@ -47,14 +47,15 @@ class VectorOptions:
 
 
 @with_options(run=RunOptions, fields=FieldNames, model=GenerationModelOptions, cfg=GenerationRunConfig,
-              vectors=VectorOptions, gen=GenerationConfig, ray=RayConfig,
-              exclude=("cfg.generation", "cfg.steer", "cfg.project"))
+              vectors=VectorOptions, edits=EditOptions, gen=GenerationConfig, ray=RayConfig,
+              exclude=("cfg.generation", "cfg.steer", "cfg.project", "cfg.edits"))
 def generate_command(run: RunOptions, fields: FieldNames, model: GenerationModelOptions, cfg: GenerationRunConfig,
-                     vectors: VectorOptions, gen: GenerationConfig, ray: RayConfig) -> None:
+                     vectors: VectorOptions, edits: EditOptions, gen: GenerationConfig, ray: RayConfig) -> None:
     """Answer every prompt of a file (continuous batching), with pooled activations at --layers and optional
-    --steer, to a resumable Parquet run directory (--ray: on a Ray cluster)."""
+    --steer, --ablate, --cap and --clamp, to a resumable Parquet run directory (--ray: on a Ray cluster)."""
     records = run.read(fields, by_row_range=ray.runner == "ray")
-    cfg = dataclasses.replace(cfg, generation=gen, steer=vectors.steering(), project=vectors.projections())
+    cfg = dataclasses.replace(cfg, generation=gen, steer=vectors.steering(), project=vectors.projections(),
+                              edits=edits.config())
     with Bar("generate") as bar:
         path = generate_run(model.for_runner(ray), records, run.out, cfg, control=run.control(bar, ray))
     result = GenerationRun.open(path)

@@ -17,7 +17,17 @@ from ..traits.monitor import MonitorConfig
 from ..traits.run import TRAIT_SAMPLING, TRAIT_SHARD_SIZE
 from ..traits.steering import SteerConfig
 from ..traits.vectors import VectorsConfig
-from .common import Bar, GenerationModelOptions, RunModelOptions, err, out, print_session, print_table, with_options
+from .common import (
+    Bar,
+    EditOptions,
+    GenerationModelOptions,
+    RunModelOptions,
+    err,
+    out,
+    print_session,
+    print_table,
+    with_options,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Trait vectors: generate, judge + fit, steer, monitor.")
 
@@ -87,12 +97,15 @@ def vectors_command(judging: JudgeConfig, cfg: VectorsConfig, run: Path = RunArg
 
 
 @app.command("steer")
-@with_options(judging=JudgeConfig, cfg=SteerConfig, lm=RunModelOptions)
-def steer_command(judging: JudgeConfig, cfg: SteerConfig, lm: RunModelOptions, run: Path = RunArg) -> None:
-    """Generate with coeff * v added at a layer (v: the pos-neg mean distance), judge, plot score vs coeff."""
+@with_options(judging=JudgeConfig, cfg=SteerConfig, edits=EditOptions, lm=RunModelOptions, exclude=("cfg.edits",))
+def steer_command(judging: JudgeConfig, cfg: SteerConfig, edits: EditOptions, lm: RunModelOptions,
+                  run: Path = RunArg) -> None:
+    """Generate with coeff * v added at a layer (v: the pos-neg mean distance), and any --ablate, --cap and
+    --clamp on every row; judge, plot score vs coeff."""
     from ..pipelines import draw_steering
     from ..traits import TraitRun, steer_sweep, sweep_summary
 
+    cfg = dataclasses.replace(cfg, edits=edits.config())
     loaded = TraitRun.open(run).model(lm.model, lm.device)
     table = steer_sweep(loaded, run, _judge(judging, run, loaded), cfg)
     print_sweep(f"steering ({cfg.method}, {cfg.where})", sweep_summary(table))
@@ -154,7 +167,7 @@ def trait_report_command(page: TraitReportOptions, cfg: TraitReportConfig, lm: R
 @app.command("run")
 @with_options(model=GenerationModelOptions, gen=TRAIT_SAMPLING, ray=RayConfig, trait=TraitOptions, judging=JudgeConfig,
               vectors=VectorsConfig, steer=SteerConfig,
-              exclude=("vectors.seed", "steer.max_new_tokens"), flags={"steer.layers": "--steer-layers"})
+              exclude=("vectors.seed", "steer.max_new_tokens", "steer.edits"), flags={"steer.layers": "--steer-layers"})
 def run_command(model: GenerationModelOptions, gen: GenerationConfig, ray: RayConfig, trait: TraitOptions,
                 judging: JudgeConfig, vectors: VectorsConfig, steer: SteerConfig) -> None:
     """All stages: generate (resumable; --ray: on a Ray cluster), judge + vectors, steering sweep at the

@@ -16,9 +16,10 @@ from .api import Generations, RunSlice, generate, prompt_token_ids, render_promp
 from .cache import SlotCache
 from .config import GenerationConfig, Steering
 from .engine import cache_keyword, eos_ids
-from .run import GENERATION_SHARD_SIZE, FileVector, GenerationRun, GenerationRunConfig, generate_run
+from .files import EditConfig, FileCap, FileVector, LatentClamp
+from .run import GENERATION_SHARD_SIZE, GenerationRun, GenerationRunConfig, generate_run
 from .taps import parse_generation_pooling
 
-__all__ = ["FileVector", "GENERATION_SHARD_SIZE", "GenerationConfig", "GenerationRun", "GenerationRunConfig",
-           "Generations", "RunSlice", "SlotCache", "Steering", "cache_keyword", "eos_ids", "generate", "generate_run",
-           "parse_generation_pooling", "prompt_token_ids", "render_prompt"]
+__all__ = ["EditConfig", "FileCap", "FileVector", "GENERATION_SHARD_SIZE", "GenerationConfig", "GenerationRun",
+           "GenerationRunConfig", "Generations", "LatentClamp", "RunSlice", "SlotCache", "Steering", "cache_keyword",
+           "eos_ids", "generate", "generate_run", "parse_generation_pooling", "prompt_token_ids", "render_prompt"]

@@ -62,24 +62,23 @@ def prompt_token_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     return [tokenizer(p, add_special_tokens=add)["input_ids"] for p in prompts]
 
 
-GENERATE_OPTIONS = ("directions", "within")
+GENERATE_OPTIONS = ("interventions", "directions", "within")
 
 
 def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
              poolings: Sequence[str] = ("response_mean",), cfg: GenerationConfig | None = None,
-             steering: Steering | Sequence[Steering | None] | None = None, interventions=None,
-             **options) -> Generations:
+             steering: Steering | Sequence[Steering | None] | None = None, **options) -> Generations:
     """An answer to every prompt, given to the model as it is (see
     render_prompt), with pooled block outputs at `layers` (layer L: block L's
     output). `steering`: one Steering for every prompt, or one per prompt
-    (None: unsteered). `interventions` (actlab.Add, Set, Ablate, ProjectOut,
-    Cap, EditLatents at any hook): one or a list for every prompt, or one
-    list (or None) per prompt, applied after the row's steering; positions
-    "all", "prompt", "answer", "last" (the prompt's last token) or prompt
-    token indices. Each row decodes with its own edits inside the one
-    continuous batch. Rows come back in input order.
+    (None: unsteered). Rows come back in input order.
 
-    options: `directions={layer: v}` (v (d,) or (k, d)) also returns, for
+    options: `interventions=` (actlab.Add, Set, Ablate, ProjectOut, Cap,
+    EditLatents at any hook): one or a list for every prompt, or one list
+    (or None) per prompt, applied after the row's steering, at positions
+    "all", "prompt", "answer", "last" (the prompt's last token) or prompt
+    token indices; each row decodes with its own edits inside the one
+    continuous batch. `directions={layer: v}` (v (d,) or (k, d)) also returns, for
     every answer token, its block output's projection h . v / |v| onto each
     direction (Generations.projections[layer][row]: (answer tokens,) or
     (answer tokens, k)); `within=RunSlice(...)` places the call in a run."""
@@ -99,7 +98,8 @@ def generate(model: "Model", prompts: Sequence[str], layers: Sequence[int] = (),
     for spec in poolings:
         parse_generation_pooling(spec)
     steerings = _per_prompt(steering, len(prompts), model)
-    edits = [((s,) if s is not None else ()) + row for s, row in zip(steerings, per_row(interventions, len(prompts)))]
+    edits = [((s,) if s is not None else ()) + row
+             for s, row in zip(steerings, per_row(options.get("interventions"), len(prompts)))]
     prompt_ids = prompt_token_ids(model.tokenizer, prompts)
     empty = [i for i, ids in enumerate(prompt_ids) if not ids]
     if empty:

@@ -36,6 +36,7 @@ from ..runs.shards import read_shards, shard_name
 from ..storage import StorePath, run_path
 from .api import Generations, RunSlice, generate, render_prompt
 from .config import STEERING_PLACES, GenerationConfig, Steering
+from .files import EditConfig, FileVector
 from .taps import parse_generation_pooling
 
 if TYPE_CHECKING:
@@ -43,42 +44,6 @@ if TYPE_CHECKING:
 
 FORMAT = "actlab.generations"
 GENERATION_SHARD_SIZE = 256
-
-
-@dataclass(frozen=True)
-class FileVector:
-    """One layer's vector in a vectors file (a trait run's
-    vectors/<method>.safetensors): its layer_LAYER tensor, or its only one;
-    `coeff` scales it where it steers."""
-
-    path: Path
-    layer: int
-    coeff: float = 1.0
-
-    def load(self, param: str) -> torch.Tensor:
-        """The vector (`param`: the option it came from, for errors)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        if not Path(self.path).is_file():
-            raise ActlabError(f"vectors file {self.path} does not exist; give a trait run's "
-                              "vectors/<method>.safetensors", param=param)
-        try:
-            tensors = load_file(self.path)
-        except (SafetensorError, OSError) as error:
-            raise ActlabError(f"{self.path} is not a safetensors file ({error}); give a trait run's "
-                              "vectors/<method>.safetensors", param=param) from None
-        if f"layer_{self.layer}" in tensors:
-            return tensors[f"layer_{self.layer}"]
-        if len(tensors) == 1:
-            return next(iter(tensors.values()))
-        raise ActlabError(f"{self.path} has no layer_{self.layer} vector (it has {', '.join(sorted(tensors))}); "
-                          "choose one of its layers", param=param)
-
-    @property
-    def column(self) -> str:
-        """Its projection's column in a generation run: projection_<file stem>_<layer>."""
-        return f"projection_{Path(self.path).stem}_{self.layer}"
 
 
 @dataclass
@@ -99,6 +64,7 @@ class GenerationRunConfig:
     steer_where: str = field(default="all", metadata={"help": "Steer at all positions, or answer tokens only."})
     project: list[FileVector] = field(default_factory=list, metadata={
         "help": "Every answer token's projection onto each vector, in column FileVector.column."})
+    edits: EditConfig = field(default_factory=EditConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self):
@@ -139,7 +105,8 @@ class GenerationRunConfig:
         steer = f"{self.steer.path}:{self.steer.layer}:{self.steer.coeff:g}" if self.steer else None
         return {"generation": self.generation.settings(), "layers": self.layers, "poolings": self.poolings,
                 "system": self.system, "chat_template": self.chat_template, "steer": steer,
-                "steer_where": self.steer_where, "project": [f"{v.path}:{v.layer}" for v in self.project]}
+                "steer_where": self.steer_where, "project": [f"{v.path}:{v.layer}" for v in self.project],
+                **({"edits": self.edits.settings()} if self.edits else {})}
 
 
 @dataclass
@@ -176,17 +143,18 @@ class GenerateJob(RecordsJob):
         for name, (layer, vector) in self.cfg.projections().items():
             columns[name] = (layer, len(by_layer.setdefault(layer, [])))
             by_layer[layer].append(vector)
-        return model, steering, {layer: torch.stack(vs) for layer, vs in by_layer.items()}, columns
+        edits = self.cfg.edits.interventions(model.device)
+        return model, steering, edits, {layer: torch.stack(vs) for layer, vs in by_layer.items()}, columns
 
     def shard_writer(self, worker, on_batch: OnBatch | None = None) -> ShardWriter:
-        model, steering, directions, columns = worker
+        model, steering, edits, directions, columns = worker
         layers = self.layers(model)
 
         def process(index: int, lo: int, hi: int) -> ExtractStats:
             started, rows = time.perf_counter(), self.records.slice(lo, hi)
             prompts = self.prompts(model.tokenizer, rows)
             gens = generate(model, prompts, layers, self.cfg.poolings, self.cfg.generation, steering,
-                            directions=directions, within=RunSlice(lo, on_batch))
+                            interventions=edits, directions=directions, within=RunSlice(lo, on_batch))
             if layers:
                 write_parquet_atomic(self.out / shard_name(index, "acts"), activation_table(gens.pooled, lo))
             table = answer_table(gens, lo, rows.fields)

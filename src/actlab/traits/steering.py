@@ -4,6 +4,7 @@ judged (RUN/steering.parquet; actlab.pipelines.draw_steering draws it)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ActlabError
-from ..generation import GenerationConfig, Steering, generate, render_prompt
+from ..generation import EditConfig, GenerationConfig, Steering, generate, render_prompt
 from ..judges import Judge
 from ..models import Model
 from ..runs.atomic import write_parquet_atomic
@@ -35,6 +36,7 @@ class SteerConfig:
     questions: int | None = field(default=None, metadata={"help": "Use the first N questions."})
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "New tokens per steered answer (greedy; default: as many as the run's generation)."})
+    edits: EditConfig = field(default_factory=EditConfig)  # on every row, steered or not
 
     def __post_init__(self):
         self.layers = [int(x) for x in self.layers]
@@ -60,8 +62,9 @@ def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | 
     by the distance between the pos and neg means. Written to
     RUN/steering.parquet (layer, coeff, question, answer, score, reason; the
     method, where and new tokens per answer in its schema metadata,
-    actlab.method, actlab.where and actlab.max_new_tokens). Answers are as
-    long as the run's generation unless cfg.max_new_tokens says."""
+    actlab.method, actlab.where and actlab.max_new_tokens; cfg.edits, which
+    every row gets, in actlab.edits as JSON). Answers are as long as the
+    run's generation unless cfg.max_new_tokens says."""
     cfg = cfg or SteerConfig()
     trait_run = TraitRun.open(run)
     method = cfg.method
@@ -85,8 +88,8 @@ def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | 
     steerings = [None if layer is None else Steering(layer, directions[layer], coeff, cfg.where)
                  for layer, coeff, _ in distinct]
     max_new_tokens = cfg.max_new_tokens or trait_run.settings["generation"]["max_new_tokens"]
-    gens = generate(model, [prompts[q] for _, _, q in distinct],
-                    cfg=GenerationConfig(max_new_tokens=max_new_tokens), steering=steerings)
+    gens = generate(model, [prompts[q] for _, _, q in distinct], cfg=GenerationConfig(max_new_tokens=max_new_tokens),
+                    steering=steerings, interventions=cfg.edits.interventions(model.device))
     judgements = judge.judge([(q, answer) for (_, _, q), answer in zip(distinct, gens.answers)])
     found = {key: (answer, j) for key, answer, j in zip(distinct, gens.answers, judgements)}
     rows = []
@@ -94,8 +97,9 @@ def steer_sweep(model: Model, run: str | Path, judge: Judge, cfg: SteerConfig | 
         answer, j = found[unsteered(layer, coeff, q)]
         rows.append({"layer": layer, "coeff": coeff, "question": q, "answer": answer, "score": j.score,
                      "reason": j.reason})
-    table = pa.Table.from_pylist(rows).replace_schema_metadata({"actlab.method": method, "actlab.where": cfg.where,
-                                                                "actlab.max_new_tokens": str(max_new_tokens)})
+    table = pa.Table.from_pylist(rows).replace_schema_metadata({
+        "actlab.method": method, "actlab.where": cfg.where, "actlab.max_new_tokens": str(max_new_tokens),
+        **({"actlab.edits": json.dumps(cfg.edits.settings())} if cfg.edits else {})})
     write_parquet_atomic(trait_run.path / "steering.parquet", table)
     return table
 
