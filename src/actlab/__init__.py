@@ -30,6 +30,7 @@ from .inputs import Records, read_records
 from .interventions import Ablate, Add, Cap, EditLatents, Intervention, ProjectOut, Set
 from .latents import ExplainConfig, LatentsConfig, LatentsRun, latents_run
 from .models import Model, ModelSpec, load_model
+from .patching import PatchConfig, PatchRun, patch_run
 from .pipelines import TraitPipelineConfig, build_report, contrast, explain_run, run_trait
 from .results import Activations, ExtractStats
 from .runs import RunControl, open_run
@@ -41,7 +42,8 @@ from .version import VERSION as __version__
 __all__ = ["Ablate", "ActivationRun", "Activations", "ActlabError", "Add", "Cap", "ContrastConfig", "ContrastRun",
            "DEFAULT_MODEL", "EditLatents", "ExplainConfig", "ExtractConfig", "ExtractStats", "FeatureRun", "Features",
            "GenerationConfig", "GenerationRun", "GenerationRunConfig", "Generations", "Intervention", "LatentsConfig",
-           "LatentsRun", "Model", "ModelSpec", "ProjectOut", "Records", "RunControl", "SAE", "Set", "Steering",
-           "TraitPipelineConfig", "TraitRun", "__version__", "build_report", "contrast", "explain_run", "extract_run",
-           "features_run", "generate", "generate_run", "latents_run", "load_model", "load_pairs", "load_sae",
-           "load_trait", "open_run", "read_records", "render_prompt", "run_trait"]
+           "LatentsRun", "Model", "ModelSpec", "PatchConfig", "PatchRun", "ProjectOut", "Records", "RunControl", "SAE",
+           "Set", "Steering", "TraitPipelineConfig", "TraitRun", "__version__", "build_report", "contrast",
+           "explain_run", "extract_run", "features_run", "generate", "generate_run", "latents_run", "load_model",
+           "load_pairs", "load_sae", "load_trait", "open_run", "patch_run", "read_records", "render_prompt",
+           "run_trait"]

@@ -10,9 +10,11 @@ from .common import err, error_line, with_optional_values
 from .contrast import contrast_command
 from .extract import app
 from .generate import generate_command
+from .patch import patch_command
 
 app.command("contrast")(contrast_command)
 app.command("generate")(generate_command)
+app.command("patch")(patch_command)
 app.add_typer(latents.app, name="latents")
 app.add_typer(saes.app, name="sae")
 app.add_typer(traits.app, name="traits")
