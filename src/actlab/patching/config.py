@@ -57,6 +57,8 @@ class PatchConfig:
     positions: list[int] = field(default_factory=list, metadata={
         "comma": True, "help": "Token positions to patch, comma-separated; negative ones count from the end "
                                "(default: every position)."})
+    heads: list[int] = field(default_factory=list, metadata={
+        "comma": True, "help": "Heads of the head components, comma-separated (default: every head)."})
     method: str = field(default="exact", metadata={"help": "exact: each variant's own forward pass."})
     max_batch_tokens: int | None = field(default=None, metadata={
         "help": "Padded tokens per forward (variants are its rows; default: the device's token budget)."})
@@ -64,6 +66,7 @@ class PatchConfig:
     def __post_init__(self):
         self.components = list(dict.fromkeys(self.components))
         self.layers, self.positions = [int(x) for x in self.layers], [int(x) for x in self.positions]
+        self.heads = [int(x) for x in self.heads]
         if not self.components:
             raise ActlabError("give at least one component", param="components")
         for name in self.components:
@@ -74,14 +77,20 @@ class PatchConfig:
             raise ActlabError(f"max_batch_tokens must be at least 1, not {self.max_batch_tokens}",
                               param="max_batch_tokens")
 
-    def check(self, n_layers: int) -> None:
-        """One line for a layer the model lacks."""
+    def check(self, n_layers: int, n_heads: int) -> None:
+        """One line for a layer or a head the model lacks."""
         for layer in self.layers:
             if not 0 <= layer < n_layers:
                 raise ActlabError(f"layer {layer} is outside 0..{n_layers - 1} for this model", param="layers")
+        for head in self.heads:
+            if not 0 <= head < n_heads:
+                raise ActlabError(f"head {head} is outside 0..{n_heads - 1} for this model", param="heads")
 
     def chosen_layers(self, n_layers: int) -> list[int]:
         return self.layers or list(range(n_layers))
+
+    def chosen_heads(self, n_heads: int) -> list[int]:
+        return self.heads or list(range(n_heads))
 
     def chosen_positions(self, length: int, pair_id: str) -> list[int]:
         """The positions (0..length-1) of a pair of `length` tokens."""
@@ -96,4 +105,4 @@ class PatchConfig:
     def settings(self) -> dict:
         """What the effects depend on (a run resumes only with these equal)."""
         return {"components": self.components, "layers": self.layers, "positions": self.positions,
-                "method": self.method}
+                "heads": self.heads, "method": self.method}

@@ -96,7 +96,7 @@ def grid(model, pairs: Sequence[TokenPair], cfg: PatchConfig) -> list[Variant]:
             for layer in cfg.chosen_layers(model.n_layers):
                 places = [None] if component.all_positions else positions
                 for position in places:
-                    for head in (range(heads) if component.per_head else [None]):
+                    for head in (cfg.chosen_heads(heads) if component.per_head else [None]):
                         out.append(Variant(i, name, layer, position, head))
     return out
 
@@ -127,7 +127,7 @@ def exact_effects(model, pairs: Sequence[TokenPair], cfg: PatchConfig, first_pai
     index, counting from first_pair), id, component, layer, position
     (null: every position), head (null: the whole activation),
     metric_patched, metric_clean, metric_corrupted, normalized, prob_answer, kl."""
-    cfg.check(model.n_layers)
+    cfg.check(model.n_layers, model.config.num_attention_heads)
     budget = cfg.max_batch_tokens or auto_token_budget(model.device, model.d_model)
     variants = grid(model, pairs, cfg)
     hooks = sorted({COMPONENTS[v.component].hook(v.layer) for v in variants})

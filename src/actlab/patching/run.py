@@ -56,7 +56,7 @@ class PatchJob(RecordsJob):
 
     def worker(self, model: "Model") -> tuple["Model", list[TokenPair]]:
         """The model and every pair's tokens (refused before any shard when one is bad)."""
-        self.cfg.check(model.n_layers)
+        self.cfg.check(model.n_layers, model.config.num_attention_heads)
         pairs = tokenize_pairs(model.tokenizer, self.records)
         for pair in pairs:
             self.cfg.chosen_positions(len(pair.clean), pair.id)
