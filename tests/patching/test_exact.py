@@ -11,7 +11,7 @@ import torch
 
 from actlab import ActlabError
 from actlab.patching import PatchConfig, exact_effects, ioi_pairs, load_prompt_pairs, tokenize_pairs
-from actlab.patching.exact import clean_runs, grid, last_logits, patch
+from actlab.patching.exact import cached_runs, grid, last_logits, patch
 
 TL_HELPERS = {  # component -> (TransformerLens helper, how our rows sort into its tensor)
     "resid_pre": ("get_act_patch_resid_pre", ["layer", "position"]),
@@ -58,7 +58,7 @@ def test_batched_variants_equal_one_variant_per_forward(tiny_models):
     cfg = PatchConfig(components=["resid_post", "head"], layers=[1, 2], positions=[0, -1, 5])
     batched = exact_effects(model, pairs, cfg).to_pandas()
     variants = grid(model, pairs, cfg)
-    cache_model = clean_runs(model, pairs, sorted(
+    cache_model = cached_runs(model, [p.clean for p in pairs], sorted(
         {f"blocks.{v.layer}.hook_resid_post" if v.component == "resid_post" else f"blocks.{v.layer}.attn.hook_z"
          for v in variants}), 10 ** 6)[0]
     alone = []

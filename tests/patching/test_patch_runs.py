@@ -23,7 +23,7 @@ def test_run_equals_exact_effects_and_resumes_after_a_kill(tiny_models, tmp_path
     model = tiny_models["llama"]
     pairs = ioi_pairs(5)
     direct = exact_effects(model, tokenize_pairs(model.tokenizer, pairs), CFG)
-    real = patch_runs.exact_effects
+    real = patch_runs.patch_effects
     calls = []
 
     def dies_on_the_second_shard(*args):
@@ -32,21 +32,21 @@ def test_run_equals_exact_effects_and_resumes_after_a_kill(tiny_models, tmp_path
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(patch_runs, "exact_effects", dies_on_the_second_shard)
+    monkeypatch.setattr(patch_runs, "patch_effects", dies_on_the_second_shard)
     with pytest.raises(KeyboardInterrupt):
         patch_run(model, pairs, tmp_path / "p", CFG, control=RunControl(shard_size=2))
     assert sorted(p.name for p in (tmp_path / "p").glob("effects-*")) == ["effects-00000.parquet"]
-    monkeypatch.setattr(patch_runs, "exact_effects", real)
+    monkeypatch.setattr(patch_runs, "patch_effects", real)
     path = patch_run(model, pairs, tmp_path / "p", CFG, control=RunControl(shard_size=2))
     run = actlab.open_run(path)
     assert isinstance(run, actlab.PatchRun) and run.manifest["n_rows"] == 5
     assert_tables_close(run.effects(), direct, label="effects")
     frame = run.to_pandas()
     means = run.mean_effects().to_pandas()
-    expected = frame.groupby(["component", "layer", "position", "head"], dropna=False)[
+    expected = frame.groupby(["method", "component", "layer", "position", "head"], dropna=False)[
         ["metric_patched", "normalized", "prob_answer", "kl"]].mean().reset_index()
     assert len(means) == len(expected) == 2 * 14 + 2 * 14 * 2 and (means.n_pairs == 5).all()
-    merged = means.merge(expected, on=["component", "layer", "position", "head"], suffixes=("", "_pd"))
+    merged = means.merge(expected, on=["method", "component", "layer", "position", "head"], suffixes=("", "_pd"))
     assert np.allclose(merged.normalized, merged.normalized_pd, rtol=1e-5)
     pairs_table = run.pairs().to_pylist()
     assert [p["id"] for p in pairs_table] == [f"ioi-{i}" for i in range(5)]

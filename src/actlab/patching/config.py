@@ -12,12 +12,12 @@ get_act_patch_attn_head_out_by_pos), or one head at every position
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
+from ..engine import auto_token_budget
 from ..errors import ActlabError
 from ..hooks import HOOK_Z, block_hook
 from ..registry import Registry
-
-METHODS = ("exact",)
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ COMPONENTS.register("mlp_out", Component("hook_mlp_out"))
 COMPONENTS.register("head", Component(HOOK_Z, per_head=True))
 COMPONENTS.register("head_all_pos", Component(HOOK_Z, per_head=True, all_positions=True))
 DEFAULT_COMPONENTS = ["resid_pre", "attn_out", "mlp_out"]  # TransformerLens's get_act_patch_block_every
+# method name -> effects(model, pairs, cfg, first_pair, base) -> the effects table (exact.py, attribution.py)
+PATCH_METHODS: Registry[Callable] = Registry("patching method", order=lambda name, f: list(PATCH_METHODS).index(name))
 
 
 @dataclass
@@ -59,7 +61,10 @@ class PatchConfig:
                                "(default: every position)."})
     heads: list[int] = field(default_factory=list, metadata={
         "comma": True, "help": "Heads of the head components, comma-separated (default: every head)."})
-    method: str = field(default="exact", metadata={"help": "exact: each variant's own forward pass."})
+    method: list[str] = field(default_factory=lambda: ["exact"], metadata={
+        "comma": True, "help": "exact (each variant's own forward), atp (attribution patching: one forward and "
+                               "backward), ig (integrated gradients, EAP-IG's); comma-separated to compare them."})
+    ig_steps: int = field(default=10, metadata={"help": "Integration steps of ig (EAP-IG's alpha = k / steps)."})
     max_batch_tokens: int | None = field(default=None, metadata={
         "help": "Padded tokens per forward (variants are its rows; default: the device's token budget)."})
 
@@ -71,8 +76,13 @@ class PatchConfig:
             raise ActlabError("give at least one component", param="components")
         for name in self.components:
             COMPONENTS.pick(name, param="components")
-        if self.method not in METHODS:
-            raise ActlabError(f"unknown patching method '{self.method}'; use {', '.join(METHODS)}", param="method")
+        self.method = list(dict.fromkeys([self.method] if isinstance(self.method, str) else self.method))
+        for method in self.method:
+            PATCH_METHODS.pick(method, param="method")
+        if not self.method:
+            raise ActlabError("give at least one method", param="method")
+        if self.ig_steps < 1:
+            raise ActlabError(f"ig_steps must be at least 1, not {self.ig_steps}", param="ig_steps")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise ActlabError(f"max_batch_tokens must be at least 1, not {self.max_batch_tokens}",
                               param="max_batch_tokens")
@@ -85,6 +95,10 @@ class PatchConfig:
         for head in self.heads:
             if not 0 <= head < n_heads:
                 raise ActlabError(f"head {head} is outside 0..{n_heads - 1} for this model", param="heads")
+
+    def batch_tokens(self, model) -> int:
+        """Padded tokens per forward: max_batch_tokens, else the device's budget."""
+        return self.max_batch_tokens or auto_token_budget(model.device, model.d_model)
 
     def chosen_layers(self, n_layers: int) -> list[int]:
         return self.layers or list(range(n_layers))
@@ -105,4 +119,5 @@ class PatchConfig:
     def settings(self) -> dict:
         """What the effects depend on (a run resumes only with these equal)."""
         return {"components": self.components, "layers": self.layers, "positions": self.positions,
-                "heads": self.heads, "method": self.method}
+                "heads": self.heads, "method": self.method,
+                **({"ig_steps": self.ig_steps} if "ig" in self.method else {})}

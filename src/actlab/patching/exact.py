@@ -27,11 +27,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..engine import auto_token_budget, plan_batches
+from ..engine import plan_batches
 from ..hooks import capture, head_dim, lm_logits
 from ..interventions import BatchEdits, Intervention, Set
 from ..tokens import pad
-from .config import COMPONENTS, PatchConfig
+from .config import COMPONENTS, PATCH_METHODS, PatchConfig
 from .pairs import TokenPair
 
 Consume = Callable[[np.ndarray, torch.Tensor], None]  # (rows, last-position logits (b, V) float32)
@@ -48,6 +48,14 @@ class Variant:
     head: int | None
 
 
+def last_position_logits(model, padded) -> torch.Tensor:
+    """The LM head on each row's last real token: padded (actlab.tokens.Padded, right-padded) -> (b, V)."""
+    hidden = model.base_model(**padded.inputs(), use_cache=False).last_hidden_state  # (b, T, d)
+    last = hidden[torch.arange(len(hidden)), padded.lengths.to(hidden.device) - 1]  # (b, d)
+    logits = lm_logits(model.hf_model, last)
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least (float64 stays)
+
+
 def last_logits(model, sequences: Sequence[Sequence[int]], interventions: Sequence[tuple[Intervention, ...]] | None,
                 budget: int, consume: Consume) -> None:
     """Forward token sequences in batches of at most `budget` padded tokens
@@ -60,28 +68,25 @@ def last_logits(model, sequences: Sequence[Sequence[int]], interventions: Sequen
             padded = pad([sequences[r] for r in rows], "right", model.pad_id, model.device)
             if edits:
                 edits.plan(rows, padded)
-            hidden = model.base_model(**padded.inputs(), use_cache=False).last_hidden_state  # (b, T, d)
-            last = hidden[torch.arange(len(rows)), padded.lengths.to(hidden.device) - 1]  # (b, d)
-            consume(rows, lm_logits(model.hf_model, last).float())
+            consume(rows, last_position_logits(model, padded))
 
 
-def clean_runs(model, pairs: Sequence[TokenPair], hooks: Sequence[str], budget: int
-               ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
-    """Per pair, the clean run's activation (T, w) at every hook, and the
-    clean last-position log-probabilities (n, V)."""
+def cached_runs(model, sequences: Sequence[Sequence[int]], hooks: Sequence[str], budget: int
+                ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+    """Per sequence, its activation (T, w) at every hook, and its
+    last-position log-probabilities (n, V)."""
     batches: dict[str, list[torch.Tensor]] = {hook: [] for hook in hooks}
-    cache: list[dict[str, torch.Tensor]] = [{} for _ in pairs]
-    logprobs = [None] * len(pairs)
+    cache: list[dict[str, torch.Tensor]] = [{} for _ in sequences]
+    logprobs = [None] * len(sequences)
 
     def consume(rows: np.ndarray, logits: torch.Tensor) -> None:
         for k, r in enumerate(rows):
-            length = len(pairs[r].clean)
-            cache[r] = {hook: batches[hook][-1][k, :length] for hook in hooks}
+            cache[r] = {hook: batches[hook][-1][k, :len(sequences[r])] for hook in hooks}
             logprobs[r] = logits[k].log_softmax(-1)
 
     seen = {hook: (lambda hidden, hook=hook: batches[hook].append(hidden.detach().clone())) for hook in hooks}
     with capture(model.hf_model, seen):
-        last_logits(model, [p.clean for p in pairs], None, budget, consume)
+        last_logits(model, sequences, None, budget, consume)
     return cache, torch.stack(logprobs)
 
 
@@ -122,54 +127,93 @@ def metrics(logits: torch.Tensor, answers: torch.Tensor, wrongs: torch.Tensor, c
             "kl": (clean.exp() * (clean - logprobs)).sum(-1).cpu().numpy()}
 
 
-def exact_effects(model, pairs: Sequence[TokenPair], cfg: PatchConfig, first_pair: int = 0) -> pa.Table:
+@dataclass
+class Baseline:
+    """What every method starts from: the pairs' clean activations at the
+    grid's hooks, clean log-probabilities (n, V), and the clean and
+    corrupted metrics (n,)."""
+
+    cache: list[dict[str, torch.Tensor]]
+    clean_logprobs: torch.Tensor
+    answers: torch.Tensor  # (n,)
+    wrongs: torch.Tensor  # (n,)
+    clean: np.ndarray
+    corrupted: np.ndarray
+
+    @classmethod
+    def of(cls, model, pairs: Sequence[TokenPair], hooks: Sequence[str], budget: int) -> "Baseline":
+        cache, clean_logprobs = cached_runs(model, [p.clean for p in pairs], hooks, budget)
+        device = clean_logprobs.device
+        answers = torch.tensor([p.answer for p in pairs], device=device)
+        wrongs = torch.tensor([p.wrong for p in pairs], device=device)
+        rows = torch.arange(len(pairs), device=device)
+        clean = (clean_logprobs[rows, answers] - clean_logprobs[rows, wrongs]).cpu().numpy()  # log-softmax cancels
+        corrupted = np.zeros(len(pairs))
+
+        def measure(rows: np.ndarray, logits: torch.Tensor) -> None:
+            index = torch.as_tensor(rows, device=device)
+            corrupted[rows] = metrics(logits, answers[index], wrongs[index], clean_logprobs[index])["metric"]
+
+        last_logits(model, [p.corrupted for p in pairs], None, budget, measure)
+        return cls(cache, clean_logprobs, answers, wrongs, clean, corrupted)
+
+
+def effects_table(variants: Sequence[Variant], pairs: Sequence[TokenPair], base: Baseline, found: dict,
+                  method: str, first_pair: int) -> pa.Table:
+    """The effects table's rows (see exact_effects) from each variant's
+    metric, prob_answer and kl in `found` (prob_answer and kl may be None)."""
+    pair_of = np.array([v.pair for v in variants], dtype=np.int64)
+    clean, corrupted = base.clean[pair_of], base.corrupted[pair_of]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalized = (found["metric"] - corrupted) / (clean - corrupted)
+    return pa.table({
+        "pair": pa.array(pair_of + first_pair, pa.int64()),
+        "id": pa.array([pairs[v.pair].id for v in variants], pa.string()),
+        "method": pa.array([method] * len(variants), pa.string()),
+        "component": pa.array([v.component for v in variants], pa.string()),
+        "layer": pa.array([v.layer for v in variants], pa.int32()),
+        "position": pa.array([v.position for v in variants], pa.int32()),
+        "head": pa.array([v.head for v in variants], pa.int32()),
+        "metric_patched": pa.array(found["metric"], pa.float32()),
+        "metric_clean": pa.array(clean, pa.float32()),
+        "metric_corrupted": pa.array(corrupted, pa.float32()),
+        "normalized": pa.array(normalized, pa.float32()),
+        **{key: pa.array(found[key], pa.float32()) if key in found else pa.nulls(len(variants), pa.float32())
+           for key in ("prob_answer", "kl")},
+    })
+
+
+def grid_hooks(variants: Sequence[Variant]) -> list[str]:
+    """The hooks the variants patch."""
+    return sorted({COMPONENTS[v.component].hook(v.layer) for v in variants})
+
+
+def exact_effects(model, pairs: Sequence[TokenPair], cfg: PatchConfig, first_pair: int = 0,
+                  base: Baseline | None = None) -> pa.Table:
     """One row per (pair, component, layer, position, head): pair (its
-    index, counting from first_pair), id, component, layer, position
-    (null: every position), head (null: the whole activation),
-    metric_patched, metric_clean, metric_corrupted, normalized, prob_answer, kl."""
+    index, counting from first_pair), id, method ("exact"), component,
+    layer, position (null: every position), head (null: the whole
+    activation), metric_patched, metric_clean, metric_corrupted,
+    normalized, prob_answer, kl. `base`: the pairs' Baseline when the
+    caller has it."""
     cfg.check(model.n_layers, model.config.num_attention_heads)
-    budget = cfg.max_batch_tokens or auto_token_budget(model.device, model.d_model)
+    budget = cfg.batch_tokens(model)
     variants = grid(model, pairs, cfg)
-    hooks = sorted({COMPONENTS[v.component].hook(v.layer) for v in variants})
-    cache, clean_logprobs = clean_runs(model, pairs, hooks, budget)
-    device = clean_logprobs.device
-    answers = torch.tensor([p.answer for p in pairs], device=device)
-    wrongs = torch.tensor([p.wrong for p in pairs], device=device)
-    rows = torch.arange(len(pairs), device=device)
-    clean_metric = (clean_logprobs[rows, answers] - clean_logprobs[rows, wrongs]).cpu().numpy()  # log-softmax cancels
-    corrupted_metric = np.zeros(len(pairs))
-
-    def corrupted(rows: np.ndarray, logits: torch.Tensor) -> None:
-        index = torch.as_tensor(rows, device=device)
-        corrupted_metric[rows] = metrics(logits, answers[index], wrongs[index], clean_logprobs[index])["metric"]
-
-    last_logits(model, [p.corrupted for p in pairs], None, budget, corrupted)
+    base = base or Baseline.of(model, pairs, grid_hooks(variants), budget)
+    device = base.clean_logprobs.device
     width = head_dim(model.config)
     of_pair = torch.tensor([v.pair for v in variants], device=device)
     found = {key: np.zeros(len(variants)) for key in ("metric", "prob_answer", "kl")}
 
     def patched(rows: np.ndarray, logits: torch.Tensor) -> None:
         index = of_pair[torch.as_tensor(rows, device=device)]
-        for key, values in metrics(logits, answers[index], wrongs[index], clean_logprobs[index]).items():
+        for key, values in metrics(logits, base.answers[index], base.wrongs[index],
+                                   base.clean_logprobs[index]).items():
             found[key][rows] = values
 
-    edits = [(patch(v, cache[v.pair], width),) for v in variants]
+    edits = [(patch(v, base.cache[v.pair], width),) for v in variants]
     last_logits(model, [pairs[v.pair].corrupted for v in variants], edits, budget, patched)
-    pair_of = np.array([v.pair for v in variants], dtype=np.int64)
-    clean_v, corrupted_v = clean_metric[pair_of], corrupted_metric[pair_of]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        normalized = (found["metric"] - corrupted_v) / (clean_v - corrupted_v)
-    return pa.table({
-        "pair": pa.array(pair_of + first_pair, pa.int64()),
-        "id": pa.array([pairs[v.pair].id for v in variants], pa.string()),
-        "component": pa.array([v.component for v in variants], pa.string()),
-        "layer": pa.array([v.layer for v in variants], pa.int32()),
-        "position": pa.array([v.position for v in variants], pa.int32()),
-        "head": pa.array([v.head for v in variants], pa.int32()),
-        "metric_patched": pa.array(found["metric"], pa.float32()),
-        "metric_clean": pa.array(clean_v, pa.float32()),
-        "metric_corrupted": pa.array(corrupted_v, pa.float32()),
-        "normalized": pa.array(normalized, pa.float32()),
-        "prob_answer": pa.array(found["prob_answer"], pa.float32()),
-        "kl": pa.array(found["kl"], pa.float32()),
-    })
+    return effects_table(variants, pairs, base, found, "exact", first_pair)
+
+
+PATCH_METHODS.register("exact", exact_effects)

@@ -32,7 +32,7 @@ from ..runs.runner import RunControl, run_job
 from ..runs.shards import read_shards, shard_name
 from ..storage import StorePath, run_path
 from .config import PatchConfig
-from .exact import exact_effects
+from .methods import patch_effects
 from .pairs import TokenPair, load_prompt_pairs, tokenize_pairs
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 FORMAT = "actlab.patch"
 PATCH_SHARD_SIZE = 16  # pairs per shard: a shard of the built-in pairs, every block and position, is ~10k variants
-EFFECT_KEYS = ["component", "layer", "position", "head"]
+EFFECT_KEYS = ["method", "component", "layer", "position", "head"]
 EFFECT_VALUES = ["metric_patched", "normalized", "prob_answer", "kl"]
 
 
@@ -71,7 +71,7 @@ class PatchJob(RecordsJob):
 
         def process(index: int, lo: int, hi: int) -> ExtractStats:
             started = time.perf_counter()
-            effects = exact_effects(model, pairs[lo:hi], self.cfg, lo)
+            effects = patch_effects(model, pairs[lo:hi], self.cfg, lo)
             write_parquet_atomic(self.out / shard_name(index, "pairs"), self.pair_table(model, pairs, effects, lo, hi))
             write_parquet_atomic(self.out / shard_name(index, "effects"), effects)
             forwards = np.bincount(effects.column("pair").to_numpy() - lo, minlength=hi - lo) + 2  # + clean, corrupted
@@ -135,7 +135,7 @@ class PatchRun(Run):
         patch = self.settings["patch"]
         return summary_html("PatchRun", self.summary_rows() + [
             ("pairs", str(self.manifest["n_rows"])), ("components", ", ".join(patch["components"])),
-            ("method", patch["method"])])
+            ("method", ", ".join(patch["method"]))])
 
 
 register_run_kind(RunKind(FORMAT, "a patching run", "patch", PatchRun))
