@@ -174,3 +174,40 @@ def auroc_by_layer(series: dict[str, list[tuple[int, float]]], title: str) -> by
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def effect_heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str, label: str) -> bytes:
+    """A matrix of signed effects (NaN: not computed) on a diverging scale
+    centred at 0, rows top to bottom, column labels turned for tokens."""
+    plt = _pyplot()
+    bound = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.32 * len(columns) + 2.5), max(2.2, 0.22 * len(rows) + 1.4)))
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="RdBu_r", vmin=-bound or -1, vmax=bound or 1)
+    ax.set_xticks(range(len(columns)), list(columns), rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=7)
+    fig.colorbar(image, ax=ax, label=label, fraction=0.04)
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def attribution_scatter(panels: list[dict], title: str) -> bytes:
+    """Per panel {label, exact, estimate, r}: each variant's estimated effect
+    against its exact one, the diagonal drawn, the correlation in the title."""
+    plt = _pyplot()
+    columns = min(3, len(panels))
+    grid_rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(3.6 * columns, 3.3 * grid_rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
+        ax.scatter(panel["exact"], panel["estimate"], s=6, alpha=0.6)
+        both = np.concatenate([panel["exact"], panel["estimate"]])
+        finite = both[np.isfinite(both)]
+        low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+        ax.plot([low, high], [low, high], color="black", linewidth=0.6, linestyle=":")
+        ax.set_xlabel("exact", fontsize=8)
+        ax.set_ylabel("estimate", fontsize=8)
+        ax.set_title(f"{panel['label']} (r = {panel['r']:.2f})", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)

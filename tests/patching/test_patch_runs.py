@@ -70,7 +70,7 @@ def test_cli_end_to_end(tiny_models, tiny_model_dir, tmp_path, monkeypatch, caps
                                    "--model", tiny_model_dir, "--device", "cpu", "--components", "attn_out,mlp_out",
                                    "--positions", "-1,-2,9")
     assert code == 0, stderr
-    assert "strongest mean effects over 3 pairs" in stdout
+    assert "strongest mean effects over 3 pairs" in stdout and (tmp_path / "p" / "report.html").is_file()
     run = actlab.open_run(tmp_path / "p")
     expected = exact_effects(tiny_models["llama"], tokenize_pairs(tiny_models["llama"].tokenizer, records),
                              PatchConfig(components=["attn_out", "mlp_out"], positions=[-1, -2, 9]))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..patching import IOI, PatchConfig
 from ..patching.run import PatchRun, patch_run
+from ..pipelines import build_patch_report
 from ..runs import RunControl
 from ..runs.ray import RayConfig
 from .common import Bar, ModelOptions, out, print_session, print_table, with_options
@@ -36,12 +37,15 @@ def patch_command(where: PairsRunOptions, model: ModelOptions, cfg: PatchConfig,
         path = patch_run(model.for_runner(ray), where.pairs, where.out, cfg, control=control)
     run = PatchRun.open(path)
     print_session(run.manifest)
-    means = run.mean_effects().sort_by([("normalized", "descending")]).slice(0, TOP).to_pylist()
+    means = [m for m in run.mean_effects().sort_by([("normalized", "descending")]).to_pylist()
+             if m["normalized"] == m["normalized"]][:TOP]  # NaN (clean equal to corrupted) left out
     tokens = run.pairs().column("clean_tokens")[0].as_py()
     print_table(f"strongest mean effects over {run.manifest['n_rows']} pairs (normalized: 1 = clean restored)",
-                ["component", "block", "position", "head", "normalized", "logit diff"],
-                [[m["component"], m["layer"], "all" if m["position"] is None else
+                ["method", "component", "block", "position", "head", "normalized", "logit diff"],
+                [[m["method"], m["component"], m["layer"], "all" if m["position"] is None else
                   f"{m['position']} {tokens[m['position']]!r}" if m["position"] < len(tokens) else m["position"],
                   "" if m["head"] is None else m["head"], f"{m['normalized']:.3f}", f"{m['metric_patched']:.2f}"]
                  for m in means])
-    out.print(f"effects of {run.effects().num_rows} variants in {path} (PatchRun.effects(), .mean_effects())")
+    page = build_patch_report(path)
+    out.print(f"effects of {run.effects().num_rows} variants in {path} (PatchRun.effects(), .mean_effects()); "
+              f"heatmaps in {page}")
