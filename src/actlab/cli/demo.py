@@ -14,7 +14,8 @@ from ..engine import ExtractConfig
 from ..features import features_run
 from ..hooks import block_hook
 from ..models import DEFAULT_DEVICE, Model, load_model
-from ..pipelines import ReportConfig, analyze_run, build_report, contrast, run_trait
+from ..patching import PatchConfig, ioi_pairs, patch_run
+from ..pipelines import ReportConfig, analyze_run, build_patch_report, build_report, contrast, run_trait
 from ..runs import RunControl, open_run
 from ..saes import default_saes
 from ..traits import load_trait
@@ -60,7 +61,9 @@ def run_demo(model_name: str, out_dir: Path, device: str = DEFAULT_DEVICE) -> No
 
     run_contrast_step(model, out_dir / "contrast")
 
-    console.print("[bold]5. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
+    run_patch_step(model, out_dir / "patch")
+
+    console.print("[bold]6. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
     bench, options = benchmarks_module("extract"), benchmarks_module("options")
     if bench is None:
         console.print(f"skipped: {GET_THE_REPOSITORY}")
@@ -68,6 +71,35 @@ def run_demo(model_name: str, out_dir: Path, device: str = DEFAULT_DEVICE) -> No
     result = bench.run_extract_benchmark(options.BenchOptions(model_name, device, results_dir=None),
                                          bench.ExtractBench(n_texts=64, peers=False, sweep=False), repeats=2)
     console.print(bench.markdown_table(result), highlight=False)
+
+
+DEMO_PAIRS = 8  # of the built-in indirect-object pairs
+
+
+def run_patch_step(model: Model, out: Path) -> None:
+    """Exact and attribution patching of the residual stream on the built-in
+    indirect-object pairs: where the answer's information sits."""
+    pairs = ioi_pairs(DEMO_PAIRS)
+    layers = list(range(0, model.n_layers, max(1, model.n_layers // 8)))
+    console.print(f"[bold]5. causal[/bold]: {DEMO_PAIRS} indirect-object pairs ('{pairs.texts[0]}' -> "
+                  f"'{pairs.fields['answer'][0]}'), the residual stream patched clean into corrupted at blocks "
+                  f"{layers}, every position; exact and attribution patching")
+    with Bar("patch") as bar:
+        path = patch_run(model, pairs, out, PatchConfig(components=["resid_pre"], layers=layers,
+                                                        method=["exact", "atp"]),
+                         control=RunControl(overwrite=True, progress=bar))
+    run = open_run(path)
+    tokens = run.pairs().column("clean_tokens")[0].as_py()
+    strongest: dict[int, dict] = {}  # per block, its position of the largest mean effect
+    for m in run.mean_effects().to_pylist():
+        if m["method"] == "exact" and m["normalized"] > strongest.get(m["layer"], {"normalized": -1e9})["normalized"]:
+            strongest[m["layer"]] = m
+    print_table("where the effect sits, block by block (exact; normalized 1 = the clean answer restored)",
+                ["block", "strongest position", "normalized"],
+                [[layer, f"{m['position']} {tokens[m['position']]!r}", f"{m['normalized']:.2f}"]
+                 for layer, m in sorted(strongest.items())])
+    report = build_patch_report(path)
+    console.print(f"[bold]report[/bold]: {report.resolve()} (heatmaps; attribution against exact patching)")
 
 
 def run_trait_step(model: Model, out: Path) -> None:
