@@ -52,15 +52,18 @@ def test_equals_transformer_lens_patching_helpers(tiny_models, arch):
     assert np.allclose(effects.normalized, normalized, rtol=1e-4, atol=1e-5)
 
 
-def test_batched_variants_equal_one_variant_per_forward(tiny_models):
-    model = tiny_models["gemma2"]
+@pytest.mark.parametrize("arch", ["gemma2", "gpt_neox", "qwen2"])
+def test_batched_variants_equal_one_variant_per_forward(tiny_models, arch):
+    """Many variants per forward, each from its block and position on over
+    the corrupted run's cache, against a whole forward per variant."""
+    model = tiny_models[arch]
     pairs = tokenize_pairs(model.tokenizer, ioi_pairs(2))
     cfg = PatchConfig(components=["resid_post", "head"], layers=[1, 2], positions=[0, -1, 5])
     batched = exact_effects(model, pairs, cfg).to_pandas()
     variants = grid(model, pairs, cfg)
     cache_model = cached_runs(model, [p.clean for p in pairs], sorted(
         {f"blocks.{v.layer}.hook_resid_post" if v.component == "resid_post" else f"blocks.{v.layer}.attn.hook_z"
-         for v in variants}), 10 ** 6)[0]
+         for v in variants}), 10 ** 6)[0]  # the clean runs, one whole forward each
     alone = []
     for v in variants:
         last_logits(model, [pairs[v.pair].corrupted], [(patch(v, cache_model[v.pair], 16),)], 10 ** 6,

@@ -7,8 +7,9 @@ position[, head]) is then a row of a batch: the corrupted prompt with that
 one cell set to the clean run's value (an actlab.Set, through the one
 intervention mechanism), so a forward computes as many variants as the
 token budget holds, where TransformerLens's helpers run one variant per
-forward. Only the last position's final-norm output goes through the LM
-head.
+forward. A variant runs from its patched block and position on, over the
+corrupted run's keys and values and block input (suffix.py), and only the
+last position's final-norm output goes through the LM head.
 
 The metric is the logit difference answer - wrong answer at the last
 position; `normalized` is (patched - corrupted) / (clean - corrupted), as
@@ -33,6 +34,7 @@ from ..interventions import BatchEdits, Intervention, Set
 from ..tokens import pad
 from .config import COMPONENTS, PATCH_METHODS, PatchConfig
 from .pairs import TokenPair
+from .suffix import SuffixRows, suffix_logits
 
 Consume = Callable[[np.ndarray, torch.Tensor], None]  # (rows, last-position logits (b, V) float32)
 
@@ -106,15 +108,17 @@ def grid(model, pairs: Sequence[TokenPair], cfg: PatchConfig) -> list[Variant]:
     return out
 
 
-def patch(variant: Variant, clean: Mapping[str, torch.Tensor], width: int) -> Set:
-    """The variant's edit: its cell of the corrupted run set to the clean run's value."""
+def patch(variant: Variant, clean: Mapping[str, torch.Tensor], width: int, start: int = 0) -> Set:
+    """The variant's edit: its cell of the corrupted run set to the clean
+    run's value, positions counted from `start` (where the forward begins)."""
     hook = COMPONENTS[variant.component].hook(variant.layer)
     value = clean[hook]  # (T, w)
     if variant.head is not None:
         value = value[:, variant.head * width:(variant.head + 1) * width]  # (T, d_head)
     if variant.position is None:
-        return Set(hook, value, positions="all", head=variant.head)
-    return Set(hook, value[variant.position:variant.position + 1], positions=[variant.position], head=variant.head)
+        return Set(hook, value[start:], positions="all", head=variant.head)
+    p = variant.position
+    return Set(hook, value[p:p + 1], positions=[p - start], head=variant.head)
 
 
 def metrics(logits: torch.Tensor, answers: torch.Tensor, wrongs: torch.Tensor, clean: torch.Tensor) -> dict:
@@ -211,8 +215,10 @@ def exact_effects(model, pairs: Sequence[TokenPair], cfg: PatchConfig, first_pai
                                    base.clean_logprobs[index]).items():
             found[key][rows] = values
 
-    edits = [(patch(v, base.cache[v.pair], width),) for v in variants]
-    last_logits(model, [pairs[v.pair].corrupted for v in variants], edits, budget, patched)
+    starts = [0 if v.position is None else v.position for v in variants]
+    edits = [(patch(v, base.cache[v.pair], width, start),) for v, start in zip(variants, starts)]
+    rows = SuffixRows([v.pair for v in variants], starts, [v.layer for v in variants], edits)
+    suffix_logits(model, [p.corrupted for p in pairs], rows, budget, patched)
     return effects_table(variants, pairs, base, found, "exact", first_pair)
 
 
