@@ -12,6 +12,7 @@ from .features import FeaturesBench
 from .generate import GenerateBench
 from .latents import LatentsBench
 from .options import BenchOptions
+from .patch import PatchBench
 from .ray import RayBench
 from .trait_quality import TraitQualityBench
 from .traits import TraitsBench
@@ -102,3 +103,12 @@ def bench_trait_quality(bench: BenchOptions, cfg: TraitQualityBench) -> None:
     from .trait_quality import run_trait_quality
 
     run_trait_quality(bench, cfg)
+
+
+@app.command("patch")
+@with_options(bench=BenchOptions, cfg=PatchBench)
+def bench_patch(bench: BenchOptions, cfg: PatchBench) -> None:
+    """Exact patching vs TransformerLens's helpers and an nnsight loop; attribution's cost and correlation; memory."""
+    from .patch import run_patch_benchmark
+
+    run_patch_benchmark(bench, cfg)

@@ -27,7 +27,7 @@ from actlab.tokens import tokenize
 from actlab.version import VERSION
 
 from . import peers, worker_env
-from .options import BenchOptions
+from .options import BenchOptions, compute_threads
 
 console = Console(stderr=True)  # benchmarks report as they go
 
@@ -127,12 +127,8 @@ def run_extract_benchmark(bench: BenchOptions | None = None, cfg: ExtractBench |
     alternating, best of), computing with cfg.threads threads on CPU (the
     caller's thread count is restored after)."""
     bench, cfg = bench or BenchOptions(), cfg or ExtractBench()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with compute_threads(cfg.threads):
         return _extract_benchmark(bench, cfg, repeats)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _extract_benchmark(bench: BenchOptions, cfg: ExtractBench, repeats: int) -> dict:

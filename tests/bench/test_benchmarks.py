@@ -217,3 +217,21 @@ def test_bench_latents_on_tiny_model(tmp_path, tiny_model_dir):
     assert explain["explainer"] == f"local: {tiny_model_dir}"
     assert json.loads((tmp_path / "latents-cpu.json").read_text())["explain"]["calls"] == explain["calls"]
     assert "latents per hour" in readme.read_text()
+
+
+def test_bench_patch_on_tiny_model(tmp_path, tiny_model_dir):
+    """Every method patches the same grid to the same numbers (TransformerLens's
+    helpers, the nnsight loop), and the JSON and README table are written."""
+    from benchmarks.patch import PatchBench, run_patch_benchmark
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    result = run_patch_benchmark(BenchOptions(str(tiny_model_dir), "cpu", tmp_path, readme),
+                                 PatchBench(n_pairs=2, components=["resid_pre", "head_all_pos"], memory=False),
+                                 repeats=1)
+    for row in result["components"].values():
+        assert row["max_abs_difference"] <= 1e-4 * row["metric_scale"], row
+    assert result["nnsight_resid_pre"]["seconds"] > 0
+    assert set(result["attribution"]["ig"]["correlation"]) == {"resid_pre", "head_all_pos"}
+    assert json.loads((tmp_path / "patch-cpu.json").read_text())["n_pairs"] == 2
+    assert "get_act_patch_resid_pre" in readme.read_text()

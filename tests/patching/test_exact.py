@@ -11,7 +11,7 @@ import torch
 
 from actlab import ActlabError
 from actlab.patching import PatchConfig, exact_effects, ioi_pairs, load_prompt_pairs, tokenize_pairs
-from actlab.patching.exact import cached_runs, grid, last_logits, patch
+from actlab.patching.exact import Baseline, cached_runs, grid, last_logits, patch
 
 TL_HELPERS = {  # component -> (TransformerLens helper, how our rows sort into its tensor)
     "resid_pre": ("get_act_patch_resid_pre", ["layer", "position"]),
@@ -30,7 +30,7 @@ def test_equals_transformer_lens_patching_helpers(tiny_models, arch):
     from benchmarks.peers import hooked_transformer
 
     model = tiny_models[arch]
-    pairs = tokenize_pairs(model.tokenizer, ioi_pairs(3))
+    pairs = tokenize_pairs(model.tokenizer, ioi_pairs(2))
     effects = exact_effects(model, pairs, PatchConfig(components=list(TL_HELPERS), max_batch_tokens=200)).to_pandas()
     tl = hooked_transformer(model)
     for i, pair in enumerate(pairs):
@@ -113,6 +113,5 @@ def test_bad_pairs_are_one_line_errors(tiny_models, tmp_path):
 
 def test_default_model_solves_the_builtin_pairs(default_model):
     pairs = tokenize_pairs(default_model.tokenizer, ioi_pairs())
-    effects = exact_effects(default_model, pairs, PatchConfig(components=["resid_pre"], layers=[0],
-                                                               positions=[-1])).to_pandas()
-    assert len(pairs) == 48 and (effects.metric_clean > 0).all() and (effects.metric_corrupted < 0).all()
+    base = Baseline.of(default_model, pairs, [], 640)  # the clean and corrupted runs alone
+    assert len(pairs) == 48 and (base.clean > 0).all() and (base.corrupted < 0).all()
