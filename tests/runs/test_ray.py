@@ -181,11 +181,11 @@ def test_patching_on_ray_equals_one_process(tmp_path, tiny_model_dir, local_ray)
     from actlab.patching import PatchConfig, ioi_pairs, patch_run
 
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
-    cfg = PatchConfig(components=["resid_pre", "head"], layers=[1], positions=[-1, 3])
-    local = patch_run(model, ioi_pairs(6), tmp_path / "local", cfg, control=RunControl(shard_size=2))
-    on_ray = patch_run(model, ioi_pairs(6), tmp_path / "ray", cfg,
+    cfg = PatchConfig(components=["resid_pre", "head"], layers=[1], positions=[-1])
+    local = patch_run(model, ioi_pairs(4), tmp_path / "local", cfg, control=RunControl(shard_size=2))
+    on_ray = patch_run(model, ioi_pairs(4), tmp_path / "ray", cfg,
                        control=RunControl(shard_size=2, runner="ray", ray=local_ray))
-    same_shards(local, on_ray, [shard_name(i, prefix) for i in range(3) for prefix in ("effects", "pairs")])
+    same_shards(local, on_ray, [shard_name(i, prefix) for i in range(2) for prefix in ("effects", "pairs")])
 
 
 def test_trait_generation_on_ray_is_token_identical(monkeypatch, capsys, tmp_path, tiny_model_dir, local_ray):
