@@ -102,7 +102,7 @@ class VectorStage(Stage):
         super().__init__(hook, slots, model.device)
         device, dtype = model.device, model.hf_model.dtype
         self.width, self.head_width = width, head_width
-        self.keep_ = torch.ones(slots, width, device=device, dtype=dtype)  # (S, w)
+        self.kept = torch.ones(slots, width, device=device, dtype=dtype)  # (S, w)
         self.add = torch.zeros(slots, width, device=device, dtype=dtype)  # (S, w)
         self.unit = torch.zeros(slots, width, device=device, dtype=dtype)  # (S, w)
         self.lo = torch.full((slots,), -torch.inf, device=device, dtype=dtype)  # (S,)
@@ -124,19 +124,19 @@ class VectorStage(Stage):
                 add[k, columns] = affine.add
             if affine.unit is not None:
                 unit[k, columns], lo[k], hi[k] = affine.unit, affine.lo, affine.hi
-        for buffer, values in ((self.keep_, keep), (self.add, add), (self.unit, unit), (self.lo, lo), (self.hi, hi)):
+        for buffer, values in ((self.kept, keep), (self.add, add), (self.unit, unit), (self.lo, lo), (self.hi, hi)):
             buffer.index_copy_(0, rows, values.to(buffer))
 
     def edit(self, hidden, rows):
         pick = (lambda t: t) if rows is None else (lambda t: t[rows])
-        keep, add, unit = (pick(t).unsqueeze(1) for t in (self.keep_, self.add, self.unit))  # (B, 1, w)
+        keep, add, unit = (pick(t).unsqueeze(1) for t in (self.kept, self.add, self.unit))  # (B, 1, w)
         along = (hidden * unit).sum(-1)  # (B, T)
         moved = along.clamp(pick(self.lo).unsqueeze(-1), pick(self.hi).unsqueeze(-1)) - along  # (B, T)
         return keep * hidden + add + moved.unsqueeze(-1) * unit
 
     def keep(self, order: np.ndarray) -> None:
         super().keep(order)
-        for name in ("keep_", "add", "unit", "lo", "hi"):
+        for name in ("kept", "add", "unit", "lo", "hi"):
             setattr(self, name, keep_rows(getattr(self, name), order))
 
 

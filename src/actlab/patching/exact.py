@@ -22,21 +22,19 @@ patched next-token distribution from the clean one, KL(clean || patched).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from ..engine import plan_batches
-from ..hooks import capture, head_dim, lm_logits
+from ..hooks import capture, head_dim
 from ..interventions import BatchEdits, Intervention, Set
 from ..tokens import pad
 from .config import COMPONENTS, PATCH_METHODS, PatchConfig
 from .pairs import TokenPair
-from .suffix import SuffixRows, suffix_logits
-
-Consume = Callable[[np.ndarray, torch.Tensor], None]  # (rows, last-position logits (b, V) float32)
+from .suffix import Consume, SuffixRows, last_token_logits, suffix_logits
 
 
 @dataclass(frozen=True)
@@ -53,9 +51,7 @@ class Variant:
 def last_position_logits(model, padded) -> torch.Tensor:
     """The LM head on each row's last real token: padded (actlab.tokens.Padded, right-padded) -> (b, V)."""
     hidden = model.base_model(**padded.inputs(), use_cache=False).last_hidden_state  # (b, T, d)
-    last = hidden[torch.arange(len(hidden)), padded.lengths.to(hidden.device) - 1]  # (b, d)
-    logits = lm_logits(model.hf_model, last)
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least (float64 stays)
+    return last_token_logits(model, hidden, padded.lengths)
 
 
 def last_logits(model, sequences: Sequence[Sequence[int]], interventions: Sequence[tuple[Intervention, ...]] | None,

@@ -37,6 +37,14 @@ from ..tokens import pad
 Consume = Callable[[np.ndarray, torch.Tensor], None]  # (rows, last-position logits (b, V))
 
 
+def last_token_logits(model, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The LM head on each row's last real token: final-norm outputs (b, T, d)
+    of right-padded rows of `lengths` tokens -> (b, V), float32 at least."""
+    last = hidden[torch.arange(len(hidden)), lengths.to(hidden.device) - 1]  # (b, d)
+    logits = lm_logits(model.hf_model, last)
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 @dataclass
 class SuffixRows:
     """Row r runs prompt `prompts[r]` from token `starts[r]` and block
@@ -99,9 +107,7 @@ def suffix_logits(model, prompts: Sequence[Sequence[int]], rows: SuffixRows, bud
                 hidden = model.base_model(input_ids=padded.input_ids, use_cache=True, **{keyword: cache},
                                           position_ids=cache.prefill_positions(padded.input_ids.shape[1])
                                           ).last_hidden_state  # (b, T, d)
-            last = hidden[torch.arange(len(batch)), padded.lengths.to(hidden.device) - 1]  # (b, d)
-            logits = lm_logits(model.hf_model, last)
-            consume(batch, logits.to(torch.promote_types(logits.dtype, torch.float32)))
+            consume(batch, last_token_logits(model, hidden, padded.lengths))
 
 
 def _block_inputs(model, prompts: Sequence[Sequence[int]], cache: SlotCache, firsts: list[int], budget: int
