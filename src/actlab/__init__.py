@@ -9,6 +9,7 @@
 """
 
 from .activations import ActivationRun, extract_run
+from .circuits import CircuitConfig, CircuitRun, circuit_run
 from .contrasts.config import ContrastConfig
 from .contrasts.pairs import load_pairs
 from .contrasts.run import ContrastRun
@@ -39,11 +40,12 @@ from .saes.features import Features
 from .traits import TraitRun, load_trait
 from .version import VERSION as __version__
 
-__all__ = ["Ablate", "ActivationRun", "Activations", "ActlabError", "Add", "Cap", "ContrastConfig", "ContrastRun",
+__all__ = ["Ablate", "ActivationRun", "Activations", "ActlabError", "Add", "Cap", "CircuitConfig", "CircuitRun",
+           "ContrastConfig", "ContrastRun",
            "DEFAULT_MODEL", "EditLatents", "ExplainConfig", "ExtractConfig", "ExtractStats", "FeatureRun", "Features",
            "GenerationConfig", "GenerationRun", "GenerationRunConfig", "Generations", "Intervention", "LatentsConfig",
            "LatentsRun", "Model", "ModelSpec", "PatchConfig", "PatchRun", "ProjectOut", "Records", "RunControl", "SAE",
-           "Set", "Steering", "TraitPipelineConfig", "TraitRun", "__version__", "build_report", "contrast",
-           "explain_run", "extract_run", "features_run", "generate", "generate_run", "latents_run", "load_model",
-           "load_pairs", "load_sae", "load_trait", "open_run", "patch_run", "read_records", "render_prompt",
-           "run_trait"]
+           "Set", "Steering", "TraitPipelineConfig", "TraitRun", "__version__", "build_report", "circuit_run",
+           "contrast", "explain_run", "extract_run", "features_run", "generate", "generate_run", "latents_run",
+           "load_model", "load_pairs", "load_sae", "load_trait", "open_run", "patch_run", "read_records",
+           "render_prompt", "run_trait"]

@@ -71,6 +71,24 @@ def block_hook(layer: int, kind: str = "hook_resid_post") -> str:
     return f"blocks.{layer}.{kind}"
 
 
+BLOCK_ORDER = ("hook_resid_pre", HOOK_Z, "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+
+
+def forward_order(name: str) -> tuple[int, int]:
+    """Where a hook fires in a forward pass, as a sort key: hook_embed
+    first, then each block's hooks in the order its computation reaches
+    them (a parallel-residual block's attention before its MLP), the final
+    norm last."""
+    if name == "hook_embed":
+        return (-1, 0)
+    if name == FINAL_NORM:
+        return (1 << 30, 0)
+    match = _BLOCK_HOOK.match(name)
+    if not match:
+        raise ActlabError(f"'{name}' is not a hook actlab names (e.g. blocks.7.hook_resid_post)")
+    return (int(match.group(1)), BLOCK_ORDER.index(match.group(2)))
+
+
 def layout_for(config) -> Layout:
     model_type = config.model_type
     if model_type not in LAYOUTS:

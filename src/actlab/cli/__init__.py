@@ -6,12 +6,14 @@ import sys
 
 from ..errors import ActlabError
 from . import bench, latents, saes, traits
+from .circuit import circuit_command
 from .common import err, error_line, with_optional_values
 from .contrast import contrast_command
 from .extract import app
 from .generate import generate_command
 from .patch import patch_command
 
+app.command("circuit")(circuit_command)
 app.command("contrast")(contrast_command)
 app.command("generate")(generate_command)
 app.command("patch")(patch_command)

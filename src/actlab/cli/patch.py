@@ -16,7 +16,7 @@ TOP = 8  # the strongest mean effects printed
 
 @dataclasses.dataclass
 class PairsRunOptions:
-    """Where a patching run goes and which pairs it reads."""
+    """Where a run over prompt pairs (patch, circuit) goes and which pairs it reads."""
 
     out: Path = dataclasses.field(metadata={"help": "Run directory (resumable): a path or an s3:// / gs:// URI.",
                                             "short": "-o"})
@@ -25,6 +25,7 @@ class PairsRunOptions:
                 "built-in indirect-object pairs)."})
     shard_size: int | None = dataclasses.field(default=None, metadata={"help": "Pairs per shard (default 16)."})
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "Replace an existing run in --out."})
+
 
 
 @with_options(where=PairsRunOptions, model=ModelOptions, cfg=PatchConfig, ray=RayConfig)

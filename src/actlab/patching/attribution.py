@@ -26,6 +26,7 @@ prob_answer and kl are not estimated (null).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -42,14 +43,24 @@ from .pairs import TokenPair
 EMBED = "hook_embed"
 
 
-def gradients(model, pairs: Sequence[TokenPair], hooks: Sequence[str], budget: int, steps: int,
-              embeds: tuple[list[torch.Tensor], list[torch.Tensor]] | None) -> list[dict[str, torch.Tensor]]:
+@dataclass(frozen=True)
+class Interpolation:
+    """Integrated gradients' path: the activation at `hook` moved from each
+    pair's corrupted value (T, w) towards its clean one, by each alpha."""
+
+    hook: str
+    clean: Sequence[torch.Tensor]
+    corrupted: Sequence[torch.Tensor]
+    alphas: tuple[float, ...]
+
+
+def gradients(model, pairs: Sequence[TokenPair], hooks: Sequence[str], budget: int,
+              path: Interpolation | None = None) -> list[dict[str, torch.Tensor]]:
     """Per pair, dm/da (T, w) at every hook on its corrupted prompt; with
-    `embeds` (clean and corrupted embedding outputs per pair), averaged over
-    the IG steps of the embedding output from corrupted to clean."""
+    `path`, averaged over its steps (hooks upstream of path.hook get zeros)."""
     lengths = np.array([len(p.corrupted) for p in pairs])
     out: list[dict[str, torch.Tensor]] = [{} for _ in pairs]
-    alphas = [k / steps for k in range(1, steps + 1)] if embeds is not None else [None]
+    alphas = path.alphas if path is not None else (None,)
     for rows in plan_batches(lengths, None, budget):
         padded = pad([pairs[r].corrupted for r in rows], "right", model.pad_id, model.device)
         answers = torch.tensor([pairs[r].answer for r in rows], device=model.device)
@@ -57,8 +68,8 @@ def gradients(model, pairs: Sequence[TokenPair], hooks: Sequence[str], budget: i
         total: dict[str, torch.Tensor] = {}
         for alpha in alphas:
             seen: dict[str, torch.Tensor] = {}
-            start = _embedding(embeds, rows, alpha, padded.input_ids.shape[1])
-            with torch.enable_grad(), replace(model.hf_model, {EMBED: start}), \
+            start = path.hook if path is not None else EMBED
+            with torch.enable_grad(), replace(model.hf_model, {start: _leaf(path, rows, alpha)}), \
                     capture(model.hf_model, {hook: (lambda hidden, hook=hook: seen.setdefault(hook, hidden))
                                              for hook in hooks}):
                 logits = last_position_logits(model, padded)  # (b, V)
@@ -73,16 +84,16 @@ def gradients(model, pairs: Sequence[TokenPair], hooks: Sequence[str], budget: i
     return out
 
 
-def _embedding(embeds, rows: np.ndarray, alpha: float | None, width: int):
-    """The embedding output's rewrite: a leaf that asks for gradients (so
-    that they flow with frozen weights too), moved to alpha of the way from
-    corrupted to clean for IG."""
+def _leaf(path: Interpolation | None, rows: np.ndarray, alpha: float | None):
+    """The rewrite where gradients start: a leaf that asks for them (so that
+    they flow with frozen weights too), moved alpha of the way from
+    corrupted to clean on an IG path."""
     def start(hidden: torch.Tensor) -> torch.Tensor:
         if alpha is None:
             return hidden.detach().requires_grad_()
         moved = hidden.detach().clone()
         for k, r in enumerate(rows):
-            clean, corrupted = embeds[0][r], embeds[1][r]  # (T_r, d)
+            clean, corrupted = path.clean[r], path.corrupted[r]  # (T_r, w)
             moved[k, :len(clean)] = corrupted + alpha * (clean - corrupted)
         return moved.requires_grad_()
     return start
@@ -101,8 +112,10 @@ def attribution_effects(model, pairs: Sequence[TokenPair], cfg: PatchConfig, met
     wanted = hooks + ([EMBED] if method == "ig" else [])
     base = base or Baseline.of(model, pairs, wanted, budget)
     corrupted, _ = cached_runs(model, [p.corrupted for p in pairs], wanted, budget)
-    embeds = ([c[EMBED] for c in base.cache], [c[EMBED] for c in corrupted]) if method == "ig" else None
-    grads = gradients(model, pairs, hooks, budget, cfg.ig_steps if method == "ig" else 1, embeds)
+    steps = cfg.ig_steps
+    path = Interpolation(EMBED, [c[EMBED] for c in base.cache], [c[EMBED] for c in corrupted],
+                         tuple(k / steps for k in range(1, steps + 1))) if method == "ig" else None
+    grads = gradients(model, pairs, hooks, budget, path)
     heads, width = model.config.num_attention_heads, head_dim(model.config)
     # per pair and hook: (a_clean - a_corrupted) . dm/da summed per position (T,) and per position and head (T, H)
     per_position, per_head = {}, {}

@@ -82,25 +82,30 @@ class PatchJob(RecordsJob):
         return process
 
     def pair_table(self, model: "Model", pairs: list[TokenPair], effects: pa.Table, lo: int, hi: int) -> pa.Table:
-        """The shard's pairs: their texts, tokens and clean and corrupted metrics."""
-        rows = self.records.slice(lo, hi)
+        """The shard's pairs, their metrics read from its effects."""
         by_pair = effects.group_by("pair").aggregate([("metric_clean", "max"), ("metric_corrupted", "max")])
         metrics = {p: (c, x) for p, c, x in zip(*(by_pair.column(name).to_pylist() for name in
                                                    ("pair", "metric_clean_max", "metric_corrupted_max")))}
-        shard = pairs[lo:hi]
-        return pa.table({
-            "pair": pa.array(range(lo, hi), pa.int64()), "id": [p.id for p in shard],
-            "clean": rows.texts, "corrupted": rows.fields["corrupted"], "answer": rows.fields["answer"],
-            "wrong_answer": rows.fields["wrong_answer"],
-            "clean_tokens": [model.token_strings([p.clean]) for p in shard],
-            "corrupted_tokens": [model.token_strings([p.corrupted]) for p in shard],
-            "answer_token": [model.tokenizer.decode([p.answer]) for p in shard],
-            "wrong_token": [model.tokenizer.decode([p.wrong]) for p in shard],
-            "metric_clean": pa.array([metrics[i][0] for i in range(lo, hi)], pa.float32()),
-            "metric_corrupted": pa.array([metrics[i][1] for i in range(lo, hi)], pa.float32())})
+        return pairs_table(model, self.records, pairs, lo, hi, [metrics[i] for i in range(lo, hi)])
 
     def complete(self, manifest: dict, totals: ExtractStats, session: dict, **extras) -> dict:
         return finish_run(self.out, manifest, self.plan.names(), self.plan.n_rows, session)
+
+
+def pairs_table(model: "Model", records: Records, pairs: list[TokenPair], lo: int, hi: int,
+               metrics: list[tuple[float, float]]) -> pa.Table:
+    """Pairs lo..hi: their texts, tokens, answer tokens, and (clean, corrupted) metrics."""
+    rows, shard = records.slice(lo, hi), pairs[lo:hi]
+    return pa.table({
+        "pair": pa.array(range(lo, hi), pa.int64()), "id": [p.id for p in shard],
+        "clean": rows.texts, "corrupted": rows.fields["corrupted"], "answer": rows.fields["answer"],
+        "wrong_answer": rows.fields["wrong_answer"],
+        "clean_tokens": [model.token_strings([p.clean]) for p in shard],
+        "corrupted_tokens": [model.token_strings([p.corrupted]) for p in shard],
+        "answer_token": [model.tokenizer.decode([p.answer]) for p in shard],
+        "wrong_token": [model.tokenizer.decode([p.wrong]) for p in shard],
+        "metric_clean": pa.array([m[0] for m in metrics], pa.float32()),
+        "metric_corrupted": pa.array([m[1] for m in metrics], pa.float32())})
 
 
 class PatchRun(Run):

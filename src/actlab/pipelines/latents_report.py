@@ -60,7 +60,7 @@ def build_latent_browser(run: str | Path, out: str | Path | None = None, model=N
 def collect_latent_browser(run: LatentsRun, cfg: BrowserConfig) -> LatentBrowserData:
     """What the browser of a latents run shows, read from the run; its
     chunks are read one at a time as they are written."""
-    explained = _explanations(run)
+    explained = latent_explanations(run)
     meta = {"run": str(run.path), "model": run.settings["model"]["id"], "actlab": VERSION,
             "n_tokens": run.manifest.get("n_tokens"), "n_texts": run.manifest.get("n_rows"),
             "has_bos": run.settings["has_bos"], "chunk": cfg.chunk, "edges": _round(HIST_EDGES, 6), "saes": []}
@@ -85,7 +85,7 @@ def _round(values, digits: int = 4) -> list:
     return [round(float(v), digits) for v in values]
 
 
-def _explanations(run: LatentsRun) -> dict[str, dict[int, dict]]:
+def latent_explanations(run: LatentsRun) -> dict[str, dict[int, dict]]:
     """Per SAE and latent: explanation, baseline, and the scores (None: not scored)."""
     table = run.explanations()
     out: dict = defaultdict(dict)

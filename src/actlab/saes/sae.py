@@ -134,6 +134,16 @@ class SAE(nn.Module):
         _, undo = self._normalize(x.to(self.W_enc.dtype))
         return change if undo is None else undo(change) - undo(torch.zeros_like(change))
 
+    def latent_grad(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient (.., d_sae) with respect to the latents of a function
+        whose gradient with respect to x's reconstruction is `grad` (.., d_in):
+        latent_change transposed (x (.., d_in) fixes the normalisation)."""
+        with torch.enable_grad():
+            delta = torch.zeros(*grad.shape[:-1], self.cfg.d_sae, dtype=self.W_dec.dtype, device=grad.device,
+                                requires_grad=True)
+            change = self.latent_change(x.detach(), torch.arange(self.cfg.d_sae, device=grad.device), delta)
+            return torch.autograd.grad(change, delta, grad.to(change.dtype))[0]
+
     @torch.no_grad()
     def fold_decoder_norms(self) -> "SAE":
         """Scale decoder rows to unit norm and the encoder to match, so latent

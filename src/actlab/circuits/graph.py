@@ -1,0 +1,134 @@
+"""From node effects to a circuit: nodes above the node threshold, the
+edges between them (edges.py) above the edge threshold, and the
+faithfulness curve (faithfulness.py), as the tables a circuit run writes.
+
+A node is (site, position, index): index j < d_sae a latent, j = d_sae the
+error term, the embeddings' one node index 0; with aggregation "sum" the
+position is None and the node's effect sums its positions' effects (Marks
+et al.'s aggregation="sum"), its edges likewise.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import pyarrow as pa
+import torch
+
+from ..patching.pairs import TokenPair
+from .config import CircuitConfig
+from .edges import edge_effects
+from .faithfulness import curve_sizes, faithfulness_curve
+from .nodes import PairRuns, Site
+
+METRIC = "metric"  # the node every last-site node's edge ends at
+Node = tuple[int, "int | None", int]  # (site index, position or None, index within the site's width)
+_LAYER = re.compile(r"^blocks\.(\d+)\.")
+
+
+def node_id(sites: Sequence[Site], node: Node) -> str:
+    """'resid_post-7@5:123' (latent 123 at position 5), '...@5:err', 'embed@3'; no '@p' when summed over positions."""
+    k, position, index = node
+    site = sites[k]
+    where = "" if position is None else f"@{position}"
+    if site.sae is None:
+        return f"{site.name}{where}"
+    return f"{site.name}{where}:{'err' if index == site.sae.cfg.d_sae else index}"
+
+
+def aggregate(means: Sequence[torch.Tensor], cfg: CircuitConfig) -> dict[Node, float]:
+    """Every node with a nonzero mean effect, from per-site (T, width) means."""
+    out: dict[Node, float] = {}
+    for k, effects in enumerate(means):
+        if cfg.aggregation == "sum":
+            summed = effects.sum(0)
+            for index in summed.nonzero().flatten().tolist():
+                out[k, None, index] = float(summed[index])
+        else:
+            for position, index in effects.nonzero().tolist():
+                out[k, position, index] = float(effects[position, index])
+    return out
+
+
+@dataclass
+class Circuit:
+    """The circuit's tables: nodes (every node with an effect, in_circuit
+    marking the circuit's), edges (between circuit nodes, and into the
+    metric) and the faithfulness curve."""
+
+    nodes: pa.Table
+    edges: pa.Table
+    faithfulness: pa.Table
+    size: int  # nodes in the circuit
+
+
+def find_circuit(model, pairs: Sequence[TokenPair], runs: PairRuns, sites: Sequence[Site],
+                 means: Sequence[torch.Tensor], cfg: CircuitConfig) -> Circuit:
+    """The circuit of node effects `means` (per site, (T, width), averaged
+    over the pairs) on the pairs' runs."""
+    effects = aggregate(means, cfg)
+    ranked = sorted(effects, key=lambda n: -abs(effects[n]))
+    chosen = [n for n in ranked if abs(effects[n]) >= cfg.node_threshold]
+    budget, length = cfg.batch_tokens(model), len(pairs[0].clean)
+    edges: list[tuple[Node | str, Node | str, float]] = [(n, METRIC, effects[n]) for n in chosen
+                                                        if n[0] == len(sites) - 1]
+    for k in range(1, len(sites)):
+        downstream = [n for n in chosen if n[0] == k]
+        upstream = [n for n in chosen if n[0] == k - 1]
+        if not downstream or not upstream:
+            continue
+        found = edge_effects(model, pairs, runs, sites, k, [(n[1], n[2]) for n in downstream], budget) / len(pairs)
+        if cfg.aggregation == "sum":
+            found = found.sum(1, keepdim=True)  # (downstream, 1, width)
+        for d, node in enumerate(downstream):
+            for up in upstream:
+                weight = float(found[d, 0 if up[1] is None else up[1], up[2]])
+                if abs(weight) >= cfg.edge_threshold:
+                    edges.append((up, node, weight))
+
+    n_all = length * sum(site.width for site in sites)
+
+    def keeps_of(n: int) -> list[torch.Tensor]:
+        keeps = [torch.full((length, site.width), n >= n_all, device=model.device) for site in sites]
+        for k, position, index in ranked[:n]:
+            keeps[k][slice(None) if position is None else position, index] = True
+        return keeps
+
+    sizes = curve_sizes(len(ranked), len(chosen), n_all)
+    curve = faithfulness_curve(model, pairs, runs, sites, keeps_of, sizes, budget)
+    return Circuit(_node_table(sites, effects, ranked, set(chosen)), _edge_table(sites, edges),
+                   pa.Table.from_pylist(curve), len(chosen))
+
+
+def _node_table(sites: Sequence[Site], effects: dict[Node, float], ranked: list[Node], chosen: set[Node]) -> pa.Table:
+    def kind(node: Node) -> str:
+        site = sites[node[0]]
+        return "embedding" if site.sae is None else "error" if node[2] == site.sae.cfg.d_sae else "latent"
+
+    def layer(site: Site) -> int | None:
+        match = _LAYER.match(site.hook)
+        return int(match.group(1)) if match else None
+
+    return pa.table({
+        "node": pa.array([node_id(sites, n) for n in ranked], pa.string()),
+        "site": pa.array([sites[n[0]].name for n in ranked], pa.string()),
+        "hook": pa.array([sites[n[0]].hook for n in ranked], pa.string()),
+        "layer": pa.array([layer(sites[n[0]]) for n in ranked], pa.int32()),
+        "kind": pa.array([kind(n) for n in ranked], pa.string()),
+        "position": pa.array([n[1] for n in ranked], pa.int32()),
+        "latent": pa.array([n[2] if kind(n) == "latent" else None for n in ranked], pa.int32()),
+        "effect": pa.array([effects[n] for n in ranked], pa.float32()),
+        "rank": pa.array(range(1, len(ranked) + 1), pa.int32()),
+        "in_circuit": pa.array([n in chosen for n in ranked], pa.bool_()),
+    })
+
+
+def _edge_table(sites: Sequence[Site], edges: list[tuple[Node | str, Node | str, float]]) -> pa.Table:
+    name = lambda n: n if isinstance(n, str) else node_id(sites, n)  # noqa: E731
+    return pa.table({
+        "upstream": pa.array([name(u) for u, _, _ in edges], pa.string()),
+        "downstream": pa.array([name(d) for _, d, _ in edges], pa.string()),
+        "effect": pa.array([w for _, _, w in edges], pa.float32()),
+    }, schema=pa.schema([("upstream", pa.string()), ("downstream", pa.string()), ("effect", pa.float32())]))
