@@ -214,19 +214,21 @@ def attribution_scatter(panels: list[dict], title: str) -> bytes:
 
 
 def faithfulness_by_size(rows: list[dict], circuit_size: int, title: str) -> bytes:
-    """Faithfulness against circuit size (nodes kept, log scale), 1 and 0
-    drawn, the chosen circuit marked."""
+    """Faithfulness against circuit size (nodes kept, log scale), a line per
+    ablation, 1 and 0 drawn, the chosen circuit marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
-    sizes = [max(r["nodes"], 0.8) for r in rows]  # the empty circuit drawn just left of 1
-    ax.plot(sizes, [r["faithfulness"] for r in rows], marker="o", markersize=3)
+    for how in dict.fromkeys(r["ablation"] for r in rows):
+        curve = [r for r in rows if r["ablation"] == how]
+        sizes = [max(r["nodes"], 0.8) for r in curve]  # the empty circuit drawn just left of 1
+        line, = ax.plot(sizes, [r["faithfulness"] for r in curve], marker="o", markersize=3, label=f"{how} ablation")
+        chosen = [r for r in curve if r["nodes"] == circuit_size]
+        if chosen:
+            ax.scatter([max(circuit_size, 0.8)], [chosen[0]["faithfulness"]], color=line.get_color(), s=60,
+                       edgecolor="black", zorder=3)
     ax.axhline(1.0, color="black", linewidth=0.6, linestyle=":")
     ax.axhline(0.0, color="grey", linewidth=0.6, linestyle=":")
-    chosen = [r for r in rows if r["nodes"] == circuit_size]
-    if chosen:
-        ax.scatter([max(circuit_size, 0.8)], [chosen[0]["faithfulness"]], color="crimson", zorder=3,
-                   label=f"the circuit ({circuit_size} nodes)")
-        ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title=f"circuit: {circuit_size} nodes (ringed)", title_fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("nodes kept (the strongest by |effect|), the rest mean-ablated", fontsize=8)
     ax.set_ylabel("faithfulness", fontsize=8)

@@ -69,10 +69,14 @@ def test_run_equals_node_effects_and_resumes_after_a_kill(tiny_models, saes, tmp
     last = nodes[nodes.in_circuit & (nodes.site == "r1")]
     into_metric = edges[edges.downstream == "metric"].set_index("upstream").effect
     assert np.allclose(into_metric.loc[last.node].to_numpy(), last.effect.to_numpy())  # a last-site node's effect
-    sizes = curve.column("nodes").to_pylist()
-    assert sizes[0] == 0 and len(circuit) in sizes and sizes[-1] == 14 * (1 + 2 * 129)
-    faithful = curve.column("faithfulness").to_pylist()
-    assert faithful[0] == 0 and faithful[-1] == pytest.approx(1, abs=1e-4)
+    for how in ("mean", "corrupted"):
+        rows = [r for r in curve.to_pylist() if r["ablation"] == how]
+        sizes = [r["nodes"] for r in rows]
+        assert sizes[0] == 0 and len(circuit) in sizes and sizes[-1] == 14 * (1 + 2 * 129)
+        assert rows[0]["faithfulness"] == 0 and rows[-1]["faithfulness"] == pytest.approx(1, abs=1e-4)
+    empty = {r["ablation"]: r["metric_empty"] for r in curve.to_pylist()}
+    assert empty["corrupted"] == pytest.approx(float(run.pairs().column("metric_corrupted").to_numpy().mean()),
+                                               rel=1e-4)
     assert len(graph["nodes"]) == len(circuit) and graph["tokens"][9] == " " + pairs.fields["wrong_answer"][0].strip()  # the giver
     import duckdb
 

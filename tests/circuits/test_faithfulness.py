@@ -2,14 +2,16 @@
 on a tiny Llama: each pair alone, every site's nodes outside the kept set
 replaced by their means over the pairs' clean runs, x rebuilt as
 decode(f') + err'. Keeping every node returns the model's metric (to float
-rounding), keeping none gives faithfulness 0, everything 1."""
+rounding), keeping none gives faithfulness 0, everything 1; ablating every
+node to the corrupted run gives the corrupted run's metric (measured by a
+plain forward)."""
 
 import numpy as np
 import pytest
 import torch
 
 from actlab.circuits import CircuitConfig, PairRuns, circuit_sites
-from actlab.circuits.faithfulness import ablated_metric, faithfulness_curve, site_means
+from actlab.circuits.faithfulness import ablated_metric, ablation_values, faithfulness_curve
 from actlab.patching import ioi_pairs, tokenize_pairs
 
 from conftest import random_sae
@@ -65,7 +67,7 @@ def reference_metric(model, sites, pairs, keeps):
 
 def test_mean_ablation_equals_hand_written_hooks(setup):
     model, sites, pairs, runs = setup
-    means = site_means(runs, sites)
+    means = ablation_values(runs, sites, "mean")
     for seed in range(2):
         keeps = keep_masks(sites, 14, seed)
         found = ablated_metric(model, pairs, sites, means, keeps, budget=28)
@@ -82,8 +84,16 @@ def test_curve_runs_from_empty_to_the_model(setup):
     everything = [torch.ones(14, site.width, dtype=torch.bool) for site in sites]
     some = keep_masks(sites, 14, 3)
     rows = faithfulness_curve(model, pairs, runs, sites, lambda n: {0: nothing, 1: some, 2: everything}[n],
-                              [0, 1, 2], budget=64)
-    assert [r["nodes"] for r in rows] == [0, 1, 2]
+                              [0, 1, 2], "mean", budget=64)
+    assert [(r["ablation"], r["nodes"]) for r in rows] == [("mean", 0), ("mean", 1), ("mean", 2)]
     assert rows[0]["faithfulness"] == 0 and rows[2]["faithfulness"] == pytest.approx(1, abs=1e-4)
     assert rows[1]["metric"] == pytest.approx(reference_metric(model, sites, pairs, some), rel=1e-4, abs=1e-5)
     assert rows[0]["metric_empty"] == pytest.approx(reference_metric(model, sites, pairs, nothing), rel=1e-4, abs=1e-5)
+
+
+def test_corrupted_ablation_of_everything_is_the_corrupted_run(setup):
+    model, sites, pairs, runs = setup
+    nothing = [torch.zeros(14, site.width, dtype=torch.bool) for site in sites]
+    found = ablated_metric(model, pairs, sites, ablation_values(runs, sites, "corrupted"), nothing, budget=28)
+    assert found == pytest.approx(float(runs.base.corrupted.mean()), rel=1e-4, abs=1e-5)
+    assert abs(found - float(runs.base.clean.mean())) > 0.1

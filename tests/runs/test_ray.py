@@ -21,14 +21,17 @@ from conftest import TEXTS, assert_tables_close, random_sae
 ray = pytest.importorskip("ray")
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
+TWO_ACTORS = RayConfig(actors=2, cpus_per_actor=1)
 
 
 @pytest.fixture(scope="module")
 def local_ray(s3_bucket):
     """One local Ray instance (2 CPUs) for the module: each start costs 10-25 s
-    here. Started after the S3 server, so its workers see its endpoint."""
+    here. Started after the S3 server, so its workers see its endpoint. Runs
+    take one actor (each costs a process and a model load, ~10 s here); the
+    tests of shards spread over actors ask for TWO_ACTORS."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield RayConfig(actors=2, cpus_per_actor=1)
+    yield RayConfig(actors=1, cpus_per_actor=1)
     ray.shutdown()
 
 
@@ -47,7 +50,7 @@ def test_extraction_on_ray_equals_one_process(tmp_path, tiny_model_dir, local_ra
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
     cfg = ExtractConfig(HOOKS, "mean")
     local = actlab.extract_run(model, records(), tmp_path / "local", cfg, control=RunControl(shard_size=8))
-    on_ray = actlab.extract_run(model, records(), tmp_path / "ray", cfg, control=RunControl(shard_size=8, runner="ray", ray=local_ray))
+    on_ray = actlab.extract_run(model, records(), tmp_path / "ray", cfg, control=RunControl(shard_size=8, runner="ray", ray=TWO_ACTORS))
     same_shards(local, on_ray, [shard_name(i) for i in range(5)])
     a, b = (json.loads((p / "manifest.json").read_text()) for p in (local, on_ray))
     assert a["settings"] == b["settings"] and a["n_rows"] == b["n_rows"]
@@ -177,7 +180,8 @@ def test_contrast_on_ray_equals_one_process(tmp_path, tiny_model_dir, local_ray)
     assert a["settings"] == b["settings"] and a["unequal_token_lengths"] == b["unequal_token_lengths"] > 0
 
 
-def test_patching_on_ray_equals_one_process(tmp_path, tiny_model_dir, local_ray):
+def test_patching_and_circuits_on_ray_equal_one_process(tmp_path, tiny_model_dir, local_ray):
+    from actlab.circuits import CircuitConfig, circuit_run
     from actlab.patching import PatchConfig, ioi_pairs, patch_run
 
     model = actlab.load_model(str(tiny_model_dir), device="cpu")
@@ -186,6 +190,12 @@ def test_patching_on_ray_equals_one_process(tmp_path, tiny_model_dir, local_ray)
     on_ray = patch_run(model, ioi_pairs(4), tmp_path / "ray", cfg,
                        control=RunControl(shard_size=2, runner="ray", ray=local_ray))
     same_shards(local, on_ray, [shard_name(i, prefix) for i in range(2) for prefix in ("effects", "pairs")])
+    saes, circuit = {"r1": random_sae("blocks.1.hook_resid_post")}, CircuitConfig(method="atp", node_threshold=0.05)
+    local = circuit_run(model, ioi_pairs(4), tmp_path / "c-local", saes, circuit, RunControl(shard_size=2))
+    on_ray = circuit_run(model, ioi_pairs(4), tmp_path / "c-ray", saes, circuit,
+                         RunControl(shard_size=2, runner="ray", ray=local_ray))
+    same_shards(local, on_ray, [shard_name(i, prefix) for i in range(2) for prefix in ("nodes", "pairs")]
+                + ["circuit/nodes.parquet", "circuit/edges.parquet", "circuit/faithfulness.parquet"])
 
 
 def test_trait_generation_on_ray_is_token_identical(monkeypatch, capsys, tmp_path, tiny_model_dir, local_ray):
@@ -230,7 +240,7 @@ def test_generation_run_on_ray_samples_as_one_process(tmp_path, tiny_model_dir, 
                                      generation=actlab.GenerationConfig(max_new_tokens=6, temperature=0.9, seed=4))
     texts = [f"Question number {i}?" for i in range(9)]
     local = actlab.open_run(actlab.generate_run(model, texts, tmp_path / "local", cfg, control=RunControl(shard_size=4)))
-    on_ray = actlab.open_run(actlab.generate_run(model, texts, tmp_path / "ray", cfg, control=RunControl(shard_size=2, runner="ray", ray=local_ray)))
+    on_ray = actlab.open_run(actlab.generate_run(model, texts, tmp_path / "ray", cfg, control=RunControl(shard_size=2, runner="ray", ray=TWO_ACTORS)))
     assert on_ray.answers().column("answer").equals(local.answers().column("answer"))
     for layer, values in local.activations().items():
         assert np.abs(on_ray.activations()[layer] - values).max() <= 1e-5 * np.abs(values).max()

@@ -1,7 +1,8 @@
 """Sparse feature circuits (Marks et al. 2024): SAE latents, error terms
 and embeddings as nodes, their effects on a prompt pair's metric by
 attribution patching, edges between consecutive SAE sites, and the
-circuit's faithfulness under mean ablation."""
+circuit's faithfulness with the rest ablated (to the mean, as Marks et al.,
+and to the corrupted run)."""
 
 from .config import CircuitConfig
 from .graph import METRIC, Circuit, find_circuit, node_id

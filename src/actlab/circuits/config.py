@@ -11,13 +11,14 @@ from ..errors import ActlabError
 
 CIRCUIT_METHODS = ("atp", "ig")
 AGGREGATIONS = ("none", "sum")
+ABLATIONS = ("mean", "corrupted")  # the faithfulness curve's two ablations (faithfulness.py)
 
 
 @dataclass
 class CircuitConfig:
     """Marks et al. (2024)'s sparse feature circuit over prompt pairs: node
     effects by attribution patching, nodes and edges kept above thresholds,
-    the circuit's faithfulness measured by mean ablation."""
+    the circuit's faithfulness measured by ablating the rest."""
 
     method: str = field(default="ig", metadata={
         "help": "Node effects: ig (integrated gradients at each SAE's hook, Marks et al.'s) or atp (one gradient "

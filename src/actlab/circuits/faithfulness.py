@@ -1,18 +1,26 @@
 """How much of the model's behaviour a circuit carries (Marks et al. 2024,
 section 3.3; saprmarks/feature-circuits ablation.py).
 
-Every node outside the circuit is mean-ablated: at each site, its latents
-and error term outside the circuit are set to their mean over the pairs'
-clean runs (per position), every site at once in one forward of the clean
-prompts, so that a site reads what the ablated sites below it left. With m
-the metric (logit difference answer - wrong answer) averaged over the
-pairs,
+Every node outside the circuit is ablated, every site at once in one
+forward of the clean prompts, so that a site reads what the ablated sites
+below it left: "mean" (Marks et al.) sets a node to its mean over the
+pairs' clean runs at that position; "corrupted" to the pair's own
+corrupted-run value (the convention of patching-based circuit discovery,
+ACDC and path patching), which leaves a node the corruption does not change
+as it is. With m the metric (logit difference answer - wrong answer)
+averaged over the pairs,
 
     faithfulness(C) = (m(C) - m(empty)) / (m(model) - m(empty))
 
-m(empty): every node ablated; m(model): none (the unedited clean runs). An
-ablated SAE site computes x + (x_hat(f') - x_hat(f)) + (err' - err) through
-SAE.latent_change, so a site with nothing ablated returns x exactly.
+m(empty): every node ablated (with "corrupted", the corrupted metric);
+m(model): none (the unedited clean runs). An ablated SAE site computes
+x + (x_hat(f') - x_hat(f)) + (err' - err) through SAE.latent_change, so a
+site with nothing ablated returns x exactly.
+
+Mean ablation removes whatever differs between pairs at a position: where
+the pairs' answers come from context the corruption leaves alone (IOI's
+names), no circuit of the corruption's nodes keeps them, and its
+faithfulness stays low however large it grows (docs/causal.md).
 """
 
 from __future__ import annotations
@@ -23,52 +31,57 @@ import numpy as np
 import torch
 
 from ..hooks import replace
-from ..patching.exact import last_logits
+from ..patching.exact import last_position_logits
 from ..patching.pairs import TokenPair
+from ..tokens import pad
 from .nodes import PairRuns, Site
 
 
-def site_means(runs: PairRuns, sites: Sequence[Site]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per site, the mean over the pairs' clean runs of its latents (T, d_sae)
-    and error term (T, d), or of the embeddings (T, d) twice."""
+def ablation_values(runs: PairRuns, sites: Sequence[Site], how: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per site, what an ablated node becomes: latents (m, T, d_sae) and
+    error term (m, T, d), or the embeddings (m, T, d) twice; "mean": the
+    mean over the pairs' clean runs (m = 1), "corrupted": each pair's
+    corrupted run (m = n pairs)."""
     out = []
-    for clean, site in zip(runs.clean, sites):
-        if site.sae is None:
-            out.append((clean.mean(0), clean.mean(0)))
-        else:
-            f, err = site.split(clean)
-            out.append((f.mean(0), err.mean(0)))
+    for clean, corrupted, site in zip(runs.clean, runs.corrupted, sites):
+        source = corrupted if how == "corrupted" else clean
+        values = (source, source) if site.sae is None else site.split(source)
+        out.append(tuple(v if how == "corrupted" else v.mean(0, keepdim=True) for v in values))
     return out
 
 
-def _ablation(site: Site, means: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor) -> Callable:
-    """The site's rewrite: nodes where keep (T, width) is False set to their means."""
+def _ablation(site: Site, values: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor, rows: dict) -> Callable:
+    """The site's rewrite: nodes where keep (T, width) is False set to their
+    ablation values (of the batch's rows, rows["now"])."""
     def ablate(x: torch.Tensor) -> torch.Tensor:  # (b, T, d)
+        latents, error = (v if len(v) == 1 else v[rows["now"]] for v in values)
         if site.sae is None:
-            return torch.where(keep, x, means[0])
+            return torch.where(keep, x, latents)
         f, err = site.split(x)
-        f_new = torch.where(keep[:, :-1], f, means[0])  # (b, T, d_sae)
-        err_new = torch.where(keep[:, -1:], err, means[1])  # (b, T, d)
-        latents = torch.arange(site.sae.cfg.d_sae, device=x.device)
-        return x + site.sae.latent_change(x, latents, f_new - f) + (err_new - err)
+        f_new = torch.where(keep[:, :-1], f, latents)  # (b, T, d_sae)
+        err_new = torch.where(keep[:, -1:], err, error)  # (b, T, d)
+        every = torch.arange(site.sae.cfg.d_sae, device=x.device)
+        return x + site.sae.latent_change(x, every, f_new - f) + (err_new - err)
     return ablate
 
 
-def ablated_metric(model, pairs: Sequence[TokenPair], sites: Sequence[Site], means, keeps: Sequence[torch.Tensor],
+def ablated_metric(model, pairs: Sequence[TokenPair], sites: Sequence[Site], values, keeps: Sequence[torch.Tensor],
                    budget: int) -> float:
-    """The metric averaged over the pairs' clean prompts with each site's
-    nodes outside keeps[k] (T, width) mean-ablated."""
+    """The metric averaged over the pairs' clean prompts (of one length)
+    with each site's nodes outside keeps[k] (T, width) ablated to `values`
+    (ablation_values)."""
     metric = np.zeros(len(pairs))
-    answers = torch.tensor([p.answer for p in pairs], device=model.device)
-    wrongs = torch.tensor([p.wrong for p in pairs], device=model.device)
-
-    def measure(rows: np.ndarray, logits: torch.Tensor) -> None:
-        index = torch.as_tensor(rows, device=logits.device)
-        metric[rows] = (logits[torch.arange(len(rows)), answers[index]]
-                        - logits[torch.arange(len(rows)), wrongs[index]]).float().cpu().numpy()
-
-    with replace(model.hf_model, {site.hook: _ablation(site, m, keep) for site, m, keep in zip(sites, means, keeps)}):
-        last_logits(model, [p.clean for p in pairs], None, budget, measure)
+    rows: dict = {}
+    step = max(1, budget // len(pairs[0].clean))
+    hooks = {site.hook: _ablation(site, v, keep, rows) for site, v, keep in zip(sites, values, keeps)}
+    with replace(model.hf_model, hooks), torch.inference_mode():
+        for lo in range(0, len(pairs), step):
+            rows["now"] = slice(lo, min(lo + step, len(pairs)))
+            batch = pairs[rows["now"]]
+            logits = last_position_logits(model, pad([p.clean for p in batch], "right", model.pad_id, model.device))
+            index = torch.arange(len(batch))
+            metric[rows["now"]] = (logits[index, [p.answer for p in batch]]
+                                   - logits[index, [p.wrong for p in batch]]).float().cpu().numpy()
     return float(metric.mean())
 
 
@@ -81,16 +94,18 @@ def curve_sizes(n_ranked: int, circuit_size: int, n_all: int) -> list[int]:
 
 
 def faithfulness_curve(model, pairs: Sequence[TokenPair], runs: PairRuns, sites: Sequence[Site],
-                       keeps_of: Callable[[int], list[torch.Tensor]], sizes: Sequence[int], budget: int) -> list[dict]:
+                       keeps_of: Callable[[int], list[torch.Tensor]], sizes: Sequence[int], how: str,
+                       budget: int) -> list[dict]:
     """Per circuit size n (keeps_of(n): the keep masks of the n strongest
-    nodes; past the nodes with an effect, every node): nodes, metric,
-    faithfulness, with m(model) and m(empty) in every row."""
-    means = site_means(runs, sites)
+    nodes; past the nodes with an effect, every node), the rest ablated
+    `how` (ablation_values): ablation, nodes, metric, faithfulness, with
+    m(model) and m(empty) in every row."""
+    values = ablation_values(runs, sites, how)
     full = float(runs.base.clean.mean())
-    empty = ablated_metric(model, pairs, sites, means, keeps_of(0), budget)
+    empty = ablated_metric(model, pairs, sites, values, keeps_of(0), budget)
     rows = []
     for n in sizes:
-        metric = empty if n == 0 else ablated_metric(model, pairs, sites, means, keeps_of(n), budget)
-        rows.append({"nodes": n, "metric": metric, "metric_model": full, "metric_empty": empty,
+        metric = empty if n == 0 else ablated_metric(model, pairs, sites, values, keeps_of(n), budget)
+        rows.append({"ablation": how, "nodes": n, "metric": metric, "metric_model": full, "metric_empty": empty,
                      "faithfulness": (metric - empty) / (full - empty) if full != empty else float("nan")})
     return rows

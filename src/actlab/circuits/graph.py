@@ -18,7 +18,7 @@ import pyarrow as pa
 import torch
 
 from ..patching.pairs import TokenPair
-from .config import CircuitConfig
+from .config import ABLATIONS, CircuitConfig
 from .edges import edge_effects
 from .faithfulness import curve_sizes, faithfulness_curve
 from .nodes import PairRuns, Site
@@ -97,7 +97,8 @@ def find_circuit(model, pairs: Sequence[TokenPair], runs: PairRuns, sites: Seque
         return keeps
 
     sizes = curve_sizes(len(ranked), len(chosen), n_all)
-    curve = faithfulness_curve(model, pairs, runs, sites, keeps_of, sizes, budget)
+    curve = [row for how in ABLATIONS for row in faithfulness_curve(model, pairs, runs, sites, keeps_of, sizes, how,
+                                                                    budget)]
     return Circuit(_node_table(sites, effects, ranked, set(chosen)), _edge_table(sites, edges),
                    pa.Table.from_pylist(curve), len(chosen))
 

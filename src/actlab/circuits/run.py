@@ -6,7 +6,8 @@
                                shard's pairs (index: a latent, d_sae the error term, 0 an embedding)
     circuit/nodes.parquet      node, site, hook, layer, kind, position, latent, effect, rank, in_circuit
     circuit/edges.parquet      upstream, downstream, effect (edges between circuit nodes and into "metric")
-    circuit/faithfulness.parquet  nodes, metric, metric_model, metric_empty, faithfulness
+    circuit/faithfulness.parquet  ablation (mean, corrupted), nodes, metric, metric_model, metric_empty,
+                               faithfulness
     circuit/graph.json         the circuit as a graph (nodes, edges, tokens, curve, the settings)
 
 The node effects are the sharded, resumable stage (a shard is done when its
@@ -156,7 +157,7 @@ class CircuitRun(Run):
         return pq.read_table(self._derived("edges.parquet"))
 
     def faithfulness(self) -> pa.Table:
-        """nodes, metric, metric_model, metric_empty, faithfulness: the curve against circuit size."""
+        """ablation, nodes, metric, metric_model, metric_empty, faithfulness: the curves against circuit size."""
         return pq.read_table(self._derived("faithfulness.parquet"))
 
     def graph(self) -> dict:

@@ -42,8 +42,9 @@ def circuit_command(where: PairsRunOptions, model: ModelOptions, saes: SAEOption
     print_table(f"strongest of the circuit's {len(nodes)} nodes over {run.manifest['n_rows']} pairs "
                 "(effect on the logit difference)", ["node", "kind", "position", "effect"],
                 [[n["node"], n["kind"], where(n["position"]), f"{n['effect']:+.3f}"] for n in nodes[:TOP]])
-    chosen = [r for r in graph["faithfulness"] if r["nodes"] == len(nodes)]
-    faithful = f"; faithfulness {chosen[0]['faithfulness']:.2f} (mean ablation)" if chosen else ""
+    chosen = [f"{r['faithfulness']:.2f} ({r['ablation']} ablation)" for r in graph["faithfulness"]
+              if r["nodes"] == len(nodes)]
+    faithful = f"; faithfulness {', '.join(chosen)}" if chosen else ""
     report = build_circuit_report(path, page.latents)
     out.print(f"{len(nodes)} nodes and {len(graph['edges'])} edges{faithful}; tables in {path}/circuit "
               f"(CircuitRun.nodes(), .edges(), .faithfulness()); page {report}")

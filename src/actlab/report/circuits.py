@@ -13,7 +13,7 @@ from html import escape
 from .. import plots
 from .html import STYLE, image, section, table
 
-CELL, ROW, MARGIN = 96, 110, 60  # pixels: a position's column, a site's row, the left margin
+CELL, SLOT, ROW, MARGIN = 64, 30, 110, 100  # pixels: a position's least width, a node's, a site's row, the left margin
 
 
 @dataclass
@@ -28,44 +28,58 @@ class CircuitReportData:
     sites: list[dict]  # name, hook, d_sae (embeddings first)
     nodes: list[dict]  # the circuit's: node, site, kind, position, latent, effect, rank, link, explanation
     edges: list[dict]  # upstream, downstream, effect
-    faithfulness: list[dict]  # nodes, metric, metric_model, metric_empty, faithfulness
+    faithfulness: list[dict]  # ablation, nodes, metric, metric_model, metric_empty, faithfulness
     selection: dict  # node_threshold, edge_threshold, aggregation
     latents_run: str | None  # the latents run the nodes link to
 
 
 def circuit_figures(data: CircuitReportData) -> dict[str, bytes]:
     return {"faithfulness.png": plots.faithfulness_by_size(
-        data.faithfulness, len(data.nodes), "faithfulness against circuit size (mean ablation)")}
+        data.faithfulness, len(data.nodes), "faithfulness against circuit size")}
 
 
-def _layout(data: CircuitReportData) -> dict[str, tuple[float, float]]:
+def _columns(data: CircuitReportData) -> list[float]:
+    """Each token position's left edge, then the right edge: a position is
+    as wide as its fullest site's nodes need, at least a token's width."""
+    per_cell: dict[tuple, int] = {}
+    for node in data.nodes:
+        per_cell[node["site"], node["position"]] = per_cell.get((node["site"], node["position"]), 0) + 1
+    edges = [float(MARGIN)]
+    for p in range(max(1, len(data.tokens))):
+        crowd = max([n for (_, position), n in per_cell.items() if position == p], default=0)
+        edges.append(edges[-1] + max(CELL, SLOT * crowd + SLOT))
+    spread = max([n for (_, position), n in per_cell.items() if position is None], default=0)
+    if spread and edges[-1] - MARGIN < SLOT * (spread + 1):  # summed over positions: the row must hold them
+        edges = [MARGIN + (e - MARGIN) * SLOT * (spread + 1) / (edges[-1] - MARGIN) for e in edges]
+    return edges
+
+
+def _layout(data: CircuitReportData, columns: list[float]) -> dict[str, tuple[float, float]]:
     """Each node's (x, y): its site's row, its position's column (spread within the cell)."""
     rows = {s["name"]: len(data.sites) - k for k, s in enumerate(data.sites)}  # the metric is row 0
-    columns = max(1, len(data.tokens))
     cells: dict[tuple, list[dict]] = {}
     for node in data.nodes:
         cells.setdefault((node["site"], node["position"]), []).append(node)
-    where = {"metric": (MARGIN + CELL * (columns - 0.5), ROW * 0.5)}
+    where = {"metric": ((columns[-2] + columns[-1]) / 2, ROW * 0.5)}
     for (site, position), members in cells.items():
+        left, right = (columns[0], columns[-1]) if position is None else (columns[position], columns[position + 1])
         for i, node in enumerate(members):
-            if position is None:  # summed over positions: spread along the whole row
-                x = MARGIN + CELL * columns * (i + 0.5) / len(members)
-            else:
-                x = MARGIN + CELL * position + CELL * (i + 1) / (len(members) + 1)
-            where[node["node"]] = (x, ROW * (rows[site] + 0.5))
+            where[node["node"]] = (left + (right - left) * (i + 1) / (len(members) + 1), ROW * (rows[site] + 0.5))
     return where
 
 
 def _svg(data: CircuitReportData) -> str:
-    where = _layout(data)
-    width, height = MARGIN + CELL * max(1, len(data.tokens)) + 20, ROW * (len(data.sites) + 1) + 40
+    columns = _columns(data)
+    where = _layout(data, columns)
+    width, height = columns[-1] + 20, ROW * (len(data.sites) + 1) + 40
     biggest = max([abs(n["effect"]) for n in data.nodes] + [1e-12])
     strongest_edge = max([abs(e["effect"]) for e in data.edges] + [1e-12])
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="circuit">']
     for k, site in enumerate([{"name": "metric"}] + list(reversed(data.sites))):
         parts.append(f'<text x="4" y="{ROW * (k + 0.5) + 4}" class="site">{escape(site["name"])}</text>')
     for p, token in enumerate(data.tokens):
-        parts.append(f'<text x="{MARGIN + CELL * (p + 0.5)}" y="{height - 12}" class="token">{escape(token)}</text>')
+        parts.append(f'<text x="{(columns[p] + columns[p + 1]) / 2:.1f}" y="{height - 12}" class="token">'
+                     f'{escape(token)}</text>')
     for edge in data.edges:
         if edge["upstream"] in where and edge["downstream"] in where:
             (x1, y1), (x2, y2) = where[edge["upstream"]], where[edge["downstream"]]
@@ -113,8 +127,9 @@ def render_circuit_report(data: CircuitReportData, figures: dict[str, bytes]) ->
     rows = [[f'<a href="{escape(n["link"])}">{escape(n["node"])}</a>' if n["link"] else escape(n["node"]),
              escape(n["kind"]), where(n["position"]),
              f'{n["effect"]:+.4f}', escape(n["explanation"] or "")] for n in data.nodes[:40]]
-    curve = table(["nodes", "metric", "faithfulness"], [[str(r["nodes"]), f'{r["metric"]:.3f}',
-                                                         f'{r["faithfulness"]:.3f}'] for r in data.faithfulness])
+    curve = table(["ablation", "nodes", "metric", "faithfulness"], [
+        [escape(r["ablation"]), str(r["nodes"]), f'{r["metric"]:.3f}', f'{r["faithfulness"]:.3f}']
+        for r in data.faithfulness])
     sections = [
         section("summary", "Run", table(["setting", "value"], [[escape(k), escape(v)] for k, v in facts])),
         section("graph", "The circuit", '<p>Rows: sites, the embeddings at the bottom; columns: token positions. '
@@ -122,8 +137,9 @@ def render_circuit_report(data: CircuitReportData, figures: dict[str, bytes]) ->
                 'error terms and embeddings; lines are edges (width: |effect|). Hover for values; a latent opens its '
                 f'dashboard when a latents run is given.</p><div class="scroll">{_svg(data)}</div>'),
         section("nodes", "Strongest nodes", table(["node", "kind", "position", "effect", "explanation"], rows)),
-        section("faithfulness", "Faithfulness", "<p>Everything outside the strongest n nodes mean-ablated: "
-                "(m(circuit) - m(empty)) / (m(model) - m(empty)).</p>" + image(figures["faithfulness.png"],
+        section("faithfulness", "Faithfulness", "<p>Everything outside the strongest n nodes ablated, to its mean "
+                "over the pairs' clean runs (Marks et al.) or to the pair's corrupted run: (m(circuit) - m(empty)) / "
+                "(m(model) - m(empty)).</p>" + image(figures["faithfulness.png"],
                                                                                "faithfulness curve") + curve)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>actlab circuit report</title>"
             f"<style>{STYLE}{SVG_STYLE}</style></head><body><h1>actlab circuit report: {escape(data.name)}</h1>"
