@@ -83,8 +83,7 @@ def test_curve_runs_from_empty_to_the_model(setup):
     nothing = [torch.zeros(14, site.width, dtype=torch.bool) for site in sites]
     everything = [torch.ones(14, site.width, dtype=torch.bool) for site in sites]
     some = keep_masks(sites, 14, 3)
-    rows = faithfulness_curve(model, pairs, runs, sites, lambda n: {0: nothing, 1: some, 2: everything}[n],
-                              [0, 1, 2], "mean", budget=64)
+    rows = faithfulness_curve(model, pairs, runs, sites, {0: nothing, 1: some, 2: everything}, "mean", budget=64)
     assert [(r["ablation"], r["nodes"]) for r in rows] == [("mean", 0), ("mean", 1), ("mean", 2)]
     assert rows[0]["faithfulness"] == 0 and rows[2]["faithfulness"] == pytest.approx(1, abs=1e-4)
     assert rows[1]["metric"] == pytest.approx(reference_metric(model, sites, pairs, some), rel=1e-4, abs=1e-5)

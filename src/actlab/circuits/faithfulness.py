@@ -17,15 +17,15 @@ m(model): none (the unedited clean runs). An ablated SAE site computes
 x + (x_hat(f') - x_hat(f)) + (err' - err) through SAE.latent_change, so a
 site with nothing ablated returns x exactly.
 
-Mean ablation removes whatever differs between pairs at a position: where
-the pairs' answers come from context the corruption leaves alone (IOI's
-names), no circuit of the corruption's nodes keeps them, and its
-faithfulness stays low however large it grows (docs/causal.md).
+Mean ablation also removes whatever differs between pairs at a position:
+where the pairs' answers come from context the corruption leaves alone
+(IOI's names), those nodes have no effect to rank them by, and the curve
+can stay far below 1 until nearly every node is kept (docs/causal.md).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -94,18 +94,17 @@ def curve_sizes(n_ranked: int, circuit_size: int, n_all: int) -> list[int]:
 
 
 def faithfulness_curve(model, pairs: Sequence[TokenPair], runs: PairRuns, sites: Sequence[Site],
-                       keeps_of: Callable[[int], list[torch.Tensor]], sizes: Sequence[int], how: str,
-                       budget: int) -> list[dict]:
-    """Per circuit size n (keeps_of(n): the keep masks of the n strongest
-    nodes; past the nodes with an effect, every node), the rest ablated
-    `how` (ablation_values): ablation, nodes, metric, faithfulness, with
-    m(model) and m(empty) in every row."""
+                       circuits: Mapping[int, list[torch.Tensor]], how: str, budget: int) -> list[dict]:
+    """Per circuit size n (circuits[n]: the keep masks of the n strongest
+    nodes, circuits[0] none), the rest ablated `how` (ablation_values):
+    ablation, nodes, metric, faithfulness, with m(model) and m(empty) in
+    every row."""
     values = ablation_values(runs, sites, how)
     full = float(runs.base.clean.mean())
-    empty = ablated_metric(model, pairs, sites, values, keeps_of(0), budget)
+    empty = ablated_metric(model, pairs, sites, values, circuits[0], budget)
     rows = []
-    for n in sizes:
-        metric = empty if n == 0 else ablated_metric(model, pairs, sites, values, keeps_of(n), budget)
+    for n, keeps in circuits.items():
+        metric = empty if n == 0 else ablated_metric(model, pairs, sites, values, keeps, budget)
         rows.append({"ablation": how, "nodes": n, "metric": metric, "metric_model": full, "metric_empty": empty,
                      "faithfulness": (metric - empty) / (full - empty) if full != empty else float("nan")})
     return rows

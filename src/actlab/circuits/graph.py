@@ -96,9 +96,8 @@ def find_circuit(model, pairs: Sequence[TokenPair], runs: PairRuns, sites: Seque
             keeps[k][slice(None) if position is None else position, index] = True
         return keeps
 
-    sizes = curve_sizes(len(ranked), len(chosen), n_all)
-    curve = [row for how in ABLATIONS for row in faithfulness_curve(model, pairs, runs, sites, keeps_of, sizes, how,
-                                                                    budget)]
+    circuits = {n: keeps_of(n) for n in curve_sizes(len(ranked), len(chosen), n_all)}
+    curve = [row for how in ABLATIONS for row in faithfulness_curve(model, pairs, runs, sites, circuits, how, budget)]
     return Circuit(_node_table(sites, effects, ranked, set(chosen)), _edge_table(sites, edges),
                    pa.Table.from_pylist(curve), len(chosen))
 

@@ -8,6 +8,7 @@ from .. import datasets
 from ..activations import extract_run
 from ..analyses.probes import nearest_centroid_accuracy
 from ..analyses.run import AnalysisConfig
+from ..circuits import CircuitConfig, circuit_run
 from ..contrasts.config import ContrastConfig
 from ..contrasts.pairs import load_pairs
 from ..engine import ExtractConfig
@@ -15,7 +16,15 @@ from ..features import features_run
 from ..hooks import block_hook
 from ..models import DEFAULT_DEVICE, Model, load_model
 from ..patching import PatchConfig, ioi_pairs, patch_run
-from ..pipelines import ReportConfig, analyze_run, build_patch_report, build_report, contrast, run_trait
+from ..pipelines import (
+    ReportConfig,
+    analyze_run,
+    build_circuit_report,
+    build_patch_report,
+    build_report,
+    contrast,
+    run_trait,
+)
 from ..runs import RunControl, open_run
 from ..saes import default_saes
 from ..traits import load_trait
@@ -63,7 +72,9 @@ def run_demo(model_name: str, out_dir: Path, device: str = DEFAULT_DEVICE) -> No
 
     run_patch_step(model, out_dir / "patch")
 
-    console.print("[bold]6. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
+    run_circuit_step(model, out_dir / "circuit")
+
+    console.print("[bold]7. benchmark[/bold] (64 texts; `actlab bench extract` runs the full one)")
     bench, options = benchmarks_module("extract"), benchmarks_module("options")
     if bench is None:
         console.print(f"skipped: {GET_THE_REPOSITORY}")
@@ -100,6 +111,29 @@ def run_patch_step(model: Model, out: Path) -> None:
                  for layer, m in sorted(strongest.items())])
     report = build_patch_report(path)
     console.print(f"[bold]report[/bold]: {report.resolve()} (heatmaps; attribution against exact patching)")
+
+
+def run_circuit_step(model: Model, out: Path) -> None:
+    """A sparse feature circuit of the same pairs over the default SAEs:
+    which latents, error terms and embeddings carry the answer."""
+    saes = default_saes(model.name, model.device)
+    console.print(f"[bold]6. circuit[/bold]: the same {DEMO_PAIRS} pairs, the default SAEs {list(saes)} as nodes "
+                  "(latents, error terms, embeddings), node effects by integrated gradients")
+    with Bar("circuit") as bar:
+        path = circuit_run(model, ioi_pairs(DEMO_PAIRS), out, saes, CircuitConfig(),
+                           control=RunControl(overwrite=True, progress=bar))
+    run, graph = open_run(path), open_run(path).graph()
+    tokens = graph["tokens"]
+    print_table(f"the circuit's strongest nodes ({len(graph['nodes'])} nodes, {len(graph['edges'])} edges)",
+                ["node", "kind", "position", "effect on the logit difference"],
+                [[n["node"], n["kind"], f"{n['position']} {tokens[n['position']]!r}", f"{n['effect']:+.2f}"]
+                 for n in graph["nodes"][:8]])
+    kept = {r["ablation"]: r["faithfulness"] for r in graph["faithfulness"] if r["nodes"] == len(graph["nodes"])}
+    console.print(f"faithfulness of the circuit: {kept['corrupted']:.2f} with the rest patched to the corrupted run, "
+                  f"{kept['mean']:.2f} with it mean-ablated (which also averages away the names the corruption "
+                  "leaves alone: docs/causal.md)")
+    report = build_circuit_report(run.path)
+    console.print(f"[bold]report[/bold]: {report.resolve()} (the circuit drawn; nodes and edges as Parquet)")
 
 
 def run_trait_step(model: Model, out: Path) -> None:

@@ -19,7 +19,7 @@ def build_circuit_report(path: str | Path, latents: str | Path | None = None, ou
     """RUN/report.html (or `out`) of a circuit run, its figures beside it;
     with `latents` (a latents run of the same SAEs) each latent node links
     to its dashboard in that run's browser (RUN/browser, `actlab latents
-    browse`) and shows its explanation."""
+    report`) and shows its explanation."""
     run = CircuitRun.open(path)
     page = run_path(out) if out else run.path / "report.html"
     opened = latents_run_at(run_path(latents), "--latents takes a latents run") if latents else None
