@@ -17,7 +17,7 @@ from actlab.circuits import run as circuit_runs
 from actlab.patching import ioi_pairs, tokenize_pairs
 from actlab.runs import RunControl
 
-from conftest import random_sae, run_cli, save_sae_lens_folder
+from conftest import assert_tables_close, random_sae, run_cli, save_sae_lens_folder
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
 CFG = CircuitConfig(method="atp", node_threshold=0.05, edge_threshold=0.005)
@@ -135,3 +135,19 @@ def test_cli_bad_input_is_one_line(args, message, tiny_model_dir, tmp_path, monk
     assert code == 2 and message in stderr, stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     assert not list((tmp_path / "c").glob("nodes-*"))
+
+
+def test_the_circuit_measured_a_chunk_at_a_time_equals_all_at_once(tiny_models, saes):
+    """Edges and both faithfulness curves are sums over pairs: chunks of 2
+    (the run's shards) give the same circuit as all 5 pairs in one."""
+    from actlab.circuits import find_circuit
+
+    model = tiny_models["llama"]
+    sites = circuit_sites(model, saes)
+    pairs = tokenize_pairs(model.tokenizer, ioi_pairs(5))
+    means = [s / 5 for s in node_effects(PairRuns.of(model, pairs, sites, CFG), sites)]
+    whole, chunked = (find_circuit(model, pairs, sites, means, CFG, chunk) for chunk in (5, 2))
+    assert whole.size == chunked.size and whole.edges.num_rows > 0
+    assert_tables_close(chunked.nodes, whole.nodes, label="nodes")
+    assert_tables_close(chunked.edges, whole.edges, rtol=1e-4, label="edges")
+    assert_tables_close(chunked.faithfulness, whole.faithfulness, rtol=1e-4, label="faithfulness")

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from actlab.circuits import CircuitConfig, PairRuns, circuit_sites
-from actlab.circuits.faithfulness import ablated_metric, ablation_values, faithfulness_curve
+from actlab.circuits.faithfulness import ablated_metric, ablated_metrics, ablation_values, curve
 from actlab.patching import ioi_pairs, tokenize_pairs
 
 from conftest import random_sae
-from test_effects import forward, module_of, parts
+from test_node_and_edge_effects import forward, module_of, parts
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_mlp_out"]
 
@@ -83,7 +83,9 @@ def test_curve_runs_from_empty_to_the_model(setup):
     nothing = [torch.zeros(14, site.width, dtype=torch.bool) for site in sites]
     everything = [torch.ones(14, site.width, dtype=torch.bool) for site in sites]
     some = keep_masks(sites, 14, 3)
-    rows = faithfulness_curve(model, pairs, runs, sites, {0: nothing, 1: some, 2: everything}, "mean", budget=64)
+    metrics = ablated_metrics(model, pairs, sites, ablation_values(runs, sites, "mean"),
+                              {0: nothing, 1: some, 2: everything}, budget=64)
+    rows = curve("mean", metrics, float(runs.base.clean.mean()))
     assert [(r["ablation"], r["nodes"]) for r in rows] == [("mean", 0), ("mean", 1), ("mean", 2)]
     assert rows[0]["faithfulness"] == 0 and rows[2]["faithfulness"] == pytest.approx(1, abs=1e-4)
     assert rows[1]["metric"] == pytest.approx(reference_metric(model, sites, pairs, some), rel=1e-4, abs=1e-5)

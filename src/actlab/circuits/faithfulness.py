@@ -93,18 +93,18 @@ def curve_sizes(n_ranked: int, circuit_size: int, n_all: int) -> list[int]:
     return sorted(sizes)
 
 
-def faithfulness_curve(model, pairs: Sequence[TokenPair], runs: PairRuns, sites: Sequence[Site],
-                       circuits: Mapping[int, list[torch.Tensor]], how: str, budget: int) -> list[dict]:
+def ablated_metrics(model, pairs: Sequence[TokenPair], sites: Sequence[Site], values,
+                    circuits: Mapping[int, list[torch.Tensor]], budget: int) -> dict[int, float]:
     """Per circuit size n (circuits[n]: the keep masks of the n strongest
-    nodes, circuits[0] none), the rest ablated `how` (ablation_values):
-    ablation, nodes, metric, faithfulness, with m(model) and m(empty) in
-    every row."""
-    values = ablation_values(runs, sites, how)
-    full = float(runs.base.clean.mean())
-    empty = ablated_metric(model, pairs, sites, values, circuits[0], budget)
-    rows = []
-    for n, keeps in circuits.items():
-        metric = empty if n == 0 else ablated_metric(model, pairs, sites, values, keeps, budget)
-        rows.append({"ablation": how, "nodes": n, "metric": metric, "metric_model": full, "metric_empty": empty,
-                     "faithfulness": (metric - empty) / (full - empty) if full != empty else float("nan")})
-    return rows
+    nodes), ablated_metric with the rest ablated to `values`."""
+    return {n: ablated_metric(model, pairs, sites, values, keeps, budget) for n, keeps in circuits.items()}
+
+
+def curve(how: str, metrics: Mapping[int, float], full: float) -> list[dict]:
+    """The faithfulness curve of one ablation from the metric at each size
+    (metrics[0]: everything ablated) and the model's: ablation, nodes,
+    metric, metric_model, metric_empty, faithfulness."""
+    empty = metrics[0]
+    return [{"ablation": how, "nodes": n, "metric": metric, "metric_model": full, "metric_empty": empty,
+             "faithfulness": (metric - empty) / (full - empty) if full != empty else float("nan")}
+            for n, metric in metrics.items()]

@@ -20,7 +20,7 @@ import torch
 from ..patching.pairs import TokenPair
 from .config import ABLATIONS, CircuitConfig
 from .edges import edge_effects
-from .faithfulness import curve_sizes, faithfulness_curve
+from .faithfulness import ablated_metrics, ablation_values, curve, curve_sizes
 from .nodes import PairRuns, Site
 
 METRIC = "metric"  # the node every last-site node's edge ends at
@@ -64,30 +64,17 @@ class Circuit:
     size: int  # nodes in the circuit
 
 
-def find_circuit(model, pairs: Sequence[TokenPair], runs: PairRuns, sites: Sequence[Site],
-                 means: Sequence[torch.Tensor], cfg: CircuitConfig) -> Circuit:
+def find_circuit(model, pairs: Sequence[TokenPair], sites: Sequence[Site], means: Sequence[torch.Tensor],
+                 cfg: CircuitConfig, chunk: int) -> Circuit:
     """The circuit of node effects `means` (per site, (T, width), averaged
-    over the pairs) on the pairs' runs."""
+    over the pairs): its edges and faithfulness curves measured on the
+    pairs `chunk` at a time (each chunk's runs in memory, not all pairs')."""
     effects = aggregate(means, cfg)
     ranked = sorted(effects, key=lambda n: -abs(effects[n]))
     chosen = [n for n in ranked if abs(effects[n]) >= cfg.node_threshold]
     budget, length = cfg.batch_tokens(model), len(pairs[0].clean)
-    edges: list[tuple[Node | str, Node | str, float]] = [(n, METRIC, effects[n]) for n in chosen
-                                                        if n[0] == len(sites) - 1]
-    for k in range(1, len(sites)):
-        downstream = [n for n in chosen if n[0] == k]
-        upstream = [n for n in chosen if n[0] == k - 1]
-        if not downstream or not upstream:
-            continue
-        found = edge_effects(model, pairs, runs, sites, k, [(n[1], n[2]) for n in downstream], budget) / len(pairs)
-        if cfg.aggregation == "sum":
-            found = found.sum(1, keepdim=True)  # (downstream, 1, width)
-        for d, node in enumerate(downstream):
-            for up in upstream:
-                weight = float(found[d, 0 if up[1] is None else up[1], up[2]])
-                if abs(weight) >= cfg.edge_threshold:
-                    edges.append((up, node, weight))
-
+    downstream = {k: [n for n in chosen if n[0] == k] for k in range(1, len(sites))}
+    downstream = {k: nodes for k, nodes in downstream.items() if nodes and any(n[0] == k - 1 for n in chosen)}
     n_all = length * sum(site.width for site in sites)
 
     def keeps_of(n: int) -> list[torch.Tensor]:
@@ -97,9 +84,43 @@ def find_circuit(model, pairs: Sequence[TokenPair], runs: PairRuns, sites: Seque
         return keeps
 
     circuits = {n: keeps_of(n) for n in curve_sizes(len(ranked), len(chosen), n_all)}
-    curve = [row for how in ABLATIONS for row in faithfulness_curve(model, pairs, runs, sites, circuits, how, budget)]
+    found = {k: 0.0 for k in downstream}  # edges into each downstream node, summed over pairs
+    metrics = {how: dict.fromkeys(circuits, 0.0) for how in ABLATIONS}  # summed over pairs
+    totals: list[tuple] = [(0.0, 0.0)] * len(sites)  # the clean runs' latents and error terms, summed over pairs
+    full = 0.0
+    for lo in range(0, len(pairs), chunk):
+        part = pairs[lo:lo + chunk]
+        runs = PairRuns.of(model, part, sites, cfg)
+        full += float(runs.base.clean.sum())
+        for k, nodes in downstream.items():
+            found[k] = found[k] + edge_effects(model, part, runs, sites, k, [(n[1], n[2]) for n in nodes], budget)
+        _add(metrics["corrupted"], ablated_metrics(model, part, sites, ablation_values(runs, sites, "corrupted"),
+                                                   circuits, budget), len(part))
+        for k, values in enumerate(ablation_values(runs, sites, "mean")):  # the chunk's means, weighted
+            totals[k] = tuple(total + value * len(part) for total, value in zip(totals[k], values))
+    means_of_clean = [tuple(value / len(pairs) for value in total) for total in totals]
+    for lo in range(0, len(pairs), chunk):  # mean ablation needs every pair's clean run first
+        part = pairs[lo:lo + chunk]
+        _add(metrics["mean"], ablated_metrics(model, part, sites, means_of_clean, circuits, budget), len(part))
+    rows = [row for how in ABLATIONS for row in curve(how, {n: m / len(pairs) for n, m in metrics[how].items()},
+                                                      full / len(pairs))]
+    edges = [(n, METRIC, effects[n]) for n in chosen if n[0] == len(sites) - 1]
+    for k, nodes in downstream.items():
+        weights = found[k] / len(pairs)  # (downstream, T, width of site k - 1)
+        if cfg.aggregation == "sum":
+            weights = weights.sum(1, keepdim=True)
+        for d, node in enumerate(nodes):
+            for up in (n for n in chosen if n[0] == k - 1):
+                weight = float(weights[d, 0 if up[1] is None else up[1], up[2]])
+                if abs(weight) >= cfg.edge_threshold:
+                    edges.append((up, node, weight))
     return Circuit(_node_table(sites, effects, ranked, set(chosen)), _edge_table(sites, edges),
-                   pa.Table.from_pylist(curve), len(chosen))
+                   pa.Table.from_pylist(rows), len(chosen))
+
+
+def _add(total: dict[int, float], means: dict[int, float], weight: int) -> None:
+    for n, value in means.items():
+        total[n] += value * weight
 
 
 def _node_table(sites: Sequence[Site], effects: dict[Node, float], ranked: list[Node], chosen: set[Node]) -> pa.Table:

@@ -131,16 +131,17 @@ class PairRuns:
         check_aligned(pairs)
         budget, hooks = cfg.batch_tokens(model), [s.hook for s in sites]
         base = Baseline.of(model, pairs, hooks, budget)
-        corrupted_cache, _ = cached_runs(model, [p.corrupted for p in pairs], hooks, budget)
         clean = [torch.stack([c[h] for c in base.cache]) for h in hooks]  # per site (n, T, d)
+        # the corrupted activations from the same inference path as the clean ones, so that positions the
+        # corruption leaves alone have exactly no change (the gradient forward computes on another path)
+        corrupted_cache, _ = cached_runs(model, [p.corrupted for p in pairs], hooks, budget)
         corrupted = [torch.stack([c[h] for c in corrupted_cache]) for h in hooks]
         if cfg.method == "atp":
-            found = gradients(model, pairs, hooks, budget)
-            grads = [torch.stack([g[h] for g in found]) for h in hooks]
-        else:
-            alphas = tuple(k / cfg.ig_steps for k in range(cfg.ig_steps))
-            grads = [torch.stack([g[h] for g in gradients(model, pairs, [h], budget, Interpolation(
-                h, list(clean[i]), list(corrupted[i]), alphas))]) for i, h in enumerate(hooks)]
+            return cls(base, clean, corrupted, [torch.stack([g[h] for g in gradients(model, pairs, hooks, budget)[0]])
+                                                for h in hooks])
+        alphas = tuple(k / cfg.ig_steps for k in range(cfg.ig_steps))
+        grads = [torch.stack([g[h] for g in gradients(model, pairs, [h], budget, Interpolation(
+            h, list(clean[i]), list(corrupted[i]), alphas))[0]]) for i, h in enumerate(hooks)]
         return cls(base, clean, corrupted, grads)
 
 

@@ -109,7 +109,7 @@ class CircuitJob(RecordsJob):
         for name, position, index, effect in zip(*(effects.column(c).to_pylist()
                                                    for c in ("site", "position", "index", "effect"))):
             means[where[name]][position, index] = effect
-        return find_circuit(model, pairs, PairRuns.of(model, pairs, sites, self.cfg), sites, means, cfg)
+        return find_circuit(model, pairs, sites, means, cfg, self.shard_size)
 
 
 def _sums_table(sites: list[Site], sums: list[torch.Tensor]) -> pa.Table:

@@ -55,11 +55,14 @@ class Interpolation:
 
 
 def gradients(model, pairs: Sequence[TokenPair], hooks: Sequence[str], budget: int,
-              path: Interpolation | None = None) -> list[dict[str, torch.Tensor]]:
+              path: Interpolation | None = None) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
     """Per pair, dm/da (T, w) at every hook on its corrupted prompt; with
-    `path`, averaged over its steps (hooks upstream of path.hook get zeros)."""
+    `path`, averaged over its steps (hooks upstream of path.hook get zeros).
+    And per pair the activations (T, w) the (last) forward saw at the hooks:
+    without a path, the corrupted run's, so that AtP needs no other forward."""
     lengths = np.array([len(p.corrupted) for p in pairs])
     out: list[dict[str, torch.Tensor]] = [{} for _ in pairs]
+    acts: list[dict[str, torch.Tensor]] = [{} for _ in pairs]
     alphas = path.alphas if path is not None else (None,)
     for rows in plan_batches(lengths, None, budget):
         padded = pad([pairs[r].corrupted for r in rows], "right", model.pad_id, model.device)
@@ -81,7 +84,8 @@ def gradients(model, pairs: Sequence[TokenPair], hooks: Sequence[str], budget: i
                 total[hook] = total[hook] + grad if hook in total else grad
         for k, r in enumerate(rows):
             out[r] = {hook: total[hook][k, :lengths[r]] / len(alphas) for hook in hooks}
-    return out
+            acts[r] = {hook: seen[hook][k, :lengths[r]].detach() for hook in hooks}
+    return out, acts
 
 
 def _leaf(path: Interpolation | None, rows: np.ndarray, alpha: float | None):
@@ -111,11 +115,14 @@ def attribution_effects(model, pairs: Sequence[TokenPair], cfg: PatchConfig, met
     hooks = grid_hooks(variants)
     wanted = hooks + ([EMBED] if method == "ig" else [])
     base = base or Baseline.of(model, pairs, wanted, budget)
-    corrupted, _ = cached_runs(model, [p.corrupted for p in pairs], wanted, budget)
-    steps = cfg.ig_steps
-    path = Interpolation(EMBED, [c[EMBED] for c in base.cache], [c[EMBED] for c in corrupted],
-                         tuple(k / steps for k in range(1, steps + 1))) if method == "ig" else None
-    grads = gradients(model, pairs, hooks, budget, path)
+    if method == "ig":
+        corrupted, _ = cached_runs(model, [p.corrupted for p in pairs], wanted, budget)
+        steps = cfg.ig_steps
+        path = Interpolation(EMBED, [c[EMBED] for c in base.cache], [c[EMBED] for c in corrupted],
+                             tuple(k / steps for k in range(1, steps + 1)))
+        grads, _ = gradients(model, pairs, hooks, budget, path)
+    else:
+        grads, corrupted = gradients(model, pairs, hooks, budget)  # its forward is the corrupted run
     heads, width = model.config.num_attention_heads, head_dim(model.config)
     # per pair and hook: (a_clean - a_corrupted) . dm/da summed per position (T,) and per position and head (T, H)
     per_position, per_head = {}, {}
