@@ -186,6 +186,19 @@ def save_sae_lens_folder(sae: SAE, path) -> str:
     return str(path)
 
 
+def dies_on_the_second_call(real):
+    """`real`, raising KeyboardInterrupt on its second call: a run killed
+    after its first shard."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    return wrapped
+
+
 class Recorder:
     """A Progress (actlab.engine.Progress) that keeps what a run reports."""
 

@@ -17,7 +17,7 @@ from actlab.circuits import run as circuit_runs
 from actlab.patching import ioi_pairs, tokenize_pairs
 from actlab.runs import RunControl
 
-from conftest import assert_tables_close, random_sae, run_cli, save_sae_lens_folder
+from conftest import assert_tables_close, dies_on_the_second_call, random_sae, run_cli, save_sae_lens_folder
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
 CFG = CircuitConfig(method="atp", node_threshold=0.05, edge_threshold=0.005)
@@ -34,15 +34,9 @@ def test_run_equals_node_effects_and_resumes_after_a_kill(tiny_models, saes, tmp
     sites = circuit_sites(model, saes)
     tokens = tokenize_pairs(model.tokenizer, pairs)
     direct = [s / 5 for s in node_effects(PairRuns.of(model, tokens, sites, CFG), sites)]
-    real, calls = circuit_runs.node_effects, []
+    real = circuit_runs.node_effects
 
-    def dies_on_the_second_shard(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(circuit_runs, "node_effects", dies_on_the_second_shard)
+    monkeypatch.setattr(circuit_runs, "node_effects", dies_on_the_second_call(real))
     with pytest.raises(KeyboardInterrupt):
         circuit_run(model, pairs, tmp_path / "c", saes, CFG, RunControl(shard_size=2))
     assert sorted(p.name for p in (tmp_path / "c").glob("nodes-*")) == ["nodes-00000.parquet"]

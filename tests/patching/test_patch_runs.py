@@ -14,7 +14,7 @@ from actlab.patching import exact_effects, ioi_pairs, tokenize_pairs
 from actlab.patching import run as patch_runs
 from actlab.runs import RunControl
 
-from conftest import assert_tables_close, run_cli
+from conftest import assert_tables_close, dies_on_the_second_call, run_cli
 
 CFG = PatchConfig(components=["resid_pre", "head"], layers=[0, 2], heads=[1, 3])
 
@@ -24,15 +24,8 @@ def test_run_equals_exact_effects_and_resumes_after_a_kill(tiny_models, tmp_path
     pairs = ioi_pairs(5)
     direct = exact_effects(model, tokenize_pairs(model.tokenizer, pairs), CFG)
     real = patch_runs.patch_effects
-    calls = []
 
-    def dies_on_the_second_shard(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(patch_runs, "patch_effects", dies_on_the_second_shard)
+    monkeypatch.setattr(patch_runs, "patch_effects", dies_on_the_second_call(real))
     with pytest.raises(KeyboardInterrupt):
         patch_run(model, pairs, tmp_path / "p", CFG, control=RunControl(shard_size=2))
     assert sorted(p.name for p in (tmp_path / "p").glob("effects-*")) == ["effects-00000.parquet"]
