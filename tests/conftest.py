@@ -25,10 +25,14 @@ transformers.utils.logging.disable_progress_bar()
 
 def pytest_configure(config):
     """Under pytest-xdist (`make test`), the workers share the cores: each
-    computes with its share of torch's threads, not all of them each."""
+    computes with its share of torch's threads, not all of them each, and
+    so do the processes it starts (the tour notebook's kernel, CLI runs in
+    subprocesses, a local Ray instance's workers)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+        share = max(1, torch.get_num_threads() // workers)
+        torch.set_num_threads(share)
+        os.environ["OMP_NUM_THREADS"] = str(share)
 
 
 ONE_WORKER = {"test_ray.py": "ray", "test_ray_cluster.py": "ray"}  # Ray instances of their own: never two at once
