@@ -60,7 +60,8 @@ def edge_effects(model, pairs: Sequence[TokenPair], runs: PairRuns, sites: Seque
                 model.base_model(**padded.inputs(), use_cache=False)
             except StopForward:
                 pass
-            values = _weighted_values(down, leaf["y"], runs.corrupted[k][rows], runs.grads[k][rows])  # (b, T, width)
+            # dm/dv * v for every downstream node, v from y in the graph, dm/dv held constant: (b, T, width)
+            values = down.terms(down.split(leaf["y"]), runs.corrupted[k][rows], runs.grads[k][rows])
             delta = (delta_all[0][rows], delta_all[1][rows])
             for n, (position, index) in enumerate(downstream):
                 value = values[:, :, index].sum() if position is None else values[:, position, index].sum()
@@ -69,11 +70,3 @@ def edge_effects(model, pairs: Sequence[TokenPair], runs: PairRuns, sites: Seque
                 if grad is not None:
                     total[n] += up.terms(delta, runs.corrupted[k - 1][rows], grad.detach()).sum(0)
     return total
-
-
-def _weighted_values(site: Site, y: torch.Tensor, corrupted: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """dm/dv * v for every node of the site, v computed from y (b, T, d)
-    in the graph and dm/dv from the node stage's grad (held constant): (b, T, width)."""
-    f, err = site.split(y)
-    latents = f * site.sae.latent_grad(corrupted, grad)  # (b, T, d_sae)
-    return torch.cat([latents, (err * grad).sum(-1, keepdim=True)], -1)

@@ -72,8 +72,9 @@ class Site:
 
     def terms(self, delta: tuple[torch.Tensor, torch.Tensor], corrupted: torch.Tensor,
               grad: torch.Tensor) -> torch.Tensor:
-        """Each node's change times the gradient of a quantity with respect to
-        it, from grad = d(quantity)/dx (.., T, d) at the corrupted run: (.., T, width)."""
+        """Each node's change (or value) `delta` times the gradient of a
+        quantity with respect to it, from grad = d(quantity)/dx (.., T, d) at
+        the corrupted run: (.., T, width)."""
         if self.sae is None:
             return (delta[0] * grad).sum(-1, keepdim=True)
         latents = delta[0] * self.sae.latent_grad(corrupted, grad)  # (.., T, d_sae)
