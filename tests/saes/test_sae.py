@@ -140,6 +140,13 @@ def test_sparsify_folder_against_numpy(tmp_path):
     assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-5
     x_hat = sae.decode(torch.tensor(expected, dtype=torch.float32)).numpy()
     assert np.allclose(x_hat, expected @ w_dec + b_dec, rtol=1e-4, atol=1e-4)
+    mlp = folder.rename(tmp_path / "model.layers.3.mlp")  # an SAE of block 3's MLP output
+    assert load_sae(mlp).cfg.hook_name == "blocks.3.hook_mlp_out"
+    config = json.loads((mlp / "cfg.json").read_text())
+    for flag in ("transcode", "skip_connection"):  # a transcoder: refused, not read as an SAE
+        (mlp / "cfg.json").write_text(json.dumps({**config, flag: True}))
+        with pytest.raises(ActlabError, match="is a sparsify transcoder"):
+            load_sae(mlp)
 
 
 def test_bad_sae_folders(tmp_path):

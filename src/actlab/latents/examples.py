@@ -55,11 +55,15 @@ class ExampleSink(Sink):
         codes = window_codes(self.sae, hidden, batch, self.has_bos, self.centre)
         window, position, latent, value = (t.cpu().numpy() for t in (codes.window, codes.position, codes.latent,
                                                                      codes.value))
+        # the batch's codes sorted once by (window, latent, position): each pair asked is a slice found by
+        # binary search, so the cost grows with the nonzeros (and the pairs' log), not pairs x nonzeros
+        order = np.lexsort((position, latent, window))
+        pair = window[order].astype(np.int64) * self.sae.cfg.d_sae + latent[order]  # (nnz,), ascending
         for b, row in enumerate(batch.rows):
             key = int(self.keys[row])
-            mine = window == b
             for j in self.wanted.get(key, ()):
-                at = mine & (latent == j)
+                lo, hi = np.searchsorted(pair, [b * self.sae.cfg.d_sae + j, b * self.sae.cfg.d_sae + j + 1])
+                at = order[lo:hi]
                 self.rows.append((j, key, position[at].astype(np.int16), value[at].astype(np.float32)))
 
 

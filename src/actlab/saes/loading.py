@@ -83,14 +83,20 @@ def sparsify_config_and_weights(raw: dict, state: dict, path: Path) -> tuple[SAE
     """sparsify stores encoder.weight (d_sae, d_in), encoder.bias, W_dec (d_sae, d_in), b_dec
     and encodes topk(relu(encoder(x - b_dec)))."""
     folder = path.name
+    if raw.get("transcode") or raw.get("skip_connection"):
+        raise ActlabError(f"{path} is a sparsify transcoder (transcode / skip_connection in its cfg.json: it reads "
+                          "a module's input and predicts its output); actlab loads SAEs, not transcoders yet: give "
+                          "an SAE folder")
     match = re.search(r"layers[._](\d+)", folder)
     if folder == "embed_tokens":
         hook_name = "hook_embed"
+    elif match and re.search(r"layers[._]\d+[._]mlp$", folder):  # an SAE of the MLP's output
+        hook_name = block_hook(int(match.group(1)), "hook_mlp_out")
     elif match:
         hook_name = block_hook(int(match.group(1)))
     else:
         raise ActlabError(f"{path}: cannot tell the hook from the sparsify folder name "
-                          "(expected layers.N or embed_tokens)")
+                          "(expected layers.N, layers.N.mlp or embed_tokens)")
     try:
         d_in = int(raw["d_in"])
         d_sae = int(raw.get("num_latents") or d_in * raw["expansion_factor"])
