@@ -10,13 +10,13 @@ et al.'s aggregation="sum"), its edges likewise.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
 import pyarrow as pa
 import torch
 
+from ..hooks import forward_order
 from ..patching.pairs import TokenPair
 from .config import ABLATIONS, CircuitConfig
 from .edges import edge_effects
@@ -25,7 +25,6 @@ from .nodes import PairRuns, Site
 
 METRIC = "metric"  # the node every last-site node's edge ends at
 Node = tuple[int, "int | None", int]  # (site index, position or None, index within the site's width)
-_LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 
 def node_id(sites: Sequence[Site], node: Node) -> str:
@@ -129,8 +128,8 @@ def _node_table(sites: Sequence[Site], effects: dict[Node, float], ranked: list[
         return "embedding" if site.sae is None else "error" if node[2] == site.sae.cfg.d_sae else "latent"
 
     def layer(site: Site) -> int | None:
-        match = _LAYER.match(site.hook)
-        return int(match.group(1)) if match else None
+        block = forward_order(site.hook)[0]
+        return block if block >= 0 else None  # the embeddings: no block
 
     return pa.table({
         "node": pa.array([node_id(sites, n) for n in ranked], pa.string()),
